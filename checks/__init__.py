@@ -1,0 +1,1 @@
+"""checks: filled by later issues."""

@@ -1,0 +1,1 @@
+"""connectors: filled by later issues."""

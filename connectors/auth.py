@@ -1,0 +1,204 @@
+"""Credentials for the connectors: static tokens and keys, and GHL OAuth with rotating refresh tokens.
+
+GHL OAuth access tokens live a day and every refresh returns a new refresh token while the old one
+dies at once. Losing the new pair locks the product out until a person re-authorizes, so:
+- the new pair is written to the token store (atomically) before the access token is handed out;
+- one refresh runs at a time however many tasks or threads share the credentials; the others wait and
+  then use the pair the first one stored;
+- the refresh happens `refresh_margin_s` before expiry, and once more when the API answers 401;
+- a refresh token the server refuses gives `AuthError` telling to run `recon auth ghl` again.
+
+Token stores share one small interface: a 0600 JSON file under the data dir for local use, and a
+Prefect Secret block in deployments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlencode
+
+import httpx
+
+from connectors.errors import AuthError
+from connectors.redaction import register_secret
+
+AUTHORIZE_URL = "https://marketplace.gohighlevel.com/v2/oauth/chooselocation"
+DEFAULT_SCOPES = ("contacts.readonly", "contacts.write", "locations/tasks.readonly")
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    access_token: str
+    refresh_token: str
+    expires_at: float  # epoch seconds
+    location_id: str | None = None
+    scope: str = ""
+
+    def register(self) -> TokenSet:
+        register_secret(self.access_token)
+        register_secret(self.refresh_token)
+        return self
+
+
+class TokenStore(Protocol):
+    def load(self) -> TokenSet | None: ...
+    def save(self, tokens: TokenSet) -> None: ...
+
+
+class FileTokenStore:
+    """Tokens in a JSON file readable by its owner only (0600), replaced atomically on every save."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def load(self) -> TokenSet | None:
+        try:
+            return TokenSet(**json.loads(self.path.read_text(encoding="utf-8"))).register()
+        except FileNotFoundError:
+            return None
+
+    def save(self, tokens: TokenSet) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tokens-", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(asdict(tokens), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class PrefectSecretTokenStore:
+    """Tokens in a Prefect Secret block (deployments); the block holds the JSON of the pair."""
+
+    def __init__(self, block_name: str):
+        self.block_name = block_name
+
+    def load(self) -> TokenSet | None:
+        from prefect.blocks.system import Secret
+
+        try:
+            value = Secret.load(self.block_name).get()
+        except ValueError:
+            return None
+        data = json.loads(value) if isinstance(value, str) else value
+        return TokenSet(**data).register()
+
+    def save(self, tokens: TokenSet) -> None:
+        from prefect.blocks.system import Secret
+
+        Secret(value=json.dumps(asdict(tokens))).save(self.block_name, overwrite=True)
+
+
+class Credentials(Protocol):
+    """What a connector asks for before each request, and tells after a 401."""
+
+    async def token(self) -> str: ...
+    async def rejected(self, token: str) -> bool: ...  # True when a fresh token is worth a retry
+
+
+class StaticToken:
+    """A Private Integration token (GHL) or an API key (TinyEmail): nothing to refresh."""
+
+    def __init__(self, value: str):
+        if not value:
+            raise AuthError("no token configured")
+        register_secret(value)
+        self._value = value
+
+    async def token(self) -> str:
+        return self._value
+
+    async def rejected(self, token: str) -> bool:
+        return False
+
+
+class GHLOAuth:
+    """GHL OAuth credentials: refreshes shortly before expiry, one refresh at a time, store first."""
+
+    def __init__(self, store: TokenStore, *, client_id: str, client_secret: str, base_url: str,
+                 http: httpx.AsyncClient | None = None, refresh_margin_s: float = 300,
+                 clock: Callable[[], float] = time.time):
+        register_secret(client_secret)
+        self.store, self.client_id, self.client_secret = store, client_id, client_secret
+        self.token_url = base_url.rstrip("/") + "/oauth/token"
+        self.http, self.refresh_margin_s, self.clock = http, refresh_margin_s, clock
+        self._lock = threading.Lock()
+        self.refreshes = 0
+
+    def authorize_url(self, redirect_uri: str, scopes: tuple[str, ...] = DEFAULT_SCOPES) -> str:
+        query = {"response_type": "code", "redirect_uri": redirect_uri, "client_id": self.client_id,
+                 "scope": " ".join(scopes)}
+        return f"{AUTHORIZE_URL}?{urlencode(query)}"
+
+    async def exchange_code(self, code: str, redirect_uri: str | None = None) -> TokenSet:
+        """Trade an authorization code for the first pair, and store it."""
+        register_secret(code)
+        form = {"grant_type": "authorization_code", "code": code, "user_type": "Location"}
+        if redirect_uri:
+            form["redirect_uri"] = redirect_uri
+        tokens = await self._token_request(form)
+        self.store.save(tokens)
+        return tokens
+
+    async def token(self) -> str:
+        tokens = self.store.load()
+        if tokens is None:
+            raise AuthError("GHL is not authorized yet: run `recon auth ghl`")
+        if tokens.expires_at - self.refresh_margin_s > self.clock():
+            return tokens.access_token
+        return (await self._refresh_once(tokens.access_token)).access_token
+
+    async def rejected(self, token: str) -> bool:
+        await self._refresh_once(token)
+        return True
+
+    async def _refresh_once(self, stale_access: str) -> TokenSet:
+        """Refresh unless another task already replaced `stale_access`; only one refresh runs at once."""
+        await asyncio.to_thread(self._lock.acquire)
+        try:
+            current = self.store.load()
+            if current is None:
+                raise AuthError("GHL is not authorized yet: run `recon auth ghl`")
+            if current.access_token != stale_access and current.expires_at - self.refresh_margin_s > self.clock():
+                return current  # someone refreshed while we waited
+            tokens = await self._token_request({"grant_type": "refresh_token", "refresh_token": current.refresh_token,
+                                                "user_type": "Location"})
+            self.store.save(tokens)  # store the rotated pair before anyone uses it
+            self.refreshes += 1
+            return tokens
+        finally:
+            self._lock.release()
+
+    async def _token_request(self, form: dict[str, str]) -> TokenSet:
+        data = {"client_id": self.client_id, "client_secret": self.client_secret, **form}
+        http = self.http or httpx.AsyncClient(timeout=30)
+        try:
+            answer = await http.post(self.token_url, data=data, headers={"Accept": "application/json"})
+        except httpx.HTTPError as exc:
+            raise AuthError(f"token endpoint unreachable: {type(exc).__name__}", system="ghl") from None
+        finally:
+            if self.http is None:
+                await http.aclose()
+        if answer.status_code in (400, 401, 403, 422):
+            raise AuthError("the refresh token or code was refused: re-authorize with `recon auth ghl`",
+                            system="ghl", method="POST", path="/oauth/token", status=answer.status_code)
+        if answer.status_code != 200:
+            raise AuthError(f"token endpoint answered {answer.status_code}", system="ghl", status=answer.status_code)
+        body = answer.json()
+        return TokenSet(access_token=body["access_token"], refresh_token=body["refresh_token"],
+                        expires_at=self.clock() + float(body.get("expires_in", 86399)),
+                        location_id=body.get("locationId"), scope=body.get("scope", "")).register()

@@ -1,0 +1,49 @@
+"""Typed settings (pydantic-settings), read from the environment and `.env`.
+
+The environment names are a contract: RECON_GHL_BASE_URL, RECON_GHL_TOKEN, RECON_GHL_CLIENT_ID,
+RECON_GHL_CLIENT_SECRET, RECON_GHL_LOCATION_IDS (comma-separated), RECON_TINYEMAIL_BASE_URL,
+RECON_TINYEMAIL_API_KEY, RECON_DATA_DIR. Secrets are `SecretStr`, so printing the settings shows
+`**********`; the connectors register them for redaction when they use them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+GHL_BASE_URL = "https://services.leadconnectorhq.com"
+TINYEMAIL_BASE_URL = "https://api.tinyemail.com/v1"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECON_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("data")
+    ghl_base_url: str = GHL_BASE_URL
+    ghl_token: SecretStr | None = None
+    ghl_client_id: str | None = None
+    ghl_client_secret: SecretStr | None = None
+    ghl_location_ids: Annotated[list[str], NoDecode] = []
+    ghl_redirect_uri: str = "http://127.0.0.1:8765/oauth/callback"
+    tinyemail_base_url: str = TINYEMAIL_BASE_URL
+    tinyemail_api_key: SecretStr | None = None
+    default_region: str = "US"
+
+    @field_validator("ghl_location_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("ghl_base_url", "tinyemail_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+
+def get_settings() -> Settings:
+    return Settings()

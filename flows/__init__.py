@@ -1,0 +1,1 @@
+"""flows: filled by later issues."""

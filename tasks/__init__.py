@@ -1,0 +1,1 @@
+"""tasks: filled by later issues."""

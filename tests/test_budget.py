@@ -1,0 +1,64 @@
+"""The client-side rate budget, exact under an injected clock (no sleeping)."""
+
+from __future__ import annotations
+
+import pytest
+
+from connectors.budget import RateBudget, budget_for
+from connectors.errors import RateLimited
+from sandbox.ratelimit import SlidingWindowLimiter
+
+
+def test_schedule_never_exceeds_the_servers_sliding_window(clock):
+    """Requests sent at the reserved times are all accepted by the sandbox's own limiter."""
+    budget = RateBudget(100, 10.0, 200_000, headroom=0.05, margin_s=0.25, clock=clock)
+    server = SlidingWindowLimiter(100, 10.0, 200_000, clock=clock)
+    start = clock.t
+    for _ in range(1000):
+        clock.advance(budget.reserve())  # the caller waits, then sends
+        assert server.hit("k").allowed
+    elapsed = clock.t - start
+    # 1000 requests at 95 per 10.25 s: close to the allowed rate (>= 90 % of 10/s), never above it
+    assert 1000 / elapsed >= 9.0
+    assert 1000 / elapsed <= 10.0
+
+
+def test_first_requests_go_at_once_then_wait(clock):
+    budget = RateBudget(10, 1.0, headroom=0.0, margin_s=0.0, clock=clock)
+    assert [budget.reserve() for _ in range(10)] == [0.0] * 10
+    assert budget.reserve() == pytest.approx(1.0)
+
+
+def test_retry_after_pauses_everyone(clock):
+    budget = RateBudget(100, 10.0, clock=clock)
+    budget.pause(7)
+    assert budget.reserve() == pytest.approx(7)
+    assert budget.snapshot().rate_limited == 1
+
+
+def test_headers_reveal_another_client_and_we_slow_down(clock):
+    budget = RateBudget(100, 10.0, headroom=0.0, margin_s=0.0, clock=clock)
+    budget.reserve()
+    # the server says only 10 remain although we sent 1: another client spent 89
+    budget.observe({"x-ratelimit-max": "100", "x-ratelimit-remaining": "10",
+                    "x-ratelimit-interval-milliseconds": "10000"})
+    waits = [budget.reserve() for _ in range(11)]
+    assert waits[:10] == [0.0] * 10
+    assert waits[10] > 0
+
+
+def test_headers_change_limits_and_daily_allowance(clock):
+    budget = RateBudget(100, 10.0, 200_000, clock=clock)
+    budget.observe({"x-ratelimit-max": "50", "x-ratelimit-interval-milliseconds": "5000",
+                    "x-ratelimit-limit-daily": "1000", "x-ratelimit-daily-remaining": "1"})
+    snap = budget.snapshot()
+    assert (snap.limit, snap.window_s, snap.daily_limit, snap.daily_remaining) == (50, 5.0, 1000, 1)
+    budget.reserve()
+    with pytest.raises(RateLimited, match="daily"):
+        budget.reserve()
+
+
+def test_registry_shares_one_budget_per_system_and_key():
+    a = budget_for("ghl", "loc-A", lambda: RateBudget(100, 10.0))
+    assert budget_for("ghl", "loc-A", lambda: RateBudget(1, 1.0)) is a
+    assert budget_for("ghl", "loc-B", lambda: RateBudget(100, 10.0)) is not a
