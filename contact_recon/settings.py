@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     ghl_redirect_uri: str = "http://127.0.0.1:8765/oauth/callback"
     tinyemail_base_url: str = TINYEMAIL_BASE_URL
     tinyemail_api_key: SecretStr | None = None
+    tinyemail_rate_per_minute: float = 60  # CONTRACT.md: assumed 60 a minute per key
+    ghl_token_block: str | None = None  # Prefect Secret block holding the OAuth pair (deployments)
     default_region: str = "US"
 
     @field_validator("ghl_location_ids", mode="before")
@@ -43,6 +45,12 @@ class Settings(BaseSettings):
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+
+    @property
+    def ghl_token_file(self) -> Path:
+        """Where local runs keep the GHL OAuth pair (0600)."""
+        return self.data_dir / "secrets" / "ghl_tokens.json"
 
 
 def get_settings() -> Settings:

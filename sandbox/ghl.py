@@ -73,9 +73,13 @@ READ_POSTS = ("/contacts/search", "/contacts/search/duplicate")
 # ------------------------------------------------------------------------------------------ the spec
 
 
+VENDORED_SPECS = Path(__file__).resolve().parent / "specs"
+
+
 def specs_dir() -> Path:
-    """The shared GHL specs: $RECON_SPECS_DIR/ghl, else ../shared/specs/ghl beside the repo."""
-    root = os.environ.get("RECON_SPECS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "specs"
+    """The GHL spec files: $RECON_SPECS_DIR/ghl when set, else the unmodified copy shipped in sandbox/specs/
+    (so the sandbox runs on a machine without ../shared; tests/test_vendored_specs.py keeps it identical)."""
+    root = os.environ.get("RECON_SPECS_DIR") or VENDORED_SPECS
     return Path(root) / "ghl"
 
 

@@ -20,6 +20,19 @@ def specs_dir() -> Path:
 
 
 @pytest.fixture
+def sandboxes(serve: Callable[[Starlette], RunningServer]) -> Callable[..., tuple[RunningServer, RunningServer]]:
+    """Start both sandbox servers from one (validated) fixture: `sandboxes(fixture, rate_scale=.., faults=..)`."""
+    from sandbox import ghl, tinyemail
+    from sandbox.fixture import validate_fixture
+
+    def start(fixture: dict, **options: object) -> tuple[RunningServer, RunningServer]:
+        data = validate_fixture(fixture)
+        return serve(ghl.create_app(data["ghl"], **options)), serve(tinyemail.create_app(data["tinyemail"], **options))
+
+    return start
+
+
+@pytest.fixture
 def serve() -> Iterator[Callable[[Starlette], RunningServer]]:
     """Start apps on free loopback ports for one test; all are stopped after it."""
     running: list[RunningServer] = []
