@@ -4,7 +4,10 @@ GHL OAuth access tokens live a day and every refresh returns a new refresh token
 dies at once. Losing the new pair locks the product out until a person re-authorizes, so:
 - the new pair is written to the token store (atomically) before the access token is handed out;
 - one refresh runs at a time however many tasks or threads share the credentials; the others wait and
-  then use the pair the first one stored;
+  then use the pair the first one stored (the lock is a thread lock polled from the event loop, so a
+  cancelled waiter can never leave it held, and waiting takes no worker thread);
+- the current pair is kept in memory and the store is read again only to refresh (another process may
+  have rotated the pair meanwhile), so a request costs no file or Prefect API read;
 - the refresh happens `refresh_margin_s` before expiry, and once more when the API answers 401;
 - a refresh token the server refuses gives `AuthError` telling to run `recon auth ghl` again.
 
@@ -62,12 +65,15 @@ class FileTokenStore:
 
     def load(self) -> TokenSet | None:
         try:
-            return TokenSet(**json.loads(self.path.read_text(encoding="utf-8"))).register()
+            data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
+        except (OSError, ValueError):
+            raise AuthError(f"token file {self.path} is unreadable: re-authorize with `recon auth ghl`") from None
+        return _token_set(data, f"token file {self.path}")
 
     def save(self, tokens: TokenSet) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tokens-", suffix=".tmp")
         try:
             os.fchmod(fd, 0o600)
@@ -87,20 +93,42 @@ class PrefectSecretTokenStore:
     def __init__(self, block_name: str):
         self.block_name = block_name
 
+    # `_sync=True`: Prefect 3's `load`/`save` return coroutines when called inside an event loop,
+    # and the credentials call the store from async code.
+
     def load(self) -> TokenSet | None:
         from prefect.blocks.system import Secret
 
         try:
-            value = Secret.load(self.block_name).get()
+            value = Secret.load(self.block_name, _sync=True).get()  # type: ignore[call-arg]
         except ValueError:
             return None
-        data = json.loads(value) if isinstance(value, str) else value
-        return TokenSet(**data).register()
+        try:
+            data = json.loads(value) if isinstance(value, str) else value
+        except ValueError:
+            raise AuthError(f"Secret block {self.block_name} is unreadable: "
+                            "re-authorize with `recon auth ghl`") from None
+        return _token_set(data, f"Secret block {self.block_name}")
 
     def save(self, tokens: TokenSet) -> None:
         from prefect.blocks.system import Secret
 
-        Secret(value=json.dumps(asdict(tokens))).save(self.block_name, overwrite=True)
+        Secret(value=json.dumps(asdict(tokens))).save(self.block_name, overwrite=True, _sync=True)  # type: ignore[call-arg]
+
+
+async def _acquire(lock: threading.Lock) -> None:
+    """Take a thread lock from async code by polling: no worker thread, and a cancelled waiter holds nothing."""
+    while True:
+        if lock.acquire(blocking=False):
+            return
+        await asyncio.sleep(0.005)
+
+
+def _token_set(data: object, where: str) -> TokenSet:
+    try:
+        return TokenSet(**data).register()  # type: ignore[arg-type]
+    except TypeError:
+        raise AuthError(f"{where} does not hold a token pair: re-authorize with `recon auth ghl`") from None
 
 
 class Credentials(Protocol):
@@ -137,6 +165,7 @@ class GHLOAuth:
         self.token_url = base_url.rstrip("/") + "/oauth/token"
         self.http, self.refresh_margin_s, self.clock = http, refresh_margin_s, clock
         self._lock = threading.Lock()
+        self._current: TokenSet | None = None
         self.refreshes = 0
 
     def authorize_url(self, redirect_uri: str, scopes: tuple[str, ...] = DEFAULT_SCOPES) -> str:
@@ -152,13 +181,12 @@ class GHLOAuth:
             form["redirect_uri"] = redirect_uri
         tokens = await self._token_request(form)
         self.store.save(tokens)
+        self._current = tokens
         return tokens
 
     async def token(self) -> str:
-        tokens = self.store.load()
-        if tokens is None:
-            raise AuthError("GHL is not authorized yet: run `recon auth ghl`")
-        if tokens.expires_at - self.refresh_margin_s > self.clock():
+        tokens = self._current or self._load()
+        if self._fresh(tokens):
             return tokens.access_token
         return (await self._refresh_once(tokens.access_token)).access_token
 
@@ -166,18 +194,27 @@ class GHLOAuth:
         await self._refresh_once(token)
         return True
 
+    def _load(self) -> TokenSet:
+        tokens = self.store.load()
+        if tokens is None:
+            raise AuthError("GHL is not authorized yet: run `recon auth ghl`")
+        self._current = tokens
+        return tokens
+
+    def _fresh(self, tokens: TokenSet) -> bool:
+        return tokens.expires_at - self.refresh_margin_s > self.clock()
+
     async def _refresh_once(self, stale_access: str) -> TokenSet:
         """Refresh unless another task already replaced `stale_access`; only one refresh runs at once."""
-        await asyncio.to_thread(self._lock.acquire)
+        await _acquire(self._lock)
         try:
-            current = self.store.load()
-            if current is None:
-                raise AuthError("GHL is not authorized yet: run `recon auth ghl`")
-            if current.access_token != stale_access and current.expires_at - self.refresh_margin_s > self.clock():
+            current = self._load()  # the store: another process may have rotated the pair meanwhile
+            if current.access_token != stale_access and self._fresh(current):
                 return current  # someone refreshed while we waited
             tokens = await self._token_request({"grant_type": "refresh_token", "refresh_token": current.refresh_token,
                                                 "user_type": "Location"})
             self.store.save(tokens)  # store the rotated pair before anyone uses it
+            self._current = tokens
             self.refreshes += 1
             return tokens
         finally:

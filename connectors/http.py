@@ -107,7 +107,7 @@ class ApiClient:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, _Retry) and exc.rate_limited:
             return 0.0  # the budget holds every request back for the Retry-After
-        return wait_exponential_jitter(initial=0.5, max=self.backoff_max_s, jitter=0.5)(state)
+        return wait_exponential_jitter(multiplier=0.5, max=self.backoff_max_s, jitter=0.5)(state)
 
     async def _attempt(self, where: dict[str, Any], is_write: bool, refreshed: list[bool],
                        kwargs: dict[str, Any]) -> httpx.Response:
@@ -144,6 +144,9 @@ class ApiClient:
             self.budget.pause(retry_after)
             raise _Retry(RateLimited("rate limited (429)", retry_after_s=retry_after, status=429, **where),
                          rate_limited=True)
+        known = self.classify(response, body)
+        if isinstance(known, ScopeError):
+            raise known  # a missing scope is not cured by a fresh token
         if status == 401 and not refreshed and await self.credentials.rejected(token):
             refreshed.append(True)
             raise _Retry(AuthError("token refused after refresh", status=401, **where))
@@ -154,7 +157,7 @@ class ApiClient:
                 raise UnknownOutcome(message + "; the write may have landed: re-read before retrying",
                                      status=status, **where)
             raise _Retry(Unavailable(message, status=status, **where))
-        raise self.classify(response, body) or default_error(response, body, where)
+        raise known or default_error(response, body, where)
 
 
 def default_error(response: httpx.Response, body: dict[str, Any], where: dict[str, Any]) -> ConnectorError:

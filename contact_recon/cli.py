@@ -17,6 +17,8 @@ from sandbox.fixture import FixtureError, load_fixture
 app = typer.Typer(help="contact-recon: keep GHL and TinyEmail consistent.", no_args_is_help=True)
 sandbox_app = typer.Typer(help="Sandbox servers of both APIs and their fixtures.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
+auth_app = typer.Typer(help="Authorize the connectors.", no_args_is_help=True)
+app.add_typer(auth_app, name="auth")
 
 console = Console()
 err = Console(stderr=True)
@@ -129,6 +131,29 @@ def demo(
     from contact_recon.demo import run_demo
 
     raise typer.Exit(run_demo(console, contacts=contacts, seed=seed))
+
+
+@auth_app.command("ghl")
+def auth_ghl(
+    code: Annotated[str | None, typer.Option(help="The authorization code, or the whole redirect URL.")] = None,
+) -> None:
+    """Print the GHL authorize URL, take the code, and store the OAuth token pair (never printed)."""
+    from contact_recon.auth_cli import run
+    from contact_recon.settings import get_settings
+
+    def prompt() -> str:
+        return str(typer.prompt("Paste the code (or the whole redirect URL)", hide_input=True))
+
+    raise typer.Exit(run(get_settings(), code, prompt, console, err))
+
+
+@app.command("doctor")
+def doctor() -> None:
+    """Check both connections, the scopes the features need and the remaining budgets; exit 1 on a problem."""
+    from contact_recon.doctor import run_doctor
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_doctor(get_settings, console, err))
 
 
 if __name__ == "__main__":
