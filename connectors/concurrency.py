@@ -25,12 +25,11 @@ per budget, named `ghl:<location>` or `tinyemail:<key id>`:
   r = (limit - C) / W. GHL, 100 per 10 s in batches of 10: C = 20, r = 8/s, i.e. at most 100 in any
   10 s and 80% of the limit sustained across all workers (batches of 5: 90%).
 - Switched by the environment variable RECON_USE_GLOBAL_LIMITS (1/true/yes/on); unset, `batch_slots`
-  is a no-op and no Prefect server is needed. (Read here rather than in Settings for now.)
+  is a no-op and no Prefect server is needed.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -46,7 +45,10 @@ class LimitSpec:
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV_FLAG, "").strip().lower() in ("1", "true", "yes", "on")
+    """Settings.use_global_limits (RECON_USE_GLOBAL_LIMITS), read at call time."""
+    from contact_recon.settings import get_settings
+
+    return get_settings().use_global_limits
 
 
 def limit_name(system: str, key: str) -> str:

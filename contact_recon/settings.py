@@ -31,8 +31,14 @@ class Settings(BaseSettings):
     tinyemail_base_url: str = TINYEMAIL_BASE_URL
     tinyemail_api_key: SecretStr | None = None
     tinyemail_rate_per_minute: float = 60  # CONTRACT.md: assumed 60 a minute per key
+    use_global_limits: bool = False  # share budgets between processes via Prefect global concurrency limits
     ghl_token_block: str | None = None  # Prefect Secret block holding the OAuth pair (deployments)
     default_region: str = "US"
+    # Snapshot stage (tasks/snapshot.py, tasks/budget_plan.py)
+    notes_sweep_k: int = 30  # each night re-reads the notes and tasks of 1/K of all contacts
+    notes_safety_lag_s: float = 600  # a contact updated after (watermark - lag) counts as changed
+    write_reserve: int = 20_000  # GHL requests a day per location kept back for writes
+    snapshot_concurrency: int = 10  # requests in flight per location during the snapshot
 
     @field_validator("ghl_location_ids", mode="before")
     @classmethod
