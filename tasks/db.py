@@ -37,6 +37,8 @@ Schema (version 1; timestamps are TIMESTAMPTZ in UTC; list columns are VARCHAR[]
 - `watermarks` [location_id, entity]: value, run_id, updated_at.
 - `dirty_contacts` [location_id, contact_id]: reason, marked_at (webhooks mark contacts whose
   notes must be refetched; `clear_dirty` keeps marks that arrived during the refetch).
+- `check_results` [run_id, suite, expectation] (version 2): success, unexpected_count, sample_values
+  (JSON text: a list of strings), blocking, checked_at: the hygiene checks of each run (`checks/`).
 
 The snapshot tables carry no index or constraint (the keys above are logical): bulk ingest stays
 fast and history rows of one key across runs are expected. `prune(keep_runs=, keep_days=)` deletes
@@ -137,8 +139,15 @@ class Migration:
     statements: tuple[str, ...]
 
 
+_V2 = (
+    """CREATE TABLE check_results (run_id VARCHAR NOT NULL, suite VARCHAR NOT NULL, expectation VARCHAR NOT NULL,
+        success BOOLEAN NOT NULL, unexpected_count BIGINT NOT NULL, sample_values VARCHAR, blocking BOOLEAN NOT NULL,
+        checked_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (run_id, suite, expectation))""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, snapshots, base, id_map, identity review, watermarks, dirty contacts", _V1),
+    Migration(2, "check_results: the hygiene checks of each run", _V2),
 )
 
 
@@ -245,6 +254,10 @@ class Store:
                          "VALUES (?, ?, 'running', ?, ?, ?)",
                          [run_id, kind, now, list(location_ids), _json(plan)])
         return run_id
+
+    def set_plan(self, run_id: str, plan: Any) -> None:
+        """Record (or replace) a run's request plan, once the stage has made it."""
+        self.con.execute("UPDATE runs SET plan_json = ? WHERE run_id = ?", [_json(plan), run_id])
 
     def finish_run(self, run_id: str, status: str, requests_used: Any = None, error: str | None = None) -> None:
         """Close a run with its status, the requests it used and its (redacted) error."""
@@ -424,6 +437,25 @@ class Store:
         for location_id, contact_id in contacts:
             self.con.execute("DELETE FROM dirty_contacts WHERE location_id = ? AND contact_id = ? AND marked_at < ?",
                              [location_id, contact_id, marked_before])
+
+    # ---------------------------------------------------------------------------- check results
+
+    def save_check_results(self, run_id: str, results: pl.DataFrame) -> None:
+        """Record a run's check results (columns suite, expectation, success, unexpected_count,
+        sample_values (list of strings), blocking); saving a run again replaces its rows."""
+        rows = [[run_id, r["suite"], r["expectation"], r["success"], r["unexpected_count"],
+                 json.dumps(list(r["sample_values"] or []), ensure_ascii=False), r["blocking"], self.clock()]
+                for r in results.iter_rows(named=True)]
+        with self.transaction():
+            self.con.execute("DELETE FROM check_results WHERE run_id = ?", [run_id])
+            if rows:
+                self.con.executemany("INSERT INTO check_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def load_check_results(self, run_id: str | None = None) -> pl.DataFrame:
+        """The check results of one run (default: every run), sample_values as JSON text."""
+        where = "WHERE run_id = ? " if run_id else ""
+        return self._frame(f"SELECT * FROM check_results {where}ORDER BY checked_at, run_id, suite, expectation",
+                           [run_id] if run_id else None)
 
     def _insert(self, sql: str, frame: pl.DataFrame, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run `sql` with `frame` registered as `_frame` (an Arrow scan, no copy through Python)."""

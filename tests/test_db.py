@@ -91,32 +91,33 @@ def test_base_table_matches_merge_side(store) -> None:
 def test_a_new_migration_runs_once_and_in_order(tmp_path: Path) -> None:
     path = tmp_path / "recon.duckdb"
     open_db(path).close()
-    v2 = Migration(2, "add a column", ("ALTER TABLE runs ADD COLUMN note VARCHAR",
-                                       "CREATE TABLE migration_log (version INTEGER)",
-                                       "INSERT INTO migration_log VALUES (2)"))
-    v3 = Migration(3, "log", ("INSERT INTO migration_log VALUES (3)",))
+    n = len(MIGRATIONS)  # the test's migrations come after the real ones
+    v2 = Migration(n + 1, "add a column", ("ALTER TABLE runs ADD COLUMN note VARCHAR",
+                                           "CREATE TABLE migration_log (version INTEGER)",
+                                           f"INSERT INTO migration_log VALUES ({n + 1})"))
+    v3 = Migration(n + 2, "log", (f"INSERT INTO migration_log VALUES ({n + 2})",))
     for _ in range(2):  # the second open finds nothing to do
         with open_db(path, migrations=(*MIGRATIONS, v2, v3)) as s:
-            assert s.schema_version == 3
+            assert s.schema_version == n + 2
             log = s.con.execute("SELECT list(version ORDER BY rowid) FROM migration_log").fetchall()[0][0]
             applied = s.con.execute("SELECT list(version ORDER BY version) FROM schema_version").fetchall()[0][0]
-            assert (log, applied) == ([2, 3], [1, 2, 3])
+            assert (log, applied) == ([n + 1, n + 2], list(range(1, n + 3)))
 
 
 def test_a_failing_migration_leaves_no_trace(tmp_path: Path) -> None:
     path = tmp_path / "recon.duckdb"
-    bad = Migration(2, "half done", ("CREATE TABLE half (x INTEGER)", "SELECT * FROM no_such_table"))
+    bad = Migration(len(MIGRATIONS) + 1, "half done", ("CREATE TABLE half (x INTEGER)", "SELECT * FROM no_such_table"))
     with pytest.raises(duckdb.Error):
         open_db(path, migrations=(*MIGRATIONS, bad))
     with open_db(path) as s:
-        assert s.schema_version == 1
+        assert s.schema_version == len(MIGRATIONS)
         half = s.con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name='half'").fetchall()
         assert half == [(0,)]
 
 
 def test_database_newer_than_code_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "recon.duckdb"
-    open_db(path, migrations=(*MIGRATIONS, Migration(2, "future", ("SELECT 1",)))).close()
+    open_db(path, migrations=(*MIGRATIONS, Migration(len(MIGRATIONS) + 1, "future", ("SELECT 1",)))).close()
     with pytest.raises(SchemaTooNew):
         open_db(path)
 
