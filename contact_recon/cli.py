@@ -156,5 +156,18 @@ def doctor() -> None:
     raise typer.Exit(run_doctor(get_settings, console, err))
 
 
+@app.command("snapshot")
+def snapshot(
+    location: Annotated[list[str] | None, typer.Option(help="GHL location id (repeatable); default: all configured.")]
+    = None,
+    full_sweep: Annotated[bool, typer.Option(help="Read the tasks and notes of every contact tonight.")] = False,
+) -> None:
+    """Snapshot GHL and TinyEmail into the store; print counts, requests planned vs used; exit 1 on failure."""
+    from contact_recon.settings import get_settings
+    from contact_recon.snapshot_cli import run_snapshot_command
+
+    raise typer.Exit(run_snapshot_command(get_settings(), location or [], full_sweep, console, err))
+
+
 if __name__ == "__main__":
     app()

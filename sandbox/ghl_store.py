@@ -373,6 +373,7 @@ class GHLStore:
         self.refresh_tokens: dict[str, Grant] = {}
         self.locations: dict[str, Location] = {}
         self.contact_location: dict[str, str] = {}
+        self._by_contact: dict[tuple[str, str], dict[str, list[str]]] = {}  # (location, kind) -> contact -> ids
         for location_id, raw in (fx.get("locations") or {}).items():
             self._load_location(location_id, raw)
 
@@ -497,6 +498,7 @@ class GHLStore:
     def delete_contact(self, contact_id: str) -> None:
         loc = self.locations[self.contact_location.pop(contact_id)]
         del loc.contacts[contact_id]
+        self._by_contact.clear()
         for kind in (loc.tasks, loc.notes):
             for item_id in [i for i, item in kind.items() if item.get("contactId") == contact_id]:
                 del kind[item_id]
@@ -529,7 +531,13 @@ class GHLStore:
 
     def items(self, location_id: str, kind: str, contact_id: str) -> list[dict[str, Any]]:
         store: dict[str, dict[str, Any]] = getattr(self.location(location_id), kind)
-        return [item for item in store.values() if item.get("contactId") == contact_id]
+        index = self._by_contact.get((location_id, kind))
+        if index is None:  # built once, dropped by every task/note write: a read stays O(own items)
+            index = {}
+            for item_id, item in store.items():
+                index.setdefault(item.get("contactId"), []).append(item_id)
+            self._by_contact[(location_id, kind)] = index
+        return [store[item_id] for item_id in index.get(contact_id, ())]
 
     def item(self, location_id: str, kind: str, contact_id: str, item_id: str) -> dict[str, Any]:
         store: dict[str, dict[str, Any]] = getattr(self.location(location_id), kind)
@@ -543,9 +551,11 @@ class GHLStore:
         if kind == "notes":
             item["dateAdded"] = self.now()
         getattr(self.location(location_id), kind)[item["id"]] = item
+        self._by_contact.clear()
         return item
 
     def update_item(self, item: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+        self._by_contact.clear()
         for key, value in fields.items():
             if value is None:
                 item.pop(key, None)
@@ -555,12 +565,14 @@ class GHLStore:
 
     def delete_item(self, location_id: str, kind: str, item_id: str) -> None:
         del getattr(self.location(location_id), kind)[item_id]
+        self._by_contact.clear()
 
     def search_tasks(self, location_id: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         """POST /locations/{id}/tasks/search: filter by contact, completion, assignee and text."""
         rows = list(self.location(location_id).tasks.values())
         if body.get("contactId") is not None:
-            rows = [t for t in rows if t.get("contactId") in set(body["contactId"])]
+            wanted = set(body["contactId"])
+            rows = [t for t in rows if t.get("contactId") in wanted]
         if body.get("completed") is not None:
             rows = [t for t in rows if bool(t.get("completed")) == body["completed"]]
         if body.get("assignedTo") is not None:
