@@ -169,5 +169,50 @@ def snapshot(
     raise typer.Exit(run_snapshot_command(get_settings(), location or [], full_sweep, console, err))
 
 
+
+@app.command("plan")
+def plan(
+    location: Annotated[list[str] | None, typer.Option(help="GHL location id (repeatable); default: all configured.")]
+    = None,
+    approve: Annotated[bool, typer.Option(help="Approve up front whatever guard the plan trips.")] = False,
+    full_sweep: Annotated[bool, typer.Option(help="Read the tasks and notes of every contact tonight.")] = False,
+    reuse_snapshot: Annotated[bool, typer.Option(help="Plan from the latest stored snapshot; read neither system.")]
+    = False,
+) -> None:
+    """The dry run (`recon run --dry-run` once the apply stage exists): snapshot and plan, writing nothing to GHL
+    or TinyEmail.
+
+    Prints the run id, its status (planned, or held by a guard with the reasons), the operations per
+    system and kind, the conflicts, the quarantined operations and where plan.parquet is.
+    Exit 0 planned, 3 held (see `recon approve`), 1 failed.
+    """
+    from contact_recon.plan_cli import run_plan_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_plan_command(get_settings(), location or [], approve, full_sweep, reuse_snapshot, console,
+                                      err))
+
+
+@app.command("mapping")
+def mapping(
+    policy: Annotated[Path | None, typer.Option(help="Policy file (.toml or .json); default: RECON_POLICY_FILE.")]
+    = None,
+) -> None:
+    """Print the active field map and rules as a table: how data moves between GHL and TinyEmail."""
+    from contact_recon.plan_cli import run_mapping_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_mapping_command(get_settings(), policy, console, err))
+
+
+@app.command("approve")
+def approve(run_id: Annotated[str, typer.Argument(help="The id of a held plan run.")]) -> None:
+    """Approve a run held by a guard; print the reasons and the operations it approves."""
+    from contact_recon.plan_cli import run_approve_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_approve_command(get_settings(), run_id, console, err))
+
+
 if __name__ == "__main__":
     app()

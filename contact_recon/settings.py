@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     notes_safety_lag_s: float = 600  # a contact updated after (watermark - lag) counts as changed
     write_reserve: int = 20_000  # GHL requests a day per location kept back for writes
     snapshot_concurrency: int = 10  # requests in flight per location during the snapshot
+    # Planning (tasks/pipeline.py): the reconciliation policy file (.toml or .json); None: the default policy
+    policy_file: Path | None = None
 
     @field_validator("ghl_location_ids", mode="before")
     @classmethod

@@ -39,6 +39,9 @@ Schema (version 1; timestamps are TIMESTAMPTZ in UTC; list columns are VARCHAR[]
   notes must be refetched; `clear_dirty` keeps marks that arrived during the refetch).
 - `check_results` [run_id, suite, expectation] (version 2): success, unexpected_count, sample_values
   (JSON text: a list of strings), blocking, checked_at: the hygiene checks of each run (`checks/`).
+- `runs` gains (version 3): held_reasons (JSON text: the guards a plan run tripped, a list of strings),
+  approved_at (when a person approved it: `recon approve`, or a run with `--approve`). A plan run
+  ends 'planned' or 'held'; `approve_run` turns 'held' into 'approved' (`tasks/pipeline.py`).
 
 The snapshot tables carry no index or constraint (the keys above are logical): bulk ingest stays
 fast and history rows of one key across runs are expected. `prune(keep_runs=, keep_days=)` deletes
@@ -89,6 +92,14 @@ class StoreError(Exception):
 
 class SchemaTooNew(StoreError):
     """The database file was migrated by a newer version of this code."""
+
+
+class UnknownRun(StoreError):
+    """No run has this id."""
+
+
+class RunNotHeld(StoreError):
+    """Only a held run can be approved."""
 
 
 # ------------------------------------------------------------------------------------------- schema
@@ -145,9 +156,15 @@ _V2 = (
         checked_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (run_id, suite, expectation))""",
 )
 
+_V3 = (
+    "ALTER TABLE runs ADD COLUMN held_reasons VARCHAR",
+    "ALTER TABLE runs ADD COLUMN approved_at TIMESTAMPTZ",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, snapshots, base, id_map, identity review, watermarks, dirty contacts", _V1),
     Migration(2, "check_results: the hygiene checks of each run", _V2),
+    Migration(3, "runs.held_reasons, runs.approved_at: guards tripped by a plan and its approval", _V3),
 )
 
 
@@ -259,14 +276,37 @@ class Store:
         """Record (or replace) a run's request plan, once the stage has made it."""
         self.con.execute("UPDATE runs SET plan_json = ? WHERE run_id = ?", [_json(plan), run_id])
 
-    def finish_run(self, run_id: str, status: str, requests_used: Any = None, error: str | None = None) -> None:
-        """Close a run with its status, the requests it used and its (redacted) error."""
-        self.con.execute("UPDATE runs SET status = ?, finished_at = ?, requests_used_json = ?, error = ? "
-                         "WHERE run_id = ?",
-                         [status, self.clock(), _json(requests_used), redact(error) if error else None, run_id])
+    def finish_run(self, run_id: str, status: str, requests_used: Any = None, error: str | None = None, *,
+                   held_reasons: Sequence[str] | None = None, approved: bool = False) -> None:
+        """Close a run with its status, the requests it used and its (redacted) error; a plan run also
+        records the guards it tripped and whether they were approved up front (`--approve`)."""
+        self.con.execute("UPDATE runs SET status = ?, finished_at = ?, requests_used_json = ?, error = ?, "
+                         "held_reasons = ?, approved_at = ? WHERE run_id = ?",
+                         [status, self.clock(), _json(requests_used), redact(error) if error else None,
+                          _json(list(held_reasons)) if held_reasons is not None else None,
+                          self.clock() if approved else None, run_id])
 
     def runs(self) -> pl.DataFrame:
         return self._frame("SELECT * FROM runs ORDER BY started_at, run_id")
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """One run as a dict of its columns (`held_reasons` decoded to a list); UnknownRun if there is none."""
+        rows = self._frame("SELECT * FROM runs WHERE run_id = ?", [run_id]).to_dicts()
+        if not rows:
+            raise UnknownRun(f"unknown run {run_id!r}")
+        run = rows[0]
+        run["held_reasons"] = json.loads(run["held_reasons"]) if run["held_reasons"] else []
+        return run
+
+    def approve_run(self, run_id: str) -> dict[str, Any]:
+        """Mark a held run 'approved' (stamped now) and return it; UnknownRun, or RunNotHeld when it is not held."""
+        with self.transaction():
+            status = self.get_run(run_id)["status"]
+            if status != "held":
+                raise RunNotHeld(f"run {run_id} is {status}, not held: nothing to approve")
+            self.con.execute("UPDATE runs SET status = 'approved', approved_at = ? WHERE run_id = ?",
+                             [self.clock(), run_id])
+        return self.get_run(run_id)
 
     # -------------------------------------------------------------------------------- snapshots
 
