@@ -40,7 +40,7 @@ import httpx
 from connectors.auth import Credentials, FileTokenStore, GHLOAuth, PrefectSecretTokenStore, StaticToken, TokenStore
 from connectors.budget import BudgetSnapshot, RateBudget, budget_for
 from connectors.errors import AuthError, ConnectorError, Duplicate, NotFound, ScopeError, Validation
-from connectors.http import ApiClient, RequestStats
+from connectors.http import ApiBacked, ApiClient
 from connectors.models import Appointment, BulkTagsResult, Contact, Note, SearchPage, Task
 from contact_recon.settings import Settings
 
@@ -101,7 +101,7 @@ def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
 # ------------------------------------------------------------------------------------------ client
 
 
-class GHLClient:
+class GHLClient(ApiBacked):
     """Async client of one GHL location. Build it with `from_settings`; close it with `aclose()`."""
 
     def __init__(self, api: ApiClient, location_id: str):
@@ -132,25 +132,8 @@ class GHLClient:
                         classify=classify, transport=transport, **api_options)
         return cls(api, location_id)
 
-    @property
-    def stats(self) -> RequestStats:
-        return self.api.stats
-
-    @property
-    def budget(self) -> RateBudget:
-        return self.api.budget
-
     def budget_snapshot(self) -> BudgetSnapshot:
         return self.api.budget.snapshot()
-
-    async def aclose(self) -> None:
-        await self.api.aclose()
-
-    async def __aenter__(self) -> GHLClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def _json(self, method: str, path: str, *, write: bool | None = None, **kwargs: Any) -> dict[str, Any]:
         answer = await self.api.request(method, path, write=write, **kwargs)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
@@ -158,6 +158,29 @@ class ApiClient:
                                      status=status, **where)
             raise _Retry(Unavailable(message, status=status, **where))
         raise known or default_error(response, body, where)
+
+
+class ApiBacked:
+    """What every connector built on one `ApiClient` (`self.api`) shares: stats, budget, closing."""
+
+    api: ApiClient
+
+    @property
+    def stats(self) -> RequestStats:
+        return self.api.stats
+
+    @property
+    def budget(self) -> RateBudget:
+        return self.api.budget
+
+    async def aclose(self) -> None:
+        await self.api.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 def default_error(response: httpx.Response, body: dict[str, Any], where: dict[str, Any]) -> ConnectorError:

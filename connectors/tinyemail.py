@@ -50,7 +50,7 @@ import pydantic
 from connectors.auth import Credentials, StaticToken
 from connectors.budget import RateBudget, budget_for
 from connectors.errors import AuthError, ConnectorError, NotFound, UnknownOutcome, Validation
-from connectors.http import ApiClient, RequestStats
+from connectors.http import ApiBacked, ApiClient
 from connectors.models import ContactList, Customer
 from connectors.redaction import register_secret
 from contact_recon.settings import Settings
@@ -115,7 +115,7 @@ class AudienceSnapshot:
         self.memberships.setdefault(key, set()).add(list_id)
 
 
-class TinyEmailClient:
+class TinyEmailClient(ApiBacked):
     """Async TinyEmail API calls over one `ApiClient` (one key, one budget)."""
 
     def __init__(self, api: ApiClient, *, page_size: int = PAGE_SIZE, batch_size: int = BATCH_SIZE,
@@ -151,23 +151,6 @@ class TinyEmailClient:
                         headers={"Accept": "application/json"}, classify=classify, transport=transport,
                         **api_options)
         return cls(api)
-
-    @property
-    def stats(self) -> RequestStats:
-        return self.api.stats
-
-    @property
-    def budget(self) -> RateBudget:
-        return self.api.budget
-
-    async def aclose(self) -> None:
-        await self.api.aclose()
-
-    async def __aenter__(self) -> TinyEmailClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     # --- reading ---------------------------------------------------------------------------------
 
