@@ -24,8 +24,28 @@ test: $(STAMP)
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest
 
+# The report tests look at report.html in headless Chromium: Debian's chromium package, driven by playwright
+# (never `playwright install`: it downloads a browser). Installed here when we are root, else a clear error.
+CHROMIUM := /usr/bin/chromium
+test: $(CHROMIUM)
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium (apt-get) for the report tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "error: $(CHROMIUM) is missing; the report tests need it: sudo apt-get install -y chromium" >&2; \
+		exit 1; \
+	fi
+	@test -x $(CHROMIUM) || { echo "error: chromium was installed but $(CHROMIUM) is not there" >&2; exit 1; }
+
+# Every benchmark in bench/ (bench/run_all.py): bench/results/latest.json and latest.md; exit 1 on a missed goal.
 bench: $(STAMP)
-	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/run_all.py
+
+# The same at small sizes (about two minutes): bench/results/quick.json and quick.md.
+.PHONY: bench-quick
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run_all.py --quick
 
 # Re-resolve the lock after changing dependencies in pyproject.toml (needs network to PyPI).
 lock: $(STAMP)

@@ -8,7 +8,10 @@ process reads them and runs `checks.run_checks` (all five suites through great-e
 Data Docs) plus `apply_quarantine`, so the figures count only the checks: wall time (GX import, checks
 and docs, quarantine) and the peak RSS of that process (ru_maxrss). Goal: < 30 s.
 
-    .venv/bin/python bench/checks.py [--contacts 100000] [--seed 0]
+    .venv/bin/python bench/checks.py [--contacts 100000] [--seed 0] [--json PATH]
+
+`--json PATH` also writes the figures there (bench/figures.py; `make bench` collects them); the
+measuring child process writes them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from pathlib import Path
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from figures import goal, info, write_figures  # noqa: E402  # bench/, the script's own directory
 
 GOAL_S = 30.0
 FRAMES = ("ghl_contacts", "te_customers", "ghl_tasks", "ghl_notes")
@@ -76,7 +81,7 @@ def prepare(contacts: int, seed: int, out: Path) -> None:
     (out / "meta.json").write_text(json.dumps({"today": today.isoformat(), "people": result.stats["people"]}))
 
 
-def measure(inputs: Path) -> None:
+def measure(inputs: Path, json_path: Path | None = None) -> None:
     """In a fresh process: read the inputs, run every suite, print the figures."""
     frames = {name: pl.read_parquet(inputs / f"{name}.parquet") for name in FRAMES}
     ops, matched = pl.read_parquet(inputs / "plan.parquet"), pl.read_parquet(inputs / "matched.parquet")
@@ -108,6 +113,15 @@ def measure(inputs: Path) -> None:
     print(f"peak RSS:             {peak_mib:6.0f} MiB (ru_maxrss of the checking process; "
           f"{before_mib:.0f} MiB with the inputs read and GX imported, before the checks)")
     print(f"Data Docs:            {report.docs_index}")
+    write_figures(json_path, [
+        info("checks", "ghl contacts", frames["ghl_contacts"].height), info("checks", "plan ops", ops.height),
+        info("checks", "expectations", len(report.results)),
+        info("checks", "quarantined records", report.quarantined.height),
+        info("checks", "GX import", imported - start, "s"),
+        info("checks", "checks + Data Docs", checked - imported, "s"),
+        info("checks", "quarantine", done - checked, "s"),
+        goal("checks", "wall time", done - start, "<", GOAL_S, "s"),
+        info("checks", "peak RSS", peak_mib, "MiB")])
 
 
 def main() -> None:
@@ -115,15 +129,17 @@ def main() -> None:
     parser.add_argument("--contacts", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.measure:
-        measure(args.measure)
+        measure(args.measure, args.json)
         return
     with tempfile.TemporaryDirectory(prefix="bench-checks-") as tmp:
         started = time.perf_counter()
         prepare(args.contacts, args.seed, Path(tmp))
         print(f"prepared {args.contacts:,} GHL contacts in {time.perf_counter() - started:.1f} s (not timed below)")
-        subprocess.run([sys.executable, __file__, "--measure", tmp], check=True)
+        subprocess.run([sys.executable, __file__, "--measure", tmp,
+                        *(["--json", str(args.json.resolve())] if args.json else [])], check=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ Printed per phase: calls answered within the duration, requests/s, the share of 
 (goal >= 90%) and the 429 answers in the sandbox's request log (goal 0), with PASS/FAIL lines.
 
     .venv/bin/python bench/connectors.py [--rate-scale 10] [--seconds 30] [--te-rate-scale 100]
-        [--te-seconds 60] [--concurrency 20] [--skip-tinyemail]
+        [--te-seconds 60] [--concurrency 20] [--skip-tinyemail] [--json PATH]
+
+`--json PATH` also writes the figures there (bench/figures.py; `make bench` collects them).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from figures import Figure, goal, info, write_figures  # noqa: E402  # bench/, the script's own directory
 
 from contact_recon.settings import Settings  # noqa: E402
 from sandbox.fixture import validate_fixture  # noqa: E402
@@ -74,6 +78,15 @@ class Phase:
             f"  share >= {SHARE_GOAL:.0%}: {'PASS' if share_ok else 'FAIL'}",
             f"  zero 429: {'PASS' if zero_429 else 'FAIL'}",
         ]
+
+    def figures(self) -> list[Figure]:
+        name = f"{self.system} {self.kind}"
+        return [info("connectors", f"{name}: calls", self.calls),
+                info("connectors", f"{name}: rate", self.rate, "req/s"),
+                goal("connectors", f"{name}: share of the allowed rate", self.share * 100, ">=",
+                     SHARE_GOAL * 100, "%"),
+                goal("connectors", f"{name}: 429 answers", self.too_many, "==", 0),
+                goal("connectors", f"{name}: errors", self.errors, "==", 0)]
 
 
 async def drive(call: Call, seconds: float, concurrency: int) -> tuple[int, int]:
@@ -186,6 +199,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--contacts", type=int, default=2000)
     parser.add_argument("--skip-tinyemail", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     fixture = validate_fixture(generate_fixture(args.contacts, seed=1))
     phases = asyncio.run(bench_ghl(fixture, args))
@@ -197,6 +211,7 @@ def main() -> int:
         phases += asyncio.run(bench_tinyemail(fixture, args))
     ok = all(p.share >= SHARE_GOAL and p.too_many == 0 and p.errors == 0 for p in phases)
     print(f"overall: {'PASS' if ok else 'FAIL'}")
+    write_figures(args.json, [figure for phase in phases for figure in phase.figures()])
     return 0 if ok else 1
 
 

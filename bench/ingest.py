@@ -6,7 +6,9 @@ sizes. The file lives in a temporary directory. Prints the normalisation rate of
 wall time of ONE write_snapshot transaction (frames + watermark + commit), the read-back time of
 `latest_snapshot`, the file size, peak memory (ru_maxrss) and `goal < 10 s: PASS/FAIL`.
 
-    .venv/bin/python bench/ingest.py [--rows 1000000] [--sample 10000]
+    .venv/bin/python bench/ingest.py [--rows 1000000] [--sample 10000] [--json PATH]
+
+`--json PATH` also writes the figures there (bench/figures.py; `make bench` collects them).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from figures import goal, info, write_figures  # noqa: E402  # bench/, the script's own directory
 
 from sandbox.generate import generate_fixture
 from tasks.db import open_db
@@ -50,6 +54,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--sample", type=int, default=10_000)
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     sample, rate = sample_rows(args.sample)
     frame = scale(sample, args.rows)
@@ -74,6 +79,11 @@ def main() -> int:
     print(f"peak RSS:       {maxrss_mb:.0f} MiB (ru_maxrss)")
     passed = ingest_s < GOAL_S
     print(f"goal < {GOAL_S:.0f} s: {'PASS' if passed else 'FAIL'}")
+    write_figures(args.json, [
+        info("ingest", "rows", frame.height), info("ingest", "normalise rate", rate, "rows/s"),
+        goal("ingest", "ingest (one transaction)", ingest_s, "<", GOAL_S, "s"),
+        info("ingest", "ingest rate", frame.height / ingest_s, "rows/s"), info("ingest", "read back", read_s, "s"),
+        info("ingest", "file size", size / 1e6, "MB"), info("ingest", "peak RSS", maxrss_mb, "MiB")])
     return 0 if passed else 1
 
 

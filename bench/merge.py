@@ -12,6 +12,9 @@ so generator garbage and the baseline's dicts are not counted (goal < 2 GiB). Wh
 would be slow, `--baseline-size` runs it (and a second vectorised plan) on a prefix as well.
 
     .venv/bin/python bench/merge.py [--contacts 1000000] [--drift 0.02] [--baseline-size 100000] [--skip-full-baseline]
+        [--json PATH]
+
+`--json PATH` also writes the figures there (bench/figures.py; `make bench` collects them).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from figures import Figure, goal, info, write_figures  # noqa: E402
 from merge_baseline import plan_baseline  # noqa: E402
 
 from tasks.merge import plan  # noqa: E402
@@ -109,7 +113,8 @@ def time_baseline(base, te, ghl, policy):
     return (ops, conflicts), t1 - t0, time.perf_counter() - t1
 
 
-def compare(label: str, n: int, base, te, ghl, policy, polars_result=None, polars_s=None) -> bool:
+def compare(label: str, n: int, base, te, ghl, policy, polars_result=None, polars_s=None,
+            figures: list[Figure] | None = None) -> bool:
     if polars_result is None:
         polars_result, polars_s = time_polars(base, te, ghl, policy)
     (ops, conflicts), convert_s, baseline_s = time_baseline(base, te, ghl, policy)
@@ -121,6 +126,11 @@ def compare(label: str, n: int, base, te, ghl, policy, polars_result=None, polar
           f"(goal >= {GOAL_SPEEDUP:.0f}x: {'PASS' if speedup >= GOAL_SPEEDUP else 'FAIL'}) | "
           f"same plan: {'yes' if same else 'NO'} ({polars_result.ops.height:,} ops, "
           f"{polars_result.conflicts.height:,} conflicts)")
+    if figures is not None:
+        figures += [info("merge", f"{label}: people", n), info("merge", f"{label}: polars plan", polars_s, "s"),
+                    info("merge", f"{label}: baseline plan", baseline_s, "s"),
+                    goal("merge", f"{label}: speedup", speedup, ">=", GOAL_SPEEDUP, "x"),
+                    goal("merge", f"{label}: same plan as the baseline", float(same), "==", 1.0, "(1 = yes)")]
     return same and speedup >= GOAL_SPEEDUP
 
 
@@ -151,6 +161,7 @@ def main() -> int:
     parser.add_argument("--baseline-size", type=int, default=100_000)
     parser.add_argument("--skip-full-baseline", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.child:
         return child(args.child)
@@ -164,11 +175,17 @@ def main() -> int:
     print(f"peak RSS of that process: {peak:,.0f} MiB (after reading the snapshots: {loaded:,.0f} MiB) "
           f"goal < {GOAL_PEAK_GIB:.0f} GiB: {'PASS' if peak < GOAL_PEAK_GIB * 1024 else 'FAIL'}")
     ok = peak < GOAL_PEAK_GIB * 1024
+    figures = [info("merge", "people", args.contacts), info("merge", "ops", result.ops.height),
+               info("merge", "polars plan (fresh process)", polars_s, "s"),
+               info("merge", "polars plan again", polars_again, "s"),
+               goal("merge", "peak RSS of the planning process", peak, "<", GOAL_PEAK_GIB * 1024, "MiB")]
     if args.baseline_size and args.baseline_size < args.contacts:
         small = snapshots(args.baseline_size, args.drift)
-        ok = compare("subset", args.baseline_size, *small, policy) and ok
+        ok = compare("subset", args.baseline_size, *small, policy, figures=figures) and ok
     if not args.skip_full_baseline:
-        ok = compare("full", args.contacts, base, te, ghl, policy, result, min(polars_s, polars_again)) and ok
+        ok = compare("full", args.contacts, base, te, ghl, policy, result, min(polars_s, polars_again),
+                     figures=figures) and ok
+    write_figures(args.json, figures)
     return 0 if ok else 1
 
 

@@ -257,6 +257,18 @@ class Baseline:
                 self.op("ghl", kind, key, rule, None, new, reason)
 
 
+def _new_task_facts(bl: Baseline, te: dict[str, Row]) -> None:
+    """A task created by the plan is open at once: its fact tag goes to TinyEmail in the same plan."""
+    tag = bl.p.tasks.open_task_tag
+    if not tag or tag not in bl.active_facts:
+        return
+    tasked = {op.key for op in bl.ops if op.kind == "task_create"}
+    planned = {op.key for op in bl.ops if op.target == "tinyemail" and op.kind == "tag_add" and op.new == tag}
+    for key in sorted(tasked - planned):
+        if key in te and tag not in te[key]["tags"]:
+            bl.op("tinyemail", "tag_add", key, "tags", None, tag, Reason.GHL_TASK_FACT.value)
+
+
 def _facts(ghl: dict[str, Row], ghl_tasks: list[Row] | None, bl: Baseline) -> dict[str, set[str]]:
     t = bl.p.tasks
     out: dict[str, set[str]] = {}
@@ -336,8 +348,8 @@ def plan_baseline(base_rows: list[Row], te_rows: list[Row], ghl_rows: list[Row],
             bl.op("ghl", "create", key, None, None, create_record(t, "ghl", policy), Reason.NEW_ON_TINYEMAIL.value)
             ghl_creates.add(key)
         elif case == "new_on_ghl" and policy.create.ghl_to_tinyemail:
-            bl.op("tinyemail", "create", key, None, None, create_record(g, "tinyemail", policy),
-                  Reason.NEW_ON_GHL.value)
+            bl.op("tinyemail", "create", key, None, None,
+                  create_record(g, "tinyemail", policy, sorted(facts.get(key, set()))), Reason.NEW_ON_GHL.value)
         elif case == "deleted_in_ghl":
             edited = bl.te_edited(t, b, valid)
             if edited and policy.delete.edit_beats_delete:
@@ -355,6 +367,7 @@ def plan_baseline(base_rows: list[Row], te_rows: list[Row], ghl_rows: list[Row],
         for key in sorted(set(pending_events) | ghl_creates):
             b = base.get(key)
             bl.events_of(key, te[key], b, bool(b and b["in_tinyemail"]), done)
+        _new_task_facts(bl, te)
     return _sorted(bl.ops), sorted(bl.conflicts, key=lambda c: (_nf(c["key"]), _nf(c["field"]), _nf(c["reason"])))
 
 

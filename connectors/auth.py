@@ -73,7 +73,9 @@ class FileTokenStore:
         return _token_set(data, f"token file {self.path}")
 
     def save(self, tokens: TokenSet) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for folder in [*reversed(self.path.parent.parents), self.path.parent]:  # mkdir(parents=True) would
+            if not folder.exists():  # give the parents it makes the umask's mode, not 0700
+                folder.mkdir(mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tokens-", suffix=".tmp")
         try:
             os.fchmod(fd, 0o600)

@@ -64,3 +64,8 @@ class Unavailable(ConnectorError):
 
 class UnknownOutcome(ConnectorError):
     """A write whose fate is unknown (timeout, reset, 5xx): re-read before trying again."""
+
+
+class MalformedResponse(ConnectorError):
+    """A 2xx answer the client cannot read: not JSON, not the documented shape (a field missing, of the wrong
+    type, null where a list belongs) or text that is not valid Unicode. Not retried: the server answered."""

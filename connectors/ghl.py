@@ -25,6 +25,10 @@ a short one; tasks are deduplicated by id in case skip-paging meets a concurrent
 
 Tags: `tags` given to upsert or update *replaces* every tag (NOTES.md); use `add_tags`/`remove_tags`
 or `bulk_update_tags` to change tags.
+
+Answers are read through `_json`/`_one`/`_many` (`http.read_json`, `member`, `parse`): a 2xx answer
+that is not JSON, lacks the record, has a field of the wrong type or null where a list belongs is a
+`MalformedResponse` naming the endpoint and the field.
 """
 
 from __future__ import annotations
@@ -33,14 +37,14 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 
 from connectors.auth import Credentials, FileTokenStore, GHLOAuth, PrefectSecretTokenStore, StaticToken, TokenStore
 from connectors.budget import BudgetSnapshot, RateBudget, budget_for
 from connectors.errors import AuthError, ConnectorError, Duplicate, NotFound, ScopeError, Validation
-from connectors.http import ApiBacked, ApiClient
+from connectors.http import ApiBacked, ApiClient, json_object, member, parse
 from connectors.models import Appointment, BulkTagsResult, Contact, Note, SearchPage, Task
 from contact_recon.settings import Settings
 
@@ -50,6 +54,8 @@ MAX_PAGE_LIMIT = 500
 TASK_SEARCH_BATCH = 100
 TASK_SEARCH_PAGE = 100
 SYSTEM = "ghl"
+
+M = TypeVar("M", Contact, SearchPage, Task, Note, Appointment, BulkTagsResult)
 
 _NOT_FOUND = re.compile(r"\b(Contact|Task|Note) with id \S+ not found", re.IGNORECASE)
 _DUPLICATE = "does not allow duplicated contacts"
@@ -123,8 +129,9 @@ class GHLClient(ApiBacked):
             budget: overrides the process-wide budget of ("ghl", location_id) (isolated tests).
             api_options: passed to `ApiClient` (timeout, max_attempts, backoff_max_s, sleep).
         """
-        budget = budget or budget_for(SYSTEM, location_id,
-                                      lambda: RateBudget(BURST_LIMIT, BURST_WINDOW_S, DAILY_LIMIT, clock=clock))
+        scale = settings.ghl_rate_scale
+        budget = budget or budget_for(SYSTEM, location_id, lambda: RateBudget(
+            int(BURST_LIMIT * scale), BURST_WINDOW_S, int(DAILY_LIMIT * scale), clock=clock))
         api = ApiClient(system=SYSTEM, base_url=settings.ghl_base_url,
                         credentials=credentials or credentials_from_settings(settings), budget=budget,
                         auth_header=lambda token: {"Authorization": f"Bearer {token}"},
@@ -135,15 +142,33 @@ class GHLClient(ApiBacked):
     def budget_snapshot(self) -> BudgetSnapshot:
         return self.api.budget.snapshot()
 
-    async def _json(self, method: str, path: str, *, write: bool | None = None, **kwargs: Any) -> dict[str, Any]:
+    async def _answer(self, method: str, path: str, *, write: bool | None = None,
+                      **kwargs: Any) -> tuple[httpx.Response, dict[str, Any]]:
+        """The answer and its JSON object (an empty body is `{}`); MalformedResponse for anything else."""
         answer = await self.api.request(method, path, write=write, **kwargs)
-        body = answer.json() if answer.content else {}
-        return body if isinstance(body, dict) else {}
+        return answer, json_object(SYSTEM, answer, empty={})
+
+    async def _json(self, method: str, path: str, *, write: bool | None = None, **kwargs: Any) -> dict[str, Any]:
+        return (await self._answer(method, path, write=write, **kwargs))[1]
+
+    async def _one(self, model: type[M], method: str, path: str, key: str | None, *, write: bool | None = None,
+                   **kwargs: Any) -> M:
+        """The answer's `key` (the whole answer when None) as a `model`."""
+        answer, body = await self._answer(method, path, write=write, **kwargs)
+        data = body if key is None else member(SYSTEM, answer, body, key, dict)
+        return parse(SYSTEM, answer, model, data, key or "answer")
+
+    async def _many(self, model: type[M], method: str, path: str, key: str, *, write: bool | None = None,
+                    **kwargs: Any) -> list[M]:
+        """The answer's `key`, an array, as `model`s."""
+        answer, body = await self._answer(method, path, write=write, **kwargs)
+        items = member(SYSTEM, answer, body, key, list)
+        return [parse(SYSTEM, answer, model, item, f"{key}[{i}]") for i, item in enumerate(items)]
 
     # -------------------------------------------------------------------------------- contacts
 
     async def get_contact(self, contact_id: str) -> Contact:
-        return Contact.model_validate((await self._json("GET", f"/contacts/{contact_id}"))["contact"])
+        return await self._one(Contact, "GET", f"/contacts/{contact_id}", "contact")
 
     async def search_contacts(self, *, page_limit: int = 100, page: int | None = None,
                               search_after: list[Any] | None = None, query: str | None = None,
@@ -153,7 +178,7 @@ class GHLClient(ApiBacked):
         body: dict[str, Any] = {"locationId": self.location_id, "pageLimit": min(page_limit, MAX_PAGE_LIMIT)}
         optional = {"page": page, "searchAfter": search_after, "query": query, "filters": filters, "sort": sort}
         body |= {k: v for k, v in optional.items() if v is not None}
-        return SearchPage.model_validate(await self._json("POST", "/contacts/search", write=False, json=body))
+        return await self._one(SearchPage, "POST", "/contacts/search", None, write=False, json=body)
 
     async def iter_contacts(self, updated_since: datetime | None = None,
                             page_limit: int = MAX_PAGE_LIMIT) -> AsyncIterator[Contact]:
@@ -176,18 +201,28 @@ class GHLClient(ApiBacked):
     async def create_contact(self, fields: dict[str, Any]) -> Contact:
         """`POST /contacts/`; Duplicate (with the existing id) where the location refuses duplicates."""
         body = {**fields, "locationId": self.location_id}
-        return Contact.model_validate((await self._json("POST", "/contacts/", json=body))["contact"])
+        return await self._one(Contact, "POST", "/contacts/", "contact", json=body)
 
     async def upsert_contact(self, fields: dict[str, Any]) -> tuple[Contact, bool]:
         """`POST /contacts/upsert` (matches email, then phone); (the contact, whether it is new)."""
-        answer = await self._json("POST", "/contacts/upsert", json={**fields, "locationId": self.location_id})
-        return Contact.model_validate(answer["contact"]), bool(answer.get("new"))
+        response, answer = await self._answer("POST", "/contacts/upsert",
+                                              json={**fields, "locationId": self.location_id})
+        contact = parse(SYSTEM, response, Contact, member(SYSTEM, response, answer, "contact", dict), "contact")
+        return contact, bool(answer.get("new"))
 
     async def update_contact(self, contact_id: str, fields: dict[str, Any]) -> Contact:
         """`PUT /contacts/{id}`; a `tags` field replaces every tag."""
-        answer = await self._json("PUT", f"/contacts/{contact_id}", json=fields)
-        return Contact.model_validate(answer["contact"]) if answer.get("contact") else await self.get_contact(
-            contact_id)
+        response, answer = await self._answer("PUT", f"/contacts/{contact_id}", json=fields)
+        if not answer.get("contact"):
+            return await self.get_contact(contact_id)
+        return parse(SYSTEM, response, Contact, member(SYSTEM, response, answer, "contact", dict), "contact")
+
+    async def find_duplicate(self, *, email: str | None = None, phone: str | None = None) -> Contact | None:
+        """`GET /contacts/search/duplicate`: the location's contact with this email, else this phone (a read)."""
+        params = {"locationId": self.location_id} | {k: v for k, v in {"email": email, "number": phone}.items() if v}
+        response, answer = await self._answer("GET", "/contacts/search/duplicate", params=params)
+        found = answer.get("contact")
+        return parse(SYSTEM, response, Contact, found, "contact") if isinstance(found, dict) else None
 
     async def delete_contact(self, contact_id: str) -> None:
         await self._json("DELETE", f"/contacts/{contact_id}")
@@ -209,33 +244,30 @@ class GHLClient(ApiBacked):
         body: dict[str, Any] = {"contacts": contact_ids, "tags": tags, "locationId": self.location_id}
         if remove_all:
             body["removeAllTags"] = True
-        return BulkTagsResult.model_validate(await self._json("POST", f"/contacts/bulk/tags/update/{type}", json=body))
+        return await self._one(BulkTagsResult, "POST", f"/contacts/bulk/tags/update/{type}", None, json=body)
 
     # ----------------------------------------------------------------------------------- tasks
 
     async def list_tasks(self, contact_id: str) -> list[Task]:
-        answer = await self._json("GET", f"/contacts/{contact_id}/tasks")
-        return [Task.model_validate(t) for t in answer.get("tasks", [])]
+        return await self._many(Task, "GET", f"/contacts/{contact_id}/tasks", "tasks")
 
     async def get_task(self, contact_id: str, task_id: str) -> Task:
-        return Task.model_validate((await self._json("GET", f"/contacts/{contact_id}/tasks/{task_id}"))["task"])
+        return await self._one(Task, "GET", f"/contacts/{contact_id}/tasks/{task_id}", "task")
 
     async def create_task(self, contact_id: str, *, title: str, due_date: datetime | str, body: str | None = None,
                           completed: bool = False, assigned_to: str | None = None) -> Task:
         fields: dict[str, Any] = {"title": title, "dueDate": iso(due_date) if isinstance(due_date, datetime)
                                   else due_date, "completed": completed}
         fields |= {k: v for k, v in {"body": body, "assignedTo": assigned_to}.items() if v is not None}
-        return Task.model_validate((await self._json("POST", f"/contacts/{contact_id}/tasks", json=fields))["task"])
+        return await self._one(Task, "POST", f"/contacts/{contact_id}/tasks", "task", json=fields)
 
     async def update_task(self, contact_id: str, task_id: str, fields: dict[str, Any]) -> Task:
         """`PUT` with any of title, body, dueDate, completed, assignedTo."""
-        answer = await self._json("PUT", f"/contacts/{contact_id}/tasks/{task_id}", json=fields)
-        return Task.model_validate(answer["task"])
+        return await self._one(Task, "PUT", f"/contacts/{contact_id}/tasks/{task_id}", "task", json=fields)
 
     async def complete_task(self, contact_id: str, task_id: str, completed: bool = True) -> Task:
-        answer = await self._json("PUT", f"/contacts/{contact_id}/tasks/{task_id}/completed",
-                                  json={"completed": completed})
-        return Task.model_validate(answer["task"])
+        return await self._one(Task, "PUT", f"/contacts/{contact_id}/tasks/{task_id}/completed", "task",
+                               json={"completed": completed})
 
     async def delete_task(self, contact_id: str, task_id: str) -> None:
         await self._json("DELETE", f"/contacts/{contact_id}/tasks/{task_id}")
@@ -255,10 +287,10 @@ class GHLClient(ApiBacked):
             body: dict[str, Any] = {"contactId": contact_ids, "limit": page_size, "skip": skip}
             if completed is not None:
                 body["completed"] = completed
-            answer = await self._json("POST", f"/locations/{self.location_id}/tasks/search", write=False, json=body)
-            tasks = answer.get("tasks", [])
+            tasks = await self._many(Task, "POST", f"/locations/{self.location_id}/tasks/search", "tasks",
+                                     write=False, json=body)
             for task in tasks:
-                yield Task.model_validate(task)
+                yield task
             if len(tasks) < page_size:
                 return
             skip += len(tasks)
@@ -266,21 +298,19 @@ class GHLClient(ApiBacked):
     # ----------------------------------------------------------------------------------- notes
 
     async def list_notes(self, contact_id: str) -> list[Note]:
-        answer = await self._json("GET", f"/contacts/{contact_id}/notes")
-        return [Note.model_validate(n) for n in answer.get("notes", [])]
+        return await self._many(Note, "GET", f"/contacts/{contact_id}/notes", "notes")
 
     async def get_note(self, contact_id: str, note_id: str) -> Note:
-        return Note.model_validate((await self._json("GET", f"/contacts/{contact_id}/notes/{note_id}"))["note"])
+        return await self._one(Note, "GET", f"/contacts/{contact_id}/notes/{note_id}", "note")
 
     async def create_note(self, contact_id: str, body: str, *, title: str | None = None,
                           user_id: str | None = None) -> Note:
         fields = {"body": body} | {k: v for k, v in {"title": title, "userId": user_id}.items() if v is not None}
-        return Note.model_validate((await self._json("POST", f"/contacts/{contact_id}/notes", json=fields))["note"])
+        return await self._one(Note, "POST", f"/contacts/{contact_id}/notes", "note", json=fields)
 
     async def update_note(self, contact_id: str, note_id: str, fields: dict[str, Any]) -> Note:
         """`PUT` with any of body, title, userId, color, pinned."""
-        answer = await self._json("PUT", f"/contacts/{contact_id}/notes/{note_id}", json=fields)
-        return Note.model_validate(answer["note"])
+        return await self._one(Note, "PUT", f"/contacts/{contact_id}/notes/{note_id}", "note", json=fields)
 
     async def delete_note(self, contact_id: str, note_id: str) -> None:
         await self._json("DELETE", f"/contacts/{contact_id}/notes/{note_id}")
@@ -288,8 +318,7 @@ class GHLClient(ApiBacked):
     # ---------------------------------------------------------------------------- appointments
 
     async def appointments(self, contact_id: str) -> list[Appointment]:
-        answer = await self._json("GET", f"/contacts/{contact_id}/appointments")
-        return [Appointment.model_validate(e) for e in answer.get("events", [])]
+        return await self._many(Appointment, "GET", f"/contacts/{contact_id}/appointments", "events")
 
 
 # ------------------------------------------------------------------------------------- credentials

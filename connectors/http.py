@@ -13,16 +13,24 @@ What is retried, and what is not (a write is never resent blindly):
   a write gets `UnknownOutcome`, and the caller re-reads before deciding to try again;
 - other 4xx become typed errors straight away (the system's `classify` hook names them).
 When retries run out: `RateLimited` for 429s, `Unavailable` for a read that kept failing.
+
+Reading a 2xx answer (`read_json`, `member`, `parse`): a body that is not JSON, a field that is missing,
+of the wrong type or null where a list belongs, and text with a lone UTF-16 surrogate (`"\\ud800"`, which
+no store can hold) become `MalformedResponse` naming the endpoint and the field, never the value;
+merely odd text (NUL, RTL marks, emoji, combining marks) is kept as sent.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
+import pydantic
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
@@ -31,6 +39,7 @@ from connectors.budget import RateBudget
 from connectors.errors import (
     AuthError,
     ConnectorError,
+    MalformedResponse,
     NotFound,
     RateLimited,
     ScopeError,
@@ -40,6 +49,9 @@ from connectors.errors import (
 )
 
 log = logging.getLogger("connectors")
+M = TypeVar("M", bound=pydantic.BaseModel)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # only a \uD800-\uDFFF escape can give a lone surrogate
+_MAX_ERRORS_SHOWN = 5
 
 Classifier = Callable[[httpx.Response, dict[str, Any]], ConnectorError | None]
 
@@ -216,3 +228,109 @@ def _retry_after(response: httpx.Response) -> float:
         return max(0.0, float(response.headers.get("retry-after", "1")))
     except ValueError:
         return 1.0
+
+
+# ------------------------------------------------------------------------------------------ answers
+
+
+def where_of(system: str, response: httpx.Response) -> dict[str, Any]:
+    """The endpoint an answer came from, as the keyword arguments of a `ConnectorError`."""
+    return {"system": system, "method": response.request.method, "path": response.request.url.path,
+            "status": response.status_code}
+
+
+def read_json(system: str, response: httpx.Response, *, empty: Any = None) -> Any:
+    """The answer's JSON (`empty` for an empty body); `MalformedResponse` for anything else (module docstring)."""
+    if not response.content:
+        return empty
+    try:
+        body = json.loads(response.content)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bytes that are not UTF-8, absurd nesting
+        kind = response.headers.get("content-type", "no content type")
+        raise MalformedResponse(f"the answer is not JSON ({kind}, {len(response.content):,} bytes): "
+                                f"{_reason(exc)}", **where_of(system, response)) from None
+    if _SURROGATE_ESCAPE.search(response.content):
+        try:
+            bad = _lone_surrogate(body, "$")
+        except RecursionError:
+            bad = "$ (nested too deeply to check)"
+        if bad is not None:
+            raise MalformedResponse(f"{bad} holds a lone UTF-16 surrogate (not valid Unicode text)",
+                                    **where_of(system, response))
+    return body
+
+
+def json_object(system: str, response: httpx.Response, *, empty: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The answer's JSON, which must be an object (`empty` for an empty body, when given)."""
+    body = read_json(system, response, empty=empty)
+    if not isinstance(body, dict):
+        raise MalformedResponse(f"the answer must be a JSON object, got {_json_type(body)}",
+                                **where_of(system, response))
+    return body
+
+
+def member(system: str, response: httpx.Response, body: Any, key: str, kind: type | tuple[type, ...]) -> Any:
+    """`body[key]`, which must be present and of `kind`; else `MalformedResponse` naming the field."""
+    if not isinstance(body, dict):
+        raise MalformedResponse(f"the answer must be a JSON object, got {_json_type(body)}",
+                                **where_of(system, response))
+    if key not in body:
+        raise MalformedResponse(f"the answer has no `{key}`", **where_of(system, response))
+    value = body[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and bool not in _kinds(kind):
+        expected = " or ".join(_json_type_name(k) for k in _kinds(kind))
+        raise MalformedResponse(f"`{key}` must be {expected}, got {_json_type(value)}", **where_of(system, response))
+    return value
+
+
+def parse(system: str, response: httpx.Response, model: type[M], data: Any, what: str) -> M:
+    """`model` validated from `data` (the answer's `what`); `MalformedResponse` listing the bad fields, no values."""
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        problems = [f"{'.'.join([what, *map(str, e['loc'])])}: {e['msg']}" for e in exc.errors()]
+        more = f" (and {len(problems) - _MAX_ERRORS_SHOWN} more)" if len(problems) > _MAX_ERRORS_SHOWN else ""
+        raise MalformedResponse("; ".join(problems[:_MAX_ERRORS_SHOWN]) + more,
+                                **where_of(system, response)) from None
+
+
+def _lone_surrogate(value: Any, path: str) -> str | None:
+    """The JSON path of the first string (or key) holding a lone surrogate, else None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, list):
+        return next((p for i, v in enumerate(value) if (p := _lone_surrogate(v, f"{path}[{i}]"))), None)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _lone_surrogate(key, f"{path} (a key)") or _lone_surrogate(item, f"{path}.{key}")
+            if found:
+                return found.encode("utf-8", "backslashreplace").decode()
+    return None
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+    return type(exc).__name__
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+_JSON_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "true or false", int: "a number",
+               float: "a number", type(None): "null"}
+
+
+def _json_type_name(kind: type) -> str:
+    return _JSON_NAMES.get(kind, kind.__name__)
+
+
+def _json_type(value: Any) -> str:
+    return _json_type_name(type(value))

@@ -105,14 +105,17 @@ class Contact(_Record):
             del data["address"]
         dob = data.get("dateOfBirth")
         if isinstance(dob, int | float) and not isinstance(dob, bool):
-            data = {**data, "dateOfBirth": datetime.fromtimestamp(dob / 1000, UTC).strftime("%Y-%m-%d")}
+            try:
+                data = {**data, "dateOfBirth": datetime.fromtimestamp(dob / 1000, UTC).strftime("%Y-%m-%d")}
+            except (OverflowError, OSError, ValueError):  # NaN, infinity, or beyond the years datetime holds
+                raise ValueError("dateOfBirth is not a date in epoch milliseconds") from None
         return data
 
 
 class SearchPage(_Record):
-    """One page of POST /contacts/search."""
+    """One page of POST /contacts/search. `contacts` is required: an answer without it is not an empty page."""
 
-    contacts: list[Contact] = Field(default_factory=list)
+    contacts: list[Contact]
     total: int = 0
     traceId: str | None = None
 

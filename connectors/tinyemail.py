@@ -29,6 +29,10 @@ Writing (every call is a write that `ApiClient` never resends after a 5xx, timeo
 - `add_to_list()`, `remove_from_list()` and `create_list()` use the audiences endpoints, batched
   like upserts. Adding members upserts them and starts any workflow attached to the list.
 
+Answers are read through `http.read_json`/`member`/`parse`: a 2xx answer that is not JSON, lacks
+`contacts` / `members.content`, or holds a customer of the wrong shape is a `MalformedResponse`
+naming the endpoint and the field (an answer we cannot read never passes for an empty list).
+
 Auth is `X-API-KEY: <key>` or, for an OAuth token, `Authorization: Bearer <token>`. The rate budget
 is one per key (hashed) for the whole process; TinyEmail sends no rate headers, so its limit comes
 from `Settings.tinyemail_rate_per_minute`. Keys are registered for redaction before any request.
@@ -49,8 +53,8 @@ import pydantic
 
 from connectors.auth import Credentials, StaticToken
 from connectors.budget import RateBudget, budget_for
-from connectors.errors import AuthError, ConnectorError, NotFound, UnknownOutcome, Validation
-from connectors.http import ApiBacked, ApiClient
+from connectors.errors import AuthError, ConnectorError, MalformedResponse, NotFound, UnknownOutcome, Validation
+from connectors.http import ApiBacked, ApiClient, member, parse, read_json, where_of
 from connectors.models import ContactList, Customer
 from connectors.redaction import register_secret
 from contact_recon.settings import Settings
@@ -155,8 +159,9 @@ class TinyEmailClient(ApiBacked):
     # --- reading ---------------------------------------------------------------------------------
 
     async def lists(self) -> list[ContactList]:
-        body = (await self.api.request("GET", "/contacts")).json()
-        return [ContactList.model_validate(item) for item in body.get("contacts") or []]
+        response = await self.api.request("GET", "/contacts")
+        items = member(SYSTEM, response, read_json(SYSTEM, response), "contacts", list)
+        return [parse(SYSTEM, response, ContactList, item, f"contacts[{i}]") for i, item in enumerate(items)]
 
     async def iter_pages(self, list_id: str, size: int | None = None) -> AsyncIterator[list[Customer]]:
         """The pages of a list's members, from page 1 until the last (see the module docstring)."""
@@ -164,8 +169,10 @@ class TinyEmailClient(ApiBacked):
         path = f"/contacts/{quote(list_id, safe='')}/members"
         seen_pages: set[tuple[str, ...]] = set()
         for page in range(1, self.max_pages + 1):
-            members = (await self.api.request("GET", path, params={"page": page, "size": size})).json()["members"]
-            content = [Customer.model_validate(raw) for raw in members.get("content") or []]
+            response = await self.api.request("GET", path, params={"page": page, "size": size})
+            members = member(SYSTEM, response, read_json(SYSTEM, response), "members", dict)
+            raws = member(SYSTEM, response, members, "content", list)
+            content = [parse(SYSTEM, response, Customer, raw, f"members.content[{i}]") for i, raw in enumerate(raws)]
             if not content:
                 return  # an empty page ends the walk, whatever `last` says
             fingerprint = tuple(normalise_email(c.email) for c in content)
@@ -202,7 +209,7 @@ class TinyEmailClient(ApiBacked):
             response = await self.api.request("GET", customer_path(email))
         except NotFound:
             return None
-        return Customer.model_validate(response.json())
+        return parse(SYSTEM, response, Customer, read_json(SYSTEM, response), "customer")
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -213,9 +220,10 @@ class TinyEmailClient(ApiBacked):
         batches = chunks(members, self.batch_size)
         for index, batch in enumerate(batches):
             with _batch_errors(index, len(batches), batch, created, updated):
-                body = (await self.api.request("PUT", "/account/customer", json={"updateMembers": batch})).json()
-            created += int(body.get("numberOfCreatedMembers", 0))
-            updated += int(body.get("numberOfUpdatedMembers", 0))
+                response = await self.api.request("PUT", "/account/customer", json={"updateMembers": batch})
+            body = read_json(SYSTEM, response, empty={})
+            created += _count(response, body, "numberOfCreatedMembers")
+            updated += _count(response, body, "numberOfUpdatedMembers")
             calls += 1
         return UpsertResult(created, updated, calls)
 
@@ -264,7 +272,7 @@ class TinyEmailClient(ApiBacked):
         wire = to_members(members)
         first, rest = wire[:self.batch_size], wire[self.batch_size:]
         response = await self.api.request("POST", "/audiences", json={"name": name, "members": first})
-        list_id = response.json()["id"]
+        list_id = member(SYSTEM, response, read_json(SYSTEM, response), "id", str)
         if rest:
             await self._update_audience(list_id, "assignMembers", rest, first_index=1)
         return ContactList(id=list_id, name=name, numberOfMembers=len({normalise_email(m["email"]) for m in wire}))
@@ -317,6 +325,15 @@ def to_members(customers: Sequence[CustomerLike | str]) -> list[dict[str, Any]]:
             problems = [f"customers[{index}].{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
             raise Validation("; ".join(problems), messages=problems, system=SYSTEM) from None
     return members
+
+
+def _count(response: httpx.Response, body: Any, key: str) -> int:
+    """A count of an upsert answer (0 when absent); MalformedResponse when it is not a whole number."""
+    value = body.get(key, 0) if isinstance(body, dict) else None
+    whole = isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer()
+    if not whole or value < 0:
+        raise MalformedResponse(f"`{key}` must be a whole number", **where_of(SYSTEM, response))
+    return int(value)
 
 
 def chunks(items: list[Any], size: int) -> list[list[Any]]:

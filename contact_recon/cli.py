@@ -19,6 +19,12 @@ sandbox_app = typer.Typer(help="Sandbox servers of both APIs and their fixtures.
 app.add_typer(sandbox_app, name="sandbox")
 auth_app = typer.Typer(help="Authorize the connectors.", no_args_is_help=True)
 app.add_typer(auth_app, name="auth")
+webhooks_app = typer.Typer(help="Receive GHL webhooks and emit Prefect events.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
+watch_app = typer.Typer(help="Poll systems without webhooks and emit Prefect events.", no_args_is_help=True)
+app.add_typer(watch_app, name="watch")
+alerts_app = typer.Typer(help="Prefect notifications for failed and held runs.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
 
 console = Console()
 err = Console(stderr=True)
@@ -51,6 +57,8 @@ def sandbox_serve(
     rate_scale: Annotated[float, typer.Option(help="Multiply the burst rate allowances (tests, benchmarks).")] = 1.0,
     faults: Annotated[str, typer.Option(help='Faults, e.g. "5xx=0.02,applied_5xx=0.5,reset=0.01,latency=20ms".')] = "",
     seed: Annotated[int, typer.Option(help="Seed for ids and faults.")] = 0,
+    webhook_url: Annotated[str | None, typer.Option(help="POST signed GHL webhooks (sandbox test key) here.")]
+    = None,
 ) -> None:
     """Serve the GHL and TinyEmail sandboxes on 127.0.0.1 until SIGINT/SIGTERM."""
     try:
@@ -66,7 +74,7 @@ def sandbox_serve(
     options = {"rate_scale": rate_scale, "faults": faults or None, "seed": seed}
     apps = {}
     if only in (None, Only.ghl):
-        apps["ghl"] = (ghl.create_app(data["ghl"], **options), ghl_port)
+        apps["ghl"] = (ghl.create_app(data["ghl"], **options, webhook_url=webhook_url), ghl_port)
     if only in (None, Only.tinyemail):
         apps["tinyemail"] = (tinyemail.create_app(data["tinyemail"], **options), tinyemail_port)
 
@@ -75,6 +83,9 @@ def sandbox_serve(
             console.print(f"GHL sandbox:       {urls['ghl']}", highlight=False)
         if "tinyemail" in urls:
             console.print(f"TinyEmail sandbox: {urls['tinyemail']}/v1", highlight=False)
+        if webhook_url and "ghl" in urls:
+            console.print(f"GHL webhooks ->    {webhook_url} (signed with the sandbox test key: run the receiver "
+                          "with RECON_GHL_WEBHOOK_PUBLIC_KEY=sandbox)", highlight=False)
         console.print("Ctrl+C or SIGTERM stops them.", style="dim")
         sys.stdout.flush()
 
@@ -127,7 +138,8 @@ def demo(
     contacts: Annotated[int, typer.Option(help="Size of the generated fixture.")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of the fixture.")] = 7,
 ) -> None:
-    """Generate a fixture, start both sandboxes, show what each holds, and stop."""
+    """The whole story: generate a fixture, start both sandboxes, reconcile, drift for a day through both APIs,
+    reconcile again (the nightly flow), print the summary and the report path, stop."""
     from contact_recon.demo import run_demo
 
     raise typer.Exit(run_demo(console, contacts=contacts, seed=seed))
@@ -193,6 +205,26 @@ def plan(
                                       err))
 
 
+@app.command("run")
+def run(
+    location: Annotated[list[str] | None, typer.Option(help="GHL location id (repeatable); default: all configured.")]
+    = None,
+    dry_run: Annotated[bool, typer.Option(help="Plan and report only: write nothing to GHL or TinyEmail.")] = False,
+    approve: Annotated[bool, typer.Option(help="Approve up front whatever guard the plan trips.")] = False,
+    full_sweep: Annotated[bool, typer.Option(help="Read the tasks and notes of every contact tonight.")] = False,
+) -> None:
+    """Reconcile now (a Prefect flow run): snapshot, merge, checks, apply, report.
+
+    Prints the run id, the status and the report path. Exit 0 completed, 3 held (a guard tripped:
+    `recon approve RUN_ID`), 1 failed.
+    """
+    from contact_recon.run_cli import run_reconcile_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_reconcile_command(get_settings(), location or [], dry_run, approve, full_sweep, console,
+                                           err))
+
+
 @app.command("mapping")
 def mapping(
     policy: Annotated[Path | None, typer.Option(help="Policy file (.toml or .json); default: RECON_POLICY_FILE.")]
@@ -213,6 +245,94 @@ def approve(run_id: Annotated[str, typer.Argument(help="The id of a held plan ru
 
     raise typer.Exit(run_approve_command(get_settings(), run_id, console, err))
 
+
+@webhooks_app.command("serve")
+def webhooks_serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on (put a TLS proxy in front for GHL).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8703,
+) -> None:
+    """Receive GHL webhooks at POST /webhooks/ghl: verify x-wh-signature, refuse stale and repeated ones,
+    emit Prefect events (ghl.contact.*, ghl.note.*, ghl.task.*). Needs PREFECT_API_URL."""
+    from contact_recon.events_cli import run_webhooks_serve
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_webhooks_serve(get_settings(), host, port, console, err))
+
+
+@watch_app.command("tinyemail")
+def watch_tinyemail(
+    interval: Annotated[float, typer.Option(help="Seconds between the end of a poll and the next.", min=0)] = 60,
+    budget_share: Annotated[float, typer.Option(help="Share of the TinyEmail rate budget polls may use.",
+                                                min=0.01, max=1)] = 0.5,
+    once: Annotated[bool, typer.Option(help="Poll once and exit.")] = False,
+) -> None:
+    """Poll every TinyEmail customer, emit tinyemail.customer.created|updated for those that changed since
+    the previous poll (the first poll records a baseline). Needs PREFECT_API_URL."""
+    from contact_recon.events_cli import run_watch_tinyemail
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_watch_tinyemail(get_settings(), interval, budget_share, once, console, err))
+
+
+@alerts_app.command("setup")
+def alerts_setup(
+    webhook_url: Annotated[str, typer.Option(help="Where the notification block POSTs alerts.")],
+    flow: Annotated[list[str] | None, typer.Option(help="Alert only on these flows' failed runs (repeatable).")]
+    = None,
+) -> None:
+    """Create or update the notification block and the automations (failed flow runs, held or failing runs)."""
+    from contact_recon.events_cli import run_alerts_setup
+
+    raise typer.Exit(run_alerts_setup(webhook_url, flow or [], console, err))
+
+
+@alerts_app.command("listen")
+def alerts_listen(
+    out: Annotated[Path, typer.Option(help="File to append the alerts to (JSON lines).")] = Path("alerts.jsonl"),
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8704,
+) -> None:
+    """A local alert target: append every POSTed alert to a file (use http://127.0.0.1:PORT/ as --webhook-url)."""
+    from contact_recon.events_cli import run_alerts_listen
+
+    raise typer.Exit(run_alerts_listen(out, port, console))
+
+
+conflicts_app = typer.Typer(help="Conflicts the runs left for people to decide.", no_args_is_help=True)
+app.add_typer(conflicts_app, name="conflicts")
+
+
+@app.command("runs")
+def runs(limit: Annotated[int, typer.Option(help="How many runs to show.", min=1)] = 20) -> None:
+    """Recent runs, newest first: id, kind, status, start, duration, ops and failed ops."""
+    from contact_recon.report_cli import run_runs_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_runs_command(get_settings(), limit, console, err))
+
+
+@app.command("report")
+def report(
+    run_id: Annotated[str | None, typer.Argument(help="The run; default: the latest reconcile or plan run.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json as it is.")] = False,
+) -> None:
+    """Print a run's summary and the path of its HTML report (written again if its files are missing)."""
+    from contact_recon.report_cli import run_report_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_report_command(get_settings(), run_id, as_json, console, err))
+
+
+@conflicts_app.command("import")
+def conflicts_import(
+    file: Annotated[Path, typer.Argument(help="A conflicts.csv with a `decision` column (ghl | tinyemail | value | "
+                                              "skip) and, for `value`, a `value` column.")],
+) -> None:
+    """Store the data team's decisions on conflicts; the next run writes them. One bad row imports nothing."""
+    from contact_recon.report_cli import run_conflicts_import_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_conflicts_import_command(get_settings(), file, console, err))
 
 if __name__ == "__main__":
     app()

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     tinyemail_base_url: str = TINYEMAIL_BASE_URL
     tinyemail_api_key: SecretStr | None = None
     tinyemail_rate_per_minute: float = 60  # CONTRACT.md: assumed 60 a minute per key
+    # GHL's published limits (100 per 10 s, 200,000 a day per location) times this: only for a sandbox started
+    # with the same --rate-scale (demo, benchmarks); keep 1 against the real API
+    ghl_rate_scale: float = 1.0
     use_global_limits: bool = False  # share budgets between processes via Prefect global concurrency limits
     ghl_token_block: str | None = None  # Prefect Secret block holding the OAuth pair (deployments)
     default_region: str = "US"
@@ -41,6 +44,10 @@ class Settings(BaseSettings):
     snapshot_concurrency: int = 10  # requests in flight per location during the snapshot
     # Planning (tasks/pipeline.py): the reconciliation policy file (.toml or .json); None: the default policy
     policy_file: Path | None = None
+    # Events (contact_recon/webhooks.py, contact_recon/watch.py): the GHL webhook verification key as PEM text,
+    # a path, or "sandbox" (the sandbox's test key); None: GHL's published key. Replay window in seconds.
+    ghl_webhook_public_key: str | None = None
+    webhook_max_age_s: float = 300
 
     @field_validator("ghl_location_ids", mode="before")
     @classmethod

@@ -42,6 +42,8 @@ def load_fixture(path: str | Path) -> dict[str, Any]:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise FixtureError("$", f"not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except RecursionError:
+        raise FixtureError("$", "not loadable: nested too deeply") from None
     return validate_fixture(data)
 
 
@@ -95,7 +97,7 @@ def _contact(contact: dict[str, Any], loc_id: str, path: str, ids: set[str]) -> 
     _dates(contact, path, ("dateAdded", "dateUpdated", "dateOfBirth"))
     if contact.get("locationId", loc_id) != loc_id:
         raise FixtureError(f"{path}.locationId", f"is {contact['locationId']!r} under location {loc_id!r}")
-    for channel, setting in contact.get("dndSettings", {}).items():
+    for channel, setting in (contact.get("dndSettings") or {}).items():  # null is as good as absent
         _expect(setting, dict, f"{path}.dndSettings.{channel}")
         if setting.get("status", "inactive") not in DND_STATUSES:
             raise FixtureError(f"{path}.dndSettings.{channel}.status", f"must be one of {DND_STATUSES}")

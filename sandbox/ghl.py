@@ -59,8 +59,7 @@ from sandbox.ghl_store import (
     matches_query,
     to_ms,
 )
-from sandbox.ghl_store import search_contacts as run_search
-from sandbox.middleware import wrap_sandbox
+from sandbox.middleware import is_loopback, wrap_sandbox
 from sandbox.ratelimit import Decision, SlidingWindowLimiter
 
 VERSIONS = ("2021-07-28", "v3")
@@ -482,7 +481,7 @@ def search_contacts(ctx: Ctx) -> Response:
             f"page * pageLimit may not exceed {PAGE_WINDOW}: page-based paging reaches the first "
             f"{PAGE_WINDOW} records only; use searchAfter to read further"
         )
-    rows, total = run_search(ctx.store.location(query.location_id).contacts.values(), query)
+    rows, total = ctx.store.search_contacts(query)  # from the store's sorted indexes
     return json_response({"contacts": rows, "total": total, "traceId": ctx.store.trace_id()})
 
 
@@ -647,8 +646,7 @@ async def oauth_token(store: GHLStore, request: Request) -> Response:
 
 async def mint_code(store: GHLStore, request: Request) -> Response:
     """Sandbox only: an authorization code for a client, location and scopes (loopback clients)."""
-    host = request.client.host if request.client else ""
-    if not host.startswith(("127.", "::1")):
+    if not is_loopback(request.client.host if request.client else None):
         return json_response({"statusCode": 403, "message": "sandbox routes answer loopback clients only"}, 403)
     body, error = await read_json(request)
     if error is not None:
@@ -758,6 +756,7 @@ def create_app(
     faults: str | None = None,
     seed: int = 0,
     clock: Clock = time.time,
+    webhook_url: str | None = None,
 ) -> Starlette:
     """The served GHL sandbox for the fixture's `ghl` part.
 
@@ -767,12 +766,21 @@ def create_app(
         faults: a `FaultSpec` string such as `"5xx=0.02,latency=20ms"`, or None.
         seed: makes generated ids, trace ids and faults reproducible.
         clock: epoch seconds; drives dates, token expiry and rate limits.
+        webhook_url: when set, contact, tag, note and task changes POST signed webhooks there
+            (sandbox/ghl_webhooks.py; the emitter is `app.state.webhooks`).
     """
     store = GHLStore(fixture_part, seed=seed, clock=clock)
+    webhooks = None
+    if webhook_url:
+        from sandbox.ghl_webhooks import attach_webhooks
+
+        webhooks = attach_webhooks(store, webhook_url, clock=clock)
     limiter = SlidingWindowLimiter(
         max(1, round(BURST_LIMIT * rate_scale)), BURST_WINDOW_S, daily_limit=DAILY_LIMIT, clock=clock
     )
-    return wrap_sandbox(
+    app = wrap_sandbox(
         routes(store), name="ghl", store=store, rate_key=rate_key_for(store), rate_headers=rate_headers,
         limiter=limiter, too_many_body=TOO_MANY, faults=faults, seed=seed, is_write=is_write, clock=clock,
     )
+    app.state.webhooks = webhooks
+    return app

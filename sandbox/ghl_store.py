@@ -14,6 +14,14 @@ Contacts:
 Search (`search_contacts`): filter the location's contacts, sort them by the requested keys plus the
 id (so equal dates still give a total order), then cut a page either by offset (`page`) or after the
 cursor (`searchAfter` = the sort values of the last contact seen, as returned on every contact).
+`GHLStore.search_contacts` gives the same answers without sorting on every page (a 100,000-contact
+listing would otherwise re-sort everything 200 times):
+- each location keeps one `ContactOrder` per sort it was asked for: the order keys (sort values + id)
+  in a sorted list, built on the first search with that sort and then kept current by every contact
+  write (`Location.touch`/`forget`: the old key is removed and the new one inserted with bisect);
+- a search with a query or filters keeps its matching keys (in order) in a small per-location cache
+  keyed by (sort, query, filters) (`HITS_CACHED` entries); any contact write empties it;
+- a page is then a bisect (cursor) or a slice (offset) of those keys: O(log n + page) per page.
 
 OAuth: a code (minted by the sandbox-only admin route) is single-use and lives 10 minutes; an access
 token lives 86,399 s; a refresh token lives a year and is single-use: every refresh returns a new
@@ -25,6 +33,7 @@ from __future__ import annotations
 import bisect
 import copy
 import hashlib
+import json
 import random
 import re
 import secrets
@@ -41,6 +50,7 @@ ACCESS_TOKEN_TTL_S = 86_399
 REFRESH_TOKEN_TTL_S = 365 * 86_400
 CODE_TTL_S = 600
 PAGE_WINDOW = 10_000
+HITS_CACHED = 16  # filtered searches whose matches a location keeps (per contact-data version)
 SORT_FIELDS = ("dateAdded", "dateUpdated")
 OPERATORS = ("eq", "not_eq", "contains", "not_contains", "exists", "not_exists", "range")
 RANGE_KEYS = ("gt", "gte", "lt", "lte")
@@ -89,6 +99,40 @@ class Grant:
     expires_at: float
 
 
+@dataclass(frozen=True)
+class SortKey:
+    field: str
+    desc: bool
+
+
+OrderKey = tuple[Any, ...]  # ascending: the signed sort values, then the id (see `_order_key`)
+
+
+class ContactOrder:
+    """One location's contacts in the order of one sort, kept current on writes (module docstring)."""
+
+    def __init__(self, sort: tuple[SortKey, ...], contacts: Iterable[dict[str, Any]]):
+        self.sort = sort
+        self.key_of = {c["id"]: contact_order_key(c, sort) for c in contacts}
+        self.keys: list[OrderKey] = sorted(self.key_of.values())
+
+    def put(self, contact: dict[str, Any]) -> None:
+        """Insert a new contact, or move an edited one to its new place."""
+        key = contact_order_key(contact, self.sort)
+        old = self.key_of.get(contact["id"])
+        if old == key:
+            return  # its sort values did not change: it keeps its place
+        if old is not None:
+            self.remove(contact["id"])
+        self.key_of[contact["id"]] = key
+        bisect.insort(self.keys, key)
+
+    def remove(self, contact_id: str) -> None:
+        key = self.key_of.pop(contact_id, None)
+        if key is not None:
+            del self.keys[bisect.bisect_left(self.keys, key)]
+
+
 @dataclass
 class Location:
     id: str
@@ -97,12 +141,26 @@ class Location:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # other keys of the fixture, kept as given
+    # search indexes (module docstring): one order per sort, and the cached hits of filtered searches
+    orders: dict[tuple[SortKey, ...], ContactOrder] = field(default_factory=dict, repr=False)
+    hits: dict[tuple[Any, ...], list[OrderKey]] = field(default_factory=dict, repr=False)
 
+    def touch(self, contact: dict[str, Any]) -> None:
+        """A contact was created or changed: move it in every order, drop the filtered hits."""
+        self.hits.clear()
+        for order in self.orders.values():
+            order.put(contact)
 
-@dataclass(frozen=True)
-class SortKey:
-    field: str
-    desc: bool
+    def forget(self, contact_id: str) -> None:
+        """A contact was deleted."""
+        self.hits.clear()
+        for order in self.orders.values():
+            order.remove(contact_id)
+
+    def order(self, sort: tuple[SortKey, ...]) -> ContactOrder:
+        if sort not in self.orders:
+            self.orders[sort] = ContactOrder(sort, self.contacts.values())
+        return self.orders[sort]
 
 
 @dataclass(frozen=True)
@@ -330,18 +388,29 @@ def cursor_errors(search_after: Any, sort: tuple[SortKey, ...]) -> list[str]:
     return []
 
 
-def search_contacts(contacts: Iterable[dict[str, Any]], q: SearchQuery) -> tuple[list[dict[str, Any]], int]:
-    """The page of matching contacts for `q` (in search view) and the number of all matches."""
-    hits = [c for c in contacts if (not q.query or matches_query(c, q.query))]
-    hits = [c for c in hits if all(matches(c, f) for f in q.filters)]
-    keyed = sorted(
-        ((_order_key([_sort_value(c, k.field) for k in q.sort] + [c["id"]], q.sort), c) for c in hits),
-        key=lambda pair: pair[0],
-    )
+def contact_order_key(contact: dict[str, Any], sort: tuple[SortKey, ...]) -> OrderKey:
+    return _order_key([_sort_value(contact, k.field) for k in sort] + [contact["id"]], sort)
+
+
+def search_matches(contact: dict[str, Any], q: SearchQuery) -> bool:
+    return (not q.query or matches_query(contact, q.query)) and all(matches(contact, f) for f in q.filters)
+
+
+def page_start(keys: list[OrderKey], q: SearchQuery) -> int:
+    """Where the page of `q` starts in the sorted keys: after the cursor, else at the page's offset."""
     if q.search_after is not None:
-        start = bisect.bisect_right([k for k, _ in keyed], _order_key(q.search_after, q.sort))
-    else:
-        start = (q.page - 1) * q.page_limit
+        return bisect.bisect_right(keys, _order_key(q.search_after, q.sort))
+    return (q.page - 1) * q.page_limit
+
+
+def search_contacts(contacts: Iterable[dict[str, Any]], q: SearchQuery) -> tuple[list[dict[str, Any]], int]:
+    """The page of matching contacts for `q` (in search view) and the number of all matches.
+
+    The reference answer (sorts every time); `GHLStore.search_contacts` gives the same from its indexes.
+    """
+    keyed = sorted(((contact_order_key(c, q.sort), c) for c in contacts if search_matches(c, q)),
+                   key=lambda pair: pair[0])
+    start = page_start([k for k, _ in keyed], q)
     page = [search_view(c, q.sort) for _, c in keyed[start : start + q.page_limit]]
     return page, len(keyed)
 
@@ -462,7 +531,9 @@ class GHLStore:
         contact.update(prepare_fields(fields))
         contact.setdefault("tags", [])
         contact["dateAdded"] = contact["dateUpdated"] = now
-        self.location(location_id).contacts[contact["id"]] = contact
+        loc = self.location(location_id)
+        loc.contacts[contact["id"]] = contact
+        loc.touch(contact)
         self.contact_location[contact["id"]] = location_id
         return contact
 
@@ -478,6 +549,7 @@ class GHLStore:
                 changed = True
         if changed:
             contact["dateUpdated"] = self.now()
+            self._touch(contact)
         return changed
 
     def add_tags(self, contact: dict[str, Any], tags: list[str]) -> list[str]:
@@ -485,6 +557,7 @@ class GHLStore:
         merged = current + [t for t in dict.fromkeys(tags) if t not in current]
         if merged != current:
             contact["tags"], contact["dateUpdated"] = merged, self.now()
+            self._touch(contact)
         return list(contact.get("tags") or [])
 
     def remove_tags(self, contact: dict[str, Any], tags: list[str] | None) -> list[str]:
@@ -493,11 +566,13 @@ class GHLStore:
         kept = [] if tags is None else [t for t in current if t not in set(tags)]
         if kept != current:
             contact["tags"], contact["dateUpdated"] = kept, self.now()
+            self._touch(contact)
         return list(contact.get("tags") or [])
 
     def delete_contact(self, contact_id: str) -> None:
         loc = self.locations[self.contact_location.pop(contact_id)]
         del loc.contacts[contact_id]
+        loc.forget(contact_id)
         self._by_contact.clear()
         for kind in (loc.tasks, loc.notes):
             for item_id in [i for i, item in kind.items() if item.get("contactId") == contact_id]:
@@ -513,6 +588,30 @@ class GHLStore:
             return self.create_contact(location_id, fields), True
         self.update_contact(found[0], fields)
         return found[0], False
+
+    def _touch(self, contact: dict[str, Any]) -> None:
+        self.locations[self.contact_location[contact["id"]]].touch(contact)
+
+    def search_contacts(self, q: SearchQuery) -> tuple[list[dict[str, Any]], int]:
+        """POST /contacts/search from the location's indexes: the same answer as `search_contacts`."""
+        loc = self.location(q.location_id)
+        keys = self._sorted_hits(loc, q)
+        start = page_start(keys, q)
+        page = [search_view(loc.contacts[key[-1]], q.sort) for key in keys[start : start + q.page_limit]]
+        return page, len(keys)
+
+    @staticmethod
+    def _sorted_hits(loc: Location, q: SearchQuery) -> list[OrderKey]:
+        """The order keys of the contacts matching `q`, sorted; cached until the next contact write."""
+        keys = loc.order(q.sort).keys
+        if not q.query and not q.filters:
+            return keys  # nothing to filter: the order itself
+        cache_key = (q.sort, q.query, json.dumps(q.filters, sort_keys=True))
+        if cache_key not in loc.hits:
+            if len(loc.hits) >= HITS_CACHED:
+                del loc.hits[next(iter(loc.hits))]  # the oldest entry
+            loc.hits[cache_key] = [k for k in keys if search_matches(loc.contacts[k[-1]], q)]
+        return loc.hits[cache_key]
 
     def contacts_page(
         self, location_id: str, limit: int, query: str | None, after: tuple[int, str] | None
@@ -569,10 +668,11 @@ class GHLStore:
 
     def search_tasks(self, location_id: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         """POST /locations/{id}/tasks/search: filter by contact, completion, assignee and text."""
-        rows = list(self.location(location_id).tasks.values())
-        if body.get("contactId") is not None:
-            wanted = set(body["contactId"])
-            rows = [t for t in rows if t.get("contactId") in wanted]
+        if body.get("contactId") is not None:  # the contacts' own tasks, from the per-contact index
+            rows = [t for contact_id in dict.fromkeys(body["contactId"])
+                    for t in self.items(location_id, "tasks", contact_id)]
+        else:
+            rows = list(self.location(location_id).tasks.values())
         if body.get("completed") is not None:
             rows = [t for t in rows if bool(t.get("completed")) == body["completed"]]
         if body.get("assignedTo") is not None:

@@ -15,6 +15,7 @@ query string). Admin routes (`/__sandbox/...`) answer only to loopback clients a
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections import deque
@@ -34,7 +35,18 @@ from sandbox.ratelimit import Decision, SlidingWindowLimiter
 
 ADMIN_PREFIX = "/__sandbox/"
 LOG_CAPACITY = 200_000
-LOOPBACK = ("127.", "::1")
+
+
+def is_loopback(host: str | None) -> bool:
+    """127.0.0.0/8 or ::1 (also IPv4-mapped, ::ffff:127.x), judged as an address: a text prefix would let
+    `::1:2` through. A client that is not an IP address (a unix socket, a test client) is not loopback."""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 class Store(Protocol):
@@ -211,8 +223,7 @@ logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
 def admin_routes(control: SandboxControl) -> list[Route]:
     def loopback_only(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
         async def guarded(request: Request) -> Response:
-            host = request.client.host if request.client else ""
-            if not host.startswith(LOOPBACK):
+            if not is_loopback(request.client.host if request.client else None):
                 return json_response({"message": "sandbox admin routes answer loopback clients only"}, 403)
             return await handler(request)
         return guarded

@@ -86,6 +86,9 @@ ENTITIES: dict[str, Entity] = {
 }
 
 
+PRESENCE = pl.Schema({"in_ghl": pl.Boolean(), "in_tinyemail": pl.Boolean()})  # on which sides, at the base
+
+
 class StoreError(Exception):
     """A misuse of the store (unknown entity, a frame of the wrong shape, bad retention...)."""
 
@@ -161,10 +164,32 @@ _V3 = (
     "ALTER TABLE runs ADD COLUMN approved_at TIMESTAMPTZ",
 )
 
+_V4 = (
+    # the apply stage's write-ahead journal: one row per op of a run, written before anything is sent
+    """CREATE TABLE journal (run_id VARCHAR NOT NULL, op_id VARCHAR NOT NULL, seq INTEGER NOT NULL,
+        target VARCHAR NOT NULL, kind VARCHAR NOT NULL, key VARCHAR NOT NULL, field VARCHAR, expected VARCHAR,
+        new VARCHAR, reason VARCHAR NOT NULL, location_id VARCHAR, status VARCHAR NOT NULL,
+        attempts INTEGER NOT NULL, error_kind VARCHAR, last_error VARCHAR, result_id VARCHAR,
+        quarantined_by VARCHAR, planned_at TIMESTAMPTZ NOT NULL, sent_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
+        PRIMARY KEY (run_id, op_id))""",
+    # what we created in GHL by rule (tasks, notes): never created twice for one (key, rule)
+    """CREATE TABLE created_objects (key VARCHAR NOT NULL, rule VARCHAR NOT NULL, kind VARCHAR NOT NULL,
+        object_id VARCHAR, op_id VARCHAR, run_id VARCHAR, created_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (key, rule))""",
+    # the data team's decisions on conflicts (`recon conflicts import`), used by the next run
+    """CREATE TABLE conflict_decisions (key VARCHAR NOT NULL, field VARCHAR NOT NULL, choice VARCHAR NOT NULL,
+        value VARCHAR, imported_at TIMESTAMPTZ NOT NULL, source VARCHAR, used_by_run VARCHAR,
+        PRIMARY KEY (key, field))""",
+    # on which sides a person existed at the base (the merge engine's in_ghl / in_tinyemail)
+    "ALTER TABLE base ADD COLUMN in_ghl BOOLEAN",
+    "ALTER TABLE base ADD COLUMN in_tinyemail BOOLEAN",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, snapshots, base, id_map, identity review, watermarks, dirty contacts", _V1),
     Migration(2, "check_results: the hygiene checks of each run", _V2),
     Migration(3, "runs.held_reasons, runs.approved_at: guards tripped by a plan and its approval", _V3),
+    Migration(4, "journal, created_objects, conflict_decisions; base.in_ghl/in_tinyemail", _V4),
 )
 
 
@@ -410,14 +435,20 @@ class Store:
 
     # ------------------------------------------------------------------------------------- base
 
-    def load_base(self) -> pl.DataFrame:
-        """The last reconciled state, one MERGE_SIDE row per person key."""
-        columns = ", ".join(MERGE_SIDE)
-        return _cast(self._frame(f"SELECT {columns} FROM base ORDER BY key"), MERGE_SIDE)
+    def load_base(self, *, presence: bool = False) -> pl.DataFrame:
+        """The last reconciled state, one MERGE_SIDE row per person key; with `presence` also `in_ghl` and
+        `in_tinyemail` (null for rows saved before migration 4)."""
+        schema = pl.Schema({**MERGE_SIDE, **PRESENCE}) if presence else MERGE_SIDE
+        columns = ", ".join(schema)
+        return _cast(self._frame(f"SELECT {columns} FROM base ORDER BY key"), schema)
 
     def save_base(self, frame: pl.DataFrame, run_id: str) -> None:
-        """Upsert reconciled rows (MERGE_SIDE) by key; keys not in `frame` keep their state."""
-        _check_schema("base", frame, MERGE_SIDE)
+        """Upsert reconciled rows (MERGE_SIDE, optionally with the PRESENCE flags) by key; keys not in `frame`
+        keep their state."""
+        _check_schema("base", frame.select(list(MERGE_SIDE)), MERGE_SIDE)
+        if not set(PRESENCE) <= set(frame.columns):
+            frame = frame.with_columns(**{name: pl.lit(None, pl.Boolean) for name in PRESENCE})
+        frame = frame.select(*MERGE_SIDE, *PRESENCE)
         self._insert("INSERT OR REPLACE INTO base BY NAME SELECT *, ?::TIMESTAMPTZ AS updated_at, "
                      "?::VARCHAR AS run_id FROM _frame", frame, [self.clock(), run_id])
 

@@ -141,6 +141,9 @@ created) in GHL.
 | same, bounced                                          | bounce_note       | note_create with date           |
 | a configured TinyEmail tag present now, not at the base| tag:<tag>         | note_create or task_create      |
 
+A task this plan creates is an open task the moment it exists: the open-task fact tag goes to TinyEmail in the
+same plan (`_new_task_facts`), so the next run has nothing left to do.
+
 F. Guards (on the plan; shares are of distinct people against all people in play, and a share never
 trips below `guards.min_ops` people): consent_tighten (deletes or inactivations) > 1%, field updates >
 20%, tag or list removals > 10%, and a side that came back empty while the base has people on it.
@@ -286,11 +289,12 @@ def plan(base: pl.DataFrame, te_now: pl.DataFrame, ghl_now: pl.DataFrame, policy
     wide = _wide(sides)
     created = created if created is not None else pl.DataFrame(schema=CREATED_SCHEMA)
     deleted = _te_edited(wide, sides, ctx)
-    creates = _create_ops(wide, deleted, sides, ctx)
+    creates = _create_ops(wide, deleted, sides, ctx, _facts(ghl_now, ghl_tasks, ctx).collect())
     field_ops, field_conflicts = _field_parts(wide, sides, ctx)
-    ops_parts = [field_ops, _consent_ops(wide, ctx), _membership_ops(wide, sides, ghl_tasks, ctx),
-                 _identity_ops(wide), creates, _delete_ops(deleted, ctx),
-                 _event_ops(wide, sides, creates, created, ctx)]
+    events = _event_ops(wide, sides, creates, created, ctx)
+    memberships = _membership_ops(wide, sides, ghl_tasks, ctx)
+    ops_parts = [field_ops, _consent_ops(wide, ctx), memberships, _identity_ops(wide), creates,
+                 _delete_ops(deleted, ctx), events, _new_task_facts(events, sides.te, memberships, ctx)]
     ops = sort_ops(with_ids(pl.concat([part.select(_CONTENT) for part in ops_parts])))
     conflicts = pl.concat([field_conflicts, _consent_conflicts(wide, ctx), _presence_conflicts(wide, deleted, ctx)])
     conflicts = conflicts.sort(["key", "field", "reason"], nulls_last=False)
@@ -746,7 +750,8 @@ def _te_sets(frame: pl.DataFrame, ctx: _Ctx) -> pl.DataFrame:
             .collect())
 
 
-def _create_ops(wide: pl.DataFrame, deleted: pl.DataFrame, sides: _Sides, ctx: _Ctx) -> pl.DataFrame:
+def _create_ops(wide: pl.DataFrame, deleted: pl.DataFrame, sides: _Sides, ctx: _Ctx,
+                facts: pl.DataFrame) -> pl.DataFrame:
     p = ctx.policy
     rows: list[dict[str, str | None]] = []
     to_ghl = wide.filter(pl.col("case") == "new_on_tinyemail").select("key") if p.create.tinyemail_to_ghl else None
@@ -760,7 +765,7 @@ def _create_ops(wide: pl.DataFrame, deleted: pl.DataFrame, sides: _Sides, ctx: _
     # new on GHL with an email: create the TinyEmail customer
     if p.create.ghl_to_tinyemail:
         rows += _creates(wide, sides, wide.filter(pl.col("case") == "new_on_ghl").select("key"), "g", "tinyemail",
-                         Reason.NEW_ON_GHL, ctx)
+                         Reason.NEW_ON_GHL, ctx, facts)
     return pl.DataFrame(rows, schema={name: pl.String for name in _CONTENT})
 
 
@@ -779,16 +784,21 @@ def _delete_ops(deleted: pl.DataFrame, ctx: _Ctx) -> pl.DataFrame:
 
 
 def _creates(wide: pl.DataFrame, sides: _Sides, keys: pl.DataFrame, side: str, target: str, reason: Reason,
-             ctx: _Ctx) -> list[dict[str, str | None]]:
-    """Create ops for `keys`, the record taken from the other side (`side`: "t" or "g")."""
+             ctx: _Ctx, facts: pl.DataFrame | None = None) -> list[dict[str, str | None]]:
+    """Create ops for `keys`, the record taken from the other side (`side`: "t" or "g"); a TinyEmail create
+    carries the person's GHL facts (`facts`: key, tag)."""
     names = ["email", *(r.canonical for r in ctx.fields), "consent"]
     wanted = keys["key"].implode()
     rows = _with_fields(wide.filter(pl.col("key").is_in(wanted)).select("key", "_t", "_g", "_b"), sides, names, side)
     source = sides.te if side == "t" else sides.ghl
     sets = source.filter(pl.col("key").is_in(wanted)).select("key", "tags", "lists")
     rows = rows.select("key", *[pl.col(f"{n}_{side}").alias(n) for n in names]).join(sets, on="key", how="left")
+    by_key: dict[str, list[str]] = {}
+    for key, tag in (facts.iter_rows() if facts is not None else []):
+        by_key.setdefault(key, []).append(tag)
     return [{"target": target, "kind": Kind.CREATE.value, "key": row["key"], "field": None, "expected": None,
-             "new": create_record(row, target, ctx.policy), "reason": reason.value}
+             "new": create_record(row, target, ctx.policy, sorted(by_key.get(row["key"], []))),
+             "reason": reason.value}
             for row in rows.sort("key").iter_rows(named=True)]
 
 
@@ -806,8 +816,9 @@ def tag_namespace(tag: str, policy: Policy) -> str:
     return "tag"
 
 
-def create_record(row: dict, target: str, policy: Policy) -> str:
-    """The create payload for `target` from a normalised row of the other side."""
+def create_record(row: dict, target: str, policy: Policy, facts: Iterable[str] = ()) -> str:
+    """The create payload for `target` from a normalised row of the other side; `facts`: the GHL fact tags of
+    the person (open / overdue task), which a new TinyEmail customer gets at once."""
     fields = {"email": row["email"], **{r.canonical: row[r.canonical] for r in policy.active_fields()}}
     tags = policy.tags
     ns_of = {tag: tag_namespace(tag, policy) for tag in row["tags"] or []}
@@ -820,8 +831,9 @@ def create_record(row: dict, target: str, policy: Policy) -> str:
             kept += [tags.list_prefix + name for name in row["lists"] or []]
         consent = c.ghl_tight_value if row["consent"] in c.tinyemail_tight else None
         return create_payload(fields, kept, [], consent)
-    # from GHL: every tag but list and fact tags, its list tags as lists (unless lists are off), Unsubscribed on DND
-    kept = [tag for tag, ns in ns_of.items() if ns not in ("list", "fact")]
+    # from GHL: every tag but list and fact tags, its list tags as lists (unless lists are off), Unsubscribed on DND;
+    # the facts computed from its tasks instead of GHL's own fact tags
+    kept = [tag for tag, ns in ns_of.items() if ns not in ("list", "fact")] + list(facts)
     lists = ([tag[len(tags.list_prefix):] for tag, ns in ns_of.items() if ns == "list"]
              if tags.list_sync != "off" else [])
     consent = c.tinyemail_tight_value if row["consent"] in c.ghl_tight else None
@@ -857,6 +869,24 @@ def _event_ops(wide: pl.DataFrame, sides: _Sides, creates: pl.DataFrame, created
     events = events.join(created.select("key", "rule"), on=["key", "rule"], how="anti")
     return events.select(pl.lit("ghl").alias("target"), "kind", "key", pl.col("rule").alias("field"),
                          pl.lit(None, dtype=pl.String).alias("expected"), "new", "reason")
+
+
+def _new_task_facts(events: pl.DataFrame, te_now: pl.DataFrame, memberships: pl.DataFrame, ctx: _Ctx) -> pl.DataFrame:
+    """TinyEmail's open-task fact tag for people this plan gives a task (table E): the task is open the moment it
+    exists, so the fact goes across in the same run instead of the next one."""
+    tag = ctx.policy.tasks.open_task_tag
+    if not tag or tag not in ctx.active_facts or events.height == 0:
+        return _empty(_CONTENT)
+    keys = events.filter(pl.col("kind") == Kind.TASK_CREATE.value).select("key").unique()
+    on_te = te_now.select("key", "tags").join(keys, on="key", how="semi")
+    # only people on TinyEmail now who lack the tag, and whose tag is not planned already
+    lacking = on_te.filter(~pl.col("tags").list.contains(tag).fill_null(False)).select("key")
+    planned = memberships.filter((pl.col("target") == "tinyemail") & (pl.col("kind") == Kind.TAG_ADD.value)
+                                 & (pl.col("new") == tag)).select("key")
+    return lacking.join(planned, on="key", how="anti").select(
+        pl.lit("tinyemail").alias("target"), pl.lit(Kind.TAG_ADD.value).alias("kind"), "key",
+        pl.lit("tags").alias("field"), pl.lit(None, pl.String).alias("expected"), pl.lit(tag).alias("new"),
+        pl.lit(Reason.GHL_TASK_FACT.value).alias("reason"))
 
 
 def _consent_events(eligible: pl.DataFrame, ctx: _Ctx) -> pl.DataFrame:

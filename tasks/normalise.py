@@ -132,7 +132,10 @@ def _parse_phone(text: str, region: str) -> phonenumbers.PhoneNumber | None:
 def normalise_birthday(raw: object) -> str | None:
     """`YYYY-MM-DD` from epoch ms, an ISO date-time or a documented GHL date form; else the trimmed text."""
     if isinstance(raw, int | float) and not isinstance(raw, bool):
-        return datetime.fromtimestamp(raw / 1000, UTC).strftime("%Y-%m-%d")
+        try:
+            return datetime.fromtimestamp(raw / 1000, UTC).strftime("%Y-%m-%d")
+        except (OverflowError, OSError, ValueError):  # NaN, infinity, beyond datetime's years: kept as text
+            return _clean_text(raw)
     text = _clean_text(raw)
     if text is None:
         return None

@@ -46,10 +46,14 @@ from checks.run import CheckReport, run_checks
 from checks.suites import Thresholds
 from contact_recon.settings import Settings
 from tasks.db import ENTITIES, NO_LOCATION, Store
+from tasks.decisions import decision_ops, pending_decisions
 from tasks.identity import TE_KEY_PREFIX, IdentityResult, match_identities, merge_sides
+from tasks.journal import Journal
 from tasks.merge import CREATED_SCHEMA, MergeResult, plan
+from tasks.ops import sort_ops
 from tasks.policy import Policy, load_policy
 from tasks.snapshot import GHLFactory, SnapshotOptions, SnapshotResult, TinyEmailFactory, run_snapshot
+from tasks.state import save_state
 
 RUNS_DIR = "runs"
 PLAN_FILE = "plan.parquet"
@@ -91,7 +95,7 @@ def plan_run(settings: Settings, store: Store, *, locations: Sequence[str], appr
              policy: Policy | None = None, full_sweep: bool = False, reuse_snapshot: bool = False,
              docs: bool = True, ghl_client: GHLFactory | None = None,
              tinyemail_client: TinyEmailFactory | None = None,
-             snapshot_options: SnapshotOptions | None = None) -> PlanRun:
+             snapshot_options: SnapshotOptions | None = None, kind: str = "plan") -> PlanRun:
     """Plan a reconciliation without writing to GHL or TinyEmail (module docstring, steps 1-8).
 
     Args:
@@ -104,13 +108,14 @@ def plan_run(settings: Settings, store: Store, *, locations: Sequence[str], appr
         reuse_snapshot: plan from the latest snapshot in the store, without reading either system.
         docs: build the checks' Data Docs.
         ghl_client, tinyemail_client, snapshot_options: passed to `run_snapshot` (tests).
+        kind: the run's kind in the store: 'plan' (`recon plan`) or 'reconcile' (a run that may apply).
     Raises:
         NoSnapshot: `reuse_snapshot` without a snapshot to reuse.
         Whatever the snapshot raises (SnapshotFailed, SideCameBackEmpty); the run is then 'failed'.
     """
     locations = list(dict.fromkeys(locations))
     policy = policy if policy is not None else load_policy(settings.policy_file)
-    run_id = store.start_run("plan", locations)
+    run_id = store.start_run(kind, locations)
     try:
         snapshot = None if reuse_snapshot else run_snapshot(
             settings, store, locations, full_sweep=full_sweep, ghl_client=ghl_client,
@@ -125,24 +130,58 @@ def plan_run(settings: Settings, store: Store, *, locations: Sequence[str], appr
 
 
 def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], policy: Policy, approve: bool,
-          docs: bool, snapshot: SnapshotResult | None) -> PlanRun:
-    if snapshot is None:
+          docs: bool, snapshot: SnapshotResult | None, frames: dict[str, pl.DataFrame] | None = None,
+          base_keys: Sequence[str] | None = None) -> PlanRun:
+    if snapshot is None and frames is None:
         _check_snapshot_exists(store, locations)
     today = store.clock().date()
-    frames = latest_frames(store, locations)
+    frames = frames if frames is not None else latest_frames(store, locations)
+    frames = without_home_lists(frames, Journal(store).home_lists())
     identity = match_identities(frames["ghl_contacts"], frames["te_customers"], store.load_id_map(),
                                 locations=locations)
-    merged = merge(store.load_base(), frames, identity, policy, today)
+    stored = store.load_base(presence=True)
+    if base_keys is not None:
+        # one person (sync_contact): only its base rows are in play, nobody else "came back empty"
+        stored = stored.filter(pl.col("key").is_in(list(base_keys)))
+    base = planning_base(stored, identity)
+    merged = merge_planned(base, frames, identity, policy, today, Journal(store).created())
+    merged = with_decisions(merged, pending_decisions(store), frames, identity, policy)
     report = _check(frames, merged, policy, approve, run_id, settings.data_dir, today, docs)
     marked = apply_quarantine(merged.ops, report.quarantined, people=identity.matched.select("key", "email"))
     store.save_check_results(run_id, report.to_frame())
     store.save_review(identity.review, run_id)
     plan_path, conflicts_path = write_plan_files(run_dir(settings.data_dir, run_id), marked, merged.conflicts)
+    save_state(run_dir(settings.data_dir, run_id), _state_frames(base, frames, identity))
     approved = approve and merged.held
     result = PlanRun(run_id, HELD if merged.held and not approve else PLANNED, merged.held_reasons, approved,
                      marked, merged.conflicts, merged.stats, report, identity.review,
                      snapshot.run_id if snapshot else None, plan_path, conflicts_path)
     store.set_plan(run_id, summary(result, identity))
+    return result
+
+
+def without_home_lists(frames: dict[str, pl.DataFrame], home: list[str]) -> dict[str, pl.DataFrame]:
+    """TinyEmail membership of the list our created customers join is ours, never synced: left out of `lists`."""
+    if not home:
+        return frames
+    te = frames["te_customers"].with_columns(
+        pl.col("lists").list.set_difference(pl.lit(home, pl.List(pl.String))).list.sort())
+    return {**frames, "te_customers": te}
+
+
+def plan_person(settings: Settings, store: Store, *, location_id: str, frames: dict[str, pl.DataFrame],
+                keys: Sequence[str], policy: Policy | None = None) -> PlanRun:
+    """Plan one person (the `sync-contact` flow) from frames read just now (`tasks/sync.py`), with the same
+    identity, merge, checks and quarantine as a nightly plan; `keys` are the person's possible base keys."""
+    policy = policy if policy is not None else load_policy(settings.policy_file)
+    run_id = store.start_run("sync", [location_id])
+    try:
+        result = _plan(settings, store, run_id, [location_id], policy, False, False, None, frames=frames,
+                       base_keys=keys)
+    except BaseException as exc:
+        store.finish_run(run_id, FAILED, error=str(exc) or type(exc).__name__)
+        raise
+    store.finish_run(run_id, result.status, None, held_reasons=result.held_reasons, approved=False)
     return result
 
 
@@ -164,20 +203,60 @@ def _check_snapshot_exists(store: Store, locations: Sequence[str]) -> None:
 
 
 def merge(base: pl.DataFrame, frames: dict[str, pl.DataFrame], identity: IdentityResult, policy: Policy,
-          today: dt.date) -> MergeResult:
+          today: dt.date, created: pl.DataFrame | None = None) -> MergeResult:
     """Plan from the stored base and this run's snapshot frames, as the identity matcher keyed them."""
     ghl_side, te_side = merge_sides(identity, frames["ghl_contacts"], frames["te_customers"])
     return plan(planning_base(base, identity), te_side, ghl_side, policy, ghl_tasks=frames["ghl_tasks"],
-                created=pl.DataFrame(schema=CREATED_SCHEMA), today=today)
+                created=created if created is not None else pl.DataFrame(schema=CREATED_SCHEMA), today=today)
+
+
+def merge_planned(base: pl.DataFrame, frames: dict[str, pl.DataFrame], identity: IdentityResult, policy: Policy,
+                  today: dt.date, created: pl.DataFrame) -> MergeResult:
+    """Plan from a planning base (`planning_base`) and this run's frames, with the created-objects memory."""
+    ghl_side, te_side = merge_sides(identity, frames["ghl_contacts"], frames["te_customers"])
+    return plan(base, te_side, ghl_side, policy, ghl_tasks=frames["ghl_tasks"], created=created, today=today)
+
+
+def with_decisions(merged: MergeResult, decisions: pl.DataFrame, frames: dict[str, pl.DataFrame],
+                   identity: IdentityResult, policy: Policy) -> MergeResult:
+    """Add the data team's pending decisions (`recon conflicts import`) to a plan: their ops, unless the merge
+    already writes that field of that person, and without the conflict rows they settle."""
+    if decisions.height == 0:
+        return merged
+    ghl_side, te_side = merge_sides(identity, frames["ghl_contacts"], frames["te_customers"])
+    extra = decision_ops(decisions, te_side, ghl_side, consent=policy.consent)
+    extra = extra.join(merged.ops.select("target", "key", "field"), on=["target", "key", "field"], how="anti",
+                       nulls_equal=True)
+    settled = merged.conflicts.join(decisions.select("key", "field"), on=["key", "field"], how="anti")
+    return MergeResult(sort_ops(pl.concat([merged.ops, extra])), settled, merged.stats, merged.held_reasons)
+
+
+def _state_frames(base: pl.DataFrame, frames: dict[str, pl.DataFrame], identity: IdentityResult) -> dict[str, Any]:
+    ghl_side, te_side = merge_sides(identity, frames["ghl_contacts"], frames["te_customers"])
+    return {"base": base, "te_side": te_side, "ghl_side": ghl_side, "people": people(identity),
+            "rekeys": identity.rekeys, "id_map_new": identity.new_id_map}
+
+
+def people(identity: IdentityResult) -> pl.DataFrame:
+    """How the apply stage addresses each person key: TinyEmail email, GHL contact id and location."""
+    schema = {"key": pl.String, "email": pl.String, "contact_id": pl.String, "location_id": pl.String}
+    matched = identity.matched.select("key", "email", "contact_id", "location_id")
+    ghl_only = identity.unmatched_ghl.select(key="contact_id", email=pl.lit(None, pl.String),
+                                             contact_id="contact_id", location_id="location_id")
+    te_only = identity.unmatched_te.select("key", "email", contact_id=pl.lit(None, pl.String),
+                                           location_id=pl.lit(None, pl.String))
+    return pl.concat([f.cast(schema) for f in (matched, ghl_only, te_only)]).unique("key", keep="first").sort("key")
 
 
 def planning_base(base: pl.DataFrame, identity: IdentityResult) -> pl.DataFrame:
     """The stored base (MERGE_SIDE) as this run plans against it: held keys left out, presence flags added,
     this run's re-keys applied (a re-key whose new key already has a base row is left alone, as in
     `Store.rekey_base`); a re-keyed row was not in GHL at the base."""
+    derived = {"in_ghl": ~pl.col("key").str.starts_with(TE_KEY_PREFIX),
+               "in_tinyemail": pl.col("email").str.strip_chars().fill_null("") != ""}
+    # stored presence flags win; rows saved before they existed (null) get them derived
     kept = base.filter(~pl.col("key").is_in(sorted(identity.held_keys))).with_columns(
-        in_ghl=~pl.col("key").str.starts_with(TE_KEY_PREFIX),
-        in_tinyemail=pl.col("email").str.strip_chars().fill_null("") != "")
+        **{name: pl.coalesce(pl.col(name), expr) if name in base.columns else expr for name, expr in derived.items()})
     pairs = identity.rekeys.join(kept.select("key"), left_on="new_key", right_on="key", how="anti")
     moved = (kept.join(pairs, left_on="key", right_on="old_key")
              .with_columns(key=pl.col("new_key"), contact_id=pl.col("new_key"), in_ghl=pl.lit(False))

@@ -88,6 +88,9 @@ class ConsentPolicy(_Model):
 class CreatePolicy(_Model):
     tinyemail_to_ghl: bool = True  # a new TinyEmail customer becomes a GHL contact
     ghl_to_tinyemail: bool = True  # a new GHL contact with an email becomes a TinyEmail customer
+    # TinyEmail customers can only be listed through lists, so every customer we create joins this list (made
+    # when missing); its membership is ours, never synced as a GHL list tag
+    tinyemail_list: str = "contact-recon"
 
 
 class DeletePolicy(_Model):

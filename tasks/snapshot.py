@@ -5,7 +5,10 @@ Per GHL location (`fetch_ghl_location`, the Prefect task `snapshot_ghl_location`
    (tasks/budget_plan.py); if it cannot, `SnapshotFailed` before any request.
 2. List *every* contact through `POST /contacts/search` (500 a page, searchAfter): a contact missing
    from the listing is deleted, so deletions are seen every night. A contact whose payload equals the
-   previous snapshot's (`raw`) keeps its normalised row; the others are normalised again.
+   previous snapshot's (`raw`) keeps its normalised row; the others are normalised again, while the
+   task and note reads of step 4 run (normalising is CPU work: done first, it would leave the request
+   budget idle for tens of seconds at 100,000 contacts; it goes `NORMALISE_CHUNK` rows at a time,
+   yielding to the event loop between chunks, so the requests in flight are not held up).
 3. Choose whose tasks and notes to read tonight:
    - *changed*: new contacts, contacts whose payload changed, and contacts whose `dateUpdated` is at
      or after the previous watermark minus the safety lag (`notes_safety_lag_s`, 10 min: search
@@ -31,14 +34,17 @@ Per GHL location (`fetch_ghl_location`, the Prefect task `snapshot_ghl_location`
 
 TinyEmail (`fetch_tinyemail`, the Prefect task `snapshot_tinyemail`): every list, every member (it has
 no updated-since filter), one row per customer with its lists. Lists are read side by side, each one
-page after page (the connector's paging guards need the pages in order).
+page after page (the connector's paging guards need the pages in order). A customer whose payload
+(`raw`) and lists equal a row of the previous snapshot keeps that row; the others are normalised (in
+chunks, as above). `full_sweep` normalises every contact and customer again.
 
 `run_snapshot` runs every location and TinyEmail concurrently (asyncio tasks; inside a Prefect flow,
 the Prefect tasks on the flow's task runner), then checks that no side came back empty while its
 previous snapshot was not (`SideCameBackEmpty`), and writes all frames and the new watermarks in ONE
 transaction (`Store.write_snapshot`). Any failure of a system (auth, outage, budget) stops everything
 with `SnapshotFailed(system, reason)` before anything is written, so the previous snapshot and the
-watermarks stay as they were. The run row records the plans and the requests actually used.
+watermarks stay as they were. The run row records the plans and the requests actually used (per
+phase: the count and `phase_s`, the seconds since the previous phase ended).
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ log = logging.getLogger("tasks.snapshot")
 
 WATERMARK_ENTITY = "ghl_contacts"  # watermarks[(location, "ghl_contacts")] = max dateUpdated seen
 TE_PAGE = 100
+NORMALISE_CHUNK = 500  # rows normalised between two yields to the event loop
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -170,6 +177,8 @@ class SnapshotResult:
     used: dict[str, Any]  # per system/location: requests actually used, by kind
     ingest_s: float
     wall_s: float
+    load_s: float = 0.0  # reading the previous snapshot, watermarks and dirty marks before any request
+    fetch_s: float = 0.0  # every system's fetch, from the first request to the last frame built
 
 
 # ------------------------------------------------------------------------------------------- GHL
@@ -187,13 +196,14 @@ async def fetch_ghl_location(client: GHLClient, previous: PreviousState, options
         contacts = [c async for c in client.iter_contacts()]
         used.mark("contacts")
         progress.used[key] = used.counts
-        frame, changed = _contacts_frame(contacts, previous, options, loc)
-        plan, chosen, dirty_read, deferred = _choose(frame, changed, previous, options, daily)
+        listing = compare_listing(contacts, previous, options)
+        plan, chosen, dirty_read, deferred = _choose(listing.present, listing.changed, previous, options, daily)
         progress.plans[key] = plan.to_json()
-        tasks = await _read_tasks(client, chosen, options.concurrency)
-        used.mark("tasks")
-        notes = await _read_notes(client, chosen, options.concurrency)
-        used.mark("notes")
+        (tasks, notes), fresh = await _all_or_nothing([
+            _read_tasks_and_notes(client, chosen, options.concurrency, used),
+            _normalised(listing.fresh, lambda payload: ghl_contact_record(payload, loc, options.region),
+                        GHL_CONTACTS)])
+    frame = pl.concat([previous.contacts.filter(pl.col("contact_id").is_in(listing.kept)), fresh]).sort("contact_id")
     present = frame["contact_id"]
     return LocationSnapshot(
         loc, frame, _carry_over(previous.tasks, tasks, present, chosen),
@@ -214,27 +224,33 @@ def contact_payload(contact: Contact) -> dict[str, Any]:
     return payload
 
 
-def _contacts_frame(contacts: Sequence[Contact], previous: PreviousState, options: SnapshotOptions,
-                    location_id: str) -> tuple[pl.DataFrame, set[str]]:
-    """The location's GHL_CONTACTS frame and the ids of the changed contacts (module docstring, 2-3)."""
-    loc_rows = previous.contacts
-    old_raw = dict(zip(loc_rows["contact_id"], loc_rows["raw"], strict=True))
+@dataclass(frozen=True)
+class Listing:
+    """Tonight's contact listing against the previous snapshot (module docstring, steps 2-3)."""
+
+    present: set[str]  # every contact id listed
+    kept: list[str]  # payload as in the previous snapshot: its normalised row is kept
+    fresh: list[dict[str, Any]]  # payloads to normalise
+    changed: set[str]  # new, changed, or updated within the safety lag of the watermark
+
+
+def compare_listing(contacts: Sequence[Contact], previous: PreviousState, options: SnapshotOptions) -> Listing:
+    """Which contacts keep their row and which changed; cheap (no normalising), so the reads start early."""
+    old_raw = dict(zip(previous.contacts["contact_id"], previous.contacts["raw"], strict=True))
     since = _since(previous.watermark, options.safety_lag_s)
     kept: list[str] = []
     fresh: list[dict[str, Any]] = []
     changed: set[str] = set()
     for contact in contacts:
         payload = contact_payload(contact)
-        raw = raw_json(payload)
-        if old_raw.get(contact.id) == raw and not options.full_sweep:  # a full sweep normalises all again
+        same = old_raw.get(contact.id) == raw_json(payload)
+        if same and not options.full_sweep:  # a full sweep normalises all again
             kept.append(contact.id)
         else:
             fresh.append(payload)
-        if since is None or old_raw.get(contact.id) != raw or _updated_since(contact, since):
+        if since is None or not same or _updated_since(contact, since):
             changed.add(contact.id)
-    rows = [ghl_contact_record(p, location_id, options.region) for p in fresh]
-    frame = pl.concat([loc_rows.filter(pl.col("contact_id").is_in(kept)), to_frame(rows, GHL_CONTACTS)])
-    return frame.sort("contact_id"), changed
+    return Listing({c.id for c in contacts}, kept, fresh, changed)
 
 
 def _since(watermark: str | None, lag_s: float) -> datetime | None:
@@ -261,10 +277,9 @@ def sweep_slice(contact_ids: Iterable[str], k: int, night_index: int) -> list[st
     return sorted(c for c in contact_ids if zlib.crc32(c.encode()) % k == night_index % k)
 
 
-def _choose(frame: pl.DataFrame, changed: set[str], previous: PreviousState, options: SnapshotOptions,
+def _choose(present: set[str], changed: set[str], previous: PreviousState, options: SnapshotOptions,
             daily: int | None) -> tuple[RequestPlan, list[str], tuple[str, ...], tuple[str, ...]]:
     """Plan tonight's task and note reads: (plan, contacts to read, dirty marks read, contacts deferred)."""
-    present = set(frame["contact_id"])
     k = 1 if options.full_sweep else options.sweep_k
     changed_ids = sorted(changed & present)
     dirty_ids = sorted((previous.dirty & present) - changed)
@@ -279,6 +294,15 @@ def _choose(frame: pl.DataFrame, changed: set[str], previous: PreviousState, opt
     dirty_gone = previous.dirty - present  # marks of deleted contacts: nothing left to read
     dirty_read = tuple(sorted((previous.dirty & set(chosen)) | dirty_gone))  # read as changed counts too
     return plan, chosen, dirty_read, deferred
+
+
+async def _read_tasks_and_notes(client: GHLClient, contact_ids: Sequence[str], concurrency: int,
+                                used: _Used) -> tuple[pl.DataFrame, pl.DataFrame]:
+    tasks = await _read_tasks(client, contact_ids, concurrency)
+    used.mark("tasks")
+    notes = await _read_notes(client, contact_ids, concurrency)
+    used.mark("notes")
+    return tasks, notes
 
 
 async def _read_tasks(client: GHLClient, contact_ids: Sequence[str], concurrency: int) -> pl.DataFrame:
@@ -312,9 +336,10 @@ def _carry_over(previous: pl.DataFrame, fresh: pl.DataFrame, present: pl.Series,
 # -------------------------------------------------------------------------------------- TinyEmail
 
 
-async def fetch_tinyemail(client: TinyEmailClient, options: SnapshotOptions,
-                          progress: Progress | None = None) -> TinyEmailSnapshot:
-    """Every customer of every list once, with its lists; raises SnapshotFailed, writes nothing."""
+async def fetch_tinyemail(client: TinyEmailClient, options: SnapshotOptions, progress: Progress | None = None,
+                          previous: pl.DataFrame | None = None) -> TinyEmailSnapshot:
+    """Every customer of every list once, with its lists (rows of unchanged customers kept from
+    `previous`, the latest TINYEMAIL_CUSTOMERS snapshot); raises SnapshotFailed, writes nothing."""
     progress = progress or Progress()
     with _failing_as("tinyemail"):
         used = _Used(client.stats)
@@ -332,10 +357,45 @@ async def fetch_tinyemail(client: TinyEmailClient, options: SnapshotOptions,
                 audience.add(contact_list.id, customer)
         used.mark("members")
         progress.used["tinyemail"] = used.counts
-    rows = [tinyemail_customer_record(c.model_dump(mode="json", exclude_unset=True), audience.memberships[key],
-                                      options.region) for key, c in audience.customers.items()]
-    frame = to_frame(rows, TINYEMAIL_CUSTOMERS).unique("email", keep="first", maintain_order=True)
-    return TinyEmailSnapshot(frame, plan, used.counts)
+    frame = await _customers_frame(audience, previous, options)
+    return TinyEmailSnapshot(frame.unique("email", keep="first", maintain_order=True), plan, used.counts)
+
+
+async def _customers_frame(audience: AudienceSnapshot, previous: pl.DataFrame | None,
+                           options: SnapshotOptions) -> pl.DataFrame:
+    """One TINYEMAIL_CUSTOMERS row per customer, in audience order; an unchanged customer keeps its row."""
+    reusable: dict[tuple[str, tuple[str, ...]], int] = {}
+    if previous is not None and not options.full_sweep:  # a full sweep normalises all again
+        reusable = {(raw, tuple(lists)): index for index, (raw, lists)
+                    in enumerate(zip(previous["raw"].to_list(), previous["lists"].to_list(), strict=True))}
+    kept: list[tuple[int, int]] = []  # (position, row of previous)
+    fresh: list[tuple[int, dict[str, Any], list[str]]] = []  # (position, payload, lists)
+    for position, (key, customer) in enumerate(audience.customers.items()):
+        payload = customer.model_dump(mode="json", exclude_unset=True)
+        lists = sorted({str(x) for x in audience.memberships[key]})
+        index = reusable.get((raw_json(payload), tuple(lists)))
+        if index is not None:  # same payload and lists: the same row
+            kept.append((position, index))
+        else:
+            fresh.append((position, payload, lists))
+        if position % NORMALISE_CHUNK == NORMALISE_CHUNK - 1:
+            await asyncio.sleep(0)
+    built = await _normalised(fresh, lambda item: tinyemail_customer_record(item[1], item[2], options.region),
+                              TINYEMAIL_CUSTOMERS)
+    old = previous.select(pl.all().gather([i for _, i in kept])) if previous is not None and kept else built.clear()
+    return (pl.concat([old.with_columns(_position=pl.Series([p for p, _ in kept], dtype=pl.Int64)),
+                       built.with_columns(_position=pl.Series([p for p, _, _ in fresh], dtype=pl.Int64))])
+            .sort("_position").drop("_position"))
+
+
+async def _normalised(items: Sequence[T], build: Callable[[T], dict[str, Any]], schema: pl.Schema) -> pl.DataFrame:
+    """`build` of every item as a frame of `schema`, `NORMALISE_CHUNK` rows at a time, yielding to the
+    event loop between chunks so that the requests in flight keep going."""
+    frames = [to_frame([], schema)]
+    for start in range(0, len(items), NORMALISE_CHUNK):
+        frames.append(to_frame([build(item) for item in items[start:start + NORMALISE_CHUNK]], schema))
+        await asyncio.sleep(0)
+    return pl.concat(frames, rechunk=True)
 
 
 # ----------------------------------------------------------------------------------- Prefect tasks
@@ -358,12 +418,13 @@ async def _snapshot_ghl_location(location_id: str, settings: Settings, previous:
 
 
 async def _snapshot_tinyemail(settings: Settings, options: SnapshotOptions, progress: Progress | None = None,
-                              client_factory: TinyEmailFactory | None = None) -> TinyEmailSnapshot:
+                              client_factory: TinyEmailFactory | None = None,
+                              previous: pl.DataFrame | None = None) -> TinyEmailSnapshot:
     """Prefect task: snapshot TinyEmail (see `fetch_tinyemail`)."""
     with _failing_as("tinyemail"):
         client = client_factory() if client_factory else TinyEmailClient.from_settings(settings)
     async with client:
-        return await fetch_tinyemail(client, options, progress)
+        return await fetch_tinyemail(client, options, progress, previous)
 
 
 snapshot_ghl_location = _prefect_task(_snapshot_ghl_location, "snapshot_ghl_location")
@@ -401,12 +462,14 @@ def run_snapshot(settings: Settings, store: Store, locations: Sequence[str], *, 
     progress = Progress()
     try:
         previous = {loc: PreviousState.load(store, loc) for loc in locations}
-        te_previous = store.latest_snapshot("te_customers").height
-        ghl, te = _fetch_all(settings, previous, options, progress, ghl_client, tinyemail_client)
+        te_previous = store.latest_snapshot("te_customers")
+        loaded = time.perf_counter()
+        ghl, te = _fetch_all(settings, previous, te_previous, options, progress, ghl_client, tinyemail_client)
+        fetched = time.perf_counter()
         # the results carry their own plan and usage (a task runner may have worked on copies of `progress`)
         progress.plans.update({f"ghl:{s.location_id}": s.plan.to_json() for s in ghl} | {"tinyemail": te.plan})
         progress.used.update({f"ghl:{s.location_id}": s.used for s in ghl} | {"tinyemail": te.used})
-        _check_sides(ghl, te, previous, te_previous, options.allow_empty)
+        _check_sides(ghl, te, previous, te_previous.height, options.allow_empty)
         store.set_plan(run_id, progress.plans)
         ingest_s = _write(store, run_id, ghl, te, locations, started)
     except BaseException as exc:
@@ -416,23 +479,24 @@ def run_snapshot(settings: Settings, store: Store, locations: Sequence[str], *, 
     store.finish_run(run_id, "succeeded", progress.used)
     counts = {"ghl_contacts": sum(s.contacts.height for s in ghl), "ghl_tasks": sum(s.tasks.height for s in ghl),
               "ghl_notes": sum(s.notes.height for s in ghl), "te_customers": te.customers.height}
-    return SnapshotResult(run_id, counts, progress.plans, progress.used, ingest_s, time.perf_counter() - t0)
+    return SnapshotResult(run_id, counts, progress.plans, progress.used, ingest_s, time.perf_counter() - t0,
+                          loaded - t0, fetched - loaded)
 
 
-def _fetch_all(settings: Settings, previous: dict[str, PreviousState], options: SnapshotOptions, progress: Progress,
-               ghl_client: GHLFactory | None, te_client: TinyEmailFactory | None
-               ) -> tuple[list[LocationSnapshot], TinyEmailSnapshot]:
+def _fetch_all(settings: Settings, previous: dict[str, PreviousState], te_previous: pl.DataFrame,
+               options: SnapshotOptions, progress: Progress, ghl_client: GHLFactory | None,
+               te_client: TinyEmailFactory | None) -> tuple[list[LocationSnapshot], TinyEmailSnapshot]:
     """Every location and TinyEmail at once: Prefect tasks inside a flow run, else asyncio tasks."""
     if _in_flow():
         futures = [snapshot_ghl_location.submit(loc, settings, prev, options, progress, ghl_client)
                    for loc, prev in previous.items()]
-        te_future = snapshot_tinyemail.submit(settings, options, progress, te_client)
+        te_future = snapshot_tinyemail.submit(settings, options, progress, te_client, te_previous)
         return [f.result() for f in futures], te_future.result()
 
     async def gather() -> tuple[list[LocationSnapshot], TinyEmailSnapshot]:
         jobs: list[Awaitable[Any]] = [_snapshot_ghl_location(loc, settings, prev, options, progress, ghl_client)
                                       for loc, prev in previous.items()]
-        jobs.append(_snapshot_tinyemail(settings, options, progress, te_client))
+        jobs.append(_snapshot_tinyemail(settings, options, progress, te_client, te_previous))
         results = await _all_or_nothing(jobs)
         return results[:-1], results[-1]
 
@@ -482,13 +546,15 @@ class _Used:
 
     def __init__(self, stats: RequestStats):
         self.stats, self.first, self.last = stats, stats.used, stats.used
-        self.started = time.perf_counter()
-        self.counts: dict[str, Any] = {}
+        self.started = self.phase_started = time.perf_counter()
+        self.counts: dict[str, Any] = {"phase_s": {}}
 
     def mark(self, phase: str) -> None:
+        now = time.perf_counter()
         self.counts[phase], self.last = self.stats.used - self.last, self.stats.used
+        self.counts["phase_s"][phase], self.phase_started = round(now - self.phase_started, 3), now
         self.counts.update(total=self.stats.used - self.first, rate_limited=self.stats.rate_limited,
-                           retried=self.stats.retried, wall_s=round(time.perf_counter() - self.started, 3))
+                           retried=self.stats.retried, wall_s=round(now - self.started, 3))
 
 
 @contextmanager

@@ -17,6 +17,7 @@ import pytest
 from tasks.db import (
     ENTITIES,
     MIGRATIONS,
+    PRESENCE,
     Migration,
     SchemaTooNew,
     StoreError,
@@ -85,7 +86,7 @@ def test_base_table_matches_merge_side(store) -> None:
     columns = [r[0] for r in store.con.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'base' "
         "ORDER BY ordinal_position").fetchall()]
-    assert columns == [*MERGE_SIDE, "updated_at", "run_id"]
+    assert columns == [*MERGE_SIDE, "updated_at", "run_id", *PRESENCE]
 
 
 def test_a_new_migration_runs_once_and_in_order(tmp_path: Path) -> None:

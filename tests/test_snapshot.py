@@ -258,6 +258,43 @@ def test_contacts_deferred_by_a_short_allowance_are_marked_dirty_and_read_next(w
     assert sorted(world.store.latest_snapshot("ghl_notes")["note_id"]) == sorted(n["id"] for n in state["notes"])
 
 
+def test_unchanged_tinyemail_customers_keep_their_rows(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Night 2 normalises only the customers whose payload or lists changed; the rows equal a full rebuild."""
+    from tasks import snapshot as snapshot_module
+
+    world.snapshot(night=0)
+    te = world.fixture["tinyemail"]
+    first, second = te["customers"][0]["email"], te["customers"][1]["email"]
+    other_list = next(lst["id"] for lst in te["lists"] if second not in lst["members"])
+    headers = {"X-API-KEY": te["apiKeys"][0]}
+    base = world.te.base_url + "/v1"
+    httpx.put(f"{base}/account/customer", headers=headers,
+              json={"updateMembers": [{"email": first, "firstName": "Renamed"}]}).raise_for_status()
+    httpx.put(f"{base}/audiences/{other_list}", headers=headers,
+              json={"assignMembers": [{"email": second}]}).raise_for_status()  # only its lists change
+    built: list[str] = []
+    record = snapshot_module.tinyemail_customer_record
+
+    def counting(payload: dict[str, Any], lists: Any, region: str = "US") -> dict[str, Any]:
+        built.append(payload["email"])
+        return record(payload, lists, region)
+
+    monkeypatch.setattr(snapshot_module, "tinyemail_customer_record", counting)
+    result = world.snapshot(night=1)
+    assert sorted(built) == sorted([first, second])
+    incremental = world.store.latest_snapshot("te_customers").sort("email")
+    row = incremental.filter(pl.col("email") == second.strip().lower())
+    assert other_list in row["lists"].to_list()[0]
+    assert incremental.filter(pl.col("email") == first.strip().lower())["first_name"].to_list() == ["Renamed"]
+    built.clear()
+    world.snapshot(night=1, full_sweep=True)  # normalises every customer again
+    assert len(built) == result.counts["te_customers"]
+    assert_frame_equal(world.store.latest_snapshot("te_customers").sort("email"), incremental)
+    used = result.used[f"ghl:{world.location}"]
+    assert set(used["phase_s"]) == {"contacts", "tasks", "notes"} and set(result.used["tinyemail"]["phase_s"]) == {
+        "members"}
+
+
 def test_several_locations_are_written_as_one_snapshot(sandboxes: Callable[..., tuple[RunningServer, RunningServer]],
                                                       tmp_path: Path) -> None:
     fixture = validate_fixture(generate_fixture(60, seed=4, locations=2))

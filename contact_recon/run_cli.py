@@ -1,0 +1,49 @@
+"""`recon run`: one reconciliation as a Prefect flow run (snapshot -> merge -> checks -> apply -> report)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+
+from connectors.redaction import redact
+from contact_recon.settings import Settings
+
+EXIT_COMPLETED, EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 0, 1, 2, 3
+EXIT_BY_STATUS = {"completed": EXIT_COMPLETED, "held": EXIT_HELD, "failed": EXIT_FAILED}
+
+
+def run_reconcile_command(settings: Settings, locations: Sequence[str], dry_run: bool, approve: bool,
+                          full_sweep: bool, console: Console, err: Console) -> int:
+    """Run the reconcile flow in this process; print the run id, status and report path.
+
+    Exit 0 completed, 3 held (a guard tripped: `recon approve RUN_ID`, then `recon run --approve` or the next
+    run), 1 failed (with one clear line), 2 usage (no location configured).
+    """
+    from flows.reconcile import LocationBusy, reconcile_flow
+
+    covered = list(locations) or list(settings.ghl_location_ids)
+    if not covered:
+        err.print("[bold red]error:[/] no GHL location: pass --location or set RECON_GHL_LOCATION_IDS")
+        return EXIT_USAGE
+    try:
+        with console.status("reconciling: snapshot, merge, checks, apply, report..."):
+            summary = reconcile_flow(locations=covered, dry_run=dry_run, approve=approve, full_sweep=full_sweep)
+    except LocationBusy as exc:
+        err.print(f"[bold red]busy:[/] {redact(str(exc))}", highlight=False, soft_wrap=True)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - one clear line, never a traceback; the run row keeps the error
+        err.print(f"[bold red]run failed:[/] {type(exc).__name__}: {redact(str(exc))}", highlight=False,
+                  soft_wrap=True)
+        return EXIT_FAILED
+    console.print(f"run {summary['run_id']}", highlight=False)
+    console.print(f"status: [bold]{summary['status']}[/]" + (" (dry run: nothing written)" if dry_run else ""),
+                  highlight=False)
+    for guard in summary.get("guards", []):
+        console.print(f"  held by {guard.get('reason') or guard.get('name')}", highlight=False, soft_wrap=True)
+    if summary["status"] == "held":
+        console.print(f"  approve with `recon approve {summary['run_id']}`", highlight=False)
+    counts = {k: summary.get(k, 0) for k in ("conflicts", "quarantined", "stale", "failed")}
+    console.print("  " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
+    console.print(f"report: {summary.get('report')}", highlight=False, soft_wrap=True)
+    return EXIT_BY_STATUS.get(summary["status"], EXIT_FAILED)

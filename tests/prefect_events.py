@@ -1,0 +1,49 @@
+"""Reading Prefect events back from the test server, and pointing this process's events worker at it.
+
+`prefect_fixture.prefect_server` is session-scoped, but each module that imports it gets its own
+fixture definition, so each such module runs its own harness server. Prefect's `EventsWorker` is one
+per process and keeps the API URL it was started with; `prefect_events` (module-scoped) drains it so
+the next `emit_event` starts a worker that talks to this module's server. Import both:
+`from prefect_events import prefect_events, events_of, wait_for_events  # noqa: F401`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def prefect_events(prefect_server: str) -> str:
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=10, at_exit=False)
+    return prefect_server
+
+
+def events_of(resource_id: str) -> list[Any]:
+    """The events of one resource on the current server (up to 50, any time up to an hour ahead)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventOccurredFilter, EventResourceFilter
+
+    flt = EventFilter(resource=EventResourceFilter(id=[resource_id]),
+                      occurred=EventOccurredFilter(until=datetime.now(UTC) + timedelta(hours=1)))
+    with get_client(sync_client=True) as client:
+        return list(client.read_events(filter=flt, limit=50).events)
+
+
+def wait_for_events(resource_id: str, names: Iterable[str], timeout: float = 30.0) -> list[Any]:
+    """The events of a resource once every name in `names` is among them (AssertionError on timeout)."""
+    wanted = set(names)
+    deadline = time.monotonic() + timeout
+    while True:
+        found = events_of(resource_id)
+        if wanted <= {e.event for e in found}:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"events {wanted} of {resource_id} not seen; got {[e.event for e in found]}")
+        time.sleep(0.3)
