@@ -77,6 +77,7 @@ BENCHMARKS: list[Bench] = [
           ("--contacts", "20000", "--baseline-size", "0", "--skip-full-baseline"), timeout_s=3600),
     Bench("checks", "bench/checks.py", (), ("--contacts", "2000"), timeout_s=900),
     Bench("snapshot", "bench/snapshot.py", (), ("--contacts", "1000", "--changes", "60"), timeout_s=7200),
+    Bench("apply", "bench/apply.py", (), ("--contacts", "300"), timeout_s=1800),
     Bench("connectors", "bench/connectors.py", (),
           ("--seconds", "10", "--skip-tinyemail", "--contacts", "500"), timeout_s=1200),
 ]

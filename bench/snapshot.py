@@ -186,13 +186,15 @@ def scaled_frames(store: Store, rows: int) -> dict[str, Any]:
 
     latest = {entity: store.latest_snapshot(entity) for entity in ROW_IDS}
     total = sum(frame.height for frame in latest.values())
+    wanted = {entity: rows * frame.height // total for entity, frame in latest.items()}
+    wanted["ghl_notes"] += rows - sum(wanted.values())  # exactly `rows` in all
     out = {}
     for entity, frame in latest.items():
-        want = round(rows * frame.height / total)
-        if not want:
+        want = wanted[entity]
+        if not frame.height:
             out[entity] = frame
             continue
-        big = pl.concat([frame] * -(-want // frame.height)).head(want)
+        big = pl.concat([frame] * -(-want // frame.height), rechunk=True).head(want)
         out[entity] = big.with_columns(pl.format("{}~{}", ROW_IDS[entity], pl.int_range(pl.len(), dtype=pl.Int64))
                                        .alias(ROW_IDS[entity]))
     return out

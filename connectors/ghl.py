@@ -133,7 +133,7 @@ class GHLClient(ApiBacked):
         budget = budget or budget_for(SYSTEM, location_id, lambda: RateBudget(
             int(BURST_LIMIT * scale), BURST_WINDOW_S, int(DAILY_LIMIT * scale), clock=clock))
         api = ApiClient(system=SYSTEM, base_url=settings.ghl_base_url,
-                        credentials=credentials or credentials_from_settings(settings), budget=budget,
+                        credentials=credentials or credentials_from_settings(settings, location_id), budget=budget,
                         auth_header=lambda token: {"Authorization": f"Bearer {token}"},
                         headers={"Version": API_VERSION, "Accept": "application/json"},
                         classify=classify, transport=transport, **api_options)
@@ -324,8 +324,12 @@ class GHLClient(ApiBacked):
 # ------------------------------------------------------------------------------------- credentials
 
 
-def credentials_from_settings(settings: Settings) -> Credentials:
-    """A Private Integration token when configured, else OAuth (Prefect block in deployments, else the file)."""
+def credentials_from_settings(settings: Settings, location_id: str | None = None) -> Credentials:
+    """The location's own Private Integration token (`ghl_location_tokens`) when it has one, else the token when
+    configured, else OAuth (Prefect block in deployments, else the file)."""
+    own = settings.ghl_location_tokens.get(location_id or "")
+    if own is not None and own.get_secret_value():
+        return StaticToken(own.get_secret_value())
     if settings.ghl_token is not None and settings.ghl_token.get_secret_value():
         return StaticToken(settings.ghl_token.get_secret_value())
     if settings.ghl_client_id and settings.ghl_client_secret is not None:

@@ -238,12 +238,17 @@ def mapping(
 
 
 @app.command("approve")
-def approve(run_id: Annotated[str, typer.Argument(help="The id of a held plan run.")]) -> None:
-    """Approve a run held by a guard; print the reasons and the operations it approves."""
+def approve(
+    run_id: Annotated[str, typer.Argument(help="The id of a held run.")],
+    apply: Annotated[bool, typer.Option(help="Apply a held `recon run` right after approving it.")] = True,
+) -> None:
+    """Approve a run held by a guard; print the reasons and the operations it approves. A held reconcile run
+    (`recon run`) is then applied, each write checked against the live record first (exit 0 completed,
+    1 failed); a `recon plan` run is only approved."""
     from contact_recon.plan_cli import run_approve_command
     from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_approve_command(get_settings(), run_id, console, err))
+    raise typer.Exit(run_approve_command(get_settings(), run_id, console, err, apply=apply))
 
 
 @webhooks_app.command("serve")

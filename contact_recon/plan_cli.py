@@ -84,8 +84,44 @@ def run_mapping_command(settings: Settings, policy_file: Path | None, console: C
     return EXIT_PLANNED
 
 
-def run_approve_command(settings: Settings, run_id: str, console: Console, err: Console) -> int:
-    """Approve a held run and show what that approves; 1 and one clear line when it is unknown or not held."""
+def run_approve_command(settings: Settings, run_id: str, console: Console, err: Console, *,
+                        apply: bool = True) -> int:
+    """Approve a held run and show what that approves; a held `reconcile` run is then applied (unless
+    `apply` is False): 0 completed, 1 failed. 1 and one clear line when it is unknown or not held."""
+    code = _approve(settings, run_id, console, err)
+    if code != EXIT_PLANNED or not apply:
+        return code
+    with open_db(db_path(settings.data_dir)) as store:
+        kind = store.get_run(run_id)["kind"]
+    return _apply_approved(settings, run_id, console, err) if kind == "reconcile" else code
+
+
+def _apply_approved(settings: Settings, run_id: str, console: Console, err: Console) -> int:
+    """Apply an approved reconcile run now (fresh preconditions protect edits made since its snapshot)."""
+    from flows.reconcile import LocationBusy, location_lock
+    from tasks.reconcile import apply_run
+    from tasks.report import build_summary, write_run_files
+
+    try:
+        with open_db(db_path(settings.data_dir)) as store:
+            locations = list(store.get_run(run_id)["location_ids"] or [])
+        with location_lock(settings, locations, 60.0), open_db(db_path(settings.data_dir)) as store:
+            outcome = apply_run(settings, store, run_id)
+            summary = build_summary(store, settings.data_dir, run_id, dry_run=False, requests=outcome.requests,
+                                    guards=[])
+            files = write_run_files(store, settings.data_dir, run_id, summary)
+    except (LocationBusy, StoreError) as exc:
+        _error(err, str(exc))
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - one clear line; the journal and the run row keep the details
+        _error(err, f"apply failed: {type(exc).__name__}: {exc}")
+        return EXIT_FAILED
+    console.print(f"run {run_id}: applied, status [bold]{outcome.status}[/] ({outcome.journal})", highlight=False)
+    console.print(f"report: {files.report}", highlight=False, soft_wrap=True)
+    return EXIT_PLANNED if outcome.status == "completed" else EXIT_FAILED
+
+
+def _approve(settings: Settings, run_id: str, console: Console, err: Console) -> int:
     from tasks.pipeline import load_plan, ops_to_apply
 
     try:

@@ -8,6 +8,7 @@ RECON_TINYEMAIL_API_KEY, RECON_DATA_DIR. Secrets are `SecretStr`, so printing th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +20,8 @@ TINYEMAIL_BASE_URL = "https://api.tinyemail.com/v1"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RECON_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a malformed value may hold a secret (a token list); errors name the field only
+    model_config = SettingsConfigDict(env_prefix="RECON_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     data_dir: Path = Path("data")
     ghl_base_url: str = GHL_BASE_URL
@@ -27,6 +29,9 @@ class Settings(BaseSettings):
     ghl_client_id: str | None = None
     ghl_client_secret: SecretStr | None = None
     ghl_location_ids: Annotated[list[str], NoDecode] = []
+    # several locations, each with a Private Integration token of its own (GHL tokens belong to one location):
+    # "LOCATION=TOKEN,LOCATION=TOKEN" or a JSON object; a location not listed uses ghl_token or OAuth
+    ghl_location_tokens: Annotated[dict[str, SecretStr], NoDecode] = {}
     ghl_redirect_uri: str = "http://127.0.0.1:8765/oauth/callback"
     tinyemail_base_url: str = TINYEMAIL_BASE_URL
     tinyemail_api_key: SecretStr | None = None
@@ -54,6 +59,19 @@ class Settings(BaseSettings):
     def _split_ids(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("ghl_location_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                return json.loads(text)
+            pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError("expected LOCATION=TOKEN pairs separated by commas (the tokens are not shown)")
+            return {location.strip(): token.strip() for location, token in pairs}
         return value
 
     @field_validator("ghl_base_url", "tinyemail_base_url")

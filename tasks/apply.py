@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ from tasks.journal import Entry, Journal
 from tasks.normalise import ghl_contact_record, tinyemail_customer_record
 from tasks.records import GHL_FIELD_NAMES, TINYEMAIL_FIELD_NAMES
 
+log = logging.getLogger("tasks.apply")
 TE_KEY_PREFIX = "te:"
 BATCH = 500  # TinyEmail members per upsert / audience call
 GHL_TIGHT, TE_TIGHT_STATUS = "dnd", "Unsubscribed"
@@ -110,28 +112,39 @@ class Applier:
 
     def __init__(self, journal: Journal, ghl: Mapping[str, GHLClient], te: TinyEmailClient,
                  people: Mapping[str, Person], *, default_location: str, region: str = "US",
-                 concurrency: int = 8, max_attempts: int = 3, home_list: str | None = None):
+                 concurrency: int = 16, max_attempts: int = 3, home_list: str | None = None):
         self.journal, self.ghl, self.te, self.people = journal, ghl, te, dict(people)
         self.default_location, self.region = default_location, region
         self.max_attempts, self.home_list_name = max_attempts, home_list
-        self.gate = asyncio.Semaphore(concurrency)
+        self.gate = asyncio.Semaphore(concurrency)  # GHL calls in flight
+        self.te_gate = asyncio.Semaphore(concurrency)  # TinyEmail precondition reads in flight
         self.created: dict[str, str] = {}  # key -> GHL contact id made by this run
+        self.confirmed: dict[str, str | None] = {}  # op id -> the id the API returned, for ops confirmed here
         self.live_customers: dict[str, Customer] = {}  # normalised email -> customer read for the preconditions
 
     async def run(self, run_id: str) -> ApplyResult:
         """Send every `planned` op of the run (in the order of the module docstring)."""
         entries = self._not_rejected(self.journal.entries(run_id), run_id)
-        by_kind: dict[str, list[Entry]] = defaultdict(list)
-        for entry in entries:
-            by_kind[entry.target + ":" + entry.kind].append(entry)
-        await self._all(self._ghl_create(e) for e in by_kind.pop("ghl:create", []))
-        await self._te_creates(by_kind.pop("tinyemail:create", []))
-        ghl_rest = [e for e in entries if e.target == "ghl" and e.kind != "create"]
-        await self._all(self._ghl_person(key, group) for key, group in _by_key(ghl_rest).items())
-        te_rest = [e for e in entries if e.target == "tinyemail" and e.kind not in ("create", *LIST_KINDS)]
-        await self._te_updates(te_rest)
-        await self._te_lists([e for e in entries if e.target == "tinyemail" and e.kind in LIST_KINDS])
+        ghl = [e for e in entries if e.target == "ghl"]
+        te = [e for e in entries if e.target == "tinyemail"]
+        # the two systems have budgets of their own and no op of one waits for the other: side by side
+        results = await asyncio.gather(self._ghl_chain(ghl), self._te_chain(te), return_exceptions=True)
+        stops = [r for r in results if isinstance(r, BaseException)]
+        if stops:
+            raise stops[0]
         return ApplyResult(self.journal.counts(run_id), dict(self.created))
+
+    async def _ghl_chain(self, entries: list[Entry]) -> None:
+        """GHL: contacts first (their ids address everything else), then per contact."""
+        await self._all(self._ghl_create(e) for e in entries if e.kind == "create")
+        rest = [e for e in entries if e.kind != "create"]
+        await self._all(self._ghl_person(key, group) for key, group in _by_key(rest).items())
+
+    async def _te_chain(self, entries: list[Entry]) -> None:
+        """TinyEmail: creates (and their lists), then updates, then list memberships."""
+        await self._te_creates([e for e in entries if e.kind == "create"])
+        await self._te_updates([e for e in entries if e.kind not in ("create", *LIST_KINDS)])
+        await self._te_lists([e for e in entries if e.kind in LIST_KINDS])
 
     def _not_rejected(self, entries: list[Entry], run_id: str) -> list[Entry]:
         # an op the API rejected before, with the same content, is not sent again (issue: retried only
@@ -161,7 +174,8 @@ class Applier:
         outcome and returns False (not landed: send again) or the id / True (landed). Returns whether the
         write is confirmed; the journal has the outcome either way.
         """
-        for _ in range(self.max_attempts):
+        for attempt in range(1, self.max_attempts + 1):
+            log.debug("%s: sending %d %s op(s), attempt %d", entries[0].target, len(entries), entries[0].kind, attempt)
             self.journal.sending(entries)
             failpoints.hit("sending", entries[0].kind)
             try:
@@ -172,17 +186,22 @@ class Applier:
                 if found is None:
                     return False
                 if found is not False:
-                    self.journal.finish(entries, J.DONE, result_id=found if isinstance(found, str) else None)
+                    self._confirm(entries, found if isinstance(found, str) else None)
                     return True
                 continue  # re-read says it did not land: send again
             except ConnectorError as exc:
                 self._refused(entries, exc)
                 return False
-            self.journal.finish(entries, J.DONE, result_id=result_id)
+            self._confirm(entries, result_id)
             return True
         self.journal.finish(entries, J.FAILED, error_kind=J.UNKNOWN,
                             error=f"not confirmed after {self.max_attempts} attempts")
         return False
+
+    def _confirm(self, entries: list[Entry], result_id: str | None) -> None:
+        self.journal.finish(entries, J.DONE, result_id=result_id)
+        for entry in entries:
+            self.confirmed[entry.op_id] = result_id
 
     async def _reread(self, entries: list[Entry], landed: Callable[[], Awaitable[str | None | bool]],
                       cause: Exception) -> str | bool | None:
@@ -244,8 +263,7 @@ class Applier:
             return found.id if found else False
 
         if await self._send([entry], send, landed):
-            new_id = self.journal.entries(entry.run_id, (J.DONE,))
-            self.created[entry.key] = next(e.result_id for e in new_id if e.op_id == entry.op_id) or ""
+            self.created[entry.key] = self.confirmed.get(entry.op_id) or ""
 
     # ---------------------------------------------------------------------- GHL, per contact
 
@@ -350,8 +368,7 @@ class Applier:
             return await find_marked(client, contact_id, entry) or False
 
         if await self._send([entry], send, landed):
-            done = [e for e in self.journal.entries(entry.run_id, (J.DONE,)) if e.op_id == entry.op_id]
-            self.journal.remember_created(entry, done[0].result_id if done else None, contact_id)
+            self.journal.remember_created(entry, self.confirmed.get(entry.op_id), contact_id)
 
     # -------------------------------------------------------------------------------- TinyEmail
 
@@ -390,7 +407,7 @@ class Applier:
         return list_id
 
     def _done(self, entry: Entry) -> bool:
-        return any(e.op_id == entry.op_id for e in self.journal.entries(entry.run_id, (J.DONE,)))
+        return entry.op_id in self.confirmed
 
     async def _te_upsert(self, batch: list[tuple[Entry, dict[str, Any]]]) -> None:
         await self._te_send([e for e, _ in batch], [m for _, m in batch])
@@ -428,7 +445,7 @@ class Applier:
         try:
             customer = self.live_customers.get(normalise_email(email))
             if customer is None:
-                async with self.gate:
+                async with self.te_gate:
                     customer = await self.te.get_customer(email)
         except ConnectorError as exc:
             self._refused(entries, exc)

@@ -481,6 +481,10 @@ class Store:
         self._insert("INSERT OR REPLACE INTO id_map BY NAME SELECT *, ?::TIMESTAMPTZ AS matched_at, "
                      "?::VARCHAR AS run_id FROM _frame", rows, [self.clock(), run_id])
 
+    def delete_id_map(self, contact_ids: Iterable[str]) -> None:
+        """Forget the pairings of contacts that no longer exist (a contact deleted and created again)."""
+        self.con.execute("DELETE FROM id_map WHERE list_contains(?, contact_id)", [list(contact_ids)])
+
     def save_review(self, rows: pl.DataFrame, run_id: str) -> None:
         """Record this run's identity review rows (kind, contact_ids, email, old_email, detail)."""
         _check_schema("identity_review", rows, REVIEW)

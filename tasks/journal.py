@@ -116,8 +116,13 @@ class Journal:
             by_run.setdefault(run_id, []).append(op)
         with self.store.transaction():
             for run_id, ops in by_run.items():
-                self.con.execute(f"UPDATE journal SET {assignments} WHERE run_id = ? AND list_contains(?, op_id)",
-                                 [*params, run_id, ops])
+                if len(ops) == 1:  # a point update through the primary key
+                    self.con.execute(f"UPDATE journal SET {assignments} WHERE run_id = ? AND op_id = ?",
+                                     [*params, run_id, ops[0]])
+                else:
+                    self.con.execute(f"UPDATE journal SET {assignments} FROM (SELECT unnest(?::VARCHAR[]) AS id) "
+                                     "AS ids WHERE journal.run_id = ? AND journal.op_id = ids.id",
+                                     [*params, ops, run_id])
 
     def rejected_before(self, op_ids: Iterable[str], run_id: str) -> dict[str, str]:
         """op id -> the API's message, for ops rejected (400/422) by an earlier run with the same content."""

@@ -157,8 +157,11 @@ def advance(store: Store, run_dir: Path, journal: pl.DataFrame, run_id: str, con
             row["key"] = row["contact_id"] = created[row["key"]]
     frame = pl.DataFrame(rows, schema=BASE_SCHEMA, orient="row") if rows else pl.DataFrame(schema=BASE_SCHEMA)
     pairs = _id_pairs(state, done, te)
+    # a contact deleted in GHL and created again (an edit beat the delete): the old id is gone for good
+    recreated = [key for key in created if not key.startswith(TE_KEY_PREFIX)]
     with store.transaction():
         store.delete_base([*state["rekeys"]["old_key"].to_list(), *created])
+        store.delete_id_map(recreated)
         store.save_base(frame, run_id)
         if pairs.height:
             store.save_id_map(pairs, run_id)

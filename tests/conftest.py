@@ -63,3 +63,16 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[str]:
+    """One throwaway Prefect server (the test harness, a temporary SQLite database, ~12 s to start) for the
+    whole session; its API URL, so subprocesses can be pointed at it through PREFECT_API_URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        url = PREFECT_API_URL.value()
+        assert url, "the Prefect test harness gave no API URL"
+        yield str(url)

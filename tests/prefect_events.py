@@ -1,16 +1,16 @@
 """Reading Prefect events back from the test server, and pointing this process's events worker at it.
 
-`prefect_fixture.prefect_server` is session-scoped, but each module that imports it gets its own
-fixture definition, so each such module runs its own harness server. Prefect's `EventsWorker` is one
-per process and keeps the API URL it was started with; `prefect_events` (module-scoped) drains it so
-the next `emit_event` starts a worker that talks to this module's server. Import both:
+`prefect_server` (tests/conftest.py) is one server for the whole session. Prefect's `EventsWorker` is one
+per process and keeps the API URL it was started with; `prefect_events` (module-scoped) drains it so the
+next `emit_event` starts a fresh worker (on that server), and drains it again after, so no websocket thread
+outlives the module that needed it. Import both:
 `from prefect_events import prefect_events, events_of, wait_for_events  # noqa: F401`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,11 +18,14 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def prefect_events(prefect_server: str) -> str:
+def prefect_events(prefect_server: str) -> Iterator[str]:
     from prefect.events.worker import EventsWorker
 
     EventsWorker.drain_all(timeout=10, at_exit=False)
-    return prefect_server
+    yield prefect_server
+    # closed again after the module: its websocket keepalive draws from `random` in a background
+    # thread, which Hypothesis reports as a strategy using the global random module
+    EventsWorker.drain_all(timeout=10, at_exit=False)
 
 
 def events_of(resource_id: str) -> list[Any]:

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from prefect_events import prefect_events  # noqa: F401
-from prefect_fixture import prefect_server  # noqa: F401
 
 from flows.alerts import (
     BLOCK_NAME,

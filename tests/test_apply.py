@@ -74,7 +74,7 @@ def test_a_reconciliation_converges_and_the_next_plan_is_empty(world_of: Callabl
     assert second.status == "completed"
     assert second.plan is not None
     left = second.plan.plan.filter(pl.col("kind") != "identity_review")
-    assert left.height == 0, left.select("target", "kind", "key", "field", "reason").to_dicts()[:10]
+    assert left.height == 0, left.select("target", "kind", "key", "field", "reason", "status").rows()[:10]
 
 
 def test_a_day_of_drift_is_carried_across(world_of: Callable[..., World]) -> None:
@@ -89,7 +89,7 @@ def test_a_day_of_drift_is_carried_across(world_of: Callable[..., World]) -> Non
     third = world.reconcile()
     assert third.plan is not None
     left = third.plan.plan.filter(pl.col("kind") != "identity_review")
-    assert left.height == 0, left.select("target", "kind", "key", "field", "reason").to_dicts()[:10]
+    assert left.height == 0, left.select("target", "kind", "key", "field", "reason", "status").rows()[:10]
     # conflicts (both sides edited one field) stay for the data team; everything else agrees
     conflicted = {(r["key"], r["field"]) for r in third.plan.conflicts.to_dicts()}
     assert duplicates(world.state(world.ghl)) == {}
@@ -141,3 +141,77 @@ def test_write_faults_make_no_duplicate_and_lose_nothing(world_of: Callable[...,
     assert left is not None and left.height == 0, left.to_dicts()[:5] if left is not None else None
     ghl, te = ghl_people(world.state(world.ghl)), te_people(world.state(world.te))
     assert {e for e in ghl if "@" in e} == set(te)
+
+
+def test_records_failing_a_blocking_check_get_no_write_in_either_direction(world_of: Callable[..., World]) -> None:
+    """The generator's awkward records (bad emails and phones, huge notes...) are quarantined, and a real
+    reconciliation leaves both systems' copies of them exactly as they were."""
+    world = world_of(fixture_for(60, seed=14, awkward=0.3))
+    before_ghl, before_te = world.state(world.ghl), world.state(world.te)
+
+    outcome = world.reconcile()
+
+    assert outcome.status == "completed", outcome.error
+    journal = Journal(world.store).frame(outcome.run_id)
+    quarantined = journal.filter(pl.col("status") == "quarantined")
+    assert quarantined.height > 0 and journal.filter(pl.col("status") == "done").height > 0
+    assert quarantined["quarantined_by"].str.contains(r"\.").all()  # named by suite.expectation
+    people = pl.read_parquet(Path(world.settings.data_dir) / "runs" / outcome.run_id / "state" / "people.parquet")
+    keys = set(quarantined["key"])
+    emails = {k.removeprefix("te:") for k in keys if k.startswith("te:")} | set(
+        people.filter(pl.col("key").is_in(list(keys)))["email"].drop_nulls())
+    contact_ids = {k for k in keys if not k.startswith("te:")}
+    contacts = lambda state: {c["id"]: c for c in next(iter(state["locations"].values()))["contacts"]}  # noqa: E731
+    customers = lambda state: {c["email"].strip().lower(): c for c in (  # noqa: E731
+        state["customers"].values() if isinstance(state["customers"], dict) else state["customers"])}
+    after_ghl, after_te = world.state(world.ghl), world.state(world.te)
+    for contact_id in contact_ids:
+        assert contacts(after_ghl).get(contact_id) == contacts(before_ghl).get(contact_id), contact_id
+    for email in emails:
+        assert customers(after_te).get(email.lower()) == customers(before_te).get(email.lower()), email
+        # nor was a GHL contact made from a quarantined customer
+        made = [c for c in contacts(after_ghl).values() if (c.get("email") or "").lower() == email.lower()]
+        was = [c for c in contacts(before_ghl).values() if (c.get("email") or "").lower() == email.lower()]
+        assert len(made) == len(was), email
+
+
+def test_the_data_teams_decisions_on_conflicts_are_written_by_the_next_run(world_of: Callable[..., World],
+                                                                         tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from contact_recon.cli import app
+
+    fixture = fixture_for(seed=16)
+    contacts = next(iter(fixture["ghl"]["locations"].values()))["contacts"]
+    customers = {c["email"]: c for c in fixture["tinyemail"]["customers"]}
+    both = [c for c in contacts if c.get("email") in customers][:2]
+    for i, contact in enumerate(both):  # names are settled by hand: two conflicts
+        customers[contact["email"]]["firstName"] = f"TinyName{i}"
+        contact["firstName"] = f"GhlName{i}"
+    world = world_of(fixture)
+    first = world.reconcile()
+    conflicts_csv = Path(world.settings.data_dir) / "runs" / first.run_id / "conflicts.csv"
+    conflicts = pl.read_csv(conflicts_csv, infer_schema_length=0)
+    mine = conflicts.filter(pl.col("field") == "first_name")
+    assert set(mine["key"]) == {c["id"] for c in both}
+    decided = mine.with_columns(
+        decision=pl.when(pl.col("key") == both[0]["id"]).then(pl.lit("tinyemail")).otherwise(pl.lit("value")),
+        value=pl.when(pl.col("key") == both[0]["id"]).then(pl.lit(None)).otherwise(pl.lit("Chosen")))
+    filled = tmp_path / "decided.csv"
+    decided.write_csv(filled)
+    for name, value in world.env().items():
+        monkeypatch.setenv(name, value)
+    imported = CliRunner().invoke(app, ["conflicts", "import", str(filled)])
+    assert imported.exit_code == 0, imported.output
+
+    second = world.reconcile()
+
+    assert second.status == "completed", second.error
+    ghl = {c["id"]: c for c in next(iter(world.state(world.ghl)["locations"].values()))["contacts"]}
+    te = te_people(world.state(world.te))
+    assert ghl[both[0]["id"]]["firstName"] == "TinyName0" and te[both[0]["email"].lower()]["first"] == "TinyName0"
+    assert ghl[both[1]["id"]]["firstName"] == "Chosen" and te[both[1]["email"].lower()]["first"] == "Chosen"
+    assert second.plan is not None and second.plan.conflicts.filter(pl.col("field") == "first_name").height == 0
+    third = world.reconcile(dry_run=True)
+    assert third.plan is not None and third.plan.conflicts.filter(pl.col("field") == "first_name").height == 0

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prefect_fixture import prefect_server  # noqa: F401
 
 from sandbox.generate import generate_fixture
 from sandbox.server import RunningServer

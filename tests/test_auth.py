@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from prefect_fixture import prefect_server  # noqa: F401
 from typer.testing import CliRunner
 
 from connectors.auth import FileTokenStore, GHLOAuth, PrefectSecretTokenStore, TokenSet, TokenStore

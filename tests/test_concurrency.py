@@ -12,7 +12,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from prefect_fixture import prefect_server  # noqa: F401
 
 from connectors import concurrency
 from connectors.concurrency import LimitSpec, batch_slots, ensure_budget_limit, ensure_limit, limit_name, window_limit

@@ -17,7 +17,6 @@ from typing import Any
 import jsonschema
 import polars as pl
 import pytest
-from prefect_fixture import prefect_server  # noqa: F401
 from test_pipeline import LOOSE_GUARDS, RATE_SCALE, World, awkward_fixture, table_rows
 from typer.testing import CliRunner
 

@@ -26,7 +26,6 @@ import duckdb
 import httpx
 import polars as pl
 import pytest
-from prefect_fixture import prefect_server  # noqa: F401
 from secret_scan import Finding, ScanError, find_secrets
 
 from connectors.auth import FileTokenStore, GHLOAuth, TokenSet
@@ -38,8 +37,6 @@ from sandbox import ghl as ghl_sandbox
 from sandbox import tinyemail as te_sandbox
 from sandbox.generate import generate_fixture
 from sandbox.server import HOST, RunningServer
-from tasks.db import open_db
-from tasks.pipeline import plan_run
 
 RATE_SCALE = 50
 SECRET = "sk-test-" + "Zq3/+x=" + "0123456789abcdef"  # URL- and JSON-sensitive characters on purpose
@@ -269,7 +266,7 @@ async def prefect_logs(flow_run_id: str) -> list[str]:
                 return texts
 
 
-def test_a_dry_run_leaves_no_secret_in_data_logs_or_prefect(
+def test_a_full_run_leaves_no_secret_in_data_reports_logs_artifacts_or_prefect(
         sandboxes: Callable[..., tuple[RunningServer, RunningServer]], tmp_path: Path,
         caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str], prefect_server: str,  # noqa: F811
 ) -> None:
@@ -289,33 +286,53 @@ def test_a_dry_run_leaves_no_secret_in_data_logs_or_prefect(
                         ghl_client_id=fixture["ghl"]["oauthClients"][0]["client_id"],
                         ghl_client_secret=configured["GHL client secret"], ghl_location_ids=[location],
                         tinyemail_base_url=te.base_url + "/v1", tinyemail_api_key=configured["TinyEmail API key"],
-                        tinyemail_rate_per_minute=60 * RATE_SCALE)
+                        tinyemail_rate_per_minute=60 * RATE_SCALE, policy_file=tmp_path / "policy.toml")
+    (tmp_path / "policy.toml").write_text("[guards]\nfield_updates = 1.0\ntag_removals = 1.0\n"
+                                          "deletes_or_inactivations = 1.0\n")
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="prefect")
 
-    @flow(name="security-dry-run")
-    def dry_run() -> tuple[str, str, int]:
+    debug_records: list[logging.LogRecord] = []
+    debug_handler = logging.Handler(logging.DEBUG)
+    debug_handler.emit = debug_records.append  # type: ignore[method-assign]
+
+    @flow(name="security-full-run")
+    def full_run() -> tuple[str, str, int]:
         from prefect.logging import get_run_logger
         from prefect.runtime import flow_run
 
-        get_run_logger().info("planning with settings %r", settings)  # what a careless flow would log
-        with open_db(data / "recon.duckdb") as store:
-            result = plan_run(settings, store, locations=[location], docs=True,
-                              ghl_client=lambda loc: GHLClient.from_settings(
-                                  settings, loc, budget=RateBudget(100 * RATE_SCALE, 10.0, 200_000)),
-                              tinyemail_client=lambda: TinyEmailClient.from_settings(
-                                  settings, budget=RateBudget(60 * RATE_SCALE, 60.0, None)))
-        return result.run_id, str(flow_run.id), result.plan.height
+        from flows.reconcile import run_reconcile
 
-    run_id, flow_run_id, ops = dry_run()
+        get_run_logger().info("planning with settings %r", settings)  # what a careless flow would log
+        # a user debugging a run: everything at DEBUG into one more handler (attached here, inside the flow run,
+        # since the flow run's logging setup may replace the handlers caplog installed)
+        root = logging.getLogger()
+        root.setLevel(logging.DEBUG)
+        root.addHandler(debug_handler)
+        logging.getLogger("recon.careless").debug("settings at DEBUG: %r", settings)
+        summary = run_reconcile(settings, locations=[location], docs=True,
+                                ghl_client=lambda loc: GHLClient.from_settings(
+                                    settings, loc, budget=RateBudget(100 * RATE_SCALE, 10.0, 200_000)),
+                                tinyemail_client=lambda: TinyEmailClient.from_settings(
+                                    settings, budget=RateBudget(60 * RATE_SCALE, 60.0, None)))
+        return summary["run_id"], str(flow_run.id), sum(summary["counts"]["applied"]["ghl"].values())
+
+    run_id, flow_run_id, applied = full_run()
     APILogHandler().flush()
     output = capfd.readouterr()
 
-    assert ops > 0 and (data / "runs" / run_id / "plan.parquet").exists()
+    directory = data / "runs" / run_id
+    assert applied > 0, "the run wrote nothing to GHL: not a full run"
+    for name in ("plan.parquet", "summary.json", "report.html", "conflicts.csv"):
+        assert (directory / name).exists(), name
     assert list(data.rglob("index.html")), "the Data Docs were not built"
     shipped = asyncio.run(prefect_logs(flow_run_id))
     assert any("planning with settings" in line for line in shipped), "the flow's logs did not reach Prefect"
-    assert any(r.levelno == logging.DEBUG for r in caplog.records), "DEBUG records were not captured"
+    logging.getLogger().removeHandler(debug_handler)
+    debug_text = "\n".join(logging.Formatter().format(r) for r in debug_records)
+    assert any(r.levelno == logging.DEBUG for r in debug_records), "DEBUG records were not captured"
+    assert any(r.name == "tasks.apply" for r in debug_records), "the apply stage's DEBUG lines were not captured"
     findings = find_secrets([data, prefect_db()], configured, texts={
-        "caplog": caplog.text, "stdout": output.out, "stderr": output.err, "prefect logs": "\n".join(shipped)})
+        "caplog": caplog.text, "debug log": debug_text,
+        "stdout": output.out, "stderr": output.err, "prefect logs": "\n".join(shipped)})
     assert findings == [], "\n".join(map(str, findings))

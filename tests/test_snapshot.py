@@ -23,7 +23,6 @@ import httpx
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
-from prefect_fixture import prefect_server  # noqa: F401
 from pydantic import SecretStr
 from typer.testing import CliRunner
 

@@ -16,7 +16,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prefect_events import events_of, prefect_events, wait_for_events  # noqa: F401
-from prefect_fixture import prefect_server  # noqa: F401
 
 from connectors.models import Customer
 from connectors.tinyemail import AudienceSnapshot, TinyEmailClient

@@ -29,7 +29,6 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from prefect_events import events_of, prefect_events, wait_for_events  # noqa: F401
-from prefect_fixture import prefect_server  # noqa: F401
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse

@@ -1,0 +1,542 @@
+"""End-to-end nightly benchmark: `recon run` on 100,000 contacts after a day of 1% drift on each side.
+
+    .venv/bin/python bench/nightly.py [--contacts 100000] [--rate-scale 10] [--base-rate-scale 100]
+        [--drift 0.01] [--tasks-per-contact 1.5] [--notes-per-contact 2.0] [--seed 11] [--json PATH]
+
+1. Fixture (in a child process, so its memory is not this process's): `--contacts` people on both sides
+   (1.5 tasks, 2 notes per contact, 2% awkward records, three TinyEmail lists), already *converged*: the
+   state a first reconciliation leaves (blanks filled both ways, tags the union, list tags on GHL, the GHL
+   fact tags on TinyEmail, consent tightened both ways). Without that the first run writes to every
+   contact, and the nightly after it would re-read all of them (their dateUpdated is past the watermark).
+2. Base (timed separately, information only): both sandboxes as `recon sandbox serve --only ...`
+   processes at `--base-rate-scale` (the first snapshot reads every contact's notes: 100,000 requests),
+   then `recon run --approve` with a loose policy. Then the drift through the public APIs:
+   `sandbox/mutate.py` (its realistic mix: edits, tags, unsubscribes, new and deleted contacts, tasks,
+   notes, conflicts) until `--drift` x contacts changes touched GHL, topped up on TinyEmail with field
+   edits (one `updateMembers` call per 500) to the same number. The state of both sandboxes is exported
+   (`/__sandbox/state`) and served again at `--rate-scale` (another id seed, so new ids never collide).
+3. Nightly (timed): `recon run` (the Prefect flow, default policy) as a child process against a Prefect
+   test server, with client budgets matching the sandbox (RECON_GHL_RATE_SCALE = rate scale,
+   RECON_TINYEMAIL_RATE_PER_MINUTE = 60 x rate scale). Its peak memory is the child's ru_maxrss.
+
+Printed (and written with `--json`):
+
+- requests per system (the clients' counts, checked against the sandboxes' request logs) against the
+  minimum the design needs for tonight's work, derived from tasks/snapshot.py, tasks/budget_plan.py and
+  tasks/apply.py (N contacts in the location, n = changed + dirty + sweep contacts whose tasks and notes
+  are read tonight (sweep: the 1/K slice, K = 30), T_n their tasks, m_l members of TinyEmail list l):
+
+      GHL snapshot  = floor(N/500) + 1                      listing, 500 a page, ends on a short page
+                    + max(ceil(n/100), ceil(T_n/100))       task search, 100 contact ids a batch, 100 a page
+                    + n                                     one notes read per contact read tonight
+      GHL apply     = creates                               one POST per contact created
+                    + sum over contacts with ops of:  2 if field ops (precondition GET + one PUT)
+                                                    + 1 if tag adds + 1 if tag removes
+                                                    + 1 per task or note created
+      TE snapshot   = 1 + sum_l max(1, ceil(m_l/100))       lists, then every member page (no updated-since)
+      TE apply      = ceil(creates/500) (+ home list and list assignments of created customers)
+                    + [u > 0] (1 + min(u, 1 + sum_l max(1, ceil(m_l/100))))
+                                                            preconditions of the u customers with field or
+                                                            tag ops: a GET each, or the list walk if cheaper
+                    + ceil(u'/500)                          upserts of the u' whose premise held
+                    + sum over (add|remove, list) of ceil(k/500)   list memberships
+
+- wall time against the rate-limit floor. GHL allows 100 requests per 10 s per location, TinyEmail 60 a
+  minute per key, each times the rate scale. Within a stage the systems run side by side (the snapshot
+  gathers every location and TinyEmail; the applier runs the GHL chain and the TinyEmail chain together),
+  but the stages run one after another (snapshot -> merge + checks -> apply -> report), so the floor is
+  sum over stages of max over systems of (requests / allowed rate). Goal: the flow's wall <= 1.2 x floor
+  (as for the snapshot and apply benchmarks; the clients keep 5% headroom, so 1.05 is the best possible).
+  The looser floor max over systems of (all requests / rate) is printed too;
+- peak memory of the nightly process; each stage's share of the flow's wall, from the flow run's Prefect
+  task runs (recover, snapshot-merge-check, apply, report) with the snapshot part taken from the
+  snapshot's own run row in DuckDB (started_at .. finished_at).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO / "bench"))
+
+from figures import Figure, goal, info, write_figures  # noqa: E402
+
+GHL_PER_S, TE_PER_S = 100 / 10, 60 / 60  # per location / per key, times the rate scale
+GHL_PAGE, TASK_BATCH, TE_PAGE, TE_BATCH = 500, 100, 100, 500
+LOOSE = "[guards]\ndeletes_or_inactivations = 1.0\nfield_updates = 1.0\ntag_removals = 1.0\n"
+TIGHT_TE = {"unsubscribed", "bounced", "spam"}
+LIST_PREFIX = "list:"
+STAGES = ("recover", "snapshot", "merge + checks", "apply", "report")
+FLOOR_GOAL = 1.2
+
+
+# ------------------------------------------------------------------------------------------ fixture
+
+
+def converged_fixture(contacts: int, tasks: float, notes: float, seed: int) -> dict[str, Any]:
+    """A one-location fixture of `contacts` people on both sides, as a first reconciliation leaves it."""
+    from sandbox.generate import generate_fixture
+
+    fixture = generate_fixture(contacts, seed=seed, overlap=1.0, tasks_per_contact=tasks, notes_per_contact=notes,
+                               awkward=0.02)
+    location = next(iter(fixture["ghl"]["locations"].values()))
+    te = fixture["tinyemail"]
+    customers = {c["email"].strip().lower(): c for c in te["customers"]}
+    lists: dict[str, list[str]] = defaultdict(list)
+    for lst in te["lists"]:
+        for email in lst["members"]:
+            lists[email.strip().lower()].append(lst["id"])
+    facts = task_facts(location["tasks"], datetime.now(UTC).date().isoformat())
+    for contact in location["contacts"]:
+        customer = customers.get((contact.get("email") or "").strip().lower())
+        if customer is not None:
+            converge_person(contact, customer, lists[customer["email"].strip().lower()], facts.get(contact["id"], []))
+    return fixture
+
+
+def task_facts(tasks: list[dict[str, Any]], today: str) -> dict[str, list[str]]:
+    """contact id -> the GHL fact tags TinyEmail carries (tasks/merge.py `_facts`): open task, overdue task."""
+    facts: dict[str, set[str]] = defaultdict(set)
+    for task in tasks:
+        if not task.get("completed"):
+            facts[task["contactId"]].add("ghl:open-task")
+            if (task.get("dueDate") or "")[:10] < today and task.get("dueDate"):
+                facts[task["contactId"]].add("ghl:overdue-task")
+    return {key: sorted(value) for key, value in facts.items()}
+
+
+def converge_person(contact: dict[str, Any], customer: dict[str, Any], lists: list[str], facts: list[str]) -> None:
+    """Make one matched pair agree as the merge's first run would leave it (tables B-D of tasks/merge.py)."""
+    for ghl_name, te_name in (("phone", "phone"), ("companyName", "company")):
+        if not contact.get(ghl_name) and customer.get(te_name):
+            contact[ghl_name] = customer[te_name]  # initial fill on GHL
+        elif contact.get(ghl_name) and not customer.get(te_name):
+            customer[te_name] = contact[ghl_name]  # initial fill on TinyEmail
+    if contact.get("source"):
+        customer["source"] = contact["source"]  # source is owned by GHL
+    ghl_tags, te_tags = set(contact.get("tags") or []), set(customer.get("tags") or [])
+    # shared tags: the union on a first run; owned ones follow their owner. The list namespace is TinyEmail's
+    # lists: GHL carries `list:<id>` for each, and list-prefixed tags on TinyEmail are ignored (left as they are)
+    common = {tag for tag in ghl_tags | te_tags if not tag.startswith(LIST_PREFIX)}
+    contact["tags"] = sorted(common | {LIST_PREFIX + list_id for list_id in lists})
+    customer["tags"] = sorted(common | {tag for tag in te_tags if tag.startswith(LIST_PREFIX)} | set(facts))
+    if (customer.get("status") or "").lower() in TIGHT_TE:
+        contact["dnd"] = True  # TinyEmail unsubscribed -> GHL dnd
+    elif contact.get("dnd"):
+        customer["status"] = "Unsubscribed"  # GHL dnd -> TinyEmail unsubscribed
+
+
+def build_fixture(path: str, contacts: int, tasks: float, notes: float, seed: int) -> dict[str, Any]:
+    """Runs in a child process: write the fixture, return what the benchmark needs to know about it."""
+    from sandbox.generate import write_fixture
+
+    fixture = converged_fixture(contacts, tasks, notes, seed)
+    write_fixture(fixture, path)
+    token = fixture["ghl"]["tokens"][0]
+    location = fixture["ghl"]["locations"][token["locationId"]]
+    return {"token": token["token"], "location": token["locationId"], "key": fixture["tinyemail"]["apiKeys"][0],
+            "contacts": len(location["contacts"]), "tasks": len(location["tasks"]), "notes": len(location["notes"]),
+            "customers": len(fixture["tinyemail"]["customers"]), "lists": len(fixture["tinyemail"]["lists"])}
+
+
+# ------------------------------------------------------------------------------------------ sandboxes
+
+
+@dataclass
+class Sandboxes:
+    procs: list[subprocess.Popen[str]]
+    ghl: str
+    te: str  # with /v1
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def log_total(self) -> dict[str, int]:
+        return {system: int(httpx.get(url + "/__sandbox/requests", params={"offset": 10**9}, timeout=60)
+                            .json()["total"]) for system, url in self.admin.items()}
+
+    def log(self, system: str, offset: int) -> list[dict[str, Any]]:
+        return httpx.get(self.admin[system] + "/__sandbox/requests", params={"offset": offset},
+                         timeout=300).json()["requests"]
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"ghl": self.ghl, "tinyemail": self.te.removesuffix("/v1")}
+
+
+def serve(fixture: Path, rate_scale: float, seed: int) -> Sandboxes:
+    """One `recon sandbox serve --only ...` process per system (as in production, two separate services)."""
+    from sandbox.server import free_port
+
+    ports = {"ghl": free_port(), "tinyemail": free_port()}
+    procs = []
+    for only, ready in (("ghl", "GHL sandbox"), ("tinyemail", "TinyEmail sandbox")):
+        proc = subprocess.Popen(
+            [str(REPO / ".venv/bin/recon"), "sandbox", "serve", "--fixture", str(fixture), "--ghl-port",
+             str(ports["ghl"]), "--tinyemail-port", str(ports["tinyemail"]), "--rate-scale", str(rate_scale),
+             "--only", only, "--seed", str(seed)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if ready in line:
+                break
+        else:
+            raise RuntimeError(f"the {only} sandbox did not start (exit {proc.wait()})")
+        procs.append(proc)
+    return Sandboxes(procs, f"http://127.0.0.1:{ports['ghl']}", f"http://127.0.0.1:{ports['tinyemail']}/v1")
+
+
+def export_state(boxes: Sandboxes, path: Path) -> Path:
+    """Both sandboxes' current data as one fixture file, streamed (never parsed here)."""
+    with path.open("wb") as out:
+        for prefix, system in ((b'{"ghl":', "ghl"), (b',"tinyemail":', "tinyemail")):
+            out.write(prefix)
+            with httpx.stream("GET", boxes.admin[system] + "/__sandbox/state", timeout=600) as answer:
+                answer.raise_for_status()
+                for chunk in answer.iter_bytes():
+                    out.write(chunk)
+        out.write(b"}")
+    return path
+
+
+# ------------------------------------------------------------------------------------------ drift
+
+
+def drift(boxes: Sandboxes, meta: dict[str, Any], changes: int, seed: int) -> dict[str, int]:
+    """`changes` changes touching GHL through mutate's realistic mix, TinyEmail topped up to as many."""
+    from sandbox.mutate import mutate
+
+    per_change = 0.66  # about this share of mutate's changes touch GHL (CHANGE_WEIGHTS)
+    report = mutate(boxes.ghl, boxes.te, math.ceil(changes / per_change), seed=seed, ghl_token=meta["token"],
+                    ghl_location=meta["location"], tinyemail_key=meta["key"])
+    sides = Counter(op["system"] for op in report["operations"])
+    touched = {op["key"].lower() for op in report["operations"] if op["system"] == "tinyemail"}
+    sides["tinyemail"] += top_up_tinyemail(boxes.te, meta["key"], changes - sides["tinyemail"], touched, seed)
+    return dict(sides)
+
+
+def top_up_tinyemail(te_url: str, key: str, wanted: int, touched: set[str], seed: int) -> int:
+    """`wanted` city/company edits of untouched customers, 500 a call (a CSV import's shape)."""
+    if wanted <= 0:
+        return 0
+    from sandbox.generate import CITIES, COMPANIES
+
+    headers = {"X-API-KEY": key}
+    with httpx.Client(base_url=te_url, headers=headers, timeout=60) as http:
+        first = http.get("/contacts").json()["contacts"][0]["id"]
+        emails: list[str] = []
+        page = 1
+        while len(emails) < wanted * 2:
+            members = http.get(f"/contacts/{first}/members", params={"page": page, "size": TE_PAGE}).json()["members"]
+            emails += [m["email"] for m in members["content"] if m["email"].lower() not in touched]
+            if members.get("last") or not members["content"]:
+                break
+            page += 1
+        rng = random.Random(f"top-up:{seed}")
+        chosen = rng.sample(emails, min(wanted, len(emails)))
+        edits = [{"email": e, "city": rng.choice(CITIES)[0]} if i % 2 else
+                 {"email": e, "company": rng.choice(COMPANIES)} for i, e in enumerate(chosen)]
+        for start in range(0, len(edits), TE_BATCH):
+            while (answer := http.put("/account/customer", json={"updateMembers": edits[start:start + TE_BATCH]})
+                   ).status_code == 429:
+                time.sleep(float(answer.headers.get("retry-after", "1")))
+            answer.raise_for_status()
+    return len(chosen)
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    wall_s: float
+    peak_rss_mib: float
+    cpu_s: float
+    output: str
+    run_id: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def recon_run(env: dict[str, str], data: Path, *args: str) -> RunResult:
+    """`recon run ARGS` as a child process; its wall, peak RSS and CPU (os.wait4) and its summary.json."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([str(REPO / ".venv/bin/recon"), "run", *args], cwd=data.parent, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    result = RunResult(proc.returncode, time.perf_counter() - started, usage.ru_maxrss / 1024,
+                       usage.ru_utime + usage.ru_stime, output)
+    runs = sorted((data / "runs").glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
+    if runs:
+        result.summary = json.loads(runs[-1].read_text())
+        result.run_id = result.summary["run_id"]
+    return result
+
+
+def run_env(boxes: Sandboxes, meta: dict[str, Any], data: Path, rate_scale: float, api: str,
+            policy: Path | None) -> dict[str, str]:
+    env = {**os.environ, "PREFECT_API_URL": api, "RECON_DATA_DIR": str(data), "RECON_GHL_BASE_URL": boxes.ghl,
+           "RECON_GHL_TOKEN": meta["token"], "RECON_GHL_LOCATION_IDS": meta["location"],
+           "RECON_TINYEMAIL_BASE_URL": boxes.te, "RECON_TINYEMAIL_API_KEY": meta["key"],
+           "RECON_GHL_RATE_SCALE": str(rate_scale), "RECON_TINYEMAIL_RATE_PER_MINUTE": str(60 * rate_scale),
+           "PREFECT_LOGGING_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
+    env.pop("RECON_POLICY_FILE", None)
+    if policy is not None:
+        env["RECON_POLICY_FILE"] = str(policy)
+    return env
+
+
+# ------------------------------------------------------------------------------------------ reading back
+
+
+@dataclass
+class Nightly:
+    """What the nightly run left: requests by stage and system, the stage times, the journal, the lists."""
+
+    used: dict[str, dict[str, int]]  # stage -> system -> requests (clients' counts)
+    rate_limited: dict[str, int]
+    plan: dict[str, Any]  # the snapshot's request plan of the location
+    tasks_read: int
+    stage_s: dict[str, float]
+    flow_s: float
+    journal: Any  # polars frame
+    list_members: list[int]
+    contacts: int
+
+
+def read_back(data: Path, run_id: str, location: str) -> Nightly:
+    from tasks.db import open_db
+    from tasks.journal import Journal
+
+    with open_db(data / "recon.duckdb") as store:
+        run = store.get_run(run_id)
+        plan_json = json.loads(run["plan_json"])
+        snap = store.get_run(plan_json["snapshot_run_id"])
+        snap_used = json.loads(snap["requests_used_json"])
+        apply_used = json.loads(run["requests_used_json"] or "{}").get("apply", {})
+        contacts = store.latest_snapshot("ghl_contacts", location)
+        tasks = store.latest_snapshot("ghl_tasks", location)
+        chosen = snap_plan(store, snap, location)
+        members = store.latest_snapshot("te_customers")["lists"].explode().drop_nulls().value_counts()
+        journal = Journal(store).frame(run_id)
+    ghl, te = snap_used[f"ghl:{location}"], snap_used["tinyemail"]
+    used = {"snapshot": {"ghl": ghl["total"], "tinyemail": te["total"]},
+            "apply": {s: apply_used.get(s, {}).get("used", 0) for s in ("ghl", "tinyemail")}}
+    limited = {"ghl": ghl["rate_limited"] + apply_used.get("ghl", {}).get("rate_limited", 0),
+               "tinyemail": te["rate_limited"] + apply_used.get("tinyemail", {}).get("rate_limited", 0)}
+    tasks_read = round(tasks.height * chosen["fetched"] / max(contacts.height, 1))
+    stage_s, flow_s = stage_times(snap)
+    return Nightly(used, limited, chosen, tasks_read, stage_s, flow_s, journal,
+                   members["count"].to_list() if members.height else [], contacts.height)
+
+
+def snap_plan(store: Any, snap: dict[str, Any], location: str) -> dict[str, Any]:
+    plan = json.loads(snap["plan_json"])[f"ghl:{location}"]
+    return {**plan, "fetched": plan["changed"] + plan["dirty"] + plan["sweep"]}
+
+
+def stage_times(snap: dict[str, Any]) -> tuple[dict[str, float], float]:
+    """Seconds per stage from the latest `reconcile` flow run's task runs; the snapshot from its run row."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["reconcile"])),
+                                         sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    by_name = {t.name.rsplit("-", 1)[0]: (t.end_time - t.start_time).total_seconds() for t in task_runs
+               if t.start_time and t.end_time}
+    snapshot_s = (snap["finished_at"] - snap["started_at"]).total_seconds()
+    stages = {"recover": by_name.get("recover", 0.0), "snapshot": snapshot_s,
+              "merge + checks": max(by_name.get("snapshot-merge-check", 0.0) - snapshot_s, 0.0),
+              "apply": by_name.get("apply", 0.0), "report": by_name.get("report", 0.0)}
+    return stages, (flow_run.end_time - flow_run.start_time).total_seconds()
+
+
+# ------------------------------------------------------------------------------------------ the minimum
+
+
+def minimum_ghl(night: Nightly) -> dict[str, int]:
+    """GHL requests the design needs for tonight's work (module docstring)."""
+    n = night.plan["fetched"]
+    snapshot = night.contacts // GHL_PAGE + 1 + max(math.ceil(n / TASK_BATCH), math.ceil(night.tasks_read / 100)) + n
+    ops = attempted(night.journal, "ghl")
+    apply = int((ops["kind"] == "create").sum())
+    for _, group in ops.filter(ops["kind"] != "create").group_by("key"):
+        kinds = set(group["kind"].to_list())
+        apply += 2 * bool(kinds & {"update", "consent_tighten"}) + ("tag_add" in kinds) + ("tag_remove" in kinds)
+        apply += int(group["kind"].is_in(["task_create", "note_create"]).sum())
+    return {"snapshot": snapshot, "apply": apply}
+
+
+def minimum_te(night: Nightly) -> dict[str, int]:
+    """TinyEmail requests the design needs for tonight's work (module docstring)."""
+    pages = sum(max(1, math.ceil(m / TE_PAGE)) for m in night.list_members)
+    ops = attempted(night.journal, "tinyemail")
+    creates = int((ops["kind"] == "create").sum())
+    updates = ops.filter(~ops["kind"].is_in(["create", "list_add", "list_remove"]))
+    u = updates["key"].n_unique()
+    held = updates.filter(updates["status"] != "stale")["key"].n_unique()
+    lists = ops.filter(ops["kind"].is_in(["list_add", "list_remove"])).group_by("kind", "new", "expected").len()
+    apply = math.ceil(creates / TE_BATCH) + (1 + min(u, 1 + pages) if u else 0) + math.ceil(held / TE_BATCH)
+    apply += sum(math.ceil(k / TE_BATCH) for k in lists["len"].to_list())
+    return {"snapshot": 1 + pages, "apply": apply}
+
+
+def attempted(journal: Any, target: str) -> Any:
+    """The ops of `target` the apply stage worked on (not quarantined or held)."""
+    return journal.filter((journal["target"] == target) & ~journal["status"].is_in(["quarantined", "held"]))
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def floors(used: dict[str, dict[str, int]], rate_scale: float) -> tuple[float, float]:
+    """(floor with the stages in sequence and the systems side by side, floor with everything side by side)."""
+    rate = {"ghl": GHL_PER_S * rate_scale, "tinyemail": TE_PER_S * rate_scale}
+    staged = sum(max(used[stage][s] / rate[s] for s in rate) for stage in used)
+    overlapped = max(sum(used[stage][s] for stage in used) / rate[s] for s in rate)
+    return staged, overlapped
+
+
+def report(night: Nightly, run: Any, sandbox_counts: dict[str, int], rate_scale: float) -> list[Figure]:
+    least = {"ghl": minimum_ghl(night), "tinyemail": minimum_te(night)}
+    staged, overlapped = floors(night.used, rate_scale)
+    figures: list[Figure] = []
+    print("\n== nightly run (recon run) ==")
+    print(f"  status {run.summary.get('status')} (exit {run.exit_code}); ops applied: "
+          + ", ".join(f"{s} {sum(v.values()):,}" for s, v in run.summary.get("counts", {}).get("applied", {}).items())
+          + "".join(f"; held by {g.get('reason') or g.get('name')}" for g in run.summary.get("guards", [])))
+    print(f"  read tonight: changed {night.plan['changed']:,} + dirty {night.plan['dirty']:,} + sweep "
+          f"{night.plan['sweep']:,} contacts (of {night.contacts:,})")
+    for system, label in (("ghl", "GHL"), ("tinyemail", "TinyEmail")):
+        used = {stage: night.used[stage][system] for stage in ("snapshot", "apply")}
+        total, minimum = sum(used.values()), sum(least[system].values())
+        print(f"  {label} requests: {total:,} (snapshot {used['snapshot']:,}, apply {used['apply']:,}; sandbox log "
+              f"{sandbox_counts[system]:,}; 429s {night.rate_limited[system]}) against the minimum {minimum:,} "
+              f"(snapshot {least[system]['snapshot']:,}, apply {least[system]['apply']:,}) -> "
+              f"{total / max(minimum, 1):.3f}x")
+        figures += [info("nightly", f"{label} requests", total),
+                    info("nightly", f"{label} requests / minimum", total / max(minimum, 1), "x"),
+                    info("nightly", f"{label} 429 answers", night.rate_limited[system])]
+    print(f"  flow wall {night.flow_s:.1f} s (process {run.wall_s:.1f} s), rate-limit floor {staged:.1f} s (stages in "
+          f"sequence) -> {night.flow_s / staged:.3f}x (goal <= {FLOOR_GOAL}x: "
+          f"{'PASS' if night.flow_s <= FLOOR_GOAL * staged else 'FAIL'}); every request side by side: "
+          f"{overlapped:.1f} s -> {night.flow_s / overlapped:.3f}x")
+    print("  stages: " + ", ".join(f"{name} {night.stage_s[name]:.1f} s ({night.stage_s[name] / night.flow_s:.0%})"
+                                    for name in STAGES)
+          + f", flow overhead {night.flow_s - sum(night.stage_s.values()):.1f} s")
+    print(f"  peak memory (ru_maxrss of the run) {run.peak_rss_mib:,.0f} MiB; CPU {run.cpu_s:.1f} s")
+    figures += [info("nightly", "flow wall", night.flow_s, "s"), info("nightly", "rate-limit floor", staged, "s"),
+                goal("nightly", "wall / floor", night.flow_s / staged, "<=", FLOOR_GOAL, "x"),
+                info("nightly", "wall / floor (all requests side by side)", night.flow_s / overlapped, "x"),
+                info("nightly", "peak RSS", run.peak_rss_mib, "MiB"), info("nightly", "CPU", run.cpu_s, "s")]
+    figures += [info("nightly", f"share: {name}", night.stage_s[name] / night.flow_s) for name in STAGES]
+    return figures
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--contacts", type=int, default=100_000)
+    parser.add_argument("--tasks-per-contact", type=float, default=1.5)
+    parser.add_argument("--notes-per-contact", type=float, default=2.0)
+    parser.add_argument("--rate-scale", type=float, default=10.0)
+    parser.add_argument("--base-rate-scale", type=float, default=100.0)
+    parser.add_argument("--drift", type=float, default=0.01, help="changes per side, as a share of the contacts")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-nightly-"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry writes racing the runs
+    try:
+        with prefect_test_harness(server_startup_timeout=120):
+            figures = bench(args, tmp, str(PREFECT_API_URL.value()))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_figures(args.json, figures)
+    sys.exit(0 if all(f.passed is not False for f in figures) else 1)
+
+
+def bench(args: argparse.Namespace, tmp: Path, api: str) -> list[Figure]:
+    started = time.perf_counter()
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        meta = pool.submit(build_fixture, str(tmp / "fixture.json"), args.contacts, args.tasks_per_contact,
+                           args.notes_per_contact, args.seed).result()
+    print(f"fixture: {meta['contacts']:,} GHL contacts, {meta['tasks']:,} tasks, {meta['notes']:,} notes, "
+          f"{meta['customers']:,} TinyEmail customers in {meta['lists']} lists, converged "
+          f"({time.perf_counter() - started:.1f} s)", flush=True)
+    data, policy = tmp / "data", tmp / "policy.toml"
+    policy.write_text(LOOSE)
+    boxes = serve(tmp / "fixture.json", args.base_rate_scale, args.seed)
+    try:
+        base = recon_run(run_env(boxes, meta, data, args.base_rate_scale, api, policy), data, "--approve")
+        print(f"base: first reconciliation at rate scale {args.base_rate_scale:g}: {base.summary.get('status')} "
+              f"(exit {base.exit_code}) in {base.wall_s:.1f} s; ops applied "
+              f"{ {s: sum(v.values()) for s, v in base.summary.get('counts', {}).get('applied', {}).items()} }",
+              flush=True)
+        if base.exit_code != 0:
+            raise SystemExit(f"the base run failed:\n{base.output[-3000:]}")
+        t0 = time.perf_counter()
+        changes = max(1, round(args.contacts * args.drift))
+        sides = drift(boxes, meta, changes, args.seed)
+        print(f"drift: {sides} changes through the APIs ({time.perf_counter() - t0:.1f} s)", flush=True)
+        if args.base_rate_scale != args.rate_scale:
+            export_state(boxes, tmp / "state.json")
+            boxes.stop()
+            boxes = serve(tmp / "state.json", args.rate_scale, args.seed + 1000)
+        offsets = boxes.log_total()
+        night = recon_run(run_env(boxes, meta, data, args.rate_scale, api, None), data)
+        counts = {s: n - offsets[s] for s, n in boxes.log_total().items()}
+    finally:
+        boxes.stop()
+    if night.run_id is None or night.exit_code not in (0, 3):
+        raise SystemExit(f"the nightly run failed (exit {night.exit_code}):\n{night.output[-3000:]}")
+    figures = [info("nightly", "contacts", meta["contacts"]), info("nightly", "base run wall", base.wall_s, "s"),
+               info("nightly", "base run peak RSS", base.peak_rss_mib, "MiB")]
+    figures += report(read_back(data, night.run_id, meta["location"]), night, counts, args.rate_scale)
+    print(f"  (whole benchmark {time.perf_counter() - started:.0f} s; peak RSS of this process "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")
+    return figures
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
