@@ -34,7 +34,11 @@ Printed (and written with `--json`):
                                                     + 1 if tag adds + 1 if tag removes
                                                     + 1 per task or note created
       TE snapshot   = 1 + sum_l max(1, ceil(m_l/100))       lists, then every member page (no updated-since)
-      TE apply      = ceil(creates/500) (+ home list and list assignments of created customers)
+      TE apply      = [c > 0] (ceil(c/500) + 1 + ceil(c/500) + sum_l ceil(c_l/500))
+                                                            upserts of the c created customers, the lists
+                                                            read, then 500 a call into the home list
+                                                            (policy create.tinyemail_list) and each list l
+                                                            a created record names (c_l of them)
                     + [u > 0] (1 + min(u, 1 + sum_l max(1, ceil(m_l/100))))
                                                             preconditions of the u customers with field or
                                                             tag ops: a GET each, or the list walk if cheaper
@@ -288,6 +292,7 @@ class RunResult:
 
 def recon_run(env: dict[str, str], data: Path, *args: str) -> RunResult:
     """`recon run ARGS` as a child process; its wall, peak RSS and CPU (os.wait4) and its summary.json."""
+    before = set((data / "runs").glob("*/summary.json"))
     started = time.perf_counter()
     proc = subprocess.Popen([str(REPO / ".venv/bin/recon"), "run", *args], cwd=data.parent, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -297,9 +302,9 @@ def recon_run(env: dict[str, str], data: Path, *args: str) -> RunResult:
     proc.returncode = os.waitstatus_to_exitcode(status)
     result = RunResult(proc.returncode, time.perf_counter() - started, usage.ru_maxrss / 1024,
                        usage.ru_utime + usage.ru_stime, output)
-    runs = sorted((data / "runs").glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
-    if runs:
-        result.summary = json.loads(runs[-1].read_text())
+    written = set((data / "runs").glob("*/summary.json")) - before
+    if len(written) == 1:
+        result.summary = json.loads(written.pop().read_text())
         result.run_id = result.summary["run_id"]
     return result
 
@@ -347,7 +352,7 @@ def read_back(data: Path, run_id: str, location: str) -> Nightly:
         apply_used = json.loads(run["requests_used_json"] or "{}").get("apply", {})
         contacts = store.latest_snapshot("ghl_contacts", location)
         tasks = store.latest_snapshot("ghl_tasks", location)
-        chosen = snap_plan(store, snap, location)
+        chosen = snap_plan(snap, location)
         members = store.latest_snapshot("te_customers")["lists"].explode().drop_nulls().value_counts()
         journal = Journal(store).frame(run_id)
     ghl, te = snap_used[f"ghl:{location}"], snap_used["tinyemail"]
@@ -361,7 +366,7 @@ def read_back(data: Path, run_id: str, location: str) -> Nightly:
                    members["count"].to_list() if members.height else [], contacts.height)
 
 
-def snap_plan(store: Any, snap: dict[str, Any], location: str) -> dict[str, Any]:
+def snap_plan(snap: dict[str, Any], location: str) -> dict[str, Any]:
     plan = json.loads(snap["plan_json"])[f"ghl:{location}"]
     return {**plan, "fetched": plan["changed"] + plan["dirty"] + plan["sweep"]}
 
@@ -405,14 +410,24 @@ def minimum_te(night: Nightly) -> dict[str, int]:
     """TinyEmail requests the design needs for tonight's work (module docstring)."""
     pages = sum(max(1, math.ceil(m / TE_PAGE)) for m in night.list_members)
     ops = attempted(night.journal, "tinyemail")
-    creates = int((ops["kind"] == "create").sum())
+    created = ops.filter(ops["kind"] == "create")
+    creates = created.height
     updates = ops.filter(~ops["kind"].is_in(["create", "list_add", "list_remove"]))
     u = updates["key"].n_unique()
     held = updates.filter(updates["status"] != "stale")["key"].n_unique()
     lists = ops.filter(ops["kind"].is_in(["list_add", "list_remove"])).group_by("kind", "new", "expected").len()
-    apply = math.ceil(creates / TE_BATCH) + (1 + min(u, 1 + pages) if u else 0) + math.ceil(held / TE_BATCH)
+    apply = math.ceil(creates / TE_BATCH) + created_lists(created["new"].to_list())
+    apply += (1 + min(u, 1 + pages) if u else 0) + math.ceil(held / TE_BATCH)
     apply += sum(math.ceil(k / TE_BATCH) for k in lists["len"].to_list())
     return {"snapshot": 1 + pages, "apply": apply}
+
+
+def created_lists(records: list[str | None]) -> int:
+    """Created customers join their lists and the home list: one lists read, then 500 a call per list."""
+    if not records:
+        return 0
+    joins = Counter(lst for record in records for lst in json.loads(record or "{}").get("lists", []))
+    return 1 + math.ceil(len(records) / TE_BATCH) + sum(math.ceil(k / TE_BATCH) for k in joins.values())
 
 
 def attempted(journal: Any, target: str) -> Any:

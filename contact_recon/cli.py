@@ -212,6 +212,8 @@ def run(
     dry_run: Annotated[bool, typer.Option(help="Plan and report only: write nothing to GHL or TinyEmail.")] = False,
     approve: Annotated[bool, typer.Option(help="Approve up front whatever guard the plan trips.")] = False,
     full_sweep: Annotated[bool, typer.Option(help="Read the tasks and notes of every contact tonight.")] = False,
+    lock_wait: Annotated[float, typer.Option(help="Seconds to wait for another run of the same locations before "
+                                             "giving up (exit 1, busy).", min=0)] = 60.0,
 ) -> None:
     """Reconcile now (a Prefect flow run): snapshot, merge, checks, apply, report.
 
@@ -222,7 +224,7 @@ def run(
     from contact_recon.settings import get_settings
 
     raise typer.Exit(run_reconcile_command(get_settings(), location or [], dry_run, approve, full_sweep, console,
-                                           err))
+                                           err, lock_wait_s=lock_wait))
 
 
 @app.command("mapping")

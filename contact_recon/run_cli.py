@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
 
 from rich.console import Console
 
@@ -14,11 +16,12 @@ EXIT_BY_STATUS = {"completed": EXIT_COMPLETED, "held": EXIT_HELD, "failed": EXIT
 
 
 def run_reconcile_command(settings: Settings, locations: Sequence[str], dry_run: bool, approve: bool,
-                          full_sweep: bool, console: Console, err: Console) -> int:
+                          full_sweep: bool, console: Console, err: Console, lock_wait_s: float = 60.0) -> int:
     """Run the reconcile flow in this process; print the run id, status and report path.
 
     Exit 0 completed, 3 held (a guard tripped: `recon approve RUN_ID`, then `recon run --approve` or the next
-    run), 1 failed (with one clear line), 2 usage (no location configured).
+    run), 1 failed (with one clear line; the traceback goes to the Prefect UI only), 2 usage (no location
+    configured). A run of the same location in progress elsewhere is waited for up to `lock_wait_s`.
     """
     from flows.reconcile import LocationBusy, reconcile_flow
 
@@ -27,8 +30,9 @@ def run_reconcile_command(settings: Settings, locations: Sequence[str], dry_run:
         err.print("[bold red]error:[/] no GHL location: pass --location or set RECON_GHL_LOCATION_IDS")
         return EXIT_USAGE
     try:
-        with console.status("reconciling: snapshot, merge, checks, apply, report..."):
-            summary = reconcile_flow(locations=covered, dry_run=dry_run, approve=approve, full_sweep=full_sweep)
+        with console.status("reconciling: snapshot, merge, checks, apply, report..."), console_without_tracebacks():
+            summary = reconcile_flow(locations=covered, dry_run=dry_run, approve=approve, full_sweep=full_sweep,
+                                     lock_wait_s=lock_wait_s)
     except LocationBusy as exc:
         err.print(f"[bold red]busy:[/] {redact(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_FAILED
@@ -47,3 +51,28 @@ def run_reconcile_command(settings: Settings, locations: Sequence[str], dry_run:
     console.print("  " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
     console.print(f"report: {summary.get('report')}", highlight=False, soft_wrap=True)
     return EXIT_BY_STATUS.get(summary["status"], EXIT_FAILED)
+
+
+class _NoTraceback(logging.Filter):
+    """Drops the traceback of a flow or task run's log record on its way to the console; the record is
+    formatted whole by Prefect's API handler first (it sits on the run loggers, the console on the root)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextlib.contextmanager
+def console_without_tracebacks() -> Iterator[None]:
+    """While the flow runs, Prefect's console logs carry no traceback: a failure is the one line this command
+    prints, and the traceback stays in the flow run's logs in the Prefect UI."""
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    quiet = _NoTraceback()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)

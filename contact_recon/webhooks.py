@@ -11,6 +11,8 @@ with GHL's private key; the body carries a `timestamp` and a `webhookId` against
    and, for a synced type, the contact id (`id` for Contact* types, `contactId` for Note*/Task*) -> 400;
 4. a timestamp further than the window (default 5 min, either way) from now -> 400 (stale);
 5. a `webhookId` already accepted within the window -> 200 `duplicate`, not emitted again;
+   a contact webhook (not a delete) for a contact the apply stage wrote moments ago -> 200 `echo`, not
+   emitted: our own write coming back (tasks/echo.py);
 6. a type contact-recon does not sync (flows/events.py `GHL_WEBHOOK_EVENTS`) -> 200 `ignored`;
 7. otherwise the Prefect event is emitted (its id derived from the webhookId, so the Prefect server also
    drops a re-emission) and the id remembered -> 200 `accepted`. When no event could be handed to Prefect
@@ -47,6 +49,7 @@ from starlette.routing import Route
 
 from contact_recon.settings import Settings
 from flows.events import GHL_WEBHOOK_EVENTS, ghl_contact_resource
+from tasks.echo import EchoFilter
 
 SIGNATURE_HEADER = "x-wh-signature"
 PATH = "/webhooks/ghl"
@@ -133,6 +136,7 @@ class Webhook:
     contact_id: str | None  # None for a type contact-recon does not sync
     object_id: str | None  # the note or task id of Note*/Task* webhooks
     timestamp: datetime
+    email: str | None = None  # a Contact* webhook's email (echo detection of our own creates)
 
 
 def parse_timestamp(value: Any) -> datetime:
@@ -177,8 +181,10 @@ def parse_webhook(raw: bytes) -> Webhook:
     elif kind in GHL_WEBHOOK_EVENTS:  # a note or task: it names its contact
         contact_id = _id(body, "contactId")
         object_id = body["id"] if isinstance(body.get("id"), str) and ID_PATTERN.fullmatch(body["id"]) else None
+    email = body.get("email") if isinstance(body.get("email"), str) else None
     return Webhook(type=kind, webhook_id=_id(body, "webhookId"), location_id=_id(body, "locationId"),
-                   contact_id=contact_id, object_id=object_id, timestamp=parse_timestamp(body.get("timestamp")))
+                   contact_id=contact_id, object_id=object_id, timestamp=parse_timestamp(body.get("timestamp")),
+                   email=email)
 
 
 def staleness_s(webhook: Webhook, now: float) -> float:
@@ -291,6 +297,7 @@ class Receiver:
     seen: SeenIds
     emit: Emit
     clock: Callable[[], float] = time.time
+    echo: EchoFilter | None = None  # our own recent writes (tasks/echo.py)
 
     def handle(self, raw: bytes, signature: str | None) -> tuple[int, dict[str, Any]]:
         """The status and JSON answer for one webhook (the module docstring's decision order)."""
@@ -308,6 +315,11 @@ class Receiver:
             return 400, {"error": f"stale timestamp: {age:.0f} s from now, window {self.window_s:.0f} s"}
         if webhook.webhook_id in self.seen:  # 5. a redelivery: GHL gets its 200, the flow no second event
             return 200, {"status": "duplicate", "webhookId": webhook.webhook_id}
+        echo = self.echo is not None and self.echo.is_echo(webhook.contact_id, webhook.email)
+        if echo and not webhook.type.endswith("Delete"):
+            # 5b. our own write coming back (tasks/echo.py): acknowledged, no sync run queued for it
+            self.seen.add(webhook.webhook_id, now + self.window_s)
+            return 200, {"status": "echo", "webhookId": webhook.webhook_id}
         return self._accept(webhook, now)  # 6. and 7.
 
     def _accept(self, webhook: Webhook, now: float) -> tuple[int, dict[str, Any]]:
@@ -354,7 +366,8 @@ def create_app(settings: Settings, *, emit: Emit | None = None, clock: Callable[
         clock: epoch seconds (the staleness check and the seen-id expiry).
     """
     receiver = Receiver(load_public_key(settings.ghl_webhook_public_key), settings.webhook_max_age_s,
-                        SeenIds(seen_ids_path(settings), clock), emit or _default_emit, clock)
+                        SeenIds(seen_ids_path(settings), clock), emit or _default_emit, clock,
+                        EchoFilter(settings.data_dir, clock=clock))
 
     async def ghl_webhook(request: Request) -> JSONResponse:
         raw = await read_capped(request, MAX_BODY_BYTES)

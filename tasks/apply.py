@@ -58,6 +58,7 @@ from connectors.models import Contact, Customer
 from connectors.tinyemail import TinyEmailClient, normalise_email
 from tasks import failpoints
 from tasks import journal as J
+from tasks.echo import EchoLog
 from tasks.journal import Entry, Journal
 from tasks.normalise import ghl_contact_record, tinyemail_customer_record
 from tasks.records import GHL_FIELD_NAMES, TINYEMAIL_FIELD_NAMES
@@ -112,10 +113,11 @@ class Applier:
 
     def __init__(self, journal: Journal, ghl: Mapping[str, GHLClient], te: TinyEmailClient,
                  people: Mapping[str, Person], *, default_location: str, region: str = "US",
-                 concurrency: int = 16, max_attempts: int = 3, home_list: str | None = None):
+                 concurrency: int = 16, max_attempts: int = 3, home_list: str | None = None,
+                 echo: EchoLog | None = None):
         self.journal, self.ghl, self.te, self.people = journal, ghl, te, dict(people)
         self.default_location, self.region = default_location, region
-        self.max_attempts, self.home_list_name = max_attempts, home_list
+        self.max_attempts, self.home_list_name, self.echo = max_attempts, home_list, echo
         self.gate = asyncio.Semaphore(concurrency)  # GHL calls in flight
         self.te_gate = asyncio.Semaphore(concurrency)  # TinyEmail precondition reads in flight
         self.created: dict[str, str] = {}  # key -> GHL contact id made by this run
@@ -248,6 +250,8 @@ class Applier:
         record = json.loads(entry.new or "{}")
         body = ghl_body(record)
         client = self.client(entry)
+        if self.echo is not None:
+            self.echo.wrote(emails=[record.get("email") or ""])  # its ContactCreate webhook is ours
 
         async def send() -> str | None:
             try:
@@ -264,6 +268,8 @@ class Applier:
 
         if await self._send([entry], send, landed):
             self.created[entry.key] = self.confirmed.get(entry.op_id) or ""
+            if self.echo is not None:
+                self.echo.wrote([self.created[entry.key]])
 
     # ---------------------------------------------------------------------- GHL, per contact
 
@@ -273,6 +279,8 @@ class Applier:
             self.journal.finish(entries, J.FAILED, error_kind=J.DEPENDENCY,
                                 error="the GHL contact does not exist (its create did not succeed)")
             return
+        if self.echo is not None:
+            self.echo.wrote([contact_id])  # its webhooks are our echo, not a person's edit (tasks/echo.py)
         client = self.client(entries[0])
         fields = [e for e in entries if e.kind in FIELD_KINDS]
         if fields:

@@ -32,6 +32,7 @@ from tasks import journal as J
 from tasks.apply import Applier, Person, StageStopped, recover
 from tasks.db import Store
 from tasks.decisions import mark_used, pending_decisions
+from tasks.echo import EchoLog
 from tasks.journal import Journal
 from tasks.pipeline import APPROVED, GUARD_EXPECTATION, HELD, PLANNED, PlanRun, load_plan, plan_run, run_dir
 from tasks.policy import Policy, load_policy
@@ -159,7 +160,7 @@ def _send(journal: Journal, run_id: str, locations: list[str], people: dict[str,
         ghl = {loc: ghl_client(loc) for loc in locations}
         te = tinyemail_client()
         applier = Applier(journal, ghl, te, people, default_location=locations[0], region=settings.default_region,
-                          home_list=home_list)
+                          home_list=home_list, echo=EchoLog(settings.data_dir))
         error = None
         try:
             await applier.run(run_id)

@@ -17,12 +17,19 @@ creates), so every world drifts alike whatever happened to it before.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
+import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +47,7 @@ from tests.apply_support import LOOSE, duplicates, ghl_people, te_people
 REPO = Path(__file__).resolve().parent.parent
 GHL_VERSION = "2021-07-28"
 COMPARED = tuple(f for f in SHARED_TEXT_FIELDS if f != "email")
+PREFECT_LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} \| [A-Z]+ +\| ")
 
 
 @dataclass(frozen=True)
@@ -89,20 +97,42 @@ class Outcome:
                 return line.split()[1]
         raise AssertionError(f"no run id in the output of recon run:\n{self.text}")
 
+    def line(self) -> str:
+        """One line for the figures: arguments, exit code, seconds and the last line of stderr."""
+        tail = next((x for x in reversed(self.stderr.splitlines()) if x.strip()), "")
+        counts = next((x.strip() for x in self.stdout.splitlines() if x.strip().startswith("conflicts ")), "")
+        return f"recon run {' '.join(self.args)}: exit {self.returncode} in {self.seconds:.1f}s {counts} {tail[:200]}"
+
     @property
     def text(self) -> str:
         return f"exit {self.returncode} after {self.seconds:.1f}s\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
 
 
 def one_clear_line(outcome: Outcome, *starts: str) -> str:
-    """The failure's message: exit 1, no traceback anywhere, and exactly one non-empty line on stderr, which
-    starts with one of `starts` (e.g. "run failed:", "busy:")."""
+    """The failure's message: exit 1, no traceback anywhere, and on stderr exactly one line of the command's
+    own, which starts with one of `starts` (e.g. "run failed:", "busy:"); any other line is one of Prefect's
+    one-line log records (a child process logs at WARNING)."""
     assert outcome.returncode == 1, outcome.text
     assert "Traceback" not in outcome.stdout + outcome.stderr, outcome.text
     lines = [line for line in outcome.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, outcome.text
-    assert lines[0].startswith(starts), outcome.text
-    return lines[0]
+    own = [line for line in lines if not PREFECT_LOG_LINE.match(line)]
+    assert len(own) == 1 and own[0].startswith(starts), outcome.text
+    return own[0]
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """These variables set (every other RECON_* one unset) for the duration."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("RECON_") or k in values}
+    for name in [k for k in os.environ if k.startswith("RECON_")]:
+        del os.environ[name]
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name in [k for k in os.environ if k.startswith("RECON_") or k in values]:
+            del os.environ[name]
+        os.environ.update(saved)
 
 
 # ------------------------------------------------------------------------------------ the world
@@ -145,12 +175,13 @@ class World:
     def env(self, **extra: str) -> dict[str, str]:
         return {**self.vars, **extra}
 
-    def start(self, *args: str, **extra: str) -> subprocess.Popen[str]:
-        """`recon run ARGS` in the background (extra: environment variables, e.g. RECON_FAILPOINT)."""
+    def start(self, *args: str, preexec: Callable[[], None] | None = None, **extra: str) -> subprocess.Popen[str]:
+        """`recon run ARGS` as a child process in the background (extra: environment, e.g. RECON_FAILPOINT)."""
         return subprocess.Popen(self.command(*args), cwd=REPO, env=self.env(**extra), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
 
     def finish(self, child: subprocess.Popen[str], args: tuple[str, ...], started: float) -> Outcome:
+        """Wait for a child started by `start` and record its outcome."""
         try:
             stdout, stderr = child.communicate(timeout=self.scale.run_timeout_s)
         except subprocess.TimeoutExpired:
@@ -158,19 +189,50 @@ class World:
             stdout, stderr = child.communicate()
             raise AssertionError(f"recon run {args} did not finish in {self.scale.run_timeout_s}s:\n{stderr}") \
                 from None
-        outcome = Outcome(args, child.returncode, stdout, stderr, time.monotonic() - started)
-        self.outcomes.append(outcome)
-        return outcome
+        return self._record(Outcome(args, child.returncode, stdout, stderr, time.monotonic() - started))
 
-    def run(self, *args: str, **extra: str) -> Outcome:
-        """`recon run ARGS` to its end."""
+    def child(self, *args: str, preexec: Callable[[], None] | None = None, **extra: str) -> Outcome:
+        """`recon run ARGS` as a real child process, to its end."""
         started = time.monotonic()
-        return self.finish(self.start(*args, **extra), args, started)
+        return self.finish(self.start(*args, preexec=preexec, **extra), args, started)
 
-    def ok(self, *args: str, **extra: str) -> Outcome:
-        outcome = self.run(*args, **extra)
+    def run(self, *args: str) -> Outcome:
+        """`recon run ARGS` in this process (the same command, without a Python start-up of its own)."""
+        from typer.testing import CliRunner
+
+        from contact_recon.cli import app
+
+        started = time.monotonic()
+        with environment({k: v for k, v in self.vars.items() if k.startswith("RECON_")}):
+            result = CliRunner().invoke(app, ["run", *args])
+        stderr = result.stderr
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            stderr += "".join(traceback.format_exception(result.exception))
+        return self._record(Outcome(args, result.exit_code, result.stdout, stderr, time.monotonic() - started))
+
+    def ok(self, *args: str) -> Outcome:
+        """`recon run ARGS` in this process, which must complete."""
+        outcome = self.run(*args)
         assert outcome.returncode == 0, outcome.text
         return outcome
+
+    def _record(self, outcome: Outcome) -> Outcome:
+        self.outcomes.append(outcome)
+        print(f"[{self.data.name}] {outcome.line()}")  # the figures, shown by pytest -rP or -s
+        return outcome
+
+    def lock_held(self) -> bool:
+        """Whether some process holds this world's location lock (flows/reconcile.py `location_lock`)."""
+        path = self.data / "locks" / f"{self.location}.lock"
+        if not path.exists():
+            return False
+        with path.open("a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
 
     # -- the sandboxes
 
@@ -295,6 +357,105 @@ class GhlProcess:
         if self.child is not None and self.child.stdout is not None:
             self.child.stdout.close()
         self.child = None
+
+
+# ----------------------------------------------------------------------------------- other faults
+
+
+@contextlib.contextmanager
+def latency_spikes(world: World, spike: str = "latency=600ms", period_s: float = 0.7) -> Iterator[None]:
+    """Both sandboxes alternate between `spike` and no fault every `period_s` while the block runs."""
+    stop = threading.Event()
+
+    def toggle() -> None:
+        on = True
+        while not stop.is_set():
+            world.faults(spike if on else None)
+            on = not on
+            stop.wait(period_s)
+
+    thread = threading.Thread(target=toggle, name="latency-spikes", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+        world.faults(None)
+
+
+class DuckDBHolder:
+    """Another process holding a write connection to a DuckDB file (DuckDB allows one writing process)."""
+
+    def __init__(self, path: Path):
+        code = "import duckdb, sys; con = duckdb.connect(sys.argv[1]); print('ready', flush=True); sys.stdin.read()"
+        self.child = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+        assert self.child.stdout is not None and self.child.stdout.readline().strip() == "ready"
+        self.pid = self.child.pid
+
+    def release(self) -> None:
+        if self.child.poll() is None:
+            assert self.child.stdin is not None
+            self.child.stdin.close()
+            self.child.wait(30)
+        assert self.child.stdout is not None
+        self.child.stdout.close()
+
+
+class SmallDisk:
+    """The data dir on a disk that can be filled to the last byte: a tmpfs of `size_mb` mounted on it (root).
+
+    Without root (no mount) a full disk is emulated for child processes: their file size is capped at 0
+    (RLIMIT_FSIZE, set by `preexec` before the start or by prlimit on a running child; SIGXFSZ ignored), so
+    each write that grows a file fails with EFBIG where a full disk gives ENOSPC."""
+
+    FILLER = ".chaos-filler"
+
+    def __init__(self, path: Path, size_mb: int):
+        self.path, self.mounted, self.full = path, False, False
+        path.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
+                                  capture_output=True, text=True)
+            self.mounted = done.returncode == 0
+
+    def fill(self, pid: int | None = None) -> None:
+        """No byte left (mounted); else the cap on for child `pid`, or for the next child started."""
+        self.full = True
+        if not self.mounted:
+            if pid is not None:
+                resource.prlimit(pid, resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+            return
+        chunk = b"\0" * (1 << 20)
+        with (self.path / self.FILLER).open("ab", buffering=0) as filler:
+            while chunk:
+                try:
+                    filler.write(chunk)
+                except OSError:
+                    chunk = chunk[: len(chunk) // 2]
+        assert os.statvfs(self.path).f_bavail == 0
+
+    def free(self) -> None:
+        self.full = False
+        (self.path / self.FILLER).unlink(missing_ok=True)
+
+    def preexec(self) -> Callable[[], None]:
+        """For a child's start: SIGXFSZ ignored, and without a mount the cap when the disk is full already."""
+        capped = self.full and not self.mounted
+
+        def setup() -> None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            if capped:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+        return setup
+
+    def close(self) -> None:
+        if self.mounted:
+            done = subprocess.run(["umount", str(self.path)], capture_output=True, text=True)
+            if done.returncode != 0:
+                subprocess.run(["umount", "-l", str(self.path)], capture_output=True, text=True)
+            self.mounted = False
 
 
 # ------------------------------------------------------------------------------------ the checks

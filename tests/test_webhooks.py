@@ -421,3 +421,26 @@ def test_the_seen_ids_file_stays_one_window_long(tmp_path: Path) -> None:
     assert "id-4999" in seen and "id-0" not in seen
     reloaded = SeenIds(tmp_path / "seen.jsonl", clock=lambda: now[0])
     assert "id-4999" in reloaded and len(reloaded) == len(seen)
+
+
+def test_our_own_write_coming_back_is_acknowledged_as_an_echo_not_emitted(serve: Serve, tmp_path: Path) -> None:
+    """The apply stage notes the contacts it writes (tasks/echo.py); their update webhooks inside the window
+    are acknowledged without an event, a deletion still goes through, and after the window an edit does."""
+    from tasks.echo import EchoLog
+
+    now = [time.time()]
+    emitted: list[str] = []
+
+    def emit(name: str, **_: Any) -> object:
+        emitted.append(name)
+        return object()
+
+    server = serve(create_app(settings_for(tmp_path), emit=emit, clock=lambda: now[0]))
+    EchoLog(tmp_path, window_s=120, clock=lambda: now[0]).wrote(["c-ours"])
+
+    assert post(server, webhook("ContactUpdate", "c-ours")).json()["status"] == "echo"
+    assert post(server, webhook("ContactUpdate", "c-theirs")).json()["status"] == "accepted"
+    assert post(server, webhook("ContactDelete", "c-ours")).json()["status"] == "accepted"
+    now[0] += 121
+    assert post(server, webhook("ContactUpdate", "c-ours", timestamp=iso(121))).json()["status"] == "accepted"
+    assert emitted == [GHL_CONTACT_UPDATED, GHL_CONTACT_DELETED, GHL_CONTACT_UPDATED]
