@@ -47,6 +47,13 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python bench/run_all.py --quick
 
+# The chaos suite at full size (tests/test_chaos.py: 2,000 people, sandboxes at --rate-scale 10); `make test`
+# runs the same stories at 40 people. -rP prints each run's exit code, time and last line.
+.PHONY: chaos
+chaos: $(STAMP)
+	RECON_CHAOS_SCALE=full $(BIN)/python -m pytest tests/test_chaos.py -rP --show-capture=stdout --timeout 3600 \
+		-p no:cacheprovider
+
 # Re-resolve the lock after changing dependencies in pyproject.toml (needs network to PyPI).
 lock: $(STAMP)
 	$(BIN)/python -m pip install --quiet uv

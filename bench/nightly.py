@@ -50,8 +50,12 @@ Printed (and written with `--json`):
   gathers every location and TinyEmail; the applier runs the GHL chain and the TinyEmail chain together),
   but the stages run one after another (snapshot -> merge + checks -> apply -> report), so the floor is
   sum over stages of max over systems of (requests / allowed rate). Goal: the flow's wall <= 1.2 x floor
-  (as for the snapshot and apply benchmarks; the clients keep 5% headroom, so 1.05 is the best possible).
-  The looser floor max over systems of (all requests / rate) is printed too;
+  (as for the snapshot and apply benchmarks; the clients keep 5% headroom). This is the sustained-rate floor:
+  both limits are sliding windows (GHL 10 s, TinyEmail 60 s), so a run that starts with empty windows may send
+  one window's allowance at once and beat it. The goal is judged only when the slowest system sent at least
+  two windows' allowance (at 2,000 contacts TinyEmail's 44 requests fit in its first window: not judged).
+  Printed too: the floor with every request side by side (max over systems of all requests / rate), and
+  that floor less one window's allowance per system (the absolute bound: (requests - allowance) / rate);
 - peak memory of the nightly process; each stage's share of the flow's wall, from the flow run's Prefect
   task runs (recover, snapshot-merge-check, apply, report) with the snapshot part taken from the
   snapshot's own run row in DuckDB (started_at .. finished_at).
@@ -126,7 +130,7 @@ def task_facts(tasks: list[dict[str, Any]], today: str) -> dict[str, list[str]]:
     for task in tasks:
         if not task.get("completed"):
             facts[task["contactId"]].add("ghl:open-task")
-            if (task.get("dueDate") or "")[:10] < today and task.get("dueDate"):
+            if task.get("dueDate") and task["dueDate"][:10] < today:
                 facts[task["contactId"]].add("ghl:overdue-task")
     return {key: sorted(value) for key, value in facts.items()}
 
@@ -338,6 +342,7 @@ class Nightly:
     journal: Any  # polars frame
     list_members: list[int]
     contacts: int
+    fetch_s: dict[str, float]  # system -> seconds its snapshot fetch took (side by side)
 
 
 def read_back(data: Path, run_id: str, location: str) -> Nightly:
@@ -356,6 +361,7 @@ def read_back(data: Path, run_id: str, location: str) -> Nightly:
         members = store.latest_snapshot("te_customers")["lists"].explode().drop_nulls().value_counts()
         journal = Journal(store).frame(run_id)
     ghl, te = snap_used[f"ghl:{location}"], snap_used["tinyemail"]
+    fetch_s = {"ghl": ghl.get("wall_s", 0.0), "tinyemail": te.get("wall_s", 0.0)}
     used = {"snapshot": {"ghl": ghl["total"], "tinyemail": te["total"]},
             "apply": {s: apply_used.get(s, {}).get("used", 0) for s in ("ghl", "tinyemail")}}
     limited = {"ghl": ghl["rate_limited"] + apply_used.get("ghl", {}).get("rate_limited", 0),
@@ -363,7 +369,7 @@ def read_back(data: Path, run_id: str, location: str) -> Nightly:
     tasks_read = round(tasks.height * chosen["fetched"] / max(contacts.height, 1))
     stage_s, flow_s = stage_times(snap)
     return Nightly(used, limited, chosen, tasks_read, stage_s, flow_s, journal,
-                   members["count"].to_list() if members.height else [], contacts.height)
+                   members["count"].to_list() if members.height else [], contacts.height, fetch_s)
 
 
 def snap_plan(snap: dict[str, Any], location: str) -> dict[str, Any]:
@@ -438,24 +444,38 @@ def attempted(journal: Any, target: str) -> Any:
 # ------------------------------------------------------------------------------------------ report
 
 
-def floors(used: dict[str, dict[str, int]], rate_scale: float) -> tuple[float, float]:
-    """(floor with the stages in sequence and the systems side by side, floor with everything side by side)."""
+@dataclass(frozen=True)
+class Floors:
+    staged: float  # stages in sequence, systems side by side within a stage (the goal's floor)
+    overlapped: float  # every request of the run side by side
+    burst: float  # every request side by side, less one full window's allowance per system at the start
+    judged: bool  # the slowest system sent at least two windows' allowance: the sustained rate sets the pace
+
+
+def floors(used: dict[str, dict[str, int]], rate_scale: float) -> Floors:
+    """The rate-limit floors of a run's requests (module docstring)."""
     rate = {"ghl": GHL_PER_S * rate_scale, "tinyemail": TE_PER_S * rate_scale}
-    staged = sum(max(used[stage][s] / rate[s] for s in rate) for stage in used)
-    overlapped = max(sum(used[stage][s] for stage in used) / rate[s] for s in rate)
-    return staged, overlapped
+    window = {"ghl": GHL_PER_S * rate_scale * 10, "tinyemail": TE_PER_S * rate_scale * 60}  # allowance per window
+    total = {s: sum(used[stage][s] for stage in used) for s in rate}
+    slowest = max(rate, key=lambda s: total[s] / rate[s])
+    return Floors(sum(max(used[stage][s] / rate[s] for s in rate) for stage in used),
+                  total[slowest] / rate[slowest], max(max(0, total[s] - window[s]) / rate[s] for s in rate),
+                  total[slowest] >= 2 * window[slowest])
 
 
 def report(night: Nightly, run: Any, sandbox_counts: dict[str, int], rate_scale: float) -> list[Figure]:
-    least = {"ghl": minimum_ghl(night), "tinyemail": minimum_te(night)}
-    staged, overlapped = floors(night.used, rate_scale)
-    figures: list[Figure] = []
     print("\n== nightly run (recon run) ==")
     print(f"  status {run.summary.get('status')} (exit {run.exit_code}); ops applied: "
           + ", ".join(f"{s} {sum(v.values()):,}" for s, v in run.summary.get("counts", {}).get("applied", {}).items())
           + "".join(f"; held by {g.get('reason') or g.get('name')}" for g in run.summary.get("guards", [])))
     print(f"  read tonight: changed {night.plan['changed']:,} + dirty {night.plan['dirty']:,} + sweep "
           f"{night.plan['sweep']:,} contacts (of {night.contacts:,})")
+    return report_requests(night, sandbox_counts) + report_time(night, run, floors(night.used, rate_scale))
+
+
+def report_requests(night: Nightly, sandbox_counts: dict[str, int]) -> list[Figure]:
+    least = {"ghl": minimum_ghl(night), "tinyemail": minimum_te(night)}
+    figures: list[Figure] = []
     for system, label in (("ghl", "GHL"), ("tinyemail", "TinyEmail")):
         used = {stage: night.used[stage][system] for stage in ("snapshot", "apply")}
         total, minimum = sum(used.values()), sum(least[system].values())
@@ -466,20 +486,32 @@ def report(night: Nightly, run: Any, sandbox_counts: dict[str, int], rate_scale:
         figures += [info("nightly", f"{label} requests", total),
                     info("nightly", f"{label} requests / minimum", total / max(minimum, 1), "x"),
                     info("nightly", f"{label} 429 answers", night.rate_limited[system])]
-    print(f"  flow wall {night.flow_s:.1f} s (process {run.wall_s:.1f} s), rate-limit floor {staged:.1f} s (stages in "
-          f"sequence) -> {night.flow_s / staged:.3f}x (goal <= {FLOOR_GOAL}x: "
-          f"{'PASS' if night.flow_s <= FLOOR_GOAL * staged else 'FAIL'}); every request side by side: "
-          f"{overlapped:.1f} s -> {night.flow_s / overlapped:.3f}x")
+    return figures
+
+
+def report_time(night: Nightly, run: Any, floor: Floors) -> list[Figure]:
+    ratio = night.flow_s / floor.staged
+    verdict = ("PASS" if ratio <= FLOOR_GOAL else "FAIL") if floor.judged else \
+        "not judged: the run fits in about one rate window, so the window's burst, not the rate, sets the pace"
+    print(f"  flow wall {night.flow_s:.1f} s (process {run.wall_s:.1f} s), rate-limit floor {floor.staged:.1f} s "
+          f"(stages in sequence) -> {ratio:.3f}x (goal <= {FLOOR_GOAL}x: {verdict}); every request side by side: "
+          f"{floor.overlapped:.1f} s -> {night.flow_s / floor.overlapped:.3f}x; less one window's burst at the "
+          f"start: {floor.burst:.1f} s -> " + (f"{night.flow_s / floor.burst:.3f}x" if floor.burst else "n/a"))
     print("  stages: " + ", ".join(f"{name} {night.stage_s[name]:.1f} s ({night.stage_s[name] / night.flow_s:.0%})"
                                     for name in STAGES)
-          + f", flow overhead {night.flow_s - sum(night.stage_s.values()):.1f} s")
+          + f", flow overhead {night.flow_s - sum(night.stage_s.values()):.1f} s (snapshot fetch: GHL "
+          f"{night.fetch_s['ghl']:.1f} s, TinyEmail {night.fetch_s['tinyemail']:.1f} s)")
     print(f"  peak memory (ru_maxrss of the run) {run.peak_rss_mib:,.0f} MiB; CPU {run.cpu_s:.1f} s")
-    figures += [info("nightly", "flow wall", night.flow_s, "s"), info("nightly", "rate-limit floor", staged, "s"),
-                goal("nightly", "wall / floor", night.flow_s / staged, "<=", FLOOR_GOAL, "x"),
-                info("nightly", "wall / floor (all requests side by side)", night.flow_s / overlapped, "x"),
-                info("nightly", "peak RSS", run.peak_rss_mib, "MiB"), info("nightly", "CPU", run.cpu_s, "s")]
-    figures += [info("nightly", f"share: {name}", night.stage_s[name] / night.flow_s) for name in STAGES]
-    return figures
+    judged = goal("nightly", "wall / floor", ratio, "<=", FLOOR_GOAL, "x") if floor.judged else \
+        info("nightly", "wall / floor (not judged: fits one rate window)", ratio, "x")
+    figures = [info("nightly", "flow wall", night.flow_s, "s"), info("nightly", "rate-limit floor", floor.staged, "s"),
+               judged, info("nightly", "wall / floor (all requests side by side)", night.flow_s / floor.overlapped,
+                            "x"),
+               info("nightly", "floor less one window's burst", floor.burst, "s"),
+               info("nightly", "wall / floor less one window's burst",
+                    night.flow_s / floor.burst if floor.burst else None, "x"),
+               info("nightly", "peak RSS", run.peak_rss_mib, "MiB"), info("nightly", "CPU", run.cpu_s, "s")]
+    return figures + [info("nightly", f"share: {name}", night.stage_s[name] / night.flow_s) for name in STAGES]
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -511,34 +543,18 @@ def main() -> None:
 
 
 def bench(args: argparse.Namespace, tmp: Path, api: str) -> list[Figure]:
+    """Steps 1-3 of the module docstring; the figures."""
     started = time.perf_counter()
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        meta = pool.submit(build_fixture, str(tmp / "fixture.json"), args.contacts, args.tasks_per_contact,
-                           args.notes_per_contact, args.seed).result()
-    print(f"fixture: {meta['contacts']:,} GHL contacts, {meta['tasks']:,} tasks, {meta['notes']:,} notes, "
-          f"{meta['customers']:,} TinyEmail customers in {meta['lists']} lists, converged "
-          f"({time.perf_counter() - started:.1f} s)", flush=True)
-    data, policy = tmp / "data", tmp / "policy.toml"
-    policy.write_text(LOOSE)
+    meta = fixture_in_child(args, tmp)
     boxes = serve(tmp / "fixture.json", args.base_rate_scale, args.seed)
     try:
-        base = recon_run(run_env(boxes, meta, data, args.base_rate_scale, api, policy), data, "--approve")
-        print(f"base: first reconciliation at rate scale {args.base_rate_scale:g}: {base.summary.get('status')} "
-              f"(exit {base.exit_code}) in {base.wall_s:.1f} s; ops applied "
-              f"{ {s: sum(v.values()) for s, v in base.summary.get('counts', {}).get('applied', {}).items()} }",
-              flush=True)
-        if base.exit_code != 0:
-            raise SystemExit(f"the base run failed:\n{base.output[-3000:]}")
-        t0 = time.perf_counter()
-        changes = max(1, round(args.contacts * args.drift))
-        sides = drift(boxes, meta, changes, args.seed)
-        print(f"drift: {sides} changes through the APIs ({time.perf_counter() - t0:.1f} s)", flush=True)
-        if args.base_rate_scale != args.rate_scale:
+        base = base_and_drift(args, tmp / "data", api, boxes, meta)
+        if args.base_rate_scale != args.rate_scale:  # served again from the state, at the nightly's scale
             export_state(boxes, tmp / "state.json")
             boxes.stop()
             boxes = serve(tmp / "state.json", args.rate_scale, args.seed + 1000)
         offsets = boxes.log_total()
-        night = recon_run(run_env(boxes, meta, data, args.rate_scale, api, None), data)
+        night = recon_run(run_env(boxes, meta, tmp / "data", args.rate_scale, api, None), tmp / "data")
         counts = {s: n - offsets[s] for s, n in boxes.log_total().items()}
     finally:
         boxes.stop()
@@ -546,10 +562,38 @@ def bench(args: argparse.Namespace, tmp: Path, api: str) -> list[Figure]:
         raise SystemExit(f"the nightly run failed (exit {night.exit_code}):\n{night.output[-3000:]}")
     figures = [info("nightly", "contacts", meta["contacts"]), info("nightly", "base run wall", base.wall_s, "s"),
                info("nightly", "base run peak RSS", base.peak_rss_mib, "MiB")]
-    figures += report(read_back(data, night.run_id, meta["location"]), night, counts, args.rate_scale)
+    figures += report(read_back(tmp / "data", night.run_id, meta["location"]), night, counts, args.rate_scale)
     print(f"  (whole benchmark {time.perf_counter() - started:.0f} s; peak RSS of this process "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")
     return figures
+
+
+def fixture_in_child(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        meta = pool.submit(build_fixture, str(tmp / "fixture.json"), args.contacts, args.tasks_per_contact,
+                           args.notes_per_contact, args.seed).result()
+    print(f"fixture: {meta['contacts']:,} GHL contacts, {meta['tasks']:,} tasks, {meta['notes']:,} notes, "
+          f"{meta['customers']:,} TinyEmail customers in {meta['lists']} lists, converged "
+          f"({time.perf_counter() - started:.1f} s)", flush=True)
+    return meta
+
+
+def base_and_drift(args: argparse.Namespace, data: Path, api: str, boxes: Sandboxes,
+                   meta: dict[str, Any]) -> RunResult:
+    """The first reconciliation (approved, loose guards), then the day's drift through the APIs."""
+    policy = data.parent / "policy.toml"
+    policy.write_text(LOOSE)
+    base = recon_run(run_env(boxes, meta, data, args.base_rate_scale, api, policy), data, "--approve")
+    applied = {s: sum(v.values()) for s, v in base.summary.get("counts", {}).get("applied", {}).items()}
+    print(f"base: first reconciliation at rate scale {args.base_rate_scale:g}: {base.summary.get('status')} "
+          f"(exit {base.exit_code}) in {base.wall_s:.1f} s; ops applied {applied}", flush=True)
+    if base.exit_code != 0:
+        raise SystemExit(f"the base run failed:\n{base.output[-3000:]}")
+    started = time.perf_counter()
+    sides = drift(boxes, meta, max(1, round(args.contacts * args.drift)), args.seed)
+    print(f"drift: {sides} changes through the APIs ({time.perf_counter() - started:.1f} s)", flush=True)
+    return base
 
 
 if __name__ == "__main__":

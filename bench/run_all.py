@@ -81,7 +81,7 @@ BENCHMARKS: list[Bench] = [
     Bench("events", "bench/events.py", (), ("--contacts", "200", "--changes", "2"), timeout_s=1800),
     Bench("connectors", "bench/connectors.py", (),
           ("--seconds", "10", "--skip-tinyemail", "--contacts", "500"), timeout_s=1200),
-    Bench("nightly", "bench/nightly.py", (), ("--contacts", "2000", "--rate-scale", "1"), timeout_s=5400,
+    Bench("nightly", "bench/nightly.py", (), ("--contacts", "2000"), timeout_s=5400,
           quick_timeout_s=600),
 ]
 

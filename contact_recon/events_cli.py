@@ -66,7 +66,8 @@ def run_watch_tinyemail(settings: Settings, interval: float, budget_share: float
                           f"{result.seconds:.1f} s", highlight=False)
             return
         console.print(f"poll: {result.customers} customers, {result.created} created, {result.updated} updated, "
-                      f"{result.emitted} events, {result.requests} requests, {result.seconds:.1f} s", highlight=False)
+                      f"{result.emitted} events, {result.echoes} our own writes, {result.requests} requests, "
+                      f"{result.seconds:.1f} s", highlight=False)
 
     try:
         watch(settings, interval_s=interval, budget_share=budget_share, once=once, on_poll=report)

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from connectors.redaction import redact
 from contact_recon.settings import Settings
+from tasks.progress import progress_bars
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 0, 1, 2, 3
 EXIT_BY_STATUS = {"completed": EXIT_COMPLETED, "held": EXIT_HELD, "failed": EXIT_FAILED}
@@ -30,7 +31,7 @@ def run_reconcile_command(settings: Settings, locations: Sequence[str], dry_run:
         err.print("[bold red]error:[/] no GHL location: pass --location or set RECON_GHL_LOCATION_IDS")
         return EXIT_USAGE
     try:
-        with console.status("reconciling: snapshot, merge, checks, apply, report..."), console_without_tracebacks():
+        with progress_bars(console), console_without_tracebacks():
             summary = reconcile_flow(locations=covered, dry_run=dry_run, approve=approve, full_sweep=full_sweep,
                                      lock_wait_s=lock_wait_s)
     except LocationBusy as exc:

@@ -29,6 +29,7 @@ from connectors.budget import RateBudget
 from connectors.tinyemail import AudienceSnapshot, TinyEmailClient
 from contact_recon.settings import Settings
 from flows.events import TINYEMAIL_CUSTOMER_CREATED, TINYEMAIL_CUSTOMER_UPDATED, tinyemail_customer_resource
+from tasks.echo import EchoFilter, tinyemail_filter
 
 STATE_VERSION = 1
 Emit = Callable[..., Any]
@@ -96,6 +97,7 @@ class PollResult:
     baseline: bool
     changes: list[CustomerChange] = field(default_factory=list)
     emitted: int = 0
+    echoes: int = 0  # changes that were our own writes (tasks/echo.py), not emitted
     requests: int = 0
     seconds: float = 0.0
 
@@ -121,8 +123,9 @@ def emit_change(emit: Emit, change: CustomerChange) -> bool:
 
 
 async def poll_once(settings: Settings, budget: RateBudget, emit: Emit,
-                    clock: Callable[[], float] = time.time) -> PollResult:
-    """One poll: read every customer, diff with the saved state, emit the changes, save the new state."""
+                    clock: Callable[[], float] = time.time, echo: EchoFilter | None = None) -> PollResult:
+    """One poll: read every customer, diff with the saved state, emit the changes (but for our own writes of the
+    last minutes, `echo`), save the new state."""
     started, path = clock(), state_path(settings)
     async with TinyEmailClient.from_settings(settings, budget=budget) as client:
         snapshot = await client.all_customers()
@@ -131,7 +134,9 @@ async def poll_once(settings: Settings, budget: RateBudget, emit: Emit,
     result = PollResult(customers=len(hashes), baseline=previous is None, requests=requests)
     if previous is not None:
         result.changes = diff_hashes(previous, hashes)
-        result.emitted = sum(emit_change(emit, change) for change in result.changes)
+        ours = [c for c in result.changes if echo is not None and echo.is_echo(None, c.email)]
+        result.echoes = len(ours)
+        result.emitted = sum(emit_change(emit, change) for change in result.changes if change not in ours)
     save_state(path, hashes, started)
     result.seconds = clock() - started
     return result
@@ -147,8 +152,9 @@ def watch(settings: Settings, *, interval_s: float, budget_share: float, once: b
           on_poll: Callable[[PollResult], None], emit: Emit | None = None) -> None:
     """Poll until interrupted (or once): each poll waits for `interval_s` after the previous one ended."""
     budget = share_budget(settings, budget_share)
+    echo = tinyemail_filter(settings.data_dir)
     while True:
-        on_poll(asyncio.run(poll_once(settings, budget, emit or _default_emit)))
+        on_poll(asyncio.run(poll_once(settings, budget, emit or _default_emit, echo=echo)))
         if once:
             return
         time.sleep(interval_s)

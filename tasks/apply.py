@@ -60,7 +60,7 @@ from tasks import failpoints
 from tasks import journal as J
 from tasks.echo import EchoLog
 from tasks.journal import Entry, Journal
-from tasks.normalise import ghl_contact_record, tinyemail_customer_record
+from tasks.normalise import as_payload, ghl_contact_record, tinyemail_customer_record
 from tasks.records import GHL_FIELD_NAMES, TINYEMAIL_FIELD_NAMES
 
 log = logging.getLogger("tasks.apply")
@@ -114,10 +114,11 @@ class Applier:
     def __init__(self, journal: Journal, ghl: Mapping[str, GHLClient], te: TinyEmailClient,
                  people: Mapping[str, Person], *, default_location: str, region: str = "US",
                  concurrency: int = 16, max_attempts: int = 3, home_list: str | None = None,
-                 echo: EchoLog | None = None):
+                 echo: EchoLog | None = None, te_echo: EchoLog | None = None):
         self.journal, self.ghl, self.te, self.people = journal, ghl, te, dict(people)
         self.default_location, self.region = default_location, region
         self.max_attempts, self.home_list_name, self.echo = max_attempts, home_list, echo
+        self.te_echo = te_echo
         self.gate = asyncio.Semaphore(concurrency)  # GHL calls in flight
         self.te_gate = asyncio.Semaphore(concurrency)  # TinyEmail precondition reads in flight
         self.created: dict[str, str] = {}  # key -> GHL contact id made by this run
@@ -144,9 +145,19 @@ class Applier:
 
     async def _te_chain(self, entries: list[Entry]) -> None:
         """TinyEmail: creates (and their lists), then updates, then list memberships."""
+        emails = [self._te_email(e) for e in entries]
+        if self.te_echo is not None:
+            self.te_echo.wrote(emails=[e for e in emails if e])  # what the watcher will see is ours (tasks/echo.py)
         await self._te_creates([e for e in entries if e.kind == "create"])
         await self._te_updates([e for e in entries if e.kind not in ("create", *LIST_KINDS)])
         await self._te_lists([e for e in entries if e.kind in LIST_KINDS])
+        if self.te_echo is not None:
+            self.te_echo.wrote(emails=[e for e in emails if e])  # the window counts from the last write
+
+    def _te_email(self, entry: Entry) -> str | None:
+        if entry.kind == "create":
+            return json.loads(entry.new or "{}").get("email")
+        return self.email(entry.key)
 
     def _not_rejected(self, entries: list[Entry], run_id: str) -> list[Entry]:
         # an op the API rejected before, with the same content, is not sent again (issue: retried only
@@ -461,7 +472,7 @@ class Applier:
         if customer is None:
             self.journal.finish(entries, J.FAILED, error_kind="not_found", error="no TinyEmail customer")
             return None
-        live = tinyemail_customer_record(customer.model_dump(), [], self.region)
+        live = tinyemail_customer_record(as_payload(customer), [], self.region)
         fields = self._preconditions([e for e in entries if e.kind in FIELD_KINDS], live,
                                      tight=lambda v: v in TE_TIGHT)
         member: dict[str, Any] = {"email": customer.email}
@@ -583,7 +594,7 @@ async def find_marked(client: GHLClient, contact_id: str | None, entry: Entry) -
 
 
 def ghl_row(contact: Contact, location_id: str, region: str) -> dict[str, Any]:
-    return ghl_contact_record(contact.model_dump(), location_id, region)
+    return ghl_contact_record(as_payload(contact), location_id, region)
 
 
 def ghl_body(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -50,6 +50,7 @@ old snapshot parts, never the latest part of an (entity, location); run history 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -214,6 +215,7 @@ def open_db(path: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS,
     _check_migrations(migrations)
     if str(path) != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _drop_empty_file(Path(path))
     con = duckdb.connect(str(path))
     try:
         _migrate(con, migrations, clock)
@@ -221,6 +223,21 @@ def open_db(path: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS,
         con.close()
         raise
     return Store(con, clock)
+
+
+def _drop_empty_file(path: Path) -> None:
+    """Remove an empty database file that nobody holds: what a creation cut short leaves (a full disk), which
+    DuckDB refuses ever after as "not a valid DuckDB database file". DuckDB write-locks (fcntl) every file it
+    has open, so a file we can lock is no process's database in the making."""
+    try:
+        if path.stat().st_size != 0:
+            return
+        with path.open("r+b") as handle:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if path.stat().st_size == 0:
+                path.unlink()
+    except (FileNotFoundError, BlockingIOError, PermissionError):
+        return  # absent, or held by another process: DuckDB decides
 
 
 def _check_migrations(migrations: Sequence[Migration]) -> None:

@@ -7,8 +7,17 @@ before it writes a contact (and right after it creates one), a line `{"contact_i
 `<data_dir>/echo/ghl_writes.jsonl`; `recon webhooks serve` reads the file as it grows (it never opens
 DuckDB) and acknowledges a contact webhook for such a contact until then without emitting an event.
 
-The price: a person's edit of that very contact inside the window (default 120 s after our write) waits
-for the nightly run, which reads every contact anyway. Deletions are never suppressed.
+TinyEmail sends no webhooks, but `recon watch tinyemail` sees our writes there as changed customers, with the
+same flood to fear. So the apply stage notes, before its TinyEmail chain and again when it ends, every email
+it writes to TinyEmail in `<data_dir>/echo/tinyemail_writes.jsonl` (`TE_ECHO_FILE`), and the watcher drops
+those customers' changes inside the window: 900 s (`TE_WINDOW_S`), because one poll of a large audience
+takes minutes (every list, 100 members a page, within half the key's budget).
+
+The price: a person's edit of that very contact inside the window (120 s after our write to GHL, 900 s
+after our write to TinyEmail) waits for the nightly run, which reads everyone anyway. Deletions are never
+suppressed. So only runs that
+write in bulk (reconcile, approve) note their writes; a `sync-contact` run does not: its one or two writes
+come back as one or two syncs that find nothing to do, and the person's next edit goes through at once.
 """
 
 from __future__ import annotations
@@ -19,14 +28,17 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 ECHO_FILE = Path("echo") / "ghl_writes.jsonl"
+TE_ECHO_FILE = Path("echo") / "tinyemail_writes.jsonl"
 WINDOW_S = 120.0
+TE_WINDOW_S = 900.0
 
 
 class EchoLog:
     """Append-only record of the contacts we are about to write (the apply stage's side)."""
 
-    def __init__(self, data_dir: str | Path, *, window_s: float = WINDOW_S, clock: Callable[[], float] = time.time):
-        self.path, self.window_s, self.clock = Path(data_dir) / ECHO_FILE, window_s, clock
+    def __init__(self, data_dir: str | Path, *, window_s: float = WINDOW_S, clock: Callable[[], float] = time.time,
+                 file: Path = ECHO_FILE):
+        self.path, self.window_s, self.clock = Path(data_dir) / file, window_s, clock
 
     def wrote(self, contact_ids: Iterable[str] = (), emails: Iterable[str] = ()) -> None:
         """Note contacts about to be written (by id), or created (by email: the id is not known yet)."""
@@ -43,8 +55,8 @@ class EchoLog:
 class EchoFilter:
     """The receiver's side: reads what was appended since the last call; `is_echo(contact_id)`."""
 
-    def __init__(self, data_dir: str | Path, *, clock: Callable[[], float] = time.time):
-        self.path, self.clock = Path(data_dir) / ECHO_FILE, clock
+    def __init__(self, data_dir: str | Path, *, clock: Callable[[], float] = time.time, file: Path = ECHO_FILE):
+        self.path, self.clock = Path(data_dir) / file, clock
         self.offset, self.until = 0, {}  # type: tuple[int, dict[str, float]]
 
     def is_echo(self, contact_id: str | None, email: str | None = None) -> bool:
@@ -70,3 +82,13 @@ class EchoFilter:
                 self.until[key] = max(self.until.get(key, 0.0), float(row["until"]))
             except (ValueError, KeyError, TypeError):
                 continue  # a torn or foreign line: ignored, never fatal for the receiver
+
+
+def tinyemail_log(data_dir: str | Path, clock: Callable[[], float] = time.time) -> EchoLog:
+    """The apply stage's note of the TinyEmail customers it writes (by email)."""
+    return EchoLog(data_dir, window_s=TE_WINDOW_S, clock=clock, file=TE_ECHO_FILE)
+
+
+def tinyemail_filter(data_dir: str | Path, clock: Callable[[], float] = time.time) -> EchoFilter:
+    """The watcher's side: `is_echo(None, email)` for a customer we wrote moments ago."""
+    return EchoFilter(data_dir, clock=clock, file=TE_ECHO_FILE)

@@ -26,6 +26,7 @@ from typing import Any
 import polars as pl
 
 from connectors.redaction import redact
+from tasks import progress as bars
 from tasks.db import Store
 
 PLANNED, SENDING, DONE, FAILED, STALE = "planned", "sending", "done", "failed", "stale"
@@ -105,6 +106,9 @@ class Journal:
     def finish(self, entries: Iterable[Entry], status: str, *, error_kind: str | None = None,
                error: str | None = None, result_id: str | None = None) -> None:
         """Close ops with a final status (or back to `planned` for a later attempt), error and returned id."""
+        entries = list(entries)
+        if status != PLANNED:
+            bars.advance("apply: ops", len(entries))
         self._set(entries, "status = ?, error_kind = ?, last_error = ?, result_id = coalesce(?, result_id), "
                            "finished_at = ?",
                   [status, error_kind, redact(error)[:2000] if error else None, result_id, self.store.clock()])

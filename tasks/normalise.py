@@ -295,6 +295,12 @@ def _hashed_columns(schema: pl.Schema) -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------------- frames
 
 
+def as_payload(record: Any) -> dict[str, Any]:
+    """A connector model as the API's JSON payload (ISO text for datetimes, unset fields left out): what every
+    `*_record` function takes, whether the record came from the nightly listing or from one read now."""
+    return record.model_dump(mode="json", exclude_unset=True)
+
+
 def to_frame(rows: Iterable[Mapping[str, Any]], schema: pl.Schema) -> pl.DataFrame:
     """Rows (dicts, e.g. from the record builders) as a frame of exactly `schema`'s columns and types."""
     rows = rows if isinstance(rows, list) else list(rows)

@@ -29,10 +29,11 @@ from connectors.tinyemail import TinyEmailClient
 from contact_recon.settings import Settings
 from tasks import failpoints
 from tasks import journal as J
+from tasks import progress as bars
 from tasks.apply import Applier, Person, StageStopped, recover
 from tasks.db import Store
 from tasks.decisions import mark_used, pending_decisions
-from tasks.echo import EchoLog
+from tasks.echo import EchoLog, tinyemail_log
 from tasks.journal import Journal
 from tasks.pipeline import APPROVED, GUARD_EXPECTATION, HELD, PLANNED, PlanRun, load_plan, plan_run, run_dir
 from tasks.policy import Policy, load_policy
@@ -126,15 +127,19 @@ def apply_run(settings: Settings, store: Store, run_id: str, *, policy: Policy |
     approved = run["status"] == APPROVED or run["approved_at"] is not None
     journal.record(run_id, journal_frame(load_plan(settings.data_dir, run_id), approved, state["people"],
                                          locations[0]))
+    bars.begin("apply: ops", journal.counts(run_id).get(J.PLANNED, 0))
     store.con.execute("UPDATE runs SET status = ? WHERE run_id = ?", [APPLYING, run_id])
     failpoints.hit("journaled")
     people = {r["key"]: Person(r["email"], r["contact_id"], r["location_id"]) for r in state["people"].to_dicts()}
     ghl_client = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))
     tinyemail_client = tinyemail_client or (lambda: TinyEmailClient.from_settings(settings))
+    # a nightly run's writes come back as thousands of webhooks: noted as echoes (tasks/echo.py); a sync's
+    # few come back as syncs that find nothing to do, and a person's next edit is never held back
+    echo = (EchoLog(settings.data_dir), tinyemail_log(settings.data_dir)) if run["kind"] != "sync" else (None, None)
     error, requests = _send(journal, run_id, locations, people, settings, ghl_client, tinyemail_client,
-                            policy.create.tinyemail_list)
+                            policy.create.tinyemail_list, echo)
     advance(store, directory, journal.frame(run_id), run_id,
-            Consent(tuple(policy.consent.tinyemail_tight), tuple(policy.consent.ghl_tight)))
+            Consent(tuple(policy.consent.tinyemail_tight), tuple(policy.consent.ghl_tight)), policy.tags.list_prefix)
     _settle_decisions(store, journal.frame(run_id), run_id)
     status = FAILED if error else COMPLETED
     store.finish_run(run_id, status, {"apply": requests}, error=error, held_reasons=run["held_reasons"],
@@ -155,12 +160,13 @@ def _settle_decisions(store: Store, journal: pl.DataFrame, run_id: str) -> None:
 
 def _send(journal: Journal, run_id: str, locations: list[str], people: dict[str, Person], settings: Settings,
           ghl_client: GHLFactory, tinyemail_client: TinyEmailFactory,
-          home_list: str | None) -> tuple[str | None, dict[str, dict[str, int]]]:
+          home_list: str | None,
+          echo: tuple[EchoLog | None, EchoLog | None]) -> tuple[str | None, dict[str, dict[str, int]]]:
     async def go() -> tuple[str | None, dict[str, dict[str, int]]]:
         ghl = {loc: ghl_client(loc) for loc in locations}
         te = tinyemail_client()
         applier = Applier(journal, ghl, te, people, default_location=locations[0], region=settings.default_region,
-                          home_list=home_list, echo=EchoLog(settings.data_dir))
+                          home_list=home_list, echo=echo[0], te_echo=echo[1])
         error = None
         try:
             await applier.run(run_id)

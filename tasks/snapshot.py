@@ -71,6 +71,7 @@ from connectors.models import Contact, Customer
 from connectors.redaction import redact
 from connectors.tinyemail import AudienceSnapshot, TinyEmailClient
 from contact_recon.settings import Settings
+from tasks import progress as bars
 from tasks.budget_plan import DEFAULT_TASKS_PER_CONTACT, RequestPlan, contact_pages, plan_requests
 from tasks.db import Store
 from tasks.identity import SideCameBackEmpty, check_not_emptied
@@ -310,7 +311,15 @@ async def _read_tasks_and_notes(client: GHLClient, contact_ids: Sequence[str], c
 
 async def _read_tasks(client: GHLClient, contact_ids: Sequence[str], concurrency: int) -> pl.DataFrame:
     batches = [list(contact_ids[i:i + TASK_SEARCH_BATCH]) for i in range(0, len(contact_ids), TASK_SEARCH_BATCH)]
-    found = await _pool(batches, client.search_tasks, concurrency)
+    stage = f"snapshot {client.location_id}: task searches"
+    bars.begin(stage, len(batches))
+
+    async def search(batch: list[str]) -> Any:
+        found = await client.search_tasks(batch)
+        bars.advance(stage)
+        return found
+
+    found = await _pool(batches, search, concurrency)
     wanted = set(contact_ids)
     rows = {t.id: ghl_task_record(t.model_dump(mode="json", exclude_unset=True), client.location_id)
             for batch in found for t in batch if t.contactId in wanted}
@@ -318,11 +327,16 @@ async def _read_tasks(client: GHLClient, contact_ids: Sequence[str], concurrency
 
 
 async def _read_notes(client: GHLClient, contact_ids: Sequence[str], concurrency: int) -> pl.DataFrame:
+    stage = f"snapshot {client.location_id}: note reads"
+    bars.begin(stage, len(contact_ids))
+
     async def notes_of(contact_id: str) -> list[dict[str, Any]]:
         try:
             notes = await client.list_notes(contact_id)
         except NotFound:
             return []  # deleted since the listing: it disappears from tomorrow's listing
+        finally:
+            bars.advance(stage)
         return [ghl_note_record({"contactId": contact_id, **n.model_dump(mode="json", exclude_unset=True)},
                                 client.location_id) for n in notes]
 

@@ -7,8 +7,17 @@ the journal of the apply stage. The algorithm (`next_base`):
 1. Replay the journal's `done` ops on both sides (a create adds the record; a GHL create's record gets
    the contact id the API returned).
 2. Per person on either side, per dimension (each text field, consent, tags, lists):
-   - a dimension with an op that was not confirmed (failed, stale, quarantined, held, never sent) keeps
-     the old base value, so the next run sees the same difference and plans it again;
+   - a dimension with an op that was not confirmed (failed, stale, quarantined, held, never sent) gets as
+     its base the value the op's target had before it (the op's `expected`): the next run sees the target
+     unchanged and the source changed, and plans the same write again. (Keeping the old base would do the
+     same for a person met before, but not for one met tonight for the first time: a blank base next to
+     two different values reads as a change on both sides, a conflict, and the write would be lost.)
+     For tags and lists only the member the op named is held back (`Blocked.members`): the base has it
+     exactly when the target had it (a remove) and lacks it when the target lacked it (an add). A list is
+     one member in two forms, `L` in TinyEmail's lists and `list:L` among GHL's tags, and both forms are
+     set alike (else the next run would read a list sync that landed on one side only as a removal on the
+     other side, and undo the side that did land). `tests/test_merge_properties.py` (law 6) checks that
+     every op that did not land is planned again;
    - otherwise, on both sides: the agreed value, or for a field the sides still disagree on (a conflict)
      the old base value when the base was valid, else blank; tags: the union of both sides (the merge
      engine's namespaces make each side hold its own kinds); lists: TinyEmail's; consent: the tight value
@@ -25,7 +34,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +110,18 @@ def _created(op: Row, in_ghl: bool) -> Row:
     return row
 
 
-def next_base(base: dict[str, Row], te: dict[str, Row], ghl: dict[str, Row], blocked: set[tuple[str, str]],
-              consent: Consent) -> list[Row]:
+@dataclass(frozen=True)
+class Blocked:
+    """What the unconfirmed ops of a run hold back: whole dimensions (text fields, consent) as (key, name) -> the
+    target's value before the op, and single tag or list members as (key, "tags" | "lists", value, whether the
+    target had it before the op)."""
+
+    dimensions: Mapping[tuple[str, str], Any] = field(default_factory=dict)
+    members: frozenset[tuple[str, str, str, bool]] = frozenset()
+
+
+def next_base(base: dict[str, Row], te: dict[str, Row], ghl: dict[str, Row], blocked: Blocked,
+              consent: Consent, list_prefix: str = "list:") -> list[Row]:
     """The next base rows of every person on either side (module docstring, step 2)."""
     rows = []
     for key in sorted(set(te) | set(ghl)):
@@ -113,11 +132,33 @@ def next_base(base: dict[str, Row], te: dict[str, Row], ghl: dict[str, Row], blo
             one = t or g or {}
             row = {**{n: _norm(one.get(n)) if n in TEXT else one.get(n) for n in MERGE_SIDE},
                    "in_ghl": bool(g) or bool(b.get("in_ghl")), "in_tinyemail": bool(t) or bool(b.get("in_tinyemail"))}
-        for name in (n for n in (*TEXT, "consent", "tags", "lists") if (key, n) in blocked):
-            # an unconfirmed op on this dimension: the base keeps what it had, so it is planned again
-            row[name] = b.get(name) if b else ([] if name in ("tags", "lists") else None)
+        for name in (n for n in (*TEXT, "consent") if (key, n) in blocked.dimensions):
+            # an unconfirmed op on this dimension: the target's value before it, so it is planned again
+            row[name] = _norm(blocked.dimensions[(key, name)])
         rows.append(row)
+    by_key = {row["key"]: row for row in rows}
+    for key, name, value, had in sorted(blocked.members):
+        if key in by_key:
+            _set_membership(by_key[key], name=name, value=value, member=had, prefix=list_prefix)
     return rows
+
+
+def _set_membership(row: Row, *, name: str, value: str, member: bool, prefix: str) -> None:
+    """Make one tag or list a member of `row`'s tags or lists, or not."""
+    tags, lists = set(row.get("tags") or []), set(row.get("lists") or [])
+    if name == "tags" and not value.startswith(prefix):
+        # a plain tag
+        tags = (tags | {value}) if member else (tags - {value})
+    else:
+        # a list, named as `list:L` (a GHL tag op) or `L` (a TinyEmail list op): the merge reads the base's
+        # membership from either form, so both are set alike
+        list_id = value.removeprefix(prefix) if name == "tags" else value
+        if member:
+            lists.add(list_id)
+        else:
+            lists.discard(list_id)
+            tags.discard(prefix + list_id)
+    row["tags"], row["lists"] = sorted(tags), sorted(lists)
 
 
 def _both(key: str, t: Row, g: Row, b: Row, consent: Consent) -> Row:
@@ -132,15 +173,25 @@ def _both(key: str, t: Row, g: Row, b: Row, consent: Consent) -> Row:
     return row
 
 
-def blocked_dimensions(journal: pl.DataFrame) -> set[tuple[str, str]]:
-    """(key, dimension) of every op that was not confirmed."""
+def blocked(journal: pl.DataFrame) -> Blocked:
+    """What every op that was not confirmed holds back (`Blocked`)."""
     open_ops = journal.filter((pl.col("status") != "done") & ~pl.col("kind").is_in(
         ["create", "task_create", "note_create", "identity_review"]))
-    return {(r["key"], r["field"] if r["kind"] == "update" else DIMENSION[r["kind"]])
-            for r in open_ops.iter_rows(named=True)}
+    dimensions: dict[tuple[str, str], Any] = {}
+    members = set()
+    for r in open_ops.iter_rows(named=True):
+        if r["kind"] in ("tag_add", "tag_remove", "list_add", "list_remove"):
+            # one member of a set: an add's target lacked it (new), a remove's target had it (expected)
+            adding = r["kind"].endswith("_add")
+            members.add((r["key"], DIMENSION[r["kind"]], r["new"] if adding else r["expected"], not adding))
+        else:
+            # a text field (update) or consent: the whole dimension, at the target's value before the op
+            dimensions[(r["key"], r["field"] if r["kind"] == "update" else DIMENSION[r["kind"]])] = r["expected"]
+    return Blocked(dimensions, frozenset(members))
 
 
-def advance(store: Store, run_dir: Path, journal: pl.DataFrame, run_id: str, consent: Consent) -> dict[str, int]:
+def advance(store: Store, run_dir: Path, journal: pl.DataFrame, run_id: str, consent: Consent,
+            list_prefix: str = "list:") -> dict[str, int]:
     """Move the base, the id_map and the re-keys forward for this run's confirmed ops (one transaction)."""
     state = load_state(run_dir)
     base = {r["key"]: r for r in state["base"].iter_rows(named=True)}
@@ -148,7 +199,7 @@ def advance(store: Store, run_dir: Path, journal: pl.DataFrame, run_id: str, con
     ghl = {r["key"]: r for r in state["ghl_side"].iter_rows(named=True)}
     done = journal.filter(pl.col("status") == "done").to_dicts()
     replay(te, ghl, done)
-    rows = next_base(base, te, ghl, blocked_dimensions(journal), consent)
+    rows = next_base(base, te, ghl, blocked(journal), consent, list_prefix)
     created = {op["key"]: op["result_id"] for op in done
                if op["kind"] == "create" and op["target"] == "ghl" and op["result_id"]}
     for row in rows:

@@ -19,7 +19,7 @@ from connectors.ghl import GHLClient
 from connectors.models import Contact
 from connectors.tinyemail import TinyEmailClient, normalise_email
 from tasks.db import Store
-from tasks.normalise import ghl_contact_record, ghl_task_record, tinyemail_customer_record, to_frame
+from tasks.normalise import as_payload, ghl_contact_record, ghl_task_record, tinyemail_customer_record, to_frame
 from tasks.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, TINYEMAIL_CUSTOMERS
 
 TE_KEY_PREFIX = "te:"
@@ -47,13 +47,13 @@ async def person_frames(ghl: GHLClient, te: TinyEmailClient, store: Store, *, co
         raise NobodyToSync(f"no GHL contact {contact_id or ''} and no TinyEmail customer {email or ''}".strip())
     loc = ghl.location_id
     tasks = await ghl.list_tasks(contact.id) if contact else []
-    te_rows = [tinyemail_customer_record(customer.model_dump(), _lists(store, customer.email), region)] \
+    te_rows = [tinyemail_customer_record(as_payload(customer), _lists(store, customer.email), region)] \
         if customer else []
     frames = {
-        "ghl_contacts": to_frame([ghl_contact_record(contact.model_dump(), loc, region)] if contact else [],
+        "ghl_contacts": to_frame([ghl_contact_record(as_payload(contact), loc, region)] if contact else [],
                                  GHL_CONTACTS),
         "te_customers": to_frame(te_rows, TINYEMAIL_CUSTOMERS),
-        "ghl_tasks": to_frame([ghl_task_record({**t.model_dump(), "contactId": contact.id}, loc) for t in tasks]
+        "ghl_tasks": to_frame([ghl_task_record({**as_payload(t), "contactId": contact.id}, loc) for t in tasks]
                               if contact else [], GHL_TASKS),
         "ghl_notes": to_frame([], GHL_NOTES),
     }

@@ -1,15 +1,14 @@
-"""The chaos suite's world: sandboxes, a data dir and `recon run` as a real child process, plus the checks that
-every fault mix must pass once a clean rerun has had its turn.
+"""The chaos suite's world: sandboxes, a data dir and `recon run` (in this process, or as a real child process
+where the fault needs one), plus the checks every fault mix must pass once a clean rerun has had its turn.
 
-Sizes (`RECON_CHAOS_SCALE`): `short` (the default, what `make test` and CI run) is a small fixture against
-sandboxes at `--rate-scale 50`; `full` (`make chaos`) is 2,000 people at `--rate-scale 10`.
+Sizes (`RECON_CHAOS_SCALE`): `short` (the default, what `make test` and CI run) is 40 people against sandboxes
+at `--rate-scale 50`; `full` (`make chaos`) is 2,000 people at `--rate-scale 10`.
 
-A world's story is the nightly one: run, a day of drift on both sides, run (each run possibly under faults),
-then a clean run. The checks after it (`assert_converged`):
+The checks (`assert_converged`), after the faulted runs and a clean rerun:
 1. a dry run plans nothing but identity reviews (nothing lost: every failed op was carried out later);
 2. no duplicate contact, task or note (`apply_support.duplicates`);
-3. both systems agree on every shared field, but for the fields of the conflicts the data team must settle;
-4. both systems equal those of the same story told without faults (the reference world), person by person.
+3. both systems agree on every shared field, but for the conflicts the data team must settle (`disagreements`);
+4. both systems equal those of the same days lived without faults (the reference world), person by person.
 
 The drift is chosen by email from the fixture (never from the live state, whose GHL ids depend on the order of
 creates), so every world drifts alike whatever happened to it before.
@@ -98,7 +97,7 @@ class Outcome:
         raise AssertionError(f"no run id in the output of recon run:\n{self.text}")
 
     def line(self) -> str:
-        """One line for the figures: arguments, exit code, seconds and the last line of stderr."""
+        """One line for the figures: arguments, exit code, seconds, op counts and the last line of stderr."""
         tail = next((x for x in reversed(self.stderr.splitlines()) if x.strip()), "")
         counts = next((x.strip() for x in self.stdout.splitlines() if x.strip().startswith("conflicts ")), "")
         return f"recon run {' '.join(self.args)}: exit {self.returncode} in {self.seconds:.1f}s {counts} {tail[:200]}"
@@ -236,12 +235,11 @@ class World:
 
     # -- the sandboxes
 
-    def faults(self, spec: str | None, seed: int = 0, *, ghl: bool = True, te: bool = True) -> None:
-        """Set (None: clear) the fault mix of the sandboxes through their admin route."""
-        for url, wanted in ((self.ghl_url, ghl), (self.te_url, te)):
-            if wanted:
-                answer = httpx.post(url + "/__sandbox/faults", json={"faults": spec or "none", "seed": seed})
-                assert answer.status_code == 200, answer.text
+    def faults(self, spec: str | None, seed: int = 0) -> None:
+        """Set (None: clear) the fault mix of both sandboxes through their admin route."""
+        for url in (self.ghl_url, self.te_url):
+            answer = httpx.post(url + "/__sandbox/faults", json={"faults": spec or "none", "seed": seed})
+            assert answer.status_code == 200, answer.text
 
     def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         return (httpx.get(self.ghl_url + "/__sandbox/state", timeout=60).json(),
@@ -309,7 +307,8 @@ class GhlProcess:
 
     def __init__(self, fixture: dict[str, Any], workdir: Path, rate_scale: float):
         self.fixture, self.workdir, self.rate_scale = fixture, workdir, rate_scale
-        self.port, self.seed, self.child = free_port(), 0, None
+        self.port, self.seed = free_port(), 0
+        self.child: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
         self._write(fixture["ghl"])
 
@@ -321,11 +320,12 @@ class GhlProcess:
         (self.workdir / "ghl-fixture.json").write_text(json.dumps({"ghl": ghl, "tinyemail": {}}))
 
     def start(self) -> None:
+        log = (self.workdir / "ghl-sandbox.log").open("a")
         self.child = subprocess.Popen(
             [sys.executable, "-m", "contact_recon.cli", "sandbox", "serve", "--only", "ghl", "--fixture",
              str(self.workdir / "ghl-fixture.json"), "--ghl-port", str(self.port), "--rate-scale",
-             str(self.rate_scale), "--seed", str(self.seed)], cwd=REPO, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True)
+             str(self.rate_scale), "--seed", str(self.seed)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -333,8 +333,7 @@ class GhlProcess:
                     return
             except httpx.TransportError:
                 pass
-            if self.child.poll() is not None:
-                raise AssertionError(f"the GHL sandbox did not start: {self.child.stdout.read()}")  # type: ignore
+            assert self.child.poll() is None, (self.workdir / "ghl-sandbox.log").read_text()
             time.sleep(0.1)
         raise AssertionError("the GHL sandbox did not answer within 60 s")
 
@@ -354,8 +353,6 @@ class GhlProcess:
         if self.child is not None and self.child.poll() is None:
             self.child.send_signal(sig)
             self.child.wait(30)
-        if self.child is not None and self.child.stdout is not None:
-            self.child.stdout.close()
         self.child = None
 
 

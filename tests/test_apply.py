@@ -215,3 +215,35 @@ def test_the_data_teams_decisions_on_conflicts_are_written_by_the_next_run(world
     assert second.plan is not None and second.plan.conflicts.filter(pl.col("field") == "first_name").height == 0
     third = world.reconcile(dry_run=True)
     assert third.plan is not None and third.plan.conflicts.filter(pl.col("field") == "first_name").height == 0
+
+
+def test_the_apply_stage_reports_its_progress_op_by_op(world_of: Callable[..., World]) -> None:
+    """`recon run` draws a bar per long stage (tasks/progress.py); the apply bar's total is the ops to send and
+    it ends full, and the snapshot reports its note reads per location."""
+    from tasks import progress
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.totals: dict[str, int | None] = {}
+            self.done: dict[str, int] = {}
+
+        def begin(self, stage: str, total: int | None) -> None:
+            self.totals[stage], self.done[stage] = total, 0
+
+        def advance(self, stage: str, n: int) -> None:
+            self.done[stage] = self.done.get(stage, 0) + n
+
+    world = world_of(fixture_for(seed=12))
+    recorder = Recorder()
+    progress._sink = recorder
+    try:
+        outcome = world.reconcile()
+    finally:
+        progress._sink = None
+    assert outcome.status == "completed", outcome
+    sent = sum(n for status, n in outcome.journal.items() if status not in ("quarantined", "held"))
+    assert recorder.totals["apply: ops"] == sent > 0
+    assert recorder.done["apply: ops"] >= sent
+    notes = f"snapshot {world.location}: note reads"
+    assert recorder.totals[notes] == recorder.done[notes] == len(
+        next(iter(world.fixture["ghl"]["locations"].values()))["contacts"])

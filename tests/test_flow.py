@@ -139,10 +139,17 @@ def test_sync_contact_carries_one_change_across(world: World) -> None:
         "RECON_TINYEMAIL_API_KEY"]}, json={"updateMembers": [{"email": email, "company": "Synced Between Nights"}]})
     assert answer.status_code == 200
 
+    echo_file = Path(world.settings.data_dir) / "echo" / "ghl_writes.jsonl"
+    te_echo_file = Path(world.settings.data_dir) / "echo" / "tinyemail_writes.jsonl"
+    noted, te_noted = echo_file.read_text().count("\n"), te_echo_file.read_text().count("\n")
+    assert noted > 0 and te_noted > 0, "the nightly run noted none of its writes as echoes"
+
     result = sync_contact_flow(email=email)
 
     assert result["status"] == "completed", result
     assert ghl_people(world.state(world.ghl))[email]["company"] == "Synced Between Nights"
+    # a sync notes no echo: the person's next GHL edit of that contact is synced at once, not at night
+    assert echo_file.read_text().count("\n") == noted and te_echo_file.read_text().count("\n") == te_noted
     # the change is now the base: the nightly run plans nothing for that person
     nightly = reconcile_flow(dry_run=True)
     assert sum(nightly["counts"]["ghl"].values()) == 0, nightly["counts"]
@@ -172,3 +179,22 @@ def test_prefect_yaml_deploys_the_three_deployments(prefect_server: str, tmp_pat
     assert {"locations", "dry_run", "approve", "entities", "full_sweep"} <= set(
         nightly.parameter_openapi_schema["properties"])
     assert automations, "the sync-contact triggers made no automation"
+
+
+def test_a_sync_of_an_unchanged_person_with_tasks_plans_nothing(world: World) -> None:
+    """One person read now (tasks/sync.py) must look exactly as the nightly snapshot saw them: a task's due date
+    read as something else would be quarantined by the checks, and its open-task fact tag would flip."""
+    from flows.reconcile import reconcile_flow
+    from flows.sync_contact import sync_contact_flow
+
+    assert reconcile_flow()["status"] == "completed"
+    location = next(iter(world.state(world.ghl)["locations"].values()))
+    customers = te_people(world.state(world.te))
+    with_tasks = sorted({t["contactId"] for t in location.get("tasks", []) if not t.get("completed")})
+    chosen = [c for c in location["contacts"] if c["id"] in with_tasks
+              and (c.get("email") or "").lower() in customers][:4]
+    assert chosen, "the fixture has no shared person with an open task"
+    for contact in chosen:
+        for how in ({"contact_id": contact["id"]}, {"email": contact["email"]}):
+            result = sync_contact_flow(**how)
+            assert result["status"] == "completed" and result["ops"] == 0, (how, result)

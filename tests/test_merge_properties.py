@@ -6,6 +6,8 @@
 3. Swapping the sides mirrors the plan for shared fields.
 4. No plan ever loosens consent.
 5. Applying the plan to both sides makes every shared field agree (unless it is in the conflict table).
+6. An op that did not land is planned again by the next run, with the base the state module (tasks/state.py)
+   leaves; never the opposite op, which would undo the side that did land.
 Plus: the vectorised engine and the pure-Python baseline (bench/merge_baseline.py) plan the same ops.
 """
 
@@ -16,12 +18,15 @@ import json
 import sys
 from pathlib import Path
 
+import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tasks.merge import plan, tag_namespace
 from tasks.ops import Op
 from tasks.policy import Policy
+from tasks.state import Consent, blocked
+from tasks.state import next_base as state_next_base
 from tests.merge_support import apply_plan, by_key, frame, next_base, norm, rec
 
 sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))
@@ -214,3 +219,29 @@ def test_engine_matches_the_pure_python_baseline(snaps, policy, with_tasks, with
     ops, conflicts = plan_baseline(base, te, ghl, policy, ghl_tasks=tasks, created=created, today=TODAY)
     assert [op.id for op in ops] == result.ops["op_id"].to_list(), (ops, result.ops)
     assert conflicts == result.conflicts.to_dicts()
+
+
+# Law 6: an op that did not land (failed, stale, quarantined) is planned again by the next run.
+UNDONE_KINDS = ("update", "consent_tighten", "tag_add", "tag_remove", "list_add", "list_remove")
+
+
+@SETTINGS
+@given(snapshots(), st.sampled_from(POLICIES), st.data())
+def test_an_op_that_did_not_land_is_planned_again(snaps, policy, data):
+    base, te, ghl = snaps
+    ops = run(base, te, ghl, policy).op_list()
+    candidates = [o for o in ops if o.kind in UNDONE_KINDS]
+    undone = data.draw(st.sets(st.sampled_from(candidates), max_size=4)) if candidates else set()
+    done = [o for o in ops if o not in undone]
+    te_after, ghl_after = apply_plan(by_key(te), by_key(ghl), done)
+    journal = pl.DataFrame([{"target": o.target, "kind": o.kind, "key": o.key, "field": o.field,
+                             "expected": o.expected, "new": o.new, "status": "failed" if o in undone else "done"}
+                            for o in ops], schema={n: pl.String for n in ("target", "kind", "key", "field",
+                                                                          "expected", "new", "status")})
+    consent = Consent(tuple(policy.consent.tinyemail_tight), tuple(policy.consent.ghl_tight))
+    next_rows = state_next_base(by_key(base), te_after, ghl_after, blocked(journal), consent,
+                                policy.tags.list_prefix)
+    again = {(o.target, o.kind, o.key, o.field, o.expected, o.new)
+             for o in run(next_rows, list(te_after.values()), list(ghl_after.values()), policy).op_list()}
+    for op in undone:
+        assert (op.target, op.kind, op.key, op.field, op.expected, op.new) in again, (op, sorted(again))

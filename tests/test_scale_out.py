@@ -14,6 +14,7 @@ at least the sum of their budgets' times.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -102,7 +103,7 @@ def location_of_requests(server: RunningServer) -> list[tuple[str, float, str, s
 
 @pytest.fixture
 def fleet(serve: Callable[[Starlette], RunningServer], tmp_path: Path,
-          prefect_server: str) -> tuple[dict[str, Any], RunningServer, dict[str, str]]:  # noqa: F811
+          prefect_server: str) -> tuple[dict[str, Any], RunningServer, dict[str, str]]:
     """Three locations (one token each) in a GHL sandbox at the published limit, TinyEmail, and a worker's env."""
     fixture = validate_fixture(generate_fixture(560, seed=41, locations=3, overlap=0.6, awkward=0.0))
     ghl_server = serve(ghl.create_app(fixture["ghl"], rate_scale=1))
@@ -135,14 +136,15 @@ def test_a_worker_pool_reconciles_three_locations_side_by_side_each_within_its_b
                                "process"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
                               start_new_session=True)
     try:
+        # one flow run over the three locations
         nightly = start(deployment_id, locations=locations)
         wait_for(nightly, {"RUNNING"} | FINAL, 120, worker)
-        # (2) the same location again while the nightly holds it: refused at once with the busy message
+        # the first location again while the nightly holds it: refused at once with the busy message
         second = start(deployment_id, locations=locations[:1], lock_wait_s=0)
         refused = wait_for(second, FINAL, 120, worker)
         done = wait_for(nightly, FINAL, 180, worker)
     finally:
-        worker.terminate()
+        os.killpg(worker.pid, signal.SIGTERM)  # the worker and any flow run it still has (its own session)
         worker.wait(timeout=30)
         log.close()
     worker_log = (tmp_path / "worker.log").read_text()

@@ -146,3 +146,29 @@ def test_recon_watch_tinyemail_once_records_a_baseline(world: tuple[RunningServe
     assert refused.returncode == 2 and "PREFECT_API_URL" in refused.stderr
 
 
+
+
+def test_our_own_writes_are_not_emitted_a_persons_change_is(world: tuple[RunningServer, Settings, dict[str, Any]]
+                                                             ) -> None:
+    """The apply stage notes the customers it writes (tasks/echo.py `tinyemail_log`); the watcher drops their
+    changes inside the window, so a night's writes never queue a sync run each."""
+    from tasks.echo import tinyemail_filter, tinyemail_log
+
+    server, settings, fixture = world
+    sent: list[str] = []
+
+    def emit(event: str, **kwargs: Any) -> object:
+        sent.append(kwargs["payload"]["email"])
+        return object()
+
+    echo = tinyemail_filter(settings.data_dir)
+    assert asyncio.run(poll_once(settings, share_budget(settings, 0.5), emit, echo=echo)).baseline
+    emails = sorted(json.loads(state_path(settings).read_text())["hashes"])
+    ours, persons = emails[0], emails[1]
+    tinyemail_log(settings.data_dir).wrote(emails=[ours.upper()])  # noted before the write; case does not matter
+    _write(settings, [Customer(email=ours, firstName="Written-by-recon"), Customer(email=persons, firstName="Edited")])
+
+    result = asyncio.run(poll_once(settings, share_budget(settings, 0.5), emit, echo=echo))
+
+    assert [c.email for c in result.changes] == sorted([ours, persons])
+    assert (result.echoes, result.emitted, sent) == (1, 1, [persons])
