@@ -141,8 +141,9 @@ def run(args: argparse.Namespace, stack: Stack, tmp: Path) -> list[Any]:
     stack.run([*PREFECT, "--no-prompt", "deploy", "--name", "sync-contact"])
     stack.start([*PREFECT, "worker", "start", "--pool", "recon-pool", "--prefetch-seconds", "5"], "worker")
     time.sleep(8)  # the watcher's first poll is its baseline; the worker polls its queue
-    # people the first run just wrote are inside their echo window (tasks/echo.py): a person's edit of them
-    # would wait for the night, by design; measure on the others
+    # GHL contacts the first run just wrote are inside their echo window (tasks/echo.py): a person's edit of
+    # them would wait for the night, by design; measure the others. (Its TinyEmail writes are older than the
+    # watcher's baseline poll, so they hold nothing back.)
     echoed = {json.loads(line).get("contact_id") for line in (tmp / "data" / "echo" / "ghl_writes.jsonl").open()}
     ghl_to_te, te_to_ghl = measure(args.changes, fixture, ports, echoed)
     both = ghl_to_te + te_to_ghl

@@ -81,6 +81,14 @@ def load_state(path: Path) -> dict[str, str] | None:
     return dict(data["hashes"]) if data.get("version") == STATE_VERSION else None
 
 
+def _polled_at(path: Path) -> float | None:
+    """When the previous poll began (None before the first)."""
+    try:
+        return float(json.loads(path.read_text())["polled_at"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return None
+
+
 def save_state(path: Path, hashes: Mapping[str, str], polled_at: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -131,10 +139,12 @@ async def poll_once(settings: Settings, budget: RateBudget, emit: Emit,
         snapshot = await client.all_customers()
         requests = client.stats.used
     hashes, previous = customer_hashes(snapshot), load_state(path)
+    since = _polled_at(path)
     result = PollResult(customers=len(hashes), baseline=previous is None, requests=requests)
     if previous is not None:
         result.changes = diff_hashes(previous, hashes)
-        ours = [c for c in result.changes if echo is not None and echo.is_echo(None, c.email)]
+        # our own writes since the previous poll began (tasks/echo.py); earlier ones are in its hashes already
+        ours = [c for c in result.changes if echo is not None and echo.is_echo(None, c.email, since=since)]
         result.echoes = len(ours)
         result.emitted = sum(emit_change(emit, change) for change in result.changes if change not in ours)
     save_state(path, hashes, started)

@@ -11,7 +11,8 @@ TinyEmail sends no webhooks, but `recon watch tinyemail` sees our writes there a
 same flood to fear. So the apply stage notes, before its TinyEmail chain and again when it ends, every email
 it writes to TinyEmail in `<data_dir>/echo/tinyemail_writes.jsonl` (`TE_ECHO_FILE`), and the watcher drops
 those customers' changes inside the window: 900 s (`TE_WINDOW_S`), because one poll of a large audience
-takes minutes (every list, 100 members a page, within half the key's budget).
+takes minutes (every list, 100 members a page, within half the key's budget). Only writes noted since the
+previous poll began count: an older write is in that poll's hashes already, so a change seen now is not it.
 
 The price: a person's edit of that very contact inside the window (120 s after our write to GHL, 900 s
 after our write to TinyEmail) waits for the nightly run, which reads everyone anyway. Deletions are never
@@ -42,9 +43,10 @@ class EchoLog:
 
     def wrote(self, contact_ids: Iterable[str] = (), emails: Iterable[str] = ()) -> None:
         """Note contacts about to be written (by id), or created (by email: the id is not known yet)."""
-        until = round(self.clock() + self.window_s, 3)
-        lines = [json.dumps({"contact_id": c, "until": until}) for c in contact_ids if c]
-        lines += [json.dumps({"email": e.strip().lower(), "until": until}) for e in emails if e]
+        now = self.clock()
+        until, at = round(now + self.window_s, 3), round(now, 3)
+        lines = [json.dumps({"contact_id": c, "until": until, "at": at}) for c in contact_ids if c]
+        lines += [json.dumps({"email": e.strip().lower(), "until": until, "at": at}) for e in emails if e]
         if not lines:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,19 +59,22 @@ class EchoFilter:
 
     def __init__(self, data_dir: str | Path, *, clock: Callable[[], float] = time.time, file: Path = ECHO_FILE):
         self.path, self.clock = Path(data_dir) / file, clock
-        self.offset, self.until = 0, {}  # type: tuple[int, dict[str, float]]
+        self.offset, self.until, self.at = 0, {}, {}  # type: tuple[int, dict[str, float], dict[str, float]]
 
-    def is_echo(self, contact_id: str | None, email: str | None = None) -> bool:
-        """Whether a webhook of this contact (or, for our creates, this email) is our own write coming back."""
+    def is_echo(self, contact_id: str | None, email: str | None = None, since: float | None = None) -> bool:
+        """Whether a webhook of this contact (or, for our creates, this email) is our own write coming back.
+        `since`: only a write noted at or after that time counts (the watcher passes its previous poll's start:
+        a write before it is in that poll's hashes already, so a change seen now is somebody else's)."""
         self._read()
         keys = [k for k in (contact_id, f"email:{email.strip().lower()}" if email else None) if k]
-        return any(self.until.get(k, 0.0) >= self.clock() for k in keys)
+        return any(self.until.get(k, 0.0) >= self.clock() and (since is None or self.at.get(k, 0.0) >= since)
+                   for k in keys)
 
     def _read(self) -> None:
         if not self.path.exists():
             return
         if self.path.stat().st_size < self.offset:  # rotated or truncated: read it again
-            self.offset, self.until = 0, {}
+            self.offset, self.until, self.at = 0, {}, {}
         with self.path.open("rb") as handle:
             handle.seek(self.offset)
             data = handle.read()
@@ -80,6 +85,7 @@ class EchoFilter:
                 row = json.loads(line)
                 key = str(row["contact_id"]) if "contact_id" in row else f"email:{row['email']}"
                 self.until[key] = max(self.until.get(key, 0.0), float(row["until"]))
+                self.at[key] = max(self.at.get(key, 0.0), float(row.get("at", 0.0)))
             except (ValueError, KeyError, TypeError):
                 continue  # a torn or foreign line: ignored, never fatal for the receiver
 

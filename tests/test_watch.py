@@ -162,13 +162,15 @@ def test_our_own_writes_are_not_emitted_a_persons_change_is(world: tuple[Running
         return object()
 
     echo = tinyemail_filter(settings.data_dir)
+    emails = sorted(c["email"].lower() for c in fixture["customers"])
+    ours, persons, earlier = emails[0], emails[1], emails[2]
+    tinyemail_log(settings.data_dir).wrote(emails=[earlier])  # a write the baseline poll already saw
+    time.sleep(0.01)
     assert asyncio.run(poll_once(settings, share_budget(settings, 0.5), emit, echo=echo)).baseline
-    emails = sorted(json.loads(state_path(settings).read_text())["hashes"])
-    ours, persons = emails[0], emails[1]
     tinyemail_log(settings.data_dir).wrote(emails=[ours.upper()])  # noted before the write; case does not matter
-    _write(settings, [Customer(email=ours, firstName="Written-by-recon"), Customer(email=persons, firstName="Edited")])
+    _write(settings, [Customer(email=e, firstName="Changed") for e in (ours, persons, earlier)])
 
     result = asyncio.run(poll_once(settings, share_budget(settings, 0.5), emit, echo=echo))
 
-    assert [c.email for c in result.changes] == sorted([ours, persons])
-    assert (result.echoes, result.emitted, sent) == (1, 1, [persons])
+    assert [c.email for c in result.changes] == sorted([ours, persons, earlier])
+    assert (result.echoes, result.emitted, sorted(sent)) == (1, 2, sorted([persons, earlier]))
