@@ -7,6 +7,10 @@ penalties, so each request first *reserves* a send time here:
 - the budget keeps the send times of its last requests; a new request goes at the earliest time when
   fewer than `limit * (1 - headroom)` requests fall in the window widened by `margin_s` (the headroom
   and margin absorb clock skew and network jitter between us and the server);
+- `settle()` moves a request's booked time to when its answer came (or the connection failed): the server
+  counted it somewhere between the two, so the slot is kept until a full window after the later one. On
+  a loaded machine or a slow network a request can reach the server well after its booked time, and a
+  window counted from the booked time alone would end too early (a burst of 429s at the window's edge);
 - `observe()` follows the server's `X-RateLimit-*` headers: a changed window or maximum is adopted, and
   when the server reports fewer remaining requests than our own log explains, someone else is
   spending the same budget, so phantom sends are added and we slow down before any 429;
@@ -21,9 +25,9 @@ budget through a Prefect global concurrency limit per (system, key), taken per b
 from __future__ import annotations
 
 import asyncio
+import bisect
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -48,7 +52,7 @@ class RateBudget:
         self.limit, self.window_s, self.daily_limit = limit, window_s, daily_limit
         self.headroom, self.margin_s, self.clock = headroom, margin_s, clock
         self.daily_remaining = daily_limit
-        self._sends: deque[float] = deque()
+        self._sends: list[float] = []  # booked (or settled) times, sorted
         self._paused_until = 0.0
         self._lock = threading.Lock()
         self.sent = 0
@@ -60,32 +64,51 @@ class RateBudget:
 
     def reserve(self) -> float:
         """Book the next send; return how long the caller must wait before sending it."""
+        return self._book()[0]
+
+    def _book(self) -> tuple[float, float]:
+        """Book the next send: (how long to wait, the booked time)."""
         with self._lock:
             now = self.clock()
             if self.daily_remaining is not None and self.daily_remaining <= 0:
                 raise RateLimited("daily request allowance used up", retry_after_s=None)
             span = self.window_s + self.margin_s
-            while self._sends and self._sends[0] <= now - span:
-                self._sends.popleft()
+            expired = bisect.bisect_right(self._sends, now - span)
+            if expired:
+                del self._sends[:expired]
             at = max(now, self._paused_until)
             n = self.effective_limit
             if len(self._sends) >= n:
                 at = max(at, self._sends[-n] + span)
-            self._sends.append(at)
+            bisect.insort(self._sends, at)
             self.sent += 1
             if self.daily_remaining is not None:
                 self.daily_remaining -= 1
-            return at - now
+            return at - now, at
 
-    async def acquire(self) -> None:
-        delay = self.reserve()
+    async def acquire(self) -> float:
+        """Wait for a send slot; returns its booked time (for `settle`)."""
+        delay, booked = self._book()
         if delay > 0:
             await asyncio.sleep(delay)
+        return booked
 
-    def acquire_sync(self) -> None:
-        delay = self.reserve()
+    def acquire_sync(self) -> float:
+        delay, booked = self._book()
         if delay > 0:
             time.sleep(delay)
+        return booked
+
+    def settle(self, booked: float) -> None:
+        """The answer to the request booked at `booked` has come (or its connection failed): from now on count
+        it as sent now, the latest moment the server can have counted it."""
+        with self._lock:
+            now = self.clock()
+            i = bisect.bisect_left(self._sends, booked)
+            # the booked slot (or the nearest one after it: an equal time booked by another request is as good)
+            if i < len(self._sends) and now > self._sends[i]:
+                del self._sends[i]
+                bisect.insort(self._sends, now)
 
     def pause(self, seconds: float) -> None:
         """Send nothing for `seconds` (a Retry-After)."""
@@ -119,7 +142,7 @@ class RateBudget:
         foreign = (self.limit - remaining) - ours
         if foreign > 0:  # another client spends this budget: book its sends as ours, at now
             for _ in range(foreign):
-                self._sends.append(max(now, self._sends[-1] if self._sends else now))
+                bisect.insort(self._sends, max(now, self._sends[-1] if self._sends else now))
 
     def snapshot(self) -> BudgetSnapshot:
         with self._lock:

@@ -62,3 +62,31 @@ def test_registry_shares_one_budget_per_system_and_key():
     a = budget_for("ghl", "loc-A", lambda: RateBudget(100, 10.0))
     assert budget_for("ghl", "loc-A", lambda: RateBudget(1, 1.0)) is a
     assert budget_for("ghl", "loc-B", lambda: RateBudget(100, 10.0)) is not a
+
+
+def _late_arrivals(clock, settle: bool) -> list[bool]:
+    """Four bursts of 95 requests; in every other burst each request reaches the server (and is answered) up to
+    1.5 s after its booked time, as on a loaded machine, and the next burst arrives at once; returns the
+    server's verdicts."""
+    budget = RateBudget(100, 10.0, 200_000, headroom=0.05, margin_s=0.25, clock=clock)
+    server = SlidingWindowLimiter(100, 10.0, 200_000, clock=clock)
+    verdicts = []
+    for burst in range(4):
+        booked = [clock.t + budget.reserve() for _ in range(95)]
+        lag = 1.5 if burst % 2 == 0 else 0.0
+        arrivals = sorted((at + lag * i / 94, at) for i, at in enumerate(booked))
+        for arrival, at in arrivals:
+            clock.advance(max(0.0, arrival - clock.t))
+            verdicts.append(server.hit("k").allowed)
+            if settle:
+                budget.settle(at)
+    return verdicts
+
+
+def test_a_request_that_reaches_the_server_late_keeps_its_slot_until_its_answer(clock):
+    assert all(_late_arrivals(clock, settle=True))
+
+
+def test_without_settling_late_arrivals_meet_429s_at_the_window_edge(clock):
+    """The control of the test above: the booked times alone end the window too early."""
+    assert not all(_late_arrivals(clock, settle=False))
