@@ -73,20 +73,15 @@ def state_path(settings: Settings) -> Path:
     return settings.data_dir / "watch" / "tinyemail_hashes.json"
 
 
-def load_state(path: Path) -> dict[str, str] | None:
-    """The hashes of the previous poll, or None before the first poll (or after a version change)."""
+def load_state(path: Path) -> tuple[dict[str, str], float | None] | None:
+    """The hashes of the previous poll and when it began, or None before the first poll (or after a version
+    change)."""
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    return dict(data["hashes"]) if data.get("version") == STATE_VERSION else None
-
-
-def _polled_at(path: Path) -> float | None:
-    """When the previous poll began (None before the first)."""
-    try:
-        return float(json.loads(path.read_text())["polled_at"])
-    except (FileNotFoundError, KeyError, TypeError, ValueError):
+    if data.get("version") != STATE_VERSION:
         return None
+    return dict(data["hashes"]), data.get("polled_at")
 
 
 def save_state(path: Path, hashes: Mapping[str, str], polled_at: float) -> None:
@@ -138,10 +133,10 @@ async def poll_once(settings: Settings, budget: RateBudget, emit: Emit,
     async with TinyEmailClient.from_settings(settings, budget=budget) as client:
         snapshot = await client.all_customers()
         requests = client.stats.used
-    hashes, previous = customer_hashes(snapshot), load_state(path)
-    since = _polled_at(path)
-    result = PollResult(customers=len(hashes), baseline=previous is None, requests=requests)
-    if previous is not None:
+    hashes, saved = customer_hashes(snapshot), load_state(path)
+    result = PollResult(customers=len(hashes), baseline=saved is None, requests=requests)
+    if saved is not None:
+        previous, since = saved
         result.changes = diff_hashes(previous, hashes)
         # our own writes since the previous poll began (tasks/echo.py); earlier ones are in its hashes already
         ours = [c for c in result.changes if echo is not None and echo.is_echo(None, c.email, since=since)]

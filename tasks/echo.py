@@ -16,9 +16,9 @@ previous poll began count: an older write is in that poll's hashes already, so a
 
 The price: a person's edit of that very contact inside the window (120 s after our write to GHL, 900 s
 after our write to TinyEmail) waits for the nightly run, which reads everyone anyway. Deletions are never
-suppressed. So only runs that
-write in bulk (reconcile, approve) note their writes; a `sync-contact` run does not: its one or two writes
-come back as one or two syncs that find nothing to do, and the person's next edit goes through at once.
+suppressed. So only runs that write in bulk (reconcile, approve) note their writes; a `sync-contact` run
+does not: its one or two writes come back as one or two syncs that find nothing to do, and the person's
+next edit goes through at once.
 """
 
 from __future__ import annotations

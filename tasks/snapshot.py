@@ -76,6 +76,7 @@ from tasks.budget_plan import DEFAULT_TASKS_PER_CONTACT, RequestPlan, contact_pa
 from tasks.db import Store
 from tasks.identity import SideCameBackEmpty, check_not_emptied
 from tasks.normalise import (
+    as_payload,
     ghl_contact_record,
     ghl_note_record,
     ghl_task_record,
@@ -223,7 +224,7 @@ def _check_listing_fits(key: str, previous_count: int, daily: int | None, reserv
 
 def contact_payload(contact: Contact) -> dict[str, Any]:
     """A contact as JSON (the search answer as the model reads it), without the search cursor."""
-    payload = contact.model_dump(mode="json", exclude_unset=True)
+    payload = as_payload(contact)
     payload.pop("searchAfter", None)
     return payload
 
@@ -321,7 +322,7 @@ async def _read_tasks(client: GHLClient, contact_ids: Sequence[str], concurrency
 
     found = await _pool(batches, search, concurrency)
     wanted = set(contact_ids)
-    rows = {t.id: ghl_task_record(t.model_dump(mode="json", exclude_unset=True), client.location_id)
+    rows = {t.id: ghl_task_record(as_payload(t), client.location_id)
             for batch in found for t in batch if t.contactId in wanted}
     return to_frame(list(rows.values()), GHL_TASKS)
 
@@ -337,7 +338,7 @@ async def _read_notes(client: GHLClient, contact_ids: Sequence[str], concurrency
             return []  # deleted since the listing: it disappears from tomorrow's listing
         finally:
             bars.advance(stage)
-        return [ghl_note_record({"contactId": contact_id, **n.model_dump(mode="json", exclude_unset=True)},
+        return [ghl_note_record({"contactId": contact_id, **as_payload(n)},
                                 client.location_id) for n in notes]
 
     found = await _pool(list(contact_ids), notes_of, concurrency)
@@ -388,7 +389,7 @@ async def _customers_frame(audience: AudienceSnapshot, previous: pl.DataFrame | 
     kept: list[tuple[int, int]] = []  # (position, row of previous)
     fresh: list[tuple[int, dict[str, Any], list[str]]] = []  # (position, payload, lists)
     for position, (key, customer) in enumerate(audience.customers.items()):
-        payload = customer.model_dump(mode="json", exclude_unset=True)
+        payload = as_payload(customer)
         lists = sorted({str(x) for x in audience.memberships[key]})
         index = reusable.get((raw_json(payload), tuple(lists)))
         if index is not None:  # same payload and lists: the same row
