@@ -41,14 +41,14 @@ sys.path.append(str(REPO / "bench"))
 
 from figures import goal, info, peak_rss_mib, write_figures  # noqa: E402
 
+from contact_recon.model.policy import load_policy  # noqa: E402
+from contact_recon.sandbox.generate import generate_fixture, write_fixture  # noqa: E402
+from contact_recon.sandbox.server import free_port  # noqa: E402
 from contact_recon.settings import Settings  # noqa: E402
-from sandbox.generate import generate_fixture, write_fixture  # noqa: E402
-from sandbox.server import free_port  # noqa: E402
-from tasks.db import open_db  # noqa: E402
-from tasks.journal import Journal  # noqa: E402
-from tasks.pipeline import plan_run  # noqa: E402
-from tasks.policy import load_policy  # noqa: E402
-from tasks.reconcile import apply_run, reconcile  # noqa: E402
+from contact_recon.stages.plan import plan_run  # noqa: E402
+from contact_recon.stages.run import apply_run, reconcile  # noqa: E402
+from contact_recon.store.db import open_db  # noqa: E402
+from contact_recon.store.journal import Journal  # noqa: E402
 
 LOOSE = "[guards]\ndeletes_or_inactivations = 1.0\nfield_updates = 1.0\ntag_removals = 1.0\n"
 

@@ -1,6 +1,6 @@
 """Benchmark of the hygiene checks: every suite on 100,000 contacts with their tasks and notes, and the plan.
 
-Prepares the inputs first (not timed): a `sandbox.generate` fixture with N GHL contacts (N / 0.85
+Prepares the inputs first (not timed): a `contact_recon.sandbox.generate` fixture with N GHL contacts (N / 0.85
 people, 5% awkward, two locations, duplicates allowed, half a task and one note per contact), its
 canonical frames through the normalise row builders, and a first-run plan through the identity
 matcher and the merge engine; all written to parquet. Then a fresh
@@ -40,18 +40,18 @@ GHL_SHARE = 0.85  # the generator's default overlap 0.7 puts 70% + 15% of the pe
 
 def prepare(contacts: int, seed: int, out: Path) -> None:
     """Fixture -> canonical frames -> plan, written to `out` as parquet (+ meta.json)."""
-    from sandbox.generate import generate_fixture
-    from tasks.identity import ID_MAP, match_identities, merge_sides
-    from tasks.merge import plan
-    from tasks.normalise import (
+    from contact_recon.engine.identity import ID_MAP, match_identities, merge_sides
+    from contact_recon.engine.merge import plan
+    from contact_recon.model.normalise import (
         ghl_contact_record,
         ghl_note_record,
         ghl_task_record,
         tinyemail_customer_record,
         to_frame,
     )
-    from tasks.policy import Policy
-    from tasks.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, MERGE_SIDE, TINYEMAIL_CUSTOMERS
+    from contact_recon.model.policy import Policy
+    from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, MERGE_SIDE, TINYEMAIL_CUSTOMERS
+    from contact_recon.sandbox.generate import generate_fixture
 
     people = round(contacts / GHL_SHARE)  # so the GHL side holds `contacts` contacts
     fixture = generate_fixture(people, seed=seed, awkward=0.05, locations=2, allow_duplicates=True)
@@ -87,7 +87,10 @@ def measure(inputs: Path, json_path: Path | None = None) -> None:
     ops, matched = pl.read_parquet(inputs / "plan.parquet"), pl.read_parquet(inputs / "matched.parquet")
     meta = json.loads((inputs / "meta.json").read_text())
     start = time.perf_counter()
-    from checks import apply_quarantine, run_checks  # sets GX_ANALYTICS_ENABLED=false before GX is imported
+    from contact_recon.checks import (  # sets GX_ANALYTICS_ENABLED=false before GX is imported
+        apply_quarantine,
+        run_checks,
+    )
 
     importlib.import_module("great_expectations")  # timed on its own: seconds of import
 

@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from figures import Figure, goal, info, write_figures  # noqa: E402  # bench/, the script's own directory
 
+from contact_recon.sandbox.fixture import validate_fixture  # noqa: E402
+from contact_recon.sandbox.generate import generate_fixture  # noqa: E402
+from contact_recon.sandbox.server import RunningServer, serve_in_thread  # noqa: E402
 from contact_recon.settings import Settings  # noqa: E402
-from sandbox.fixture import validate_fixture  # noqa: E402
-from sandbox.generate import generate_fixture  # noqa: E402
-from sandbox.server import RunningServer, serve_in_thread  # noqa: E402
 
 SHARE_GOAL = 0.90
 PLAIN_EMAIL = re.compile(r"[a-z0-9._+-]+@[a-z0-9-]+(\.[a-z0-9-]+)+")  # the fixture's awkward emails are left out
@@ -135,8 +135,8 @@ async def run_phases(system: str, server: RunningServer, allowed: float, window_
 
 
 async def bench_ghl(fixture: dict[str, Any], args: argparse.Namespace) -> list[Phase]:
-    from connectors.ghl import GHLClient
-    from sandbox import ghl
+    from contact_recon.sandbox import ghl
+    from contact_recon.systems.ghl.client import GHLClient
 
     server = serve_in_thread(ghl.create_app(fixture["ghl"], rate_scale=args.rate_scale))
     token = fixture["ghl"]["tokens"][0]
@@ -163,9 +163,9 @@ async def bench_ghl(fixture: dict[str, Any], args: argparse.Namespace) -> list[P
 
 
 async def bench_tinyemail(fixture: dict[str, Any], args: argparse.Namespace) -> list[Phase]:
-    from connectors.models import Customer
-    from connectors.tinyemail import TinyEmailClient
-    from sandbox import tinyemail
+    from contact_recon.sandbox import tinyemail
+    from contact_recon.systems.models import Customer
+    from contact_recon.systems.tinyemail.client import TinyEmailClient
 
     server = serve_in_thread(tinyemail.create_app(fixture["tinyemail"], rate_scale=args.te_rate_scale))
     per_minute = 60 * args.te_rate_scale
@@ -205,8 +205,8 @@ def main() -> int:
     phases = asyncio.run(bench_ghl(fixture, args))
     if args.skip_tinyemail:
         print("tinyemail: skipped (--skip-tinyemail)")
-    elif importlib.util.find_spec("connectors.tinyemail") is None:
-        print("tinyemail: skipped (connectors/tinyemail.py does not exist yet)")
+    elif importlib.util.find_spec("contact_recon.systems.tinyemail.client") is None:
+        print("tinyemail: skipped (contact_recon/systems/tinyemail/client.py does not exist yet)")
     else:
         phases += asyncio.run(bench_tinyemail(fixture, args))
     ok = all(p.share >= SHARE_GOAL and p.too_many == 0 and p.errors == 0 for p in phases)

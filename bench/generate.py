@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from figures import goal, info, write_figures  # noqa: E402  # bench/, the script's own directory
 
-from sandbox.generate import generate_fixture, write_fixture  # noqa: E402
+from contact_recon.sandbox.generate import generate_fixture, write_fixture  # noqa: E402
 
 GOAL_S = 30.0
 

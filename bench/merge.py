@@ -1,4 +1,4 @@
-"""Benchmark of the three-way merge: the vectorised engine (tasks/merge.py) against the pure-Python baseline.
+"""Benchmark of the three-way merge: the vectorised engine (contact_recon/engine/merge.py) against the pure-Python baseline.
 
 Builds a reconciled base of N matched people (12 fields: email + 11 merged text fields, tags with shared
 and GHL-owned namespaces, list memberships, consent), then lets each side drift independently on 2% of
@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from figures import Figure, goal, info, write_figures  # noqa: E402
 from merge_baseline import plan_baseline  # noqa: E402
 
-from tasks.merge import plan  # noqa: E402
-from tasks.policy import Policy  # noqa: E402
-from tasks.records import MERGE_SIDE  # noqa: E402
+from contact_recon.engine.merge import plan  # noqa: E402
+from contact_recon.model.policy import Policy  # noqa: E402
+from contact_recon.model.records import MERGE_SIDE  # noqa: E402
 
 GOAL_SPEEDUP = 10.0
 GOAL_PEAK_GIB = 2.0

@@ -1,7 +1,7 @@
 """A straightforward pure-Python implementation of the merge rules, one dict per record: the benchmark's
 baseline and the property tests' second opinion.
 
-It follows the decision tables of `tasks/merge.py` branch by branch, person by person, and must give the
+It follows the decision tables of `contact_recon/engine/merge.py` branch by branch, person by person, and must give the
 same plan (the same op ids in the same order) and the same conflict rows. It shares only the pieces
 that define the output format: `Op`/`op_id`, `create_record`, `tag_namespace`, `Reason` and the policy.
 
@@ -17,18 +17,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from tasks.merge import (
+from contact_recon.engine.merge import (
     BOUNCE_NOTE,
     NEW_SUBSCRIBER,
-    TE_KEY_PREFIX,
     UNSUBSCRIBE_NOTE,
     Reason,
     create_record,
     tag_namespace,
 )
-from tasks.ops import KIND_ORDER, Op, canonical_json
-from tasks.policy import Policy
-from tasks.records import MERGE_SIDE
+from contact_recon.model.keys import TE_KEY_PREFIX
+from contact_recon.model.ops import KIND_ORDER, Op, canonical_json
+from contact_recon.model.policy import Policy
+from contact_recon.model.records import MERGE_SIDE
 
 Row = dict[str, Any]
 TEXT = [name for name, dtype in MERGE_SIDE.items() if str(dtype) == "String" and name not in ("key", "contact_id")]

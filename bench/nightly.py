@@ -11,7 +11,7 @@
 2. Base (timed separately, information only): both sandboxes as `recon sandbox serve --only ...`
    processes at `--base-rate-scale` (the first snapshot reads every contact's notes: 100,000 requests),
    then `recon run --approve` with a loose policy. Then the drift through the public APIs:
-   `sandbox/mutate.py` (its realistic mix: edits, tags, unsubscribes, new and deleted contacts, tasks,
+   `contact_recon/sandbox/mutate.py` (its realistic mix: edits, tags, unsubscribes, new and deleted contacts, tasks,
    notes, conflicts) until `--drift` x contacts changes touched GHL, topped up on TinyEmail with field
    edits (one `updateMembers` call per 500) to the same number. The state of both sandboxes is exported
    (`/__sandbox/state`) and served again at `--rate-scale` (another id seed, so new ids never collide).
@@ -22,8 +22,8 @@
 Printed (and written with `--json`):
 
 - requests per system (the clients' counts, checked against the sandboxes' request logs) against the
-  minimum the design needs for tonight's work, derived from tasks/snapshot.py, tasks/budget_plan.py and
-  tasks/apply.py (N contacts in the location, n = changed + dirty + sweep contacts whose tasks and notes
+  minimum the design needs for tonight's work, derived from contact_recon/stages/snapshot.py, contact_recon/engine/budget_plan.py and
+  contact_recon/stages/apply.py (N contacts in the location, n = changed + dirty + sweep contacts whose tasks and notes
   are read tonight (sweep: the 1/K slice, K = 30), T_n their tasks, m_l members of TinyEmail list l):
 
       GHL snapshot  = floor(N/500) + 1                      listing, 500 a page, ends on a short page
@@ -105,7 +105,7 @@ FLOOR_GOAL = 1.2
 
 def converged_fixture(contacts: int, tasks: float, notes: float, seed: int) -> dict[str, Any]:
     """A one-location fixture of `contacts` people on both sides, as a first reconciliation leaves it."""
-    from sandbox.generate import generate_fixture
+    from contact_recon.sandbox.generate import generate_fixture
 
     fixture = generate_fixture(contacts, seed=seed, overlap=1.0, tasks_per_contact=tasks, notes_per_contact=notes,
                                awkward=0.02)
@@ -125,7 +125,7 @@ def converged_fixture(contacts: int, tasks: float, notes: float, seed: int) -> d
 
 
 def task_facts(tasks: list[dict[str, Any]], today: str) -> dict[str, list[str]]:
-    """contact id -> the GHL fact tags TinyEmail carries (tasks/merge.py `_facts`): open task, overdue task."""
+    """contact id -> the GHL fact tags TinyEmail carries (contact_recon/engine/merge.py `_facts`): open task, overdue task."""
     facts: dict[str, set[str]] = defaultdict(set)
     for task in tasks:
         if not task.get("completed"):
@@ -136,7 +136,7 @@ def task_facts(tasks: list[dict[str, Any]], today: str) -> dict[str, list[str]]:
 
 
 def converge_person(contact: dict[str, Any], customer: dict[str, Any], lists: list[str], facts: list[str]) -> None:
-    """Make one matched pair agree as the merge's first run would leave it (tables B-D of tasks/merge.py)."""
+    """Make one matched pair agree as the merge's first run would leave it (tables B-D of contact_recon/engine/merge.py)."""
     for ghl_name, te_name in (("phone", "phone"), ("companyName", "company")):
         if not contact.get(ghl_name) and customer.get(te_name):
             contact[ghl_name] = customer[te_name]  # initial fill on GHL
@@ -158,7 +158,7 @@ def converge_person(contact: dict[str, Any], customer: dict[str, Any], lists: li
 
 def build_fixture(path: str, contacts: int, tasks: float, notes: float, seed: int) -> dict[str, Any]:
     """Runs in a child process: write the fixture, return what the benchmark needs to know about it."""
-    from sandbox.generate import write_fixture
+    from contact_recon.sandbox.generate import write_fixture
 
     fixture = converged_fixture(contacts, tasks, notes, seed)
     write_fixture(fixture, path)
@@ -202,7 +202,7 @@ class Sandboxes:
 
 def serve(fixture: Path, rate_scale: float, seed: int) -> Sandboxes:
     """One `recon sandbox serve --only ...` process per system (as in production, two separate services)."""
-    from sandbox.server import free_port
+    from contact_recon.sandbox.server import free_port
 
     ports = {"ghl": free_port(), "tinyemail": free_port()}
     procs = []
@@ -240,7 +240,7 @@ def export_state(boxes: Sandboxes, path: Path) -> Path:
 
 def drift(boxes: Sandboxes, meta: dict[str, Any], changes: int, seed: int) -> dict[str, int]:
     """`changes` changes touching GHL through mutate's realistic mix, TinyEmail topped up to as many."""
-    from sandbox.mutate import mutate
+    from contact_recon.sandbox.mutate import mutate
 
     per_change = 0.66  # about this share of mutate's changes touch GHL (CHANGE_WEIGHTS)
     report = mutate(boxes.ghl, boxes.te, math.ceil(changes / per_change), seed=seed, ghl_token=meta["token"],
@@ -255,7 +255,7 @@ def top_up_tinyemail(te_url: str, key: str, wanted: int, touched: set[str], seed
     """`wanted` city/company edits of untouched customers, 500 a call (a CSV import's shape)."""
     if wanted <= 0:
         return 0
-    from sandbox.generate import CITIES, COMPANIES
+    from contact_recon.sandbox.generate import CITIES, COMPANIES
 
     headers = {"X-API-KEY": key}
     with httpx.Client(base_url=te_url, headers=headers, timeout=60) as http:
@@ -346,8 +346,8 @@ class Nightly:
 
 
 def read_back(data: Path, run_id: str, location: str) -> Nightly:
-    from tasks.db import open_db
-    from tasks.journal import Journal
+    from contact_recon.store.db import open_db
+    from contact_recon.store.journal import Journal
 
     with open_db(data / "recon.duckdb") as store:
         run = store.get_run(run_id)

@@ -2,7 +2,7 @@
 
 Generates a fixture (default: 100,000 GHL contacts, 1.5 tasks and 2 notes per contact, TinyEmail
 customers = 95% of the contacts), serves it at `--rate-scale` (default 10: GHL 1,000 requests per
-10 s per location, TinyEmail 600 a minute), then runs two nights through `tasks.snapshot.run_snapshot`
+10 s per location, TinyEmail 600 a minute), then runs two nights through `contact_recon.stages.snapshot.run_snapshot`
 into a fresh store:
 
 - night 1: the first snapshot (no watermark: every contact's tasks and notes are read);
@@ -45,11 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from figures import Figure, goal, info, write_figures  # noqa: E402  # bench/: `--json` (make bench)
 
+from contact_recon.sandbox.generate import generate_fixture, write_fixture  # noqa: E402
+from contact_recon.sandbox.server import free_port  # noqa: E402
 from contact_recon.settings import Settings  # noqa: E402
-from sandbox.generate import generate_fixture, write_fixture  # noqa: E402
-from sandbox.server import free_port  # noqa: E402
-from tasks.db import Store, open_db  # noqa: E402
-from tasks.snapshot import SnapshotResult, run_snapshot  # noqa: E402
+from contact_recon.stages.snapshot import SnapshotResult, run_snapshot  # noqa: E402
+from contact_recon.store.db import Store, open_db  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 GHL_RATE_PER_S = 100 / 10  # per location, times the rate scale

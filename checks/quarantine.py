@@ -1,6 +1,6 @@
 """Quarantine: the ops of a record that failed a blocking expectation are not written this run.
 
-Pure: a plan (ops.OPS_SCHEMA) and the quarantined records (`checks.run.QUARANTINE_SCHEMA`) in, the same
+Pure: a plan (ops.OPS_SCHEMA) and the quarantined records (`contact_recon.checks.run.QUARANTINE_SCHEMA`) in, the same
 plan with a `status` ("planned" | "quarantined") and `quarantined_by` (the qualified names of the
 expectations, sorted, comma-separated; null when planned) out. Nothing is dropped, so the journal and
 the report show what was held back and why.
@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import polars as pl
 
+from contact_recon.model.keys import TE_KEY_PREFIX
+
 PLANNED, QUARANTINED = "planned", "quarantined"
-TE_KEY_PREFIX = "te:"
-_COLUMNS = ("suite", "expectation", "record_id", "key", "email", "op_id")  # checks.run.QUARANTINE_SCHEMA
+_COLUMNS = ("suite", "expectation", "record_id", "key", "email", "op_id")  # contact_recon.checks.run.QUARANTINE_SCHEMA
 
 
 def quarantined_keys(quarantined: pl.DataFrame, people: pl.DataFrame | None = None) -> pl.DataFrame:

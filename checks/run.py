@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from contact_recon.checks.suites import SUITES, Context, Suite, Thresholds, mostly, severity
 
-from checks.suites import SUITES, TE_KEY_PREFIX, Context, Suite, Thresholds, mostly, severity
-from tasks.policy import GuardPolicy
+from contact_recon.model.keys import TE_KEY_PREFIX
+from contact_recon.model.policy import GuardPolicy
 
 os.environ["GX_ANALYTICS_ENABLED"] = "false"  # before great_expectations is imported anywhere
 

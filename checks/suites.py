@@ -2,7 +2,7 @@
 
 Each expectation is a *check column*: a polars expression over one frame that is null where the
 record is fine and holds the offending value (as text) where it is not. Our code does the parsing
-(email-validator and phonenumbers already ran in `tasks/normalise.py`, giving `email_valid` /
+(email-validator and phonenumbers already ran in `contact_recon/model/normalise.py`, giving `email_valid` /
 `phone_valid`); great-expectations is the reporter: every check column is validated with the
 built-in `expect_column_values_to_be_null` (`mostly` = the expectation's threshold), so Data Docs
 show the offending values themselves as samples, and quarantine maps the non-null rows back to
@@ -13,7 +13,7 @@ direction this run, see `checks/quarantine.py`), whatever its `mostly`; a *warni
 `mostly` decides whether GX calls the expectation as a whole a success (the share of records that
 must pass).
 
-Suites and the frames they read (names as in `tasks/db.py`'s ENTITIES, plus "plan"):
+Suites and the frames they read (names as in `contact_recon/store/db.py`'s ENTITIES, plus "plan"):
 
 | suite        | record key | expectations                                                            |
 |--------------|------------|-------------------------------------------------------------------------|
@@ -45,14 +45,13 @@ from typing import Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from tasks.ops import Kind
-from tasks.policy import GuardPolicy
-from tasks.records import CONSENT_VALUES
+from contact_recon.model.ops import Kind
+from contact_recon.model.policy import GuardPolicy
+from contact_recon.model.records import CONSENT_VALUES
 
 Severity = Literal["blocking", "warning"]
 Holds = Literal["person", "op"]
 E164 = r"^\+[1-9][0-9]{1,14}$"
-TE_KEY_PREFIX = "te:"
 
 
 class Thresholds(BaseModel):
@@ -181,7 +180,7 @@ def body_bounded(ctx: Context) -> pl.Expr:
 # -------------------------------------------------------------------------------------------- plan
 
 _SET_KINDS = [Kind.TAG_ADD.value, Kind.TAG_REMOVE.value, Kind.LIST_ADD.value, Kind.LIST_REMOVE.value]
-GUARD_KINDS: dict[str, list[str]] = {  # as tasks/merge.py counts them
+GUARD_KINDS: dict[str, list[str]] = {  # as contact_recon/engine/merge.py counts them
     "deletes_or_inactivations": [Kind.CONSENT_TIGHTEN.value],
     "field_updates": [Kind.UPDATE.value],
     "tag_removals": [Kind.TAG_REMOVE.value, Kind.LIST_REMOVE.value],

@@ -42,14 +42,14 @@ class Settings(BaseSettings):
     use_global_limits: bool = False  # share budgets between processes via Prefect global concurrency limits
     ghl_token_block: str | None = None  # Prefect Secret block holding the OAuth pair (deployments)
     default_region: str = "US"
-    # Snapshot stage (tasks/snapshot.py, tasks/budget_plan.py)
+    # Snapshot stage (contact_recon/stages/snapshot.py, contact_recon/engine/budget_plan.py)
     notes_sweep_k: int = 30  # each night re-reads the notes and tasks of 1/K of all contacts
     notes_safety_lag_s: float = 600  # a contact updated after (watermark - lag) counts as changed
     write_reserve: int = 20_000  # GHL requests a day per location kept back for writes
     snapshot_concurrency: int = 10  # requests in flight per location during the snapshot
-    # Planning (tasks/pipeline.py): the reconciliation policy file (.toml or .json); None: the default policy
+    # Planning (contact_recon/stages/plan.py): the reconciliation policy file (.toml or .json); None: the default policy
     policy_file: Path | None = None
-    # Events (contact_recon/webhooks.py, contact_recon/watch.py): the GHL webhook verification key as PEM text,
+    # Events (contact_recon/service/webhooks.py, contact_recon/service/watch.py): the GHL webhook verification key as PEM text,
     # a path, or "sandbox" (the sandbox's test key); None: GHL's published key. Replay window in seconds.
     ghl_webhook_public_key: str | None = None
     webhook_max_age_s: float = 300

@@ -1,7 +1,7 @@
 """`sync-contact`: one person kept in step between nights, triggered by an event (prefect.yaml).
 
 A verified GHL webhook (`recon webhooks serve`) names a contact id and location; the TinyEmail watcher
-(`recon watch tinyemail`) names an email. The flow reads that person from both systems (tasks/sync.py),
+(`recon watch tinyemail`) names an email. The flow reads that person from both systems (contact_recon/stages/sync.py),
 then plans, checks, applies and advances the state with the very code of the nightly run, under the same
 per-location lock (a nightly run and a sync never write one location at once).
 """
@@ -14,14 +14,14 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-from connectors.ghl import GHLClient
-from connectors.tinyemail import TinyEmailClient
 from contact_recon.settings import Settings, get_settings
-from flows.reconcile import location_lock
-from tasks.db import db_path, open_db
-from tasks.pipeline import plan_person
-from tasks.reconcile import GHLFactory, TinyEmailFactory, apply_run
-from tasks.sync import person_frames
+from contact_recon.stages.lock import location_lock
+from contact_recon.stages.plan import plan_person
+from contact_recon.stages.run import GHLFactory, TinyEmailFactory, apply_run
+from contact_recon.stages.sync import person_frames
+from contact_recon.store.db import db_path, open_db
+from contact_recon.systems.ghl.client import GHLClient
+from contact_recon.systems.tinyemail.client import TinyEmailClient
 
 
 @flow(name="sync-contact", log_prints=True)

@@ -1,189 +1,56 @@
-"""One reconciliation of a set of GHL locations with TinyEmail: recover, plan, apply, advance the state.
+"""The reconcile flow's Prefect tasks, each a thin wrapper over one step of `contact_recon.stages.run.reconcile`.
 
-`reconcile(settings, store, locations=...)` is what `recon run` and the Prefect flow (flows/reconcile.py)
-do, in this order:
+`PREFECT_STEPS` hands them to that one orchestration, so a flow run shows each step as a task run with its
+own state, logs and retries:
 
-1. `recover`: ops an interrupted run left `sending` are resolved (tasks/apply.py), and runs left
-   'applying' are closed as 'failed' (interrupted), before anything is planned.
-2. `plan_run` (tasks/pipeline.py): snapshot both systems, match identities, merge, check, quarantine;
-   the plan goes to `runs/<run_id>/plan.parquet` and the state a later apply needs to `state/`.
-3. Held (a guard tripped and nobody approved), or a dry run: stop here; nothing is written.
-4. `apply_run`: journal every op, send the allowed ones (tasks/apply.py), then advance the base, the
-   id_map and the created-objects memory for the confirmed ops only (tasks/state.py).
+- `recover` and `apply` are never retried by Prefect: the journal makes re-sending safe, a blind retry
+  would not be;
+- `snapshot-merge-check` is retried once (it only reads);
+- `report` is retried once (it writes files whole or not at all, and artifacts by key).
 
-A run's status: running -> planned | held | failed -> applying -> completed | failed.
+Caching is off everywhere: each run reads the systems as they are now.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from typing import Any
 
-import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-from checks.quarantine import QUARANTINED
-from connectors.ghl import GHLClient
-from connectors.http import ApiBacked
-from connectors.tinyemail import TinyEmailClient
+from contact_recon.model.policy import Policy
+from contact_recon.report.publish import report_run
 from contact_recon.settings import Settings
-from tasks import failpoints
-from tasks import journal as J
-from tasks import progress as bars
-from tasks.apply import Applier, Person, StageStopped, recover
-from tasks.db import Store
-from tasks.decisions import mark_used, pending_decisions
-from tasks.echo import EchoLog, tinyemail_log
-from tasks.journal import Journal
-from tasks.pipeline import APPROVED, GUARD_EXPECTATION, HELD, PLANNED, PlanRun, load_plan, plan_run, run_dir
-from tasks.policy import Policy, load_policy
-from tasks.state import Consent, advance, load_state
-
-APPLYING, COMPLETED, FAILED = "applying", "completed", "failed"
-GHLFactory = Callable[[str], GHLClient]
-TinyEmailFactory = Callable[[], TinyEmailClient]
+from contact_recon.stages.plan import PlanRun, plan_run
+from contact_recon.stages.run import GHLFactory, RunOutcome, Steps, TinyEmailFactory, apply_run, recover_interrupted
+from contact_recon.store.db import Store
 
 
-class NotApplicable(Exception):  # noqa: N818 - the name is the contract
-    """The run cannot be applied in its state (held and not approved, already applied, failed)."""
+@task(name="recover", cache_policy=NO_CACHE)
+def recover_task(store: Store, locations: list[str], ghl_client: GHLFactory) -> dict[str, int]:
+    return recover_interrupted(store, locations, ghl_client)
 
 
-@dataclass
-class RunOutcome:
-    run_id: str
-    status: str  # completed | held | failed (a dry run that planned: completed)
-    dry_run: bool
-    plan: PlanRun | None = None
-    journal: dict[str, int] = field(default_factory=dict)  # status -> ops
-    requests: dict[str, dict[str, int]] = field(default_factory=dict)  # system -> used/rate_limited/retried
-    recovered: dict[str, int] = field(default_factory=dict)
-    error: str | None = None
+@task(name="snapshot-merge-check", retries=1, retry_delay_seconds=30, cache_policy=NO_CACHE)
+def plan_task(settings: Settings, store: Store, *, locations: list[str], approve: bool, policy: Policy,
+              full_sweep: bool, docs: bool, ghl_client: GHLFactory | None, tinyemail_client: TinyEmailFactory | None,
+              kind: str) -> PlanRun:
+    return plan_run(settings, store, locations=locations, approve=approve, policy=policy, full_sweep=full_sweep,
+                    docs=docs, ghl_client=ghl_client, tinyemail_client=tinyemail_client, kind=kind)
 
 
-def reconcile(settings: Settings, store: Store, *, locations: Sequence[str], dry_run: bool = False,
-              approve: bool = False, full_sweep: bool = False, policy: Policy | None = None, docs: bool = True,
-              ghl_client: GHLFactory | None = None, tinyemail_client: TinyEmailFactory | None = None) -> RunOutcome:
-    """Recover, plan and (unless a dry run or held) apply; the module docstring has the steps."""
-    policy = policy if policy is not None else load_policy(settings.policy_file)
-    ghl_client = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))
-    tinyemail_client = tinyemail_client or (lambda: TinyEmailClient.from_settings(settings))
-    recovered = recover_interrupted(store, locations, ghl_client) if not dry_run else {}
-    planned = plan_run(settings, store, locations=locations, approve=approve, policy=policy, full_sweep=full_sweep,
-                       docs=docs, ghl_client=ghl_client, tinyemail_client=tinyemail_client, kind="reconcile")
-    if dry_run or planned.status == HELD:
-        status = HELD if planned.status == HELD else COMPLETED
-        return RunOutcome(planned.run_id, status, dry_run, planned, recovered=recovered)
-    outcome = apply_run(settings, store, planned.run_id, policy=policy, ghl_client=ghl_client,
-                        tinyemail_client=tinyemail_client)
-    outcome.plan, outcome.recovered = planned, recovered
-    return outcome
+@task(name="apply", cache_policy=NO_CACHE)
+def apply_task(settings: Settings, store: Store, run_id: str, *, policy: Policy, ghl_client: GHLFactory | None,
+               tinyemail_client: TinyEmailFactory | None) -> RunOutcome:
+    return apply_run(settings, store, run_id, policy=policy, ghl_client=ghl_client,
+                     tinyemail_client=tinyemail_client)
 
 
-def recover_interrupted(store: Store, locations: Sequence[str], ghl_client: GHLFactory) -> dict[str, int]:
-    """Close runs left 'applying' and resolve their unfinished ops (before anything is planned)."""
-    journal = Journal(store)
-    interrupted = store.runs().filter(pl.col("status") == APPLYING)["run_id"].to_list()
-    for run_id in interrupted:
-        store.finish_run(run_id, FAILED, error="interrupted during apply; resolved by the next run")
-    if not journal.unfinished():
-        return {"interrupted_runs": len(interrupted)} if interrupted else {}
-
-    async def go() -> dict[str, int]:
-        clients = {loc: ghl_client(loc) for loc in locations}
-        try:
-            return await recover(journal, clients, locations[0])
-        finally:
-            await asyncio.gather(*(c.aclose() for c in clients.values()))
-
-    return {**asyncio.run(go()), "interrupted_runs": len(interrupted)}
+@task(name="report", retries=1, cache_policy=NO_CACHE)
+def report_task(settings: Settings, store: Store, run_id: str, dry_run: bool,
+                requests: dict[str, dict[str, int]]) -> dict[str, Any]:
+    return report_run(settings, store, run_id, dry_run, requests)
 
 
-def journal_frame(marked: pl.DataFrame, approved: bool, people: pl.DataFrame, default_location: str) -> pl.DataFrame:
-    """The plan as journal rows: status planned (to send), quarantined, or held (a guard nobody approved,
-    an identity review), with the GHL location of each op's person."""
-    guard_only = pl.col("quarantined_by") == GUARD_EXPECTATION
-    status = (pl.when(pl.col("kind") == "identity_review").then(pl.lit(J.HELD))
-              .when(pl.col("status") != QUARANTINED).then(pl.lit(J.PLANNED))
-              .when(guard_only & approved).then(pl.lit(J.PLANNED))
-              .when(guard_only).then(pl.lit(J.HELD))
-              .otherwise(pl.lit(J.QUARANTINED)))
-    where = people.select("key", "location_id")
-    return (marked.join(where, on="key", how="left", maintain_order="left")
-            .with_columns(status=status, location_id=pl.col("location_id").fill_null(default_location)))
-
-
-def apply_run(settings: Settings, store: Store, run_id: str, *, policy: Policy | None = None,
-              ghl_client: GHLFactory | None = None, tinyemail_client: TinyEmailFactory | None = None) -> RunOutcome:
-    """Apply a planned (or approved) run: journal, send, advance the state; the run ends completed or failed."""
-    run = store.get_run(run_id)
-    if run["status"] not in (PLANNED, APPROVED):
-        raise NotApplicable(f"run {run_id} is {run['status']}: only a planned or approved run can be applied"
-                            + (" (approve it first: recon approve RUN_ID)" if run["status"] == HELD else ""))
-    policy = policy if policy is not None else load_policy(settings.policy_file)
-    locations = list(run["location_ids"] or [])
-    directory = run_dir(settings.data_dir, run_id)
-    state = load_state(directory)
-    journal = Journal(store)
-    approved = run["status"] == APPROVED or run["approved_at"] is not None
-    journal.record(run_id, journal_frame(load_plan(settings.data_dir, run_id), approved, state["people"],
-                                         locations[0]))
-    bars.begin("apply: ops", journal.counts(run_id).get(J.PLANNED, 0))
-    store.con.execute("UPDATE runs SET status = ? WHERE run_id = ?", [APPLYING, run_id])
-    failpoints.hit("journaled")
-    people = {r["key"]: Person(r["email"], r["contact_id"], r["location_id"]) for r in state["people"].to_dicts()}
-    ghl_client = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))
-    tinyemail_client = tinyemail_client or (lambda: TinyEmailClient.from_settings(settings))
-    # a nightly run's writes come back as thousands of webhooks: noted as echoes (tasks/echo.py); a sync's
-    # few come back as syncs that find nothing to do, and a person's next edit is never held back
-    echo = (EchoLog(settings.data_dir), tinyemail_log(settings.data_dir)) if run["kind"] != "sync" else (None, None)
-    error, requests = _send(journal, run_id, locations, people, settings, ghl_client, tinyemail_client,
-                            policy.create.tinyemail_list, echo)
-    advance(store, directory, journal.frame(run_id), run_id,
-            Consent(tuple(policy.consent.tinyemail_tight), tuple(policy.consent.ghl_tight)), policy.tags.list_prefix)
-    _settle_decisions(store, journal.frame(run_id), run_id)
-    status = FAILED if error else COMPLETED
-    store.finish_run(run_id, status, {"apply": requests}, error=error, held_reasons=run["held_reasons"],
-                     approved=run["approved_at"] is not None)
-    return RunOutcome(run_id, status, False, journal=journal.counts(run_id), requests=requests, error=error)
-
-
-def _settle_decisions(store: Store, journal: pl.DataFrame, run_id: str) -> None:
-    """Pending decisions this run carried out (every op of theirs confirmed, or none needed) are used up; a
-    decision whose op failed stays pending for the next run."""
-    pending = pending_decisions(store)
-    if pending.height == 0:
-        return
-    open_ops = journal.filter(pl.col("reason").str.starts_with("decided_") & (pl.col("status") != J.DONE))
-    used = pending.join(open_ops.select("key", "field").unique(), on=["key", "field"], how="anti")
-    mark_used(store, used, run_id)
-
-
-def _send(journal: Journal, run_id: str, locations: list[str], people: dict[str, Person], settings: Settings,
-          ghl_client: GHLFactory, tinyemail_client: TinyEmailFactory,
-          home_list: str | None,
-          echo: tuple[EchoLog | None, EchoLog | None]) -> tuple[str | None, dict[str, dict[str, int]]]:
-    async def go() -> tuple[str | None, dict[str, dict[str, int]]]:
-        ghl = {loc: ghl_client(loc) for loc in locations}
-        te = tinyemail_client()
-        applier = Applier(journal, ghl, te, people, default_location=locations[0], region=settings.default_region,
-                          home_list=home_list, echo=echo[0], te_echo=echo[1])
-        error = None
-        try:
-            await applier.run(run_id)
-        except StageStopped as exc:
-            error = f"apply stopped: {exc}"
-        finally:
-            clients: list[ApiBacked] = [*ghl.values(), te]
-            await asyncio.gather(*(c.aclose() for c in clients))
-        return error, request_counts(ghl, te)
-
-    return asyncio.run(go())
-
-
-def request_counts(ghl: dict[str, GHLClient], te: TinyEmailClient) -> dict[str, dict[str, int]]:
-    """Requests per system (summed over locations): used, rate_limited, retried."""
-    totals: dict[str, dict[str, int]] = {}
-    for system, clients in (("ghl", list(ghl.values())), ("tinyemail", [te])):
-        stats = [c.api.stats for c in clients]
-        totals[system] = {name: sum(getattr(s, name) for s in stats) for name in ("used", "rate_limited", "retried")}
-    return totals
+PREFECT_STEPS = Steps(recover=recover_task, plan=plan_task, apply=apply_task, report=report_task,
+                      logger=get_run_logger)

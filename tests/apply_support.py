@@ -12,15 +12,15 @@ from typing import Any
 
 import httpx
 
-from connectors.budget import RateBudget
-from connectors.ghl import GHLClient
-from connectors.tinyemail import TinyEmailClient
+from contact_recon.model.policy import Policy, load_policy
+from contact_recon.sandbox.mutate import mutate
+from contact_recon.sandbox.server import RunningServer
 from contact_recon.settings import Settings
-from sandbox.mutate import mutate
-from sandbox.server import RunningServer
-from tasks.db import Store
-from tasks.policy import Policy, load_policy
-from tasks.reconcile import RunOutcome, apply_run, reconcile
+from contact_recon.stages.run import RunOutcome, apply_run, reconcile
+from contact_recon.store.db import Store
+from contact_recon.systems.budget import RateBudget
+from contact_recon.systems.ghl.client import GHLClient
+from contact_recon.systems.tinyemail.client import TinyEmailClient
 
 RATE_SCALE = 50
 LOOSE = "[guards]\ndeletes_or_inactivations = 1.0\nfield_updates = 1.0\ntag_removals = 1.0\n"

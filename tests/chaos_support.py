@@ -36,11 +36,11 @@ from typing import Any
 import httpx
 import polars as pl
 
-from sandbox.generate import generate_fixture
-from sandbox.server import free_port
-from tasks.normalise import ghl_contact_record, tinyemail_customer_record
-from tasks.policy import Policy
-from tasks.records import SHARED_TEXT_FIELDS
+from contact_recon.model.normalise import ghl_contact_record, tinyemail_customer_record
+from contact_recon.model.policy import Policy
+from contact_recon.model.records import SHARED_TEXT_FIELDS
+from contact_recon.sandbox.generate import generate_fixture
+from contact_recon.sandbox.server import free_port
 from tests.apply_support import LOOSE, duplicates, ghl_people, te_people
 
 REPO = Path(__file__).resolve().parent.parent
@@ -169,7 +169,7 @@ class World:
         return str(self.fixture["ghl"]["tokens"][0]["locationId"])
 
     def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "contact_recon.cli", "run", *args]
+        return [sys.executable, "-m", "contact_recon.cli.main", "run", *args]
 
     def env(self, **extra: str) -> dict[str, str]:
         return {**self.vars, **extra}
@@ -199,7 +199,7 @@ class World:
         """`recon run ARGS` in this process (the same command, without a Python start-up of its own)."""
         from typer.testing import CliRunner
 
-        from contact_recon.cli import app
+        from contact_recon.cli.main import app
 
         started = time.monotonic()
         with environment({k: v for k, v in self.vars.items() if k.startswith("RECON_")}):
@@ -221,7 +221,7 @@ class World:
         return outcome
 
     def lock_held(self) -> bool:
-        """Whether some process holds this world's location lock (flows/reconcile.py `location_lock`)."""
+        """Whether some process holds this world's location lock (contact_recon/stages/lock.py `location_lock`)."""
         path = self.data / "locks" / f"{self.location}.lock"
         if not path.exists():
             return False
@@ -322,7 +322,7 @@ class GhlProcess:
     def start(self) -> None:
         log = (self.workdir / "ghl-sandbox.log").open("a")
         self.child = subprocess.Popen(
-            [sys.executable, "-m", "contact_recon.cli", "sandbox", "serve", "--only", "ghl", "--fixture",
+            [sys.executable, "-m", "contact_recon.cli.main", "sandbox", "serve", "--only", "ghl", "--fixture",
              str(self.workdir / "ghl-fixture.json"), "--ghl-port", str(self.port), "--rate-scale",
              str(self.rate_scale), "--seed", str(self.seed)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -476,7 +476,7 @@ def disagreements(ghl_state: dict[str, Any], te_state: dict[str, Any], conflicts
     """(email, field, GHL value, TinyEmail value) for every shared field on which the systems differ, but for
     the conflicts (key, field) the data team must settle; a person on one side only is listed as `presence`.
 
-    Tags by namespace (tasks/merge.py, table C): plain tags equal on both sides; GHL's list tags equal the
+    Tags by namespace (contact_recon/engine/merge.py, table C): plain tags equal on both sides; GHL's list tags equal the
     TinyEmail lists the customer is in (but our own home list); TinyEmail carries the open-task fact tag exactly
     when the GHL contact has an open task; TinyEmail's own list-namespace tags are ignored, as the merge does.
     Consent: tight on one side exactly when tight on the other."""

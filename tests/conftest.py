@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from starlette.applications import Starlette
 
-from sandbox.server import RunningServer, serve_in_thread
+from contact_recon.sandbox.server import RunningServer, serve_in_thread
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,8 +22,8 @@ def specs_dir() -> Path:
 @pytest.fixture
 def sandboxes(serve: Callable[[Starlette], RunningServer]) -> Callable[..., tuple[RunningServer, RunningServer]]:
     """Start both sandbox servers from one (validated) fixture: `sandboxes(fixture, rate_scale=.., faults=..)`."""
-    from sandbox import ghl, tinyemail
-    from sandbox.fixture import validate_fixture
+    from contact_recon.sandbox import ghl, tinyemail
+    from contact_recon.sandbox.fixture import validate_fixture
 
     def start(fixture: dict, **options: object) -> tuple[RunningServer, RunningServer]:
         data = validate_fixture(fixture)

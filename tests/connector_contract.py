@@ -7,7 +7,7 @@ with `Test`) and provide:
     server_index: int                      # which of conftest `sandboxes(...)`'s servers: 0 GHL, 1 TinyEmail
     def make_client(self, server, fixture, *, bad_credentials=False): ...
         # a connected client for `server` (a conftest RunningServer; `server.base_url` is the root URL,
-        # add any path prefix yourself). The client needs `.stats` (connectors.http.RequestStats) and
+        # add any path prefix yourself). The client needs `.stats` (contact_recon.systems.http.RequestStats) and
         # `async aclose()`. Give it a fresh RateBudget, not the process registry's, so tests stay apart,
         # and a short backoff sleep (ApiClient's `sleep=`) so retries do not slow the tests down.
         # With bad_credentials=True use `self.BAD_SECRET` as the token/key.
@@ -37,9 +37,9 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from connectors.errors import AuthError, ConnectorError, UnknownOutcome
-from sandbox.generate import generate_fixture
-from sandbox.server import RunningServer
+from contact_recon.sandbox.generate import generate_fixture
+from contact_recon.sandbox.server import RunningServer
+from contact_recon.systems.errors import AuthError, ConnectorError, UnknownOutcome
 
 Scenario = Callable[[Any], Awaitable[Any]]
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import polars as pl
 
-from tasks.merge import TE_KEY_PREFIX
-from tasks.ops import Op
-from tasks.policy import Policy
-from tasks.records import MERGE_SIDE
+from contact_recon.model.keys import TE_KEY_PREFIX
+from contact_recon.model.ops import Op
+from contact_recon.model.policy import Policy
+from contact_recon.model.records import MERGE_SIDE
 
 Row = dict[str, Any]
 TEXT = [n for n, t in MERGE_SIDE.items() if t == pl.String and n not in ("key", "contact_id", "consent")]

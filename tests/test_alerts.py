@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 from prefect_events import prefect_events  # noqa: F401
 
-from flows.alerts import (
+from contact_recon.events import (
+    RUN_FAILED_OPS,
+    RUN_HELD,
+    emit_run_alert,
+    failed_ops_exceeded,
+    run_alert_payload,
+)
+from contact_recon.sandbox.server import RunningServer
+from contact_recon.service.alerts import (
     BLOCK_NAME,
     FLOW_FAILED_AUTOMATION,
     RUN_ALERT_AUTOMATION,
@@ -25,10 +33,8 @@ from flows.alerts import (
     setup_alerts,
     sink_app,
 )
-from flows.events import RUN_FAILED_OPS, RUN_HELD, emit_run_alert, failed_ops_exceeded, run_alert_payload
-from sandbox.server import RunningServer
 
-RECON = [sys.executable, "-m", "contact_recon.cli"]
+RECON = [sys.executable, "-m", "contact_recon.cli.main"]
 
 
 def read_alerts(path: Path) -> list[dict[str, Any]]:

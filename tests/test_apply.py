@@ -1,4 +1,4 @@
-"""The apply stage (tasks/apply.py, tasks/journal.py, tasks/state.py, tasks/reconcile.py) against both sandboxes.
+"""The apply stage (contact_recon/stages/apply.py, contact_recon/store/journal.py, contact_recon/engine/state.py, contact_recon/stages/run.py) against both sandboxes.
 
 A real reconciliation converges both systems (a second plan is empty but for the conflicts), a day of drift
 is carried across, a person's edit between snapshot and apply survives, quarantined records get no write,
@@ -15,11 +15,11 @@ import httpx
 import polars as pl
 import pytest
 
-from sandbox.generate import generate_fixture
-from sandbox.server import RunningServer
-from tasks.db import open_db
-from tasks.journal import Journal
-from tasks.pipeline import plan_run
+from contact_recon.sandbox.generate import generate_fixture
+from contact_recon.sandbox.server import RunningServer
+from contact_recon.stages.plan import plan_run
+from contact_recon.store.db import open_db
+from contact_recon.store.journal import Journal
 from tests.apply_support import World, duplicates, ghl_people, loose_policy, make_settings, te_people
 
 SHARED = ("first", "last", "company")
@@ -180,7 +180,7 @@ def test_the_data_teams_decisions_on_conflicts_are_written_by_the_next_run(world
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from contact_recon.cli import app
+    from contact_recon.cli.main import app
 
     fixture = fixture_for(seed=16)
     contacts = next(iter(fixture["ghl"]["locations"].values()))["contacts"]
@@ -218,9 +218,9 @@ def test_the_data_teams_decisions_on_conflicts_are_written_by_the_next_run(world
 
 
 def test_the_apply_stage_reports_its_progress_op_by_op(world_of: Callable[..., World]) -> None:
-    """`recon run` draws a bar per long stage (tasks/progress.py); the apply bar's total is the ops to send and
+    """`recon run` draws a bar per long stage (contact_recon/stages/progress.py); the apply bar's total is the ops to send and
     it ends full, and the snapshot reports its note reads per location."""
-    from tasks import progress
+    from contact_recon.stages import progress
 
     class Recorder:
         def __init__(self) -> None:

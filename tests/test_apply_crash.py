@@ -1,5 +1,5 @@
 """Crash-resume: `recon run` is killed with SIGKILL at several points of the apply stage (RECON_FAILPOINT,
-tasks/failpoints.py), then run again. The final states of both sandboxes equal those of an uninterrupted run
+contact_recon/stages/failpoints.py), then run again. The final states of both sandboxes equal those of an uninterrupted run
 of the same fixture, with no duplicate contact, task or note, and nothing lost.
 
 Each world is a pair of sandbox servers in this process and a data dir; `recon run` runs as a real child
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from sandbox.generate import generate_fixture
-from sandbox.server import RunningServer
+from contact_recon.sandbox.generate import generate_fixture
+from contact_recon.sandbox.server import RunningServer
 from tests.apply_support import LOOSE, duplicates, ghl_people, te_people
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ class Env:
         env.pop("RECON_FAILPOINT", None)
         if failpoint:
             env["RECON_FAILPOINT"] = failpoint
-        return subprocess.run([sys.executable, "-m", "contact_recon.cli", "run"], cwd=REPO, env=env,
+        return subprocess.run([sys.executable, "-m", "contact_recon.cli.main", "run"], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=240)
 
     def drift(self) -> None:

@@ -16,13 +16,13 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from connectors.auth import FileTokenStore, GHLOAuth, PrefectSecretTokenStore, TokenSet, TokenStore
-from connectors.budget import RateBudget
-from connectors.errors import AuthError
-from connectors.http import ApiClient
-from contact_recon.auth_cli import AuthSetupError, extract_code
-from contact_recon.cli import app
-from sandbox.generate import generate_fixture
+from contact_recon.cli.auth import AuthSetupError, extract_code
+from contact_recon.cli.main import app
+from contact_recon.sandbox.generate import generate_fixture
+from contact_recon.systems.auth import FileTokenStore, GHLOAuth, PrefectSecretTokenStore, TokenSet, TokenStore
+from contact_recon.systems.budget import RateBudget
+from contact_recon.systems.errors import AuthError
+from contact_recon.systems.http import ApiClient
 
 VERSION = "2021-07-28"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.budget import RateBudget, budget_for
-from connectors.errors import RateLimited
-from sandbox.ratelimit import SlidingWindowLimiter
+from contact_recon.sandbox.ratelimit import SlidingWindowLimiter
+from contact_recon.systems.budget import RateBudget, budget_for
+from contact_recon.systems.errors import RateLimited
 
 
 def test_schedule_never_exceeds_the_servers_sliding_window(clock):

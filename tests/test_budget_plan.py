@@ -1,10 +1,10 @@
-"""The request planner (tasks/budget_plan.py): table tests of its arithmetic and its priorities."""
+"""The request planner (contact_recon/engine/budget_plan.py): table tests of its arithmetic and its priorities."""
 
 from __future__ import annotations
 
 import pytest
 
-from tasks.budget_plan import contact_pages, plan_requests, task_requests
+from contact_recon.engine.budget_plan import contact_pages, plan_requests, task_requests
 
 
 @pytest.mark.parametrize(("contacts", "pages"), [(0, 1), (1, 1), (499, 1), (500, 2), (100_000, 201)])

@@ -28,9 +28,9 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from sandbox.fixture import validate_fixture
-from sandbox.server import RunningServer
-from tasks.db import db_path, open_db
+from contact_recon.sandbox.fixture import validate_fixture
+from contact_recon.sandbox.server import RunningServer
+from contact_recon.store.db import db_path, open_db
 from tests.chaos_support import (
     DuckDBHolder,
     GhlProcess,
@@ -179,7 +179,7 @@ def ghl_process(tmp_path: Path) -> Iterator[GhlProcess]:
 def test_the_ghl_sandbox_restarted_mid_apply(ghl_process: GhlProcess, serve: Callable[[Starlette], RunningServer],
                                              tmp_path: Path, prefect_server: str,
                                              reference: dict[str, People]) -> None:
-    from sandbox import tinyemail
+    from contact_recon.sandbox import tinyemail
 
     te = serve(tinyemail.create_app(validate_fixture(FIXTURE)["tinyemail"], rate_scale=SCALE.rate_scale))
     world = World(FIXTURE, ghl_process.base_url, te.base_url, tmp_path / "chaos", prefect_server, SCALE)

@@ -1,7 +1,7 @@
 """Hygiene checks: the generator's awkward records are caught by the right expectation and quarantined,
 a clean fixture passes every blocking expectation, results land in DuckDB and Data Docs are built.
 
-Frames come from sandbox.generate fixtures through the normalise row builders (no server needed); the
+Frames come from contact_recon.sandbox.generate fixtures through the normalise row builders (no server needed); the
 plan comes from the real identity matcher and merge engine.
 """
 
@@ -16,19 +16,25 @@ from typing import Any
 import phonenumbers
 import polars as pl
 import pytest
+from contact_recon.checks import apply_quarantine, run_checks, split_plan
+from contact_recon.checks.quarantine import QUARANTINED
+from contact_recon.checks.run import CheckReport
+from contact_recon.checks.suites import SUITES, Thresholds
 
-from checks import apply_quarantine, run_checks, split_plan
-from checks.quarantine import QUARANTINED
-from checks.run import CheckReport
-from checks.suites import SUITES, Thresholds
-from sandbox.generate import generate_fixture
-from tasks.db import open_db
-from tasks.identity import ID_MAP, IdentityResult, match_identities, merge_sides
-from tasks.merge import plan
-from tasks.normalise import ghl_contact_record, ghl_note_record, ghl_task_record, tinyemail_customer_record, to_frame
-from tasks.ops import Op, ops_to_frame
-from tasks.policy import GuardPolicy, Policy
-from tasks.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, MERGE_SIDE, TINYEMAIL_CUSTOMERS
+from contact_recon.engine.identity import ID_MAP, IdentityResult, match_identities, merge_sides
+from contact_recon.engine.merge import plan
+from contact_recon.model.normalise import (
+    ghl_contact_record,
+    ghl_note_record,
+    ghl_task_record,
+    tinyemail_customer_record,
+    to_frame,
+)
+from contact_recon.model.ops import Op, ops_to_frame
+from contact_recon.model.policy import GuardPolicy, Policy
+from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, MERGE_SIDE, TINYEMAIL_CUSTOMERS
+from contact_recon.sandbox.generate import generate_fixture
+from contact_recon.store.db import open_db
 
 LOOSE_GUARDS = GuardPolicy(deletes_or_inactivations=1.0, field_updates=1.0, tag_removals=1.0)
 NOT_A_PHONE = "call me maybe"

@@ -13,14 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from connectors import concurrency
-from connectors.concurrency import LimitSpec, batch_slots, ensure_budget_limit, ensure_limit, limit_name, window_limit
+from contact_recon.systems import concurrency
+from contact_recon.systems.concurrency import (
+    LimitSpec,
+    batch_slots,
+    ensure_budget_limit,
+    ensure_limit,
+    limit_name,
+    window_limit,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
 WORKER = textwrap.dedent("""
     import asyncio, json, sys, time
-    from connectors.concurrency import batch_slots
+    from contact_recon.systems.concurrency import batch_slots
 
     async def main(key, batch, until):
         while time.time() < until:

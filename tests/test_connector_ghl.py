@@ -13,12 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.budget import RateBudget
-from connectors.errors import ConnectorError, Duplicate, NotFound, ScopeError, Validation
-from connectors.ghl import API_VERSION, GHLClient, iso
+from contact_recon.sandbox.generate import generate_fixture
+from contact_recon.sandbox.server import RunningServer
 from contact_recon.settings import Settings
-from sandbox.generate import generate_fixture
-from sandbox.server import RunningServer
+from contact_recon.systems.budget import RateBudget
+from contact_recon.systems.errors import ConnectorError, Duplicate, NotFound, ScopeError, Validation
+from contact_recon.systems.ghl.client import API_VERSION, GHLClient, iso
 from tests.connector_contract import ConnectorContract
 
 WRITE_TAG = "contract-write"

@@ -24,22 +24,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from connectors.budget import RateBudget
-from connectors.errors import AuthError, NotFound, UnknownOutcome, Validation
-from connectors.models import Customer
-from connectors.tinyemail import (
+from contact_recon.sandbox import tinyemail as sandbox_tinyemail
+from contact_recon.sandbox.fixture import validate_fixture
+from contact_recon.sandbox.server import RunningServer
+from contact_recon.settings import Settings
+from contact_recon.systems.budget import RateBudget
+from contact_recon.systems.errors import AuthError, NotFound, UnknownOutcome, Validation
+from contact_recon.systems.models import Customer
+from contact_recon.systems.tinyemail.client import (
     AudienceSnapshot,
     BatchUnknownOutcome,
     PagingStalled,
     TinyEmailClient,
     customer_path,
-    normalise_email,
     to_member,
 )
-from contact_recon.settings import Settings
-from sandbox import tinyemail as sandbox_tinyemail
-from sandbox.fixture import validate_fixture
-from sandbox.server import RunningServer
+from contact_recon.systems.tinyemail.contract import email_key
 
 FAST_RATE = 6000  # requests a minute, for the client's budget and (rate_scale=100) the sandbox's
 CONTRACT_WRITE = "contract-write@example.com"
@@ -73,7 +73,7 @@ def requests_to(server: RunningServer, method: str, path_prefix: str) -> list[di
 
 
 def state_customer(server: RunningServer, email: str) -> dict[str, Any] | None:
-    found = [c for c in admin(server, "state")["customers"] if normalise_email(c["email"]) == normalise_email(email)]
+    found = [c for c in admin(server, "state")["customers"] if email_key(c["email"]) == email_key(email)]
     assert len(found) <= 1
     return found[0] if found else None
 
@@ -98,7 +98,7 @@ class TestTinyEmailContract(ConnectorContract):
 
     def expected_keys(self, state: dict[str, Any]) -> list[str]:
         # TinyEmail lists customers only through lists: the reachable ones are the members of some list
-        return sorted({normalise_email(e) for item in state["lists"] for e in item["members"]})
+        return sorted({email_key(e) for item in state["lists"] for e in item["members"]})
 
     async def one_read(self, client: TinyEmailClient) -> object:
         return await client.lists()
@@ -107,7 +107,7 @@ class TestTinyEmailContract(ConnectorContract):
         await client.upsert_customers([{"email": CONTRACT_WRITE, "firstName": "Contract"}])
 
     def write_landed(self, state: dict[str, Any]) -> bool:
-        return any(normalise_email(c["email"]) == CONTRACT_WRITE for c in state["customers"])
+        return any(email_key(c["email"]) == CONTRACT_WRITE for c in state["customers"])
 
     def secrets(self, fixture: dict[str, Any]) -> list[str]:
         return list(fixture["tinyemail"]["apiKeys"])
@@ -285,7 +285,7 @@ class TestTinyEmailClient:
         assert [r["status"] for r in puts][:i] == [200] * i and puts[i]["status"] >= 500
         assert len(puts) == i + 1  # the batch was not resent, and later batches were not sent
         admin(server, "faults", {"faults": "none"})
-        stored = {normalise_email(c["email"]) for c in admin(server, "state")["customers"]}
+        stored = {email_key(c["email"]) for c in admin(server, "state")["customers"]}
         assert stored == set(emails[:500 * i])
 
     def test_a_batch_the_server_rejects_is_named_and_changes_nothing_of_it(self, start, key):

@@ -14,7 +14,10 @@ import duckdb
 import polars as pl
 import pytest
 
-from tasks.db import (
+from contact_recon.engine.identity import ID_MAP, REVIEW
+from contact_recon.model.normalise import ghl_contact_record, ghl_note_record, tinyemail_customer_record, to_frame
+from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, MERGE_SIDE, TINYEMAIL_CUSTOMERS
+from contact_recon.store.db import (
     ENTITIES,
     MIGRATIONS,
     PRESENCE,
@@ -23,9 +26,6 @@ from tasks.db import (
     StoreError,
     open_db,
 )
-from tasks.identity import ID_MAP, REVIEW
-from tasks.normalise import ghl_contact_record, ghl_note_record, tinyemail_customer_record, to_frame
-from tasks.records import GHL_CONTACTS, GHL_NOTES, MERGE_SIDE, TINYEMAIL_CUSTOMERS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -194,9 +194,9 @@ def test_a_failure_inside_the_transaction_keeps_the_previous_snapshot_and_waterm
 _CHILD = textwrap.dedent("""
     import sys, time
     import polars as pl
-    from tasks.db import Store, open_db
-    from tasks.normalise import ghl_contact_record, to_frame
-    from tasks.records import GHL_CONTACTS
+    from contact_recon.store.db import Store, open_db
+    from contact_recon.model.normalise import ghl_contact_record, to_frame
+    from contact_recon.model.records import GHL_CONTACTS
 
     mode, path = sys.argv[1], sys.argv[2]
     row = ghl_contact_record({"id": "x", "email": "x@example.com", "city": "Big"}, "L1")

@@ -1,4 +1,4 @@
-"""The data team's conflict decisions (tasks/decisions.py): `decision_ops` (pure) and `recon conflicts import`.
+"""The data team's conflict decisions (contact_recon/engine/decisions.py): `decision_ops` (pure) and `recon conflicts import`.
 
 The pure function is pinned with small frames and one Hypothesis law (consent is never loosened); the import
 runs against a real plan of both sandboxes (its conflicts.csv filled in, as a person would) and the store.
@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from test_pipeline import World, world  # noqa: F401
 from typer.testing import CliRunner
 
-from contact_recon.cli import app
-from tasks.decisions import (
+from contact_recon.cli.main import app
+from contact_recon.engine.decisions import (
     DECISIONS,
     DecisionFileError,
     decision_ops,
@@ -26,10 +26,10 @@ from tasks.decisions import (
     pending_decisions,
     read_decisions,
 )
-from tasks.identity import match_identities, merge_sides
-from tasks.ops import OPS_SCHEMA, op_id
-from tasks.pipeline import latest_frames
-from tasks.records import MERGE_SIDE
+from contact_recon.engine.identity import match_identities, merge_sides
+from contact_recon.model.ops import OPS_SCHEMA, op_id
+from contact_recon.model.records import MERGE_SIDE
+from contact_recon.stages.plan import latest_frames
 
 TIGHT = {"tinyemail": ("unsubscribed", "bounced", "spam"), "ghl": ("dnd",)}
 

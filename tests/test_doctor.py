@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.generate import generate_fixture
+from contact_recon.sandbox.generate import generate_fixture
 
 REPO = Path(__file__).resolve().parent.parent
 READ_ONLY_TOKEN = "sbx-ghl-readonly-" + "0" * 24
@@ -38,7 +38,7 @@ def env_for(world: dict[str, Any], **overrides: str) -> dict[str, str]:
 def doctor(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("RECON_")}
     full = {**base, "PYTHONPATH": str(REPO), "RECON_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "160", **env}
-    return subprocess.run([sys.executable, "-m", "contact_recon.cli", "doctor"], env=full, cwd=tmp_path,
+    return subprocess.run([sys.executable, "-m", "contact_recon.cli.main", "doctor"], env=full, cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -126,7 +126,7 @@ def test_oauth_configured_but_never_authorized(world: dict[str, Any], tmp_path: 
 
 
 def test_an_unreachable_tinyemail(world: dict[str, Any], tmp_path: Path) -> None:
-    from sandbox.server import free_port
+    from contact_recon.sandbox.server import free_port
 
     result = doctor(env_for(world, RECON_TINYEMAIL_BASE_URL=f"http://127.0.0.1:{free_port()}/v1"), tmp_path)
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from sandbox.faults import FaultInjector, FaultSpec
+from contact_recon.sandbox.faults import FaultInjector, FaultSpec
 
 FULL = "5xx=0.02,applied_5xx=0.5,timeout=0.01,reset=0.01,latency=20ms,429=0.01"
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sandbox.fixture import FixtureError, load_fixture, validate_fixture
+from contact_recon.sandbox.fixture import FixtureError, load_fixture, validate_fixture
 
 GOOD = {
     "ghl": {
@@ -94,7 +94,7 @@ def test_not_json_and_missing_file(tmp_path):
 def test_serve_refuses_a_bad_fixture_naming_the_path(tmp_path):
     path = tmp_path / "f.json"
     path.write_text(json.dumps(_broken(lambda d: d["ghl"]["locations"]["L1"]["tasks"][0].update(contactId="x"))))
-    proc = subprocess.run([sys.executable, "-m", "contact_recon.cli", "sandbox", "serve", "--fixture", str(path),
+    proc = subprocess.run([sys.executable, "-m", "contact_recon.cli.main", "sandbox", "serve", "--fixture", str(path),
                            "--ghl-port", "0", "--tinyemail-port", "0"], capture_output=True, text=True, timeout=60,
                           env={"COLUMNS": "300", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2

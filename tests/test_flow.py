@@ -17,11 +17,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from contact_recon.cli import app
-from sandbox.generate import generate_fixture
-from sandbox.server import RunningServer
-from tasks.db import db_path, open_db
-from tasks.report import SUMMARY_SCHEMA
+from contact_recon.cli.main import app
+from contact_recon.report.build import SUMMARY_SCHEMA
+from contact_recon.sandbox.generate import generate_fixture
+from contact_recon.sandbox.server import RunningServer
+from contact_recon.store.db import db_path, open_db
 from tests.apply_support import LOOSE, World, ghl_people, loose_policy, make_settings, te_people
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +53,7 @@ def reads_only(world: World) -> list[dict]:
 
 
 def test_the_flow_converges_both_systems_after_a_day_of_drift(world: World) -> None:
-    from flows.reconcile import reconcile_flow
+    from contact_recon.flows.reconcile import reconcile_flow
 
     first = reconcile_flow()
     assert first["status"] == "completed" and not first["dry_run"]
@@ -80,10 +80,9 @@ def test_the_flow_converges_both_systems_after_a_day_of_drift(world: World) -> N
 
 
 def test_summary_json_report_and_artifacts_of_a_run(world: World) -> None:
+    from contact_recon.flows.reconcile import reconcile_flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    from flows.reconcile import reconcile_flow
 
     summary = reconcile_flow()
     directory = Path(world.settings.data_dir) / "runs" / summary["run_id"]
@@ -100,7 +99,7 @@ def test_summary_json_report_and_artifacts_of_a_run(world: World) -> None:
 
 
 def test_a_dry_run_writes_nothing(world: World) -> None:
-    from flows.reconcile import reconcile_flow
+    from contact_recon.flows.reconcile import reconcile_flow
 
     summary = reconcile_flow(dry_run=True)
     assert summary["dry_run"] and summary["status"] == "completed"
@@ -128,8 +127,8 @@ def test_recon_run_exits_3_when_a_guard_trips_and_recon_approve_applies_it(world
 
 
 def test_sync_contact_carries_one_change_across(world: World) -> None:
-    from flows.reconcile import reconcile_flow
-    from flows.sync_contact import sync_contact_flow
+    from contact_recon.flows.reconcile import reconcile_flow
+    from contact_recon.flows.sync_contact import sync_contact_flow
 
     assert reconcile_flow()["status"] == "completed"
     customers = te_people(world.state(world.te))
@@ -182,10 +181,10 @@ def test_prefect_yaml_deploys_the_three_deployments(prefect_server: str, tmp_pat
 
 
 def test_a_sync_of_an_unchanged_person_with_tasks_plans_nothing(world: World) -> None:
-    """One person read now (tasks/sync.py) must look exactly as the nightly snapshot saw them: a task's due date
+    """One person read now (contact_recon/stages/sync.py) must look exactly as the nightly snapshot saw them: a task's due date
     read as something else would be quarantined by the checks, and its open-task fact tag would flip."""
-    from flows.reconcile import reconcile_flow
-    from flows.sync_contact import sync_contact_flow
+    from contact_recon.flows.reconcile import reconcile_flow
+    from contact_recon.flows.sync_contact import sync_contact_flow
 
     assert reconcile_flow()["status"] == "completed"
     location = next(iter(world.state(world.ghl)["locations"].values()))

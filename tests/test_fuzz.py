@@ -1,12 +1,12 @@
 """Hypothesis fuzzing of what reads untrusted input: the fixture loader, the connectors' record parsers and the
 normalisers.
 
-- `sandbox.fixture`: any JSON document (and any bytes in a file) loads or raises `FixtureError` with a JSON path;
+- `contact_recon.sandbox.fixture`: any JSON document (and any bytes in a file) loads or raises `FixtureError` with a JSON path;
   documents are made by replacing one value anywhere in a valid fixture with arbitrary JSON, so the fuzzing
   reaches every level of the format, not just the top.
-- `connectors.models`: any JSON value gives a record or a pydantic `ValidationError` (which `http.parse` turns
+- `contact_recon.systems.models`: any JSON value gives a record or a pydantic `ValidationError` (which `http.parse` turns
   into `MalformedResponse`), never another exception; fields the pipeline uses keep their types.
-- `tasks.normalise`: the email, phone, birthday and tag normalisers never raise on arbitrary text or values, and
+- `contact_recon.model.normalise`: the email, phone, birthday and tag normalisers never raise on arbitrary text or values, and
   the row builders give rows that build a frame, whatever text sits in the fields.
 
 `RECON_FUZZ_EXAMPLES` sets the examples per test (300 by default).
@@ -26,11 +26,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from connectors.errors import MalformedResponse
-from connectors.http import parse, read_json
-from connectors.models import Appointment, BulkTagsResult, Contact, ContactList, Customer, Note, SearchPage, Task
-from sandbox.fixture import FixtureError, load_fixture, validate_fixture
-from tasks.normalise import (
+from contact_recon.model.normalise import (
     ghl_contact_record,
     ghl_note_record,
     ghl_task_record,
@@ -41,7 +37,20 @@ from tasks.normalise import (
     tinyemail_customer_record,
     to_frame,
 )
-from tasks.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, TINYEMAIL_CUSTOMERS
+from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, TINYEMAIL_CUSTOMERS
+from contact_recon.sandbox.fixture import FixtureError, load_fixture, validate_fixture
+from contact_recon.systems.errors import MalformedResponse
+from contact_recon.systems.http import parse, read_json
+from contact_recon.systems.models import (
+    Appointment,
+    BulkTagsResult,
+    Contact,
+    ContactList,
+    Customer,
+    Note,
+    SearchPage,
+    Task,
+)
 
 EXAMPLES = int(os.environ.get("RECON_FUZZ_EXAMPLES", "300"))  # raise it for a longer hunt
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -8,8 +8,8 @@ from datetime import datetime
 
 import pytest
 
-from sandbox.fixture import load_fixture, validate_fixture
-from sandbox.generate import AWKWARD_KINDS, base_epoch, generate_fixture, iso, to_json, write_fixture
+from contact_recon.sandbox.fixture import load_fixture, validate_fixture
+from contact_recon.sandbox.generate import AWKWARD_KINDS, base_epoch, generate_fixture, iso, to_json, write_fixture
 
 ID_RE = re.compile(r"^[A-Za-z0-9]{20}$")
 

@@ -25,8 +25,8 @@ from ghl_openapi import (
     validate_exchange,
 )
 
-from sandbox.fixture import validate_fixture
-from sandbox.server import serve_in_thread
+from contact_recon.sandbox.fixture import validate_fixture
+from contact_recon.sandbox.server import serve_in_thread
 
 LOC_A = "LocAlphaAAAAAAAAAAA1"
 LOC_B = "LocBravoBBBBBBBBBBB2"
@@ -156,7 +156,7 @@ def test_harness_checks_requests_and_matches_paths_whatever_the_host() -> None:
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    from sandbox.ghl import create_app
+    from contact_recon.sandbox.ghl import create_app
 
     app = create_app(validate_fixture({"ghl": copy.deepcopy(FIXTURE)})["ghl"], seed=7)
     server = serve_in_thread(app)
@@ -422,7 +422,7 @@ def test_version_header(base_url: str, admin: httpx.Client) -> None:
 
 
 def test_rate_limit_answers_429_envelope_and_faults_5xx(serve: Callable[..., Any]) -> None:
-    from sandbox.ghl import create_app
+    from contact_recon.sandbox.ghl import create_app
 
     app = create_app(validate_fixture({"ghl": copy.deepcopy(FIXTURE)})["ghl"], rate_scale=0.03)  # 3 per 10 s
     server = serve(app)
@@ -442,7 +442,7 @@ def test_rate_limit_answers_429_envelope_and_faults_5xx(serve: Callable[..., Any
 
 
 def test_sandbox_serves_only_spec_operations() -> None:
-    from sandbox.ghl import create_app
+    from contact_recon.sandbox.ghl import create_app
 
     app = create_app(validate_fixture({"ghl": copy.deepcopy(FIXTURE)})["ghl"])
     served = {(m, r.path) for r in app.routes for m in r.methods - {"HEAD"} if not r.path.startswith("/__sandbox/")}

@@ -11,11 +11,11 @@ import httpx
 import pytest
 from conftest import FakeClock
 
-from sandbox.common import iso_from_epoch
-from sandbox.ghl import create_app, is_write, rate_headers, rate_key_for
-from sandbox.ghl_store import GHLStore
-from sandbox.ratelimit import Decision
-from sandbox.server import RunningServer
+from contact_recon.sandbox.common import iso_from_epoch
+from contact_recon.sandbox.ghl import create_app, is_write, rate_headers, rate_key_for
+from contact_recon.sandbox.ghl_store import GHLStore
+from contact_recon.sandbox.ratelimit import Decision
+from contact_recon.sandbox.server import RunningServer
 
 LOC_A, LOC_B = "LocationAAAAAAAAAAA1", "LocationBBBBBBBBBBB2"
 FULL_A, READ_A, FULL_B = "token-full-a", "token-read-a", "token-full-b"

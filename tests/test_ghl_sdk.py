@@ -23,8 +23,8 @@ import pytest
 from ghl_openapi import Coverage, validate_exchange
 from highlevel import GHLError, HighLevel
 
-from sandbox.fixture import validate_fixture
-from sandbox.server import serve_in_thread
+from contact_recon.sandbox.fixture import validate_fixture
+from contact_recon.sandbox.server import serve_in_thread
 
 LOC = "LocSdkSSSSSSSSSSSSS1"
 PIT = "pit-sdk-full-scopes"
@@ -71,7 +71,7 @@ def sdk_client(base_url: str, token: str, coverage: Coverage | None = None) -> H
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    from sandbox.ghl import create_app
+    from contact_recon.sandbox.ghl import create_app
 
     server = serve_in_thread(create_app(validate_fixture({"ghl": copy.deepcopy(FIXTURE)})["ghl"]))
     yield server.base_url

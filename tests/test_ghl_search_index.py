@@ -1,4 +1,4 @@
-"""The GHL sandbox's search indexes (sandbox/ghl_store.py): the indexed search answers exactly what the
+"""The GHL sandbox's search indexes (contact_recon/sandbox/ghl_store.py): the indexed search answers exactly what the
 reference search (filter and sort everything) answers, whatever writes came in between, and the served
 `POST /contacts/search` sees every write at once."""
 
@@ -13,10 +13,10 @@ from conftest import FakeClock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sandbox.common import iso_from_epoch
-from sandbox.ghl import create_app
-from sandbox.ghl_store import GHLStore, SearchQuery, SortKey, search_contacts
-from sandbox.server import RunningServer
+from contact_recon.sandbox.common import iso_from_epoch
+from contact_recon.sandbox.ghl import create_app
+from contact_recon.sandbox.ghl_store import GHLStore, SearchQuery, SortKey, search_contacts
+from contact_recon.sandbox.server import RunningServer
 
 LOC = "LocationIndex0000001"
 TOKEN = "token-index"

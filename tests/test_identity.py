@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from tasks.identity import (
+from contact_recon.engine.identity import (
     ID_MAP,
     IdentityResult,
     SideCameBackEmpty,
@@ -13,8 +13,8 @@ from tasks.identity import (
     match_identities,
     merge_sides,
 )
-from tasks.normalise import ghl_contact_record, tinyemail_customer_record, to_frame
-from tasks.records import GHL_CONTACTS, MERGE_SIDE, TINYEMAIL_CUSTOMERS
+from contact_recon.model.normalise import ghl_contact_record, tinyemail_customer_record, to_frame
+from contact_recon.model.records import GHL_CONTACTS, MERGE_SIDE, TINYEMAIL_CUSTOMERS
 
 
 def ghl(*contacts: tuple[str, str | None] | tuple[str, str | None, str]) -> pl.DataFrame:
@@ -200,7 +200,7 @@ def test_check_not_emptied(now: int, base: int, allow: bool, raises: bool) -> No
 
 def test_matching_a_generated_fixture_accounts_for_every_record() -> None:
     # Every GHL contact is matched, unmatched or held; every TinyEmail customer likewise.
-    from sandbox.generate import generate_fixture
+    from contact_recon.sandbox.generate import generate_fixture
 
     fixture = generate_fixture(2000, seed=5, allow_duplicates=True, awkward=0.2)
     rows = [ghl_contact_record(c, loc) for loc, data in fixture["ghl"]["locations"].items() for c in data["contacts"]]

@@ -1,4 +1,4 @@
-"""The merge laws, checked by Hypothesis on small generated snapshots (see tasks/merge.py for the rules).
+"""The merge laws, checked by Hypothesis on small generated snapshots (see contact_recon/engine/merge.py for the rules).
 
 1. Reconciling an already-reconciled state gives an empty plan (and planning again after applying a plan
    gives an empty plan).
@@ -6,7 +6,7 @@
 3. Swapping the sides mirrors the plan for shared fields.
 4. No plan ever loosens consent.
 5. Applying the plan to both sides makes every shared field agree (unless it is in the conflict table).
-6. An op that did not land is planned again by the next run, with the base the state module (tasks/state.py)
+6. An op that did not land is planned again by the next run, with the base the state module (contact_recon/engine/state.py)
    leaves; never the opposite op, which would undo the side that did land.
 Plus: the vectorised engine and the pure-Python baseline (bench/merge_baseline.py) plan the same ops.
 """
@@ -22,11 +22,11 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.merge import plan, tag_namespace
-from tasks.ops import Op
-from tasks.policy import Policy
-from tasks.state import Consent, blocked
-from tasks.state import next_base as state_next_base
+from contact_recon.engine.merge import plan, tag_namespace
+from contact_recon.engine.state import Consent, blocked
+from contact_recon.engine.state import next_base as state_next_base
+from contact_recon.model.ops import Op
+from contact_recon.model.policy import Policy
 from tests.merge_support import apply_plan, by_key, frame, next_base, norm, rec
 
 sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))
@@ -211,8 +211,8 @@ def test_engine_matches_the_pure_python_baseline(snaps, policy, with_tasks, with
     created = [{"key": "c1", "rule": "new_subscriber", "object_id": "x", "kind": "task"}] if with_created else None
     import polars as pl
 
-    from tasks.merge import CREATED_SCHEMA
-    from tasks.records import GHL_TASKS
+    from contact_recon.engine.merge import CREATED_SCHEMA
+    from contact_recon.model.records import GHL_TASKS
     result = run(base, te, ghl, policy,
                  ghl_tasks=pl.DataFrame(tasks, schema={k: GHL_TASKS[k] for k in tasks[0]}) if tasks else None,
                  created=pl.DataFrame(created, schema=CREATED_SCHEMA) if created else None)

@@ -1,4 +1,4 @@
-"""Table tests of the merge engine: one test per branch of the decision tables in tasks/merge.py.
+"""Table tests of the merge engine: one test per branch of the decision tables in contact_recon/engine/merge.py.
 
 Each case is named in the comment above it, in the words of the tables (A presence, B fields, C tags and
 lists, D consent, E tasks and notes, F guards), plus op ids and the policy file.
@@ -13,10 +13,10 @@ import random
 import polars as pl
 import pytest
 
-from tasks.merge import CREATED_SCHEMA, plan
-from tasks.ops import Op, op_id
-from tasks.policy import Policy, describe_mapping, load_policy
-from tasks.records import GHL_TASKS
+from contact_recon.engine.merge import CREATED_SCHEMA, plan
+from contact_recon.model.ops import Op, op_id
+from contact_recon.model.policy import Policy, describe_mapping, load_policy
+from contact_recon.model.records import GHL_TASKS
 from tests.merge_support import frame, rec
 
 TODAY = dt.date(2026, 3, 1)

@@ -11,9 +11,9 @@ import pytest
 from starlette.requests import Request
 from starlette.routing import Route
 
-from sandbox.common import json_response
-from sandbox.middleware import wrap_sandbox
-from sandbox.ratelimit import Decision, SlidingWindowLimiter
+from contact_recon.sandbox.common import json_response
+from contact_recon.sandbox.middleware import wrap_sandbox
+from contact_recon.sandbox.ratelimit import Decision, SlidingWindowLimiter
 
 
 class CounterStore:

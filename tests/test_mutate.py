@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
-from sandbox import ghl, tinyemail
-from sandbox.fixture import validate_fixture
-from sandbox.generate import generate_fixture
-from sandbox.mutate import CHANGE_WEIGHTS, credentials_from_env, credentials_from_fixture, mutate, norm
-from sandbox.server import RunningServer
+from contact_recon.sandbox import ghl, tinyemail
+from contact_recon.sandbox.fixture import validate_fixture
+from contact_recon.sandbox.generate import generate_fixture
+from contact_recon.sandbox.mutate import CHANGE_WEIGHTS, credentials_from_env, credentials_from_fixture, mutate, norm
+from contact_recon.sandbox.server import RunningServer
 
 LENIENT = 100.0  # rate_scale that keeps these runs clear of the rate limits
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.normalise import (
+from contact_recon.model.normalise import (
     ghl_contact_record,
     ghl_note_record,
     ghl_task_record,
@@ -17,7 +17,7 @@ from tasks.normalise import (
     tinyemail_customer_record,
     to_frame,
 )
-from tasks.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, TINYEMAIL_CUSTOMERS
+from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, TINYEMAIL_CUSTOMERS
 
 EMAIL_CASES = [
     # (case, raw, key, valid)

@@ -1,4 +1,4 @@
-"""The planning pipeline (tasks/pipeline.py) and `recon plan` / `recon mapping` / `recon approve`, against both
+"""The planning pipeline (contact_recon/stages/plan.py) and `recon plan` / `recon mapping` / `recon approve`, against both
 sandboxes over HTTP.
 
 A plan reads both systems and writes to neither (judged by each sandbox's request log and state), its files
@@ -24,17 +24,14 @@ import pytest
 from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
-from connectors.budget import RateBudget
-from connectors.ghl import GHLClient
-from connectors.tinyemail import TinyEmailClient
-from contact_recon.cli import app
+from contact_recon.cli.main import app
+from contact_recon.model.ops import CONFLICTS_SCHEMA
+from contact_recon.model.policy import Policy, load_policy
+from contact_recon.sandbox.fixture import validate_fixture
+from contact_recon.sandbox.generate import generate_fixture
+from contact_recon.sandbox.server import RunningServer
 from contact_recon.settings import Settings
-from sandbox.fixture import validate_fixture
-from sandbox.generate import generate_fixture
-from sandbox.server import RunningServer
-from tasks.db import Store, open_db
-from tasks.ops import CONFLICTS_SCHEMA
-from tasks.pipeline import (
+from contact_recon.stages.plan import (
     GUARD_EXPECTATION,
     NoSnapshot,
     PlanRun,
@@ -42,7 +39,10 @@ from tasks.pipeline import (
     ops_to_apply,
     plan_run,
 )
-from tasks.policy import Policy, load_policy
+from contact_recon.store.db import Store, open_db
+from contact_recon.systems.budget import RateBudget
+from contact_recon.systems.ghl.client import GHLClient
+from contact_recon.systems.tinyemail.client import TinyEmailClient
 
 REPO = Path(__file__).resolve().parent.parent
 RATE_SCALE = 50
@@ -260,7 +260,7 @@ def test_reusing_a_snapshot_that_does_not_exist_fails_the_run(world: World) -> N
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("RECON_")}
     full = {**base, "PYTHONPATH": str(REPO), "COLUMNS": "220", **env}
-    return subprocess.run([sys.executable, "-m", "contact_recon.cli", *args], env=full, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "contact_recon.cli.main", *args], env=full, cwd=cwd,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.ratelimit import SlidingWindowLimiter
+from contact_recon.sandbox.ratelimit import SlidingWindowLimiter
 
 
 def test_150_requests_in_one_window_give_exactly_100_successes(clock):

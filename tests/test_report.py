@@ -1,4 +1,4 @@
-"""The run report (tasks/report.py): summary.json against its JSON Schema, report.html (charts, tables,
+"""The run report (contact_recon/report/build.py): summary.json against its JSON Schema, report.html (charts, tables,
 escaping, no secrets) rendered in headless Chromium, the Prefect artifacts, and `recon runs` / `recon report`.
 
 Runs are made by the real planning pipeline against both sandboxes (tests/test_pipeline.py's `World`); an
@@ -20,15 +20,9 @@ import pytest
 from test_pipeline import LOOSE_GUARDS, RATE_SCALE, World, awkward_fixture, table_rows
 from typer.testing import CliRunner
 
-from connectors.http import RequestStats
-from contact_recon.cli import app
-from contact_recon.settings import Settings
-from sandbox.fixture import validate_fixture
-from sandbox.server import RunningServer
-from tasks.db import open_db
-from tasks.pipeline import PlanRun
-from tasks.policy import Policy, load_policy
-from tasks.report import (
+from contact_recon.cli.main import app
+from contact_recon.model.policy import Policy, load_policy
+from contact_recon.report.build import (
     KINDS,
     SUMMARY_SCHEMA,
     build_summary,
@@ -38,6 +32,12 @@ from tasks.report import (
     run_ops,
     write_run_files,
 )
+from contact_recon.sandbox.fixture import validate_fixture
+from contact_recon.sandbox.server import RunningServer
+from contact_recon.settings import Settings
+from contact_recon.stages.plan import PlanRun
+from contact_recon.store.db import open_db
+from contact_recon.systems.http import RequestStats
 
 HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned=2">Eve & "Co"'
 CHROMIUM = "/usr/bin/chromium"

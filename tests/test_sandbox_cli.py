@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sandbox.server import free_port
+from contact_recon.sandbox.server import free_port
 
-RECON = [sys.executable, "-m", "contact_recon.cli"]
+RECON = [sys.executable, "-m", "contact_recon.cli.main"]
 ENV = {**os.environ, "COLUMNS": "200"}
 
 

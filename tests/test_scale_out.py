@@ -28,10 +28,10 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from sandbox import ghl, tinyemail
-from sandbox.fixture import validate_fixture
-from sandbox.generate import generate_fixture
-from sandbox.server import RunningServer
+from contact_recon.sandbox import ghl, tinyemail
+from contact_recon.sandbox.fixture import validate_fixture
+from contact_recon.sandbox.generate import generate_fixture
+from contact_recon.sandbox.server import RunningServer
 from tests.apply_support import LOOSE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -177,8 +177,8 @@ def test_each_location_takes_its_own_token_and_a_malformed_list_never_shows_one(
 
     from pydantic import ValidationError
 
-    from connectors.ghl import credentials_from_settings
     from contact_recon.settings import Settings
+    from contact_recon.systems.ghl.client import credentials_from_settings
 
     settings = Settings(_env_file=None, ghl_token="shared-token", ghl_location_tokens="L1=tok-one, L2=tok-two")
     tokens = {loc: asyncio.run(credentials_from_settings(settings, loc).token()) for loc in ("L1", "L2", "L3")}

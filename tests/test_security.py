@@ -28,15 +28,15 @@ import polars as pl
 import pytest
 from secret_scan import Finding, ScanError, find_secrets
 
-from connectors.auth import FileTokenStore, GHLOAuth, TokenSet
-from connectors.budget import RateBudget
-from connectors.ghl import GHLClient
-from connectors.tinyemail import TinyEmailClient
+from contact_recon.sandbox import ghl as ghl_sandbox
+from contact_recon.sandbox import tinyemail as te_sandbox
+from contact_recon.sandbox.generate import generate_fixture
+from contact_recon.sandbox.server import HOST, RunningServer
 from contact_recon.settings import Settings
-from sandbox import ghl as ghl_sandbox
-from sandbox import tinyemail as te_sandbox
-from sandbox.generate import generate_fixture
-from sandbox.server import HOST, RunningServer
+from contact_recon.systems.auth import FileTokenStore, GHLOAuth, TokenSet
+from contact_recon.systems.budget import RateBudget
+from contact_recon.systems.ghl.client import GHLClient
+from contact_recon.systems.tinyemail.client import TinyEmailClient
 
 RATE_SCALE = 50
 SECRET = "sk-test-" + "Zq3/+x=" + "0123456789abcdef"  # URL- and JSON-sensitive characters on purpose
@@ -298,10 +298,11 @@ def test_a_full_run_leaves_no_secret_in_data_reports_logs_artifacts_or_prefect(
 
     @flow(name="security-full-run")
     def full_run() -> tuple[str, str, int]:
+        from contact_recon.tasks.reconcile import PREFECT_STEPS
         from prefect.logging import get_run_logger
         from prefect.runtime import flow_run
 
-        from flows.reconcile import run_reconcile
+        from contact_recon.stages.run import reconcile
 
         get_run_logger().info("planning with settings %r", settings)  # what a careless flow would log
         # a user debugging a run: everything at DEBUG into one more handler (attached here, inside the flow run,
@@ -310,11 +311,12 @@ def test_a_full_run_leaves_no_secret_in_data_reports_logs_artifacts_or_prefect(
         root.setLevel(logging.DEBUG)
         root.addHandler(debug_handler)
         logging.getLogger("recon.careless").debug("settings at DEBUG: %r", settings)
-        summary = run_reconcile(settings, locations=[location], docs=True,
-                                ghl_client=lambda loc: GHLClient.from_settings(
-                                    settings, loc, budget=RateBudget(100 * RATE_SCALE, 10.0, 200_000)),
-                                tinyemail_client=lambda: TinyEmailClient.from_settings(
-                                    settings, budget=RateBudget(60 * RATE_SCALE, 60.0, None)))
+        summary = reconcile(settings, locations=[location], docs=True, steps=PREFECT_STEPS,
+                            ghl_client=lambda loc: GHLClient.from_settings(
+                                settings, loc, budget=RateBudget(100 * RATE_SCALE, 10.0, 200_000)),
+                            tinyemail_client=lambda: TinyEmailClient.from_settings(
+                                settings, budget=RateBudget(60 * RATE_SCALE, 60.0, None))).summary
+        assert summary is not None
         return summary["run_id"], str(flow_run.id), sum(summary["counts"]["applied"]["ghl"].values())
 
     run_id, flow_run_id, applied = full_run()
@@ -331,7 +333,7 @@ def test_a_full_run_leaves_no_secret_in_data_reports_logs_artifacts_or_prefect(
     logging.getLogger().removeHandler(debug_handler)
     debug_text = "\n".join(logging.Formatter().format(r) for r in debug_records)
     assert any(r.levelno == logging.DEBUG for r in debug_records), "DEBUG records were not captured"
-    assert any(r.name == "tasks.apply" for r in debug_records), "the apply stage's DEBUG lines were not captured"
+    assert any(r.name == "contact_recon.stages.apply" for r in debug_records), "the apply stage's DEBUG lines were not captured"
     findings = find_secrets([data, prefect_db()], configured, texts={
         "caplog": caplog.text, "debug log": debug_text,
         "stdout": output.out, "stderr": output.err, "prefect logs": "\n".join(shipped)})

@@ -1,4 +1,4 @@
-"""The snapshot stage (tasks/snapshot.py) against both sandboxes over HTTP.
+"""The snapshot stage (contact_recon/stages/snapshot.py) against both sandboxes over HTTP.
 
 Every test judges by the sandbox's own state and request log (`/__sandbox/requests`) and by what the
 store holds afterwards: first snapshot complete, a change seen, unchanged contacts cost no request,
@@ -26,19 +26,19 @@ from polars.testing import assert_frame_equal
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from connectors.auth import StaticToken
-from connectors.budget import RateBudget
-from connectors.ghl import GHLClient
-from connectors.tinyemail import TinyEmailClient
-from contact_recon.cli import app
+from contact_recon.cli.main import app
+from contact_recon.engine.identity import SideCameBackEmpty
+from contact_recon.sandbox import tinyemail as sandbox_tinyemail
+from contact_recon.sandbox.fixture import validate_fixture
+from contact_recon.sandbox.generate import generate_fixture
+from contact_recon.sandbox.server import RunningServer
 from contact_recon.settings import Settings
-from sandbox import tinyemail as sandbox_tinyemail
-from sandbox.fixture import validate_fixture
-from sandbox.generate import generate_fixture
-from sandbox.server import RunningServer
-from tasks.db import Store, open_db
-from tasks.identity import SideCameBackEmpty
-from tasks.snapshot import SnapshotFailed, SnapshotOptions, run_snapshot, sweep_slice
+from contact_recon.stages.snapshot import SnapshotFailed, SnapshotOptions, run_snapshot, sweep_slice
+from contact_recon.store.db import Store, open_db
+from contact_recon.systems.auth import StaticToken
+from contact_recon.systems.budget import RateBudget
+from contact_recon.systems.ghl.client import GHLClient
+from contact_recon.systems.tinyemail.client import TinyEmailClient
 
 RATE_SCALE = 50
 ENTITIES = ("ghl_contacts", "ghl_tasks", "ghl_notes", "te_customers")
@@ -259,7 +259,7 @@ def test_contacts_deferred_by_a_short_allowance_are_marked_dirty_and_read_next(w
 
 def test_unchanged_tinyemail_customers_keep_their_rows(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Night 2 normalises only the customers whose payload or lists changed; the rows equal a full rebuild."""
-    from tasks import snapshot as snapshot_module
+    from contact_recon.stages import snapshot as snapshot_module
 
     world.snapshot(night=0)
     te = world.fixture["tinyemail"]
@@ -395,7 +395,7 @@ def test_the_prefect_tasks_run_inside_a_flow(world: World, prefect_server: str) 
     from prefect import flow
     from prefect.client.orchestration import get_client
 
-    from tasks import snapshot as snapshot_module
+    from contact_recon.stages import snapshot as snapshot_module
 
     @flow
     def nightly_snapshot() -> tuple[str, dict[str, int], str, bool]:

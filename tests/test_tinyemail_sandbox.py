@@ -1,6 +1,6 @@
 """The TinyEmail sandbox against CONTRACT.md, over real HTTP on 127.0.0.1.
 
-Every answer is checked against the shared JSON Schemas of `sandbox.tinyemail_schemas` and against
+Every answer is checked against the shared JSON Schemas of `contact_recon.systems.tinyemail.contract` and against
 exact values. The fixture goes through the lead's `validate_fixture` first, as the served one does.
 """
 
@@ -16,12 +16,12 @@ import jsonschema
 import pytest
 from starlette.requests import Request
 
-from sandbox.common import iso_from_epoch
-from sandbox.fixture import validate_fixture
-from sandbox.server import RunningServer
-from sandbox.tinyemail import create_app, rate_key
-from sandbox.tinyemail_schemas import SCHEMAS
-from sandbox.tinyemail_store import TinyEmailStore, check_member, merge_customer, normalise_email
+from contact_recon.sandbox.common import iso_from_epoch
+from contact_recon.sandbox.fixture import validate_fixture
+from contact_recon.sandbox.server import RunningServer
+from contact_recon.sandbox.tinyemail import create_app, rate_key
+from contact_recon.sandbox.tinyemail_store import TinyEmailStore, check_member, merge_customer
+from contact_recon.systems.tinyemail.contract import SCHEMAS, email_key
 
 KEY, KEY2 = "te-key-primary-0001", "te-key-second-0002"
 NEWSLETTER, VIP = "6f1c1a52-9d8e-4c1b-8f0e-1d2a3b4c5d6e", "0b7e6f5d-4c3b-4a29-8f17-e6d5c4b3a291"
@@ -494,7 +494,7 @@ def test_merge_customer_rules():
     assert created == {"email": " New@X.io", "status": "Unsubscribed", "tags": [], "unsubscribedAt": now}
     updated = merge_customer(ADA, {"email": "ada@example.com", "tags": ["a"], "company": None}, now)
     assert updated == {k: v for k, v in {**ADA, "tags": ["a"]}.items() if k != "company"}
-    assert normalise_email("  MiXed@Example.COM ") == "mixed@example.com"
+    assert email_key("  MiXed@Example.COM ") == "mixed@example.com"
     assert check_member({"email": "a@b.c", "lastPurchaseDate": "2026-01-01"}) is None
     assert check_member({"email": "a b@c.d"}) == ".email is missing or not a valid email address"
 

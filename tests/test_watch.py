@@ -17,10 +17,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prefect_events import events_of, prefect_events, wait_for_events  # noqa: F401
 
-from connectors.models import Customer
-from connectors.tinyemail import AudienceSnapshot, TinyEmailClient
-from contact_recon.settings import Settings
-from contact_recon.watch import (
+from contact_recon.events import TINYEMAIL_CUSTOMER_CREATED, TINYEMAIL_CUSTOMER_UPDATED
+from contact_recon.sandbox import tinyemail
+from contact_recon.sandbox.fixture import validate_fixture
+from contact_recon.sandbox.generate import generate_fixture
+from contact_recon.sandbox.server import RunningServer
+from contact_recon.service.watch import (
     CustomerChange,
     customer_hashes,
     diff_hashes,
@@ -28,13 +30,11 @@ from contact_recon.watch import (
     share_budget,
     state_path,
 )
-from flows.events import TINYEMAIL_CUSTOMER_CREATED, TINYEMAIL_CUSTOMER_UPDATED
-from sandbox import tinyemail
-from sandbox.fixture import validate_fixture
-from sandbox.generate import generate_fixture
-from sandbox.server import RunningServer
+from contact_recon.settings import Settings
+from contact_recon.systems.models import Customer
+from contact_recon.systems.tinyemail.client import AudienceSnapshot, TinyEmailClient
 
-RECON = [sys.executable, "-m", "contact_recon.cli"]
+RECON = [sys.executable, "-m", "contact_recon.cli.main"]
 
 # ------------------------------------------------------------------------------------------- pure
 
@@ -150,9 +150,9 @@ def test_recon_watch_tinyemail_once_records_a_baseline(world: tuple[RunningServe
 
 def test_our_own_writes_are_not_emitted_a_persons_change_is(world: tuple[RunningServer, Settings, dict[str, Any]]
                                                              ) -> None:
-    """The apply stage notes the customers it writes (tasks/echo.py `tinyemail_log`); the watcher drops their
+    """The apply stage notes the customers it writes (contact_recon/stages/echo.py `tinyemail_log`); the watcher drops their
     changes inside the window, so a night's writes never queue a sync run each."""
-    from tasks.echo import tinyemail_filter, tinyemail_log
+    from contact_recon.stages.echo import tinyemail_filter, tinyemail_log
 
     server, settings, fixture = world
     sent: list[str] = []

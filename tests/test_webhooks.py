@@ -34,8 +34,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from contact_recon.settings import Settings
-from contact_recon.webhooks import (
+from contact_recon.events import (
+    GHL_CONTACT_DELETED,
+    GHL_CONTACT_TAG_UPDATED,
+    GHL_CONTACT_UPDATED,
+    GHL_NOTE_CREATED,
+    GHL_WEBHOOK_EVENTS,
+)
+from contact_recon.sandbox import ghl
+from contact_recon.sandbox.fixture import validate_fixture
+from contact_recon.sandbox.generate import generate_fixture
+from contact_recon.sandbox.ghl_webhooks import private_key, sign
+from contact_recon.sandbox.server import RunningServer, free_port
+from contact_recon.service.webhooks import (
     EVENT_NAMESPACE,
     PATH,
     SIGNATURE_HEADER,
@@ -44,20 +55,9 @@ from contact_recon.webhooks import (
     parse_webhook,
     seen_ids_path,
 )
-from flows.events import (
-    GHL_CONTACT_DELETED,
-    GHL_CONTACT_TAG_UPDATED,
-    GHL_CONTACT_UPDATED,
-    GHL_NOTE_CREATED,
-    GHL_WEBHOOK_EVENTS,
-)
-from sandbox import ghl
-from sandbox.fixture import validate_fixture
-from sandbox.generate import generate_fixture
-from sandbox.ghl_webhooks import private_key, sign
-from sandbox.server import RunningServer, free_port
+from contact_recon.settings import Settings
 
-RECON = [sys.executable, "-m", "contact_recon.cli"]
+RECON = [sys.executable, "-m", "contact_recon.cli.main"]
 Serve = Callable[[Starlette], RunningServer]
 
 
@@ -158,7 +158,7 @@ def test_ghls_published_key_is_the_default_and_refuses_a_sandbox_signature(serve
 
 
 def test_the_key_can_be_given_as_a_pem_file(serve: Serve, tmp_path: Path, prefect_events: str) -> None:  # noqa: F811
-    from sandbox.ghl_webhooks import SANDBOX_PUBLIC_KEY_PEM
+    from contact_recon.sandbox.ghl_webhooks import SANDBOX_PUBLIC_KEY_PEM
 
     pem = tmp_path / "ghl.pem"
     pem.write_text(SANDBOX_PUBLIC_KEY_PEM)
@@ -409,7 +409,7 @@ def test_a_slow_receiver_never_holds_the_api_answer(serve: Serve, ghl_fixture: d
 
 
 def test_the_seen_ids_file_stays_one_window_long(tmp_path: Path) -> None:
-    from contact_recon.webhooks import SeenIds
+    from contact_recon.service.webhooks import SeenIds
 
     now = [1_000.0]
     seen = SeenIds(tmp_path / "seen.jsonl", clock=lambda: now[0])
@@ -424,9 +424,9 @@ def test_the_seen_ids_file_stays_one_window_long(tmp_path: Path) -> None:
 
 
 def test_our_own_write_coming_back_is_acknowledged_as_an_echo_not_emitted(serve: Serve, tmp_path: Path) -> None:
-    """The apply stage notes the contacts it writes (tasks/echo.py); their update webhooks inside the window
+    """The apply stage notes the contacts it writes (contact_recon/stages/echo.py); their update webhooks inside the window
     are acknowledged without an event, a deletion still goes through, and after the window an edit does."""
-    from tasks.echo import EchoLog
+    from contact_recon.stages.echo import EchoLog
 
     now = [time.time()]
     emitted: list[str] = []

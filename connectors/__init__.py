@@ -1,1 +1,0 @@
-"""connectors: filled by later issues."""

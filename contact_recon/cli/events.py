@@ -1,0 +1,103 @@
+"""The event commands behind `recon webhooks serve`, `recon watch tinyemail` and `recon alerts setup|listen`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from rich.console import Console
+
+from contact_recon.settings import Settings
+
+NO_PREFECT = ("no Prefect API configured: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api after "
+              "`prefect server start`) so the events reach the server that runs the deployments")
+
+
+def prefect_api_url() -> str | None:
+    from prefect.settings import PREFECT_API_URL
+
+    value = PREFECT_API_URL.value()
+    return str(value) if value else None
+
+
+def _quiet_logging() -> None:
+    """Our own loggers at INFO on stderr (ids and verdicts only); the libraries' at WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("contact_recon.service.webhooks", "contact_recon.service.watch"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+def run_webhooks_serve(settings: Settings, host: str, port: int, console: Console, err: Console) -> int:
+    import uvicorn
+
+    from contact_recon.service.webhooks import PATH, create_app, key_source
+
+    if prefect_api_url() is None:
+        err.print(f"[bold red]error:[/] {NO_PREFECT}", highlight=False)
+        return 2
+    try:
+        app = create_app(settings)
+    except (OSError, ValueError) as exc:
+        err.print(f"[bold red]error:[/] cannot load the webhook public key: {exc}", highlight=False)
+        return 2
+    _quiet_logging()
+    console.print(f"GHL webhook receiver: http://{host}:{port}{PATH}", highlight=False)
+    console.print(f"verifying with {key_source(settings.ghl_webhook_public_key)}; replay window "
+                  f"{settings.webhook_max_age_s:.0f} s; events to {prefect_api_url()}", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    return 0
+
+
+def run_watch_tinyemail(settings: Settings, interval: float, budget_share: float, once: bool, console: Console,
+                        err: Console) -> int:
+    from contact_recon.service.watch import PollResult, share_budget, watch
+    from contact_recon.systems.errors import ConnectorError
+
+    if prefect_api_url() is None:
+        err.print(f"[bold red]error:[/] {NO_PREFECT}", highlight=False)
+        return 2
+    budget = share_budget(settings, budget_share)
+    console.print(f"watching TinyEmail at {settings.tinyemail_base_url}: {budget.limit} requests a minute "
+                  f"({budget_share:.0%} of {settings.tinyemail_rate_per_minute:g})", highlight=False)
+
+    def report(result: PollResult) -> None:
+        if result.baseline:
+            console.print(f"baseline: {result.customers} customers recorded, {result.requests} requests, "
+                          f"{result.seconds:.1f} s", highlight=False)
+            return
+        console.print(f"poll: {result.customers} customers, {result.created} created, {result.updated} updated, "
+                      f"{result.emitted} events, {result.echoes} our own writes, {result.requests} requests, "
+                      f"{result.seconds:.1f} s", highlight=False)
+
+    try:
+        watch(settings, interval_s=interval, budget_share=budget_share, once=once, on_poll=report)
+    except ConnectorError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        console.print("watch stopped", style="dim")
+    return 0
+
+
+def run_alerts_setup(webhook_url: str, flows: list[str], console: Console, err: Console) -> int:
+    from contact_recon.service.alerts import BLOCK_NAME, setup_alerts
+
+    if prefect_api_url() is None:
+        err.print(f"[bold red]error:[/] {NO_PREFECT}", highlight=False)
+        return 2
+    setup = setup_alerts(webhook_url, flow_names=flows or None)
+    console.print(f"notification block {BLOCK_NAME!r} ({setup.block_id}) posts to {webhook_url}", highlight=False)
+    for name, automation_id in setup.automation_ids.items():
+        verb = "created" if name in setup.created else "updated"
+        console.print(f"automation {name!r} {verb} ({automation_id})", highlight=False)
+    return 0
+
+
+def run_alerts_listen(out: Path, port: int, console: Console) -> int:
+    import uvicorn
+
+    from contact_recon.service.alerts import sink_app
+
+    console.print(f"writing alerts POSTed to http://127.0.0.1:{port}/ into {out}", highlight=False)
+    uvicorn.run(sink_app(out), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    return 0

@@ -1,0 +1,345 @@
+"""The `recon` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from contact_recon.sandbox.faults import FaultSpec
+from contact_recon.sandbox.fixture import FixtureError, load_fixture
+
+app = typer.Typer(help="contact-recon: keep GHL and TinyEmail consistent.", no_args_is_help=True)
+sandbox_app = typer.Typer(help="Sandbox servers of both APIs and their fixtures.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+auth_app = typer.Typer(help="Authorize the connectors.", no_args_is_help=True)
+app.add_typer(auth_app, name="auth")
+webhooks_app = typer.Typer(help="Receive GHL webhooks and emit Prefect events.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
+watch_app = typer.Typer(help="Poll systems without webhooks and emit Prefect events.", no_args_is_help=True)
+app.add_typer(watch_app, name="watch")
+alerts_app = typer.Typer(help="Prefect notifications for failed and held runs.", no_args_is_help=True)
+app.add_typer(alerts_app, name="alerts")
+
+console = Console()
+err = Console(stderr=True)
+
+
+class Only(StrEnum):
+    ghl = "ghl"
+    tinyemail = "tinyemail"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _load(fixture: Path) -> dict[str, Any]:
+    try:
+        return load_fixture(fixture)
+    except FixtureError as exc:
+        _fail(f"bad fixture {fixture}: {exc}")
+        raise  # unreachable: _fail raises
+
+
+@sandbox_app.command("serve")
+def sandbox_serve(
+    fixture: Annotated[Path, typer.Option(help="Fixture file (../shared/fixtures/FORMAT.md).")],
+    ghl_port: Annotated[int, typer.Option(help="Port of the GHL sandbox.")] = 8701,
+    tinyemail_port: Annotated[int, typer.Option(help="Port of the TinyEmail sandbox.")] = 8702,
+    only: Annotated[Only | None, typer.Option(help="Serve only this system.")] = None,
+    rate_scale: Annotated[float, typer.Option(help="Multiply the burst rate allowances (tests, benchmarks).")] = 1.0,
+    faults: Annotated[str, typer.Option(help='Faults, e.g. "5xx=0.02,applied_5xx=0.5,reset=0.01,latency=20ms".')] = "",
+    seed: Annotated[int, typer.Option(help="Seed for ids and faults.")] = 0,
+    webhook_url: Annotated[str | None, typer.Option(help="POST signed GHL webhooks (sandbox test key) here.")]
+    = None,
+) -> None:
+    """Serve the GHL and TinyEmail sandboxes on 127.0.0.1 until SIGINT/SIGTERM."""
+    try:
+        FaultSpec.parse(faults)
+    except ValueError as exc:
+        _fail(f"--faults: {exc}")
+    if rate_scale <= 0:
+        _fail("--rate-scale must be > 0")
+    data = _load(fixture)
+    from contact_recon.sandbox import ghl, tinyemail
+    from contact_recon.sandbox.server import serve_forever
+
+    options = {"rate_scale": rate_scale, "faults": faults or None, "seed": seed}
+    apps = {}
+    if only in (None, Only.ghl):
+        apps["ghl"] = (ghl.create_app(data["ghl"], **options, webhook_url=webhook_url), ghl_port)
+    if only in (None, Only.tinyemail):
+        apps["tinyemail"] = (tinyemail.create_app(data["tinyemail"], **options), tinyemail_port)
+
+    def ready(urls: dict[str, str]) -> None:
+        if "ghl" in urls:
+            console.print(f"GHL sandbox:       {urls['ghl']}", highlight=False)
+        if "tinyemail" in urls:
+            console.print(f"TinyEmail sandbox: {urls['tinyemail']}/v1", highlight=False)
+        if webhook_url and "ghl" in urls:
+            console.print(f"GHL webhooks ->    {webhook_url} (signed with the sandbox test key: run the receiver "
+                          "with RECON_GHL_WEBHOOK_PUBLIC_KEY=sandbox)", highlight=False)
+        console.print("Ctrl+C or SIGTERM stops them.", style="dim")
+        sys.stdout.flush()
+
+    serve_forever(apps, ready)
+    console.print("sandbox stopped", style="dim")
+
+
+@sandbox_app.command("generate")
+def sandbox_generate(
+    contacts: Annotated[int, typer.Option(help="Number of distinct people.", min=0)],
+    out: Annotated[Path, typer.Option(help="Fixture file to write.")],
+    seed: Annotated[int, typer.Option(help="Seed: the same seed writes the same file.")] = 0,
+    overlap: Annotated[float, typer.Option(help="Share of people present in both systems.", min=0, max=1)] = 0.7,
+    tasks_per_contact: Annotated[float, typer.Option(help="Mean GHL tasks per contact.", min=0)] = 0.5,
+    notes_per_contact: Annotated[float, typer.Option(help="Mean GHL notes per contact.", min=0)] = 1.0,
+    awkward: Annotated[float, typer.Option(help="Share of awkward records.", min=0, max=1)] = 0.05,
+    locations: Annotated[int, typer.Option(help="Number of GHL locations.", min=1)] = 1,
+    allow_duplicates: Annotated[bool, typer.Option(help="Locations allow duplicate contacts.")] = False,
+) -> None:
+    """Write a deterministic fixture for both sandboxes."""
+    from contact_recon.sandbox.generate import generate_fixture, write_fixture
+
+    fixture = generate_fixture(contacts, seed=seed, overlap=overlap, tasks_per_contact=tasks_per_contact,
+                               notes_per_contact=notes_per_contact, awkward=awkward, locations=locations,
+                               allow_duplicates=allow_duplicates)
+    write_fixture(fixture, out)
+    ghl_count = sum(len(loc["contacts"]) for loc in fixture["ghl"]["locations"].values())
+    console.print(f"wrote {out}: {ghl_count} GHL contacts, "
+                  f"{len(fixture['tinyemail']['customers'])} TinyEmail customers", highlight=False)
+
+
+@sandbox_app.command("mutate")
+def sandbox_mutate(
+    ghl: Annotated[str, typer.Option(help="Base URL of the GHL server.")],
+    tinyemail: Annotated[str, typer.Option(help="Base URL of the TinyEmail server (with /v1).")],
+    changes: Annotated[int, typer.Option(help="Number of changes to make.", min=0)],
+    seed: Annotated[int, typer.Option(help="Seed for the choice of changes.")] = 0,
+    fixture: Annotated[Path | None, typer.Option(help="Fixture whose credentials to use.")] = None,
+) -> None:
+    """Make a realistic day of changes through the public APIs of both servers; print them as JSON."""
+    from contact_recon.sandbox.mutate import credentials_from_env, credentials_from_fixture, mutate
+
+    creds = credentials_from_fixture(_load(fixture)) if fixture else credentials_from_env()
+    report = mutate(ghl, tinyemail, changes, seed=seed, **creds)
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+
+
+@app.command("demo")
+def demo(
+    contacts: Annotated[int, typer.Option(help="Size of the generated fixture.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the fixture.")] = 7,
+) -> None:
+    """The whole story: generate a fixture, start both sandboxes, reconcile, drift for a day through both APIs,
+    reconcile again (the nightly flow), print the summary and the report path, stop."""
+    from contact_recon.cli.demo import run_demo
+
+    raise typer.Exit(run_demo(console, contacts=contacts, seed=seed))
+
+
+@auth_app.command("ghl")
+def auth_ghl(
+    code: Annotated[str | None, typer.Option(help="The authorization code, or the whole redirect URL.")] = None,
+) -> None:
+    """Print the GHL authorize URL, take the code, and store the OAuth token pair (never printed)."""
+    from contact_recon.cli.auth import run
+    from contact_recon.settings import get_settings
+
+    def prompt() -> str:
+        return str(typer.prompt("Paste the code (or the whole redirect URL)", hide_input=True))
+
+    raise typer.Exit(run(get_settings(), code, prompt, console, err))
+
+
+@app.command("doctor")
+def doctor() -> None:
+    """Check both connections, the scopes the features need and the remaining budgets; exit 1 on a problem."""
+    from contact_recon.cli.doctor import run_doctor
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_doctor(get_settings, console, err))
+
+
+@app.command("snapshot")
+def snapshot(
+    location: Annotated[list[str] | None, typer.Option(help="GHL location id (repeatable); default: all configured.")]
+    = None,
+    full_sweep: Annotated[bool, typer.Option(help="Read the tasks and notes of every contact tonight.")] = False,
+) -> None:
+    """Snapshot GHL and TinyEmail into the store; print counts, requests planned vs used; exit 1 on failure."""
+    from contact_recon.cli.snapshot import run_snapshot_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_snapshot_command(get_settings(), location or [], full_sweep, console, err))
+
+
+
+@app.command("plan")
+def plan(
+    location: Annotated[list[str] | None, typer.Option(help="GHL location id (repeatable); default: all configured.")]
+    = None,
+    approve: Annotated[bool, typer.Option(help="Approve up front whatever guard the plan trips.")] = False,
+    full_sweep: Annotated[bool, typer.Option(help="Read the tasks and notes of every contact tonight.")] = False,
+    reuse_snapshot: Annotated[bool, typer.Option(help="Plan from the latest stored snapshot; read neither system.")]
+    = False,
+) -> None:
+    """The dry run (`recon run --dry-run` once the apply stage exists): snapshot and plan, writing nothing to GHL
+    or TinyEmail.
+
+    Prints the run id, its status (planned, or held by a guard with the reasons), the operations per
+    system and kind, the conflicts, the quarantined operations and where plan.parquet is.
+    Exit 0 planned, 3 held (see `recon approve`), 1 failed.
+    """
+    from contact_recon.cli.plan import run_plan_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_plan_command(get_settings(), location or [], approve, full_sweep, reuse_snapshot, console,
+                                      err))
+
+
+@app.command("run")
+def run(
+    location: Annotated[list[str] | None, typer.Option(help="GHL location id (repeatable); default: all configured.")]
+    = None,
+    dry_run: Annotated[bool, typer.Option(help="Plan and report only: write nothing to GHL or TinyEmail.")] = False,
+    approve: Annotated[bool, typer.Option(help="Approve up front whatever guard the plan trips.")] = False,
+    full_sweep: Annotated[bool, typer.Option(help="Read the tasks and notes of every contact tonight.")] = False,
+    lock_wait: Annotated[float, typer.Option(help="Seconds to wait for another run of the same locations before "
+                                             "giving up (exit 1, busy).", min=0)] = 60.0,
+) -> None:
+    """Reconcile now (a Prefect flow run): snapshot, merge, checks, apply, report.
+
+    Prints the run id, the status and the report path. Exit 0 completed, 3 held (a guard tripped:
+    `recon approve RUN_ID`), 1 failed.
+    """
+    from contact_recon.cli.run import run_reconcile_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_reconcile_command(get_settings(), location or [], dry_run, approve, full_sweep, console,
+                                           err, lock_wait_s=lock_wait))
+
+
+@app.command("mapping")
+def mapping(
+    policy: Annotated[Path | None, typer.Option(help="Policy file (.toml or .json); default: RECON_POLICY_FILE.")]
+    = None,
+) -> None:
+    """Print the active field map and rules as a table: how data moves between GHL and TinyEmail."""
+    from contact_recon.cli.plan import run_mapping_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_mapping_command(get_settings(), policy, console, err))
+
+
+@app.command("approve")
+def approve(
+    run_id: Annotated[str, typer.Argument(help="The id of a held run.")],
+    apply: Annotated[bool, typer.Option(help="Apply a held `recon run` right after approving it.")] = True,
+) -> None:
+    """Approve a run held by a guard; print the reasons and the operations it approves. A held reconcile run
+    (`recon run`) is then applied, each write checked against the live record first (exit 0 completed,
+    1 failed); a `recon plan` run is only approved."""
+    from contact_recon.cli.plan import run_approve_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_approve_command(get_settings(), run_id, console, err, apply=apply))
+
+
+@webhooks_app.command("serve")
+def webhooks_serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on (put a TLS proxy in front for GHL).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8703,
+) -> None:
+    """Receive GHL webhooks at POST /webhooks/ghl: verify x-wh-signature, refuse stale and repeated ones,
+    emit Prefect events (ghl.contact.*, ghl.note.*, ghl.task.*). Needs PREFECT_API_URL."""
+    from contact_recon.cli.events import run_webhooks_serve
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_webhooks_serve(get_settings(), host, port, console, err))
+
+
+@watch_app.command("tinyemail")
+def watch_tinyemail(
+    interval: Annotated[float, typer.Option(help="Seconds between the end of a poll and the next.", min=0)] = 60,
+    budget_share: Annotated[float, typer.Option(help="Share of the TinyEmail rate budget polls may use.",
+                                                min=0.01, max=1)] = 0.5,
+    once: Annotated[bool, typer.Option(help="Poll once and exit.")] = False,
+) -> None:
+    """Poll every TinyEmail customer, emit tinyemail.customer.created|updated for those that changed since
+    the previous poll (the first poll records a baseline). Needs PREFECT_API_URL."""
+    from contact_recon.cli.events import run_watch_tinyemail
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_watch_tinyemail(get_settings(), interval, budget_share, once, console, err))
+
+
+@alerts_app.command("setup")
+def alerts_setup(
+    webhook_url: Annotated[str, typer.Option(help="Where the notification block POSTs alerts.")],
+    flow: Annotated[list[str] | None, typer.Option(help="Alert only on these flows' failed runs (repeatable).")]
+    = None,
+) -> None:
+    """Create or update the notification block and the automations (failed flow runs, held or failing runs)."""
+    from contact_recon.cli.events import run_alerts_setup
+
+    raise typer.Exit(run_alerts_setup(webhook_url, flow or [], console, err))
+
+
+@alerts_app.command("listen")
+def alerts_listen(
+    out: Annotated[Path, typer.Option(help="File to append the alerts to (JSON lines).")] = Path("alerts.jsonl"),
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8704,
+) -> None:
+    """A local alert target: append every POSTed alert to a file (use http://127.0.0.1:PORT/ as --webhook-url)."""
+    from contact_recon.cli.events import run_alerts_listen
+
+    raise typer.Exit(run_alerts_listen(out, port, console))
+
+
+conflicts_app = typer.Typer(help="Conflicts the runs left for people to decide.", no_args_is_help=True)
+app.add_typer(conflicts_app, name="conflicts")
+
+
+@app.command("runs")
+def runs(limit: Annotated[int, typer.Option(help="How many runs to show.", min=1)] = 20) -> None:
+    """Recent runs, newest first: id, kind, status, start, duration, ops and failed ops."""
+    from contact_recon.cli.report import run_runs_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_runs_command(get_settings(), limit, console, err))
+
+
+@app.command("report")
+def report(
+    run_id: Annotated[str | None, typer.Argument(help="The run; default: the latest reconcile or plan run.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json as it is.")] = False,
+) -> None:
+    """Print a run's summary and the path of its HTML report (written again if its files are missing)."""
+    from contact_recon.cli.report import run_report_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_report_command(get_settings(), run_id, as_json, console, err))
+
+
+@conflicts_app.command("import")
+def conflicts_import(
+    file: Annotated[Path, typer.Argument(help="A conflicts.csv with a `decision` column (ghl | tinyemail | value | "
+                                              "skip) and, for `value`, a `value` column.")],
+) -> None:
+    """Store the data team's decisions on conflicts; the next run writes them. One bad row imports nothing."""
+    from contact_recon.cli.report import run_conflicts_import_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_conflicts_import_command(get_settings(), file, console, err))
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,171 @@
+"""`recon runs`, `recon report [RUN_ID]` and `recon conflicts import FILE`: what runs did, and the data team's
+answers to the conflicts they left."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+from contact_recon.settings import Settings
+from contact_recon.store.db import Store, StoreError, db_path, open_db
+from contact_recon.systems.redaction import redact
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+REPORT_KINDS = ("reconcile", "plan")  # `recon report` without a run id: the latest of these
+
+
+def _error(err: Console, message: str) -> None:
+    err.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
+
+
+def _open(settings: Settings, err: Console) -> Store | None:
+    path = db_path(settings.data_dir)
+    if not path.exists():
+        _error(err, f"no store at {path}: nothing has run yet (set RECON_DATA_DIR?)")
+        return None
+    return open_db(path)
+
+
+# ------------------------------------------------------------------------------------------- runs
+
+
+def run_runs_command(settings: Settings, limit: int, console: Console, err: Console) -> int:
+    """A table of the most recent runs, newest first."""
+    store = _open(settings, err)
+    if store is None:
+        return EXIT_FAILED
+    with store:
+        runs = store._frame(_RUNS_SQL, [limit])
+    if runs.height == 0:
+        console.print("no runs yet")
+        return EXIT_OK
+    console.print(runs_table(runs))
+    return EXIT_OK
+
+
+# ops: the journal's rows of the run, else the op count its plan summary recorded
+_RUNS_SQL = """
+SELECT r.run_id, r.kind, r.status, r.started_at, r.finished_at,
+       coalesce(j.ops, try_cast(json_extract(r.plan_json, '$.ops') AS BIGINT)) AS ops, j.failed
+FROM runs r
+LEFT JOIN (SELECT run_id, count(*) AS ops, count(*) FILTER (WHERE status = 'failed') AS failed
+           FROM journal GROUP BY run_id) j USING (run_id)
+ORDER BY r.started_at DESC, r.run_id DESC LIMIT ?
+"""
+
+_STATUS_STYLE = {"completed": "green", "planned": "green", "succeeded": "green", "approved": "green",
+                 "held": "yellow", "failed": "red", "running": "cyan", "applying": "cyan"}
+
+
+def runs_table(runs: pl.DataFrame) -> Table:
+    table = Table(title="Recent runs (newest first)")
+    for column in ("run id", "kind", "status", "started (UTC)", "duration", "ops", "failed"):
+        table.add_column(column, justify="right" if column in ("duration", "ops", "failed") else "left")
+    for r in runs.iter_rows(named=True):
+        style = _STATUS_STYLE.get(r["status"], "")
+        table.add_row(r["run_id"], r["kind"], f"[{style}]{r['status']}[/]" if style else r["status"],
+                      f"{r['started_at']:%Y-%m-%d %H:%M:%S}", _duration(r["started_at"], r["finished_at"]),
+                      "-" if r["ops"] is None else f"{r['ops']:,}", "-" if r["failed"] is None else f"{r['failed']:,}")
+    return table
+
+
+def _duration(started: datetime, finished: datetime | None) -> str:
+    if finished is None:
+        return "-"
+    seconds = (finished - started).total_seconds()
+    return f"{seconds:.1f} s" if seconds < 120 else f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+
+
+# ----------------------------------------------------------------------------------------- report
+
+
+def run_report_command(settings: Settings, run_id: str | None, as_json: bool, console: Console,
+                       err: Console) -> int:
+    """Print a run's summary and where its report is, writing the report files again when they are missing."""
+    from contact_recon.report.build import rebuild_run_files
+
+    store = _open(settings, err)
+    if store is None:
+        return EXIT_FAILED
+    with store:
+        run_id = run_id or _latest_run(store)
+        if run_id is None:
+            _error(err, "no reconcile or plan run yet: `recon plan` or `recon run` first")
+            return EXIT_FAILED
+        try:
+            summary, files = rebuild_run_files(store, settings.data_dir, run_id)
+        except StoreError as exc:
+            _error(err, str(exc))
+            return EXIT_FAILED
+    if as_json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    else:
+        print_summary(console, summary)
+    console.print(f"report: {files.report}", highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
+def _latest_run(store: Store) -> str | None:
+    rows = store.con.execute("SELECT run_id FROM runs WHERE list_contains(?, kind) ORDER BY started_at DESC, "
+                             "run_id DESC LIMIT 1", [list(REPORT_KINDS)]).fetchall()
+    return rows[0][0] if rows else None
+
+
+def print_summary(console: Console, s: dict[str, Any]) -> None:
+    """The summary.json of a run, as a person reads it."""
+    style = {"completed": "green", "held": "yellow", "failed": "red"}.get(s["status"], "")
+    console.print(f"run {s['run_id']}: [bold {style}]{s['status']}[/]"
+                  f"{' (dry run: nothing written)' if s['dry_run'] else ''}", highlight=False)
+    console.print(f"  {s['started_at']} → {s['finished_at'] or '-'} · locations: {', '.join(s['locations']) or '-'}",
+                  highlight=False)
+    for guard in s["guards"]:
+        console.print(f"  guard {guard['name']}: {guard['reason']}", highlight=False, soft_wrap=True)
+    console.print(_counts_table(s))
+    console.print(f"conflicts {s['conflicts']:,} · quarantined {s['quarantined']:,} · stale {s['stale']:,} · "
+                  f"failed {s['failed']:,}", highlight=False)
+    for system, r in s["requests"].items():
+        budget = f" of {r['budget']:,}" if r.get("budget") is not None else ""
+        console.print(f"requests {system}: {r['used']:,}{budget} used, {r['rate_limited']:,} rate limited, "
+                      f"{r['retried']:,} retried", highlight=False)
+
+
+def _counts_table(s: dict[str, Any]) -> Table:
+    table = Table(title="Ops per system and kind")
+    for column in ("target", "kind", "planned", "applied"):
+        table.add_column(column, justify="right" if column in ("planned", "applied") else "left")
+    for system in ("ghl", "tinyemail"):
+        for kind, n in s["counts"][system].items():
+            if n:
+                table.add_row(system, kind, f"{n:,}", f"{s['counts']['applied'][system].get(kind, 0):,}")
+    return table
+
+
+# -------------------------------------------------------------------------------------- conflicts
+
+
+def run_conflicts_import_command(settings: Settings, path: Path, console: Console, err: Console) -> int:
+    """Check a filled-in conflicts.csv and store its decisions for the next run; nothing when a row is bad."""
+    from contact_recon.engine.decisions import DecisionFileError, known_keys, read_decisions, save_decisions
+
+    store = _open(settings, err)
+    if store is None:
+        return EXIT_FAILED
+    with store:
+        try:
+            result = read_decisions(path, known_keys(store), default_region=settings.default_region)
+        except DecisionFileError as exc:
+            _error(err, str(exc))
+            return EXIT_FAILED
+        saved = save_decisions(store, result.decisions, source=str(path.resolve()))
+    by_choice = dict(result.decisions.group_by("choice").len().sort("choice").iter_rows())
+    detail = ", ".join(f"{choice} {n:,}" for choice, n in by_choice.items())
+    console.print(f"imported {saved:,} decision(s) from {path}{f' ({detail})' if detail else ''}; "
+                  f"{result.undecided:,} row(s) without a decision left alone. They apply on the next run.",
+                  highlight=False, soft_wrap=True)
+    return EXIT_OK

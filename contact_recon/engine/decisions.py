@@ -1,0 +1,269 @@
+"""The data team's decisions on conflicts: imported from a filled-in conflicts.csv, turned into ops next run.
+
+A run writes `conflicts.csv` (key, field, base, tinyemail, ghl, reason) for what it would not decide.
+A person fills in a `decision` column (and `value` when the decision is `value`) and runs
+`recon conflicts import FILE`:
+
+| decision  | means                                              | value column        |
+|-----------|----------------------------------------------------|---------------------|
+| ghl       | GHL's value (at the next run) wins on both sides   | must be empty       |
+| tinyemail | TinyEmail's value (at the next run) wins           | must be empty       |
+| value     | this value on both sides                           | required            |
+| skip      | leave it as it is (recorded, writes nothing)       | must be empty       |
+| (blank)   | no decision yet: the row is left alone             | ignored             |
+
+`read_decisions` checks every row before anything is stored and names the CSV line of each problem
+(unknown key or field, a bad decision, a missing or malformed value, the same key and field twice); one
+bad row imports nothing. Keys are person keys the store knows (base, a GHL contact id, `te:<email>`);
+fields are the shared text fields and `consent` (email changes go through identity review; a conflict
+with an empty field is a presence conflict: a deleted or missing record, settled in the systems
+themselves, so only skip/blank are accepted there). A phone is stored in E.164, a birthday as
+YYYY-MM-DD. `save_decisions` upserts by (key, field) into `conflict_decisions` with `used_by_run` null:
+pending for the next run.
+
+`decision_ops` (pure) turns pending decisions into ops against the current sides (records.MERGE_SIDE):
+for each side that holds the person and whose current value differs from the decided one, one write with
+`expected` = that side's current value. Consent only tightens: a decision for a tight value (TinyEmail
+unsubscribed/bounced/spam, GHL dnd) tightens each loose side with its own tight value; a decision for
+a loose value is ignored, since it would loosen a tight side or write nothing allowed.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from contact_recon.model.normalise import normalise_birthday, normalise_phone
+from contact_recon.model.ops import CONFLICTS_SCHEMA, CONTENT_COLUMNS, Kind, sort_ops, with_ids
+from contact_recon.model.policy import ConsentPolicy
+from contact_recon.model.records import CONSENT_VALUES, SHARED_TEXT_FIELDS
+from contact_recon.store.db import Store
+
+CHOICES = ("ghl", "tinyemail", "value", "skip")
+CONSENT = "consent"
+DECIDABLE_FIELDS: tuple[str, ...] = (*(f for f in SHARED_TEXT_FIELDS if f != "email"), CONSENT)
+DECISIONS = pl.Schema({"key": pl.String(), "field": pl.String(), "choice": pl.String(), "value": pl.String()})
+REQUIRED_COLUMNS = (*CONFLICTS_SCHEMA, "decision")
+MAX_PROBLEMS = 50  # problems listed before "... and N more"
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class DecisionFileError(Exception):
+    """A decisions file that cannot be imported; `problems` name the CSV line of each bad row."""
+
+    def __init__(self, path: Path, problems: list[str]):
+        shown = problems[:MAX_PROBLEMS] + ([f"... and {len(problems) - MAX_PROBLEMS} more"]
+                                            if len(problems) > MAX_PROBLEMS else [])
+        super().__init__(f"{path}: nothing imported, {len(problems)} problem(s):\n" + "\n".join(shown))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class DecisionFile:
+    decisions: pl.DataFrame  # DECISIONS, one row per decided (key, field)
+    undecided: int  # rows with a blank decision, left alone
+    rows: int  # data rows read
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def read_decisions(path: Path, known_keys: Iterable[str], *, default_region: str = "US") -> DecisionFile:
+    """Read and check a filled-in conflicts.csv; DecisionFileError (every bad line named) if any row is bad."""
+    known = set(known_keys)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DecisionFileError(path, [f"line 1: missing column(s) {', '.join(missing)} (the columns of "
+                                               f"conflicts.csv plus decision, and value)"])
+            rows = [(reader.line_num, row) for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DecisionFileError(path, [f"cannot read the file: {exc}"]) from exc
+    problems: list[str] = []
+    decided: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+    for line, row in rows:
+        decision = _check_row(line, row, known, default_region, problems)
+        if decision is None:
+            continue
+        where = (decision["key"], decision["field"])
+        if where in decided:
+            problems.append(f"line {line}: {where[0]} {where[1]} was already decided on line {decided[where][0]}")
+        decided[where] = (line, decision)
+    if problems:
+        raise DecisionFileError(path, problems)
+    frame = pl.DataFrame([d for _, d in decided.values()], schema=DECISIONS)
+    return DecisionFile(frame, sum(1 for _, r in rows if not _text(r.get("decision"))), len(rows))
+
+
+def _check_row(line: int, row: dict[str, Any], known: set[str], region: str,
+               problems: list[str]) -> dict[str, Any] | None:
+    """The row's decision (DECISIONS columns), None when it has none; problems are appended."""
+    choice, key, field = (_text(row.get(c)) for c in ("decision", "key", "field"))
+    value = _text(row.get("value"))
+    if choice is None:
+        return None  # no decision yet: left alone
+    choice = choice.lower()
+    before = len(problems)
+    if choice not in CHOICES:
+        problems.append(f"line {line}: decision {choice!r} is not one of {', '.join(CHOICES)}")
+    if key is None or key not in known:
+        problems.append(f"line {line}: unknown key {key!r} (not a person this store knows)")
+    if field is None:
+        if choice != "skip":  # a presence conflict: settled in the systems, not by a value
+            problems.append(f"line {line}: a conflict with no field (a deleted or missing record) takes only "
+                            f"'skip' or a blank decision")
+        return None
+    if field not in DECIDABLE_FIELDS:
+        problems.append(f"line {line}: unknown field {field!r}; decidable: {', '.join(DECIDABLE_FIELDS)}")
+    elif choice in CHOICES:
+        value = _check_value(line, choice, field, value, region, problems)
+    return {"key": key, "field": field, "choice": choice, "value": value} if len(problems) == before else None
+
+
+def _check_value(line: int, choice: str, field: str, value: str | None, region: str,
+                 problems: list[str]) -> str | None:
+    """The value to store for a decision (normalised like the snapshot does), problems appended."""
+    if choice != "value":
+        if value is not None:
+            problems.append(f"line {line}: a value is only read with decision 'value' (decision is {choice!r})")
+        return None
+    if value is None:
+        problems.append(f"line {line}: decision 'value' needs a value")
+        return None
+    if field == "phone":
+        e164, valid, reason = normalise_phone(value, region)
+        if not valid:
+            problems.append(f"line {line}: phone {value!r} is {reason}")
+        return e164
+    if field == "birthday":
+        day = normalise_birthday(value)
+        if not (day and _ISO_DATE.match(day)):
+            problems.append(f"line {line}: birthday {value!r} is not a date (YYYY-MM-DD)")
+        return day
+    if field == CONSENT and value.lower() not in CONSENT_VALUES:
+        problems.append(f"line {line}: consent {value!r} is not one of {', '.join(CONSENT_VALUES)}")
+    return value.lower() if field == CONSENT else value
+
+
+def _text(value: object) -> str | None:
+    """Trimmed NFC text, None when absent or blank (csv gives None for a short row)."""
+    if not isinstance(value, str):
+        return None
+    return unicodedata.normalize("NFC", value).strip() or None
+
+
+# ------------------------------------------------------------------------------------------- store
+
+
+def known_keys(store: Store) -> set[str]:
+    """Every person key the store knows: the base, every snapshotted GHL contact and TinyEmail customer."""
+    rows = store.con.execute(
+        "SELECT key FROM base UNION SELECT contact_id FROM snap_ghl_contacts WHERE contact_id IS NOT NULL "
+        "UNION SELECT 'te:' || email FROM snap_te_customers WHERE email IS NOT NULL").fetchall()
+    return {row[0] for row in rows}
+
+
+def save_decisions(store: Store, decisions: pl.DataFrame, source: str) -> int:
+    """Upsert decisions by (key, field), pending (used_by_run null) for the next run; returns how many."""
+    rows = [[*row, store.clock(), source] for row in decisions.select(list(DECISIONS)).iter_rows()]
+    with store.transaction():
+        store.con.executemany("INSERT OR REPLACE INTO conflict_decisions (key, field, choice, value, imported_at, "
+                              "source, used_by_run) VALUES (?, ?, ?, ?, ?, ?, NULL)", rows)
+    return len(rows)
+
+
+def pending_decisions(store: Store) -> pl.DataFrame:
+    """Decisions no run has used yet (DECISIONS columns), the input of `decision_ops`."""
+    frame = store._frame("SELECT key, field, choice, value FROM conflict_decisions WHERE used_by_run IS NULL "
+                         "ORDER BY key, field")
+    return frame.cast(DECISIONS)  # type: ignore[arg-type]
+
+
+def mark_used(store: Store, decisions: pl.DataFrame, run_id: str) -> None:
+    """Record that `run_id` applied these decisions (they are no longer pending)."""
+    with store.transaction():
+        for key, field in decisions.select("key", "field").iter_rows():
+            store.con.execute("UPDATE conflict_decisions SET used_by_run = ? WHERE key = ? AND field = ?",
+                              [run_id, key, field])
+
+
+# --------------------------------------------------------------------------------------------- ops
+
+
+def decision_ops(decisions: pl.DataFrame, te_side: pl.DataFrame, ghl_side: pl.DataFrame, *,
+                 consent: ConsentPolicy | None = None) -> pl.DataFrame:
+    """The ops that carry out decisions (ops.OPS_SCHEMA, plan order); see the module docstring.
+
+    Args:
+        decisions: DECISIONS rows (key, field, choice, value).
+        te_side, ghl_side: records.MERGE_SIDE frames keyed by `key` (the sides now).
+        consent: which consent values are tight and what each side writes (default: ConsentPolicy()).
+    """
+    policy = consent or ConsentPolicy()
+    keys = decisions["key"].unique().implode()
+    te = {row["key"]: row for row in te_side.filter(pl.col("key").is_in(keys)).iter_rows(named=True)}
+    ghl = {row["key"]: row for row in ghl_side.filter(pl.col("key").is_in(keys)).iter_rows(named=True)}
+    ops: list[dict[str, str | None]] = []
+    for d in decisions.iter_rows(named=True):
+        sides = {"tinyemail": te.get(d["key"]), "ghl": ghl.get(d["key"])}
+        ops += _consent_ops(d, sides, policy) if d["field"] == CONSENT else _field_ops(d, sides)
+    frame = pl.DataFrame(ops, schema={c: pl.String() for c in CONTENT_COLUMNS})
+    return sort_ops(with_ids(frame))
+
+
+def _wanted(d: dict[str, Any], sides: dict[str, dict[str, Any] | None]) -> tuple[bool, str | None]:
+    """(decided?, the decided value) of one decision, against the sides now."""
+    if d["choice"] == "value":
+        return True, _text(d["value"])
+    if d["choice"] in ("ghl", "tinyemail"):
+        chosen = sides[d["choice"]]
+        # the chosen side no longer holds the person: nothing to copy from
+        return (chosen is not None), _text(chosen[d["field"]]) if chosen is not None else None
+    return False, None  # skip (or anything else): nothing to write
+
+
+def _field_ops(d: dict[str, Any], sides: dict[str, dict[str, Any] | None]) -> list[dict[str, str | None]]:
+    decided, wanted = _wanted(d, sides)
+    if not decided or d["field"] not in DECIDABLE_FIELDS:
+        return []  # skipped, nothing to copy, or a field no decision may write (email: identity review)
+    ops = []
+    for target, row in sides.items():
+        if row is None:
+            continue  # the person is not on this side: there is nothing to update
+        current = _text(row[d["field"]])
+        if current == wanted:
+            continue  # this side already holds the decided value
+        ops.append(_op(target, Kind.UPDATE, d, current, wanted))
+    return ops
+
+
+def _consent_ops(d: dict[str, Any], sides: dict[str, dict[str, Any] | None],
+                 policy: ConsentPolicy) -> list[dict[str, str | None]]:
+    decided, wanted = _wanted(d, sides)
+    tight = {"tinyemail": policy.tinyemail_tight, "ghl": policy.ghl_tight}
+    new = {"tinyemail": policy.tinyemail_tight_value, "ghl": policy.ghl_tight_value}
+    if not decided or wanted not in (*policy.tinyemail_tight, *policy.ghl_tight):
+        return []  # skipped, or a loose value: writing it would loosen consent, which never happens
+    ops = []
+    for target, row in sides.items():
+        if row is None:
+            continue  # the person is not on this side
+        current = _text(row[CONSENT])
+        if current in tight[target]:
+            continue  # already tight on this side: nothing to tighten (and never loosened)
+        ops.append(_op(target, Kind.CONSENT_TIGHTEN, d, current, new[target]))
+    return ops
+
+
+def _op(target: str, kind: Kind, d: dict[str, Any], expected: str | None, new: str | None) -> dict[str, str | None]:
+    return {"target": target, "kind": kind.value, "key": d["key"], "field": d["field"], "expected": expected,
+            "new": new, "reason": f"decided_{d['choice']}"}

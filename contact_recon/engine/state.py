@@ -1,0 +1,238 @@
+"""What a run leaves as the next base: the last reconciled state advances only for confirmed writes.
+
+Inputs are what the planning run saved under `runs/<run_id>/state/` (the planning base with presence
+flags, both merge sides as the identity matcher keyed them, this run's re-keys and new id_map pairs) and
+the journal of the apply stage. The algorithm (`next_base`):
+
+1. Replay the journal's `done` ops on both sides (a create adds the record; a GHL create's record gets
+   the contact id the API returned).
+2. Per person on either side, per dimension (each text field, consent, tags, lists):
+   - a dimension with an op that was not confirmed (failed, stale, quarantined, held, never sent) gets as
+     its base the value the op's target had before it (the op's `expected`): the next run sees the target
+     unchanged and the source changed, and plans the same write again. (Keeping the old base would do the
+     same for a person met before, but not for one met tonight for the first time: a blank base next to
+     two different values reads as a change on both sides, a conflict, and the write would be lost.)
+     For tags and lists only the member the op named is held back (`Blocked.members`): the base has it
+     exactly when the target had it (a remove) and lacks it when the target lacked it (an add). A list is
+     one member in two forms, `L` in TinyEmail's lists and `list:L` among GHL's tags, and both forms are
+     set alike (else the next run would read a list sync that landed on one side only as a removal on the
+     other side, and undo the side that did land). `tests/test_merge_properties.py` (law 6) checks that
+     every op that did not land is planned again;
+   - otherwise, on both sides: the agreed value, or for a field the sides still disagree on (a conflict)
+     the old base value when the base was valid, else blank; tags: the union of both sides (the merge
+     engine's namespaces make each side hold its own kinds); lists: TinyEmail's; consent: the tight value
+     if either side is tight (never loosened by the state either);
+   - on one side only: that side's values, with its presence.
+3. A person created in GHL by this run is re-keyed from `te:<email>` to the new contact id, and the pair
+   goes to the id_map (`matched_by = created`), like every pair the identity matcher made this run.
+
+`tests/merge_support.py::next_base` is the reference for a fully applied plan; with every op confirmed
+the two agree, which the tests check.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from contact_recon.model.keys import TE_KEY_PREFIX
+from contact_recon.model.records import MERGE_SIDE
+from contact_recon.store.db import Store
+from contact_recon.store.files import atomic_write
+
+STATE_DIR = "state"
+STATE_FILES = ("base", "te_side", "ghl_side", "people", "rekeys", "id_map_new")
+TEXT = tuple(n for n, t in MERGE_SIDE.items() if t == pl.String and n not in ("key", "contact_id", "consent"))
+DIMENSION = {"consent_tighten": "consent", "tag_add": "tags", "tag_remove": "tags", "list_add": "lists",
+             "list_remove": "lists"}
+BASE_SCHEMA = pl.Schema({**MERGE_SIDE, "in_ghl": pl.Boolean(), "in_tinyemail": pl.Boolean()})
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Consent:
+    tinyemail_tight: tuple[str, ...]
+    ghl_tight: tuple[str, ...]
+
+
+def save_state(directory: Path, frames: Mapping[str, pl.DataFrame]) -> None:
+    """Write the planning state a later apply needs (each file whole or not at all)."""
+    target = directory / STATE_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    for name in STATE_FILES:
+        atomic_write(target / f"{name}.parquet", frames[name].write_parquet)
+
+
+def load_state(directory: Path) -> dict[str, pl.DataFrame]:
+    return {name: pl.read_parquet(directory / STATE_DIR / f"{name}.parquet") for name in STATE_FILES}
+
+
+def _norm(value: Any) -> Any:
+    text = value.strip() if isinstance(value, str) else value
+    return text or None
+
+
+def replay(te: dict[str, Row], ghl: dict[str, Row], done: Iterable[Row]) -> None:
+    """Apply confirmed ops (journal rows) to the two sides in place."""
+    for op in done:
+        side = te if op["target"] == "tinyemail" else ghl
+        key, kind = op["key"], op["kind"]
+        if kind == "create":
+            side[key] = _created(op, side is ghl)
+            continue
+        row = side.get(key)
+        if row is None or kind in ("task_create", "note_create", "identity_review"):
+            continue
+        name = op["field"] if kind == "update" else DIMENSION.get(kind)
+        if kind == "update" or kind == "consent_tighten":
+            row[name] = op["new"]
+        elif kind in ("tag_add", "list_add"):
+            row[name] = sorted({*(row[name] or []), op["new"]})
+        elif kind in ("tag_remove", "list_remove"):
+            row[name] = sorted(set(row[name] or []) - {op["expected"]})
+
+
+def _created(op: Row, in_ghl: bool) -> Row:
+    record = json.loads(op["new"] or "{}")
+    row: Row = {name: None for name in MERGE_SIDE}
+    row.update({k: v for k, v in record.items() if k in MERGE_SIDE and k not in ("lists",)})
+    row["key"] = op["key"]
+    row["tags"] = sorted(record.get("tags") or [])
+    row["lists"] = [] if in_ghl else sorted(record.get("lists") or [])
+    row["consent"] = record.get("consent") or "subscribed"
+    row["contact_id"] = op["result_id"] if in_ghl else (None if op["key"].startswith(TE_KEY_PREFIX) else op["key"])
+    return row
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """What the unconfirmed ops of a run hold back: whole dimensions (text fields, consent) as (key, name) -> the
+    target's value before the op, and single tag or list members as (key, "tags" | "lists", value, whether the
+    target had it before the op)."""
+
+    dimensions: Mapping[tuple[str, str], Any] = field(default_factory=dict)
+    members: frozenset[tuple[str, str, str, bool]] = frozenset()
+
+
+def next_base(base: dict[str, Row], te: dict[str, Row], ghl: dict[str, Row], blocked: Blocked,
+              consent: Consent, list_prefix: str = "list:") -> list[Row]:
+    """The next base rows of every person on either side (module docstring, step 2)."""
+    rows = []
+    for key in sorted(set(te) | set(ghl)):
+        t, g, b = te.get(key), ghl.get(key), base.get(key) or {}
+        if t and g:
+            row = _both(key, t, g, b, consent)
+        else:
+            one = t or g or {}
+            row = {**{n: _norm(one.get(n)) if n in TEXT else one.get(n) for n in MERGE_SIDE},
+                   "in_ghl": bool(g) or bool(b.get("in_ghl")), "in_tinyemail": bool(t) or bool(b.get("in_tinyemail"))}
+        for name in (n for n in (*TEXT, "consent") if (key, n) in blocked.dimensions):
+            # an unconfirmed op on this dimension: the target's value before it, so it is planned again
+            row[name] = _norm(blocked.dimensions[(key, name)])
+        rows.append(row)
+    by_key = {row["key"]: row for row in rows}
+    for key, name, value, had in sorted(blocked.members):
+        if key in by_key:
+            _set_membership(by_key[key], name=name, value=value, member=had, prefix=list_prefix)
+    return rows
+
+
+def _set_membership(row: Row, *, name: str, value: str, member: bool, prefix: str) -> None:
+    """Make one tag or list a member of `row`'s tags or lists, or not."""
+    tags, lists = set(row.get("tags") or []), set(row.get("lists") or [])
+    if name == "tags" and not value.startswith(prefix):
+        # a plain tag
+        tags = (tags | {value}) if member else (tags - {value})
+    else:
+        # a list, named as `list:L` (a GHL tag op) or `L` (a TinyEmail list op): the merge reads the base's
+        # membership from either form, so both are set alike
+        list_id = value.removeprefix(prefix) if name == "tags" else value
+        if member:
+            lists.add(list_id)
+        else:
+            lists.discard(list_id)
+            tags.discard(prefix + list_id)
+    row["tags"], row["lists"] = sorted(tags), sorted(lists)
+
+
+def _both(key: str, t: Row, g: Row, b: Row, consent: Consent) -> Row:
+    valid = bool(b.get("in_ghl")) and bool(b.get("in_tinyemail"))
+    row: Row = {n: (_norm(t.get(n)) if _norm(t.get(n)) == _norm(g.get(n)) else _norm(b.get(n)) if valid else None)
+                for n in TEXT}
+    tight = t.get("consent") if t.get("consent") in consent.tinyemail_tight else \
+        g.get("consent") if g.get("consent") in consent.ghl_tight else t.get("consent")
+    row.update(key=key, contact_id=g.get("contact_id"), email=_norm(g.get("email")),
+               tags=sorted(set(t.get("tags") or []) | set(g.get("tags") or [])), lists=sorted(t.get("lists") or []),
+               consent=tight, in_ghl=True, in_tinyemail=True)
+    return row
+
+
+def blocked(journal: pl.DataFrame) -> Blocked:
+    """What every op that was not confirmed holds back (`Blocked`)."""
+    open_ops = journal.filter((pl.col("status") != "done") & ~pl.col("kind").is_in(
+        ["create", "task_create", "note_create", "identity_review"]))
+    dimensions: dict[tuple[str, str], Any] = {}
+    members = set()
+    for r in open_ops.iter_rows(named=True):
+        if r["kind"] in ("tag_add", "tag_remove", "list_add", "list_remove"):
+            # one member of a set: an add's target lacked it (new), a remove's target had it (expected)
+            adding = r["kind"].endswith("_add")
+            members.add((r["key"], DIMENSION[r["kind"]], r["new"] if adding else r["expected"], not adding))
+        else:
+            # a text field (update) or consent: the whole dimension, at the target's value before the op
+            dimensions[(r["key"], r["field"] if r["kind"] == "update" else DIMENSION[r["kind"]])] = r["expected"]
+    return Blocked(dimensions, frozenset(members))
+
+
+def advance(store: Store, run_dir: Path, journal: pl.DataFrame, run_id: str, consent: Consent,
+            list_prefix: str = "list:") -> dict[str, int]:
+    """Move the base, the id_map and the re-keys forward for this run's confirmed ops (one transaction)."""
+    state = load_state(run_dir)
+    base = {r["key"]: r for r in state["base"].iter_rows(named=True)}
+    te = {r["key"]: r for r in state["te_side"].iter_rows(named=True)}
+    ghl = {r["key"]: r for r in state["ghl_side"].iter_rows(named=True)}
+    done = journal.filter(pl.col("status") == "done").to_dicts()
+    replay(te, ghl, done)
+    rows = next_base(base, te, ghl, blocked(journal), consent, list_prefix)
+    created = {op["key"]: op["result_id"] for op in done
+               if op["kind"] == "create" and op["target"] == "ghl" and op["result_id"]}
+    for row in rows:
+        if row["key"] in created:
+            # created in GHL by this run: from now on the person is its contact
+            row["key"] = row["contact_id"] = created[row["key"]]
+    frame = pl.DataFrame(rows, schema=BASE_SCHEMA, orient="row") if rows else pl.DataFrame(schema=BASE_SCHEMA)
+    pairs = _id_pairs(state, done, te)
+    # a contact deleted in GHL and created again (an edit beat the delete): the old id is gone for good
+    recreated = [key for key in created if not key.startswith(TE_KEY_PREFIX)]
+    with store.transaction():
+        store.delete_base([*state["rekeys"]["old_key"].to_list(), *created])
+        store.delete_id_map(recreated)
+        store.save_base(frame, run_id)
+        if pairs.height:
+            store.save_id_map(pairs, run_id)
+    return {"base_rows": frame.height, "created_contacts": len(created), "id_map": pairs.height}
+
+
+def _id_pairs(state: Mapping[str, pl.DataFrame], done: list[Row], te: Mapping[str, Row]) -> pl.DataFrame:
+    people = {r["key"]: r for r in state["people"].iter_rows(named=True)}
+    extra = []
+    for op in done:
+        if op["kind"] != "create":
+            continue
+        record = json.loads(op["new"] or "{}")
+        email = _norm(record.get("email"))
+        if op["target"] == "ghl" and op["result_id"] and email:
+            extra.append({"contact_id": op["result_id"], "location_id": op["location_id"], "email": email,
+                          "matched_by": "created"})
+        elif op["target"] == "tinyemail" and email and op["key"] in people:
+            person = people[op["key"]]
+            extra.append({"contact_id": person["contact_id"], "location_id": person["location_id"], "email": email,
+                          "matched_by": "created"})
+    schema = state["id_map_new"].schema
+    frame = pl.concat([state["id_map_new"], pl.DataFrame(extra, schema=schema)]) if extra else state["id_map_new"]
+    return frame.drop_nulls(["contact_id", "location_id", "email"]).unique(["location_id", "contact_id"], keep="last")

@@ -1,0 +1,100 @@
+"""The names and shapes of every Prefect event contact-recon emits or reacts to, in one place.
+
+Three families:
+- `ghl.*`: a verified GHL webhook, emitted by `recon webhooks serve` (contact_recon/service/webhooks.py). The
+  resource is the contact: `{"prefect.resource.id": "ghl.contact.<contactId>", "ghl.contact.id": ...,
+  "ghl.location.id": ...}`, so a deployment trigger can match `ghl.contact.*` and pass
+  `{{ event.resource['ghl.contact.id'] }}` / `{{ event.resource['ghl.location.id'] }}` to `sync_contact`.
+- `tinyemail.*`: a customer that changed between two polls of `recon watch tinyemail`
+  (contact_recon/service/watch.py). Resource `tinyemail.customer.<email>` with the label `tinyemail.customer.email`.
+- `recon.run.*`: emitted by the reconciliation flow when a run is held by a guard or its failed-op share
+  passes `ALERT_FAILED_OP_SHARE`; `contact_recon/service/alerts.py` turns them (and failed flow runs) into notifications.
+  Use `emit_run_alert` so the payload matches the notification templates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# --- GHL webhooks: webhook `type` -> event name (types not listed are acknowledged and not emitted)
+GHL_CONTACT_CREATED = "ghl.contact.created"
+GHL_CONTACT_UPDATED = "ghl.contact.updated"
+GHL_CONTACT_DELETED = "ghl.contact.deleted"
+GHL_CONTACT_TAG_UPDATED = "ghl.contact.tag.updated"
+GHL_CONTACT_DND_UPDATED = "ghl.contact.dnd.updated"
+GHL_NOTE_CREATED = "ghl.note.created"
+GHL_NOTE_UPDATED = "ghl.note.updated"
+GHL_NOTE_DELETED = "ghl.note.deleted"
+GHL_TASK_CREATED = "ghl.task.created"
+GHL_TASK_COMPLETED = "ghl.task.completed"
+GHL_TASK_DELETED = "ghl.task.deleted"
+
+GHL_WEBHOOK_EVENTS: dict[str, str] = {
+    "ContactCreate": GHL_CONTACT_CREATED,
+    "ContactUpdate": GHL_CONTACT_UPDATED,
+    "ContactDelete": GHL_CONTACT_DELETED,
+    "ContactTagUpdate": GHL_CONTACT_TAG_UPDATED,
+    "ContactDndUpdate": GHL_CONTACT_DND_UPDATED,
+    "NoteCreate": GHL_NOTE_CREATED,
+    "NoteUpdate": GHL_NOTE_UPDATED,
+    "NoteDelete": GHL_NOTE_DELETED,
+    "TaskCreate": GHL_TASK_CREATED,
+    "TaskComplete": GHL_TASK_COMPLETED,
+    "TaskDelete": GHL_TASK_DELETED,
+}
+GHL_CONTACT_RESOURCE = "ghl.contact."  # + contactId
+GHL_CONTACT_ID_LABEL, GHL_LOCATION_ID_LABEL = "ghl.contact.id", "ghl.location.id"
+
+# --- TinyEmail watcher
+TINYEMAIL_CUSTOMER_CREATED = "tinyemail.customer.created"
+TINYEMAIL_CUSTOMER_UPDATED = "tinyemail.customer.updated"
+TINYEMAIL_CUSTOMER_RESOURCE = "tinyemail.customer."  # + normalised email
+TINYEMAIL_EMAIL_LABEL = "tinyemail.customer.email"
+
+# --- reconciliation runs (emitted by the flow, turned into notifications by contact_recon/service/alerts.py)
+RUN_HELD = "recon.run.held"
+RUN_FAILED_OPS = "recon.run.failed_ops"
+RUN_RESOURCE = "recon.run."  # + run_id
+ALERT_FAILED_OP_SHARE = 0.05  # a run whose failed ops exceed this share of its ops emits RUN_FAILED_OPS
+
+# --- Prefect's own flow-run state events that alert
+FLOW_RUN_FAILED = "prefect.flow-run.Failed"
+FLOW_RUN_CRASHED = "prefect.flow-run.Crashed"
+
+
+def ghl_contact_resource(contact_id: str, location_id: str) -> dict[str, str]:
+    return {"prefect.resource.id": f"{GHL_CONTACT_RESOURCE}{contact_id}", GHL_CONTACT_ID_LABEL: contact_id,
+            GHL_LOCATION_ID_LABEL: location_id}
+
+
+def tinyemail_customer_resource(email: str) -> dict[str, str]:
+    return {"prefect.resource.id": f"{TINYEMAIL_CUSTOMER_RESOURCE}{email}", TINYEMAIL_EMAIL_LABEL: email}
+
+
+def run_resource(run_id: str) -> dict[str, str]:
+    return {"prefect.resource.id": f"{RUN_RESOURCE}{run_id}", "recon.run.id": run_id}
+
+
+def failed_ops_exceeded(failed: int, total: int, threshold: float = ALERT_FAILED_OP_SHARE) -> bool:
+    """Whether a run's failed operations pass the alert share (a run without operations never does)."""
+    return total > 0 and failed / total > threshold
+
+
+def run_alert_payload(run_id: str, status: str, *, reasons: list[str] | None = None, failed_ops: int = 0,
+                      total_ops: int = 0, report: str | None = None) -> dict[str, Any]:
+    """The payload `emit_run_alert` sends; the notification templates of contact_recon/service/alerts.py read these keys."""
+    return {"run_id": run_id, "status": status, "reasons": list(reasons or []), "failed_ops": failed_ops,
+            "total_ops": total_ops, "report": report or ""}
+
+
+def emit_run_alert(event: str, run_id: str, status: str, **details: Any) -> Any:
+    """Emit `RUN_HELD` or `RUN_FAILED_OPS` for a run (inside a flow run, Prefect adds the run as related).
+
+    `details`: `reasons` (the tripped guards or a one-line cause), `failed_ops`, `total_ops`, `report`
+    (the report path). Returns the emitted event, or None when no Prefect API is configured.
+    """
+    from prefect.events import emit_event
+
+    if event not in (RUN_HELD, RUN_FAILED_OPS):
+        raise ValueError(f"not a run alert event: {event}")
+    return emit_event(event, resource=run_resource(run_id), payload=run_alert_payload(run_id, status, **details))

@@ -1,0 +1,267 @@
+"""The reconciliation policy: how each field moves between GHL and TinyEmail, and when a run is held.
+
+One typed object (pydantic, every part defaulted) that the merge engine (`contact_recon/engine/merge.py`) reads and
+never changes. The default policy is what a first deployment runs with; a TOML or JSON file overrides
+any part of it, field rules one field at a time:
+
+    [fields.phone]
+    owner = "ghl"              # ghl | tinyemail | shared
+    [fields.first_name]
+    tie_break = "tinyemail"    # ghl | tinyemail | manual (only for shared fields)
+    [tags]
+    ghl_owned_prefixes = ["ghl:", "pipeline:"]
+    list_prefix = "list:"
+    [guards]
+    field_updates = 0.3
+
+`describe_mapping(policy)` turns the active policy into the rows that `recon mapping` and the run
+report print, so the team can see how data moves.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from contact_recon.model.records import GHL_FIELD_NAMES, SHARED_TEXT_FIELDS, TINYEMAIL_FIELD_NAMES
+
+Owner = Literal["ghl", "tinyemail", "shared"]
+TieBreak = Literal["ghl", "tinyemail", "manual"]
+SIDE_LABEL = {"ghl": "GHL", "tinyemail": "TinyEmail"}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FieldRule(_Model):
+    """One canonical text field: its names in both systems and who decides its value."""
+
+    canonical: str
+    ghl: str
+    tinyemail: str
+    owner: Owner = "shared"
+    tie_break: TieBreak = "ghl"
+    enabled: bool = True
+
+
+def _default_fields() -> dict[str, FieldRule]:
+    # `email` is the identity (the join key), never merged as a field; `source` is attribution, which the
+    # CRM keeps; names and phone are what people correct by hand, so a real disagreement goes to the data team.
+    special: dict[str, dict[str, Any]] = {
+        "source": {"owner": "ghl"},
+        "first_name": {"tie_break": "manual"},
+        "last_name": {"tie_break": "manual"},
+        "phone": {"tie_break": "manual"},
+    }
+    return {
+        name: FieldRule(canonical=name, ghl=GHL_FIELD_NAMES[name], tinyemail=TINYEMAIL_FIELD_NAMES[name],
+                        **special.get(name, {}))
+        for name in SHARED_TEXT_FIELDS if name != "email"
+    }
+
+
+class TagPolicy(_Model):
+    """Tags are sets. A tag's namespace (its prefix) decides who may change it."""
+
+    ghl_owned_prefixes: tuple[str, ...] = ("ghl:",)
+    tinyemail_owned_prefixes: tuple[str, ...] = ("te:",)
+    list_prefix: str = "list:"
+    # both: a TinyEmail list membership and the GHL tag `<list_prefix><list>` merge three ways like tags;
+    # tinyemail_to_ghl: TinyEmail's lists are the truth and GHL's list tags only mirror them; off: not synced.
+    list_sync: Literal["both", "tinyemail_to_ghl", "off"] = "both"
+
+
+class ConsentPolicy(_Model):
+    """Consent only tightens. These are the canonical consent values that count as "do not email"."""
+
+    tinyemail_tight: tuple[str, ...] = ("unsubscribed", "bounced", "spam")
+    ghl_tight: tuple[str, ...] = ("dnd",)
+    ghl_tight_value: str = "dnd"
+    tinyemail_tight_value: str = "unsubscribed"
+
+
+class CreatePolicy(_Model):
+    tinyemail_to_ghl: bool = True  # a new TinyEmail customer becomes a GHL contact
+    ghl_to_tinyemail: bool = True  # a new GHL contact with an email becomes a TinyEmail customer
+    # TinyEmail customers can only be listed through lists, so every customer we create joins this list (made
+    # when missing); its membership is ours, never synced as a GHL list tag
+    tinyemail_list: str = "contact-recon"
+
+
+class DeletePolicy(_Model):
+    # report: the deletion is listed for the data team and nothing is written;
+    # unsubscribe: the TinyEmail customer (which cannot be deleted) is set Unsubscribed (an inactivation).
+    on_ghl_delete: Literal["report", "unsubscribe"] = "report"
+    edit_beats_delete: bool = True  # edited in TinyEmail since the base -> the GHL contact is created again
+
+
+class TaskRule(_Model):
+    enabled: bool = True
+    title: str
+    body: str = ""
+    due_days: int = 2
+
+
+class NoteRule(_Model):
+    enabled: bool = True
+    body: str  # `{status}` and `{date}` are filled in
+
+
+class TagTrigger(_Model):
+    """A TinyEmail tag that, when it appears on a customer, makes a GHL note or task."""
+
+    tag: str
+    action: Literal["note", "task"] = "note"
+    text: str = ""  # the note body or the task title; default: "TinyEmail tag <tag> added on <date>"
+    due_days: int = 2
+    enabled: bool = True
+
+
+class TaskPolicy(_Model):
+    new_subscriber: TaskRule = TaskRule(title="Follow up: new TinyEmail subscriber", due_days=2)
+    unsubscribe_note: NoteRule = NoteRule(body="TinyEmail: {status} on {date}; email DND is on.")
+    bounce_note: NoteRule = NoteRule(body="TinyEmail: email bounced on {date}; email DND is on.")
+    tag_triggers: tuple[TagTrigger, ...] = ()
+    # GHL facts sent to TinyEmail as tags (None: not sent). Overdue needs the plan's `today`.
+    open_task_tag: str | None = "ghl:open-task"
+    overdue_task_tag: str | None = "ghl:overdue-task"
+
+
+class GuardPolicy(_Model):
+    """A run whose plan exceeds a threshold is held until approved. Shares are of the contacts in play."""
+
+    deletes_or_inactivations: float = 0.01
+    field_updates: float = 0.20
+    tag_removals: float = 0.10
+    side_empty: bool = True
+    min_ops: int = 5  # below this many ops a share never trips (a 20-contact sandbox is not a mass change)
+
+
+class InitialPolicy(_Model):
+    """What a shared field does without a base (first run, or a person newly seen on a side).
+
+    fill_blanks: a blank side takes the other side's value; two different non-blank values follow the
+    field's tie-break (manual: the conflict table). prefer_ghl / prefer_tinyemail: blanks are filled the
+    same way, and the preferred side wins every disagreement. Owned fields always follow their owner.
+    """
+
+    strategy: Literal["fill_blanks", "prefer_ghl", "prefer_tinyemail"] = "fill_blanks"
+
+
+class Policy(_Model):
+    fields: dict[str, FieldRule] = Field(default_factory=_default_fields)
+    tags: TagPolicy = TagPolicy()
+    consent: ConsentPolicy = ConsentPolicy()
+    create: CreatePolicy = CreatePolicy()
+    delete: DeletePolicy = DeletePolicy()
+    tasks: TaskPolicy = TaskPolicy()
+    guards: GuardPolicy = GuardPolicy()
+    initial: InitialPolicy = InitialPolicy()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_field_overrides(cls, data: Any) -> Any:
+        """`fields` in a file is a partial override per field, laid over the defaults."""
+        if not isinstance(data, dict) or "fields" not in data:
+            return data
+        merged = {name: rule.model_dump() for name, rule in _default_fields().items()}
+        for name, override in (data["fields"] or {}).items():
+            if isinstance(override, FieldRule):
+                override = override.model_dump()
+            if name not in merged:
+                raise ValueError(f"unknown field {name!r}; known: {', '.join(merged)}")
+            merged[name] = {**merged[name], **override, "canonical": name}
+        return {**data, "fields": merged}
+
+    def active_fields(self) -> tuple[FieldRule, ...]:
+        return tuple(rule for rule in self.fields.values() if rule.enabled)
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    """The default policy, overridden by a `.toml` or `.json` file when one is given."""
+    if path is None:
+        return Policy()
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    return Policy.model_validate(data)
+
+
+def _field_flow(rule: FieldRule) -> str:
+    if rule.owner != "shared":
+        other = "tinyemail" if rule.owner == "ghl" else "ghl"
+        return f"{SIDE_LABEL[rule.owner]} -> {SIDE_LABEL[other]} (owner always wins)"
+    tie = "conflict table" if rule.tie_break == "manual" else f"{SIDE_LABEL[rule.tie_break]} wins"
+    return f"both ways; changed on both: {tie}"
+
+
+def _first_run(rule: FieldRule, policy: Policy) -> str:
+    if rule.owner != "shared":
+        return f"{SIDE_LABEL[rule.owner]} value"
+    if policy.initial.strategy == "fill_blanks":
+        tie = "conflict table" if rule.tie_break == "manual" else f"{SIDE_LABEL[rule.tie_break]} wins"
+        return f"fill blanks; differing -> {tie}"
+    side = "ghl" if policy.initial.strategy == "prefer_ghl" else "tinyemail"
+    return f"fill blanks; differing -> {SIDE_LABEL[side]} wins"
+
+
+def describe_mapping(policy: Policy) -> list[dict[str, str]]:
+    """The active field map and rules, one row per field or rule: the table of `recon mapping`.
+
+    Each row has the keys `field, ghl, tinyemail, rule, tie_break, first_run, flow` (all strings).
+    """
+    rows = [{"field": "email", "ghl": "email", "tinyemail": "email", "rule": "identity", "tie_break": "-",
+             "first_run": "join key", "flow": "a changed GHL email is an identity operation (reported)"}]
+    for rule in policy.fields.values():
+        rows.append({"field": rule.canonical, "ghl": rule.ghl, "tinyemail": rule.tinyemail,
+                     "rule": rule.owner if rule.enabled else "disabled",
+                     "tie_break": rule.tie_break if rule.owner == "shared" else "-",
+                     "first_run": _first_run(rule, policy) if rule.enabled else "-",
+                     "flow": _field_flow(rule) if rule.enabled else "not synced"})
+    rows.extend(_set_rows(policy))
+    rows.extend(_task_rows(policy))
+    return rows
+
+
+def _set_rows(policy: Policy) -> list[dict[str, str]]:
+    tags, consent = policy.tags, policy.consent
+    owned = ", ".join(tags.ghl_owned_prefixes) or "-"
+    te_owned = ", ".join(tags.tinyemail_owned_prefixes) or "-"
+    list_flow = {"both": "both ways, as sets", "tinyemail_to_ghl": "TinyEmail -> GHL", "off": "not synced"}
+    return [
+        {"field": "tags", "ghl": "tags", "tinyemail": "tags", "rule": "set", "tie_break": "-",
+         "first_run": "union", "flow": "added on either side -> added on the other; removed -> removed"},
+        {"field": f"tags {owned}", "ghl": "tags", "tinyemail": "tags", "rule": "ghl", "tie_break": "-",
+         "first_run": "GHL set", "flow": "GHL -> TinyEmail"},
+        {"field": f"tags {te_owned}", "ghl": "tags", "tinyemail": "tags", "rule": "tinyemail", "tie_break": "-",
+         "first_run": "TinyEmail set", "flow": "TinyEmail -> GHL"},
+        {"field": "lists", "ghl": f"tags {tags.list_prefix}<list>", "tinyemail": "list membership",
+         "rule": "set" if tags.list_sync == "both" else tags.list_sync, "tie_break": "-", "first_run": "union",
+         "flow": list_flow[tags.list_sync]},
+        {"field": "consent", "ghl": "dndSettings.Email", "tinyemail": "status", "rule": "tighten only",
+         "tie_break": "-", "first_run": "tighten only",
+         "flow": f"TinyEmail {'/'.join(consent.tinyemail_tight)} -> GHL DND on; GHL DND -> TinyEmail "
+                 f"{consent.tinyemail_tight_value}; never loosened (reported)"},
+    ]
+
+
+def _task_rows(policy: Policy) -> list[dict[str, str]]:
+    t = policy.tasks
+    rows = [
+        ("new subscriber", t.new_subscriber.enabled, "GHL task", "new TinyEmail subscriber -> follow-up task"),
+        ("unsubscribe", t.unsubscribe_note.enabled, "GHL note", "TinyEmail unsubscribe/spam -> note with date"),
+        ("bounce", t.bounce_note.enabled, "GHL note", "TinyEmail bounce -> note with date"),
+    ]
+    rows += [(f"tag {tr.tag}", tr.enabled, f"GHL {tr.action}", f"TinyEmail tag {tr.tag} added -> {tr.action}")
+             for tr in t.tag_triggers]
+    for label, tag in (("open task", t.open_task_tag), ("overdue task", t.overdue_task_tag)):
+        rows.append((label, tag is not None, f"TinyEmail tag {tag}", f"GHL {label} -> TinyEmail tag"))
+    return [{"field": label, "ghl": "tasks/notes" if target.startswith("GHL") else "tasks",
+             "tinyemail": target if not target.startswith("GHL") else "-",
+             "rule": "on" if on else "off", "tie_break": "-", "first_run": "no events", "flow": flow}
+            for label, on, target, flow in rows]

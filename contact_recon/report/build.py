@@ -1,0 +1,545 @@
+"""The run report: `summary.json` (a contract), `report.html` (for the data team) and Prefect artifacts.
+
+Where the numbers come from (a run's own files under `<data_dir>/runs/<run_id>/` and the store):
+
+- the ops of a run (`run_ops`): its journal rows when the apply stage recorded any (one row per op with
+  its final status: done, failed, stale, quarantined, held...), else its `plan.parquet` (a dry run:
+  status planned or quarantined), else none;
+- conflicts: `conflicts.csv` (else the count the run row's plan summary recorded);
+- check results: the `check_results` rows of the run; GX Data Docs: `<data_dir>/gx/.../index.html`;
+- requests and tripped guards: handed in by the caller (the flow has the connectors' `RequestStats`);
+  `requests_from_run` and the run's `held_reasons` rebuild them for an old run (`recon report`).
+
+`build_summary` makes the summary dict (`SUMMARY_SCHEMA` is its JSON Schema: the contract keys;
+extra keys may be added, never removed). Status: a run held by a guard is `held`; one that ended
+(`completed`, or `planned`/`approved` for a dry run) is `completed`; anything else (`failed`, or a run
+left `running`/`applying` by a dead process) is `failed`. `counts` has, per target system, every op
+kind (0 when none; `delete` too: no op ever deletes, it is there because the contract names it), and
+`counts.applied` the same shape for the journal's `done` ops.
+
+`write_run_files` writes `summary.json` and `report.html`, each whole or not at all (a temporary file
+renamed into place). The HTML is one file with inline CSS and inline SVG charts (`contact_recon/report/charts.py`):
+drift over the last 30 reconcile/plan runs, ops by kind and direction, check failures, requests against
+budget; then tables of conflicts and of failed, stale and quarantined ops (capped, with how many more),
+and a relative link to the Data Docs. Every value is escaped (`html.escape`); error texts pass through
+`contact_recon.systems.redaction.redact` again, and no credential is ever read here.
+
+`publish_artifacts` mirrors the report into the Prefect UI from inside a flow run: a markdown summary,
+tables of conflicts, failed and quarantined ops (capped), and a file:// link to the HTML report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, is_dataclass
+from datetime import UTC, datetime
+from html import escape
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import polars as pl
+
+from contact_recon.checks.run import DOCS_INDEX, GX_DIR
+from contact_recon.model.ops import CONFLICTS_SCHEMA, TARGETS, Kind
+from contact_recon.report import charts
+from contact_recon.store.db import Store
+from contact_recon.store.files import CONFLICTS_FILE, PLAN_FILE, REPORT_FILE, SUMMARY_FILE, atomic_text, run_dir
+from contact_recon.systems.redaction import redact
+
+KINDS: tuple[str, ...] = (*(k.value for k in Kind), "delete")  # delete: named by the contract, always 0
+SYSTEMS: tuple[str, ...] = TARGETS
+REQUEST_FIELDS = ("used", "rate_limited", "retried")
+STATUSES = ("completed", "held", "failed")
+HISTORY_KINDS = ("plan", "reconcile")  # the runs the drift chart shows
+HISTORY_RUNS = 30
+ROW_CAP = 100  # rows per table in report.html
+ARTIFACT_ROWS = 50  # rows per Prefect table artifact
+CELL_CAP = 160  # characters per table cell
+LONG_COLUMNS = ("expected", "new", "last_error", "base", "tinyemail", "ghl", "quarantined_by")  # wrapped
+DONE, FAILED, STALE, QUARANTINED, HELD = "done", "failed", "stale", "quarantined", "held"
+OPS_VIEW = pl.Schema({**{c: pl.String() for c in ("op_id", "target", "kind", "key", "field", "expected", "new",
+                                                  "reason", "status", "quarantined_by", "error_kind",
+                                                  "last_error")}, "attempts": pl.Int64()})
+DIRECTION = {"ghl": "TinyEmail → GHL", "tinyemail": "GHL → TinyEmail"}  # by target system
+ARTIFACT_KEY = re.compile(r"^[a-z0-9-]+$")
+
+_COUNTS_OF_SYSTEM = {"type": "object", "required": list(KINDS),
+                     "additionalProperties": {"type": "integer", "minimum": 0},
+                     "properties": {k: {"type": "integer", "minimum": 0} for k in KINDS}}
+_PER_SYSTEM = {"type": "object", "required": list(SYSTEMS), "properties": {s: _COUNTS_OF_SYSTEM for s in SYSTEMS}}
+_COUNT = {"type": "integer", "minimum": 0}
+_TIME = {"type": "string", "format": "date-time", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$"}
+SUMMARY_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "contact-recon run summary (summary.json)",
+    "type": "object",
+    "required": ["run_id", "status", "started_at", "finished_at", "dry_run", "locations", "counts", "conflicts",
+                 "quarantined", "stale", "failed", "requests", "guards"],
+    "properties": {
+        "run_id": {"type": "string", "minLength": 1},
+        "status": {"enum": list(STATUSES)},
+        "started_at": _TIME,
+        "finished_at": {"oneOf": [_TIME, {"type": "null"}]},  # null only for a run that never finished
+        "dry_run": {"type": "boolean"},
+        "locations": {"type": "array", "items": {"type": "string"}},
+        "counts": {**_PER_SYSTEM, "required": [*SYSTEMS, "applied"],
+                   "properties": {**_PER_SYSTEM["properties"], "applied": _PER_SYSTEM}},
+        "conflicts": _COUNT, "quarantined": _COUNT, "stale": _COUNT, "failed": _COUNT,
+        "requests": {"type": "object", "required": list(SYSTEMS), "additionalProperties": {
+            "type": "object", "required": list(REQUEST_FIELDS),
+            "properties": {**{f: _COUNT for f in REQUEST_FIELDS},
+                           "budget": {"oneOf": [_COUNT, {"type": "null"}]}}}},
+        "guards": {"type": "array", "items": {
+            "type": "object", "required": ["name", "reason"],
+            "properties": {"name": {"type": "string", "minLength": 1}, "reason": {"type": "string"}}}},
+    },
+}
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    directory: Path
+    summary: Path
+    report: Path
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+
+def run_ops(store: Store, data_dir: str | Path, run_id: str) -> pl.DataFrame:
+    """A run's ops with their status (OPS_VIEW): the journal when it has rows, else plan.parquet, else none."""
+    journal = store._frame("SELECT op_id, target, kind, key, field, expected, new, reason, status, quarantined_by, "
+                           "error_kind, last_error, attempts FROM journal WHERE run_id = ? ORDER BY seq", [run_id])
+    if journal.height:
+        return journal.select(list(OPS_VIEW)).cast(OPS_VIEW)  # type: ignore[arg-type]
+    path = run_dir(data_dir, run_id) / PLAN_FILE
+    if not path.exists():
+        return pl.DataFrame(schema=OPS_VIEW)
+    plan = pl.read_parquet(path)
+    return plan.with_columns(error_kind=pl.lit(None, pl.String), last_error=pl.lit(None, pl.String),
+                             attempts=pl.lit(0, pl.Int64)).select(list(OPS_VIEW)).cast(OPS_VIEW)  # type: ignore
+
+
+def load_conflicts(data_dir: str | Path, run_id: str) -> pl.DataFrame | None:
+    """The run's conflicts.csv (CONFLICTS_SCHEMA), or None when it has none."""
+    path = run_dir(data_dir, run_id) / CONFLICTS_FILE
+    if not path.exists():
+        return None
+    return pl.read_csv(path, schema=CONFLICTS_SCHEMA)
+
+
+def problem_ops(ops: pl.DataFrame) -> pl.DataFrame:
+    """The ops a person should look at: failed, stale and quarantined."""
+    return ops.filter(pl.col("status").is_in([FAILED, STALE, QUARANTINED]))
+
+
+def docs_index(data_dir: str | Path) -> Path | None:
+    """The GX Data Docs index (rebuilt by every run's checks: it shows the latest checks), if built."""
+    path = Path(data_dir) / GX_DIR / DOCS_INDEX
+    return path if path.exists() else None
+
+
+def requests_from_run(run: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Requests per system from a run row's `requests_used_json` (the snapshot stage's per-location counts)."""
+    used = json.loads(run.get("requests_used_json") or "null") or {}
+    out: dict[str, dict[str, int]] = {}
+    for where, figures in used.items() if isinstance(used, dict) else ():
+        if not isinstance(figures, dict):
+            continue
+        system = out.setdefault(where.split(":", 1)[0], dict.fromkeys(REQUEST_FIELDS, 0))
+        system["used"] += int(figures.get("used", figures.get("total", 0)) or 0)
+        system["rate_limited"] += int(figures.get("rate_limited", 0) or 0)
+        system["retried"] += int(figures.get("retried", 0) or 0)
+    return out
+
+
+def guards_from_run(run: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The tripped guards of a run row's `held_reasons` ("name: detail")."""
+    return [{"name": reason.split(":", 1)[0].strip() or "guard", "reason": reason}
+            for reason in run.get("held_reasons") or []]
+
+
+# ------------------------------------------------------------------------------------------ summary
+
+
+def build_summary(store: Store, data_dir: str | Path, run_id: str, *, dry_run: bool,
+                  requests: Mapping[str, Any], guards: Sequence[Mapping[str, Any]],
+                  status: str | None = None) -> dict[str, Any]:
+    """The summary.json of a run (SUMMARY_SCHEMA; see the module docstring).
+
+    Args:
+        store: the open store (the run row, its journal and check results).
+        data_dir: `$RECON_DATA_DIR` (the run's plan.parquet and conflicts.csv).
+        run_id: the run.
+        dry_run: nothing was written (no journal: the plan file's ops are counted).
+        requests: per system ("ghl", "tinyemail"): `used`, `rate_limited`, `retried` (a dict or a
+            `contact_recon.systems.http.RequestStats`), optionally `budget` (the requests the run could spend).
+        guards: the tripped guards, each {name, reason}; empty: the run row's held_reasons.
+        status: the run's final status when the caller has not recorded it in the run row yet.
+    """
+    run = store.get_run(run_id)
+    ops = run_ops(store, data_dir, run_id)
+    conflicts = load_conflicts(data_dir, run_id)
+    plan = json.loads(run["plan_json"] or "null") or {}
+    by_status = dict(ops.group_by("status").len().iter_rows())
+    return {
+        "run_id": run_id, "status": summary_status(status or run["status"]),
+        "started_at": iso_utc(run["started_at"]), "finished_at": iso_utc(run["finished_at"]),
+        "dry_run": dry_run, "locations": list(run["location_ids"] or []),
+        "counts": {**op_counts(ops), "applied": op_counts(ops.filter(pl.col("status") == DONE))},
+        "conflicts": conflicts.height if conflicts is not None else int(plan.get("conflicts") or 0),
+        "quarantined": by_status.get(QUARANTINED, 0), "stale": by_status.get(STALE, 0),
+        "failed": by_status.get(FAILED, 0),
+        "requests": normalise_requests(requests), "guards": _guards(guards, run),
+        "kind": run["kind"], "run_status": status or run["status"], "ops": ops.height,
+        "held": by_status.get(HELD, 0), "approved_at": iso_utc(run["approved_at"]),
+        "error": redact(run["error"]) if run["error"] else None,
+        "report": str(run_dir(data_dir, run_id) / REPORT_FILE),
+        "docs_index": str(index) if (index := docs_index(data_dir)) else None,
+    }
+
+
+def summary_status(run_status: str) -> str:
+    """completed | held | failed, from a run row's status."""
+    if run_status == "held":
+        return "held"  # a guard tripped and nobody approved: nothing was applied
+    if run_status in ("completed", "planned", "approved", "succeeded"):
+        return "completed"  # ended normally ('planned': a dry run; 'approved': a dry run approved afterwards)
+    return "failed"  # 'failed', or left 'running' / 'applying' by a process that died
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a `Z` (naive datetimes are taken as UTC)."""
+    if value is None:
+        return None
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def op_counts(ops: pl.DataFrame) -> dict[str, dict[str, int]]:
+    """Per target system, ops per kind: every kind of KINDS present (0 when none), unknown kinds added."""
+    seen = {(t, k): n for t, k, n in ops.group_by("target", "kind").len().iter_rows()}
+    extra = sorted({k for _, k in seen if k not in KINDS})
+    return {system: {kind: seen.get((system, kind), 0) for kind in (*KINDS, *extra)} for system in SYSTEMS}
+
+
+def normalise_requests(requests: Mapping[str, Any]) -> dict[str, dict[str, int | None]]:
+    """Per system (both always present): used, rate_limited, retried as ints, and budget (int or None)."""
+    out: dict[str, dict[str, int | None]] = {}
+    for system in (*SYSTEMS, *sorted(set(requests) - set(SYSTEMS))):
+        given = requests.get(system) or {}
+        figures = asdict(given) if is_dataclass(given) and not isinstance(given, type) else dict(given)
+        out[system] = {f: int(figures.get(f) or 0) for f in REQUEST_FIELDS}
+        out[system]["budget"] = int(figures["budget"]) if figures.get("budget") is not None else None
+    return out
+
+
+def _guards(guards: Sequence[Mapping[str, Any]], run: Mapping[str, Any]) -> list[dict[str, Any]]:
+    given = [{"name": str(g["name"]), "reason": str(g.get("reason") or "")} for g in guards] or guards_from_run(run)
+    return [{**g, "approved": run.get("approved_at") is not None} for g in given]
+
+
+# -------------------------------------------------------------------------------------------- files
+
+
+def write_run_files(store: Store, data_dir: str | Path, run_id: str, summary: Mapping[str, Any]) -> RunFiles:
+    """Write `summary.json` and `report.html` into `<data_dir>/runs/<run_id>/`, each atomically."""
+    directory = run_dir(data_dir, run_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = RunFiles(directory, directory / SUMMARY_FILE, directory / REPORT_FILE)
+    html = render_report(store, data_dir, run_id, summary)
+    atomic_text(files.summary, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic_text(files.report, html)
+    return files
+
+
+def read_summary(data_dir: str | Path, run_id: str) -> dict[str, Any] | None:
+    path = run_dir(data_dir, run_id) / SUMMARY_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def rebuild_run_files(store: Store, data_dir: str | Path, run_id: str) -> tuple[dict[str, Any], RunFiles]:
+    """The run's summary and files, written again from the store when either file is missing (`recon report`):
+    a kept summary.json is reused; else requests and guards come from the run row."""
+    summary = read_summary(data_dir, run_id)
+    directory = run_dir(data_dir, run_id)
+    files = RunFiles(directory, directory / SUMMARY_FILE, directory / REPORT_FILE)
+    if summary is not None and files.report.exists():
+        return summary, files
+    if summary is None:
+        run = store.get_run(run_id)
+        journaled = store.con.execute("SELECT count(*) FROM journal WHERE run_id = ?", [run_id]).fetchall()[0][0]
+        summary = build_summary(store, data_dir, run_id, dry_run=not journaled, requests=requests_from_run(run),
+                                guards=guards_from_run(run))
+    return summary, write_run_files(store, data_dir, run_id, summary)
+
+
+# --------------------------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1360px;color:#222;
+padding:0 16px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.meta{color:#555;margin:0 0 12px}.badge{display:inline-block;padding:2px 10px;border-radius:10px;color:#fff;
+font-weight:600}.completed{background:#2e7d32}.held{background:#ef6c00}.failed{background:#c62828}
+.figures{display:flex;flex-wrap:wrap;gap:10px;margin:12px 0}.fig{border:1px solid #ddd;border-radius:6px;
+padding:8px 14px;min-width:92px}.fig b{display:block;font-size:20px}.fig span{color:#666;font-size:12px}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(660px,1fr));gap:16px}
+.charts figure{margin:0;border:1px solid #e3e3e3;border-radius:6px;padding:10px;overflow-x:auto}
+table{border-collapse:collapse;font-size:12px;width:100%}th,td{border:1px solid #ddd;padding:3px 6px;
+text-align:left;vertical-align:top}th{background:#f4f4f4}tr:nth-child(even) td{background:#fafafa}
+td.short{white-space:nowrap}td.long{overflow-wrap:anywhere;min-width:120px}
+.more{color:#666;font-style:italic}.none{color:#2e7d32}ul.guards li{margin:4px 0}
+"""
+
+
+def render_report(store: Store, data_dir: str | Path, run_id: str, summary: Mapping[str, Any]) -> str:
+    """The whole report.html of a run, as text."""
+    ops = run_ops(store, data_dir, run_id)
+    conflicts = load_conflicts(data_dir, run_id)
+    checks = store.load_check_results(run_id)
+    history = drift_history(store, data_dir, run_id)
+    sections = [_header(summary), _figures(summary), _guard_list(summary), _charts(summary, ops, checks, history),
+                *_tables(conflicts, ops), _docs(data_dir, run_id)]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>contact-recon run {escape(run_id)}</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(sections) + "\n</body></html>\n")
+
+
+def _header(s: Mapping[str, Any]) -> str:
+    status = str(s["status"])
+    meta = (f"{escape(str(s.get('kind') or 'run'))} · started {escape(str(s['started_at']))} · finished "
+            f"{escape(str(s['finished_at'] or '—'))} · {'dry run (nothing written)' if s['dry_run'] else 'applied'}"
+            f" · locations: {escape(', '.join(s['locations']) or '—')}")
+    error = f'<p class="meta">error: {escape(redact(s["error"]))}</p>' if s.get("error") else ""
+    return (f'<h1>contact-recon run {escape(str(s["run_id"]))} <span class="badge {escape(status)}">'
+            f"{escape(status)}</span></h1><p class=\"meta\">{meta}</p>{error}")
+
+
+def _figures(s: Mapping[str, Any]) -> str:
+    planned = sum(sum(s["counts"][system].values()) for system in SYSTEMS)
+    applied = sum(sum(s["counts"]["applied"][system].values()) for system in SYSTEMS)
+    figures = [("ops planned", planned), ("applied", applied), ("conflicts", s["conflicts"]),
+               ("quarantined", s["quarantined"]), ("stale", s["stale"]), ("failed", s["failed"])]
+    cells = "".join(f'<div class="fig"><b>{n:,}</b><span>{escape(label)}</span></div>' for label, n in figures)
+    return f'<div class="figures">{cells}</div>'
+
+
+def _guard_list(s: Mapping[str, Any]) -> str:
+    if not s["guards"]:
+        return ""
+    items = "".join(f"<li><b>{escape(g['name'])}</b>{' (approved)' if g.get('approved') else ''}: "
+                    f"{escape(g['reason'])}</li>" for g in s["guards"])
+    return f'<h2>Guards tripped</h2><ul class="guards">{items}</ul>'
+
+
+def _charts(s: Mapping[str, Any], ops: pl.DataFrame, checks: pl.DataFrame,
+            history: list[tuple[str, datetime, dict[str, int]]]) -> str:
+    figures = [drift_chart(history, str(s["run_id"])), kinds_chart(ops), checks_chart(checks),
+               requests_chart(s["requests"])]
+    return "<h2>Charts</h2><div class=\"charts\">" + "".join(f"<figure>{f}</figure>" for f in figures) + "</div>"
+
+
+def _tables(conflicts: pl.DataFrame | None, ops: pl.DataFrame) -> list[str]:
+    op_cols = ["target", "kind", "key", "field", "expected", "new", "reason"]
+    return [
+        _table("Conflicts (decide them in conflicts.csv, then `recon conflicts import`)",
+               conflicts if conflicts is not None else pl.DataFrame(schema=CONFLICTS_SCHEMA), list(CONFLICTS_SCHEMA)),
+        _table("Failed ops", ops.filter(pl.col("status") == FAILED),
+               [*op_cols, "error_kind", "last_error", "attempts"]),
+        _table("Stale ops (changed by a person since the snapshot: planned again next run)",
+               ops.filter(pl.col("status") == STALE), op_cols),
+        _table("Quarantined ops (held by a blocking check)", ops.filter(pl.col("status") == QUARANTINED),
+               [*op_cols, "quarantined_by"]),
+    ]
+
+
+def _table(title: str, frame: pl.DataFrame, cols: Sequence[str]) -> str:
+    if frame.height == 0:
+        return f'<h2>{escape(title)}</h2><p class="none">none</p>'
+    head = "".join(f"<th>{escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f'<td class="{_cell_class(c)}">{escape(_cell(row[c], c))}</td>' for c in cols)
+                   + "</tr>"
+                   for row in frame.head(ROW_CAP).select(cols).iter_rows(named=True))
+    more = (f'<p class="more">… and {frame.height - ROW_CAP:,} more not shown ({frame.height:,} in all)</p>'
+            if frame.height > ROW_CAP else "")
+    return f"<h2>{escape(title)} <small>({frame.height:,})</small></h2><table><tr>{head}</tr>{body}</table>{more}"
+
+
+def _cell_class(column: str) -> str:
+    return "long" if column in LONG_COLUMNS else "short"
+
+
+def _cell(value: Any, column: str) -> str:
+    text = "" if value is None else str(value)
+    text = redact(text) if column == "last_error" else text
+    return text if len(text) <= CELL_CAP else text[: CELL_CAP - 1] + "…"
+
+
+def _docs(data_dir: str | Path, run_id: str) -> str:
+    index = docs_index(data_dir)
+    if index is None:
+        return "<h2>Data Docs</h2><p>No Data Docs were built (checks ran with docs off).</p>"
+    href = Path(os.path.relpath(index, run_dir(data_dir, run_id))).as_posix()
+    return (f'<h2>Data Docs</h2><p><a id="data-docs" href="{escape(href)}">Great Expectations Data Docs</a> '
+            "(rebuilt by every run: they show the latest checks).</p>")
+
+
+# ------------------------------------------------------------------------------------------- charts
+
+
+def drift_history(store: Store, data_dir: str | Path, run_id: str,
+                  limit: int = HISTORY_RUNS) -> list[tuple[str, datetime, dict[str, int]]]:
+    """(run id, started date, ops per target) of the last `limit` plan/reconcile runs up to this one that
+    left ops (a journal or a plan file), oldest first."""
+    started = store.get_run(run_id)["started_at"]
+    runs = store._frame("SELECT run_id, started_at FROM runs WHERE list_contains(?, kind) AND started_at <= ? "
+                        "ORDER BY started_at DESC, run_id DESC LIMIT ?", [list(HISTORY_KINDS), started, limit * 2])
+    ids = runs["run_id"].to_list()
+    journal = store._frame("SELECT run_id, target, count(*) AS n FROM journal WHERE list_contains(?, run_id) "
+                           "GROUP BY ALL", [ids])
+    from_journal: dict[str, dict[str, int]] = {}
+    for rid, target, n in journal.iter_rows():
+        from_journal.setdefault(rid, {})[target] = n
+    history = []
+    for rid, at in runs.iter_rows():
+        counts = from_journal.get(rid) or _plan_counts(data_dir, rid)
+        if counts is not None:
+            history.append((rid, at, counts))
+    return history[:limit][::-1]
+
+
+def _plan_counts(data_dir: str | Path, run_id: str) -> dict[str, int] | None:
+    path = run_dir(data_dir, run_id) / PLAN_FILE
+    if not path.exists():
+        return None
+    return dict(pl.scan_parquet(path).group_by("target").len().collect().iter_rows())
+
+
+def drift_chart(history: list[tuple[str, datetime, dict[str, int]]], run_id: str) -> str:
+    """Stacked columns per run (oldest first), by target; labelled by day, or by time when all are one day."""
+    series = [charts.Series(DIRECTION["ghl"], "#1f77b4"), charts.Series(DIRECTION["tinyemail"], "#ff7f0e")]
+    one_day = len({at.date() for _, at, _ in history}) <= 1
+    step = max(len(history) // 8, 1)
+    rows = [charts.Row(rid, [counts.get("ghl", 0), counts.get("tinyemail", 0)],
+                       note=(f"{at:%H:%M}" if one_day else f"{at:%m-%d}") if i % step == 0 else "",
+                       tooltip=f"{rid} ({iso_utc(at)}): {sum(counts.values()):,} ops")
+            for i, (rid, at, counts) in enumerate(history)]
+    chart = charts.Chart("drift", f"Drift: ops planned per run (last {len(history)} runs)", series, rows)
+    return charts.columns(chart, highlight=run_id, empty="no plan yet")
+
+
+def kinds_chart(ops: pl.DataFrame) -> str:
+    """Per (kind, direction) with ops: applied and not applied, stacked."""
+    grouped = (ops.group_by("kind", "target").agg(applied=(pl.col("status") == DONE).sum(), total=pl.len())
+               .with_columns(order=pl.col("kind").replace_strict({k: i for i, k in enumerate(KINDS)}, default=99))
+               .sort("order", "target"))
+    rows = [charts.Row(f"{kind} · {DIRECTION.get(target, target)}", [applied, total - applied],
+                       note=f"{total:,}" + (f" ({applied:,} applied)" if applied else ""))
+            for kind, target, applied, total, _ in grouped.iter_rows()]
+    series = [charts.Series("applied", "#2e7d32"), charts.Series("planned, not applied", "#90a4ae")]
+    return charts.hbars(charts.Chart("kinds", "Ops by kind and direction", series, rows), empty="no ops planned")
+
+
+def checks_chart(checks: pl.DataFrame) -> str:
+    failing = checks.filter((pl.col("unexpected_count") > 0) | ~pl.col("success")).sort(
+        ["blocking", "unexpected_count"], descending=True).head(20)
+    series = [charts.Series("blocking", "#c62828"), charts.Series("warning", "#f9a825")]
+    rows = [charts.Row(f"{suite}.{name}", [n, 0] if blocking else [0, n], note=f"{n:,}",
+                       tooltip=f"{suite}.{name}: {n:,} records ({'blocking' if blocking else 'warning'})")
+            for suite, name, n, blocking in failing.select("suite", "expectation", "unexpected_count", "blocking")
+            .iter_rows()]
+    title = f"Check failures: records per expectation ({checks.height} checked)"
+    return charts.hbars(charts.Chart("checks", title, series, rows), empty="every check passed")
+
+
+def requests_chart(requests: Mapping[str, Mapping[str, Any]]) -> str:
+    rows = []
+    for system, r in requests.items():
+        budget = r.get("budget")
+        note = (f"{r['used']:,}" + (f" of {budget:,}" if budget is not None else " (no budget given)")
+                + f" · 429s {r['rate_limited']:,}"
+                + f" · retried {r['retried']:,}")
+        rows.append(charts.Row(system, [r["used"]], note=note, marker=budget))
+    chart = charts.Chart("requests", "Requests against budget (each system to its own scale; dashed: budget)",
+                         [charts.Series("requests used", "#5e35b1")], rows)
+    return charts.hbars(chart, empty="no requests recorded", per_row=True)
+
+
+# ---------------------------------------------------------------------------------------- artifacts
+
+
+def summary_markdown(summary: Mapping[str, Any], files: RunFiles) -> str:
+    """The run summary as markdown (numbers, guards, where the files are)."""
+    s = summary
+    lines = [f"# contact-recon run `{s['run_id']}`: **{s['status']}**", "",
+             f"{'Dry run (nothing written)' if s['dry_run'] else 'Applied'} · locations: "
+             f"{', '.join(s['locations']) or '-'} · {s['started_at']} → {s['finished_at'] or '-'}", "",
+             "| system | kind | planned | applied |", "|---|---|---:|---:|"]
+    for system in SYSTEMS:
+        lines += [f"| {system} | {kind} | {n:,} | {s['counts']['applied'][system].get(kind, 0):,} |"
+                  for kind, n in s["counts"][system].items() if n]
+    lines += ["", f"conflicts **{s['conflicts']:,}** · quarantined **{s['quarantined']:,}** · stale "
+              f"**{s['stale']:,}** · failed **{s['failed']:,}**", "",
+              "| requests | used | rate limited | retried | budget |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {system} | {r['used']:,} | {r['rate_limited']:,} | {r['retried']:,} | "
+              f"{'-' if r.get('budget') is None else format(r['budget'], ',')} |"
+              for system, r in s["requests"].items()]
+    lines += ["", "Guards tripped:" if s["guards"] else "No guard tripped."]
+    lines += [f"- **{_md(g['name'])}**: {_md(g['reason'])}" for g in s["guards"]]
+    lines += ["", f"Report: `{files.report}`"]
+    return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    return escape(str(text)).replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
+
+
+def _table_rows(frame: pl.DataFrame, cols: Sequence[str]) -> list[dict[str, str]]:
+    return [{c: _cell(row[c], c) for c in cols} for row in frame.head(ARTIFACT_ROWS).select(cols).iter_rows(named=True)]
+
+
+def publish_artifacts(summary: Mapping[str, Any], files: RunFiles, *, conflicts: pl.DataFrame | None,
+                      problems: pl.DataFrame, key_prefix: str = "recon") -> dict[str, UUID]:
+    """Create the run's Prefect artifacts; call it inside a flow or task run (it uses the sync client).
+
+    Args:
+        summary: `build_summary`'s dict.
+        files: `write_run_files`'s paths (the link artifact points at the report, as a file:// URL).
+        conflicts: the run's conflicts (CONFLICTS_SCHEMA, `load_conflicts`), or None.
+        problems: ops with a status (`run_ops`, or `problem_ops` of it): the failed and quarantined ones
+            become tables.
+        key_prefix: artifact keys are `<prefix>-summary`, `-conflicts`, `-failed-ops`, `-quarantined-ops`,
+            `-report` (stable, so the Prefect UI keeps each one's history across runs).
+    Returns: artifact key -> artifact id.
+    """
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+    if not ARTIFACT_KEY.match(key_prefix):
+        raise ValueError(f"artifact keys take lowercase letters, digits and dashes only, not {key_prefix!r}")
+    run_id = summary["run_id"]
+    ids = {f"{key_prefix}-summary": create_markdown_artifact(
+        markdown=summary_markdown(summary, files), key=f"{key_prefix}-summary",
+        description=f"run {run_id}: {summary['status']}", _sync=True)}
+    for name, (frame, cols) in _artifact_tables(conflicts, problems).items():
+        shown = f"first {ARTIFACT_ROWS} of {frame.height:,}" if frame.height > ARTIFACT_ROWS else f"{frame.height:,}"
+        table: Any = _table_rows(frame, cols) or {c: [] for c in cols}
+        ids[f"{key_prefix}-{name}"] = create_table_artifact(
+            table=table, key=f"{key_prefix}-{name}", description=f"run {run_id}: {name} ({shown})", _sync=True)
+    ids[f"{key_prefix}-report"] = create_link_artifact(
+        link=files.report.resolve().as_uri(), link_text=f"HTML report of run {run_id}", key=f"{key_prefix}-report",
+        description=f"run {run_id}: report.html", _sync=True)
+    return ids  # type: ignore[return-value]
+
+
+def _artifact_tables(conflicts: pl.DataFrame | None,
+                     problems: pl.DataFrame) -> dict[str, tuple[pl.DataFrame, list[str]]]:
+    op_cols = ["target", "kind", "key", "field", "expected", "new", "reason"]
+    return {"conflicts": (conflicts if conflicts is not None else pl.DataFrame(schema=CONFLICTS_SCHEMA),
+                          list(CONFLICTS_SCHEMA)),
+            "failed-ops": (problems.filter(pl.col("status") == FAILED), [*op_cols, "error_kind", "last_error"]),
+            "quarantined-ops": (problems.filter(pl.col("status") == QUARANTINED), [*op_cols, "quarantined_by"])}

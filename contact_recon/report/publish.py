@@ -1,0 +1,57 @@
+"""The report step of a run: summary, files, Prefect artifacts and the alert events, in that order.
+
+`report_run` is what every run ends with (`contact_recon.stages.run.reconcile`, through the Prefect task
+`report` in a flow run): `build_summary` -> `write_run_files` -> `publish_artifacts` (only inside a Prefect
+flow or task run: outside one there is no UI to publish to) -> `emit_alert_events`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contact_recon.events import RUN_FAILED_OPS, RUN_HELD, emit_run_alert, failed_ops_exceeded
+from contact_recon.report.build import (
+    build_summary,
+    load_conflicts,
+    problem_ops,
+    publish_artifacts,
+    run_ops,
+    write_run_files,
+)
+from contact_recon.settings import Settings
+from contact_recon.store.db import Store
+
+
+def report_run(settings: Settings, store: Store, run_id: str, dry_run: bool,
+               requests: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Write the run's summary.json and report.html, publish its artifacts, emit its alert events."""
+    run = store.get_run(run_id)
+    guards = [{"name": reason.split(":")[0], "reason": reason} for reason in run["held_reasons"]]
+    summary = build_summary(store, settings.data_dir, run_id, dry_run=dry_run, requests=requests, guards=guards)
+    files = write_run_files(store, settings.data_dir, run_id, summary)
+    summary = {**summary, "report": str(files.report)}
+    if _in_prefect_run():
+        publish_artifacts(summary, files, conflicts=load_conflicts(settings.data_dir, run_id),
+                          problems=problem_ops(run_ops(store, settings.data_dir, run_id)))
+        emit_alert_events(summary)
+    return summary
+
+
+def _in_prefect_run() -> bool:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def emit_alert_events(summary: dict[str, Any]) -> None:
+    """`recon.run.held` for a held run, `recon.run.failed_ops` when failed ops pass the alert share
+    (contact_recon/events.py; contact_recon/service/alerts.py turns them into notifications)."""
+    run_id, status, report = summary["run_id"], summary["status"], summary.get("report")
+    if status == "held":
+        reasons = [g.get("reason") or g.get("name") or "" for g in summary.get("guards", [])]
+        emit_run_alert(RUN_HELD, run_id, status, reasons=reasons, report=report)
+    planned = sum(sum(kinds.values()) for system, kinds in summary.get("counts", {}).items()
+                  if system != "applied" and isinstance(kinds, dict))
+    failed = int(summary.get("failed") or 0)
+    if failed_ops_exceeded(failed, planned):
+        emit_run_alert(RUN_FAILED_OPS, run_id, status, failed_ops=failed, total_ops=planned, report=report)

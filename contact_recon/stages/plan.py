@@ -1,0 +1,309 @@
+"""The planning pipeline (`recon plan`, the dry run): both systems in, a plan on disk, nothing written to either.
+
+`plan_run(settings, store, locations=...)`:
+1. Start a run of kind 'plan' in the store.
+2. Snapshot both systems (`contact_recon/stages/snapshot.py`, which records its own 'snapshot' run), or with
+   `reuse_snapshot` take the latest snapshot in the store as it is.
+3. Read the latest snapshots of the covered locations and of TinyEmail back from the store.
+4. Identity (`contact_recon/engine/identity.py`): match, leave the held-back keys out of both sides and of the base,
+   and apply this run's re-keys (`te:<email>` -> the contact id now matched by email) to the base, in
+   memory. A re-keyed person was on TinyEmail only at the base, so its row says `in_ghl = False`: the
+   merge engine treats it as newly on GHL (fill blanks), never as "GHL removed every tag".
+5. Merge (`contact_recon/engine/merge.py`): base, TinyEmail now, GHL now -> ops, conflicts, stats, held_reasons.
+   `today` is the store clock's date; `created` is empty until the apply stage keeps that memory.
+6. Checks (`checks/run.py`) on the snapshot frames and the plan, then quarantine
+   (`checks/quarantine.py`): every op keeps its row, with `status` and `quarantined_by`. With
+   `approve`, `plan.within_guards` is checked as a warning (its explicit override), so the guarded ops
+   are not held back.
+7. Save the check results and the identity review rows; write `<data_dir>/runs/<run_id>/plan.parquet`
+   (the marked ops) and `conflicts.csv`, each atomically (a temporary file renamed into place).
+8. Finish the run 'held' when a guard tripped and nobody approved (the reasons in `held_reasons`), else
+   'planned' (`approved_at` set when `approve` overrode a tripped guard). A failure finishes it
+   'failed' with the redacted error and re-raises.
+
+A dry run changes no synchronisation state: the base, the id_map and the created-objects memory move
+only for confirmed writes (the apply stage). So planning again with no change on either side gives the
+same ops with the same ids (ids hash content only, `contact_recon/model/ops.py`), e.g. after a crash.
+
+`recon approve RUN_ID` turns a held run into 'approved' (`Store.approve_run`). `ops_to_apply(plan,
+approved)` is what the apply stage may write from a plan file: the planned ops, and on an approved run
+also the ops that only the guard expectation held back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from contact_recon.checks.quarantine import PLANNED, QUARANTINED, apply_quarantine
+from contact_recon.checks.run import CheckReport, run_checks
+from contact_recon.checks.suites import Thresholds
+from contact_recon.engine.decisions import decision_ops, pending_decisions
+from contact_recon.engine.identity import IdentityResult, match_identities, merge_sides
+from contact_recon.engine.merge import CREATED_SCHEMA, MergeResult, plan
+from contact_recon.engine.state import save_state
+from contact_recon.model.keys import TE_KEY_PREFIX
+from contact_recon.model.ops import sort_ops
+from contact_recon.model.policy import Policy, load_policy
+from contact_recon.settings import Settings
+from contact_recon.stages.snapshot import GHLFactory, SnapshotOptions, SnapshotResult, TinyEmailFactory, run_snapshot
+from contact_recon.store.db import ENTITIES, NO_LOCATION, Store
+from contact_recon.store.files import CONFLICTS_FILE, PLAN_FILE, atomic_write, run_dir
+from contact_recon.store.journal import Journal
+
+GUARD_EXPECTATION = "plan.within_guards"  # the check that holds a guard's ops; approval releases them
+HELD, APPROVED, FAILED = "held", "approved", "failed"  # run statuses besides PLANNED ("planned")
+
+
+class NoSnapshot(Exception):  # noqa: N818 - the name is the contract
+    """`reuse_snapshot` was asked for, but the store has no snapshot of a covered location or of TinyEmail."""
+
+
+@dataclass(frozen=True)
+class PlanRun:
+    run_id: str
+    status: str  # "planned" | "held"
+    held_reasons: tuple[str, ...]  # the guards the plan tripped (approved or not)
+    approved: bool  # a tripped guard was approved up front (`approve=True`)
+    plan: pl.DataFrame  # ops.OPS_SCHEMA + status ("planned" | "quarantined") + quarantined_by
+    conflicts: pl.DataFrame  # ops.CONFLICTS_SCHEMA
+    stats: dict[str, int]  # the merge stats
+    checks: CheckReport
+    review: pl.DataFrame  # identity.REVIEW rows of this run
+    snapshot_run_id: str | None  # None when the latest snapshot was reused
+    plan_path: Path
+    conflicts_path: Path
+
+    @property
+    def quarantined(self) -> pl.DataFrame:
+        return self.plan.filter(pl.col("status") == QUARANTINED)
+
+
+def plan_run(settings: Settings, store: Store, *, locations: Sequence[str], approve: bool = False,
+             policy: Policy | None = None, full_sweep: bool = False, reuse_snapshot: bool = False,
+             docs: bool = True, ghl_client: GHLFactory | None = None,
+             tinyemail_client: TinyEmailFactory | None = None,
+             snapshot_options: SnapshotOptions | None = None, kind: str = "plan") -> PlanRun:
+    """Plan a reconciliation without writing to GHL or TinyEmail (module docstring, steps 1-8).
+
+    Args:
+        settings: connections, the data dir (plan files, GX project) and `policy_file`.
+        store: the open store; gets the runs, the snapshot, check results and review rows.
+        locations: the GHL location ids this run covers.
+        approve: approve up front whatever guard the plan trips (the run ends 'planned', not 'held').
+        policy: the reconciliation policy; default `load_policy(settings.policy_file)`.
+        full_sweep: the snapshot reads every contact's tasks and notes.
+        reuse_snapshot: plan from the latest snapshot in the store, without reading either system.
+        docs: build the checks' Data Docs.
+        ghl_client, tinyemail_client, snapshot_options: passed to `run_snapshot` (tests).
+        kind: the run's kind in the store: 'plan' (`recon plan`) or 'reconcile' (a run that may apply).
+    Raises:
+        NoSnapshot: `reuse_snapshot` without a snapshot to reuse.
+        Whatever the snapshot raises (SnapshotFailed, SideCameBackEmpty); the run is then 'failed'.
+    """
+    locations = list(dict.fromkeys(locations))
+    policy = policy if policy is not None else load_policy(settings.policy_file)
+    run_id = store.start_run(kind, locations)
+    try:
+        snapshot = None if reuse_snapshot else run_snapshot(
+            settings, store, locations, full_sweep=full_sweep, ghl_client=ghl_client,
+            tinyemail_client=tinyemail_client, options=snapshot_options)
+        result = _plan(settings, store, run_id, locations, policy, approve, docs, snapshot)
+    except BaseException as exc:
+        store.finish_run(run_id, FAILED, error=str(exc) or type(exc).__name__)
+        raise
+    store.finish_run(run_id, result.status, snapshot.used if snapshot else None,
+                     held_reasons=result.held_reasons, approved=result.approved)
+    return result
+
+
+def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], policy: Policy, approve: bool,
+          docs: bool, snapshot: SnapshotResult | None, frames: dict[str, pl.DataFrame] | None = None,
+          base_keys: Sequence[str] | None = None) -> PlanRun:
+    if snapshot is None and frames is None:
+        _check_snapshot_exists(store, locations)
+    today = store.clock().date()
+    frames = frames if frames is not None else latest_frames(store, locations)
+    frames = without_home_lists(frames, Journal(store).home_lists())
+    identity = match_identities(frames["ghl_contacts"], frames["te_customers"], store.load_id_map(),
+                                locations=locations)
+    stored = store.load_base(presence=True)
+    if base_keys is not None:
+        # one person (sync_contact): only its base rows are in play, nobody else "came back empty"
+        stored = stored.filter(pl.col("key").is_in(list(base_keys)))
+    base = planning_base(stored, identity)
+    merged = merge_planned(base, frames, identity, policy, today, Journal(store).created())
+    merged = with_decisions(merged, pending_decisions(store), frames, identity, policy)
+    report = _check(frames, merged, policy, approve, run_id, settings.data_dir, today, docs)
+    marked = apply_quarantine(merged.ops, report.quarantined, people=identity.matched.select("key", "email"))
+    store.save_check_results(run_id, report.to_frame())
+    store.save_review(identity.review, run_id)
+    plan_path, conflicts_path = write_plan_files(run_dir(settings.data_dir, run_id), marked, merged.conflicts)
+    save_state(run_dir(settings.data_dir, run_id), _state_frames(base, frames, identity))
+    approved = approve and merged.held
+    result = PlanRun(run_id, HELD if merged.held and not approve else PLANNED, merged.held_reasons, approved,
+                     marked, merged.conflicts, merged.stats, report, identity.review,
+                     snapshot.run_id if snapshot else None, plan_path, conflicts_path)
+    store.set_plan(run_id, summary(result, identity))
+    return result
+
+
+def without_home_lists(frames: dict[str, pl.DataFrame], home: list[str]) -> dict[str, pl.DataFrame]:
+    """TinyEmail membership of the list our created customers join is ours, never synced: left out of `lists`."""
+    if not home:
+        return frames
+    te = frames["te_customers"].with_columns(
+        pl.col("lists").list.set_difference(pl.lit(home, pl.List(pl.String))).list.sort())
+    return {**frames, "te_customers": te}
+
+
+def plan_person(settings: Settings, store: Store, *, location_id: str, frames: dict[str, pl.DataFrame],
+                keys: Sequence[str], policy: Policy | None = None) -> PlanRun:
+    """Plan one person (the `sync-contact` flow) from frames read just now (`contact_recon/stages/sync.py`), with the same
+    identity, merge, checks and quarantine as a nightly plan; `keys` are the person's possible base keys."""
+    policy = policy if policy is not None else load_policy(settings.policy_file)
+    run_id = store.start_run("sync", [location_id])
+    try:
+        result = _plan(settings, store, run_id, [location_id], policy, False, False, None, frames=frames,
+                       base_keys=keys)
+    except BaseException as exc:
+        store.finish_run(run_id, FAILED, error=str(exc) or type(exc).__name__)
+        raise
+    store.finish_run(run_id, result.status, None, held_reasons=result.held_reasons, approved=False)
+    return result
+
+
+def latest_frames(store: Store, locations: Sequence[str]) -> dict[str, pl.DataFrame]:
+    """The latest snapshot of every entity, GHL ones limited to `locations`."""
+    covered = pl.col("location_id").is_in(list(locations))
+    return {entity: store.latest_snapshot(entity).filter(covered) if spec.has_location
+            else store.latest_snapshot(entity) for entity, spec in ENTITIES.items()}
+
+
+def _check_snapshot_exists(store: Store, locations: Sequence[str]) -> None:
+    parts = store.snapshot_parts()
+    written = set(zip(parts["entity"].to_list(), parts["location_id"].to_list(), strict=True))
+    missing = [f"ghl:{loc}" for loc in locations if ("ghl_contacts", loc) not in written]
+    missing += ["tinyemail"] if ("te_customers", NO_LOCATION) not in written else []
+    if missing:
+        raise NoSnapshot(f"no snapshot to reuse for {', '.join(missing)}: run `recon snapshot` (or plan without "
+                         f"--reuse-snapshot) first")
+
+
+def merge(base: pl.DataFrame, frames: dict[str, pl.DataFrame], identity: IdentityResult, policy: Policy,
+          today: dt.date, created: pl.DataFrame | None = None) -> MergeResult:
+    """Plan from the stored base and this run's snapshot frames, as the identity matcher keyed them."""
+    ghl_side, te_side = merge_sides(identity, frames["ghl_contacts"], frames["te_customers"])
+    return plan(planning_base(base, identity), te_side, ghl_side, policy, ghl_tasks=frames["ghl_tasks"],
+                created=created if created is not None else pl.DataFrame(schema=CREATED_SCHEMA), today=today)
+
+
+def merge_planned(base: pl.DataFrame, frames: dict[str, pl.DataFrame], identity: IdentityResult, policy: Policy,
+                  today: dt.date, created: pl.DataFrame) -> MergeResult:
+    """Plan from a planning base (`planning_base`) and this run's frames, with the created-objects memory."""
+    ghl_side, te_side = merge_sides(identity, frames["ghl_contacts"], frames["te_customers"])
+    return plan(base, te_side, ghl_side, policy, ghl_tasks=frames["ghl_tasks"], created=created, today=today)
+
+
+def with_decisions(merged: MergeResult, decisions: pl.DataFrame, frames: dict[str, pl.DataFrame],
+                   identity: IdentityResult, policy: Policy) -> MergeResult:
+    """Add the data team's pending decisions (`recon conflicts import`) to a plan: their ops, unless the merge
+    already writes that field of that person, and without the conflict rows they settle."""
+    if decisions.height == 0:
+        return merged
+    ghl_side, te_side = merge_sides(identity, frames["ghl_contacts"], frames["te_customers"])
+    extra = decision_ops(decisions, te_side, ghl_side, consent=policy.consent)
+    extra = extra.join(merged.ops.select("target", "key", "field"), on=["target", "key", "field"], how="anti",
+                       nulls_equal=True)
+    settled = merged.conflicts.join(decisions.select("key", "field"), on=["key", "field"], how="anti")
+    return MergeResult(sort_ops(pl.concat([merged.ops, extra])), settled, merged.stats, merged.held_reasons)
+
+
+def _state_frames(base: pl.DataFrame, frames: dict[str, pl.DataFrame], identity: IdentityResult) -> dict[str, Any]:
+    ghl_side, te_side = merge_sides(identity, frames["ghl_contacts"], frames["te_customers"])
+    return {"base": base, "te_side": te_side, "ghl_side": ghl_side, "people": people(identity),
+            "rekeys": identity.rekeys, "id_map_new": identity.new_id_map}
+
+
+def people(identity: IdentityResult) -> pl.DataFrame:
+    """How the apply stage addresses each person key: TinyEmail email, GHL contact id and location."""
+    schema = {"key": pl.String, "email": pl.String, "contact_id": pl.String, "location_id": pl.String}
+    matched = identity.matched.select("key", "email", "contact_id", "location_id")
+    ghl_only = identity.unmatched_ghl.select(key="contact_id", email=pl.lit(None, pl.String),
+                                             contact_id="contact_id", location_id="location_id")
+    te_only = identity.unmatched_te.select("key", "email", contact_id=pl.lit(None, pl.String),
+                                           location_id=pl.lit(None, pl.String))
+    return pl.concat([f.cast(schema) for f in (matched, ghl_only, te_only)]).unique("key", keep="first").sort("key")
+
+
+def planning_base(base: pl.DataFrame, identity: IdentityResult) -> pl.DataFrame:
+    """The stored base (MERGE_SIDE) as this run plans against it: held keys left out, presence flags added,
+    this run's re-keys applied (a re-key whose new key already has a base row is left alone, as in
+    `Store.rekey_base`); a re-keyed row was not in GHL at the base."""
+    derived = {"in_ghl": ~pl.col("key").str.starts_with(TE_KEY_PREFIX),
+               "in_tinyemail": pl.col("email").str.strip_chars().fill_null("") != ""}
+    # stored presence flags win; rows saved before they existed (null) get them derived
+    kept = base.filter(~pl.col("key").is_in(sorted(identity.held_keys))).with_columns(
+        **{name: pl.coalesce(pl.col(name), expr) if name in base.columns else expr for name, expr in derived.items()})
+    pairs = identity.rekeys.join(kept.select("key"), left_on="new_key", right_on="key", how="anti")
+    moved = (kept.join(pairs, left_on="key", right_on="old_key")
+             .with_columns(key=pl.col("new_key"), contact_id=pl.col("new_key"), in_ghl=pl.lit(False))
+             .select(kept.columns))
+    staying = kept.join(pairs, left_on="key", right_on="old_key", how="anti")
+    return pl.concat([staying, moved]).sort("key")
+
+
+def _check(frames: dict[str, pl.DataFrame], merged: MergeResult, policy: Policy, approve: bool, run_id: str,
+           data_dir: Path, today: dt.date, docs: bool) -> CheckReport:
+    # an approved run checks the guard as a warning: the explicit override of checks/suites.py
+    thresholds = Thresholds(severity={GUARD_EXPECTATION: "warning"}) if approve else Thresholds()
+    return run_checks(frames, merged.ops, thresholds, run_id, data_dir, today=today, guards=policy.guards,
+                      people=merged.stats.get("people"), docs=docs)
+
+
+def write_plan_files(directory: Path, marked: pl.DataFrame, conflicts: pl.DataFrame) -> tuple[Path, Path]:
+    """`plan.parquet` and `conflicts.csv` under `directory`, each written whole or not at all."""
+    directory.mkdir(parents=True, exist_ok=True)
+    plan_path, conflicts_path = directory / PLAN_FILE, directory / CONFLICTS_FILE
+    atomic_write(plan_path, marked.write_parquet)
+    atomic_write(conflicts_path, conflicts.write_csv)
+    return plan_path, conflicts_path
+
+
+def summary(result: PlanRun, identity: IdentityResult) -> dict[str, Any]:
+    """What the run row's plan_json records about a plan run (the report's numbers)."""
+    quarantined = result.quarantined
+    by_expectation = (quarantined.select(pl.col("quarantined_by").str.split(",")).explode("quarantined_by")
+                      .group_by("quarantined_by").len().sort("quarantined_by").iter_rows())
+    return {
+        "snapshot_run_id": result.snapshot_run_id, "ops": result.plan.height, "conflicts": result.conflicts.height,
+        "quarantined": quarantined.height, "quarantined_by": dict(by_expectation),
+        "held_reasons": list(result.held_reasons), "approved": result.approved, "stats": result.stats,
+        "review": identity.review.height, "unmatched_ghl": identity.unmatched_ghl.height,
+        "unmatched_tinyemail": identity.unmatched_te.height, "plan_file": str(result.plan_path),
+        "conflicts_file": str(result.conflicts_path),
+        "docs_index": str(result.checks.docs_index) if result.checks.docs_index else None,
+    }
+
+
+def load_plan(data_dir: str | Path, run_id: str) -> pl.DataFrame:
+    """A plan run's marked ops, as written to its plan.parquet."""
+    return pl.read_parquet(run_dir(data_dir, run_id) / PLAN_FILE)
+
+
+def ops_to_apply(marked: pl.DataFrame, approved: bool) -> pl.DataFrame:
+    """The ops the apply stage may write: planned ones, and on an approved run also those that only the
+    guard expectation held back (approval releases the guard, never a bad record)."""
+    ok = pl.col("status") == PLANNED
+    if approved:
+        ok = ok | (pl.col("quarantined_by") == GUARD_EXPECTATION)
+    return marked.filter(ok)
+
+
+__all__ = ["APPROVED", "FAILED", "HELD", "PLANNED", "NoSnapshot", "PlanRun", "load_plan", "ops_to_apply",
+           "plan_run", "planning_base", "run_dir"]

@@ -1,0 +1,246 @@
+"""One reconciliation of a set of GHL locations with TinyEmail: lock, recover, plan, apply, report.
+
+`reconcile` is the one orchestration: the Prefect flow (`flows/reconcile.py`, through the Prefect tasks of
+`tasks/reconcile.py`), `recon run` (which runs that flow in-process), the tests and the benchmarks all call
+it. `Steps` says how each step runs: plain calls (`DIRECT`, the default) or Prefect tasks
+(`contact_recon.tasks.reconcile.PREFECT_STEPS`). In order:
+
+0. `location_lock` (stages/lock.py): every covered location is held exclusively, or the run stops with
+   `LocationBusy` after `lock_wait_s`; the DuckDB store is opened inside the lock.
+1. `recover_interrupted`: ops an interrupted run left `sending` are resolved (stages/apply.py), and runs
+   left 'applying' are closed as 'failed' (interrupted), before anything is planned. Not on a dry run.
+2. `plan_run` (stages/plan.py): snapshot both systems, match identities, merge, check, quarantine; the plan
+   goes to `runs/<run_id>/plan.parquet` and the state a later apply needs to `state/`.
+3. Held (a guard tripped and nobody approved), or a dry run: nothing is written.
+4. `apply_run`: journal every op, send the allowed ones (stages/apply.py), then advance the base, the
+   id_map and the created-objects memory for the confirmed ops only (stages/advance.py).
+5. `report_run` (report/publish.py): summary.json, report.html, and inside Prefect the artifacts and
+   alert events.
+
+A run's status: running -> planned | held | failed -> applying -> completed | failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from contact_recon.checks.quarantine import QUARANTINED
+from contact_recon.engine.decisions import mark_used, pending_decisions
+from contact_recon.engine.state import Consent, advance, load_state
+from contact_recon.model.policy import Policy, load_policy
+from contact_recon.report.publish import report_run
+from contact_recon.settings import Settings
+from contact_recon.stages import failpoints
+from contact_recon.stages import progress as bars
+from contact_recon.stages.apply import Applier, Person, StageStopped, recover
+from contact_recon.stages.echo import EchoLog, tinyemail_log
+from contact_recon.stages.lock import location_lock
+from contact_recon.stages.plan import APPROVED, GUARD_EXPECTATION, HELD, PLANNED, PlanRun, load_plan, plan_run
+from contact_recon.store import journal as J
+from contact_recon.store.db import Store, db_path, open_db
+from contact_recon.store.files import run_dir
+from contact_recon.store.journal import Journal
+from contact_recon.systems.ghl.client import GHLClient
+from contact_recon.systems.http import ApiBacked
+from contact_recon.systems.tinyemail.client import TinyEmailClient
+
+APPLYING, COMPLETED, FAILED = "applying", "completed", "failed"
+GHLFactory = Callable[[str], GHLClient]
+TinyEmailFactory = Callable[[], TinyEmailClient]
+
+
+class NotApplicable(Exception):  # noqa: N818 - the name is the contract
+    """The run cannot be applied in its state (held and not approved, already applied, failed)."""
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str  # completed | held | failed (a dry run that planned: completed)
+    dry_run: bool
+    plan: PlanRun | None = None
+    journal: dict[str, int] = field(default_factory=dict)  # status -> ops
+    requests: dict[str, dict[str, int]] = field(default_factory=dict)  # system -> used/rate_limited/retried
+    recovered: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    summary: dict[str, Any] | None = None  # the report's summary.json, when the run reported
+
+
+@dataclass(frozen=True)
+class Steps:
+    """How each step of `reconcile` runs. `DIRECT` calls the functions; a flow hands in its Prefect tasks."""
+
+    recover: Callable[[Store, list[str], GHLFactory], dict[str, int]]
+    plan: Callable[..., PlanRun]
+    apply: Callable[..., RunOutcome]
+    report: Callable[[Settings, Store, str, bool, dict[str, dict[str, int]]], dict[str, Any]]
+    logger: Callable[[], logging.Logger | logging.LoggerAdapter[logging.Logger]]
+
+
+def reconcile(settings: Settings, store: Store | None = None, *, locations: Sequence[str] | None = None,
+              dry_run: bool = False, approve: bool = False, full_sweep: bool = False, policy: Policy | None = None,
+              docs: bool = True, report: bool = True, lock_wait_s: float = 60.0,
+              ghl_client: GHLFactory | None = None, tinyemail_client: TinyEmailFactory | None = None,
+              steps: Steps | None = None) -> RunOutcome:
+    """Lock, recover, plan and (unless a dry run or held) apply, then report; the module docstring has the steps.
+
+    `store`: an open store to use (tests), else the data dir's DuckDB file is opened inside the lock.
+    `report`: False skips step 5 (the outcome's `summary` is then None).
+    """
+    steps = steps or DIRECT
+    log = steps.logger()
+    covered = list(locations or settings.ghl_location_ids)
+    if not covered:
+        raise ValueError("no GHL location: pass locations or set RECON_GHL_LOCATION_IDS")
+    policy = policy if policy is not None else load_policy(settings.policy_file)
+    ghl = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))
+    with location_lock(settings, covered, lock_wait_s), _store(settings, store) as db:
+        recovered = steps.recover(db, covered, ghl) if not dry_run else {}
+        if recovered:
+            log.info("recovered after an interrupted run: %s", recovered)
+        planned = steps.plan(settings, db, locations=covered, approve=approve, policy=policy,
+                             full_sweep=full_sweep, docs=docs, ghl_client=ghl, tinyemail_client=tinyemail_client,
+                             kind="reconcile")
+        log.info("run %s planned: %s ops, %s conflicts, status %s", planned.run_id, planned.plan.height,
+                 planned.conflicts.height, planned.status)
+        if dry_run or planned.status == HELD:
+            outcome = RunOutcome(planned.run_id, HELD if planned.status == HELD else COMPLETED, dry_run)
+        else:
+            outcome = steps.apply(settings, db, planned.run_id, policy=policy, ghl_client=ghl,
+                                  tinyemail_client=tinyemail_client)
+            log.info("run %s applied: %s", planned.run_id, outcome.journal)
+        outcome.plan, outcome.recovered = planned, recovered
+        if report:
+            outcome.summary = steps.report(settings, db, planned.run_id, dry_run, outcome.requests)
+            log.info("run %s %s; report %s", planned.run_id, outcome.summary["status"], outcome.summary["report"])
+    return outcome
+
+
+@contextlib.contextmanager
+def _store(settings: Settings, store: Store | None) -> Iterator[Store]:
+    if store is not None:
+        yield store
+        return
+    with open_db(db_path(settings.data_dir)) as opened:
+        yield opened
+
+
+def recover_interrupted(store: Store, locations: Sequence[str], ghl_client: GHLFactory) -> dict[str, int]:
+    """Close runs left 'applying' and resolve their unfinished ops (before anything is planned)."""
+    journal = Journal(store)
+    interrupted = store.runs().filter(pl.col("status") == APPLYING)["run_id"].to_list()
+    for run_id in interrupted:
+        store.finish_run(run_id, FAILED, error="interrupted during apply; resolved by the next run")
+    if not journal.unfinished():
+        return {"interrupted_runs": len(interrupted)} if interrupted else {}
+
+    async def go() -> dict[str, int]:
+        clients = {loc: ghl_client(loc) for loc in locations}
+        try:
+            return await recover(journal, clients, locations[0])
+        finally:
+            await asyncio.gather(*(c.aclose() for c in clients.values()))
+
+    return {**asyncio.run(go()), "interrupted_runs": len(interrupted)}
+
+
+def journal_frame(marked: pl.DataFrame, approved: bool, people: pl.DataFrame, default_location: str) -> pl.DataFrame:
+    """The plan as journal rows: status planned (to send), quarantined, or held (a guard nobody approved,
+    an identity review), with the GHL location of each op's person."""
+    guard_only = pl.col("quarantined_by") == GUARD_EXPECTATION
+    status = (pl.when(pl.col("kind") == "identity_review").then(pl.lit(J.HELD))
+              .when(pl.col("status") != QUARANTINED).then(pl.lit(J.PLANNED))
+              .when(guard_only & approved).then(pl.lit(J.PLANNED))
+              .when(guard_only).then(pl.lit(J.HELD))
+              .otherwise(pl.lit(J.QUARANTINED)))
+    where = people.select("key", "location_id")
+    return (marked.join(where, on="key", how="left", maintain_order="left")
+            .with_columns(status=status, location_id=pl.col("location_id").fill_null(default_location)))
+
+
+def apply_run(settings: Settings, store: Store, run_id: str, *, policy: Policy | None = None,
+              ghl_client: GHLFactory | None = None, tinyemail_client: TinyEmailFactory | None = None) -> RunOutcome:
+    """Apply a planned (or approved) run: journal, send, advance the state; the run ends completed or failed."""
+    run = store.get_run(run_id)
+    if run["status"] not in (PLANNED, APPROVED):
+        raise NotApplicable(f"run {run_id} is {run['status']}: only a planned or approved run can be applied"
+                            + (" (approve it first: recon approve RUN_ID)" if run["status"] == HELD else ""))
+    policy = policy if policy is not None else load_policy(settings.policy_file)
+    locations = list(run["location_ids"] or [])
+    directory = run_dir(settings.data_dir, run_id)
+    state = load_state(directory)
+    journal = Journal(store, on_closed=lambda n: bars.advance("apply: ops", n))
+    approved = run["status"] == APPROVED or run["approved_at"] is not None
+    journal.record(run_id, journal_frame(load_plan(settings.data_dir, run_id), approved, state["people"],
+                                         locations[0]))
+    bars.begin("apply: ops", journal.counts(run_id).get(J.PLANNED, 0))
+    store.con.execute("UPDATE runs SET status = ? WHERE run_id = ?", [APPLYING, run_id])
+    failpoints.hit("journaled")
+    people = {r["key"]: Person(r["email"], r["contact_id"], r["location_id"]) for r in state["people"].to_dicts()}
+    ghl_client = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))
+    tinyemail_client = tinyemail_client or (lambda: TinyEmailClient.from_settings(settings))
+    # a nightly run's writes come back as thousands of webhooks: noted as echoes (contact_recon/stages/echo.py); a sync's
+    # few come back as syncs that find nothing to do, and a person's next edit is never held back
+    echo = (EchoLog(settings.data_dir), tinyemail_log(settings.data_dir)) if run["kind"] != "sync" else (None, None)
+    error, requests = _send(journal, run_id, locations, people, settings, ghl_client, tinyemail_client,
+                            policy.create.tinyemail_list, echo)
+    advance(store, directory, journal.frame(run_id), run_id,
+            Consent(tuple(policy.consent.tinyemail_tight), tuple(policy.consent.ghl_tight)), policy.tags.list_prefix)
+    _settle_decisions(store, journal.frame(run_id), run_id)
+    status = FAILED if error else COMPLETED
+    store.finish_run(run_id, status, {"apply": requests}, error=error, held_reasons=run["held_reasons"],
+                     approved=run["approved_at"] is not None)
+    return RunOutcome(run_id, status, False, journal=journal.counts(run_id), requests=requests, error=error)
+
+
+def _settle_decisions(store: Store, journal: pl.DataFrame, run_id: str) -> None:
+    """Pending decisions this run carried out (every op of theirs confirmed, or none needed) are used up; a
+    decision whose op failed stays pending for the next run."""
+    pending = pending_decisions(store)
+    if pending.height == 0:
+        return
+    open_ops = journal.filter(pl.col("reason").str.starts_with("decided_") & (pl.col("status") != J.DONE))
+    used = pending.join(open_ops.select("key", "field").unique(), on=["key", "field"], how="anti")
+    mark_used(store, used, run_id)
+
+
+def _send(journal: Journal, run_id: str, locations: list[str], people: dict[str, Person], settings: Settings,
+          ghl_client: GHLFactory, tinyemail_client: TinyEmailFactory,
+          home_list: str | None,
+          echo: tuple[EchoLog | None, EchoLog | None]) -> tuple[str | None, dict[str, dict[str, int]]]:
+    async def go() -> tuple[str | None, dict[str, dict[str, int]]]:
+        ghl = {loc: ghl_client(loc) for loc in locations}
+        te = tinyemail_client()
+        applier = Applier(journal, ghl, te, people, default_location=locations[0], region=settings.default_region,
+                          home_list=home_list, echo=echo[0], te_echo=echo[1])
+        error = None
+        try:
+            await applier.run(run_id)
+        except StageStopped as exc:
+            error = f"apply stopped: {exc}"
+        finally:
+            clients: list[ApiBacked] = [*ghl.values(), te]
+            await asyncio.gather(*(c.aclose() for c in clients))
+        return error, request_counts(ghl, te)
+
+    return asyncio.run(go())
+
+
+def request_counts(ghl: dict[str, GHLClient], te: TinyEmailClient) -> dict[str, dict[str, int]]:
+    """Requests per system (summed over locations): used, rate_limited, retried."""
+    totals: dict[str, dict[str, int]] = {}
+    for system, clients in (("ghl", list(ghl.values())), ("tinyemail", [te])):
+        stats = [c.api.stats for c in clients]
+        totals[system] = {name: sum(getattr(s, name) for s in stats) for name in ("used", "rate_limited", "retried")}
+    return totals
+
+
+DIRECT = Steps(recover=recover_interrupted, plan=plan_run, apply=apply_run, report=report_run,
+               logger=lambda: logging.getLogger("contact_recon.run"))

@@ -1,0 +1,628 @@
+"""The snapshot stage: read both systems into one complete, consistent snapshot in the store.
+
+Per GHL location (`fetch_ghl_location`, the Prefect task `snapshot_ghl_location`):
+1. Plan the listing: the contact listing must fit in the day's allowance left minus the write reserve
+   (contact_recon/engine/budget_plan.py); if it cannot, `SnapshotFailed` before any request.
+2. List *every* contact through `POST /contacts/search` (500 a page, searchAfter): a contact missing
+   from the listing is deleted, so deletions are seen every night. A contact whose payload equals the
+   previous snapshot's (`raw`) keeps its normalised row; the others are normalised again, while the
+   task and note reads of step 4 run. Normalising is CPU work on the event loop that carries the
+   requests: done before the reads it would leave the request budget idle for tens of seconds at
+   100,000 contacts, and done in one go beside them it would starve them. So it goes `NORMALISE_CHUNK`
+   rows at a time and, after each chunk, sleeps as long as the chunk took: it takes at most half of
+   the loop, and the requests in flight keep their pace.
+3. Choose whose tasks and notes to read tonight:
+   - *changed*: new contacts, contacts whose payload changed, and contacts whose `dateUpdated` is at
+     or after the previous watermark minus the safety lag (`notes_safety_lag_s`, 10 min: search
+     results lag writes by seconds, and a contact edited during the previous listing may have been
+     read before the edit). With no watermark (first snapshot) every contact is changed.
+   - *dirty*: contacts a webhook marked (`Store.dirty_contacts`); their marks are cleared after the
+     snapshot commits, except marks that arrived meanwhile (`clear_dirty`).
+   - *sweep*: the others whose `crc32(contact_id) % K == night_index % K` (K = `notes_sweep_k`, 30;
+     night_index = the run's UTC date ordinal): every contact is swept once every K nights, catching
+     what dateUpdated and webhooks miss (a note or task write never moves the contact's dateUpdated).
+   The plan is made with the exact counts before any task or note request; when the allowance is
+   short the sweep shrinks (first ids of the slice in id order), then changed/dirty contacts are
+   deferred and marked dirty so they come first tomorrow.
+4. Tasks: the bulk task search in batches of 100 contact ids, for the chosen contacts only. Tasks are
+   bulk-cheap (all of them would cost ~2% of the contacts in requests), but a task write does not
+   move dateUpdated either, so a full read would still not make the per-contact signal exact; reading
+   tasks with the notes keeps "an unchanged contact costs no request" and one rule for both (webhooks
+   TaskCreate/Complete/Delete mark contacts dirty; the sweep catches the rest within K nights).
+   Notes: `GET /contacts/{id}/notes`, one request per chosen contact.
+   Both run `concurrency` (10) requests in flight, paced by the location's `RateBudget`.
+5. Tasks and notes of the contacts not read tonight are carried over from the previous snapshot (and
+   those of deleted contacts dropped), so each location's snapshot is complete (contact_recon/store/db.py).
+
+TinyEmail (`fetch_tinyemail`, the Prefect task `snapshot_tinyemail`): every list, every member (it has
+no updated-since filter), one row per customer with its lists. Lists are read side by side, each one
+page after page (the connector's paging guards need the pages in order). A customer whose payload
+(`raw`) and lists equal a row of the previous snapshot keeps that row; the others are normalised (in
+chunks, at most half of the loop, as above: on the first night the GHL reads are still running).
+`full_sweep` normalises every contact and customer again.
+
+`run_snapshot` runs every location and TinyEmail concurrently (asyncio tasks; inside a Prefect flow,
+the Prefect tasks on the flow's task runner), then checks that no side came back empty while its
+previous snapshot was not (`SideCameBackEmpty`), and writes all frames and the new watermarks in ONE
+transaction (`Store.write_snapshot`). Any failure of a system (auth, outage, budget) stops everything
+with `SnapshotFailed(system, reason)` before anything is written, so the previous snapshot and the
+watermarks stay as they were. The run row records the plans and the requests actually used (per
+phase: the count and `phase_s`, the seconds since the previous phase ended).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import polars as pl
+
+from contact_recon.engine.budget_plan import DEFAULT_TASKS_PER_CONTACT, RequestPlan, contact_pages, plan_requests
+from contact_recon.engine.identity import SideCameBackEmpty, check_not_emptied
+from contact_recon.model.normalise import (
+    as_payload,
+    ghl_contact_record,
+    ghl_note_record,
+    ghl_task_record,
+    raw_json,
+    tinyemail_customer_record,
+    to_frame,
+)
+from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, TINYEMAIL_CUSTOMERS
+from contact_recon.settings import Settings
+from contact_recon.stages import progress as bars
+from contact_recon.store.db import Store
+from contact_recon.systems.errors import ConnectorError, NotFound
+from contact_recon.systems.ghl.client import TASK_SEARCH_BATCH, TASK_SEARCH_PAGE, GHLClient, iso
+from contact_recon.systems.http import RequestStats
+from contact_recon.systems.models import Contact, Customer
+from contact_recon.systems.redaction import redact
+from contact_recon.systems.tinyemail.client import AudienceSnapshot, TinyEmailClient
+
+log = logging.getLogger("contact_recon.stages.snapshot")
+
+WATERMARK_ENTITY = "ghl_contacts"  # watermarks[(location, "ghl_contacts")] = max dateUpdated seen
+TE_PAGE = 100
+NORMALISE_CHUNK = 100  # rows normalised between two pauses (about 20 ms of CPU)
+T = TypeVar("T")
+R = TypeVar("R")
+
+GHLFactory = Callable[[str], GHLClient]
+TinyEmailFactory = Callable[[], TinyEmailClient]
+
+
+class SnapshotFailed(Exception):  # noqa: N818 - the name is the contract
+    """One system could not be snapshotted (auth, outage, budget): the run stops before any diff."""
+
+    def __init__(self, system: str, reason: str):
+        self.system, self.reason = system, redact(reason)
+        super().__init__(f"snapshot of {system} failed: {self.reason}")
+
+
+@dataclass(frozen=True)
+class SnapshotOptions:
+    sweep_k: int = 30
+    safety_lag_s: float = 600.0
+    write_reserve: int = 20_000
+    concurrency: int = 10
+    full_sweep: bool = False  # read every contact's tasks and notes (and normalise every contact again)
+    night_index: int = 0
+    region: str = "US"
+    allow_empty: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> SnapshotOptions:
+        return cls(sweep_k=settings.notes_sweep_k, safety_lag_s=settings.notes_safety_lag_s,
+                   write_reserve=settings.write_reserve, concurrency=settings.snapshot_concurrency,
+                   region=settings.default_region, **overrides)
+
+
+@dataclass(frozen=True)
+class PreviousState:
+    """What one location's fetch needs from the store: its latest snapshot, watermark and dirty marks."""
+
+    contacts: pl.DataFrame
+    tasks: pl.DataFrame
+    notes: pl.DataFrame
+    watermark: str | None
+    dirty: frozenset[str] = frozenset()
+
+    @classmethod
+    def load(cls, store: Store, location_id: str) -> PreviousState:
+        dirty = store.dirty_contacts().filter(pl.col("location_id") == location_id)["contact_id"]
+        return cls(store.latest_snapshot("ghl_contacts", location_id), store.latest_snapshot("ghl_tasks", location_id),
+                   store.latest_snapshot("ghl_notes", location_id), store.watermark(location_id, WATERMARK_ENTITY),
+                   frozenset(dirty.to_list()))
+
+    @property
+    def tasks_per_contact(self) -> float:
+        return self.tasks.height / self.contacts.height if self.contacts.height else DEFAULT_TASKS_PER_CONTACT
+
+
+@dataclass
+class Progress:
+    """Plans and requests used, filled in while fetching, so a failed run still records them."""
+
+    plans: dict[str, Any] = field(default_factory=dict)
+    used: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LocationSnapshot:
+    location_id: str
+    contacts: pl.DataFrame
+    tasks: pl.DataFrame
+    notes: pl.DataFrame
+    watermark: str | None
+    plan: RequestPlan
+    used: dict[str, Any]
+    dirty_read: tuple[str, ...]  # dirty marks to clear once the snapshot is committed
+    deferred: tuple[str, ...]  # changed/dirty contacts not read tonight (marked dirty)
+
+
+@dataclass(frozen=True)
+class TinyEmailSnapshot:
+    customers: pl.DataFrame
+    plan: dict[str, int]
+    used: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    run_id: str
+    counts: dict[str, int]  # rows per entity written
+    plans: dict[str, Any]  # per system/location: the request plan
+    used: dict[str, Any]  # per system/location: requests actually used, by kind
+    ingest_s: float
+    wall_s: float
+    load_s: float = 0.0  # reading the previous snapshot, watermarks and dirty marks before any request
+    fetch_s: float = 0.0  # every system's fetch, from the first request to the last frame built
+
+
+# ------------------------------------------------------------------------------------------- GHL
+
+
+async def fetch_ghl_location(client: GHLClient, previous: PreviousState, options: SnapshotOptions,
+                             progress: Progress | None = None) -> LocationSnapshot:
+    """Snapshot one location (module docstring, steps 1-5); raises SnapshotFailed, writes nothing."""
+    loc, progress = client.location_id, progress or Progress()
+    key = f"ghl:{loc}"
+    with _failing_as(key):
+        daily = client.budget_snapshot().daily_remaining
+        _check_listing_fits(key, previous.contacts.height, daily, options.write_reserve)
+        used = _Used(client.stats)
+        contacts = [c async for c in client.iter_contacts()]
+        used.mark("contacts")
+        progress.used[key] = used.counts
+        listing = compare_listing(contacts, previous, options)
+        plan, chosen, dirty_read, deferred = _choose(listing.present, listing.changed, previous, options, daily)
+        progress.plans[key] = plan.to_json()
+        (tasks, notes), fresh = await _all_or_nothing([
+            _read_tasks_and_notes(client, chosen, options.concurrency, used),
+            _normalised(listing.fresh, lambda payload: ghl_contact_record(payload, loc, options.region),
+                        GHL_CONTACTS)])
+    frame = pl.concat([previous.contacts.filter(pl.col("contact_id").is_in(listing.kept)), fresh]).sort("contact_id")
+    present = frame["contact_id"]
+    return LocationSnapshot(
+        loc, frame, _carry_over(previous.tasks, tasks, present, chosen),
+        _carry_over(previous.notes, notes, present, chosen), _watermark(contacts, previous.watermark), plan,
+        used.counts, dirty_read, deferred)
+
+
+def _check_listing_fits(key: str, previous_count: int, daily: int | None, reserve: int) -> None:
+    if daily is not None and contact_pages(previous_count) > daily - reserve:
+        raise SnapshotFailed(key, f"the contact listing needs about {contact_pages(previous_count)} requests but "
+                                  f"only {max(0, daily - reserve)} are left today after the write reserve")
+
+
+def contact_payload(contact: Contact) -> dict[str, Any]:
+    """A contact as JSON (the search answer as the model reads it), without the search cursor."""
+    payload = as_payload(contact)
+    payload.pop("searchAfter", None)
+    return payload
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Tonight's contact listing against the previous snapshot (module docstring, steps 2-3)."""
+
+    present: set[str]  # every contact id listed
+    kept: list[str]  # payload as in the previous snapshot: its normalised row is kept
+    fresh: list[dict[str, Any]]  # payloads to normalise
+    changed: set[str]  # new, changed, or updated within the safety lag of the watermark
+
+
+def compare_listing(contacts: Sequence[Contact], previous: PreviousState, options: SnapshotOptions) -> Listing:
+    """Which contacts keep their row and which changed; cheap (no normalising), so the reads start early."""
+    old_raw = dict(zip(previous.contacts["contact_id"], previous.contacts["raw"], strict=True))
+    since = _since(previous.watermark, options.safety_lag_s)
+    kept: list[str] = []
+    fresh: list[dict[str, Any]] = []
+    changed: set[str] = set()
+    for contact in contacts:
+        payload = contact_payload(contact)
+        same = old_raw.get(contact.id) == raw_json(payload)
+        if same and not options.full_sweep:  # a full sweep normalises all again
+            kept.append(contact.id)
+        else:
+            fresh.append(payload)
+        if since is None or not same or _updated_since(contact, since):
+            changed.add(contact.id)
+    return Listing({c.id for c in contacts}, kept, fresh, changed)
+
+
+def _since(watermark: str | None, lag_s: float) -> datetime | None:
+    if watermark is None:
+        return None
+    return datetime.fromisoformat(watermark.replace("Z", "+00:00")) - timedelta(seconds=lag_s)
+
+
+def _updated_since(contact: Contact, since: datetime) -> bool:
+    updated = contact.dateUpdated
+    if updated is None:
+        return True  # no date: nothing says it is unchanged
+    return (updated if updated.tzinfo else updated.replace(tzinfo=UTC)) >= since
+
+
+def _watermark(contacts: Sequence[Contact], previous: str | None) -> str | None:
+    dates = [c.dateUpdated if c.dateUpdated.tzinfo else c.dateUpdated.replace(tzinfo=UTC)
+             for c in contacts if c.dateUpdated is not None]
+    return iso(max(dates)) if dates else previous
+
+
+def sweep_slice(contact_ids: Iterable[str], k: int, night_index: int) -> list[str]:
+    """Tonight's sweep: the ids with crc32(id) % k == night_index % k, in id order (1/k of all, stable)."""
+    return sorted(c for c in contact_ids if zlib.crc32(c.encode()) % k == night_index % k)
+
+
+def _choose(present: set[str], changed: set[str], previous: PreviousState, options: SnapshotOptions,
+            daily: int | None) -> tuple[RequestPlan, list[str], tuple[str, ...], tuple[str, ...]]:
+    """Plan tonight's task and note reads: (plan, contacts to read, dirty marks read, contacts deferred)."""
+    k = 1 if options.full_sweep else options.sweep_k
+    changed_ids = sorted(changed & present)
+    dirty_ids = sorted((previous.dirty & present) - changed)
+    taken = set(changed_ids) | set(dirty_ids)
+    sweep = [c for c in sweep_slice(present, k, options.night_index) if c not in taken]
+    plan = plan_requests(len(present), len(changed_ids), len(dirty_ids), k, TASK_SEARCH_BATCH, daily,
+                         options.write_reserve, sweep_candidates=len(sweep),
+                         tasks_per_contact=previous.tasks_per_contact, tasks_page=TASK_SEARCH_PAGE)
+    must = (changed_ids + dirty_ids)[: plan.changed + plan.dirty]
+    deferred = tuple((changed_ids + dirty_ids)[len(must):])
+    chosen = sorted(must + sweep[: plan.sweep])
+    dirty_gone = previous.dirty - present  # marks of deleted contacts: nothing left to read
+    dirty_read = tuple(sorted((previous.dirty & set(chosen)) | dirty_gone))  # read as changed counts too
+    return plan, chosen, dirty_read, deferred
+
+
+async def _read_tasks_and_notes(client: GHLClient, contact_ids: Sequence[str], concurrency: int,
+                                used: _Used) -> tuple[pl.DataFrame, pl.DataFrame]:
+    tasks = await _read_tasks(client, contact_ids, concurrency)
+    used.mark("tasks")
+    notes = await _read_notes(client, contact_ids, concurrency)
+    used.mark("notes")
+    return tasks, notes
+
+
+async def _read_tasks(client: GHLClient, contact_ids: Sequence[str], concurrency: int) -> pl.DataFrame:
+    batches = [list(contact_ids[i:i + TASK_SEARCH_BATCH]) for i in range(0, len(contact_ids), TASK_SEARCH_BATCH)]
+    stage = f"snapshot {client.location_id}: task searches"
+    bars.begin(stage, len(batches))
+
+    async def search(batch: list[str]) -> Any:
+        found = await client.search_tasks(batch)
+        bars.advance(stage)
+        return found
+
+    found = await _pool(batches, search, concurrency)
+    wanted = set(contact_ids)
+    rows = {t.id: ghl_task_record(as_payload(t), client.location_id)
+            for batch in found for t in batch if t.contactId in wanted}
+    return to_frame(list(rows.values()), GHL_TASKS)
+
+
+async def _read_notes(client: GHLClient, contact_ids: Sequence[str], concurrency: int) -> pl.DataFrame:
+    stage = f"snapshot {client.location_id}: note reads"
+    bars.begin(stage, len(contact_ids))
+
+    async def notes_of(contact_id: str) -> list[dict[str, Any]]:
+        try:
+            notes = await client.list_notes(contact_id)
+        except NotFound:
+            return []  # deleted since the listing: it disappears from tomorrow's listing
+        finally:
+            bars.advance(stage)
+        return [ghl_note_record({"contactId": contact_id, **as_payload(n)},
+                                client.location_id) for n in notes]
+
+    found = await _pool(list(contact_ids), notes_of, concurrency)
+    return to_frame([row for rows in found for row in rows], GHL_NOTES)
+
+
+def _carry_over(previous: pl.DataFrame, fresh: pl.DataFrame, present: pl.Series, read: Sequence[str]) -> pl.DataFrame:
+    """Tonight's rows of the contacts read, plus the previous rows of the present contacts not read."""
+    kept = previous.filter(pl.col("contact_id").is_in(present.implode()) & ~pl.col("contact_id").is_in(list(read)))
+    return pl.concat([kept, fresh])
+
+
+# -------------------------------------------------------------------------------------- TinyEmail
+
+
+async def fetch_tinyemail(client: TinyEmailClient, options: SnapshotOptions, progress: Progress | None = None,
+                          previous: pl.DataFrame | None = None) -> TinyEmailSnapshot:
+    """Every customer of every list once, with its lists (rows of unchanged customers kept from
+    `previous`, the latest TINYEMAIL_CUSTOMERS snapshot); raises SnapshotFailed, writes nothing."""
+    progress = progress or Progress()
+    with _failing_as("tinyemail"):
+        used = _Used(client.stats)
+        audience = AudienceSnapshot(lists=await client.lists())
+        plan = {"lists": 1, "member_pages": sum((lst.numberOfMembers or 0) // client.page_size + 1
+                                                for lst in audience.lists)}
+        progress.plans["tinyemail"] = plan
+        async def members(list_id: str) -> list[Customer]:
+            return [customer async for customer in client.iter_members(list_id)]
+
+        # lists are read side by side (each one page after page); merged in list order
+        found = await _pool([lst.id for lst in audience.lists], members, options.concurrency)
+        for contact_list, customers in zip(audience.lists, found, strict=True):
+            for customer in customers:
+                audience.add(contact_list.id, customer)
+        used.mark("members")
+        progress.used["tinyemail"] = used.counts
+    frame = await _customers_frame(audience, previous, options)
+    return TinyEmailSnapshot(frame.unique("email", keep="first", maintain_order=True), plan, used.counts)
+
+
+async def _customers_frame(audience: AudienceSnapshot, previous: pl.DataFrame | None,
+                           options: SnapshotOptions) -> pl.DataFrame:
+    """One TINYEMAIL_CUSTOMERS row per customer, in audience order; an unchanged customer keeps its row."""
+    reusable: dict[tuple[str, tuple[str, ...]], int] = {}
+    if previous is not None and not options.full_sweep:  # a full sweep normalises all again
+        reusable = {(raw, tuple(lists)): index for index, (raw, lists)
+                    in enumerate(zip(previous["raw"].to_list(), previous["lists"].to_list(), strict=True))}
+    kept: list[tuple[int, int]] = []  # (position, row of previous)
+    fresh: list[tuple[int, dict[str, Any], list[str]]] = []  # (position, payload, lists)
+    for position, (key, customer) in enumerate(audience.customers.items()):
+        payload = as_payload(customer)
+        lists = sorted({str(x) for x in audience.memberships[key]})
+        index = reusable.get((raw_json(payload), tuple(lists)))
+        if index is not None:  # same payload and lists: the same row
+            kept.append((position, index))
+        else:
+            fresh.append((position, payload, lists))
+        if position % NORMALISE_CHUNK == NORMALISE_CHUNK - 1:
+            await asyncio.sleep(0)
+    built = await _normalised(fresh, lambda item: tinyemail_customer_record(item[1], item[2], options.region),
+                              TINYEMAIL_CUSTOMERS)
+    old = previous.select(pl.all().gather([i for _, i in kept])) if previous is not None and kept else built.clear()
+    return (pl.concat([old.with_columns(_position=pl.Series([p for p, _ in kept], dtype=pl.Int64)),
+                       built.with_columns(_position=pl.Series([p for p, _, _ in fresh], dtype=pl.Int64))])
+            .sort("_position").drop("_position"))
+
+
+async def _normalised(items: Sequence[T], build: Callable[[T], dict[str, Any]], schema: pl.Schema) -> pl.DataFrame:
+    """`build` of every item as a frame of `schema`, `NORMALISE_CHUNK` rows at a time; after each chunk
+    it sleeps as long as the chunk took, so it never holds more than half of the event loop (module
+    docstring, step 2)."""
+    frames = [to_frame([], schema)]
+    for start in range(0, len(items), NORMALISE_CHUNK):
+        began = time.perf_counter()
+        frames.append(to_frame([build(item) for item in items[start:start + NORMALISE_CHUNK]], schema))
+        await asyncio.sleep(time.perf_counter() - began)
+    return pl.concat(frames, rechunk=True)
+
+
+# ----------------------------------------------------------------------------------- Prefect tasks
+
+
+def _prefect_task(fn: Callable[..., Any], name: str) -> Any:
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    return task(fn, name=name, cache_policy=NO_CACHE, persist_result=False, retries=0)
+
+
+async def _snapshot_ghl_location(location_id: str, settings: Settings, previous: PreviousState,
+                                 options: SnapshotOptions, progress: Progress | None = None,
+                                 client_factory: GHLFactory | None = None) -> LocationSnapshot:
+    """Prefect task: snapshot one GHL location (see `fetch_ghl_location`)."""
+    client = client_factory(location_id) if client_factory else GHLClient.from_settings(settings, location_id)
+    async with client:
+        return await fetch_ghl_location(client, previous, options, progress)
+
+
+async def _snapshot_tinyemail(settings: Settings, options: SnapshotOptions, progress: Progress | None = None,
+                              client_factory: TinyEmailFactory | None = None,
+                              previous: pl.DataFrame | None = None) -> TinyEmailSnapshot:
+    """Prefect task: snapshot TinyEmail (see `fetch_tinyemail`)."""
+    with _failing_as("tinyemail"):
+        client = client_factory() if client_factory else TinyEmailClient.from_settings(settings)
+    async with client:
+        return await fetch_tinyemail(client, options, progress, previous)
+
+
+snapshot_ghl_location = _prefect_task(_snapshot_ghl_location, "snapshot_ghl_location")
+snapshot_tinyemail = _prefect_task(_snapshot_tinyemail, "snapshot_tinyemail")
+
+
+# ------------------------------------------------------------------------------------- the stage
+
+
+def run_snapshot(settings: Settings, store: Store, locations: Sequence[str], *, full_sweep: bool = False,
+                 night_index: int | None = None, allow_empty: bool = False,
+                 ghl_client: GHLFactory | None = None, tinyemail_client: TinyEmailFactory | None = None,
+                 options: SnapshotOptions | None = None) -> SnapshotResult:
+    """Snapshot every location and TinyEmail into `store` in one transaction (module docstring).
+
+    Args:
+        settings: connection settings and the snapshot knobs (notes_sweep_k, notes_safety_lag_s,
+            write_reserve, snapshot_concurrency, default_region).
+        store: the open store; read before fetching, written once after every fetch succeeded.
+        locations: the GHL location ids to snapshot (usually `settings.ghl_location_ids`).
+        full_sweep: read every contact's tasks and notes tonight (K = 1).
+        night_index: selects the sweep slice (default: the UTC date ordinal of the run).
+        allow_empty: accept a side that came back empty while its previous snapshot was not.
+        ghl_client, tinyemail_client: client factories (tests: isolated budgets); default from settings.
+        options: overrides every knob at once (tests).
+    Raises:
+        SnapshotFailed: a system failed (auth, outage, budget); nothing was written.
+        SideCameBackEmpty: a side answered with no records while its previous snapshot had some.
+    """
+    started, t0 = store.clock(), time.perf_counter()
+    night = night_index if night_index is not None else started.date().toordinal()
+    options = replace(options or SnapshotOptions.from_settings(settings), full_sweep=full_sweep or
+                      (options.full_sweep if options else False), night_index=night, allow_empty=allow_empty)
+    run_id = store.start_run("snapshot", locations)
+    progress = Progress()
+    try:
+        previous = {loc: PreviousState.load(store, loc) for loc in locations}
+        te_previous = store.latest_snapshot("te_customers")
+        loaded = time.perf_counter()
+        ghl, te = _fetch_all(settings, previous, te_previous, options, progress, ghl_client, tinyemail_client)
+        fetched = time.perf_counter()
+        # the results carry their own plan and usage (a task runner may have worked on copies of `progress`)
+        progress.plans.update({f"ghl:{s.location_id}": s.plan.to_json() for s in ghl} | {"tinyemail": te.plan})
+        progress.used.update({f"ghl:{s.location_id}": s.used for s in ghl} | {"tinyemail": te.used})
+        _check_sides(ghl, te, previous, te_previous.height, options.allow_empty)
+        store.set_plan(run_id, progress.plans)
+        ingest_s = _write(store, run_id, ghl, te, locations, started)
+    except BaseException as exc:
+        store.set_plan(run_id, progress.plans)
+        store.finish_run(run_id, "failed", progress.used, error=str(exc) or type(exc).__name__)
+        raise
+    store.finish_run(run_id, "succeeded", progress.used)
+    counts = {"ghl_contacts": sum(s.contacts.height for s in ghl), "ghl_tasks": sum(s.tasks.height for s in ghl),
+              "ghl_notes": sum(s.notes.height for s in ghl), "te_customers": te.customers.height}
+    return SnapshotResult(run_id, counts, progress.plans, progress.used, ingest_s, time.perf_counter() - t0,
+                          loaded - t0, fetched - loaded)
+
+
+def _fetch_all(settings: Settings, previous: dict[str, PreviousState], te_previous: pl.DataFrame,
+               options: SnapshotOptions, progress: Progress, ghl_client: GHLFactory | None,
+               te_client: TinyEmailFactory | None) -> tuple[list[LocationSnapshot], TinyEmailSnapshot]:
+    """Every location and TinyEmail at once: Prefect tasks inside a flow run, else asyncio tasks."""
+    if _in_flow():
+        futures = [snapshot_ghl_location.submit(loc, settings, prev, options, progress, ghl_client)
+                   for loc, prev in previous.items()]
+        te_future = snapshot_tinyemail.submit(settings, options, progress, te_client, te_previous)
+        return [f.result() for f in futures], te_future.result()
+
+    async def gather() -> tuple[list[LocationSnapshot], TinyEmailSnapshot]:
+        jobs: list[Awaitable[Any]] = [_snapshot_ghl_location(loc, settings, prev, options, progress, ghl_client)
+                                      for loc, prev in previous.items()]
+        jobs.append(_snapshot_tinyemail(settings, options, progress, te_client, te_previous))
+        results = await _all_or_nothing(jobs)
+        return results[:-1], results[-1]
+
+    return asyncio.run(gather())
+
+
+def _in_flow() -> bool:
+    try:
+        from prefect.context import FlowRunContext
+    except ImportError:  # pragma: no cover - prefect is a dependency
+        return False
+    return FlowRunContext.get() is not None
+
+
+def _check_sides(ghl: list[LocationSnapshot], te: TinyEmailSnapshot, previous: dict[str, PreviousState],
+                 te_previous: int, allow_empty: bool) -> None:
+    for snap in ghl:
+        check_not_emptied(f"ghl:{snap.location_id}", snap.contacts.height,
+                          previous[snap.location_id].contacts.height, allow_empty=allow_empty)
+    check_not_emptied("tinyemail", te.customers.height, te_previous, allow_empty=allow_empty)
+
+
+def _write(store: Store, run_id: str, ghl: list[LocationSnapshot], te: TinyEmailSnapshot,
+           locations: Sequence[str], started: datetime) -> float:
+    """Mark deferred contacts dirty, write everything in one transaction, then clear the dirty marks read."""
+    for snap in ghl:
+        for contact_id in snap.deferred:
+            store.mark_dirty(snap.location_id, contact_id, "deferred: request budget")
+    frames = {"ghl_contacts": pl.concat([s.contacts for s in ghl]) if ghl else to_frame([], GHL_CONTACTS),
+              "ghl_tasks": pl.concat([s.tasks for s in ghl]) if ghl else to_frame([], GHL_TASKS),
+              "ghl_notes": pl.concat([s.notes for s in ghl]) if ghl else to_frame([], GHL_NOTES),
+              "te_customers": te.customers}
+    watermarks = {(s.location_id, WATERMARK_ENTITY): s.watermark for s in ghl if s.watermark is not None}
+    t0 = time.perf_counter()
+    store.write_snapshot(run_id, frames, watermarks, location_ids=locations)
+    ingest_s = time.perf_counter() - t0
+    for snap in ghl:
+        store.clear_dirty(((snap.location_id, c) for c in snap.dirty_read), marked_before=started)
+    return ingest_s
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+class _Used:
+    """Requests used per phase, from the client's stats (each phase runs alone on its client)."""
+
+    def __init__(self, stats: RequestStats):
+        self.stats, self.first, self.last = stats, stats.used, stats.used
+        self.started = self.phase_started = time.perf_counter()
+        self.counts: dict[str, Any] = {"phase_s": {}}
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.counts[phase], self.last = self.stats.used - self.last, self.stats.used
+        self.counts["phase_s"][phase], self.phase_started = round(now - self.phase_started, 3), now
+        self.counts.update(total=self.stats.used - self.first, rate_limited=self.stats.rate_limited,
+                           retried=self.stats.retried, wall_s=round(now - self.started, 3))
+
+
+@contextmanager
+def _failing_as(system: str) -> Iterator[None]:
+    """A connector error of `system` becomes SnapshotFailed(system, reason)."""
+    try:
+        yield
+    except ConnectorError as exc:
+        raise SnapshotFailed(system, f"{type(exc).__name__}: {exc}") from exc
+
+
+async def _pool(items: Sequence[T], fn: Callable[[T], Awaitable[R]], concurrency: int) -> list[R]:
+    """`fn` of every item, at most `concurrency` at once, in order; the first error cancels the rest."""
+    results: list[Any] = [None] * len(items)
+    queue: Iterator[tuple[int, T]] = iter(enumerate(items))
+
+    async def worker() -> None:
+        for index, item in queue:
+            results[index] = await fn(item)
+
+    await _all_or_nothing([worker() for _ in range(max(1, min(concurrency, len(items))))])
+    return results
+
+
+async def _all_or_nothing(jobs: Sequence[Awaitable[Any]]) -> list[Any]:
+    """Await all jobs concurrently; on the first failure cancel the others and raise that failure."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_as_coroutine(job)) for job in jobs]
+    except BaseExceptionGroup as group_error:
+        raise _first_failure(group_error) from None
+    return [t.result() for t in tasks]
+
+
+async def _as_coroutine(job: Awaitable[Any]) -> Any:
+    return await job
+
+
+def _first_failure(group: BaseExceptionGroup) -> BaseException:
+    """The failure to report: a SnapshotFailed or SideCameBackEmpty first, else the first error."""
+    leaves = list(_leaves(group))
+    named = [e for e in leaves if isinstance(e, SnapshotFailed | SideCameBackEmpty)]
+    return (named or leaves)[0]
+
+
+def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

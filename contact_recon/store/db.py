@@ -1,0 +1,597 @@
+"""The DuckDB store at `$RECON_DATA_DIR/recon.duckdb`: run history, snapshots, base, id_map, watermarks.
+
+`open_db(path)` opens (creating) the file and brings its schema up to date: `schema_version` holds
+one row per applied migration; `MIGRATIONS` is an ordered list and every migration whose version is
+above the stored one runs, in order, each in its own transaction together with its
+`schema_version` row, so a migration is applied exactly once or not at all. A file newer than the
+code (a version above the last known migration) is refused with `SchemaTooNew`.
+
+Snapshots are written in ONE transaction per run (`write_snapshot`): the frames of every entity,
+their `snapshot_parts` rows and the new watermarks commit together or not at all. A crash before the
+commit leaves the previous snapshot and watermarks as they were (DuckDB's WAL only replays committed
+transactions). Frames go in through DuckDB's Arrow scan of the polars frame (`INSERT ... SELECT
+FROM` a registered frame), without a Python loop over rows.
+
+A run's snapshot of an entity is complete for each location it covers (an incremental fetch is
+overlaid on the previous snapshot by the snapshot stage before it is written). `snapshot_parts`
+records which (run, entity, location) were written, even when empty, so `latest_snapshot` takes per
+location the most recently written part, and an empty answer is told apart from "never fetched".
+
+Schema (version 1; timestamps are TIMESTAMPTZ in UTC; list columns are VARCHAR[]; keys in brackets):
+
+- `schema_version` [version]: version, description, applied_at.
+- `runs` [run_id]: run_id, kind ('snapshot', 'reconcile', ...), status ('running', 'succeeded',
+  'failed'), started_at, finished_at, location_ids, plan_json (the request plan),
+  requests_used_json, error (redacted).
+- `snap_ghl_contacts` [run_id, location_id, contact_id]: run_id + records.GHL_CONTACTS.
+- `snap_ghl_tasks` [run_id, location_id, task_id]: run_id + records.GHL_TASKS.
+- `snap_ghl_notes` [run_id, location_id, note_id]: run_id + records.GHL_NOTES.
+- `snap_te_customers` [run_id, email]: run_id + records.TINYEMAIL_CUSTOMERS.
+- `snapshot_parts` [run_id, entity, location_id]: location_id ('' for TinyEmail), row_count,
+  seq (write order, from the `snapshot_seq` sequence), written_at.
+- `base` [key]: records.MERGE_SIDE + updated_at, run_id: the last reconciled state per person key.
+- `id_map` [location_id, contact_id]: contact_id, location_id, email, matched_by ('email',
+  'manual', ...), matched_at, run_id.
+- `identity_review`: run_id, kind ('email_shared_by_several', 'email_changed',
+  'te_email_collision'), contact_ids, email, old_email, detail, created_at.
+- `watermarks` [location_id, entity]: value, run_id, updated_at.
+- `dirty_contacts` [location_id, contact_id]: reason, marked_at (webhooks mark contacts whose
+  notes must be refetched; `clear_dirty` keeps marks that arrived during the refetch).
+- `check_results` [run_id, suite, expectation] (version 2): success, unexpected_count, sample_values
+  (JSON text: a list of strings), blocking, checked_at: the hygiene checks of each run (`checks/`).
+- `runs` gains (version 3): held_reasons (JSON text: the guards a plan run tripped, a list of strings),
+  approved_at (when a person approved it: `recon approve`, or a run with `--approve`). A plan run
+  ends 'planned' or 'held'; `approve_run` turns 'held' into 'approved' (`contact_recon/stages/plan.py`).
+
+The snapshot tables carry no index or constraint (the keys above are logical): bulk ingest stays
+fast and history rows of one key across runs are expected. `prune(keep_runs=, keep_days=)` deletes
+old snapshot parts, never the latest part of an (entity, location); run history is kept.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from contact_recon.engine.identity import ID_MAP, REVIEW
+from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, MERGE_SIDE, TINYEMAIL_CUSTOMERS
+from contact_recon.systems.redaction import redact
+
+DB_FILE = "recon.duckdb"
+NO_LOCATION = ""  # snapshot_parts.location_id of entities that have no location (TinyEmail)
+
+
+@dataclass(frozen=True)
+class Entity:
+    table: str
+    schema: pl.Schema
+    id_column: str
+    has_location: bool
+
+
+ENTITIES: dict[str, Entity] = {
+    "ghl_contacts": Entity("snap_ghl_contacts", GHL_CONTACTS, "contact_id", True),
+    "ghl_tasks": Entity("snap_ghl_tasks", GHL_TASKS, "task_id", True),
+    "ghl_notes": Entity("snap_ghl_notes", GHL_NOTES, "note_id", True),
+    "te_customers": Entity("snap_te_customers", TINYEMAIL_CUSTOMERS, "email", False),
+}
+
+
+PRESENCE = pl.Schema({"in_ghl": pl.Boolean(), "in_tinyemail": pl.Boolean()})  # on which sides, at the base
+
+
+class StoreError(Exception):
+    """A misuse of the store (unknown entity, a frame of the wrong shape, bad retention...)."""
+
+
+class SchemaTooNew(StoreError):
+    """The database file was migrated by a newer version of this code."""
+
+
+class UnknownRun(StoreError):
+    """No run has this id."""
+
+
+class RunNotHeld(StoreError):
+    """Only a held run can be approved."""
+
+
+# ------------------------------------------------------------------------------------------- schema
+
+_PERSON_COLUMNS = """
+    email VARCHAR, first_name VARCHAR, last_name VARCHAR, phone VARCHAR, company VARCHAR, address1 VARCHAR,
+    city VARCHAR, state VARCHAR, country VARCHAR, postal_code VARCHAR, birthday VARCHAR, source VARCHAR,
+    tags VARCHAR[], consent VARCHAR"""
+_FLAG_COLUMNS = "email_raw VARCHAR, email_valid BOOLEAN, phone_raw VARCHAR, phone_valid BOOLEAN"
+
+_V1 = (
+    """CREATE TABLE runs (run_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, status VARCHAR NOT NULL,
+        started_at TIMESTAMPTZ NOT NULL, finished_at TIMESTAMPTZ, location_ids VARCHAR[], plan_json VARCHAR,
+        requests_used_json VARCHAR, error VARCHAR)""",
+    f"""CREATE TABLE snap_ghl_contacts (run_id VARCHAR NOT NULL, contact_id VARCHAR, location_id VARCHAR,
+        {_PERSON_COLUMNS}, {_FLAG_COLUMNS}, date_added VARCHAR, date_updated VARCHAR, raw VARCHAR,
+        content_hash VARCHAR)""",
+    """CREATE TABLE snap_ghl_tasks (run_id VARCHAR NOT NULL, task_id VARCHAR, contact_id VARCHAR,
+        location_id VARCHAR, title VARCHAR, body VARCHAR, due_date VARCHAR, completed BOOLEAN,
+        assigned_to VARCHAR, raw VARCHAR, content_hash VARCHAR)""",
+    """CREATE TABLE snap_ghl_notes (run_id VARCHAR NOT NULL, note_id VARCHAR, contact_id VARCHAR,
+        location_id VARCHAR, body VARCHAR, user_id VARCHAR, date_added VARCHAR, raw VARCHAR,
+        content_hash VARCHAR)""",
+    f"""CREATE TABLE snap_te_customers (run_id VARCHAR NOT NULL, {_PERSON_COLUMNS}, {_FLAG_COLUMNS},
+        status VARCHAR, unsubscribed_at VARCHAR, lists VARCHAR[], raw VARCHAR, content_hash VARCHAR)""",
+    "CREATE SEQUENCE snapshot_seq",
+    """CREATE TABLE snapshot_parts (run_id VARCHAR NOT NULL, entity VARCHAR NOT NULL, location_id VARCHAR NOT NULL,
+        row_count BIGINT NOT NULL, seq BIGINT NOT NULL, written_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (run_id, entity, location_id))""",
+    f"""CREATE TABLE base (key VARCHAR PRIMARY KEY, contact_id VARCHAR, {_PERSON_COLUMNS}, lists VARCHAR[],
+        updated_at TIMESTAMPTZ NOT NULL, run_id VARCHAR)""",
+    """CREATE TABLE id_map (contact_id VARCHAR NOT NULL, location_id VARCHAR NOT NULL, email VARCHAR NOT NULL,
+        matched_by VARCHAR NOT NULL, matched_at TIMESTAMPTZ NOT NULL, run_id VARCHAR,
+        PRIMARY KEY (location_id, contact_id))""",
+    """CREATE TABLE identity_review (run_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, contact_ids VARCHAR[],
+        email VARCHAR, old_email VARCHAR, detail VARCHAR, created_at TIMESTAMPTZ NOT NULL)""",
+    """CREATE TABLE watermarks (location_id VARCHAR NOT NULL, entity VARCHAR NOT NULL, value VARCHAR NOT NULL,
+        run_id VARCHAR, updated_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (location_id, entity))""",
+    """CREATE TABLE dirty_contacts (location_id VARCHAR NOT NULL, contact_id VARCHAR NOT NULL, reason VARCHAR,
+        marked_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (location_id, contact_id))""",
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+_V2 = (
+    """CREATE TABLE check_results (run_id VARCHAR NOT NULL, suite VARCHAR NOT NULL, expectation VARCHAR NOT NULL,
+        success BOOLEAN NOT NULL, unexpected_count BIGINT NOT NULL, sample_values VARCHAR, blocking BOOLEAN NOT NULL,
+        checked_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (run_id, suite, expectation))""",
+)
+
+_V3 = (
+    "ALTER TABLE runs ADD COLUMN held_reasons VARCHAR",
+    "ALTER TABLE runs ADD COLUMN approved_at TIMESTAMPTZ",
+)
+
+_V4 = (
+    # the apply stage's write-ahead journal: one row per op of a run, written before anything is sent
+    """CREATE TABLE journal (run_id VARCHAR NOT NULL, op_id VARCHAR NOT NULL, seq INTEGER NOT NULL,
+        target VARCHAR NOT NULL, kind VARCHAR NOT NULL, key VARCHAR NOT NULL, field VARCHAR, expected VARCHAR,
+        new VARCHAR, reason VARCHAR NOT NULL, location_id VARCHAR, status VARCHAR NOT NULL,
+        attempts INTEGER NOT NULL, error_kind VARCHAR, last_error VARCHAR, result_id VARCHAR,
+        quarantined_by VARCHAR, planned_at TIMESTAMPTZ NOT NULL, sent_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
+        PRIMARY KEY (run_id, op_id))""",
+    # what we created in GHL by rule (tasks, notes): never created twice for one (key, rule)
+    """CREATE TABLE created_objects (key VARCHAR NOT NULL, rule VARCHAR NOT NULL, kind VARCHAR NOT NULL,
+        object_id VARCHAR, op_id VARCHAR, run_id VARCHAR, created_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (key, rule))""",
+    # the data team's decisions on conflicts (`recon conflicts import`), used by the next run
+    """CREATE TABLE conflict_decisions (key VARCHAR NOT NULL, field VARCHAR NOT NULL, choice VARCHAR NOT NULL,
+        value VARCHAR, imported_at TIMESTAMPTZ NOT NULL, source VARCHAR, used_by_run VARCHAR,
+        PRIMARY KEY (key, field))""",
+    # on which sides a person existed at the base (the merge engine's in_ghl / in_tinyemail)
+    "ALTER TABLE base ADD COLUMN in_ghl BOOLEAN",
+    "ALTER TABLE base ADD COLUMN in_tinyemail BOOLEAN",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "runs, snapshots, base, id_map, identity review, watermarks, dirty contacts", _V1),
+    Migration(2, "check_results: the hygiene checks of each run", _V2),
+    Migration(3, "runs.held_reasons, runs.approved_at: guards tripped by a plan and its approval", _V3),
+    Migration(4, "journal, created_objects, conflict_decisions; base.in_ghl/in_tinyemail", _V4),
+)
+
+
+def db_path(data_dir: str | Path) -> Path:
+    """Where the store lives under a data dir (`$RECON_DATA_DIR/recon.duckdb`)."""
+    return Path(data_dir) / DB_FILE
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def open_db(path: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS,
+            clock: Callable[[], datetime] = utc_now) -> Store:
+    """Open (creating) the store at `path` and apply every pending migration, in order, once.
+
+    Args:
+        path: the database file (its directory is created); ":memory:" for a throwaway store.
+        migrations: the ordered migration list (versions 1, 2, ... without gaps); tests add their own.
+        clock: gives the aware UTC datetimes written to every timestamp column.
+    """
+    _check_migrations(migrations)
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _drop_empty_file(Path(path))
+    con = duckdb.connect(str(path))
+    try:
+        _migrate(con, migrations, clock)
+    except BaseException:
+        con.close()
+        raise
+    return Store(con, clock)
+
+
+def _drop_empty_file(path: Path) -> None:
+    """Remove an empty database file that nobody holds: what a creation cut short leaves (a full disk), which
+    DuckDB refuses ever after as "not a valid DuckDB database file". DuckDB write-locks (fcntl) every file it
+    has open, so a file we can lock is no process's database in the making."""
+    try:
+        if path.stat().st_size != 0:
+            return
+        with path.open("r+b") as handle:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if path.stat().st_size == 0:
+                path.unlink()
+    except (FileNotFoundError, BlockingIOError, PermissionError):
+        return  # absent, or held by another process: DuckDB decides
+
+
+def _check_migrations(migrations: Sequence[Migration]) -> None:
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise StoreError(f"migrations must be numbered 1, 2, ... in order, got {versions}")
+
+
+def _migrate(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration], clock: Callable[[], datetime]) -> None:
+    con.execute("""CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, description VARCHAR,
+                   applied_at TIMESTAMPTZ NOT NULL)""")
+    current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
+    if current > len(migrations):
+        raise SchemaTooNew(f"database schema version {current} is newer than this code ({len(migrations)})")
+    for migration in migrations[current:]:
+        con.begin()
+        try:
+            for statement in migration.statements:
+                con.execute(statement)
+            con.execute("INSERT INTO schema_version VALUES (?, ?, ?)",
+                        [migration.version, migration.description, clock()])
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+
+
+# -------------------------------------------------------------------------------------------- store
+
+
+class Store:
+    """One open connection to the store; use `open_db()` to get one. Not shared between threads."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, clock: Callable[[], datetime] = utc_now):
+        self.con = con
+        self.clock = clock
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return self.con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything inside commits together, or is rolled back when anything raises."""
+        self.con.begin()
+        try:
+            yield
+        except BaseException:
+            self.con.rollback()
+            raise
+        self.con.commit()
+
+    def _frame(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+        return self.con.sql(sql, params=list(params) if params else None).pl()
+
+    # ------------------------------------------------------------------------------------- runs
+
+    def start_run(self, kind: str, location_ids: Iterable[str] = (), plan: Any = None,
+                  run_id: str | None = None) -> str:
+        """Record a new run as 'running' and return its id (`YYYYmmddTHHMMSSZ-<8 hex>` unless given)."""
+        now = self.clock()
+        run_id = run_id or f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+        self.con.execute("INSERT INTO runs (run_id, kind, status, started_at, location_ids, plan_json) "
+                         "VALUES (?, ?, 'running', ?, ?, ?)",
+                         [run_id, kind, now, list(location_ids), _json(plan)])
+        return run_id
+
+    def set_plan(self, run_id: str, plan: Any) -> None:
+        """Record (or replace) a run's request plan, once the stage has made it."""
+        self.con.execute("UPDATE runs SET plan_json = ? WHERE run_id = ?", [_json(plan), run_id])
+
+    def finish_run(self, run_id: str, status: str, requests_used: Any = None, error: str | None = None, *,
+                   held_reasons: Sequence[str] | None = None, approved: bool = False) -> None:
+        """Close a run with its status, the requests it used and its (redacted) error; a plan run also
+        records the guards it tripped and whether they were approved up front (`--approve`)."""
+        self.con.execute("UPDATE runs SET status = ?, finished_at = ?, requests_used_json = ?, error = ?, "
+                         "held_reasons = ?, approved_at = ? WHERE run_id = ?",
+                         [status, self.clock(), _json(requests_used), redact(error) if error else None,
+                          _json(list(held_reasons)) if held_reasons is not None else None,
+                          self.clock() if approved else None, run_id])
+
+    def runs(self) -> pl.DataFrame:
+        return self._frame("SELECT * FROM runs ORDER BY started_at, run_id")
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """One run as a dict of its columns (`held_reasons` decoded to a list); UnknownRun if there is none."""
+        rows = self._frame("SELECT * FROM runs WHERE run_id = ?", [run_id]).to_dicts()
+        if not rows:
+            raise UnknownRun(f"unknown run {run_id!r}")
+        run = rows[0]
+        run["held_reasons"] = json.loads(run["held_reasons"]) if run["held_reasons"] else []
+        return run
+
+    def approve_run(self, run_id: str) -> dict[str, Any]:
+        """Mark a held run 'approved' (stamped now) and return it; UnknownRun, or RunNotHeld when it is not held."""
+        with self.transaction():
+            status = self.get_run(run_id)["status"]
+            if status != "held":
+                raise RunNotHeld(f"run {run_id} is {status}, not held: nothing to approve")
+            self.con.execute("UPDATE runs SET status = 'approved', approved_at = ? WHERE run_id = ?",
+                             [self.clock(), run_id])
+        return self.get_run(run_id)
+
+    # -------------------------------------------------------------------------------- snapshots
+
+    def write_snapshot(self, run_id: str, frames: Mapping[str, pl.DataFrame],
+                       watermarks: Mapping[tuple[str, str], str] | None = None, *,
+                       location_ids: Iterable[str] | None = None) -> None:
+        """Write one run's snapshot frames and its new watermarks in ONE transaction.
+
+        Args:
+            run_id: the run the rows belong to; writing the same (run, entity, location) again replaces it.
+            frames: entity name (see ENTITIES) -> frame of exactly that entity's records.py schema.
+            watermarks: (location_id, entity) -> value, committed only together with the frames.
+            location_ids: the GHL locations these frames cover, so a location that answered with no
+                rows is recorded as an empty part; by default the locations present in each frame.
+        """
+        for entity, frame in frames.items():
+            _check_frame(entity, frame)
+        locations = None if location_ids is None else sorted(set(location_ids))
+        with self.transaction():
+            for entity, frame in frames.items():
+                parts = self._parts_of(entity, frame, locations)
+                self._replace_rows(run_id, entity, frame, parts)
+                self._record_parts(run_id, entity, frame, parts)
+            self._set_watermarks(run_id, watermarks or {})
+
+    @staticmethod
+    def _parts_of(entity: str, frame: pl.DataFrame, locations: list[str] | None) -> list[str]:
+        if not ENTITIES[entity].has_location:
+            return [NO_LOCATION]
+        present = set(frame.get_column("location_id").drop_nulls().unique().to_list())
+        if locations is not None and not present <= set(locations):
+            raise StoreError(f"{entity}: rows of locations {sorted(present - set(locations))} not in location_ids")
+        return locations if locations is not None else sorted(present)
+
+    def _replace_rows(self, run_id: str, entity: str, frame: pl.DataFrame, parts: list[str]) -> None:
+        spec = ENTITIES[entity]
+        if spec.has_location:
+            self.con.execute(f"DELETE FROM {spec.table} WHERE run_id = ? AND list_contains(?, location_id)",
+                             [run_id, parts])
+        else:
+            self.con.execute(f"DELETE FROM {spec.table} WHERE run_id = ?", [run_id])
+        self.con.register("_snapshot_frame", frame)
+        try:
+            self.con.execute(f"INSERT INTO {spec.table} BY NAME SELECT ?::VARCHAR AS run_id, * FROM _snapshot_frame",
+                             [run_id])
+        finally:
+            self.con.unregister("_snapshot_frame")
+
+    def _record_parts(self, run_id: str, entity: str, frame: pl.DataFrame, parts: list[str]) -> None:
+        counts = (dict(frame.group_by("location_id").len().iter_rows()) if ENTITIES[entity].has_location
+                  else {NO_LOCATION: frame.height})
+        now = self.clock()
+        for location in parts:
+            self.con.execute("INSERT OR REPLACE INTO snapshot_parts VALUES (?, ?, ?, ?, nextval('snapshot_seq'), ?)",
+                             [run_id, entity, location, counts.get(location, 0), now])
+
+    def _set_watermarks(self, run_id: str, watermarks: Mapping[tuple[str, str], str]) -> None:
+        now = self.clock()
+        for (location_id, entity), value in watermarks.items():
+            self.con.execute("INSERT OR REPLACE INTO watermarks VALUES (?, ?, ?, ?, ?)",
+                             [location_id, entity, value, run_id, now])
+
+    def latest_snapshot(self, entity: str, location_id: str | None = None) -> pl.DataFrame:
+        """The most recently written snapshot of `entity` (per location, or of one location), records.py shape."""
+        spec = _entity(entity)
+        latest = ("SELECT location_id, arg_max(run_id, seq) AS run_id FROM snapshot_parts WHERE entity = ? "
+                  + ("AND location_id = ? " if location_id is not None else "") + "GROUP BY location_id")
+        params: list[Any] = [entity] + ([location_id] if location_id is not None else [])
+        join = "s.run_id = l.run_id" + (" AND s.location_id = l.location_id" if spec.has_location else "")
+        columns = ", ".join(f"s.{name}" for name in spec.schema)
+        sql = f"WITH l AS ({latest}) SELECT {columns} FROM {spec.table} s JOIN l ON {join} ORDER BY s.{spec.id_column}"
+        return _cast(self._frame(sql, params), spec.schema)
+
+    def snapshot_parts(self) -> pl.DataFrame:
+        return self._frame("SELECT * FROM snapshot_parts ORDER BY seq")
+
+    def watermark(self, location_id: str, entity: str) -> str | None:
+        rows = self.con.execute("SELECT value FROM watermarks WHERE location_id = ? AND entity = ?",
+                                [location_id, entity]).fetchall()
+        return rows[0][0] if rows else None
+
+    def prune(self, keep_runs: int | None = None, keep_days: float | None = None) -> int:
+        """Delete snapshot parts outside the retention; returns how many parts were deleted.
+
+        A part is kept when its run is among the `keep_runs` most recent snapshot runs, or it was
+        written within `keep_days`, or it is the latest part of its (entity, location).
+        """
+        if keep_runs is None and keep_days is None:
+            raise StoreError("prune needs keep_runs or keep_days")
+        cutoff = self.clock() - timedelta(days=keep_days) if keep_days is not None else None
+        doomed = self._frame(_PRUNE_SQL, [keep_runs if keep_runs is not None else 0, cutoff])
+        with self.transaction():
+            for run_id, entity, location in doomed.iter_rows():
+                spec = ENTITIES[entity]
+                where = "run_id = ?" + (" AND location_id = ?" if spec.has_location else "")
+                self.con.execute(f"DELETE FROM {spec.table} WHERE {where}",
+                                 [run_id, location] if spec.has_location else [run_id])
+                self.con.execute("DELETE FROM snapshot_parts WHERE run_id = ? AND entity = ? AND location_id = ?",
+                                 [run_id, entity, location])
+        return doomed.height
+
+    # ------------------------------------------------------------------------------------- base
+
+    def load_base(self, *, presence: bool = False) -> pl.DataFrame:
+        """The last reconciled state, one MERGE_SIDE row per person key; with `presence` also `in_ghl` and
+        `in_tinyemail` (null for rows saved before migration 4)."""
+        schema = pl.Schema({**MERGE_SIDE, **PRESENCE}) if presence else MERGE_SIDE
+        columns = ", ".join(schema)
+        return _cast(self._frame(f"SELECT {columns} FROM base ORDER BY key"), schema)
+
+    def save_base(self, frame: pl.DataFrame, run_id: str) -> None:
+        """Upsert reconciled rows (MERGE_SIDE, optionally with the PRESENCE flags) by key; keys not in `frame`
+        keep their state."""
+        _check_schema("base", frame.select(list(MERGE_SIDE)), MERGE_SIDE)
+        if not set(PRESENCE) <= set(frame.columns):
+            frame = frame.with_columns(**{name: pl.lit(None, pl.Boolean) for name in PRESENCE})
+        frame = frame.select(*MERGE_SIDE, *PRESENCE)
+        self._insert("INSERT OR REPLACE INTO base BY NAME SELECT *, ?::TIMESTAMPTZ AS updated_at, "
+                     "?::VARCHAR AS run_id FROM _frame", frame, [self.clock(), run_id])
+
+    def delete_base(self, keys: Iterable[str]) -> None:
+        self.con.execute("DELETE FROM base WHERE list_contains(?, key)", [list(keys)])
+
+    def rekey_base(self, rekeys: pl.DataFrame) -> int:
+        """Move base rows from `old_key` to `new_key` (a TinyEmail-only person now matched to a GHL contact).
+
+        Rows whose new key already has a base row are left alone. Returns how many rows moved.
+        """
+        pairs = rekeys.select("old_key", "new_key")
+        with self.transaction():
+            moved = [row[0] for row in self._insert(
+                "INSERT INTO base BY NAME SELECT r.new_key AS key, r.new_key AS contact_id, "
+                "b.* EXCLUDE (key, contact_id) FROM base b JOIN _frame r ON b.key = r.old_key "
+                "WHERE r.new_key NOT IN (SELECT key FROM base) RETURNING key", pairs)]
+            self.con.execute("DELETE FROM base WHERE list_contains(?, key)",
+                             [pairs.filter(pl.col("new_key").is_in(moved))["old_key"].to_list()])
+        return len(moved)
+
+    # ---------------------------------------------------------------------------- identity map
+
+    def load_id_map(self) -> pl.DataFrame:
+        return self._frame("SELECT * FROM id_map ORDER BY location_id, contact_id")
+
+    def save_id_map(self, rows: pl.DataFrame, run_id: str) -> None:
+        """Insert or replace pairings (contact_id, location_id, email, matched_by), stamped now and with the run."""
+        _check_schema("id_map", rows, ID_MAP)
+        self._insert("INSERT OR REPLACE INTO id_map BY NAME SELECT *, ?::TIMESTAMPTZ AS matched_at, "
+                     "?::VARCHAR AS run_id FROM _frame", rows, [self.clock(), run_id])
+
+    def delete_id_map(self, contact_ids: Iterable[str]) -> None:
+        """Forget the pairings of contacts that no longer exist (a contact deleted and created again)."""
+        self.con.execute("DELETE FROM id_map WHERE list_contains(?, contact_id)", [list(contact_ids)])
+
+    def save_review(self, rows: pl.DataFrame, run_id: str) -> None:
+        """Record this run's identity review rows (kind, contact_ids, email, old_email, detail)."""
+        _check_schema("identity_review", rows, REVIEW)
+        self._insert("INSERT INTO identity_review BY NAME SELECT *, ?::VARCHAR AS run_id, "
+                     "?::TIMESTAMPTZ AS created_at FROM _frame", rows, [run_id, self.clock()])
+
+    def load_review(self, run_id: str | None = None) -> pl.DataFrame:
+        """The review rows of one run (default: the latest run that recorded any)."""
+        where = "run_id = ?" if run_id else "run_id = (SELECT arg_max(run_id, created_at) FROM identity_review)"
+        sql = f"SELECT * FROM identity_review WHERE {where} ORDER BY kind, email"
+        return self._frame(sql, [run_id] if run_id else None)
+
+    # --------------------------------------------------------------------------- dirty contacts
+
+    def mark_dirty(self, location_id: str, contact_id: str, reason: str) -> None:
+        self.con.execute("INSERT OR REPLACE INTO dirty_contacts VALUES (?, ?, ?, ?)",
+                         [location_id, contact_id, reason, self.clock()])
+
+    def dirty_contacts(self) -> pl.DataFrame:
+        return self._frame("SELECT * FROM dirty_contacts ORDER BY marked_at, contact_id")
+
+    def clear_dirty(self, contacts: Iterable[tuple[str, str]], marked_before: datetime) -> None:
+        """Clear marks of (location_id, contact_id) set before `marked_before` (the refetch's start): a mark
+        that arrived while the refetch ran is kept for the next run."""
+        for location_id, contact_id in contacts:
+            self.con.execute("DELETE FROM dirty_contacts WHERE location_id = ? AND contact_id = ? AND marked_at < ?",
+                             [location_id, contact_id, marked_before])
+
+    # ---------------------------------------------------------------------------- check results
+
+    def save_check_results(self, run_id: str, results: pl.DataFrame) -> None:
+        """Record a run's check results (columns suite, expectation, success, unexpected_count,
+        sample_values (list of strings), blocking); saving a run again replaces its rows."""
+        rows = [[run_id, r["suite"], r["expectation"], r["success"], r["unexpected_count"],
+                 json.dumps(list(r["sample_values"] or []), ensure_ascii=False), r["blocking"], self.clock()]
+                for r in results.iter_rows(named=True)]
+        with self.transaction():
+            self.con.execute("DELETE FROM check_results WHERE run_id = ?", [run_id])
+            if rows:
+                self.con.executemany("INSERT INTO check_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def load_check_results(self, run_id: str | None = None) -> pl.DataFrame:
+        """The check results of one run (default: every run), sample_values as JSON text."""
+        where = "WHERE run_id = ? " if run_id else ""
+        return self._frame(f"SELECT * FROM check_results {where}ORDER BY checked_at, run_id, suite, expectation",
+                           [run_id] if run_id else None)
+
+    def _insert(self, sql: str, frame: pl.DataFrame, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run `sql` with `frame` registered as `_frame` (an Arrow scan, no copy through Python)."""
+        self.con.register("_frame", frame)
+        try:
+            return self.con.execute(sql, list(params)).fetchall()
+        finally:
+            self.con.unregister("_frame")
+
+
+# Parts not kept: a part is kept when its run is among the last N snapshot runs (by last write), when it
+# was written after the cutoff, or when it is the latest part of its (entity, location).
+_PRUNE_SQL = """
+WITH run_rank AS (
+    SELECT run_id, dense_rank() OVER (ORDER BY max(seq) DESC) AS rank FROM snapshot_parts GROUP BY run_id),
+latest AS (SELECT entity, location_id, max(seq) AS seq FROM snapshot_parts GROUP BY entity, location_id)
+SELECT p.run_id, p.entity, p.location_id FROM snapshot_parts p JOIN run_rank r USING (run_id)
+WHERE r.rank > $1
+  AND ($2::TIMESTAMPTZ IS NULL OR p.written_at < $2::TIMESTAMPTZ)
+  AND NOT EXISTS (SELECT 1 FROM latest l WHERE l.entity = p.entity AND l.location_id = p.location_id
+                  AND l.seq = p.seq)
+ORDER BY p.seq
+"""
+
+
+def _entity(entity: str) -> Entity:
+    if entity not in ENTITIES:
+        raise StoreError(f"unknown entity {entity!r}; known: {sorted(ENTITIES)}")
+    return ENTITIES[entity]
+
+
+def _check_frame(entity: str, frame: pl.DataFrame) -> None:
+    _check_schema(entity, frame, _entity(entity).schema)
+
+
+def _check_schema(what: str, frame: pl.DataFrame, schema: pl.Schema) -> None:
+    if frame.schema != schema:
+        raise StoreError(f"{what}: frame schema {dict(frame.schema)} is not {dict(schema)}")
+
+
+def _cast(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
+    """A query result in exactly `schema` (an empty result comes back with DuckDB's default types)."""
+    return frame.select(pl.col(name).cast(dtype) for name, dtype in schema.items())
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, default=str)
