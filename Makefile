@@ -1,5 +1,6 @@
 # The two commands the README opens with. Each creates .venv when missing and installs the locked
-# dependencies (requirements.lock) before it runs.
+# dependencies before it runs: `make demo` the runtime lock (requirements.lock) only, `make test` also the
+# dev lock (requirements-dev.lock: test and lint tools). Both locks carry hashes (pip --require-hashes).
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
@@ -7,20 +8,26 @@ PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 .PHONY: demo test lint bench lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock $(PIP_QUIET)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e . $(PIP_QUIET)
+	$(PIP) --require-hashes -r requirements.lock $(PIP_QUIET)
+	$(PIP) --no-deps -e . $(PIP_QUIET)
 	$(BIN)/python -c "import prefect, polars, duckdb, great_expectations, contact_recon"
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP) requirements-dev.lock
+	$(PIP) --require-hashes -r requirements-dev.lock $(PIP_QUIET)
+	touch $(DEV_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/recon demo
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest
 
@@ -39,25 +46,35 @@ $(CHROMIUM):
 	@test -x $(CHROMIUM) || { echo "error: chromium was installed but $(CHROMIUM) is not there" >&2; exit 1; }
 
 # Every benchmark in bench/ (bench/run_all.py): bench/results/latest.json and latest.md; exit 1 on a missed goal.
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python bench/run_all.py
 
 # The same at small sizes (about two minutes): bench/results/quick.json and quick.md.
 .PHONY: bench-quick
-bench-quick: $(STAMP)
+bench-quick: $(DEV_STAMP)
 	$(BIN)/python bench/run_all.py --quick
 
 # The chaos suite at full size (tests/test_chaos.py: 2,000 people, sandboxes at --rate-scale 10); `make test`
 # runs the same stories at 40 people. -rP prints each run's exit code, time and last line.
 .PHONY: chaos
-chaos: $(STAMP)
+chaos: $(DEV_STAMP)
 	RECON_CHAOS_SCALE=full $(BIN)/python -m pytest tests/test_chaos.py -rP --show-capture=stdout --timeout 3600 \
 		-p no:cacheprovider
 
-# Re-resolve the lock after changing dependencies in pyproject.toml (needs network to PyPI).
+# Re-resolve both locks after changing dependencies in pyproject.toml (needs the package index). The current
+# runtime pins are kept as constraints, so only what the change needs moves; the dev lock keeps the runtime
+# lock's pins exactly. To upgrade a package, delete its line from requirements.lock first.
 lock: $(STAMP)
-	$(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	$(PIP) uv
+	grep -o '^[A-Za-z0-9_.-]*==[^ ]*' requirements.lock > $(VENV)/pins.txt
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 --generate-hashes --no-header -q \
+		-c $(VENV)/pins.txt -o $(VENV)/runtime.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes --no-header -q \
+		-c $(VENV)/runtime.lock -o $(VENV)/dev.lock
+	{ sed -n '1,2p' requirements.lock; cat $(VENV)/runtime.lock; } > $(VENV)/runtime.new
+	{ sed -n '1,2p' requirements-dev.lock; cat $(VENV)/dev.lock; } > $(VENV)/dev.new
+	mv $(VENV)/runtime.new requirements.lock
+	mv $(VENV)/dev.new requirements-dev.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache
