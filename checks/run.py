@@ -209,7 +209,7 @@ class _GxRun:
         frame = checked.select(x.column() for x in suite.expectations).to_pandas()
         answer = definition.run(batch_parameters={"dataframe": frame}, result_format=self._result_format(),
                                 run_id=RunIdentifier(run_name=self.run_id, run_time=self.run_time))
-        by_column = {r.expectation_config.kwargs["column"]: r for r in answer.results}
+        by_column = {_column(r): r for r in answer.results}
         return [self._result(suite, x, by_column[x.column()], checked.height) for x in suite.expectations]
 
     def _result_format(self) -> dict[str, Any]:
@@ -233,3 +233,10 @@ def results_json(report: CheckReport) -> str:
     """The results as JSON text (for the run report)."""
     return json.dumps([{**r.__dict__, "sample_values": list(r.sample_values)} for r in report.results],
                       ensure_ascii=False, sort_keys=True)
+
+
+def _column(result: Any) -> str:
+    """The column a GX validation result is about (every expectation of ours names one)."""
+    config = result.expectation_config
+    assert config is not None, "a validation result without its expectation"
+    return str(config.kwargs["column"])

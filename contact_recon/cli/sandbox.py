@@ -65,7 +65,7 @@ def sandbox_serve(
     from contact_recon.sandbox import ghl, tinyemail
     from contact_recon.sandbox.server import serve_forever
 
-    options = {"rate_scale": rate_scale, "faults": faults or None, "seed": seed}
+    options: dict[str, Any] = {"rate_scale": rate_scale, "faults": faults or None, "seed": seed}
     apps = {}
     if only in (None, Only.ghl):
         apps["ghl"] = (ghl.create_app(data["ghl"], **options, webhook_url=webhook_url), ghl_port)
@@ -122,6 +122,6 @@ def sandbox_mutate(
     """Make a realistic day of changes through the public APIs of both servers; print them as JSON."""
     from contact_recon.sandbox.mutate import credentials_from_env, credentials_from_fixture, mutate
 
-    creds = credentials_from_fixture(_load(fixture)) if fixture else credentials_from_env()
+    creds: dict[str, Any] = credentials_from_fixture(_load(fixture)) if fixture else credentials_from_env()
     report = mutate(ghl, tinyemail, changes, seed=seed, **creds)
     print(json.dumps(report, indent=2, ensure_ascii=False))

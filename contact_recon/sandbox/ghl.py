@@ -118,8 +118,9 @@ def load_operations() -> dict[tuple[str, str], Operation]:
                 if not isinstance(op, dict) or "responses" not in op:
                     continue
                 scopes = tuple(s for req in op.get("security") or [] for v in req.values() for s in v)
-                content = (op.get("requestBody") or {}).get("content") or {}
-                schema = next(iter(content.values()), {}).get("schema")
+                content: dict[str, Any] = (op.get("requestBody") or {}).get("content") or {}
+                first: dict[str, Any] = next(iter(content.values()), {})
+                schema = first.get("schema")
                 body = _resolve(schema, doc, path.parent) if schema else None
                 query = tuple(_resolve(p, doc, path.parent) for p in op.get("parameters", []))
                 query_params = tuple(q for q in query if q["in"] == "query")
@@ -229,7 +230,7 @@ def value_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
     if kind == "object" or (kind is None and "properties" in schema):
         return object_errors(schema, value, f"{path}.") if schema.get("properties") else []
     if not _type_ok(kind, value):
-        return [f"{path} {_TYPE_MESSAGES[kind]}"]
+        return [f"{path} {_TYPE_MESSAGES[str(kind)]}"]
     if "enum" in schema and value not in schema["enum"]:
         return [f"{path} must be one of the following values: {', '.join(map(str, schema['enum']))}"]
     if kind in ("number", "integer"):

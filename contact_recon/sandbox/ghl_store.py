@@ -259,8 +259,8 @@ def field_value(contact: dict[str, Any], name: str) -> Any:
     """The value a search filter sees for `name` (aliases, lower-case copies and dotted paths)."""
     name = FIELD_ALIASES.get(name, name)
     if name in DERIVED_LOWER:
-        value = contact.get(DERIVED_LOWER[name])
-        return value.lower() if isinstance(value, str) else value
+        lower = contact.get(DERIVED_LOWER[name])
+        return lower.lower() if isinstance(lower, str) else lower
     value: Any = contact
     for part in name.split("."):
         value = value.get(part) if isinstance(value, dict) else None
@@ -294,7 +294,7 @@ def _in_range(actual: Any, bounds: dict[str, Any]) -> bool:
     if value is None:
         return False
     checks = {"gt": value.__gt__, "gte": value.__ge__, "lt": value.__lt__, "lte": value.__le__}
-    return all(checks[k](to_ms(v)) for k, v in bounds.items())
+    return all(checks[k](to_ms(v)) for k, v in bounds.items())  # type: ignore[arg-type]  # None: not in range
 
 
 def filter_errors(filters: Any, prefix: str = "filters") -> list[str]:
@@ -349,7 +349,7 @@ def matches(contact: dict[str, Any], item: dict[str, Any]) -> bool:
         return _exists(actual)
     if op == "not_exists":
         return not _exists(actual)
-    return _in_range(actual, wanted)
+    return _in_range(actual, wanted or {})
 
 
 def matches_query(contact: dict[str, Any], query: str) -> bool:
@@ -634,7 +634,7 @@ class GHLStore:
         if index is None:  # built once, dropped by every task/note write: a read stays O(own items)
             index = {}
             for item_id, item in store.items():
-                index.setdefault(item.get("contactId"), []).append(item_id)
+                index.setdefault(str(item.get("contactId")), []).append(item_id)
             self._by_contact[(location_id, kind)] = index
         return [store[item_id] for item_id in index.get(contact_id, ())]
 

@@ -51,7 +51,7 @@ def serve_in_thread(app: Starlette, port: int = 0, ready_timeout: float = 10.0) 
     """Serve `app` on 127.0.0.1 in a daemon thread; `port=0` picks a free port."""
     port = port or free_port()
     server = uvicorn.Server(_config(app, port))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread
+    server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]  # not the main thread
     thread = threading.Thread(target=server.run, name=f"sandbox-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + ready_timeout
@@ -71,7 +71,7 @@ def serve_forever(apps: dict[str, tuple[Starlette, int]], on_ready: Callable[[di
     sockets = {name: _bind(name, port) for name, (_, port) in apps.items()}
     servers = {name: uvicorn.Server(_config(app, sockets[name].getsockname()[1])) for name, (app, _) in apps.items()}
     for s in servers.values():
-        s.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # one handler for all, below
+        s.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # one handler for all
     asyncio.run(_serve_all(servers, sockets, on_ready))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -51,7 +52,7 @@ class AlertSetup:
 def notification_block(webhook_url: str) -> Any:
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    return CustomWebhookNotificationBlock(
+    return CustomWebhookNotificationBlock(  # type: ignore[call-arg]  # headers, cookies: optional fields
         name=BLOCK_NAME, url=webhook_url, method="POST",
         json_data={"subject": "{{subject}}", "body": "{{body}}", "source": "contact-recon"},
     )
@@ -67,9 +68,9 @@ def automations(block_id: UUID, flow_names: list[str] | None = None) -> list[Any
         related = {"prefect.resource.role": "flow", "prefect.resource.name": list(flow_names)}
     failed = EventTrigger(expect={FLOW_RUN_FAILED, FLOW_RUN_CRASHED},
                           match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=related,
-                          posture=Posture.Reactive, threshold=1, within=0)
+                          posture=Posture.Reactive, threshold=1, within=timedelta(0))
     held = EventTrigger(expect={RUN_HELD, RUN_FAILED_OPS}, match={"prefect.resource.id": f"{RUN_RESOURCE}*"},
-                        posture=Posture.Reactive, threshold=1, within=0)
+                        posture=Posture.Reactive, threshold=1, within=timedelta(0))
     return [
         AutomationCore(name=FLOW_FAILED_AUTOMATION, description="A contact-recon flow run failed or crashed.",
                        trigger=failed, actions=[SendNotification(block_document_id=block_id,
