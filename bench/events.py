@@ -9,7 +9,7 @@ Everything runs as it would in production, each part its own process on 127.0.0.
 - `recon watch tinyemail --interval 2` (TinyEmail has no webhooks: polls, emits `tinyemail.customer.*`);
 - the `sync-contact` deployment of prefect.yaml (its event triggers) and a process worker that runs it.
 A first `recon run --approve` makes the base (the webhooks of its own writes come back as echoes and are
-acknowledged without a sync run: contact_recon/stages/echo.py). Then, `--changes` times per direction, one field is changed
+acknowledged without a sync run: stages/echo.py). Then, `--changes` times per direction, one field is changed
 through one system's public API and the other system is polled (every 0.25 s) until it shows the value:
 GHL -> TinyEmail (a city) and TinyEmail -> GHL (a city). Prints each latency, the median and the worst.
 """
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace, stack: Stack, tmp: Path) -> list[Any]:
     stack.run([*PREFECT, "--no-prompt", "deploy", "--name", "sync-contact"])
     stack.start([*PREFECT, "worker", "start", "--pool", "recon-pool", "--prefetch-seconds", "5"], "worker")
     time.sleep(8)  # the watcher's first poll is its baseline; the worker polls its queue
-    # GHL contacts the first run just wrote are inside their echo window (contact_recon/stages/echo.py): a person's edit of
+    # GHL contacts the first run just wrote are inside their echo window (stages/echo.py): a person's edit of
     # them would wait for the night, by design; measure the others. (Its TinyEmail writes are older than the
     # watcher's baseline poll, so they hold nothing back.)
     echoed = {json.loads(line).get("contact_id") for line in (tmp / "data" / "echo" / "ghl_writes.jsonl").open()}

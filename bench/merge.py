@@ -1,4 +1,4 @@
-"""Benchmark of the three-way merge: the vectorised engine (contact_recon/engine/merge.py) against the pure-Python baseline.
+"""Benchmark of the three-way merge: the vectorised engine (engine/merge.py) against the pure-Python baseline.
 
 Builds a reconciled base of N matched people (12 fields: email + 11 merged text fields, tags with shared
 and GHL-owned namespaces, list memberships, consent), then lets each side drift independently on 2% of

@@ -22,7 +22,7 @@
 Printed (and written with `--json`):
 
 - requests per system (the clients' counts, checked against the sandboxes' request logs) against the
-  minimum the design needs for tonight's work, derived from contact_recon/stages/snapshot.py, contact_recon/engine/budget_plan.py and
+  minimum the design needs for tonight's work, derived from stages/snapshot.py, engine/budget_plan.py and
   contact_recon/stages/apply.py (N contacts in the location, n = changed + dirty + sweep contacts whose tasks and notes
   are read tonight (sweep: the 1/K slice, K = 30), T_n their tasks, m_l members of TinyEmail list l):
 
@@ -125,7 +125,7 @@ def converged_fixture(contacts: int, tasks: float, notes: float, seed: int) -> d
 
 
 def task_facts(tasks: list[dict[str, Any]], today: str) -> dict[str, list[str]]:
-    """contact id -> the GHL fact tags TinyEmail carries (contact_recon/engine/merge.py `_facts`): open task, overdue task."""
+    """contact id -> the GHL fact tags TinyEmail carries (engine/merge.py `_facts`): open task, overdue task."""
     facts: dict[str, set[str]] = defaultdict(set)
     for task in tasks:
         if not task.get("completed"):
@@ -136,7 +136,7 @@ def task_facts(tasks: list[dict[str, Any]], today: str) -> dict[str, list[str]]:
 
 
 def converge_person(contact: dict[str, Any], customer: dict[str, Any], lists: list[str], facts: list[str]) -> None:
-    """Make one matched pair agree as the merge's first run would leave it (tables B-D of contact_recon/engine/merge.py)."""
+    """Make one matched pair agree as the merge's first run would leave it (tables B-D of engine/merge.py)."""
     for ghl_name, te_name in (("phone", "phone"), ("companyName", "company")):
         if not contact.get(ghl_name) and customer.get(te_name):
             contact[ghl_name] = customer[te_name]  # initial fill on GHL

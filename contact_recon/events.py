@@ -8,7 +8,7 @@ Three families:
 - `tinyemail.*`: a customer that changed between two polls of `recon watch tinyemail`
   (contact_recon/service/watch.py). Resource `tinyemail.customer.<email>` with the label `tinyemail.customer.email`.
 - `recon.run.*`: emitted by the reconciliation flow when a run is held by a guard or its failed-op share
-  passes `ALERT_FAILED_OP_SHARE`; `contact_recon/service/alerts.py` turns them (and failed flow runs) into notifications.
+  passes `ALERT_FAILED_OP_SHARE`; `service/alerts.py` turns them (and failed flow runs) into notifications.
   Use `emit_run_alert` so the payload matches the notification templates.
 """
 
@@ -82,7 +82,7 @@ def failed_ops_exceeded(failed: int, total: int, threshold: float = ALERT_FAILED
 
 def run_alert_payload(run_id: str, status: str, *, reasons: list[str] | None = None, failed_ops: int = 0,
                       total_ops: int = 0, report: str | None = None) -> dict[str, Any]:
-    """The payload `emit_run_alert` sends; the notification templates of contact_recon/service/alerts.py read these keys."""
+    """The payload `emit_run_alert` sends; the notification templates of service/alerts.py read these keys."""
     return {"run_id": run_id, "status": status, "reasons": list(reasons or []), "failed_ops": failed_ops,
             "total_ops": total_ops, "report": report or ""}
 

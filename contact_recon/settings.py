@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     snapshot_concurrency: int = 10  # requests in flight per location during the snapshot
     # Planning (contact_recon/stages/plan.py): the reconciliation policy file (.toml or .json); None: the default policy
     policy_file: Path | None = None
-    # Events (contact_recon/service/webhooks.py, contact_recon/service/watch.py): the GHL webhook verification key as PEM text,
+    # Events (service/webhooks.py, service/watch.py): the GHL webhook verification key as PEM text,
     # a path, or "sandbox" (the sandbox's test key); None: GHL's published key. Replay window in seconds.
     ghl_webhook_public_key: str | None = None
     webhook_max_age_s: float = 300

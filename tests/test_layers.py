@@ -101,7 +101,8 @@ def test_no_production_module_imports_the_sandbox() -> None:
 
 
 def test_the_sandbox_imports_only_contracts_and_itself() -> None:
-    allowed = ("contact_recon.sandbox", "contact_recon.systems.ghl.contract", "contact_recon.systems.tinyemail.contract")
+    allowed = ("contact_recon.sandbox", "contact_recon.systems.ghl.contract",
+               "contact_recon.systems.tinyemail.contract")
     for name in (n for n in ALL if layer(n) == "sandbox"):
         ours = {m for m in imports(ALL[name], name) if m.startswith("contact_recon")}
         bad = sorted(m for m in ours if not m.startswith(allowed))

@@ -439,8 +439,9 @@ def list_name(i: int) -> str:
 
 def make_lists(rng: random.Random, customers: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
     """`count` lists; each customer joins one list (skewed to the first) and each other one at 20%."""
-    lists: list[dict[str, Any]] = [{"id": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "name": list_name(i), "members": []}
-             for i in range(count)]
+    lists: list[dict[str, Any]] = [
+        {"id": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "name": list_name(i), "members": []}
+        for i in range(count)]
     if not lists:
         return lists
     weights = [1.0 / (i + 1) for i in range(count)]

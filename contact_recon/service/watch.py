@@ -139,7 +139,7 @@ async def poll_once(settings: Settings, budget: RateBudget, emit: Emit,
     if saved is not None:
         previous, since = saved
         result.changes = diff_hashes(previous, hashes)
-        # our own writes since the previous poll began (contact_recon/stages/echo.py); earlier ones are in its hashes already
+        # our own writes since the previous poll began (stages/echo.py); earlier ones are in its hashes already
         ours = [c for c in result.changes if echo is not None and echo.is_echo(None, c.email, since=since)]
         result.echoes = len(ours)
         result.emitted = sum(emit_change(emit, change) for change in result.changes if change not in ours)

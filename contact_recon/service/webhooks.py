@@ -56,7 +56,7 @@ SIGNATURE_HEADER = "x-wh-signature"
 PATH = "/webhooks/ghl"
 MAX_BODY_BYTES = 1_000_000
 ID_PATTERN = re.compile(r"[!-~]{1,128}")
-SANDBOX_KEY = "sandbox"  # ghl_webhook_public_key value naming the sandbox's test key (contact_recon/sandbox/ghl_webhooks.py)
+SANDBOX_KEY = "sandbox"  # ghl_webhook_public_key value naming the sandbox's test key (sandbox/ghl_webhooks.py)
 EVENT_NAMESPACE = uuid.UUID("6f1c3d52-8a57-4c55-9d7e-3f6a0c2b9e10")  # uuid5(namespace, webhookId) -> event id
 log = logging.getLogger("contact_recon.service.webhooks")
 

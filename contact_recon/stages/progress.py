@@ -2,7 +2,7 @@
 worker, the tests) nobody listens and the calls cost nothing.
 
 Stages name their work and advance it: the snapshot's task searches and note reads per GHL location
-(contact_recon/stages/snapshot.py), and the apply stage's ops as they are closed (contact_recon/store/journal.py `finish`). The calls may come
+(stages/snapshot.py), and the apply stage's ops as they are closed (store/journal.py `finish`). The calls may come
 from any thread (Prefect's task runner) or the event loop; rich's Progress is thread-safe.
 """
 
