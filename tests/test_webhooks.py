@@ -158,7 +158,7 @@ def test_ghls_published_key_is_the_default_and_refuses_a_sandbox_signature(serve
 
 
 def test_the_key_can_be_given_as_a_pem_file(serve: Serve, tmp_path: Path, prefect_events: str) -> None:  # noqa: F811
-    from contact_recon.sandbox.ghl_webhooks import SANDBOX_PUBLIC_KEY_PEM
+    from contact_recon.systems.ghl.contract import SANDBOX_PUBLIC_KEY_PEM
 
     pem = tmp_path / "ghl.pem"
     pem.write_text(SANDBOX_PUBLIC_KEY_PEM)

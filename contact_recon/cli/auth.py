@@ -23,9 +23,8 @@ from rich.console import Console
 from contact_recon.settings import Settings
 from contact_recon.systems.auth import FileTokenStore, GHLOAuth, PrefectSecretTokenStore, TokenSet, TokenStore
 from contact_recon.systems.errors import ConnectorError
+from contact_recon.systems.ghl.contract import REQUIRED_SCOPES
 from contact_recon.systems.redaction import redact, register_secret
-
-GHL_SCOPES = ("contacts.readonly", "contacts.write", "locations/tasks.readonly")
 
 
 class AuthSetupError(Exception):
@@ -71,7 +70,7 @@ def authorize_ghl(settings: Settings, code: str | None, prompt: Callable[[], str
     """Print the authorize URL, take the code, exchange and store it; the stored pair (never printed)."""
     oauth = oauth_client(settings, token_store(settings))
     out.print("Open this URL, choose the location and approve:", highlight=False)
-    out.print(oauth.authorize_url(settings.ghl_redirect_uri, GHL_SCOPES), highlight=False, soft_wrap=True)
+    out.print(oauth.authorize_url(settings.ghl_redirect_uri, REQUIRED_SCOPES), highlight=False, soft_wrap=True)
     the_code = extract_code(code if code is not None else prompt())
     try:
         return asyncio.run(oauth.exchange_code(the_code, settings.ghl_redirect_uri))

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 Clock = Callable[[], float]
+DAY_S = 86_400
 
 _ALNUM = string.ascii_letters + string.digits
 

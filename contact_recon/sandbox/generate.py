@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GHL_SCOPES = ["contacts.readonly", "contacts.write", "locations/tasks.readonly"]
+from contact_recon.sandbox.common import DAY_S
+from contact_recon.systems.ghl.contract import REQUIRED_SCOPES
+
 BASE_EPOCH = 1_767_268_800  # 2026-01-01T12:00:00Z; the base date is this plus (seed % 366) days
-DAY_S = 86_400
 LONG_NOTE_SHARE = 0.01
 LONG_NOTE_MAX = 5_000
 TASK_COMPLETED_SHARE = 0.3
@@ -516,7 +517,7 @@ def _ghl_part(seed: int, cred: random.Random, loc_ids: list[str], people: list[P
     return {
         "oauthClients": [{"client_id": fake_secret(cred, "sbx-client-"),
                           "client_secret": fake_secret(cred, "sbx-secret-")}],
-        "tokens": [{"token": fake_secret(cred, "sbx-ghl-"), "locationId": loc, "scopes": list(GHL_SCOPES)}
+        "tokens": [{"token": fake_secret(cred, "sbx-ghl-"), "locationId": loc, "scopes": list(REQUIRED_SCOPES)}
                    for loc in loc_ids],
         "locations": out_locations,
     }

@@ -38,8 +38,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from contact_recon.sandbox.common import Clock, iso_from_epoch
+from contact_recon.systems.ghl.contract import SIGNATURE_HEADER
 
-SIGNATURE_HEADER = "x-wh-signature"
 ATTEMPTS = 3
 BACKOFF_S = (0.2, 1.0)
 log = logging.getLogger("contact_recon.sandbox.ghl_webhooks")

@@ -35,6 +35,7 @@ from urllib.parse import quote
 
 import httpx
 
+from contact_recon.sandbox.common import DAY_S
 from contact_recon.sandbox.generate import (
     CITIES,
     COMPANIES,
@@ -56,7 +57,6 @@ MAX_READ_RETRIES = 4
 MAX_RETRY_AFTER_S = 120.0
 TIMEOUT_S = 30.0
 PICK_TRIES = 200
-DAY_S = 86_400
 CHANGE_WEIGHTS: dict[str, int] = {
     "edit": 20, "tag_add": 14, "tag_remove": 8, "unsubscribe": 6, "new_contact": 10, "delete_contact": 4,
     "new_task": 10, "new_note": 12, "complete_task": 6, "conflict": 6,

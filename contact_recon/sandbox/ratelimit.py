@@ -15,9 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from contact_recon.sandbox.common import Clock
-
-DAY_S = 86_400
+from contact_recon.sandbox.common import DAY_S, Clock
 
 
 @dataclass(frozen=True)

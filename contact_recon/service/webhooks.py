@@ -50,9 +50,8 @@ from contact_recon.events import GHL_WEBHOOK_EVENTS, ghl_contact_resource
 from contact_recon.settings import Settings
 from contact_recon.stages.echo import EchoFilter
 from contact_recon.store.files import atomic_text
-from contact_recon.systems.ghl.contract import SANDBOX_PUBLIC_KEY_PEM
+from contact_recon.systems.ghl.contract import SANDBOX_PUBLIC_KEY_PEM, SIGNATURE_HEADER
 
-SIGNATURE_HEADER = "x-wh-signature"
 PATH = "/webhooks/ghl"
 MAX_BODY_BYTES = 1_000_000
 ID_PATTERN = re.compile(r"[!-~]{1,128}")

@@ -5,6 +5,11 @@ The sandbox (`contact_recon/sandbox/`) may import this module; nothing here impo
 
 from __future__ import annotations
 
+# The scopes a location token needs (docs: scopes of the Contacts API v2 operations we call).
+REQUIRED_SCOPES = ("contacts.readonly", "contacts.write", "locations/tasks.readonly")
+# The header of the legacy RSA webhook signature (base64 over the raw body).
+SIGNATURE_HEADER = "x-wh-signature"
+
 # The public half of the sandbox's TEST signing key pair (the private half lives in
 # contact_recon/sandbox/ghl_webhooks.py). `ghl_webhook_public_key = "sandbox"` selects it; it must never
 # verify real traffic.
