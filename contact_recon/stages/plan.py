@@ -143,7 +143,8 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
         stored = stored.filter(pl.col("key").is_in(list(base_keys)))
     base = planning_base(stored, identity)
     ghl_side, te_side = merge_sides(identity, frames["ghl_contacts"], frames["te_customers"])
-    merged = merge_planned(base, te_side, ghl_side, frames["ghl_tasks"], policy, today, Journal(store).created())
+    merged = plan(base, te_side, ghl_side, policy, ghl_tasks=frames["ghl_tasks"], created=Journal(store).created(),
+                  today=today)
     merged = with_decisions(merged, Decisions(store).pending(), te_side, ghl_side, policy)
     report = _check(frames, merged, policy, approve, run_id, settings.data_dir, today, docs)
     marked = apply_quarantine(merged.ops, report.quarantined, people=identity.matched.select("key", "email"))
@@ -199,13 +200,6 @@ def _check_snapshot_exists(store: Store, locations: Sequence[str]) -> None:
     if missing:
         raise NoSnapshot(f"no snapshot to reuse for {', '.join(missing)}: run `recon snapshot` (or plan without "
                          f"--reuse-snapshot) first")
-
-
-def merge_planned(base: pl.DataFrame, te_side: pl.DataFrame, ghl_side: pl.DataFrame, ghl_tasks: pl.DataFrame,
-                  policy: Policy, today: dt.date, created: pl.DataFrame) -> MergeResult:
-    """Plan from a planning base (`planning_base`) and this run's merge sides (`merge_sides`), with the GHL
-    tasks and the created-objects memory."""
-    return plan(base, te_side, ghl_side, policy, ghl_tasks=ghl_tasks, created=created, today=today)
 
 
 def with_decisions(merged: MergeResult, decisions: pl.DataFrame, te_side: pl.DataFrame, ghl_side: pl.DataFrame,
