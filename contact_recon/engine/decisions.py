@@ -16,8 +16,8 @@ Pure: rows in, a checked `DecisionFile` or ops out; the file and the table are t
 (`contact_recon/store/decisions.py`: `read_decisions` reads the CSV, `Decisions` keeps the table).
 `check_columns` and `check_decisions` check the header and every row before anything is stored and name
 the CSV line of each problem (unknown key or field, a bad decision, a missing or malformed value, the same
-key and field twice); one bad row imports nothing. Keys are person keys the store knows (base, a GHL
-contact id, `te:<email>`); fields are the shared text fields and `consent` (email changes go through
+key and field twice); one bad row rejects the whole file. Keys are the person keys known to the caller
+(base, a GHL contact id, `te:<email>`); fields are the shared text fields and `consent` (email changes go through
 identity review; a conflict with an empty field is a presence conflict: a deleted or missing record,
 settled in the systems themselves, so only skip/blank are accepted there). A phone is stored in E.164, a
 birthday as YYYY-MM-DD. The store upserts the decisions by (key, field) into `conflict_decisions` with
