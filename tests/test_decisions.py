@@ -1,4 +1,5 @@
-"""The data team's conflict decisions (contact_recon/engine/decisions.py): `decision_ops` (pure) and `recon conflicts import`.
+"""The data team's conflict decisions: `decision_ops` (pure, contact_recon/engine/decisions.py) and
+`recon conflicts import` (the file and the table: contact_recon/store/decisions.py).
 
 The pure function is pinned with small frames and one Hypothesis law (consent is never loosened); the import
 runs against a real plan of both sandboxes (its conflicts.csv filled in, as a person would) and the store.
@@ -18,18 +19,12 @@ from test_pipeline import World, world  # noqa: F401
 from typer.testing import CliRunner
 
 from contact_recon.cli.main import app
-from contact_recon.engine.decisions import (
-    DECISIONS,
-    DecisionFileError,
-    decision_ops,
-    known_keys,
-    pending_decisions,
-    read_decisions,
-)
+from contact_recon.engine.decisions import DECISIONS, DecisionFileError, decision_ops
 from contact_recon.engine.identity import match_identities, merge_sides
 from contact_recon.model.ops import OPS_SCHEMA, op_id
 from contact_recon.model.records import MERGE_SIDE
 from contact_recon.stages.plan import latest_frames
+from contact_recon.store.decisions import Decisions, read_decisions
 
 TIGHT = {"tinyemail": ("unsubscribed", "bounced", "spam"), "ghl": ("dnd",)}
 
@@ -182,7 +177,7 @@ def test_recon_conflicts_import_stores_the_decisions_for_the_next_run(
     ghl_side, te_side = merge_sides(match_identities(frames["ghl_contacts"], frames["te_customers"],
                                                      world.store.load_id_map(), locations=[world.location]),
                                     frames["ghl_contacts"], frames["te_customers"])
-    ops = decision_ops(pending_decisions(world.store), te_side, ghl_side)
+    ops = decision_ops(Decisions(world.store).pending(), te_side, ghl_side)
     ghl_name = ghl_side.filter(pl.col("key") == renamed[0])["first_name"][0]
     te_phone = te_side.filter(pl.col("key") == bad_phone)["phone"][0]
     assert contents(ops) == {
@@ -244,7 +239,7 @@ def test_a_bad_decisions_file_names_each_bad_line_and_imports_nothing(
 
 def test_read_decisions_knows_the_store_keys_and_normalises_values(world: World, tmp_path: Path) -> None:  # noqa: F811
     result = world.plan()
-    keys = known_keys(world.store)
+    keys = Decisions(world.store).known_keys()
     contacts = next(iter(world.fixture["ghl"]["locations"].values()))["contacts"]
     assert {c["id"] for c in contacts} <= keys
     assert {f"te:{c['email'].lower()}" for c in world.fixture["tinyemail"]["customers"]} & keys

@@ -41,23 +41,13 @@ def run_runs_command(settings: Settings, limit: int, console: Console, err: Cons
     if store is None:
         return EXIT_FAILED
     with store:
-        runs = store._frame(_RUNS_SQL, [limit])
+        runs = store.recent_runs(limit)
     if runs.height == 0:
         console.print("no runs yet")
         return EXIT_OK
     console.print(runs_table(runs))
     return EXIT_OK
 
-
-# ops: the journal's rows of the run, else the op count its plan summary recorded
-_RUNS_SQL = """
-SELECT r.run_id, r.kind, r.status, r.started_at, r.finished_at,
-       coalesce(j.ops, try_cast(json_extract(r.plan_json, '$.ops') AS BIGINT)) AS ops, j.failed
-FROM runs r
-LEFT JOIN (SELECT run_id, count(*) AS ops, count(*) FILTER (WHERE status = 'failed') AS failed
-           FROM journal GROUP BY run_id) j USING (run_id)
-ORDER BY r.started_at DESC, r.run_id DESC LIMIT ?
-"""
 
 _STATUS_STYLE = {"completed": "green", "planned": "green", "succeeded": "green", "approved": "green",
                  "held": "yellow", "failed": "red", "running": "cyan", "applying": "cyan"}
@@ -94,7 +84,7 @@ def run_report_command(settings: Settings, run_id: str | None, as_json: bool, co
     if store is None:
         return EXIT_FAILED
     with store:
-        run_id = run_id or _latest_run(store)
+        run_id = run_id or store.latest_run(REPORT_KINDS)
         if run_id is None:
             _error(err, "no reconcile or plan run yet: `recon plan` or `recon run` first")
             return EXIT_FAILED
@@ -109,12 +99,6 @@ def run_report_command(settings: Settings, run_id: str | None, as_json: bool, co
         print_summary(console, summary)
     console.print(f"report: {files.report}", highlight=False, soft_wrap=True)
     return EXIT_OK
-
-
-def _latest_run(store: Store) -> str | None:
-    rows = store.con.execute("SELECT run_id FROM runs WHERE list_contains(?, kind) ORDER BY started_at DESC, "
-                             "run_id DESC LIMIT 1", [list(REPORT_KINDS)]).fetchall()
-    return rows[0][0] if rows else None
 
 
 def print_summary(console: Console, s: dict[str, Any]) -> None:
@@ -151,18 +135,20 @@ def _counts_table(s: dict[str, Any]) -> Table:
 
 def run_conflicts_import_command(settings: Settings, path: Path, console: Console, err: Console) -> int:
     """Check a filled-in conflicts.csv and store its decisions for the next run; nothing when a row is bad."""
-    from contact_recon.engine.decisions import DecisionFileError, known_keys, read_decisions, save_decisions
+    from contact_recon.engine.decisions import DecisionFileError
+    from contact_recon.store.decisions import Decisions, read_decisions
 
     store = _open(settings, err)
     if store is None:
         return EXIT_FAILED
     with store:
+        decisions = Decisions(store)
         try:
-            result = read_decisions(path, known_keys(store), default_region=settings.default_region)
+            result = read_decisions(path, decisions.known_keys(), default_region=settings.default_region)
         except DecisionFileError as exc:
             _error(err, str(exc))
             return EXIT_FAILED
-        saved = save_decisions(store, result.decisions, source=str(path.resolve()))
+        saved = decisions.save(result.decisions, source=str(path.resolve()))
     by_choice = dict(result.decisions.group_by("choice").len().sort("choice").iter_rows())
     detail = ", ".join(f"{choice} {n:,}" for choice, n in by_choice.items())
     console.print(f"imported {saved:,} decision(s) from {path}{f' ({detail})' if detail else ''}; "

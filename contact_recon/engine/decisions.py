@@ -12,14 +12,16 @@ A person fills in a `decision` column (and `value` when the decision is `value`)
 | skip      | leave it as it is (recorded, writes nothing)       | must be empty       |
 | (blank)   | no decision yet: the row is left alone             | ignored             |
 
-`read_decisions` checks every row before anything is stored and names the CSV line of each problem
-(unknown key or field, a bad decision, a missing or malformed value, the same key and field twice); one
-bad row imports nothing. Keys are person keys the store knows (base, a GHL contact id, `te:<email>`);
-fields are the shared text fields and `consent` (email changes go through identity review; a conflict
-with an empty field is a presence conflict: a deleted or missing record, settled in the systems
-themselves, so only skip/blank are accepted there). A phone is stored in E.164, a birthday as
-YYYY-MM-DD. `save_decisions` upserts by (key, field) into `conflict_decisions` with `used_by_run` null:
-pending for the next run.
+Pure: rows in, a checked `DecisionFile` or ops out; the file and the table are the store's
+(`contact_recon/store/decisions.py`: `read_decisions` reads the CSV, `Decisions` keeps the table).
+`check_columns` and `check_decisions` check the header and every row before anything is stored and name
+the CSV line of each problem (unknown key or field, a bad decision, a missing or malformed value, the same
+key and field twice); one bad row rejects the whole file. Keys are the person keys known to the caller
+(base, a GHL contact id, `te:<email>`); fields are the shared text fields and `consent` (email changes go through
+identity review; a conflict with an empty field is a presence conflict: a deleted or missing record,
+settled in the systems themselves, so only skip/blank are accepted there). A phone is stored in E.164, a
+birthday as YYYY-MM-DD. The store upserts the decisions by (key, field) into `conflict_decisions` with
+`used_by_run` null: pending for the next run.
 
 `decision_ops` (pure) turns pending decisions into ops against the current sides (records.MERGE_SIDE):
 for each side that holds the person and whose current value differs from the decided one, one write with
@@ -30,10 +32,9 @@ a loose value is ignored, since it would loosen a tight side or write nothing al
 
 from __future__ import annotations
 
-import csv
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,6 @@ from contact_recon.model.normalise import normalise_birthday, normalise_phone
 from contact_recon.model.ops import CONFLICTS_SCHEMA, CONTENT_COLUMNS, Kind, sort_ops, with_ids
 from contact_recon.model.policy import ConsentPolicy
 from contact_recon.model.records import CONSENT_VALUES, SHARED_TEXT_FIELDS
-from contact_recon.store.db import Store
 
 CHOICES = ("ghl", "tinyemail", "value", "skip")
 CONSENT = "consent"
@@ -72,22 +72,22 @@ class DecisionFile:
     rows: int  # data rows read
 
 
-# ------------------------------------------------------------------------------------------ reading
+# ----------------------------------------------------------------------------------------- checking
 
 
-def read_decisions(path: Path, known_keys: Iterable[str], *, default_region: str = "US") -> DecisionFile:
-    """Read and check a filled-in conflicts.csv; DecisionFileError (every bad line named) if any row is bad."""
-    known = set(known_keys)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DecisionFileError(path, [f"line 1: missing column(s) {', '.join(missing)} (the columns of "
-                                               f"conflicts.csv plus decision, and value)"])
-            rows = [(reader.line_num, row) for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DecisionFileError(path, [f"cannot read the file: {exc}"]) from exc
+def check_columns(path: Path, columns: Sequence[str] | None) -> None:
+    """DecisionFileError unless the header of the file at `path` has every column a decisions file needs."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in (columns or [])]
+    if missing:
+        raise DecisionFileError(path, [f"line 1: missing column(s) {', '.join(missing)} (the columns of "
+                                       f"conflicts.csv plus decision, and value)"])
+
+
+def check_decisions(path: Path, rows: Iterable[tuple[int, dict[str, Any]]], known_keys: Iterable[str], *,
+                    default_region: str = "US") -> DecisionFile:
+    """Check the rows of a filled-in conflicts.csv (`(line, row)` pairs as csv.DictReader reads them; `path`
+    only names the file in messages); DecisionFileError (every bad line named) if any row is bad."""
+    known, rows = set(known_keys), list(rows)
     problems: list[str] = []
     decided: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
     for line, row in rows:
@@ -159,41 +159,6 @@ def _text(value: object) -> str | None:
     if not isinstance(value, str):
         return None
     return unicodedata.normalize("NFC", value).strip() or None
-
-
-# ------------------------------------------------------------------------------------------- store
-
-
-def known_keys(store: Store) -> set[str]:
-    """Every person key the store knows: the base, every snapshotted GHL contact and TinyEmail customer."""
-    rows = store.con.execute(
-        "SELECT key FROM base UNION SELECT contact_id FROM snap_ghl_contacts WHERE contact_id IS NOT NULL "
-        "UNION SELECT 'te:' || email FROM snap_te_customers WHERE email IS NOT NULL").fetchall()
-    return {row[0] for row in rows}
-
-
-def save_decisions(store: Store, decisions: pl.DataFrame, source: str) -> int:
-    """Upsert decisions by (key, field), pending (used_by_run null) for the next run; returns how many."""
-    rows = [[*row, store.clock(), source] for row in decisions.select(list(DECISIONS)).iter_rows()]
-    with store.transaction():
-        store.con.executemany("INSERT OR REPLACE INTO conflict_decisions (key, field, choice, value, imported_at, "
-                              "source, used_by_run) VALUES (?, ?, ?, ?, ?, ?, NULL)", rows)
-    return len(rows)
-
-
-def pending_decisions(store: Store) -> pl.DataFrame:
-    """Decisions no run has used yet (DECISIONS columns), the input of `decision_ops`."""
-    frame = store._frame("SELECT key, field, choice, value FROM conflict_decisions WHERE used_by_run IS NULL "
-                         "ORDER BY key, field")
-    return frame.cast(DECISIONS)  # type: ignore[arg-type]
-
-
-def mark_used(store: Store, decisions: pl.DataFrame, run_id: str) -> None:
-    """Record that `run_id` applied these decisions (they are no longer pending)."""
-    with store.transaction():
-        for key, field in decisions.select("key", "field").iter_rows():
-            store.con.execute("UPDATE conflict_decisions SET used_by_run = ? WHERE key = ? AND field = ?",
-                              [run_id, key, field])
 
 
 # --------------------------------------------------------------------------------------------- ops

@@ -289,10 +289,11 @@ def plan(base: pl.DataFrame, te_now: pl.DataFrame, ghl_now: pl.DataFrame, policy
     wide = _wide(sides)
     created = created if created is not None else pl.DataFrame(schema=CREATED_SCHEMA)
     deleted = _te_edited(wide, sides, ctx)
-    creates = _create_ops(wide, deleted, sides, ctx, _facts(ghl_now, ghl_tasks, ctx).collect())
+    facts = _facts(ghl_now, ghl_tasks, ctx).collect()
+    creates = _create_ops(wide, deleted, sides, ctx, facts)
     field_ops, field_conflicts = _field_parts(wide, sides, ctx)
     events = _event_ops(wide, sides, creates, created, ctx)
-    memberships = _membership_ops(wide, sides, ghl_tasks, ctx)
+    memberships = _membership_ops(wide, sides, facts, ctx)
     ops_parts = [field_ops, _consent_ops(wide, ctx), memberships, _identity_ops(wide), creates,
                  _delete_ops(deleted, ctx), events, _new_task_facts(events, sides.te, memberships, ctx)]
     ops = sort_ops(with_ids(pl.concat([part.select(_CONTENT) for part in ops_parts])))
@@ -578,12 +579,11 @@ def _facts(ghl_now: pl.DataFrame, ghl_tasks: pl.DataFrame | None, ctx: _Ctx) -> 
     return pl.concat(parts).join(keys, on="contact_id", how="inner").select("key", "tag").unique()
 
 
-def _memberships(wide: pl.DataFrame, sides: _Sides, ghl_tasks: pl.DataFrame | None, ctx: _Ctx) -> pl.LazyFrame:
+def _memberships(wide: pl.DataFrame, sides: _Sides, facts: pl.DataFrame, ctx: _Ctx) -> pl.LazyFrame:
     """(key, tag, in_t, in_g, in_b, ns, valid_base): every tag or list of every matched person that may need
-    an op (the others are skipped by `_membership_candidates`)."""
+    an op (the others are skipped by `_membership_candidates`); `facts` are the GHL facts (`_facts`)."""
     base, te_now, ghl_now = sides
     lists_on = ctx.policy.tags.list_sync != "off"
-    facts = _facts(ghl_now, ghl_tasks, ctx).collect()
     rows = _membership_candidates(wide, te_now, ghl_now, facts, ctx)
     keys = rows.select("key").lazy()
     te = _take(te_now.select("key", "tags", "lists"), rows["_t"]).lazy()
@@ -670,9 +670,9 @@ def _desired(ctx: _Ctx) -> pl.Expr:
     )
 
 
-def _membership_ops(wide: pl.DataFrame, sides: _Sides, ghl_tasks: pl.DataFrame | None, ctx: _Ctx) -> pl.DataFrame:
+def _membership_ops(wide: pl.DataFrame, sides: _Sides, facts: pl.DataFrame, ctx: _Ctx) -> pl.DataFrame:
     in_t, in_g, ns = pl.col("in_t"), pl.col("in_g"), pl.col("ns")
-    rows = _memberships(wide, sides, ghl_tasks, ctx).with_columns(_desired(ctx).alias("r"))
+    rows = _memberships(wide, sides, facts, ctx).with_columns(_desired(ctx).alias("r"))
     r = pl.col("r")
     ghl_side = ~ns.is_in(["ghl", "fact"])
     te_side = ns != "tinyemail"

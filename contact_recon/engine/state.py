@@ -1,8 +1,10 @@
 """What a run leaves as the next base: the last reconciled state advances only for confirmed writes.
 
-Inputs are what the planning run saved under `runs/<run_id>/state/` (the planning base with presence
-flags, both merge sides as the identity matcher keyed them, this run's re-keys and new id_map pairs) and
-the journal of the apply stage. The algorithm (`next_base`):
+Pure: frames and journal rows in, an `Advance` out; no store, no files. The apply stage's last step
+(`contact_recon/stages/advance.py`) reads the state frames the planning run saved under
+`runs/<run_id>/state/` (the planning base with presence flags, both merge sides as the identity matcher
+keyed them, this run's re-keys and new id_map pairs), hands them with the run's journal to `advanced`, and
+writes the `Advance` to the store in one transaction. The algorithm (`advanced`; step 2 is `next_base`):
 
 1. Replay the journal's `done` ops on both sides (a create adds the record; a GHL create's record gets
    the contact id the API returned).
@@ -35,18 +37,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from contact_recon.model.keys import TE_KEY_PREFIX
 from contact_recon.model.records import MERGE_SIDE
-from contact_recon.store.db import Store
-from contact_recon.store.files import atomic_write
 
-STATE_DIR = "state"
-STATE_FILES = ("base", "te_side", "ghl_side", "people", "rekeys", "id_map_new")
 TEXT = tuple(n for n, t in MERGE_SIDE.items() if t == pl.String and n not in ("key", "contact_id", "consent"))
 DIMENSION = {"consent_tighten": "consent", "tag_add": "tags", "tag_remove": "tags", "list_add": "lists",
              "list_remove": "lists"}
@@ -58,18 +55,6 @@ Row = dict[str, Any]
 class Consent:
     tinyemail_tight: tuple[str, ...]
     ghl_tight: tuple[str, ...]
-
-
-def save_state(directory: Path, frames: Mapping[str, pl.DataFrame]) -> None:
-    """Write the planning state a later apply needs (each file whole or not at all)."""
-    target = directory / STATE_DIR
-    target.mkdir(parents=True, exist_ok=True)
-    for name in STATE_FILES:
-        atomic_write(target / f"{name}.parquet", frames[name].write_parquet)
-
-
-def load_state(directory: Path) -> dict[str, pl.DataFrame]:
-    return {name: pl.read_parquet(directory / STATE_DIR / f"{name}.parquet") for name in STATE_FILES}
 
 
 def _norm(value: Any) -> Any:
@@ -189,10 +174,28 @@ def blocked(journal: pl.DataFrame) -> Blocked:
     return Blocked(dimensions, frozenset(members))
 
 
-def advance(store: Store, run_dir: Path, journal: pl.DataFrame, run_id: str, consent: Consent,
-            list_prefix: str = "list:") -> dict[str, int]:
-    """Move the base, the id_map and the re-keys forward for this run's confirmed ops (one transaction)."""
-    state = load_state(run_dir)
+@dataclass(frozen=True)
+class Advance:
+    """What one applied run moves forward in the store (`advanced`); the apply stage writes it in one transaction
+    (`contact_recon/stages/advance.py`)."""
+
+    base: pl.DataFrame  # BASE_SCHEMA: the next base row of every person on either side (upserted)
+    id_map: pl.DataFrame  # identity.ID_MAP pairs this run made (the matcher's and the creates')
+    gone_keys: tuple[str, ...]  # base keys no person has any more: this run's re-keys' old keys, the created keys
+    recreated: tuple[str, ...]  # contacts deleted in GHL and created again: their old id_map pairs are forgotten
+    created_contacts: int  # persons this run created in GHL
+
+
+def advanced(state: Mapping[str, pl.DataFrame], journal: pl.DataFrame, consent: Consent,
+             list_prefix: str = "list:") -> Advance:
+    """The base, the id_map pairs and the keys to drop after this run's confirmed ops (module docstring).
+
+    Args:
+        state: the planning run's state frames (base, te_side, ghl_side, people, rekeys, id_map_new).
+        journal: the run's journal rows (status and result_id of every op).
+        consent: the tight consent values of each side.
+        list_prefix: the GHL tag prefix of a TinyEmail list (`policy.tags.list_prefix`).
+    """
     base = {r["key"]: r for r in state["base"].iter_rows(named=True)}
     te = {r["key"]: r for r in state["te_side"].iter_rows(named=True)}
     ghl = {r["key"]: r for r in state["ghl_side"].iter_rows(named=True)}
@@ -203,19 +206,14 @@ def advance(store: Store, run_dir: Path, journal: pl.DataFrame, run_id: str, con
                if op["kind"] == "create" and op["target"] == "ghl" and op["result_id"]}
     for row in rows:
         if row["key"] in created:
-            # created in GHL by this run: from now on the person is its contact
+            # created in GHL by this run: now its contact (after a confirmed create, unlike planning_base's re-keys)
             row["key"] = row["contact_id"] = created[row["key"]]
     frame = pl.DataFrame(rows, schema=BASE_SCHEMA, orient="row") if rows else pl.DataFrame(schema=BASE_SCHEMA)
-    pairs = _id_pairs(state, done, te)
     # a contact deleted in GHL and created again (an edit beat the delete): the old id is gone for good
-    recreated = [key for key in created if not key.startswith(TE_KEY_PREFIX)]
-    with store.transaction():
-        store.delete_base([*state["rekeys"]["old_key"].to_list(), *created])
-        store.delete_id_map(recreated)
-        store.save_base(frame, run_id)
-        if pairs.height:
-            store.save_id_map(pairs, run_id)
-    return {"base_rows": frame.height, "created_contacts": len(created), "id_map": pairs.height}
+    recreated = tuple(key for key in created if not key.startswith(TE_KEY_PREFIX))
+    return Advance(base=frame, id_map=_id_pairs(state, done, te),
+                   gone_keys=(*state["rekeys"]["old_key"].to_list(), *created), recreated=recreated,
+                   created_contacts=len(created))
 
 
 def _id_pairs(state: Mapping[str, pl.DataFrame], done: list[Row], te: Mapping[str, Row]) -> pl.DataFrame:

@@ -183,7 +183,11 @@ class Policy(_Model):
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
-    """The default policy, overridden by a `.toml` or `.json` file when one is given."""
+    """The default policy, overridden by a `.toml` or `.json` file when one is given.
+
+    The one file read in the model and engine layers: the operator's config, loaded by the stages and the CLI
+    and handed to the pure engine as a `Policy`.
+    """
     if path is None:
         return Policy()
     path = Path(path)

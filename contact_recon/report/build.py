@@ -7,7 +7,7 @@ Where the numbers come from (a run's own files under `<data_dir>/runs/<run_id>/`
   status planned or quarantined), else none;
 - conflicts: `conflicts.csv` (else the count the run row's plan summary recorded);
 - check results: the `check_results` rows of the run; GX Data Docs: `<data_dir>/gx/.../index.html`;
-- requests and tripped guards: handed in by the caller (the flow has the connectors' `RequestStats`);
+- requests and tripped guards: handed in by the caller (the run has the API clients' `RequestStats`);
   `requests_from_run` and the run's `held_reasons` rebuild them for an old run (`recon report`).
 
 `build_summary` makes the summary dict (`SUMMARY_SCHEMA` is its JSON Schema: the contract keys;
@@ -48,6 +48,7 @@ from contact_recon.model.ops import CONFLICTS_SCHEMA, TARGETS, Kind
 from contact_recon.report import charts
 from contact_recon.store.db import Store
 from contact_recon.store.files import CONFLICTS_FILE, PLAN_FILE, REPORT_FILE, SUMMARY_FILE, atomic_text, run_dir
+from contact_recon.store.journal import Journal
 from contact_recon.systems.redaction import redact
 
 KINDS: tuple[str, ...] = (*(k.value for k in Kind), "delete")  # delete: named by the contract, always 0
@@ -112,8 +113,7 @@ class RunFiles:
 
 def run_ops(store: Store, data_dir: str | Path, run_id: str) -> pl.DataFrame:
     """A run's ops with their status (OPS_VIEW): the journal when it has rows, else plan.parquet, else none."""
-    journal = store._frame("SELECT op_id, target, kind, key, field, expected, new, reason, status, quarantined_by, "
-                           "error_kind, last_error, attempts FROM journal WHERE run_id = ? ORDER BY seq", [run_id])
+    journal = Journal(store).frame(run_id)
     if journal.height:
         return journal.select(list(OPS_VIEW)).cast(OPS_VIEW)  # type: ignore[arg-type]
     path = run_dir(data_dir, run_id) / PLAN_FILE
@@ -272,7 +272,7 @@ def rebuild_run_files(store: Store, data_dir: str | Path, run_id: str) -> tuple[
         return summary, files
     if summary is None:
         run = store.get_run(run_id)
-        journaled = store.con.execute("SELECT count(*) FROM journal WHERE run_id = ?", [run_id]).fetchall()[0][0]
+        journaled = Journal(store).op_count(run_id)
         summary = build_summary(store, data_dir, run_id, dry_run=not journaled, requests=requests_from_run(run),
                                 guards=guards_from_run(run))
     return summary, write_run_files(store, data_dir, run_id, summary)
@@ -397,14 +397,8 @@ def drift_history(store: Store, data_dir: str | Path, run_id: str,
     """(run id, started date, ops per target) of the last `limit` plan/reconcile runs up to this one that
     left ops (a journal or a plan file), oldest first."""
     started = store.get_run(run_id)["started_at"]
-    runs = store._frame("SELECT run_id, started_at FROM runs WHERE list_contains(?, kind) AND started_at <= ? "
-                        "ORDER BY started_at DESC, run_id DESC LIMIT ?", [list(HISTORY_KINDS), started, limit * 2])
-    ids = runs["run_id"].to_list()
-    journal = store._frame("SELECT run_id, target, count(*) AS n FROM journal WHERE list_contains(?, run_id) "
-                           "GROUP BY ALL", [ids])
-    from_journal: dict[str, dict[str, int]] = {}
-    for rid, target, n in journal.iter_rows():
-        from_journal.setdefault(rid, {})[target] = n
+    runs = store.runs_started_by(HISTORY_KINDS, started, limit * 2)
+    from_journal = Journal(store).target_counts(runs["run_id"].to_list())
     history = []
     for rid, at in runs.iter_rows():
         counts = from_journal.get(rid) or _plan_counts(data_dir, rid)

@@ -5,18 +5,22 @@
 2. Snapshot both systems (`contact_recon/stages/snapshot.py`, which records its own 'snapshot' run), or with
    `reuse_snapshot` take the latest snapshot in the store as it is.
 3. Read the latest snapshots of the covered locations and of TinyEmail back from the store.
-4. Identity (`contact_recon/engine/identity.py`): match, leave the held-back keys out of both sides and of the base,
-   and apply this run's re-keys (`te:<email>` -> the contact id now matched by email) to the base, in
-   memory. A re-keyed person was on TinyEmail only at the base, so its row says `in_ghl = False`: the
-   merge engine treats it as newly on GHL (fill blanks), never as "GHL removed every tag".
-5. Merge (`contact_recon/engine/merge.py`): base, TinyEmail now, GHL now -> ops, conflicts, stats, held_reasons.
-   `today` is the store clock's date; `created` is empty until the apply stage keeps that memory.
-6. Checks (`checks/run.py`) on the snapshot frames and the plan, then quarantine
-   (`checks/quarantine.py`): every op keeps its row, with `status` and `quarantined_by`. With
+4. Identity (`contact_recon/engine/identity.py`): match, leave the held-back keys out of both sides and of
+   the base, and apply this run's re-keys (`te:<email>` -> the contact id now matched by email) to the
+   base, in memory (`planning_base`). A re-keyed person was on TinyEmail only at the base, so its row says
+   `in_ghl = False`: the merge engine treats it as newly on GHL (fill blanks), never as "GHL removed every
+   tag". `merge_sides` makes the two sides once; the merge, the decisions and the saved state share them.
+5. Merge (`contact_recon/engine/merge.py`): base, TinyEmail now, GHL now -> ops, conflicts, stats,
+   held_reasons. `today` is the store clock's date; `created` is the created-objects memory
+   (`Journal.created`). The data team's pending decisions (`recon conflicts import`) add their ops
+   (`with_decisions`).
+6. Checks (`contact_recon.checks.run`) on the snapshot frames and the plan, then quarantine
+   (`contact_recon.checks.quarantine`): every op keeps its row, with `status` and `quarantined_by`. With
    `approve`, `plan.within_guards` is checked as a warning (its explicit override), so the guarded ops
    are not held back.
 7. Save the check results and the identity review rows; write `<data_dir>/runs/<run_id>/plan.parquet`
-   (the marked ops) and `conflicts.csv`, each atomically (a temporary file renamed into place).
+   (the marked ops), `conflicts.csv` and the state a later apply needs (`state/`,
+   `contact_recon/stages/advance.py`), each atomically (a temporary file renamed into place).
 8. Finish the run 'held' when a guard tripped and nobody approved (the reasons in `held_reasons`), else
    'planned' (`approved_at` set when `approve` overrode a tripped guard). A failure finishes it
    'failed' with the redacted error and re-raises.
@@ -43,16 +47,17 @@ import polars as pl
 from contact_recon.checks.quarantine import PLANNED, QUARANTINED, apply_quarantine
 from contact_recon.checks.run import CheckReport, run_checks
 from contact_recon.checks.suites import Thresholds
-from contact_recon.engine.decisions import decision_ops, pending_decisions
+from contact_recon.engine.decisions import decision_ops
 from contact_recon.engine.identity import IdentityResult, match_identities, merge_sides
-from contact_recon.engine.merge import CREATED_SCHEMA, MergeResult, plan
-from contact_recon.engine.state import save_state
+from contact_recon.engine.merge import MergeResult, plan
 from contact_recon.model.keys import TE_KEY_PREFIX
 from contact_recon.model.ops import sort_ops
 from contact_recon.model.policy import Policy, load_policy
 from contact_recon.settings import Settings
+from contact_recon.stages.advance import save_state
 from contact_recon.stages.snapshot import GHLFactory, SnapshotOptions, SnapshotResult, TinyEmailFactory, run_snapshot
 from contact_recon.store.db import ENTITIES, NO_LOCATION, Store
+from contact_recon.store.decisions import Decisions
 from contact_recon.store.files import CONFLICTS_FILE, PLAN_FILE, atomic_write, run_dir
 from contact_recon.store.journal import Journal
 
@@ -137,14 +142,16 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
         # one person (sync_contact): only its base rows are in play, nobody else "came back empty"
         stored = stored.filter(pl.col("key").is_in(list(base_keys)))
     base = planning_base(stored, identity)
-    merged = merge_planned(base, frames, identity, policy, today, Journal(store).created())
-    merged = with_decisions(merged, pending_decisions(store), frames, identity, policy)
+    ghl_side, te_side = merge_sides(identity, frames["ghl_contacts"], frames["te_customers"])
+    merged = plan(base, te_side, ghl_side, policy, ghl_tasks=frames["ghl_tasks"], created=Journal(store).created(),
+                  today=today)
+    merged = with_decisions(merged, Decisions(store).pending(), te_side, ghl_side, policy)
     report = _check(frames, merged, policy, approve, run_id, settings.data_dir, today, docs)
     marked = apply_quarantine(merged.ops, report.quarantined, people=identity.matched.select("key", "email"))
     store.save_check_results(run_id, report.to_frame())
     store.save_review(identity.review, run_id)
     plan_path, conflicts_path = write_plan_files(run_dir(settings.data_dir, run_id), marked, merged.conflicts)
-    save_state(run_dir(settings.data_dir, run_id), _state_frames(base, frames, identity))
+    save_state(run_dir(settings.data_dir, run_id), _state_frames(base, te_side, ghl_side, identity))
     approved = approve and merged.held
     result = PlanRun(run_id, HELD if merged.held and not approve else PLANNED, merged.held_reasons, approved,
                      marked, merged.conflicts, merged.stats, report, identity.review,
@@ -164,8 +171,8 @@ def without_home_lists(frames: dict[str, pl.DataFrame], home: list[str]) -> dict
 
 def plan_person(settings: Settings, store: Store, *, location_id: str, frames: dict[str, pl.DataFrame],
                 keys: Sequence[str], policy: Policy | None = None) -> PlanRun:
-    """Plan one person (the `sync-contact` flow) from frames read just now (`contact_recon/stages/sync.py`), with the same
-    identity, merge, checks and quarantine as a nightly plan; `keys` are the person's possible base keys."""
+    """Plan one person (the `sync-contact` flow) from frames read just now (`contact_recon/stages/sync.py`), with
+    the same identity, merge, checks and quarantine as a nightly plan; `keys` are the person's possible base keys."""
     policy = policy if policy is not None else load_policy(settings.policy_file)
     run_id = store.start_run("sync", [location_id])
     try:
@@ -195,28 +202,12 @@ def _check_snapshot_exists(store: Store, locations: Sequence[str]) -> None:
                          f"--reuse-snapshot) first")
 
 
-def merge(base: pl.DataFrame, frames: dict[str, pl.DataFrame], identity: IdentityResult, policy: Policy,
-          today: dt.date, created: pl.DataFrame | None = None) -> MergeResult:
-    """Plan from the stored base and this run's snapshot frames, as the identity matcher keyed them."""
-    ghl_side, te_side = merge_sides(identity, frames["ghl_contacts"], frames["te_customers"])
-    return plan(planning_base(base, identity), te_side, ghl_side, policy, ghl_tasks=frames["ghl_tasks"],
-                created=created if created is not None else pl.DataFrame(schema=CREATED_SCHEMA), today=today)
-
-
-def merge_planned(base: pl.DataFrame, frames: dict[str, pl.DataFrame], identity: IdentityResult, policy: Policy,
-                  today: dt.date, created: pl.DataFrame) -> MergeResult:
-    """Plan from a planning base (`planning_base`) and this run's frames, with the created-objects memory."""
-    ghl_side, te_side = merge_sides(identity, frames["ghl_contacts"], frames["te_customers"])
-    return plan(base, te_side, ghl_side, policy, ghl_tasks=frames["ghl_tasks"], created=created, today=today)
-
-
-def with_decisions(merged: MergeResult, decisions: pl.DataFrame, frames: dict[str, pl.DataFrame],
-                   identity: IdentityResult, policy: Policy) -> MergeResult:
+def with_decisions(merged: MergeResult, decisions: pl.DataFrame, te_side: pl.DataFrame, ghl_side: pl.DataFrame,
+                   policy: Policy) -> MergeResult:
     """Add the data team's pending decisions (`recon conflicts import`) to a plan: their ops, unless the merge
     already writes that field of that person, and without the conflict rows they settle."""
     if decisions.height == 0:
         return merged
-    ghl_side, te_side = merge_sides(identity, frames["ghl_contacts"], frames["te_customers"])
     extra = decision_ops(decisions, te_side, ghl_side, consent=policy.consent)
     extra = extra.join(merged.ops.select("target", "key", "field"), on=["target", "key", "field"], how="anti",
                        nulls_equal=True)
@@ -224,8 +215,8 @@ def with_decisions(merged: MergeResult, decisions: pl.DataFrame, frames: dict[st
     return MergeResult(sort_ops(pl.concat([merged.ops, extra])), settled, merged.stats, merged.held_reasons)
 
 
-def _state_frames(base: pl.DataFrame, frames: dict[str, pl.DataFrame], identity: IdentityResult) -> dict[str, Any]:
-    ghl_side, te_side = merge_sides(identity, frames["ghl_contacts"], frames["te_customers"])
+def _state_frames(base: pl.DataFrame, te_side: pl.DataFrame, ghl_side: pl.DataFrame,
+                  identity: IdentityResult) -> dict[str, pl.DataFrame]:
     return {"base": base, "te_side": te_side, "ghl_side": ghl_side, "people": people(identity),
             "rekeys": identity.rekeys, "id_map_new": identity.new_id_map}
 
@@ -250,6 +241,7 @@ def planning_base(base: pl.DataFrame, identity: IdentityResult) -> pl.DataFrame:
     # stored presence flags win; rows saved before they existed (null) get them derived
     kept = base.filter(~pl.col("key").is_in(sorted(identity.held_keys))).with_columns(
         **{name: pl.coalesce(pl.col(name), expr) if name in base.columns else expr for name, expr in derived.items()})
+    # re-keys of this run's matcher, before the merge: not in GHL at the base (Store.rekey_base keeps presence)
     pairs = identity.rekeys.join(kept.select("key"), left_on="new_key", right_on="key", how="anti")
     moved = (kept.join(pairs, left_on="key", right_on="old_key")
              .with_columns(key=pl.col("new_key"), contact_id=pl.col("new_key"), in_ghl=pl.lit(False))

@@ -1,7 +1,7 @@
 """One reconciliation of a set of GHL locations with TinyEmail: lock, recover, plan, apply, report.
 
-`reconcile` is the one orchestration: the Prefect flow (`flows/reconcile.py`, through the Prefect tasks of
-`tasks/reconcile.py`), `recon run` (which runs that flow in-process), the tests and the benchmarks all call
+`reconcile` is the one orchestration: the Prefect flow (`contact_recon.flows.reconcile`, through the Prefect tasks of
+`contact_recon.tasks.reconcile`), `recon run` (which runs that flow in-process), the tests and the benchmarks all call
 it. `Steps` says how each step runs: plain calls (`DIRECT`, the default) or Prefect tasks
 (`contact_recon.tasks.reconcile.PREFECT_STEPS`). In order:
 
@@ -32,19 +32,20 @@ from typing import Any
 import polars as pl
 
 from contact_recon.checks.quarantine import QUARANTINED
-from contact_recon.engine.decisions import mark_used, pending_decisions
-from contact_recon.engine.state import Consent, advance, load_state
+from contact_recon.engine.state import Consent
 from contact_recon.model.policy import Policy, load_policy
 from contact_recon.report.publish import report_run
 from contact_recon.settings import Settings
 from contact_recon.stages import failpoints
 from contact_recon.stages import progress as bars
+from contact_recon.stages.advance import advance, load_state
 from contact_recon.stages.apply import Applier, Person, StageStopped, recover
 from contact_recon.stages.echo import EchoLog, tinyemail_log
 from contact_recon.stages.lock import location_lock
 from contact_recon.stages.plan import APPROVED, GUARD_EXPECTATION, HELD, PLANNED, PlanRun, load_plan, plan_run
 from contact_recon.store import journal as J
 from contact_recon.store.db import Store, db_path, open_db
+from contact_recon.store.decisions import Decisions
 from contact_recon.store.files import run_dir
 from contact_recon.store.journal import Journal
 from contact_recon.systems.ghl.client import GHLClient
@@ -181,13 +182,13 @@ def apply_run(settings: Settings, store: Store, run_id: str, *, policy: Policy |
     journal.record(run_id, journal_frame(load_plan(settings.data_dir, run_id), approved, state["people"],
                                          locations[0]))
     bars.begin("apply: ops", journal.counts(run_id).get(J.PLANNED, 0))
-    store.con.execute("UPDATE runs SET status = ? WHERE run_id = ?", [APPLYING, run_id])
+    store.set_run_status(run_id, APPLYING)
     failpoints.hit("journaled")
     people = {r["key"]: Person(r["email"], r["contact_id"], r["location_id"]) for r in state["people"].to_dicts()}
     ghl_client = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))
     tinyemail_client = tinyemail_client or (lambda: TinyEmailClient.from_settings(settings))
-    # a nightly run's writes come back as thousands of webhooks: noted as echoes (contact_recon/stages/echo.py); a sync's
-    # few come back as syncs that find nothing to do, and a person's next edit is never held back
+    # a nightly run's writes come back as thousands of webhooks: noted as echoes (contact_recon/stages/echo.py); a
+    # sync's few come back as syncs that find nothing to do, and a person's next edit is never held back
     echo = (EchoLog(settings.data_dir), tinyemail_log(settings.data_dir)) if run["kind"] != "sync" else (None, None)
     error, requests = _send(journal, run_id, locations, people, settings, ghl_client, tinyemail_client,
                             policy.create.tinyemail_list, echo)
@@ -203,12 +204,13 @@ def apply_run(settings: Settings, store: Store, run_id: str, *, policy: Policy |
 def _settle_decisions(store: Store, journal: pl.DataFrame, run_id: str) -> None:
     """Pending decisions this run carried out (every op of theirs confirmed, or none needed) are used up; a
     decision whose op failed stays pending for the next run."""
-    pending = pending_decisions(store)
+    decisions = Decisions(store)
+    pending = decisions.pending()
     if pending.height == 0:
         return
     open_ops = journal.filter(pl.col("reason").str.starts_with("decided_") & (pl.col("status") != J.DONE))
     used = pending.join(open_ops.select("key", "field").unique(), on=["key", "field"], how="anti")
-    mark_used(store, used, run_id)
+    decisions.mark_used(used, run_id)
 
 
 def _send(journal: Journal, run_id: str, locations: list[str], people: dict[str, Person], settings: Settings,

@@ -20,8 +20,9 @@ location the most recently written part, and an empty answer is told apart from 
 Schema (version 1; timestamps are TIMESTAMPTZ in UTC; list columns are VARCHAR[]; keys in brackets):
 
 - `schema_version` [version]: version, description, applied_at.
-- `runs` [run_id]: run_id, kind ('snapshot', 'reconcile', ...), status ('running', 'succeeded',
-  'failed'), started_at, finished_at, location_ids, plan_json (the request plan),
+- `runs` [run_id]: run_id, kind ('snapshot', 'plan', 'reconcile', 'sync'), status ('running', then
+  'succeeded' or 'failed' for a snapshot; the plan and apply statuses of `contact_recon/stages/run.py`),
+  started_at, finished_at, location_ids, plan_json (the request plan, or a plan run's summary),
   requests_used_json, error (redacted).
 - `snap_ghl_contacts` [run_id, location_id, contact_id]: run_id + records.GHL_CONTACTS.
 - `snap_ghl_tasks` [run_id, location_id, task_id]: run_id + records.GHL_TASKS.
@@ -42,6 +43,13 @@ Schema (version 1; timestamps are TIMESTAMPTZ in UTC; list columns are VARCHAR[]
 - `runs` gains (version 3): held_reasons (JSON text: the guards a plan run tripped, a list of strings),
   approved_at (when a person approved it: `recon approve`, or a run with `--approve`). A plan run
   ends 'planned' or 'held'; `approve_run` turns 'held' into 'approved' (`contact_recon/stages/plan.py`).
+- version 4: `journal` [run_id, op_id] (the apply stage's, `journal.py`), `created_objects` [key, rule]
+  (the tasks and notes we created), `conflict_decisions` [key, field] (`decisions.py`); `base` gains
+  in_ghl and in_tinyemail (on which sides the person was at the base).
+
+Every SQL statement of the product runs in this package: `Store` here (runs, snapshots, base, id_map,
+review, dirty contacts, check results, and the run list `recon runs` and the report read), `Journal`
+(`journal.py`) and `Decisions` (`decisions.py`) over the same connection. Callers use named methods.
 
 The snapshot tables carry no index or constraint (the keys above are logical): bulk ingest stays
 fast and history rows of one key across runs are expected. `prune(keep_runs=, keep_days=)` deletes
@@ -328,8 +336,29 @@ class Store:
                           _json(list(held_reasons)) if held_reasons is not None else None,
                           self.clock() if approved else None, run_id])
 
+    def set_run_status(self, run_id: str, status: str) -> None:
+        """Move a run to `status` without closing it (the apply stage's 'applying')."""
+        self.con.execute("UPDATE runs SET status = ? WHERE run_id = ?", [status, run_id])
+
     def runs(self) -> pl.DataFrame:
         return self._frame("SELECT * FROM runs ORDER BY started_at, run_id")
+
+    def recent_runs(self, limit: int) -> pl.DataFrame:
+        """The `limit` most recent runs, newest first (run_id, kind, status, started_at, finished_at, ops,
+        failed): `ops` is the journal's rows of the run, else the op count its plan summary recorded."""
+        return self._frame(_RECENT_RUNS_SQL, [limit])
+
+    def latest_run(self, kinds: Iterable[str]) -> str | None:
+        """The id of the most recently started run of one of `kinds`, None when there is none."""
+        rows = self.con.execute("SELECT run_id FROM runs WHERE list_contains(?, kind) ORDER BY started_at DESC, "
+                                "run_id DESC LIMIT 1", [list(kinds)]).fetchall()
+        return rows[0][0] if rows else None
+
+    def runs_started_by(self, kinds: Iterable[str], started: datetime, limit: int) -> pl.DataFrame:
+        """(run_id, started_at) of the `limit` latest runs of one of `kinds` started at or before `started`,
+        newest first."""
+        return self._frame("SELECT run_id, started_at FROM runs WHERE list_contains(?, kind) AND started_at <= ? "
+                           "ORDER BY started_at DESC, run_id DESC LIMIT ?", [list(kinds), started, limit])
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         """One run as a dict of its columns (`held_reasons` decoded to a list); UnknownRun if there is none."""
@@ -477,6 +506,7 @@ class Store:
 
         Rows whose new key already has a base row are left alone. Returns how many rows moved.
         """
+        # stored rows, presence kept; stages/plan.py::planning_base re-keys in memory and sets in_ghl = False
         pairs = rekeys.select("old_key", "new_key")
         with self.transaction():
             moved = [row[0] for row in self._insert(
@@ -557,6 +587,15 @@ class Store:
         finally:
             self.con.unregister("_frame")
 
+
+_RECENT_RUNS_SQL = """
+SELECT r.run_id, r.kind, r.status, r.started_at, r.finished_at,
+       coalesce(j.ops, try_cast(json_extract(r.plan_json, '$.ops') AS BIGINT)) AS ops, j.failed
+FROM runs r
+LEFT JOIN (SELECT run_id, count(*) AS ops, count(*) FILTER (WHERE status = 'failed') AS failed
+           FROM journal GROUP BY run_id) j USING (run_id)
+ORDER BY r.started_at DESC, r.run_id DESC LIMIT ?
+"""
 
 # Parts not kept: a part is kept when its run is among the last N snapshot runs (by last write), when it
 # was written after the cutoff, or when it is the latest part of its (entity, location).

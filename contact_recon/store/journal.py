@@ -77,13 +77,14 @@ class Journal:
             pl.lit(run_id).alias("run_id"), *OP_COLUMNS, pl.col("seq").cast(pl.Int32),
             pl.col("location_id").cast(pl.String), pl.col("status"), pl.col("quarantined_by").cast(pl.String))
         with self.store.transaction():
-            before = self._count(run_id)
+            before = self.op_count(run_id)
             self.store._insert(
                 "INSERT OR IGNORE INTO journal BY NAME SELECT *, 0 AS attempts, ?::TIMESTAMPTZ AS planned_at "
                 "FROM _frame", frame, [self.store.clock()])
-            return self._count(run_id) - before
+            return self.op_count(run_id) - before
 
-    def _count(self, run_id: str) -> int:
+    def op_count(self, run_id: str) -> int:
+        """How many ops the run journaled (0: it never reached the apply stage)."""
         return self.con.execute("SELECT count(*) FROM journal WHERE run_id = ?", [run_id]).fetchall()[0][0]
 
     def entries(self, run_id: str, statuses: Sequence[str] = (PLANNED,)) -> list[Entry]:
@@ -143,12 +144,22 @@ class Journal:
         return rows[0][0] if rows else None
 
     def frame(self, run_id: str) -> pl.DataFrame:
+        """Every journal row of the run, in plan order."""
         return self.store._frame("SELECT * FROM journal WHERE run_id = ? ORDER BY seq", [run_id])
 
     def counts(self, run_id: str) -> dict[str, int]:
         rows = self.con.execute("SELECT status, count(*) FROM journal WHERE run_id = ? GROUP BY status",
                                 [run_id]).fetchall()
         return dict(rows)
+
+    def target_counts(self, run_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+        """run id -> target system -> how many ops the run journaled for it (runs without a journal left out)."""
+        rows = self.con.execute("SELECT run_id, target, count(*) AS n FROM journal WHERE list_contains(?, run_id) "
+                                "GROUP BY ALL", [list(run_ids)]).fetchall()
+        counts: dict[str, dict[str, int]] = {}
+        for run_id, target, n in rows:
+            counts.setdefault(run_id, {})[target] = n
+        return counts
 
     # --------------------------------------------------------------------------- created memory
 
