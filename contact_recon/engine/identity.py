@@ -139,7 +139,7 @@ def match_identities(ghl: pl.DataFrame, te: pl.DataFrame, id_map: pl.DataFrame, 
         unmatched_ghl=_unmatched_ghl(gm, single, by_email, held_ids),
         unmatched_te=_unmatched_te(te_counts, matched, held_emails),
         review=review,
-        new_id_map=new_pairs.sort("contact_id").cast(ID_MAP),  # type: ignore[arg-type]
+        new_id_map=new_pairs.sort("contact_id").cast(ID_MAP),
         rekeys=new_pairs.select(old_key=TE_KEY_PREFIX + pl.col("email"), new_key=pl.col("contact_id")),
         held_contact_ids=frozenset(held_ids),
         held_emails=frozenset(held_emails),
@@ -163,7 +163,7 @@ def _matched(matched: pl.DataFrame, te_emails: pl.DataFrame) -> pl.DataFrame:
         key=pl.col("contact_id"), contact_id=pl.col("contact_id"), location_id=pl.col("location_id"),
         email=pl.col("email"), matched_by=pl.col("matched_by"), in_ghl=pl.col("in_ghl"),
         in_te=pl.col("email").is_in(te_emails["email"].implode()),
-    ).sort("key").cast(MATCHED)  # type: ignore[arg-type]
+    ).sort("key").cast(MATCHED)
 
 
 def _unmatched_ghl(gm: pl.DataFrame, single: pl.DataFrame, by_email: pl.DataFrame,
@@ -173,13 +173,13 @@ def _unmatched_ghl(gm: pl.DataFrame, single: pl.DataFrame, by_email: pl.DataFram
     return pl.concat([
         no_email.select("contact_id", "location_id", "email", reason=pl.lit("no_email")),
         not_in_te.select("contact_id", "location_id", "email", reason=pl.lit("not_in_tinyemail")),
-    ]).filter(~pl.col("contact_id").is_in(list(held_ids))).sort("contact_id").cast(UNMATCHED_GHL)  # type: ignore[arg-type]
+    ]).filter(~pl.col("contact_id").is_in(list(held_ids))).sort("contact_id").cast(UNMATCHED_GHL)
 
 
 def _unmatched_te(te_counts: pl.DataFrame, matched: pl.DataFrame, held_emails: set[str]) -> pl.DataFrame:
     taken = pl.concat([matched["email"], pl.Series(sorted(held_emails), dtype=pl.String())])
     return (te_counts.filter(~pl.col("email").is_in(taken.implode()))
-            .select(key=TE_KEY_PREFIX + pl.col("email"), email=pl.col("email")).sort("key").cast(UNMATCHED_TE))  # type: ignore[arg-type]
+            .select(key=TE_KEY_PREFIX + pl.col("email"), email=pl.col("email")).sort("key").cast(UNMATCHED_TE))
 
 
 def _held_emails(review: pl.DataFrame, out_of_scope: pl.DataFrame, collided: pl.DataFrame,
@@ -196,7 +196,7 @@ def _changed_reviews(changed: pl.DataFrame) -> pl.DataFrame:
         old_email=pl.col("mapped_email"),
         detail=pl.format("contact {} in location {} now has email {}; its pairing with {} is kept until resolved",
                          "contact_id", "location_id", pl.col("email").fill_null("(none)"), "mapped_email"),
-    ).cast(REVIEW)  # type: ignore[arg-type]
+    ).cast(REVIEW)
 
 
 def _shared_reviews(contested: pl.DataFrame) -> pl.DataFrame:
@@ -210,7 +210,7 @@ def _shared_reviews(contested: pl.DataFrame) -> pl.DataFrame:
         detail=pl.format("{} GHL contacts in {} location(s) share this email; already paired: {}",
                          pl.col("contact_ids").list.len(), "locations",
                          pl.when(pl.col("paired") == "").then(pl.lit("none")).otherwise("paired")),
-    ).sort("email").cast(REVIEW)  # type: ignore[arg-type]
+    ).sort("email").cast(REVIEW)
 
 
 def _collision_reviews(te: pl.DataFrame, collided: pl.DataFrame) -> pl.DataFrame:
@@ -220,7 +220,7 @@ def _collision_reviews(te: pl.DataFrame, collided: pl.DataFrame) -> pl.DataFrame
         kind=pl.lit("te_email_collision"), contact_ids=pl.lit([], pl.List(pl.String())), email=pl.col("email"),
         old_email=pl.lit(None, pl.String()),
         detail=pl.format("{} TinyEmail customers normalise to this email: {}", "n", "email_raw"),
-    ).sort("email").cast(REVIEW)  # type: ignore[arg-type]
+    ).sort("email").cast(REVIEW)
 
 
 def merge_sides(result: IdentityResult, ghl: pl.DataFrame, te: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -239,4 +239,4 @@ def merge_sides(result: IdentityResult, ghl: pl.DataFrame, te: pl.DataFrame) -> 
         result.unmatched_te.select("key", pl.lit(None, pl.String()).alias("contact_id"), "email"),
     ])
     te_side = pairs.join(te.select(*person, "lists"), on="email", how="inner").select(*MERGE_SIDE).sort("key")
-    return ghl_side.cast(MERGE_SIDE), te_side.cast(MERGE_SIDE)  # type: ignore[arg-type]
+    return ghl_side.cast(MERGE_SIDE), te_side.cast(MERGE_SIDE)

@@ -156,7 +156,7 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import polars as pl
 
@@ -540,13 +540,14 @@ def _consent_conflicts(wide: pl.DataFrame, ctx: _Ctx) -> pl.DataFrame:
 
 def _namespace(tag: pl.Expr, ctx: _Ctx) -> pl.Expr:
     tags = ctx.policy.tags
-    expr = pl.when(tag.is_in(list(ctx.fact_tags))).then(pl.lit("fact"))
+    expr: Any = pl.when(tag.is_in(list(ctx.fact_tags))).then(pl.lit("fact"))  # Then, then ChainedThen
     expr = expr.when(tag.str.starts_with(tags.list_prefix)).then(pl.lit("list"))
     for prefix in tags.ghl_owned_prefixes:
         expr = expr.when(tag.str.starts_with(prefix)).then(pl.lit("ghl"))
     for prefix in tags.tinyemail_owned_prefixes:
         expr = expr.when(tag.str.starts_with(prefix)).then(pl.lit("tinyemail"))
-    return expr.otherwise(pl.lit("tag"))
+    namespace: pl.Expr = expr.otherwise(pl.lit("tag"))
+    return namespace
 
 
 def _long_tags(frame: pl.LazyFrame, ctx: _Ctx, *, drop: tuple[str, ...]) -> pl.LazyFrame:
@@ -816,7 +817,7 @@ def tag_namespace(tag: str, policy: Policy) -> str:
     return "tag"
 
 
-def create_record(row: dict, target: str, policy: Policy, facts: Iterable[str] = ()) -> str:
+def create_record(row: dict[str, Any], target: str, policy: Policy, facts: Iterable[str] = ()) -> str:
     """The create payload for `target` from a normalised row of the other side; `facts`: the GHL fact tags of
     the person (open / overdue task), which a new TinyEmail customer gets at once."""
     fields = {"email": row["email"], **{r.canonical: row[r.canonical] for r in policy.active_fields()}}
@@ -844,7 +845,8 @@ def _presence_conflicts(wide: pl.DataFrame, deleted: pl.DataFrame, ctx: _Ctx) ->
     # reported, never written: a GHL deletion not undone by an edit (policy report, or policy unsubscribe:
     # the row stays so the data team sees every deletion) and a TinyEmail customer that vanished from its
     # snapshot (TinyEmail has no delete: an anomaly)
-    recreated = deleted.filter(pl.col("edited"))["key"] if ctx.policy.delete.edit_beats_delete else []
+    recreated: pl.Series | list[str] = (deleted.filter(pl.col("edited"))["key"] if ctx.policy.delete.edit_beats_delete
+                                        else [])
     cases = [Reason.DELETED_IN_GHL.value, Reason.TINYEMAIL_MISSING.value]
     recreated_keys = pl.Series(recreated, dtype=pl.String).implode()
     rows = wide.filter(pl.col("case").is_in(cases) & ~pl.col("key").is_in(recreated_keys))
@@ -903,12 +905,12 @@ def _consent_events(eligible: pl.DataFrame, ctx: _Ctx) -> pl.DataFrame:
             "key", pl.lit(NEW_SUBSCRIBER).alias("rule"), pl.lit(Kind.TASK_CREATE.value).alias("kind"),
             pl.lit(task).alias("new"), pl.lit(Reason.NEW_TINYEMAIL_SUBSCRIBER.value).alias("reason")))
     became_tight = pl.col("in_t") & tight_t & ~(pl.col("in_bt") & base_tight)
-    for name, rule, statuses in ((UNSUBSCRIBE_NOTE, t.unsubscribe_note, ("unsubscribed", "spam")),
+    for name, note, statuses in ((UNSUBSCRIBE_NOTE, t.unsubscribe_note, ("unsubscribed", "spam")),
                                  (BOUNCE_NOTE, t.bounce_note, ("bounced",))):
-        if not rule.enabled:
+        if not note.enabled:
             continue
         # TinyEmail became tight since the base: a dated note in GHL
-        pieces = rule.body.replace("{date}", date).split("{status}")
+        pieces = note.body.replace("{date}", date).split("{status}")
         body = pl.concat_str([pl.lit(pieces[0]), *[e for p in pieces[1:] for e in (pl.col("consent_t"), pl.lit(p))]])
         parts.append(eligible.filter(became_tight & pl.col("consent_t").is_in(list(statuses))).select(
             "key", pl.lit(name).alias("rule"), pl.lit(Kind.NOTE_CREATE.value).alias("kind"), body.alias("new"),

@@ -73,7 +73,7 @@ def replay(te: dict[str, Row], ghl: dict[str, Row], done: Iterable[Row]) -> None
         row = side.get(key)
         if row is None or kind in ("task_create", "note_create", "identity_review"):
             continue
-        name = op["field"] if kind == "update" else DIMENSION.get(kind)
+        name = str(op["field"] if kind == "update" else DIMENSION.get(kind, ""))
         if kind == "update" or kind == "consent_tighten":
             row[name] = op["new"]
         elif kind in ("tag_add", "list_add"):

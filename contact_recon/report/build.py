@@ -71,7 +71,8 @@ ARTIFACT_KEY = re.compile(r"^[a-z0-9-]+$")
 _COUNTS_OF_SYSTEM = {"type": "object", "required": list(KINDS),
                      "additionalProperties": {"type": "integer", "minimum": 0},
                      "properties": {k: {"type": "integer", "minimum": 0} for k in KINDS}}
-_PER_SYSTEM = {"type": "object", "required": list(SYSTEMS), "properties": {s: _COUNTS_OF_SYSTEM for s in SYSTEMS}}
+_PER_SYSTEM: dict[str, Any] = {"type": "object", "required": list(SYSTEMS),
+                               "properties": {s: _COUNTS_OF_SYSTEM for s in SYSTEMS}}
 _COUNT = {"type": "integer", "minimum": 0}
 _TIME = {"type": "string", "format": "date-time", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$"}
 SUMMARY_SCHEMA: dict[str, Any] = {
@@ -115,13 +116,13 @@ def run_ops(store: Store, data_dir: str | Path, run_id: str) -> pl.DataFrame:
     """A run's ops with their status (OPS_VIEW): the journal when it has rows, else plan.parquet, else none."""
     journal = Journal(store).frame(run_id)
     if journal.height:
-        return journal.select(list(OPS_VIEW)).cast(OPS_VIEW)  # type: ignore[arg-type]
+        return journal.select(list(OPS_VIEW)).cast(OPS_VIEW)
     path = run_dir(data_dir, run_id) / PLAN_FILE
     if not path.exists():
         return pl.DataFrame(schema=OPS_VIEW)
     plan = pl.read_parquet(path)
     return plan.with_columns(error_kind=pl.lit(None, pl.String), last_error=pl.lit(None, pl.String),
-                             attempts=pl.lit(0, pl.Int64)).select(list(OPS_VIEW)).cast(OPS_VIEW)  # type: ignore
+                             attempts=pl.lit(0, pl.Int64)).select(list(OPS_VIEW)).cast(OPS_VIEW)
 
 
 def load_conflicts(data_dir: str | Path, run_id: str) -> pl.DataFrame | None:
@@ -232,7 +233,8 @@ def normalise_requests(requests: Mapping[str, Any]) -> dict[str, dict[str, int |
     out: dict[str, dict[str, int | None]] = {}
     for system in (*SYSTEMS, *sorted(set(requests) - set(SYSTEMS))):
         given = requests.get(system) or {}
-        figures = asdict(given) if is_dataclass(given) and not isinstance(given, type) else dict(given)
+        figures: dict[str, Any] = (asdict(given) if is_dataclass(given) and not isinstance(given, type)
+                                   else dict(given))  # type: ignore[arg-type]  # else a mapping
         out[system] = {f: int(figures.get(f) or 0) for f in REQUEST_FIELDS}
         out[system]["budget"] = int(figures["budget"]) if figures.get("budget") is not None else None
     return out
@@ -516,15 +518,16 @@ def publish_artifacts(summary: Mapping[str, Any], files: RunFiles, *, conflicts:
     if not ARTIFACT_KEY.match(key_prefix):
         raise ValueError(f"artifact keys take lowercase letters, digits and dashes only, not {key_prefix!r}")
     run_id = summary["run_id"]
-    ids = {f"{key_prefix}-summary": create_markdown_artifact(
+    # `_sync=True`: Prefect's sync/async-compatible functions take it; their stubs do not name it
+    ids = {f"{key_prefix}-summary": create_markdown_artifact(  # type: ignore[call-arg]
         markdown=summary_markdown(summary, files), key=f"{key_prefix}-summary",
         description=f"run {run_id}: {summary['status']}", _sync=True)}
     for name, (frame, cols) in _artifact_tables(conflicts, problems).items():
         shown = f"first {ARTIFACT_ROWS} of {frame.height:,}" if frame.height > ARTIFACT_ROWS else f"{frame.height:,}"
         table: Any = _table_rows(frame, cols) or {c: [] for c in cols}
-        ids[f"{key_prefix}-{name}"] = create_table_artifact(
+        ids[f"{key_prefix}-{name}"] = create_table_artifact(  # type: ignore[call-arg]
             table=table, key=f"{key_prefix}-{name}", description=f"run {run_id}: {name} ({shown})", _sync=True)
-    ids[f"{key_prefix}-report"] = create_link_artifact(
+    ids[f"{key_prefix}-report"] = create_link_artifact(  # type: ignore[call-arg]
         link=files.report.resolve().as_uri(), link_text=f"HTML report of run {run_id}", key=f"{key_prefix}-report",
         description=f"run {run_id}: report.html", _sync=True)
     return ids  # type: ignore[return-value]

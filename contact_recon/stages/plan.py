@@ -223,7 +223,7 @@ def _state_frames(base: pl.DataFrame, te_side: pl.DataFrame, ghl_side: pl.DataFr
 
 def people(identity: IdentityResult) -> pl.DataFrame:
     """How the apply stage addresses each person key: TinyEmail email, GHL contact id and location."""
-    schema = {"key": pl.String, "email": pl.String, "contact_id": pl.String, "location_id": pl.String}
+    schema = pl.Schema({"key": pl.String, "email": pl.String, "contact_id": pl.String, "location_id": pl.String})
     matched = identity.matched.select("key", "email", "contact_id", "location_id")
     ghl_only = identity.unmatched_ghl.select(key="contact_id", email=pl.lit(None, pl.String),
                                              contact_id="contact_id", location_id="location_id")

@@ -425,7 +425,7 @@ def _prefect_task(fn: Callable[..., Any], name: str) -> Any:
     from prefect import task
     from prefect.cache_policies import NO_CACHE
 
-    return task(fn, name=name, cache_policy=NO_CACHE, persist_result=False, retries=0)
+    return task(fn, name=name, cache_policy=NO_CACHE, persist_result=False, retries=0)  # type: ignore[call-overload]
 
 
 async def _snapshot_ghl_location(location_id: str, settings: Settings, previous: PreviousState,

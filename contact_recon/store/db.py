@@ -294,7 +294,7 @@ class Store:
 
     @property
     def schema_version(self) -> int:
-        return self.con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
+        return int(self.con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0])
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -308,7 +308,8 @@ class Store:
         self.con.commit()
 
     def _frame(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
-        return self.con.sql(sql, params=list(params) if params else None).pl()
+        frame: pl.DataFrame = self.con.sql(sql, params=list(params) if params else None).pl()
+        return frame
 
     # ------------------------------------------------------------------------------------- runs
 

@@ -58,7 +58,7 @@ class Decisions:
         """Decisions no run has used yet (DECISIONS columns), the input of `decision_ops`."""
         frame = self.store._frame("SELECT key, field, choice, value FROM conflict_decisions "
                                   "WHERE used_by_run IS NULL ORDER BY key, field")
-        return frame.cast(DECISIONS)  # type: ignore[arg-type]
+        return frame.cast(DECISIONS)
 
     def mark_used(self, decisions: pl.DataFrame, run_id: str) -> None:
         """Record that `run_id` applied these decisions (they are no longer pending)."""

@@ -85,7 +85,7 @@ class Journal:
 
     def op_count(self, run_id: str) -> int:
         """How many ops the run journaled (0: it never reached the apply stage)."""
-        return self.con.execute("SELECT count(*) FROM journal WHERE run_id = ?", [run_id]).fetchall()[0][0]
+        return int(self.con.execute("SELECT count(*) FROM journal WHERE run_id = ?", [run_id]).fetchall()[0][0])
 
     def entries(self, run_id: str, statuses: Sequence[str] = (PLANNED,)) -> list[Entry]:
         """The run's ops in the given statuses, in plan order."""
