@@ -26,10 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from figures import goal, info, write_figures  # noqa: E402  # bench/, the script's own directory
 
-from contact_recon.model.normalise import ghl_contact_record, to_frame
+from contact_recon.model.normalise import to_frame
 from contact_recon.model.records import GHL_CONTACTS
 from contact_recon.sandbox.generate import generate_fixture
 from contact_recon.store.db import open_db
+from contact_recon.systems.ghl.mapping import ghl_contact_record
 
 GOAL_S = 10.0
 

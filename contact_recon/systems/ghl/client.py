@@ -52,8 +52,8 @@ from contact_recon.systems.auth import (
 )
 from contact_recon.systems.budget import BudgetSnapshot, RateBudget, budget_for
 from contact_recon.systems.errors import AuthError, ConnectorError, Duplicate, NotFound, ScopeError, Validation
+from contact_recon.systems.ghl.models import Appointment, BulkTagsResult, Contact, Note, SearchPage, Task
 from contact_recon.systems.http import ApiBacked, ApiClient, json_object, member, parse
-from contact_recon.systems.models import Appointment, BulkTagsResult, Contact, Note, SearchPage, Task
 
 API_VERSION = "2021-07-28"
 BURST_LIMIT, BURST_WINDOW_S, DAILY_LIMIT = 100, 10.0, 200_000

@@ -63,9 +63,9 @@ from contact_recon.systems.errors import (
     Validation,
 )
 from contact_recon.systems.http import ApiBacked, ApiClient, member, parse, read_json, where_of
-from contact_recon.systems.models import ContactList, Customer
 from contact_recon.systems.redaction import register_secret
 from contact_recon.systems.tinyemail.contract import API_KEY_HEADER, ASSUMPTIONS, WRITABLE_FIELDS, email_key
+from contact_recon.systems.tinyemail.models import ContactList, Customer
 
 SYSTEM = "tinyemail"
 BATCH_SIZE = ASSUMPTIONS.max_members_per_call  # members per PUT /account/customer (400 beyond)
