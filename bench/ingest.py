@@ -1,6 +1,6 @@
 """Benchmark of the DuckDB ingest: 1,000,000 snapshot rows written through `Store.write_snapshot`.
 
-Rows are real GHL_CONTACTS rows (from generated contacts, normalised by contact_recon/model/normalise.py) repeated
+Rows are real GHL_CONTACTS rows (from generated contacts, mapped by contact_recon/systems/ghl/mapping.py) repeated
 under unique contact ids until there are `--rows` of them, so the raw JSON and hashes have realistic
 sizes. The file lives in a temporary directory. Prints the normalisation rate of the sample, the ingest
 wall time of ONE write_snapshot transaction (frames + watermark + commit), the read-back time of

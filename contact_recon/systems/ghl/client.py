@@ -28,7 +28,9 @@ or `bulk_update_tags` to change tags.
 
 Answers are read through `_json`/`_one`/`_many` (`http.read_json`, `member`, `parse`): a 2xx answer
 that is not JSON, lacks the record, has a field of the wrong type or null where a list belongs is a
-`MalformedResponse` naming the endpoint and the field.
+`MalformedResponse` naming the endpoint and the field. What they parse into are the API models of
+systems/ghl/models.py, the first of the shapes a contact takes (systems/models.py); writes take bodies
+made by systems/ghl/writer.py.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ class GHLWriter(Generic[OpT]):
         self.gate = asyncio.Semaphore(concurrency)  # GHL calls in flight
         self.created: dict[str, str] = {}  # key -> GHL contact id made by this run
 
-    async def write(self, ops: list[OpT]) -> None:
+    async def write(self, ops: Sequence[OpT]) -> None:
         """Contacts first (their ids address everything else), then per contact."""
         await self._all(self._create(op) for op in ops if op.kind == Kind.CREATE)
         rest = [op for op in ops if op.kind != Kind.CREATE]
@@ -179,8 +179,7 @@ class GHLWriter(Generic[OpT]):
 
     async def _tags(self, client: GHLClient, contact_id: str, kind: str, ops: list[OpT]) -> None:
         adding = kind == Kind.TAG_ADD
-        tags = [op.new if adding else op.expected for op in ops]
-        tags = [t for t in tags if t]
+        tags = [t for t in (op.new if adding else op.expected for op in ops) if t]
 
         async def send() -> None:
             await (client.add_tags if adding else client.remove_tags)(contact_id, tags)

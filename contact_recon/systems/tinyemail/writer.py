@@ -25,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
-from collections.abc import Container, Mapping
+from collections.abc import Container, Mapping, Sequence
+from functools import partial
 from typing import Any, Generic
 
 from contact_recon.model.keys import Person, address
@@ -67,7 +68,7 @@ class TinyEmailWriter(Generic[OpT]):
         self.created: dict[str, str] = {}  # TinyEmail gives a created customer no id
         self.live_customers: dict[str, Customer] = {}  # normalised email -> customer read for the preconditions
 
-    async def write(self, ops: list[OpT]) -> None:
+    async def write(self, ops: Sequence[OpT]) -> None:
         """Creates (and their lists), then updates, then list memberships."""
         emails = [self._email_of(op) for op in ops]
         if self.echo is not None:
@@ -105,8 +106,8 @@ class TinyEmailWriter(Generic[OpT]):
         for list_id, emails in lists.items():
             # a created customer's lists: set operations, re-sent whole on an unknown outcome
             for start in range(0, len(emails), BATCH_SIZE):
-                await resend_on_unknown(lambda ids=emails[start:start + BATCH_SIZE], lid=list_id:
-                                        self.client.add_to_list(lid, ids), self.max_attempts)
+                await resend_on_unknown(partial(self.client.add_to_list, list_id, emails[start:start + BATCH_SIZE]),
+                                        self.max_attempts)
 
     async def _home_list(self) -> str | None:
         """The id of the list every customer we create joins, made when missing and remembered in the store, so
