@@ -42,16 +42,12 @@ def prepare(contacts: int, seed: int, out: Path) -> None:
     """Fixture -> canonical frames -> plan, written to `out` as parquet (+ meta.json)."""
     from contact_recon.engine.identity import ID_MAP, match_identities, merge_sides
     from contact_recon.engine.merge import plan
-    from contact_recon.model.normalise import (
-        ghl_contact_record,
-        ghl_note_record,
-        ghl_task_record,
-        tinyemail_customer_record,
-        to_frame,
-    )
+    from contact_recon.model.normalise import to_frame
     from contact_recon.model.policy import Policy
     from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, MERGE_SIDE, TINYEMAIL_CUSTOMERS
     from contact_recon.sandbox.generate import generate_fixture
+    from contact_recon.systems.ghl.mapping import ghl_contact_record, ghl_note_record, ghl_task_record
+    from contact_recon.systems.tinyemail.mapping import tinyemail_customer_record
 
     people = round(contacts / GHL_SHARE)  # so the GHL side holds `contacts` contacts
     fixture = generate_fixture(people, seed=seed, awkward=0.05, locations=2, allow_duplicates=True)

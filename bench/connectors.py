@@ -164,8 +164,8 @@ async def bench_ghl(fixture: dict[str, Any], args: argparse.Namespace) -> list[P
 
 async def bench_tinyemail(fixture: dict[str, Any], args: argparse.Namespace) -> list[Phase]:
     from contact_recon.sandbox import tinyemail
-    from contact_recon.systems.models import Customer
     from contact_recon.systems.tinyemail.client import TinyEmailClient
+    from contact_recon.systems.tinyemail.models import Customer
 
     server = serve_in_thread(tinyemail.create_app(fixture["tinyemail"], rate_scale=args.te_rate_scale))
     per_minute = 60 * args.te_rate_scale

@@ -1,6 +1,6 @@
 """Benchmark of the DuckDB ingest: 1,000,000 snapshot rows written through `Store.write_snapshot`.
 
-Rows are real GHL_CONTACTS rows (from generated contacts, normalised by contact_recon/model/normalise.py) repeated
+Rows are real GHL_CONTACTS rows (from generated contacts, mapped by contact_recon/systems/ghl/mapping.py) repeated
 under unique contact ids until there are `--rows` of them, so the raw JSON and hashes have realistic
 sizes. The file lives in a temporary directory. Prints the normalisation rate of the sample, the ingest
 wall time of ONE write_snapshot transaction (frames + watermark + commit), the read-back time of
@@ -26,10 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from figures import goal, info, write_figures  # noqa: E402  # bench/, the script's own directory
 
-from contact_recon.model.normalise import ghl_contact_record, to_frame
+from contact_recon.model.normalise import to_frame
 from contact_recon.model.records import GHL_CONTACTS
 from contact_recon.sandbox.generate import generate_fixture
 from contact_recon.store.db import open_db
+from contact_recon.systems.ghl.mapping import ghl_contact_record
 
 GOAL_S = 10.0
 

@@ -36,11 +36,12 @@ from typing import Any
 import httpx
 import polars as pl
 
-from contact_recon.model.normalise import ghl_contact_record, tinyemail_customer_record
 from contact_recon.model.policy import Policy
 from contact_recon.model.records import SHARED_TEXT_FIELDS
 from contact_recon.sandbox.generate import generate_fixture
 from contact_recon.sandbox.server import free_port
+from contact_recon.systems.ghl.mapping import ghl_contact_record
+from contact_recon.systems.tinyemail.mapping import tinyemail_customer_record
 from tests.apply_support import LOOSE, duplicates, ghl_people, te_people
 
 REPO = Path(__file__).resolve().parent.parent
@@ -476,8 +477,8 @@ def disagreements(ghl_state: dict[str, Any], te_state: dict[str, Any], conflicts
     """(email, field, GHL value, TinyEmail value) for every shared field on which the systems differ, but for
     the conflicts (key, field) the data team must settle; a person on one side only is listed as `presence`.
 
-    Tags by namespace (contact_recon/engine/merge.py, table C): plain tags equal on both sides; GHL's list tags equal the
-    TinyEmail lists the customer is in (but our own home list); TinyEmail carries the open-task fact tag exactly
+    Tags by namespace (contact_recon/engine/merge.py, table C): plain tags equal on both sides; GHL's list tags equal
+    the TinyEmail lists the customer is in (but our own home list); TinyEmail carries the open-task fact tag exactly
     when the GHL contact has an open task; TinyEmail's own list-namespace tags are ignored, as the merge does.
     Consent: tight on one side exactly when tight on the other."""
     policy = policy or Policy()

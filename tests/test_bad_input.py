@@ -23,15 +23,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from contact_recon.model.normalise import ghl_contact_record, tinyemail_customer_record, to_frame
+from contact_recon.model.normalise import to_frame
 from contact_recon.model.records import GHL_CONTACTS, TINYEMAIL_CUSTOMERS
 from contact_recon.sandbox.server import RunningServer
 from contact_recon.settings import Settings
 from contact_recon.systems.budget import RateBudget
 from contact_recon.systems.errors import ConnectorError, MalformedResponse, Unavailable
 from contact_recon.systems.ghl.client import GHLClient
-from contact_recon.systems.models import Contact, Customer
+from contact_recon.systems.ghl.mapping import ghl_contact_record
+from contact_recon.systems.ghl.models import Contact
 from contact_recon.systems.tinyemail.client import TinyEmailClient
+from contact_recon.systems.tinyemail.mapping import tinyemail_customer_record
+from contact_recon.systems.tinyemail.models import Customer
 
 TOKEN = "pit-bad-input-0123456789abcdef"
 API_KEY = "te-key-bad-input-fedcba9876543210"

@@ -23,18 +23,14 @@ from contact_recon.checks.suites import SUITES, Thresholds
 
 from contact_recon.engine.identity import ID_MAP, IdentityResult, match_identities, merge_sides
 from contact_recon.engine.merge import plan
-from contact_recon.model.normalise import (
-    ghl_contact_record,
-    ghl_note_record,
-    ghl_task_record,
-    tinyemail_customer_record,
-    to_frame,
-)
+from contact_recon.model.normalise import to_frame
 from contact_recon.model.ops import Op, ops_to_frame
 from contact_recon.model.policy import GuardPolicy, Policy
 from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, MERGE_SIDE, TINYEMAIL_CUSTOMERS
 from contact_recon.sandbox.generate import generate_fixture
 from contact_recon.store.db import open_db
+from contact_recon.systems.ghl.mapping import ghl_contact_record, ghl_note_record, ghl_task_record
+from contact_recon.systems.tinyemail.mapping import tinyemail_customer_record
 
 LOOSE_GUARDS = GuardPolicy(deletes_or_inactivations=1.0, field_updates=1.0, tag_removals=1.0)
 NOT_A_PHONE = "call me maybe"

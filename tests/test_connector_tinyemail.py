@@ -30,7 +30,6 @@ from contact_recon.sandbox.server import RunningServer
 from contact_recon.settings import Settings
 from contact_recon.systems.budget import RateBudget
 from contact_recon.systems.errors import AuthError, NotFound, UnknownOutcome, Validation
-from contact_recon.systems.models import Customer
 from contact_recon.systems.tinyemail.client import (
     AudienceSnapshot,
     BatchUnknownOutcome,
@@ -40,6 +39,7 @@ from contact_recon.systems.tinyemail.client import (
     to_member,
 )
 from contact_recon.systems.tinyemail.contract import email_key
+from contact_recon.systems.tinyemail.models import Customer
 
 FAST_RATE = 6000  # requests a minute, for the client's budget and (rate_scale=100) the sandbox's
 CONTRACT_WRITE = "contract-write@example.com"

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from contact_recon.engine.identity import ID_MAP, REVIEW
-from contact_recon.model.normalise import ghl_contact_record, ghl_note_record, tinyemail_customer_record, to_frame
+from contact_recon.model.normalise import to_frame
 from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, MERGE_SIDE, TINYEMAIL_CUSTOMERS
 from contact_recon.store.db import (
     ENTITIES,
@@ -26,6 +26,8 @@ from contact_recon.store.db import (
     StoreError,
     open_db,
 )
+from contact_recon.systems.ghl.mapping import ghl_contact_record, ghl_note_record
+from contact_recon.systems.tinyemail.mapping import tinyemail_customer_record
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -195,7 +197,8 @@ _CHILD = textwrap.dedent("""
     import sys, time
     import polars as pl
     from contact_recon.store.db import Store, open_db
-    from contact_recon.model.normalise import ghl_contact_record, to_frame
+    from contact_recon.model.normalise import to_frame
+    from contact_recon.systems.ghl.mapping import ghl_contact_record
     from contact_recon.model.records import GHL_CONTACTS
 
     mode, path = sys.argv[1], sys.argv[2]

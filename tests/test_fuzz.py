@@ -1,13 +1,15 @@
 """Hypothesis fuzzing of what reads untrusted input: the fixture loader, the connectors' record parsers and the
 normalisers.
 
-- `contact_recon.sandbox.fixture`: any JSON document (and any bytes in a file) loads or raises `FixtureError` with a JSON path;
-  documents are made by replacing one value anywhere in a valid fixture with arbitrary JSON, so the fuzzing
-  reaches every level of the format, not just the top.
-- `contact_recon.systems.models`: any JSON value gives a record or a pydantic `ValidationError` (which `http.parse` turns
-  into `MalformedResponse`), never another exception; fields the pipeline uses keep their types.
-- `contact_recon.model.normalise`: the email, phone, birthday and tag normalisers never raise on arbitrary text or values, and
-  the row builders give rows that build a frame, whatever text sits in the fields.
+- `contact_recon.sandbox.fixture`: any JSON document (and any bytes in a file) loads or raises `FixtureError` with a
+  JSON path; documents are made by replacing one value anywhere in a valid fixture with arbitrary JSON, so the
+  fuzzing reaches every level of the format, not just the top.
+- `contact_recon.systems.{ghl,tinyemail}.models`: any JSON value gives a record or a pydantic `ValidationError`
+  (which `http.parse` turns into `MalformedResponse`), never another exception; fields the pipeline uses keep
+  their types.
+- `contact_recon.model.normalise`: the email, phone, birthday and tag normalisers never raise on arbitrary text or
+  values, and the row builders (`systems/*/mapping.py`) give rows that build a frame, whatever text sits in the
+  fields.
 
 `RECON_FUZZ_EXAMPLES` sets the examples per test (300 by default).
 """
@@ -26,31 +28,15 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from contact_recon.model.normalise import (
-    ghl_contact_record,
-    ghl_note_record,
-    ghl_task_record,
-    normalise_birthday,
-    normalise_email,
-    normalise_phone,
-    normalise_tags,
-    tinyemail_customer_record,
-    to_frame,
-)
+from contact_recon.model.normalise import normalise_birthday, normalise_email, normalise_phone, normalise_tags, to_frame
 from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, TINYEMAIL_CUSTOMERS
 from contact_recon.sandbox.fixture import FixtureError, load_fixture, validate_fixture
 from contact_recon.systems.errors import MalformedResponse
+from contact_recon.systems.ghl.mapping import ghl_contact_record, ghl_note_record, ghl_task_record
+from contact_recon.systems.ghl.models import Appointment, BulkTagsResult, Contact, Note, SearchPage, Task
 from contact_recon.systems.http import parse, read_json
-from contact_recon.systems.models import (
-    Appointment,
-    BulkTagsResult,
-    Contact,
-    ContactList,
-    Customer,
-    Note,
-    SearchPage,
-    Task,
-)
+from contact_recon.systems.tinyemail.mapping import tinyemail_customer_record
+from contact_recon.systems.tinyemail.models import ContactList, Customer
 
 EXAMPLES = int(os.environ.get("RECON_FUZZ_EXAMPLES", "300"))  # raise it for a longer hunt
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

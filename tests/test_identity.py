@@ -13,8 +13,10 @@ from contact_recon.engine.identity import (
     match_identities,
     merge_sides,
 )
-from contact_recon.model.normalise import ghl_contact_record, tinyemail_customer_record, to_frame
+from contact_recon.model.normalise import to_frame
 from contact_recon.model.records import GHL_CONTACTS, MERGE_SIDE, TINYEMAIL_CUSTOMERS
+from contact_recon.systems.ghl.mapping import ghl_contact_record
+from contact_recon.systems.tinyemail.mapping import tinyemail_customer_record
 
 
 def ghl(*contacts: tuple[str, str | None] | tuple[str, str | None, str]) -> pl.DataFrame:

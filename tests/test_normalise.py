@@ -7,17 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contact_recon.model.normalise import (
-    ghl_contact_record,
-    ghl_note_record,
-    ghl_task_record,
-    normalise_birthday,
-    normalise_email,
-    normalise_phone,
-    tinyemail_customer_record,
-    to_frame,
-)
+from contact_recon.model.normalise import normalise_birthday, normalise_email, normalise_phone, to_frame
 from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, TINYEMAIL_CUSTOMERS
+from contact_recon.systems.ghl.mapping import ghl_contact_record, ghl_note_record, ghl_task_record
+from contact_recon.systems.tinyemail.mapping import tinyemail_customer_record
 
 EMAIL_CASES = [
     # (case, raw, key, valid)

@@ -31,8 +31,8 @@ from contact_recon.service.watch import (
     state_path,
 )
 from contact_recon.settings import Settings
-from contact_recon.systems.models import Customer
 from contact_recon.systems.tinyemail.client import AudienceSnapshot, TinyEmailClient
+from contact_recon.systems.tinyemail.models import Customer
 
 RECON = [sys.executable, "-m", "contact_recon.cli.main"]
 
@@ -150,8 +150,8 @@ def test_recon_watch_tinyemail_once_records_a_baseline(world: tuple[RunningServe
 
 def test_our_own_writes_are_not_emitted_a_persons_change_is(world: tuple[RunningServer, Settings, dict[str, Any]]
                                                              ) -> None:
-    """The apply stage notes the customers it writes (contact_recon/stages/echo.py `tinyemail_log`); the watcher drops their
-    changes inside the window, so a night's writes never queue a sync run each."""
+    """The apply stage notes the customers it writes (contact_recon/stages/echo.py `tinyemail_log`); the watcher
+    drops their changes inside the window, so a night's writes never queue a sync run each."""
     from contact_recon.stages.echo import tinyemail_filter, tinyemail_log
 
     server, settings, fixture = world

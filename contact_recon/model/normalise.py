@@ -1,4 +1,4 @@
-"""Normalisation: API payloads to the canonical rows of contact_recon/model/records.py.
+"""Normalisation: the pure value normalisers and row helpers behind the canonical rows of model/records.py.
 
 Pure functions, no I/O. Every value that fails normalisation is kept (trimmed) and flagged, never
 dropped; only an absent value becomes None.
@@ -23,13 +23,15 @@ a phone number at all is kept trimmed with `valid=False`.
 Every normaliser returns `(value | None, valid, reason | None)`; a missing value is
 `(None, False, "missing")`.
 
-Rows: `ghl_contact_record`, `tinyemail_customer_record`, `ghl_task_record`, `ghl_note_record` map
-one API payload to one row of GHL_CONTACTS / TINYEMAIL_CUSTOMERS / GHL_TASKS / GHL_NOTES. Text
-fields are trimmed (empty -> None), tags are sorted unique trimmed strings, birthdays become
-`YYYY-MM-DD` when readable (GHL search answers give epoch ms), consent follows records.py. `raw` is
-the payload as JSON with sorted keys; `content_hash` is the sha256 of the row's canonical columns
-(everything except `raw`, `content_hash`, the `*_raw`/`*_valid` columns and the API's own
-timestamps), so a hash changes exactly when something the sync compares changes.
+Rows: each system's `mapping.py` (`systems/ghl/mapping.py`, `systems/tinyemail/mapping.py`) maps one API
+payload to one canonical row (GHL_CONTACTS / TINYEMAIL_CUSTOMERS / GHL_TASKS / GHL_NOTES) with the helpers
+here, which know a system only by the name map it hands in (`model/records.py` GHL_FIELD_NAMES /
+TINYEMAIL_FIELD_NAMES): `person_columns` gives the shared person columns (text fields trimmed, empty ->
+None; tags sorted unique trimmed strings; birthdays `YYYY-MM-DD` when readable, GHL search answers give
+epoch ms), `finish_row` adds `raw`, the payload as JSON with sorted keys, and `content_hash`, the sha256 of
+the row's canonical columns (everything except `raw`, `content_hash`, the `*_raw`/`*_valid` columns and
+the API's own timestamps), so a hash changes exactly when something the sync compares changes. Keeping
+them here, below `systems/`, is what lets a third system's mapping build the same rows.
 """
 
 from __future__ import annotations
@@ -47,21 +49,12 @@ import phonenumbers
 import polars as pl
 from email_validator import EmailNotValidError, validate_email
 
-from contact_recon.model.records import (
-    GHL_CONTACTS,
-    GHL_FIELD_NAMES,
-    GHL_NOTES,
-    GHL_TASKS,
-    SHARED_TEXT_FIELDS,
-    TINYEMAIL_CUSTOMERS,
-    TINYEMAIL_FIELD_NAMES,
-)
+from contact_recon.model.records import SHARED_TEXT_FIELDS
 
 Normalised = tuple[str | None, bool, str | None]
 
 MISSING = "missing"
 _CACHE_SIZE = 1 << 18
-_GHL_DND_STATUSES = ("active", "permanent")  # dndSettings.Email.status that means "do not email"
 _NOT_HASHED = ("raw", "content_hash", "email_raw", "email_valid", "phone_raw", "phone_valid", "date_added",
                "date_updated")
 _DATE_FORMS = (  # GHL's documented dateOfBirth forms, year first or month first, any of - / . _
@@ -76,7 +69,7 @@ _ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T")
 
 def normalise_email(raw: object) -> Normalised:
     """The matching key of an email address: `(key | None, valid, reason | None)`; never raises."""
-    text = _clean_text(raw)
+    text = clean_text(raw)
     if text is None:
         return None, False, MISSING if raw is None or isinstance(raw, str) else "not a string"
     return _email_key(text)
@@ -97,7 +90,7 @@ def normalise_phone(raw: object, default_region: str = "US", country: object = N
     A national number is read in the record's `country` first (when phonenumbers knows it as a
     region), then in `default_region`.
     """
-    text = _clean_text(raw)
+    text = clean_text(raw)
     if text is None:
         return None, False, MISSING if raw is None or isinstance(raw, str) else "not a string"
     code = country.strip().upper() if isinstance(country, str) else ""
@@ -135,8 +128,8 @@ def normalise_birthday(raw: object) -> str | None:
         try:
             return datetime.fromtimestamp(raw / 1000, UTC).strftime("%Y-%m-%d")
         except (OverflowError, OSError, ValueError):  # NaN, infinity, beyond datetime's years: kept as text
-            return _clean_text(raw)
-    text = _clean_text(raw)
+            return clean_text(raw)
+    text = clean_text(raw)
     if text is None:
         return None
     if _ISO_DATETIME.match(text):
@@ -167,7 +160,7 @@ def _lower(text: str) -> str:
     return unicodedata.normalize("NFC", text.lower())
 
 
-def _clean_text(raw: object) -> str | None:
+def clean_text(raw: object) -> str | None:
     """Trimmed NFC text, None when absent or blank; numbers are taken as their text."""
     if type(raw) is str and raw.isascii():  # the common case, already NFC
         return raw.strip() or None
@@ -184,60 +177,10 @@ def _clean_text(raw: object) -> str | None:
 # --------------------------------------------------------------------------------------------- rows
 
 
-def ghl_contact_record(payload: Mapping[str, Any], location_id: str, region: str = "US") -> dict[str, Any]:
-    """One GHL contact (GET or search shape) as a GHL_CONTACTS row."""
-    source = dict(payload)
-    if "address1" not in source and "address" in source:
-        source["address1"] = source["address"]  # search answers name the street `address`
-    row: dict[str, Any] = {"contact_id": _clean_text(source.get("id")),
-                           "location_id": _clean_text(source.get("locationId")) or location_id}
-    row.update(_person(source, GHL_FIELD_NAMES, region))
-    row["consent"] = ghl_consent(source)
-    row["date_added"] = _clean_text(source.get("dateAdded"))
-    row["date_updated"] = _clean_text(source.get("dateUpdated"))
-    return _finish(row, payload, GHL_CONTACTS)
-
-
-def ghl_consent(payload: Mapping[str, Any]) -> str:
-    """"dnd" when global DND is on or the Email channel's DND is active/permanent, else "subscribed"."""
-    settings = payload.get("dndSettings")
-    email = settings.get("Email") if isinstance(settings, Mapping) else None
-    status = email.get("status") if isinstance(email, Mapping) else None
-    return "dnd" if payload.get("dnd") is True or status in _GHL_DND_STATUSES else "subscribed"
-
-
-def tinyemail_customer_record(payload: Mapping[str, Any], lists: Iterable[str], region: str = "US") -> dict[str, Any]:
-    """One TinyEmail customer as a TINYEMAIL_CUSTOMERS row; `lists` are the ids of the lists it was read from."""
-    row = _person(payload, TINYEMAIL_FIELD_NAMES, region)
-    status = _clean_text(payload.get("status"))
-    # An absent status stays None: consent is never assumed.
-    row["consent"] = status.lower() if status else None
-    row["status"] = status
-    row["unsubscribed_at"] = _clean_text(payload.get("unsubscribedAt"))
-    row["lists"] = sorted({str(x) for x in lists})
-    return _finish(row, payload, TINYEMAIL_CUSTOMERS)
-
-
-def ghl_task_record(payload: Mapping[str, Any], location_id: str) -> dict[str, Any]:
-    """One GHL task as a GHL_TASKS row."""
-    row = {"task_id": _clean_text(payload.get("id")), "contact_id": _clean_text(payload.get("contactId")),
-           "location_id": location_id, "title": _clean_text(payload.get("title")),
-           "body": _clean_text(payload.get("body")), "due_date": _clean_text(payload.get("dueDate")),
-           "completed": bool(payload.get("completed")), "assigned_to": _clean_text(payload.get("assignedTo"))}
-    return _finish(row, payload, GHL_TASKS)
-
-
-def ghl_note_record(payload: Mapping[str, Any], location_id: str) -> dict[str, Any]:
-    """One GHL note as a GHL_NOTES row."""
-    row = {"note_id": _clean_text(payload.get("id")), "contact_id": _clean_text(payload.get("contactId")),
-           "location_id": location_id, "body": _clean_text(payload.get("body")),
-           "user_id": _clean_text(payload.get("userId")), "date_added": _clean_text(payload.get("dateAdded"))}
-    return _finish(row, payload, GHL_NOTES)
-
-
-def _person(payload: Mapping[str, Any], names: Mapping[str, str], region: str) -> dict[str, Any]:
-    """The shared person columns (records.py vocabulary) of one payload, with raw values and flags."""
-    row: dict[str, Any] = {f: _clean_text(payload.get(names[f])) for f in SHARED_TEXT_FIELDS}
+def person_columns(payload: Mapping[str, Any], names: Mapping[str, str], region: str) -> dict[str, Any]:
+    """The shared person columns (records.py vocabulary) of one payload, with raw values and flags; `names` maps
+    each canonical field to the payload's own name (records.py GHL_FIELD_NAMES, TINYEMAIL_FIELD_NAMES)."""
+    row: dict[str, Any] = {f: clean_text(payload.get(names[f])) for f in SHARED_TEXT_FIELDS}
     row["email_raw"], row["phone_raw"] = _raw_text(payload.get(names["email"])), _raw_text(payload.get(names["phone"]))
     row["email"], row["email_valid"], _ = normalise_email(row["email_raw"])
     row["phone"], row["phone_valid"], _ = normalise_phone(row["phone_raw"], region, row["country"])
@@ -253,8 +196,8 @@ def _raw_text(value: object) -> str | None:
     return json.dumps(value, ensure_ascii=False) if isinstance(value, list | dict | bool) else str(value)
 
 
-def _finish(row: dict[str, Any], payload: Mapping[str, Any], schema: pl.Schema) -> dict[str, Any]:
-    """Adds `raw` and `content_hash` and orders the columns as the schema does."""
+def finish_row(row: dict[str, Any], payload: Mapping[str, Any], schema: pl.Schema) -> dict[str, Any]:
+    """The row with `raw` and `content_hash` added, its columns in the schema's order."""
     row["raw"] = raw_json(payload)
     row["content_hash"] = content_hash(row, schema)
     return {name: row.get(name) for name in _columns(schema)}
@@ -293,12 +236,6 @@ def _hashed_columns(schema: pl.Schema) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------------------- frames
-
-
-def as_payload(record: Any) -> dict[str, Any]:
-    """A connector model as the API's JSON payload (ISO text for datetimes, unset fields left out): what every
-    `*_record` function takes, whether the record came from the nightly listing or from one read now."""
-    return record.model_dump(mode="json", exclude_unset=True)
 
 
 def to_frame(rows: Iterable[Mapping[str, Any]], schema: pl.Schema) -> pl.DataFrame:

@@ -48,6 +48,9 @@ transaction (`Store.write_snapshot`). Any failure of a system (auth, outage, bud
 with `SnapshotFailed(system, reason)` before anything is written, so the previous snapshot and the
 watermarks stay as they were. The run row records the plans and the requests actually used (per
 phase: the count and `phase_s`, the seconds since the previous phase ended).
+
+Shapes (systems/models.py): the clients' API models become canonical rows here (`as_payload`, then each
+system's `mapping.py`), the shape every later stage works on; the API payload stays beside it as `raw`.
 """
 
 from __future__ import annotations
@@ -66,25 +69,21 @@ import polars as pl
 
 from contact_recon.engine.budget_plan import DEFAULT_TASKS_PER_CONTACT, RequestPlan, contact_pages, plan_requests
 from contact_recon.engine.identity import SideCameBackEmpty, check_not_emptied
-from contact_recon.model.normalise import (
-    as_payload,
-    ghl_contact_record,
-    ghl_note_record,
-    ghl_task_record,
-    raw_json,
-    tinyemail_customer_record,
-    to_frame,
-)
+from contact_recon.model.normalise import raw_json, to_frame
 from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, TINYEMAIL_CUSTOMERS
 from contact_recon.settings import Settings
 from contact_recon.stages import progress as bars
 from contact_recon.store.db import Store
 from contact_recon.systems.errors import ConnectorError, NotFound
 from contact_recon.systems.ghl.client import TASK_SEARCH_BATCH, TASK_SEARCH_PAGE, GHLClient, iso
+from contact_recon.systems.ghl.mapping import ghl_contact_record, ghl_note_record, ghl_task_record
+from contact_recon.systems.ghl.models import Contact
 from contact_recon.systems.http import RequestStats
-from contact_recon.systems.models import Contact, Customer
+from contact_recon.systems.models import as_payload
 from contact_recon.systems.redaction import redact
 from contact_recon.systems.tinyemail.client import AudienceSnapshot, TinyEmailClient
+from contact_recon.systems.tinyemail.mapping import tinyemail_customer_record
+from contact_recon.systems.tinyemail.models import Customer
 
 log = logging.getLogger("contact_recon.stages.snapshot")
 

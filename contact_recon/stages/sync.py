@@ -6,6 +6,9 @@ customer by email. TinyEmail answers a customer without its lists, so the lists 
 snapshot (a list change waits for the night); notes are not read (the nightly sweep covers them). The frames
 then go through the same identity, merge, checks, quarantine, apply and state code as the nightly run
 (`contact_recon/stages/plan.py plan_person`, `contact_recon/stages/run.py apply_run`).
+
+Shapes (systems/models.py): the API models read here become the same canonical rows the snapshot makes
+(each system's `mapping.py`), so the one person is planned exactly as the night would plan them.
 """
 
 from __future__ import annotations
@@ -15,20 +18,17 @@ from dataclasses import dataclass
 import polars as pl
 
 from contact_recon.model.keys import TE_KEY_PREFIX
-from contact_recon.model.normalise import (
-    as_payload,
-    ghl_contact_record,
-    ghl_task_record,
-    tinyemail_customer_record,
-    to_frame,
-)
+from contact_recon.model.normalise import to_frame
 from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, TINYEMAIL_CUSTOMERS
 from contact_recon.store.db import Store
 from contact_recon.systems.errors import NotFound
 from contact_recon.systems.ghl.client import GHLClient
-from contact_recon.systems.models import Contact
+from contact_recon.systems.ghl.mapping import ghl_contact_record, ghl_task_record
+from contact_recon.systems.ghl.models import Contact
+from contact_recon.systems.models import as_payload
 from contact_recon.systems.tinyemail.client import TinyEmailClient
 from contact_recon.systems.tinyemail.contract import email_key
+from contact_recon.systems.tinyemail.mapping import tinyemail_customer_record
 
 
 class NobodyToSync(Exception):  # noqa: N818 - the name is the contract
@@ -36,7 +36,11 @@ class NobodyToSync(Exception):  # noqa: N818 - the name is the contract
 
 
 @dataclass(frozen=True)
-class Person:
+class PersonFrames:
+    """One person's data read now from both systems, as the snapshot's frames, with the keys the base may know
+    them by. Not `model.keys.Person`, which only says how the apply stage addresses a person of a plan: this
+    is the input of planning one person, that is an address used when their ops are written."""
+
     frames: dict[str, pl.DataFrame]
     keys: tuple[str, ...]  # the person's possible base keys (contact id, te:<email>)
     contact_id: str | None
@@ -44,7 +48,7 @@ class Person:
 
 
 async def person_frames(ghl: GHLClient, te: TinyEmailClient, store: Store, *, contact_id: str | None = None,
-                        email: str | None = None, region: str = "US") -> Person:
+                        email: str | None = None, region: str = "US") -> PersonFrames:
     """Read one person from both systems (module docstring); NobodyToSync when neither has it."""
     contact = await _contact(ghl, contact_id, email)
     email = email or (contact.email if contact else None)
@@ -65,7 +69,7 @@ async def person_frames(ghl: GHLClient, te: TinyEmailClient, store: Store, *, co
     }
     keys = tuple(k for k in ((contact.id if contact else contact_id),
                              (TE_KEY_PREFIX + email_key(email)) if email else None) if k)
-    return Person(frames, keys, contact.id if contact else contact_id, email)
+    return PersonFrames(frames, keys, contact.id if contact else contact_id, email)
 
 
 async def _contact(ghl: GHLClient, contact_id: str | None, email: str | None) -> Contact | None:

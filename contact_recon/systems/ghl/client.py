@@ -28,7 +28,9 @@ or `bulk_update_tags` to change tags.
 
 Answers are read through `_json`/`_one`/`_many` (`http.read_json`, `member`, `parse`): a 2xx answer
 that is not JSON, lacks the record, has a field of the wrong type or null where a list belongs is a
-`MalformedResponse` naming the endpoint and the field.
+`MalformedResponse` naming the endpoint and the field. What they parse into are the API models of
+systems/ghl/models.py, the first of the shapes a contact takes (systems/models.py); writes take bodies
+made by systems/ghl/writer.py.
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ from contact_recon.systems.auth import (
 )
 from contact_recon.systems.budget import BudgetSnapshot, RateBudget, budget_for
 from contact_recon.systems.errors import AuthError, ConnectorError, Duplicate, NotFound, ScopeError, Validation
+from contact_recon.systems.ghl.models import Appointment, BulkTagsResult, Contact, Note, SearchPage, Task
 from contact_recon.systems.http import ApiBacked, ApiClient, json_object, member, parse
-from contact_recon.systems.models import Appointment, BulkTagsResult, Contact, Note, SearchPage, Task
 
 API_VERSION = "2021-07-28"
 BURST_LIMIT, BURST_WINDOW_S, DAILY_LIMIT = 100, 10.0, 200_000

@@ -31,7 +31,9 @@ Writing (every call is a write that `ApiClient` never resends after a 5xx, timeo
 
 Answers are read through `http.read_json`/`member`/`parse`: a 2xx answer that is not JSON, lacks
 `contacts` / `members.content`, or holds a customer of the wrong shape is a `MalformedResponse`
-naming the endpoint and the field (an answer we cannot read never passes for an empty list).
+naming the endpoint and the field (an answer we cannot read never passes for an empty list). What they
+parse into are the API models of systems/tinyemail/models.py, the first of the shapes a contact takes
+(systems/models.py); the members written are made by systems/tinyemail/writer.py.
 
 Auth is `X-API-KEY: <key>` or, for an OAuth token, `Authorization: Bearer <token>`. The rate budget
 is one per key (hashed) for the whole process; TinyEmail sends no rate headers, so its limit comes
@@ -63,9 +65,9 @@ from contact_recon.systems.errors import (
     Validation,
 )
 from contact_recon.systems.http import ApiBacked, ApiClient, member, parse, read_json, where_of
-from contact_recon.systems.models import ContactList, Customer
 from contact_recon.systems.redaction import register_secret
 from contact_recon.systems.tinyemail.contract import API_KEY_HEADER, ASSUMPTIONS, WRITABLE_FIELDS, email_key
+from contact_recon.systems.tinyemail.models import ContactList, Customer
 
 SYSTEM = "tinyemail"
 BATCH_SIZE = ASSUMPTIONS.max_members_per_call  # members per PUT /account/customer (400 beyond)

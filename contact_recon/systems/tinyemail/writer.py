@@ -1,0 +1,252 @@
+"""TinyEmail's writer: executes the apply stage's TinyEmail ops in batches of up to 500 customers a call.
+
+Order: creates (upserts of up to `BATCH_SIZE` members a call, then the lists of the customers confirmed
+created, the home list among them), then updates (a read per customer for the precondition, then upserts
+of up to `BATCH_SIZE` customers a call), then list memberships in batches of `BATCH_SIZE` per list.
+
+Body quirks:
+- a customer has no id: it is addressed by its email, a member carries the email and the fields to change
+  only (the PUT leaves omitted fields unchanged);
+- a tight consent is the status `customer_status(consent.tinyemail_tight_value)` ("Unsubscribed");
+- `tags` in a member replace the whole array, so tag ops are merged into the live set just read: a tag
+  somebody added or removed meanwhile keeps that change.
+
+The precondition reads go the cheaper way (`_prefetch`): one GET per customer, or, when that would take more
+requests than walking every list, the walk. Unknown outcomes are re-read before anything is sent again:
+an upsert by reading back every customer of the batch (all as sent: confirmed; else the batch is sent again,
+an upsert of exact values being idempotent); a list membership is a set, so it is simply sent again.
+
+Shapes (systems/models.py): the op (model/ops.py) becomes a member here; the customer read for the
+precondition becomes a canonical TINYEMAIL_CUSTOMERS row (`mapping.customer_row`), which the op is checked on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from collections.abc import Container, Mapping, Sequence
+from functools import partial
+from typing import Any, Generic
+
+from contact_recon.model.keys import Person, address
+from contact_recon.model.ops import Kind
+from contact_recon.model.policy import ConsentPolicy
+from contact_recon.systems.errors import ConnectorError, UnknownOutcome
+from contact_recon.systems.tinyemail.client import BATCH_SIZE, TinyEmailClient
+from contact_recon.systems.tinyemail.contract import email_key
+from contact_recon.systems.tinyemail.mapping import customer_row, customer_status, field_name, member
+from contact_recon.systems.tinyemail.models import Customer
+from contact_recon.systems.writer import (
+    FIELD_KINDS,
+    LIST_KINDS,
+    TAG_KINDS,
+    Echo,
+    Ledger,
+    OpT,
+    Unsent,
+    WriteOp,
+    blank,
+    by_key,
+    premises,
+    resend_on_unknown,
+)
+
+
+class TinyEmailWriter(Generic[OpT]):
+    """Writes one run's TinyEmail ops (module docstring); `people` says how each person of the plan is addressed,
+    `home_list` names the list every customer we create joins (policy `create.tinyemail_list`)."""
+
+    def __init__(self, client: TinyEmailClient, people: Mapping[str, Person], ledger: Ledger[OpT], *,
+                 region: str = "US", concurrency: int = 16, max_attempts: int = 3, home_list: str | None = None,
+                 consent: ConsentPolicy = ConsentPolicy(), echo: Echo | None = None):
+        self.client, self.people, self.ledger = client, people, ledger
+        self.region, self.max_attempts, self.home_list_name, self.echo = region, max_attempts, home_list, echo
+        self.tight_values = consent.tinyemail_tight
+        self.tight_status = customer_status(consent.tinyemail_tight_value)
+        self.gate = asyncio.Semaphore(concurrency)  # precondition reads in flight
+        self.created: dict[str, str] = {}  # TinyEmail gives a created customer no id
+        self.live_customers: dict[str, Customer] = {}  # normalised email -> customer read for the preconditions
+
+    async def write(self, ops: Sequence[OpT]) -> None:
+        """Creates (and their lists), then updates, then list memberships."""
+        emails = [self._email_of(op) for op in ops]
+        if self.echo is not None:
+            self.echo.wrote(emails=[e for e in emails if e])  # what the watcher will see is ours (stages/echo.py)
+        await self._creates([op for op in ops if op.kind == Kind.CREATE])
+        await self._updates([op for op in ops if op.kind not in (Kind.CREATE, *LIST_KINDS)])
+        await self._lists([op for op in ops if op.kind in LIST_KINDS])
+        if self.echo is not None:
+            self.echo.wrote(emails=[e for e in emails if e])  # the window counts from the last write
+
+    def _tight(self, consent: Any) -> bool:
+        return consent in self.tight_values
+
+    def email(self, key: str) -> str | None:
+        return address(self.people, key).email
+
+    def _email_of(self, op: WriteOp) -> str | None:
+        if op.kind == Kind.CREATE:
+            return json.loads(op.new or "{}").get("email")
+        return self.email(op.key)
+
+    # ---------------------------------------------------------------------------------- creates
+
+    async def _creates(self, ops: list[OpT]) -> None:
+        members = [(op, member(json.loads(op.new or "{}"), self.tight_status)) for op in ops]
+        for start in range(0, len(members), BATCH_SIZE):
+            batch = members[start:start + BATCH_SIZE]
+            await self._upsert([op for op, _ in batch], [m for _, m in batch])
+        lists: dict[str, list[str]] = defaultdict(list)
+        home = await self._home_list() if members else None
+        for op, created in members:
+            if self.ledger.confirmed(op):
+                for list_id in [*json.loads(op.new or "{}").get("lists", []), *([home] if home else [])]:
+                    lists[list_id].append(created["email"])
+        for list_id, emails in lists.items():
+            # a created customer's lists: set operations, re-sent whole on an unknown outcome
+            for start in range(0, len(emails), BATCH_SIZE):
+                await resend_on_unknown(partial(self.client.add_to_list, list_id, emails[start:start + BATCH_SIZE]),
+                                        self.max_attempts)
+
+    async def _home_list(self) -> str | None:
+        """The id of the list every customer we create joins, made when missing and remembered in the store, so
+        the planner can leave its membership out of the list sync."""
+        if not self.home_list_name:
+            return None
+        lists = {lst.name: lst.id for lst in await self.client.lists()}
+        list_id = lists.get(self.home_list_name)
+        if list_id is None:
+            try:
+                list_id = (await self.client.create_list(self.home_list_name)).id
+            except UnknownOutcome:
+                # it may exist now: look for it by name before anything else (never two lists)
+                list_id = {lst.name: lst.id for lst in await self.client.lists()}.get(self.home_list_name)
+                if list_id is None:
+                    raise
+        self.ledger.remember_home_list(self.home_list_name, list_id)
+        return list_id
+
+    async def _upsert(self, ops: list[OpT], members: list[dict[str, Any]]) -> None:
+        """One upsert call (at most BATCH_SIZE members) for `ops`."""
+        async def send() -> None:
+            await self.client.upsert_customers(members)
+
+        async def landed() -> bool:
+            # re-read each customer: all as sent -> confirmed; otherwise the batch is sent again (an upsert
+            # of exact values is idempotent, so a partial landing cannot duplicate anything)
+            found = [await self.client.get_customer(m["email"]) for m in members]
+            return all(c is not None and member_applied(m, c, self.tight_values)
+                       for m, c in zip(members, found, strict=True))
+
+        await self.ledger.send(ops, send, landed)
+
+    # ---------------------------------------------------------------------------------- updates
+
+    async def _updates(self, ops: list[OpT]) -> None:
+        """Per customer: read it (the precondition, concurrently within the budget), then upsert BATCH_SIZE at a
+        time."""
+        groups = list(by_key(ops).items())
+        self.live_customers = await self._prefetch([self.email(key) or "" for key, _ in groups])
+        for start in range(0, len(groups), BATCH_SIZE):
+            chunk = groups[start:start + BATCH_SIZE]
+            built = await asyncio.gather(*(self._member_for(key, group) for key, group in chunk))
+            ready = [b for b in built if b]
+            if ready:
+                await self._upsert([op for group, _ in ready for op in group], [m for _, m in ready])
+
+    async def _member_for(self, key: str, ops: list[OpT]) -> tuple[list[OpT], dict[str, Any]] | None:
+        """Read the customer (the precondition) and build the member that carries every op that still holds."""
+        email = self.email(key)
+        if not email:
+            self.ledger.close(ops, Unsent.DEPENDENCY, "no TinyEmail email known")
+            return None
+        try:
+            customer = self.live_customers.get(email_key(email))
+            if customer is None:
+                async with self.gate:
+                    customer = await self.client.get_customer(email)
+        except ConnectorError as exc:
+            self.ledger.refused(ops, exc)
+            return None
+        if customer is None:
+            self.ledger.close(ops, Unsent.NOT_FOUND, "no TinyEmail customer")
+            return None
+        live = customer_row(customer, self.region)
+        fields = premises(self.ledger, [op for op in ops if op.kind in FIELD_KINDS], live, tight=self._tight)
+        body: dict[str, Any] = {"email": customer.email}
+        for op in fields:
+            if op.kind == Kind.CONSENT_TIGHTEN:
+                body["status"] = self.tight_status
+            else:
+                body[field_name(op.field or "")] = op.new or ""
+        tag_ops = [op for op in ops if op.kind in TAG_KINDS]
+        if tag_ops:
+            # merged into the live set: a tag somebody added or removed meanwhile keeps that change
+            gone = {op.expected for op in tag_ops if op.kind == Kind.TAG_REMOVE}
+            added = [op.new for op in tag_ops if op.kind == Kind.TAG_ADD and op.new]
+            body["tags"] = [t for t in dict.fromkeys([*customer.tags, *added]) if t not in gone]
+        todo = [*fields, *tag_ops]
+        return (todo, body) if todo else None
+
+    async def _prefetch(self, emails: list[str]) -> dict[str, Customer]:
+        """The live customers for the preconditions, read the cheaper way: one GET per customer, or, when that
+        would take more requests than walking every list (100 customers a page), the walk. A customer the walk
+        does not reach (in no list) is read by GET later."""
+        wanted = {email_key(e) for e in emails if e}
+        if not wanted:
+            return {}
+        lists = await self.client.lists()
+        pages = sum((lst.numberOfMembers or 0) // self.client.page_size + 1 for lst in lists)
+        if len(wanted) <= pages:
+            return {}
+        audience = await self.client.all_customers()
+        return {email: c for email, c in audience.customers.items() if email in wanted}
+
+    # ------------------------------------------------------------------------------------ lists
+
+    async def _lists(self, ops: list[OpT]) -> None:
+        groups: dict[tuple[str, str], list[OpT]] = defaultdict(list)
+        for op in ops:
+            groups[(op.kind, (op.new if op.kind == Kind.LIST_ADD else op.expected) or "")].append(op)
+        for (kind, list_id), group in groups.items():
+            for start in range(0, len(group), BATCH_SIZE):
+                await self._list_batch(kind, list_id, group[start:start + BATCH_SIZE])
+
+    async def _list_batch(self, kind: str, list_id: str, ops: list[OpT]) -> None:
+        ready = [op for op in ops if self.email(op.key)]
+        missing = [op for op in ops if not self.email(op.key)]
+        if missing:
+            self.ledger.close(missing, Unsent.DEPENDENCY, "no TinyEmail email known")
+        emails = [self.email(op.key) or "" for op in ready]
+
+        async def send() -> None:
+            if kind == Kind.LIST_ADD:
+                await self.client.add_to_list(list_id, emails)
+            else:
+                await self.client.remove_from_list(list_id, emails)
+
+        async def landed() -> bool:
+            # list membership is a set: assigning or unassigning again cannot duplicate, so send again
+            return False
+
+        if ready:
+            await self.ledger.send(ready, send, landed)
+
+
+def member_applied(sent: Mapping[str, Any], customer: Customer, tight: Container[str]) -> bool:
+    """Whether a customer read back carries every value the member sent; a sent status counts as landed when the
+    live one, lower-cased, is any of the `tight` consent values."""
+    live = customer.model_dump()
+    for name, value in sent.items():
+        if name == "email":
+            continue
+        if name == "tags":
+            if list(live.get("tags") or []) != list(value):
+                return False
+        elif name == "status":
+            if str(live.get("status") or "").lower() not in tight:
+                return False
+        elif blank(live.get(name)) != blank(value):
+            return False
+    return True
