@@ -190,8 +190,7 @@ def apply_run(settings: Settings, store: Store, run_id: str, *, policy: Policy |
     # a nightly run's writes come back as thousands of webhooks: noted as echoes (contact_recon/stages/echo.py); a
     # sync's few come back as syncs that find nothing to do, and a person's next edit is never held back
     echo = (EchoLog(settings.data_dir), tinyemail_log(settings.data_dir)) if run["kind"] != "sync" else (None, None)
-    error, requests = _send(journal, run_id, locations, people, settings, ghl_client, tinyemail_client,
-                            policy.create.tinyemail_list, echo)
+    error, requests = _send(journal, run_id, locations, people, settings, ghl_client, tinyemail_client, policy, echo)
     advance(store, directory, journal.frame(run_id), run_id,
             Consent(tuple(policy.consent.tinyemail_tight), tuple(policy.consent.ghl_tight)), policy.tags.list_prefix)
     _settle_decisions(store, journal.frame(run_id), run_id)
@@ -214,14 +213,14 @@ def _settle_decisions(store: Store, journal: pl.DataFrame, run_id: str) -> None:
 
 
 def _send(journal: Journal, run_id: str, locations: list[str], people: dict[str, Person], settings: Settings,
-          ghl_client: GHLFactory, tinyemail_client: TinyEmailFactory,
-          home_list: str | None,
+          ghl_client: GHLFactory, tinyemail_client: TinyEmailFactory, policy: Policy,
           echo: tuple[EchoLog | None, EchoLog | None]) -> tuple[str | None, dict[str, dict[str, int]]]:
     async def go() -> tuple[str | None, dict[str, dict[str, int]]]:
         ghl = {loc: ghl_client(loc) for loc in locations}
         te = tinyemail_client()
         applier = Applier(journal, ghl, te, people, default_location=locations[0], region=settings.default_region,
-                          home_list=home_list, echo=echo[0], te_echo=echo[1])
+                          home_list=policy.create.tinyemail_list, echo=echo[0], te_echo=echo[1],
+                          consent=policy.consent)
         error = None
         try:
             await applier.run(run_id)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import httpx
@@ -102,7 +102,7 @@ class PrefectSecretTokenStore:
         from prefect.blocks.system import Secret
 
         try:
-            value = Secret.load(self.block_name, _sync=True).get()  # type: ignore[call-arg]
+            value = Secret.load(self.block_name, _sync=True).get()  # type: ignore[call-arg,union-attr]
         except ValueError:
             return None
         try:
@@ -115,7 +115,8 @@ class PrefectSecretTokenStore:
     def save(self, tokens: TokenSet) -> None:
         from prefect.blocks.system import Secret
 
-        Secret(value=json.dumps(asdict(tokens))).save(self.block_name, overwrite=True, _sync=True)  # type: ignore[call-arg]
+        secret: Secret[Any] = Secret(value=json.dumps(asdict(tokens)))  # type: ignore[arg-type]  # stored as SecretStr
+        secret.save(self.block_name, overwrite=True, _sync=True)  # type: ignore[call-arg]
 
 
 async def _acquire(lock: threading.Lock) -> None:

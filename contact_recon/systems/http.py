@@ -102,9 +102,9 @@ class ApiClient:
         is_write = method != "GET" if write is None else write
         where: dict[str, Any] = {"system": self.system, "method": method, "path": path}
         refreshed: list[bool] = []  # a refused token is refreshed and retried once per request
+        options: dict[str, Any] = {"sleep": self._sleep} if self._sleep else {}
         retrying = AsyncRetrying(stop=stop_after_attempt(self.max_attempts), wait=self._wait,
-                                 retry=retry_if_exception_type(_Retry), reraise=True,
-                                 **({"sleep": self._sleep} if self._sleep else {}))
+                                 retry=retry_if_exception_type(_Retry), reraise=True, **options)
         try:
             async for attempt in retrying:
                 with attempt:

@@ -83,10 +83,10 @@ def classify(response: httpx.Response, body: dict[str, Any]) -> ConnectorError |
     """
     status, messages = response.status_code, _messages(body)
     text = "; ".join(messages)
-    where = {"system": SYSTEM, "method": response.request.method, "path": response.request.url.path,
-             "status": status}
+    where: dict[str, Any] = {"system": SYSTEM, "method": response.request.method,
+                             "path": response.request.url.path, "status": status}
     if status == 400 and _DUPLICATE in text:
-        meta = body.get("meta") if isinstance(body.get("meta"), dict) else {}
+        meta: dict[str, Any] = body["meta"] if isinstance(body.get("meta"), dict) else {}
         return Duplicate(text, contact_id=meta.get("contactId"), matching_field=meta.get("matchingField"), **where)
     if status == 400 and _NOT_FOUND.search(text):
         return NotFound(text, **where)

@@ -335,9 +335,9 @@ def _count(response: httpx.Response, body: Any, key: str) -> int:
     """A count of an upsert answer (0 when absent); MalformedResponse when it is not a whole number."""
     value = body.get(key, 0) if isinstance(body, dict) else None
     whole = isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer()
-    if not whole or value < 0:
+    if not whole or value < 0:  # type: ignore[operator]  # a whole number here, never None
         raise MalformedResponse(f"`{key}` must be a whole number", **where_of(SYSTEM, response))
-    return int(value)
+    return int(value)  # type: ignore[arg-type]
 
 
 def chunks(items: list[Any], size: int) -> list[list[Any]]:
@@ -366,8 +366,8 @@ def classify(response: httpx.Response, body: dict[str, Any]) -> ConnectorError |
     """TinyEmail's error bodies are `{"message": ...}`; a 401/403 means the key is unusable (no scopes)."""
     status = response.status_code
     message = str(body.get("message") or response.reason_phrase or status)
-    where = {"system": SYSTEM, "method": response.request.method, "path": response.request.url.path,
-             "status": status}
+    where: dict[str, Any] = {"system": SYSTEM, "method": response.request.method,
+                             "path": response.request.url.path, "status": status}
     if status in (401, 403):
         return AuthError(f"the API key or token was refused ({status}): {message}; check RECON_TINYEMAIL_API_KEY",
                          **where)
