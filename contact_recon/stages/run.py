@@ -1,4 +1,5 @@
-"""One reconciliation of a set of GHL locations with TinyEmail: lock, recover, plan, apply, report.
+"""The orchestration of a run: `reconcile` (a set of GHL locations with TinyEmail: lock, recover, plan, apply,
+report) and `sync` (one person between nights: lock, read, plan, apply).
 
 `reconcile` is the one orchestration: the Prefect flow (`contact_recon.flows.reconcile`, through the Prefect tasks of
 `contact_recon.tasks.reconcile`), `recon run` (which runs that flow in-process), the tests and the benchmarks all call
@@ -16,6 +17,10 @@ it. `Steps` says how each step runs: plain calls (`DIRECT`, the default) or Pref
    id_map and the created-objects memory for the confirmed ops only (stages/advance.py).
 5. `report_run` (report/publish.py): summary.json, report.html, and inside Prefect the artifacts and
    alert events.
+
+`sync` (the `sync-contact` flow) runs the same plan, apply and advance code on one person read just now
+(`stages/sync.py person_frames`, `stages/plan.py plan_person`), under the same per-location lock; it recovers
+nothing and writes no report (the nightly run does both).
 
 A run's status: running -> planned | held | failed -> applying -> completed | failed.
 """
@@ -42,7 +47,17 @@ from contact_recon.stages.advance import advance, load_state
 from contact_recon.stages.apply import Applier, Person, StageStopped, recover
 from contact_recon.stages.echo import EchoLog, tinyemail_log
 from contact_recon.stages.lock import location_lock
-from contact_recon.stages.plan import APPROVED, GUARD_EXPECTATION, HELD, PLANNED, PlanRun, load_plan, plan_run
+from contact_recon.stages.plan import (
+    APPROVED,
+    GUARD_EXPECTATION,
+    HELD,
+    PLANNED,
+    PlanRun,
+    load_plan,
+    plan_person,
+    plan_run,
+)
+from contact_recon.stages.sync import PersonFrames, person_frames
 from contact_recon.store import journal as J
 from contact_recon.store.db import Store, db_path, open_db
 from contact_recon.store.decisions import Decisions
@@ -122,6 +137,48 @@ def reconcile(settings: Settings, store: Store | None = None, *, locations: Sequ
             outcome.summary = steps.report(settings, db, planned.run_id, dry_run, outcome.requests)
             log.info("run %s %s; report %s", planned.run_id, outcome.summary["status"], outcome.summary["report"])
     return outcome
+
+
+def sync(settings: Settings, *, contact_id: str | None = None, location_id: str | None = None,
+         email: str | None = None, ghl_client: GHLFactory | None = None,
+         tinyemail_client: TinyEmailFactory | None = None, lock_wait_s: float = 120.0,
+         log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None) -> dict[str, Any]:
+    """One person now (the `sync-contact` flow): lock the location, read the person from both systems
+    (stages/sync.py), plan (`plan_person`: the nightly identity, merge, checks and quarantine), apply and
+    advance; no recovery and no report (the nightly does both). Returns the run id, status and ops."""
+    log = log or logging.getLogger("contact_recon.sync")
+    if not (contact_id or email):
+        raise ValueError("sync-contact needs a contact_id or an email")
+    location = location_id or (settings.ghl_location_ids[0] if settings.ghl_location_ids else None)
+    if not location:
+        raise ValueError("no GHL location: pass location_id or set RECON_GHL_LOCATION_IDS")
+    ghl = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))
+    te = tinyemail_client or (lambda: TinyEmailClient.from_settings(settings))
+    with location_lock(settings, [location], lock_wait_s), open_db(db_path(settings.data_dir)) as store:
+        person = asyncio.run(_read_person(ghl(location), te(), store, contact_id, email, settings.default_region))
+        planned = plan_person(settings, store, location_id=location, frames=person.frames, keys=person.keys)
+        result: dict[str, Any] = {"run_id": planned.run_id, "ops": planned.plan.height, "status": planned.status,
+                                  "contact_id": person.contact_id}
+        if planned.status == HELD:
+            log.warning("sync of %s held by a guard: %s", person.keys, planned.held_reasons)
+            return result
+        if planned.plan.height:
+            outcome = apply_run(settings, store, planned.run_id, ghl_client=ghl, tinyemail_client=te)
+            result.update(status=outcome.status, journal=outcome.journal)
+        else:
+            store.finish_run(planned.run_id, COMPLETED)
+            result["status"] = COMPLETED
+    log.info("sync of %s: %s", person.keys, result)
+    return result
+
+
+async def _read_person(ghl: GHLClient, te: TinyEmailClient, store: Store, contact_id: str | None,
+                       email: str | None, region: str) -> PersonFrames:
+    try:
+        return await person_frames(ghl, te, store, contact_id=contact_id, email=email, region=region)
+    finally:
+        await ghl.aclose()
+        await te.aclose()
 
 
 @contextlib.contextmanager
