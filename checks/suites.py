@@ -46,7 +46,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict
 
 from contact_recon.model.ops import Kind
-from contact_recon.model.policy import GuardPolicy
+from contact_recon.model.policy import GUARD_KINDS, GuardPolicy
 from contact_recon.model.records import CONSENT_VALUES
 
 Severity = Literal["blocking", "warning"]
@@ -180,13 +180,6 @@ def body_bounded(ctx: Context) -> pl.Expr:
 # -------------------------------------------------------------------------------------------- plan
 
 _SET_KINDS = [Kind.TAG_ADD.value, Kind.TAG_REMOVE.value, Kind.LIST_ADD.value, Kind.LIST_REMOVE.value]
-GUARD_KINDS: dict[str, list[str]] = {  # as contact_recon/engine/merge.py counts them
-    "deletes_or_inactivations": [Kind.CONSENT_TIGHTEN.value],
-    "field_updates": [Kind.UPDATE.value],
-    "tag_removals": [Kind.TAG_REMOVE.value, Kind.LIST_REMOVE.value],
-}
-
-
 def one_write_per_field(_: Context) -> pl.Expr:
     # a set field (tags, lists) is written per member; a create writes the whole record
     member = pl.when(pl.col("kind").is_in(_SET_KINDS)).then(pl.coalesce("new", "expected")).otherwise(pl.lit(""))

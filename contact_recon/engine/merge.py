@@ -171,7 +171,7 @@ from contact_recon.model.ops import (
     sort_ops,
     with_ids,
 )
-from contact_recon.model.policy import FieldRule, Policy, TagTrigger
+from contact_recon.model.policy import GUARD_KINDS, FieldRule, Policy, TagTrigger
 from contact_recon.model.records import MERGE_SIDE
 
 CREATED_SCHEMA = pl.Schema({"key": pl.String(), "rule": pl.String(), "object_id": pl.String(),
@@ -960,13 +960,6 @@ def _stats(wide: pl.DataFrame, ops: pl.DataFrame, conflicts: pl.DataFrame, ctx: 
     for name, kinds in GUARD_KINDS.items():
         stats[f"guard_{name}"] = ops.filter(pl.col("kind").is_in(kinds))["key"].n_unique()
     return dict(sorted(stats.items()))
-
-
-GUARD_KINDS = {
-    "deletes_or_inactivations": [Kind.CONSENT_TIGHTEN.value],
-    "field_updates": [Kind.UPDATE.value],
-    "tag_removals": [Kind.TAG_REMOVE.value, Kind.LIST_REMOVE.value],
-}
 
 
 def _guards(stats: dict[str, int], sides: _Sides, policy: Policy) -> tuple[str, ...]:

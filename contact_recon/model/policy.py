@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contact_recon.model.ops import Kind
 from contact_recon.model.records import GHL_FIELD_NAMES, SHARED_TEXT_FIELDS, TINYEMAIL_FIELD_NAMES
 
 Owner = Literal["ghl", "tinyemail", "shared"]
@@ -140,6 +141,15 @@ class GuardPolicy(_Model):
     tag_removals: float = 0.10
     side_empty: bool = True
     min_ops: int = 5  # below this many ops a share never trips (a 20-contact sandbox is not a mass change)
+
+
+# The op kinds each share guard counts (people with at least one such op): the merge's stats and the guard
+# expectation (checks/suites.py) count them alike.
+GUARD_KINDS: dict[str, list[str]] = {
+    "deletes_or_inactivations": [Kind.CONSENT_TIGHTEN.value],
+    "field_updates": [Kind.UPDATE.value],
+    "tag_removals": [Kind.TAG_REMOVE.value, Kind.LIST_REMOVE.value],
+}
 
 
 class InitialPolicy(_Model):
