@@ -27,6 +27,9 @@ $(DEV_STAMP): $(STAMP) requirements-dev.lock
 demo: $(STAMP)
 	$(BIN)/recon demo
 
+# mypy (typecheck, below), lint, then every test: tests/unit, tests/contract and tests/e2e on two pytest-xdist
+# workers (pyproject addopts: -n 2 --dist loadfile; warnings are errors there). `$(BIN)/python -m pytest -n 0`
+# runs them in one process.
 test: $(DEV_STAMP) typecheck
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest
@@ -64,11 +67,11 @@ bench: $(DEV_STAMP)
 bench-quick: $(DEV_STAMP)
 	$(BIN)/python bench/run_all.py --quick
 
-# The chaos suite at full size (tests/test_chaos.py: 2,000 people, sandboxes at --rate-scale 10); `make test`
+# The chaos suite at full size (tests/e2e/test_chaos.py: 2,000 people, sandboxes at --rate-scale 10); `make test`
 # runs the same stories at 40 people. -rP prints each run's exit code, time and last line.
 .PHONY: chaos
 chaos: $(DEV_STAMP)
-	RECON_CHAOS_SCALE=full $(BIN)/python -m pytest tests/test_chaos.py -rP --show-capture=stdout --timeout 3600 \
+	RECON_CHAOS_SCALE=full $(BIN)/python -m pytest tests/e2e/test_chaos.py -n 0 -rP --show-capture=stdout --timeout 3600 \
 		-p no:cacheprovider
 
 # Re-resolve both locks after changing dependencies in pyproject.toml (needs the package index). The current

@@ -155,6 +155,8 @@ def _execute(command: list[str], timeout: float, prefix: str | None
     finally:
         timer.cancel()
         _kill_group(proc.pid)  # whatever the benchmark left running (sandbox servers) goes with it
+        if proc.stdout is not None:
+            proc.stdout.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, usage, tail, timed_out.is_set()
 

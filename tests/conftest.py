@@ -1,78 +1,80 @@
-"""Shared test fixtures: real sandbox servers over HTTP on 127.0.0.1, and where the specs are."""
+"""The fixtures every test may use, from tests/support (see its __init__ for what is where), and the order of the
+suite's files.
+
+- `serve`, `sandboxes`, `clock` (tests/support/servers.py): real sandbox servers over HTTP on 127.0.0.1,
+  stopped after the test; a settable clock;
+- `prefect_server` (session), `prefect_events` (module) (tests/support/prefect.py): the session's Prefect
+  server (one per pytest-xdist worker) and this process's events worker pointed at it.
+
+The groups: tests/unit (pure functions, no server), tests/contract (the sandboxes, the connectors and the
+specs they keep), tests/e2e (stages, flows, the CLI, Prefect, crash, chaos and security stories).
+
+`make test` runs the files on two pytest-xdist workers, a whole file per worker (`--dist loadfile`: a file's
+module-scoped fixtures are built once, and its tests run in their order), the longest files first (`SLOWEST`,
+with `--no-loadscope-reorder`), so no long file is left to run alone at the end.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
-from starlette.applications import Starlette
 
-from contact_recon.sandbox.server import RunningServer, serve_in_thread
+pytest_plugins = ["tests.support.servers", "tests.support.prefect"]
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def specs_dir() -> Path:
-    """The read-only specs: $RECON_SPECS_DIR, else ../shared/specs beside the repo."""
-    return Path(os.environ.get("RECON_SPECS_DIR", REPO.parent / "shared" / "specs"))
-
-
-@pytest.fixture
-def sandboxes(serve: Callable[[Starlette], RunningServer]) -> Callable[..., tuple[RunningServer, RunningServer]]:
-    """Start both sandbox servers from one (validated) fixture: `sandboxes(fixture, rate_scale=.., faults=..)`."""
-    from contact_recon.sandbox import ghl, tinyemail
-    from contact_recon.sandbox.fixture import validate_fixture
-
-    def start(fixture: dict, **options: object) -> tuple[RunningServer, RunningServer]:
-        data = validate_fixture(fixture)
-        return serve(ghl.create_app(data["ghl"], **options)), serve(tinyemail.create_app(data["tinyemail"], **options))
-
-    return start
+# The longest files (about 20 s and more of test time each), longest first; the others follow in collection order.
+SLOWEST = (
+    "tests/e2e/test_chaos.py",
+    "tests/e2e/test_apply_crash.py",
+    "tests/unit/test_merge_properties.py",
+    "tests/e2e/test_flow.py",
+    "tests/e2e/test_scale_out.py",
+    "tests/e2e/test_webhooks.py",
+    "tests/e2e/test_apply.py",
+    "tests/e2e/test_report.py",
+    "tests/e2e/test_pipeline.py",
+    "tests/contract/test_connector_ghl.py",
+    "tests/contract/test_bad_input.py",
+    "tests/contract/test_auth.py",
+    "tests/contract/test_connector_tinyemail.py",
+)
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[[Starlette], RunningServer]]:
-    """Start apps on free loopback ports for one test; all are stopped after it."""
-    running: list[RunningServer] = []
-
-    def start(app: Starlette) -> RunningServer:
-        server = serve_in_thread(app)
-        running.append(server)
-        return server
-
-    yield start
-    for server in running:
-        server.stop()
+# The terminal size variables as this session was started with them. pytest imports `readline` early
+# (_pytest/capture.py), and GNU readline exports LINES and COLUMNS to the C environment (80x24 off a terminal):
+# the controller's os.environ does not show them, but every process it starts inherits them, so without this the
+# xdist workers would see COLUMNS=80, and a CLI console built then keeps that width whatever a test sets.
+TERMINAL_SIZE = ("COLUMNS", "LINES")
 
 
-class FakeClock:
-    """A settable clock for exact rate-limit and date tests."""
-
-    def __init__(self, t: float = 1_790_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """(pytest-xdist, in the controller) Hand each worker the terminal size variables as they really are."""
+    node.workerinput["terminal_size"] = {name: os.environ.get(name) for name in TERMINAL_SIZE}
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "module_coverage: checks what the other tests of its module recorded; runs after them")
+    sizes = getattr(config, "workerinput", {}).get("terminal_size")
+    for name, value in (sizes or {}).items():  # an xdist worker: the session's values, not readline's
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
-@pytest.fixture(scope="session")
-def prefect_server() -> Iterator[str]:
-    """One throwaway Prefect server (the test harness, a temporary SQLite database, ~12 s to start) for the
-    whole session; its API URL, so subprocesses can be pointed at it through PREFECT_API_URL."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slowest files first (stable: tests keep their order within a file), and in each file the tests marked
+    `module_coverage` last, after the tests whose exchanges they check."""
+    rank = {path: i for i, path in enumerate(SLOWEST)}
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        first.setdefault(item.nodeid.split("::", 1)[0], i)
 
-    with prefect_test_harness(server_startup_timeout=60):
-        url = PREFECT_API_URL.value()
-        assert url, "the Prefect test harness gave no API URL"
-        yield str(url)
+    def key(item: pytest.Item) -> tuple[int, int, int]:
+        path = item.nodeid.split("::", 1)[0]
+        return rank.get(path, len(SLOWEST)), first[path], 1 if item.get_closest_marker("module_coverage") else 0
+
+    items.sort(key=key)

@@ -1,0 +1,334 @@
+"""The DuckDB store: migrations, atomic snapshots (a SIGKILL mid-write included), retention, base, id_map."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from contact_recon.engine.identity import ID_MAP, REVIEW
+from contact_recon.model.normalise import to_frame
+from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, MERGE_SIDE, TINYEMAIL_CUSTOMERS
+from contact_recon.store.db import (
+    ENTITIES,
+    MIGRATIONS,
+    PRESENCE,
+    Migration,
+    SchemaTooNew,
+    StoreError,
+    open_db,
+)
+from contact_recon.systems.ghl.mapping import ghl_contact_record, ghl_note_record
+from contact_recon.systems.tinyemail.mapping import tinyemail_customer_record
+from tests.support import REPO
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def contacts(*ids: str, location: str = "L1", city: str = "Austin") -> pl.DataFrame:
+    rows = [ghl_contact_record({"id": i, "email": f"{i}@example.com", "city": city}, location) for i in ids]
+    return to_frame(rows, GHL_CONTACTS)
+
+
+def customers(*emails: str) -> pl.DataFrame:
+    return to_frame([tinyemail_customer_record({"email": e, "status": "Subscribed"}, ["l1"]) for e in emails],
+                    TINYEMAIL_CUSTOMERS)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock):
+    with open_db(tmp_path / "recon.duckdb", clock=clock) as s:
+        yield s
+
+
+# ------------------------------------------------------------------------------------------ migrations
+
+
+def test_fresh_database_is_at_the_latest_version(store) -> None:
+    assert store.schema_version == len(MIGRATIONS)
+    tables = {r[0] for r in store.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert {"runs", "snap_ghl_contacts", "snap_ghl_tasks", "snap_ghl_notes", "snap_te_customers", "base",
+            "id_map", "identity_review", "watermarks", "dirty_contacts", "schema_version"} <= tables
+
+
+@pytest.mark.parametrize("entity", sorted(ENTITIES))
+def test_snapshot_tables_match_records_py(store, entity: str) -> None:
+    # records.py changed without a migration? This fails until a migration adds the columns.
+    spec = ENTITIES[entity]
+    columns = [r[0] for r in store.con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+        [spec.table]).fetchall()]
+    assert columns == ["run_id", *spec.schema]
+
+
+def test_base_table_matches_merge_side(store) -> None:
+    columns = [r[0] for r in store.con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'base' "
+        "ORDER BY ordinal_position").fetchall()]
+    assert columns == [*MERGE_SIDE, "updated_at", "run_id", *PRESENCE]
+
+
+def test_a_new_migration_runs_once_and_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "recon.duckdb"
+    open_db(path).close()
+    n = len(MIGRATIONS)  # the test's migrations come after the real ones
+    v2 = Migration(n + 1, "add a column", ("ALTER TABLE runs ADD COLUMN note VARCHAR",
+                                           "CREATE TABLE migration_log (version INTEGER)",
+                                           f"INSERT INTO migration_log VALUES ({n + 1})"))
+    v3 = Migration(n + 2, "log", (f"INSERT INTO migration_log VALUES ({n + 2})",))
+    for _ in range(2):  # the second open finds nothing to do
+        with open_db(path, migrations=(*MIGRATIONS, v2, v3)) as s:
+            assert s.schema_version == n + 2
+            log = s.con.execute("SELECT list(version ORDER BY rowid) FROM migration_log").fetchall()[0][0]
+            applied = s.con.execute("SELECT list(version ORDER BY version) FROM schema_version").fetchall()[0][0]
+            assert (log, applied) == ([n + 1, n + 2], list(range(1, n + 3)))
+
+
+def test_a_failing_migration_leaves_no_trace(tmp_path: Path) -> None:
+    path = tmp_path / "recon.duckdb"
+    bad = Migration(len(MIGRATIONS) + 1, "half done", ("CREATE TABLE half (x INTEGER)", "SELECT * FROM no_such_table"))
+    with pytest.raises(duckdb.Error):
+        open_db(path, migrations=(*MIGRATIONS, bad))
+    with open_db(path) as s:
+        assert s.schema_version == len(MIGRATIONS)
+        half = s.con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name='half'").fetchall()
+        assert half == [(0,)]
+
+
+def test_database_newer_than_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "recon.duckdb"
+    open_db(path, migrations=(*MIGRATIONS, Migration(len(MIGRATIONS) + 1, "future", ("SELECT 1",)))).close()
+    with pytest.raises(SchemaTooNew):
+        open_db(path)
+
+
+def test_migrations_must_be_numbered_in_order(tmp_path: Path) -> None:
+    with pytest.raises(StoreError):
+        open_db(tmp_path / "x.duckdb", migrations=(Migration(2, "skip", ()),))
+
+
+# ------------------------------------------------------------------------------------------- snapshots
+
+
+def test_snapshot_round_trip_in_records_shape(store) -> None:
+    run = store.start_run("snapshot", ["L1"])
+    frame, te = contacts("b", "a"), customers("x@example.com")
+    store.write_snapshot(run, {"ghl_contacts": frame, "te_customers": te}, {("L1", "ghl_contacts"): "2026-03-01"})
+    got = store.latest_snapshot("ghl_contacts")
+    assert got.schema == GHL_CONTACTS
+    assert got.equals(frame.sort("contact_id"))
+    assert store.latest_snapshot("te_customers").equals(te)
+    assert store.watermark("L1", "ghl_contacts") == "2026-03-01"
+
+
+def test_latest_snapshot_is_per_location(store, clock: Clock) -> None:
+    # Case: run 1 covers L1 and L2, run 2 only L1: the latest of L2 is still run 1's.
+    r1 = store.start_run("snapshot", ["L1", "L2"])
+    store.write_snapshot(r1, {"ghl_contacts": pl.concat([contacts("a"), contacts("b", location="L2")])})
+    clock.advance(days=1)
+    r2 = store.start_run("snapshot", ["L1"])
+    store.write_snapshot(r2, {"ghl_contacts": contacts("a", city="Dallas")})
+    latest = store.latest_snapshot("ghl_contacts")
+    assert latest.select("contact_id", "city").rows() == [("a", "Dallas"), ("b", "Austin")]
+    assert store.latest_snapshot("ghl_contacts", "L2")["contact_id"].to_list() == ["b"]
+
+
+def test_an_empty_location_is_recorded_as_empty(store) -> None:
+    # Case: L2 answered with no contacts: its latest snapshot is empty, not the older one.
+    r1 = store.start_run("snapshot", ["L2"])
+    store.write_snapshot(r1, {"ghl_contacts": contacts("b", location="L2")})
+    r2 = store.start_run("snapshot", ["L2"])
+    store.write_snapshot(r2, {"ghl_contacts": contacts()}, location_ids=["L2"])
+    assert store.latest_snapshot("ghl_contacts", "L2").is_empty()
+    parts = store.snapshot_parts().filter(pl.col("run_id") == r2)
+    assert parts.select("location_id", "row_count").rows() == [("L2", 0)]
+
+
+def test_rewriting_a_run_replaces_its_rows(store) -> None:
+    run = store.start_run("snapshot", ["L1"])
+    store.write_snapshot(run, {"ghl_contacts": contacts("a", "b")})
+    store.write_snapshot(run, {"ghl_contacts": contacts("a")})
+    assert store.latest_snapshot("ghl_contacts")["contact_id"].to_list() == ["a"]
+
+
+def test_a_frame_of_the_wrong_shape_is_refused(store) -> None:
+    run = store.start_run("snapshot")
+    with pytest.raises(StoreError):
+        store.write_snapshot(run, {"ghl_contacts": contacts("a").drop("raw")})
+    with pytest.raises(StoreError):
+        store.write_snapshot(run, {"ghl_deals": contacts("a")})
+
+
+def test_a_failure_inside_the_transaction_keeps_the_previous_snapshot_and_watermark(store) -> None:
+    r1 = store.start_run("snapshot", ["L1"])
+    store.write_snapshot(r1, {"ghl_contacts": contacts("a")}, {("L1", "ghl_contacts"): "w1"})
+    r2 = store.start_run("snapshot", ["L1"])
+    with pytest.raises(duckdb.Error):  # a NULL watermark violates NOT NULL after the frames went in
+        store.write_snapshot(r2, {"ghl_contacts": contacts("a", "b")}, {("L1", "ghl_contacts"): None})
+    assert store.latest_snapshot("ghl_contacts")["contact_id"].to_list() == ["a"]
+    assert store.watermark("L1", "ghl_contacts") == "w1"
+    assert store.con.execute("SELECT count(*) FROM snap_ghl_contacts WHERE run_id = ?", [r2]).fetchall()[0][0] == 0
+
+
+_CHILD = textwrap.dedent("""
+    import sys, time
+    import polars as pl
+    from contact_recon.store.db import Store, open_db
+    from contact_recon.model.normalise import to_frame
+    from contact_recon.systems.ghl.mapping import ghl_contact_record
+    from contact_recon.model.records import GHL_CONTACTS
+
+    mode, path = sys.argv[1], sys.argv[2]
+    row = ghl_contact_record({"id": "x", "email": "x@example.com", "city": "Big"}, "L1")
+    frame = to_frame([row], GHL_CONTACTS)
+    frame = frame.select(pl.all().repeat_by(600_000).explode()).with_columns(
+        contact_id=pl.format("big{}", pl.int_range(pl.len())))
+    store = open_db(path)
+    run = store.start_run("snapshot", ["L1"])
+    if mode == "before_commit":
+        real = Store._set_watermarks
+        def stop(self, run_id, watermarks):
+            real(self, run_id, watermarks)
+            print("ready", flush=True)
+            time.sleep(60)
+        Store._set_watermarks = stop
+    else:
+        print("ready", flush=True)
+    store.write_snapshot(run, {"ghl_contacts": frame}, {("L1", "ghl_contacts"): "w2"})
+    print("committed", flush=True)
+    time.sleep(60)
+""")
+
+
+@pytest.mark.parametrize("mode", ["before_commit", "during_insert"])
+def test_sigkill_mid_snapshot_keeps_previous_snapshot_and_watermark(tmp_path: Path, mode: str) -> None:
+    # Case: the process dies inside write_snapshot (all rows inserted but not committed / during the insert).
+    path = tmp_path / "recon.duckdb"
+    with open_db(path) as s:
+        run = s.start_run("snapshot", ["L1"])
+        s.write_snapshot(run, {"ghl_contacts": contacts("a", "b")}, {("L1", "ghl_contacts"): "w1"})
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, mode, str(path)], cwd=REPO, stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        if mode == "during_insert":
+            import time
+            time.sleep(0.1)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=30)
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    with open_db(path) as s:
+        assert s.latest_snapshot("ghl_contacts")["contact_id"].to_list() == ["a", "b"]
+        assert s.watermark("L1", "ghl_contacts") == "w1"
+        assert s.con.execute("SELECT count(*) FROM snap_ghl_contacts").fetchall()[0][0] == 2
+
+
+def test_prune_keeps_recent_runs_and_every_latest_part(store, clock: Clock) -> None:
+    runs = []
+    for i in range(4):
+        run = store.start_run("snapshot", ["L1"])
+        frames = {"ghl_contacts": contacts(f"c{i}")}
+        if i == 0:  # only the first run saw L2 and notes
+            frames = {"ghl_contacts": pl.concat([contacts("c0"), contacts("z", location="L2")]),
+                      "ghl_notes": to_frame([ghl_note_record({"id": "n", "contactId": "c0"}, "L1")], GHL_NOTES)}
+        store.write_snapshot(run, frames)
+        runs.append(run)
+        clock.advance(days=10)
+    # Now is day 40; runs were written on days 0, 10, 20, 30.
+    assert store.prune(keep_runs=2) == 2  # the L1 contacts of runs 0 and 1
+    left = set(store.snapshot_parts().select("run_id", "entity", "location_id").rows())
+    assert left == {(runs[0], "ghl_contacts", "L2"), (runs[0], "ghl_notes", "L1"),  # still the latest of theirs
+                    (runs[2], "ghl_contacts", "L1"), (runs[3], "ghl_contacts", "L1")}
+    assert store.latest_snapshot("ghl_contacts", "L2")["contact_id"].to_list() == ["z"]
+    assert store.prune(keep_days=15) == 1  # run 2 (20 days old); run 0's parts are still the latest
+    assert {r[0] for r in store.snapshot_parts().select("run_id").rows()} == {runs[0], runs[3]}
+    assert store.con.execute("SELECT count(*) FROM snap_ghl_contacts").fetchall()[0][0] == 2
+    assert len(store.runs()) == 4  # run history is kept
+
+
+def test_prune_needs_a_rule(store) -> None:
+    with pytest.raises(StoreError):
+        store.prune()
+
+
+# ------------------------------------------------------------------------------ runs, base, id_map, etc.
+
+
+def test_runs_record_plan_usage_and_a_redacted_error(store, clock: Clock) -> None:
+    run = store.start_run("snapshot", ["L1"], plan={"ghl": {"pages": 3}})
+    clock.advance(minutes=5)
+    store.finish_run(run, "failed", {"ghl": 12}, error="401 for Authorization: Bearer abcdef123456789")
+    row = store.runs().to_dicts()[0]
+    assert (row["status"], row["location_ids"], row["plan_json"], row["requests_used_json"]) == \
+        ("failed", ["L1"], '{"ghl": {"pages": 3}}', '{"ghl": 12}')
+    assert "abcdef123456789" not in row["error"] and row["finished_at"] - row["started_at"] == timedelta(minutes=5)
+
+
+def base_rows(*rows: tuple[str, str | None, str]) -> pl.DataFrame:
+    return pl.DataFrame([{"key": k, "contact_id": c, "first_name": n} for k, c, n in rows]).select(
+        pl.col(name).cast(dtype) if name in ("key", "contact_id", "first_name") else pl.lit(None, dtype).alias(name)
+        for name, dtype in MERGE_SIDE.items())
+
+
+def test_base_upsert_delete_and_rekey(store) -> None:
+    store.save_base(base_rows(("c1", "c1", "Ann"), ("te:b@example.com", None, "Bob")), "r1")
+    store.save_base(base_rows(("c1", "c1", "Anna")), "r2")  # upsert: c1 changes, the other key stays
+    assert store.load_base().select("key", "first_name").rows() == [("c1", "Anna"), ("te:b@example.com", "Bob")]
+    moved = store.rekey_base(pl.DataFrame({"old_key": ["te:b@example.com"], "new_key": ["c2"]}))
+    assert moved == 1
+    assert store.load_base().select("key", "contact_id", "first_name").rows() == [("c1", "c1", "Anna"),
+                                                                                  ("c2", "c2", "Bob")]
+    store.delete_base(["c1"])
+    assert store.load_base()["key"].to_list() == ["c2"] and store.load_base().schema == MERGE_SIDE
+
+
+def test_id_map_and_review(store, clock: Clock) -> None:
+    store.save_id_map(pl.DataFrame([{"contact_id": "c1", "location_id": "L1", "email": "a@example.com",
+                                     "matched_by": "email"}], schema=ID_MAP), "r1")
+    store.save_id_map(pl.DataFrame([{"contact_id": "c1", "location_id": "L1", "email": "b@example.com",
+                                     "matched_by": "manual"}], schema=ID_MAP), "r2")
+    assert store.load_id_map().select("contact_id", "email", "matched_by", "run_id").rows() == [
+        ("c1", "b@example.com", "manual", "r2")]
+    review = pl.DataFrame([{"kind": "email_changed", "contact_ids": ["c1"], "email": "n@example.com",
+                            "old_email": "o@example.com", "detail": "d"}], schema=REVIEW)
+    store.save_review(review, "r1")
+    clock.advance(hours=1)
+    store.save_review(review.with_columns(email=pl.lit("m@example.com")), "r2")
+    assert store.load_review()["email"].to_list() == ["m@example.com"]
+    assert store.load_review("r1")["email"].to_list() == ["n@example.com"]
+
+
+def test_dirty_marks_arriving_during_a_refetch_survive_it(store, clock: Clock) -> None:
+    store.mark_dirty("L1", "c1", "NoteCreate")
+    refetch_started = clock()
+    clock.advance(seconds=1)
+    store.mark_dirty("L1", "c2", "NoteUpdate")  # arrives while the refetch runs
+    store.clear_dirty([("L1", "c1"), ("L1", "c2")], marked_before=refetch_started + timedelta(microseconds=1))
+    assert store.dirty_contacts()["contact_id"].to_list() == ["c2"]
