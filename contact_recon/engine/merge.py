@@ -27,7 +27,7 @@ What the state module stores after applying (the next base), so that planning ag
 agreed values; for a field in the conflict table the old base value if the base was valid, else blank;
 tags as the union of both sides (with the list tags) and TinyEmail's lists; as consent the tight value
 if either side is tight; `in_ghl` / `in_tinyemail` as now. Task and note ops that were applied go into
-`created` (key, rule, object id). `tests/merge_support.py::next_base` is the reference.
+`created` (key, rule, object id). `tests/support/merge.py::next_base` is the reference.
 
 A. Presence (t / g: on TinyEmail / GHL now; bt / bg: on that side at the base)
 

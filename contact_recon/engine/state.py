@@ -18,7 +18,7 @@ writes the `Advance` to the store in one transaction. The algorithm (`advanced`;
      exactly when the target had it (a remove) and lacks it when the target lacked it (an add). A list is
      one member in two forms, `L` in TinyEmail's lists and `list:L` among GHL's tags, and both forms are
      set alike (else the next run would read a list sync that landed on one side only as a removal on the
-     other side, and undo the side that did land). `tests/test_merge_properties.py` (law 6) checks that
+     other side, and undo the side that did land). `tests/unit/test_merge_properties.py` (law 6) checks that
      every op that did not land is planned again;
    - otherwise, on both sides: the agreed value, or for a field the sides still disagree on (a conflict)
      the old base value when the base was valid, else blank; tags: the union of both sides (the merge
@@ -28,7 +28,7 @@ writes the `Advance` to the store in one transaction. The algorithm (`advanced`;
 3. A person created in GHL by this run is re-keyed from `te:<email>` to the new contact id, and the pair
    goes to the id_map (`matched_by = created`), like every pair the identity matcher made this run.
 
-`tests/merge_support.py::next_base` is the reference for a fully applied plan; with every op confirmed
+`tests/support/merge.py::next_base` is the reference for a fully applied plan; with every op confirmed
 the two agree, which the tests check.
 """
 

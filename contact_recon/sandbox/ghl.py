@@ -77,7 +77,7 @@ VENDORED_SPECS = Path(__file__).resolve().parent / "specs"
 
 def specs_dir() -> Path:
     """The GHL spec files: $RECON_SPECS_DIR/ghl when set, else the unmodified copy shipped in sandbox/specs/
-    (so the sandbox runs on a machine without ../shared; tests/test_vendored_specs.py keeps it identical)."""
+    (so the sandbox runs on a machine without ../shared; tests/contract/test_vendored_specs.py keeps it identical)."""
     root = os.environ.get("RECON_SPECS_DIR") or VENDORED_SPECS
     return Path(root) / "ghl"
 
