@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     # a path, or "sandbox" (the sandbox's test key); None: GHL's published key. Replay window in seconds.
     ghl_webhook_public_key: str | None = None
     webhook_max_age_s: float = 300
+    # Held runs (flows/reconcile.py): how long a held deployment run waits for its answer in the Prefect UI
+    # (capped to end before the flow's next scheduled run); unanswered, it expires and writes nothing
+    approval_window_hours: float = 20.0
+    # The report (`recon report serve`): the URL the team opens the run reports at, e.g.
+    # "http://recon-worker:8705"; None: the Prefect link artifact points at the file on the worker
+    report_base_url: str | None = None
 
     @field_validator("ghl_location_ids", mode="before")
     @classmethod

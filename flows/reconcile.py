@@ -1,24 +1,60 @@
 """The nightly (and on-demand) reconciliation as a Prefect flow: lock -> recover -> snapshot, merge, checks ->
-apply -> report.
+apply -> report; and a held run's answer.
 
 `reconcile_flow` is the deployments' entrypoint (`prefect.yaml`). It reads the settings and hands the run to
 the one orchestration, `contact_recon.stages.run.reconcile`, with the Prefect tasks of `tasks/reconcile.py`
 as its steps (`recover`, `snapshot-merge-check`, `apply`, `report`); the module docstring of
 `contact_recon/stages/run.py` has what each step does. It covers the locations it is given (default: every
 configured one) and returns the run's summary dict (summary.json). `recon run` calls the same flow in-process.
+
+How a flow run ends:
+- completed (applied, or a dry run): state Completed, the summary as its result;
+- held by a guard, in a deployment run: the flow run suspends itself with the approval form (flows/approval.py)
+  and shows Suspended until someone answers in the UI (or `recon approve RUN_ID`). Resumed, its second attempt
+  applies that same plan (Completed) or, rejected, writes nothing (Cancelled, named `Rejected`); unanswered, it
+  expires before the next nightly (that run closes it as Cancelled, named `Expired`);
+- held, outside a deployment (`recon run`): a Completed state named `Held` (it cannot wait: the CLI exits 3).
+
+`apply_approved_flow` is what `recon approve RUN_ID` runs for a held run with no suspended flow run: the answer,
+the apply and the report in a flow run of their own, with its artifacts and events.
+
+While a flow runs, the project's loggers go to its Prefect logs and a progress artifact follows the snapshot
+and the apply (flows/ui.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from contact_recon.flows.approval import (
+    APPROVAL_KEY,
+    approval_form,
+    approval_window_s,
+    form_description,
+    to_approval,
+)
+from contact_recon.flows.ui import forwarded_logs, progress_artifact
 from contact_recon.tasks.reconcile import PREFECT_STEPS
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
+from prefect.flow_runs import suspend_flow_run
+from prefect.states import Cancelled, Completed, State
 from pydantic import Field
 
-from contact_recon.model.records import RUN_ENTITIES
-from contact_recon.settings import get_settings
-from contact_recon.stages.run import reconcile
+from contact_recon.model.approval import Approval
+from contact_recon.report.build import report_url
+from contact_recon.settings import Settings, get_settings
+from contact_recon.stages.plan import HELD, load_plan
+from contact_recon.stages.run import (
+    REJECTED,
+    NotApplicable,
+    RunOutcome,
+    answer_held,
+    held_run_of,
+    reconcile,
+    wait_for_answer,
+)
+from contact_recon.store.db import db_path, open_db
 
 
 @flow(name="reconcile", log_prints=True)
@@ -27,25 +63,114 @@ def reconcile_flow(
                                         "configured location (RECON_GHL_LOCATION_IDS)."),
     dry_run: bool = Field(default=False, description="Plan and report only: nothing is written to either system."),
     approve: bool = Field(default=False, description="Approve up front any guard the plan trips (mass changes)."),
-    entities: list[str] = Field(default=list(RUN_ENTITIES), description="What to reconcile: contacts, tags, tasks, "
-                                "notes (contacts are always read: they carry the identity)."),
     full_sweep: bool = Field(default=False, description="Read every contact's notes and tasks, not only the "
                              "changed ones and tonight's rolling sweep."),
     lock_wait_s: float = Field(default=60.0, description="How long to wait for another run of the same "
                                "locations before giving up."),
-) -> dict[str, Any]:
-    """Reconcile GHL and TinyEmail: snapshot -> merge -> checks -> apply -> report."""
-    check_entities(entities)
-    outcome = reconcile(get_settings(), locations=locations, dry_run=dry_run, approve=approve,
-                        full_sweep=full_sweep, lock_wait_s=lock_wait_s, steps=PREFECT_STEPS)
-    assert outcome.summary is not None  # the flow always reports
+) -> dict[str, Any] | State[Any]:
+    """Reconcile GHL and TinyEmail: snapshot -> merge -> checks -> apply -> report (held: wait for approval)."""
+    settings, flow_run = get_settings(), _flow_run()
+    with forwarded_logs(flow_run.id), progress_artifact("reconcile"):
+        held = held_run_of(settings, str(flow_run.id))
+        if held is not None:  # this flow run held it, suspended, and was resumed: the answer is waiting
+            return _answered(settings, held, lock_wait_s)
+        outcome = reconcile(settings, locations=locations, dry_run=dry_run, approve=approve,
+                            full_sweep=full_sweep, lock_wait_s=lock_wait_s, steps=PREFECT_STEPS)
+        _close_expired(outcome)
+        assert outcome.summary is not None  # the flow always reports
+        if outcome.status != HELD:
+            return outcome.summary
+        if flow_run.deployment_id is None:  # `recon run`: nobody can resume an in-process run
+            return Completed(name="Held", message=_held_message(outcome.summary), data=outcome.summary)
+        _wait_for_approval(settings, outcome, flow_run)
+        return outcome.summary  # not reached in a deployment run: the suspension ends this attempt
+
+
+@flow(name="apply-approved", log_prints=True)
+def apply_approved_flow(run_id: str, guards: list[str] | None = None, reject: bool = False,
+                        note: str = "", lock_wait_s: float = 60.0) -> dict[str, Any] | State[Any]:
+    """Answer a held run (approve all or the chosen `guards`, or `reject`), then apply it and report."""
+    settings, flow_run = get_settings(), _flow_run()
+    approval = Approval("reject" if reject else "approve", None if guards is None else tuple(guards), note, "cli")
+    with forwarded_logs(flow_run.id), progress_artifact("apply-approved"):
+        return _apply_answer(settings, run_id, approval, lock_wait_s)
+
+
+def run_in_process(**parameters: Any) -> dict[str, Any]:
+    """`reconcile_flow` in this process (`recon run`, the demo): its summary (a held run's too: outside a
+    deployment the flow never suspends)."""
+    summary = reconcile_flow(**parameters)
+    if not isinstance(summary, dict):
+        raise RuntimeError(f"the reconcile flow ended {summary!r} instead of returning its summary")
+    return summary
+
+
+def _flow_run() -> Any:
+    context = FlowRunContext.get()
+    assert context is not None and context.flow_run is not None, "called outside a flow run"
+    return context.flow_run
+
+
+def _wait_for_approval(settings: Settings, outcome: RunOutcome, flow_run: Any) -> None:
+    """Record that the held run waits in this flow run, then suspend it with the approval form (this process
+    ends here; a resume reschedules the flow run, and its second attempt finds the answer)."""
+    from datetime import UTC, datetime, timedelta
+
+    window = approval_window_s(settings, flow_run.flow_id)
+    expires = datetime.now(UTC) + timedelta(seconds=window)
+    wait_for_answer(settings, outcome.run_id, str(flow_run.id), expires)
+    run = _run(settings, outcome.run_id)
+    plan = load_plan(settings.data_dir, outcome.run_id)
+    form = approval_form(run["held_reasons"]).with_initial_data(
+        description=form_description(run, plan, expires, report_url(settings.report_base_url, outcome.run_id)))
+    get_run_logger().warning("run %s held: %s; waiting for an answer in the Prefect UI until %s UTC (or "
+                             "`recon approve %s`)", outcome.run_id, "; ".join(run["held_reasons"]),
+                             f"{expires:%Y-%m-%d %H:%M}", outcome.run_id)
+    suspend_flow_run(wait_for_input=form, timeout=window, key=APPROVAL_KEY)
+
+
+def _answered(settings: Settings, run_id: str, lock_wait_s: float) -> dict[str, Any] | State[Any]:
+    """The second attempt of a held flow run: read the form's answer (suspend with the same key returns it),
+    then apply or reject."""
+    run = _run(settings, run_id)
+    answer = suspend_flow_run(wait_for_input=approval_form(run["held_reasons"]), key=APPROVAL_KEY)
+    return _apply_answer(settings, run_id, to_approval(answer), lock_wait_s)
+
+
+def _apply_answer(settings: Settings, run_id: str, approval: Approval,
+                  lock_wait_s: float) -> dict[str, Any] | State[Any]:
+    try:
+        outcome = answer_held(settings, run_id, approval, lock_wait_s=lock_wait_s, steps=PREFECT_STEPS)
+    except NotApplicable as exc:
+        return Cancelled(name="Superseded", message=str(exc))
+    assert outcome.summary is not None
+    if outcome.status == REJECTED:
+        answer = f": {approval.note}" if approval.note else ""
+        return Cancelled(name="Rejected", message=f"run {run_id} rejected by {approval.by}{answer}; nothing written")
     return outcome.summary
 
 
-def check_entities(entities: list[str]) -> None:
-    """Refuse an unknown entity name (the form's values). Contacts are always read: they carry the identity."""
-    unknown = sorted(set(entities) - set(RUN_ENTITIES))
-    if unknown:
-        raise ValueError(f"unknown entities {unknown}; known: {list(RUN_ENTITIES)}")
-    if "contacts" not in entities:
-        get_run_logger().info("contacts are always reconciled: they carry the identity of everything else")
+def _close_expired(outcome: RunOutcome) -> None:
+    """Held runs this run found expired: their suspended Prefect flow runs end Cancelled, named `Expired`."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    waiting = [run for run in outcome.expired if run.get("flow_run_id")]
+    if not waiting:
+        return
+    with get_client(sync_client=True) as client:
+        for run in waiting:
+            state: State[Any] = Cancelled(name="Expired", message=f"run {run['run_id']} was not answered in time: "
+                                          f"nothing written; run {outcome.run_id} planned afresh")
+            client.set_flow_run_state(UUID(run["flow_run_id"]), state, force=True)
+
+
+def _run(settings: Settings, run_id: str) -> dict[str, Any]:
+    with open_db(db_path(settings.data_dir)) as store:
+        return store.get_run(run_id)
+
+
+def _held_message(summary: dict[str, Any]) -> str:
+    reasons = "; ".join(g.get("reason") or g.get("name") or "" for g in summary.get("guards", []))
+    return f"run {summary['run_id']} held: {reasons}. Approve with `recon approve {summary['run_id']}`."

@@ -74,11 +74,11 @@ def _configure(fixture: dict[str, Any], ports: dict[str, int], data_dir: Path) -
 
 
 def _story(console: Console, fixture: dict[str, Any], ports: dict[str, int], seed: int) -> int:
-    from contact_recon.flows.reconcile import reconcile_flow
+    from contact_recon.flows.reconcile import run_in_process
     from contact_recon.sandbox.mutate import mutate
 
     console.print("[bold]3.[/] first reconciliation (Prefect flow `reconcile`)...")
-    first = reconcile_flow(approve=True)
+    first = run_in_process(approve=True)
     console.print(_summary_table(first, "First reconciliation"))
     token = fixture["ghl"]["tokens"][0]
     report = mutate(f"http://127.0.0.1:{ports['ghl']}", f"http://127.0.0.1:{ports['tinyemail']}/v1", 120,
@@ -88,7 +88,7 @@ def _story(console: Console, fixture: dict[str, Any], ports: dict[str, int], see
     console.print(f"[bold]4.[/] a day of drift through both APIs: {report['changes']} changes ({kinds})",
                   highlight=False, soft_wrap=True)
     console.print("[bold]5.[/] the nightly reconciliation...")
-    second = reconcile_flow()
+    second = run_in_process()
     console.print(_summary_table(second, "Nightly reconciliation"))
     console.print(f"report: {second.get('report')}", highlight=False, soft_wrap=True)
     console.print(f"summary: {Path(str(second.get('report'))).with_name('summary.json')}", highlight=False,

@@ -134,15 +134,22 @@ def mapping(
 @app.command("approve")
 def approve(
     run_id: Annotated[str, typer.Argument(help="The id of a held run.")],
+    guard: Annotated[list[str] | None, typer.Option(help="Approve only this guard (repeatable); the ops the other "
+                                                         "guards hold are not written. Default: every guard.")]
+    = None,
+    reject: Annotated[bool, typer.Option(help="Reject the run: nothing of it is written.")] = False,
+    note: Annotated[str, typer.Option(help="Why (kept with the run, shown in its report).")] = "",
     apply: Annotated[bool, typer.Option(help="Apply a held `recon run` right after approving it.")] = True,
 ) -> None:
-    """Approve a run held by a guard; print the reasons and the operations it approves. A held reconcile run
-    (`recon run`) is then applied, each write checked against the live record first (exit 0 completed,
-    1 failed); a `recon plan` run is only approved."""
+    """Answer a run held by a guard: print the reasons and the operations the answer lets it write. A run that
+    waits in the Prefect UI (a deployment run) is resumed there; a held `recon run` is applied here as an
+    `apply-approved` flow run, each write checked against the live record first (exit 0 done, 1 failed);
+    a `recon plan` run is only approved."""
     from contact_recon.cli.plan import run_approve_command
     from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_approve_command(get_settings(), run_id, console, err, apply=apply))
+    raise typer.Exit(run_approve_command(get_settings(), run_id, console, err, apply=apply, guards=guard or [],
+                                         reject=reject, note=note))
 
 
 @webhooks_app.command("serve")
@@ -212,12 +219,25 @@ def runs(limit: Annotated[int, typer.Option(help="How many runs to show.", min=1
 
 @app.command("report")
 def report(
-    run_id: Annotated[str | None, typer.Argument(help="The run; default: the latest reconcile or plan run.")] = None,
+    run_id: Annotated[str | None, typer.Argument(help="The run (default: the latest reconcile or plan run); or "
+                                                      "`serve`: serve the reports over HTTP.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json as it is.")] = False,
+    host: Annotated[str, typer.Option(help="With `serve`: the interface to listen on (the reports hold customer "
+                                           "data: keep 127.0.0.1 or put an authenticating proxy in front).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="With `serve`: the port.")] = 8705,
 ) -> None:
-    """Print a run's summary and the path of its HTML report (written again if its files are missing)."""
-    from contact_recon.cli.report import run_report_command
+    """Print a run's summary and the path of its HTML report (written again if its files are missing).
+
+    `recon report serve` serves the runs' reports at http://HOST:PORT/runs/<run_id>/report.html; set
+    RECON_REPORT_BASE_URL to that address and each flow run's report artifact links there."""
     from contact_recon.settings import get_settings
+
+    if run_id == "serve":
+        from contact_recon.cli.report import run_report_serve
+
+        raise typer.Exit(run_report_serve(get_settings(), host, port, console))
+    from contact_recon.cli.report import run_report_command
 
     raise typer.Exit(run_report_command(get_settings(), run_id, as_json, console, err))
 

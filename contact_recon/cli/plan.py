@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from pydantic import ValidationError
@@ -84,62 +85,117 @@ def run_mapping_command(settings: Settings, policy_file: Path | None, console: C
     return EXIT_PLANNED
 
 
-def run_approve_command(settings: Settings, run_id: str, console: Console, err: Console, *,
-                        apply: bool = True) -> int:
-    """Approve a held run and show what that approves; a held `reconcile` run is then applied (unless
-    `apply` is False): 0 completed, 1 failed. 1 and one clear line when it is unknown or not held."""
-    code = _approve(settings, run_id, console, err)
-    if code != EXIT_PLANNED or not apply:
-        return code
-    with open_db(db_path(settings.data_dir)) as store:
-        kind = store.get_run(run_id)["kind"]
-    return _apply_approved(settings, run_id, console, err) if kind == "reconcile" else code
+def run_approve_command(settings: Settings, run_id: str, console: Console, err: Console, *, apply: bool = True,
+                        guards: Sequence[str] = (), reject: bool = False, note: str = "") -> int:
+    """Answer a held run: approve every guard it tripped (or only `guards`), or `reject` it, with a `note`.
 
+    - held by a deployment run that waits in the Prefect UI: that flow run is resumed with this answer, and
+      applies there (its artifacts and events in the same flow run);
+    - held by `recon run`: the answer, the apply and the report run as an `apply-approved` flow run here
+      (unless `apply` is False: then it is only recorded, for `recon run --approve` or the next run);
+    - a `recon plan` run: the answer is recorded.
+    0 done, 1 and one clear line when the run is unknown, not held, expired or its apply failed.
+    """
+    from contact_recon.model.approval import Approval, tripped_guards
 
-def _apply_approved(settings: Settings, run_id: str, console: Console, err: Console) -> int:
-    """Apply an approved reconcile run now (fresh preconditions protect edits made since its snapshot)."""
-    from contact_recon.report.build import build_summary, write_run_files
-    from contact_recon.stages.lock import LocationBusy, location_lock
-    from contact_recon.stages.run import apply_run
-
+    approval = Approval("reject" if reject else "approve", tuple(guards) or None, note, "cli")
     try:
         with open_db(db_path(settings.data_dir)) as store:
-            locations = list(store.get_run(run_id)["location_ids"] or [])
-        with location_lock(settings, locations, 60.0), open_db(db_path(settings.data_dir)) as store:
-            outcome = apply_run(settings, store, run_id)
-            summary = build_summary(store, settings.data_dir, run_id, dry_run=False, requests=outcome.requests,
-                                    guards=[])
-            files = write_run_files(store, settings.data_dir, run_id, summary)
-    except (LocationBusy, StoreError) as exc:
+            store.expire_held()
+            run = store.get_run(run_id)
+        if run["status"] != "held":
+            raise StoreError(f"run {run_id} is {run['status']}, not held: nothing to answer"
+                             + (" (it expired unanswered; the next run plans afresh)" if run["status"] == "expired"
+                                else ""))
+        approval.effective(tripped_guards(run["held_reasons"]))  # unknown guard names: refused here
+    except (StoreError, ValueError) as exc:
         _error(err, str(exc))
         return EXIT_FAILED
+    _show_release(settings, run, approval, console)
+    if run["kind"] == "reconcile" and run["flow_run_id"]:
+        return _resume_in_prefect(run, approval, console, err)
+    if run["kind"] == "reconcile" and apply:
+        return _answer_in_flow(settings, run_id, approval, console, err)
+    return _record(settings, run_id, approval, console, err)
+
+
+def _show_release(settings: Settings, run: dict[str, Any], approval: Any, console: Console) -> None:
+    from contact_recon.model.approval import tripped_guards
+    from contact_recon.stages.plan import load_plan, ops_to_apply
+
+    verb = "rejecting" if approval.decision == "reject" else "approving"
+    for reason in run["held_reasons"]:
+        chosen = approval.guards is None or reason.split(":", 1)[0] in approval.guards
+        console.print(f"  {verb if chosen else 'still held'}: {reason}", highlight=False, soft_wrap=True)
+    if approval.decision == "reject":
+        return
+    try:
+        marked = load_plan(settings.data_dir, run["run_id"])
+    except OSError:
+        console.print("  (its plan file is gone: no op counts to show)", highlight=False)
+        return
+    kinds = approval.released_kinds(tripped_guards(run["held_reasons"]))
+    approved = ops_to_apply(marked, approved=True, kinds=kinds)
+    console.print(plan_counts_table(approved, title=f"Ops this approval lets {run['run_id']} write"))
+    console.print(f"released by this approval: {approved.height - ops_to_apply(marked, approved=False).height:,} "
+                  f"ops held by the guards; not written: {marked.height - approved.height:,}", highlight=False)
+
+
+def _resume_in_prefect(run: dict[str, Any], approval: Any, console: Console, err: Console) -> int:
+    """Resume the suspended deployment run that waits for this answer (its form's input)."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import resume_flow_run
+
+    from contact_recon.flows.approval import answer_input
+
+    flow_run_id = UUID(run["flow_run_id"])
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+        if state is None or not state.is_paused():
+            raise RuntimeError(f"its Prefect flow run {flow_run_id} is {state.name if state else 'unknown'}, "
+                               "not waiting for an answer")
+        answer = answer_input(approval)
+        resume_flow_run(flow_run_id, run_input={**answer, "note": f"{answer['note']} (recon approve)".strip()})
+    except Exception as exc:  # noqa: BLE001 - one clear line (the Prefect API unreachable, the pause expired)
+        _error(err, f"could not resume run {run['run_id']}: {type(exc).__name__}: {exc}")
+        return EXIT_FAILED
+    console.print(f"run {run['run_id']}: answered ({approval.decision}); its Prefect flow run {flow_run_id} is "
+                  "resumed and applies on the worker", highlight=False, soft_wrap=True)
+    return EXIT_PLANNED
+
+
+def _answer_in_flow(settings: Settings, run_id: str, approval: Any, console: Console, err: Console) -> int:
+    """The answer, the apply and the report as an `apply-approved` flow run in this process."""
+    from contact_recon.flows.reconcile import apply_approved_flow
+
+    try:
+        state = apply_approved_flow(run_id, guards=list(approval.guards) if approval.guards is not None else None,
+                                    reject=approval.decision == "reject", note=approval.note, return_state=True)
     except Exception as exc:  # noqa: BLE001 - one clear line; the journal and the run row keep the details
         _error(err, f"apply failed: {type(exc).__name__}: {exc}")
         return EXIT_FAILED
-    console.print(f"run {run_id}: applied, status [bold]{outcome.status}[/] ({outcome.journal})", highlight=False)
-    console.print(f"report: {files.report}", highlight=False, soft_wrap=True)
-    return EXIT_PLANNED if outcome.status == "completed" else EXIT_FAILED
+    if state.is_completed():
+        summary: dict[str, Any] = state.result()  # type: ignore[assignment]  # a completed run's summary
+        console.print(f"run {run_id}: applied, status [bold]{summary['status']}[/]", highlight=False)
+        console.print(f"report: {summary.get('report')}", highlight=False, soft_wrap=True)
+        return EXIT_PLANNED if summary["status"] == "completed" else EXIT_FAILED
+    if state.is_cancelled():
+        console.print(f"run {run_id}: [bold]{(state.name or 'cancelled').lower()}[/]: {state.message}", highlight=False,
+                      soft_wrap=True)
+        return EXIT_PLANNED if state.name == "Rejected" else EXIT_FAILED
+    _error(err, f"run {run_id}: {state.name}: {state.message}")
+    return EXIT_FAILED
 
 
-def _approve(settings: Settings, run_id: str, console: Console, err: Console) -> int:
-    from contact_recon.stages.plan import load_plan, ops_to_apply
-
+def _record(settings: Settings, run_id: str, approval: Any, console: Console, err: Console) -> int:
     try:
         with open_db(db_path(settings.data_dir)) as store:
-            run = store.approve_run(run_id)
+            run = store.approve_run(run_id, approval)
     except StoreError as exc:
         _error(err, str(exc))
         return EXIT_FAILED
-    console.print(f"run {run_id}: [bold]approved[/] (was held)", highlight=False)
-    for reason in run["held_reasons"]:
-        console.print(f"  approved: {reason}", highlight=False, soft_wrap=True)
-    try:
-        marked = load_plan(settings.data_dir, run_id)
-    except OSError:
-        console.print("  (its plan file is gone: no op counts to show)", highlight=False)
-        return EXIT_PLANNED
-    released = ops_to_apply(marked, approved=True).height - ops_to_apply(marked, approved=False).height
-    console.print(plan_counts_table(ops_to_apply(marked, approved=True), title=f"Approved ops of {run_id}"))
-    console.print(f"released by this approval: {released:,} ops held by the guards; still quarantined "
-                  f"(bad records): {marked.height - ops_to_apply(marked, approved=True).height:,}", highlight=False)
+    console.print(f"run {run_id}: [bold]{run['status']}[/] (was held)", highlight=False)
     return EXIT_PLANNED

@@ -155,3 +155,15 @@ def run_conflicts_import_command(settings: Settings, path: Path, console: Consol
                   f"{result.undecided:,} row(s) without a decision left alone. They apply on the next run.",
                   highlight=False, soft_wrap=True)
     return EXIT_OK
+
+
+def run_report_serve(settings: Settings, host: str, port: int, console: Console) -> int:
+    """Serve the runs' reports (contact_recon/service/reports.py) until interrupted."""
+    import uvicorn
+
+    from contact_recon.service.reports import report_app
+
+    console.print(f"serving the reports of {settings.data_dir} at http://{host}:{port}/ "
+                  f"(RECON_REPORT_BASE_URL={settings.report_base_url or 'unset'})", highlight=False, soft_wrap=True)
+    uvicorn.run(report_app(settings.data_dir), host=host, port=port, log_level="warning", access_log=False)
+    return 0

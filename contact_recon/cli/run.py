@@ -24,7 +24,7 @@ def run_reconcile_command(settings: Settings, locations: Sequence[str], dry_run:
     run), 1 failed (with one clear line; the traceback goes to the Prefect UI only), 2 usage (no location
     configured). A run of the same location in progress elsewhere is waited for up to `lock_wait_s`.
     """
-    from contact_recon.flows.reconcile import reconcile_flow
+    from contact_recon.flows.reconcile import run_in_process
     from contact_recon.stages.lock import LocationBusy
 
     covered = list(locations) or list(settings.ghl_location_ids)
@@ -33,7 +33,7 @@ def run_reconcile_command(settings: Settings, locations: Sequence[str], dry_run:
         return EXIT_USAGE
     try:
         with progress_bars(console), console_without_tracebacks():
-            summary = reconcile_flow(locations=covered, dry_run=dry_run, approve=approve, full_sweep=full_sweep,
+            summary = run_in_process(locations=covered, dry_run=dry_run, approve=approve, full_sweep=full_sweep,
                                      lock_wait_s=lock_wait_s)
     except LocationBusy as exc:
         err.print(f"[bold red]busy:[/] {redact(str(exc))}", highlight=False, soft_wrap=True)

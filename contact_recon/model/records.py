@@ -89,5 +89,3 @@ GHL_NOTES = pl.Schema({
 # One row per person key: what the three-way merge compares (base, TinyEmail now, GHL now).
 MERGE_SIDE = pl.Schema({"key": pl.String(), "contact_id": pl.String(), **_PERSON, "lists": pl.List(pl.String())})
 
-# What a run reconciles (the flow form's `entities`); contacts are always read: they carry the identity.
-RUN_ENTITIES = ("contacts", "tags", "tasks", "notes")

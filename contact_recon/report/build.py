@@ -469,8 +469,11 @@ def requests_chart(requests: Mapping[str, Mapping[str, Any]]) -> str:
 # ---------------------------------------------------------------------------------------- artifacts
 
 
-def summary_markdown(summary: Mapping[str, Any], files: RunFiles) -> str:
-    """The run summary as markdown (numbers, guards, where the files are)."""
+def summary_markdown(summary: Mapping[str, Any], files: RunFiles, *, link: str | None = None,
+                     history: Sequence[tuple[str, datetime, Mapping[str, int]]] = (),
+                     checks: pl.DataFrame | None = None) -> str:
+    """The run summary as markdown: the numbers, the requests, the guards, the figures of the report's drift
+    and check charts (`history`: `drift_history`; `checks`: the run's check results), and the report's link."""
     s = summary
     lines = [f"# contact-recon run `{s['run_id']}`: **{s['status']}**", "",
              f"{'Dry run (nothing written)' if s['dry_run'] else 'Applied'} · locations: "
@@ -487,8 +490,41 @@ def summary_markdown(summary: Mapping[str, Any], files: RunFiles) -> str:
               for system, r in s["requests"].items()]
     lines += ["", "Guards tripped:" if s["guards"] else "No guard tripped."]
     lines += [f"- **{_md(g['name'])}**: {_md(g['reason'])}" for g in s["guards"]]
-    lines += ["", f"Report: `{files.report}`"]
+    lines += _history_markdown(history, s["run_id"]) + _checks_markdown(checks)
+    lines += ["", f"Report: [{link}]({link})" if link else f"Report: `{files.report}` (on the worker; set "
+              "RECON_REPORT_BASE_URL and run `recon report serve` to open it from here)"]
     return "\n".join(lines)
+
+
+def _history_markdown(history: Sequence[tuple[str, datetime, Mapping[str, int]]], run_id: str) -> list[str]:
+    if not history:
+        return []
+    lines = ["", f"Drift: ops planned per run (last {len(history)})", "",
+             "| run | started | to GHL | to TinyEmail |", "|---|---|---:|---:|"]
+    for rid, at, counts in history:
+        mark = " (this run)" if rid == run_id else ""
+        lines.append(f"| `{rid}`{mark} | {iso_utc(at)} | {counts.get('ghl', 0):,} | {counts.get('tinyemail', 0):,} |")
+    return lines
+
+
+def _checks_markdown(checks: pl.DataFrame | None) -> list[str]:
+    if checks is None or checks.height == 0:
+        return []
+    failing = checks.filter((pl.col("unexpected_count") > 0) | ~pl.col("success")).sort(
+        ["blocking", "unexpected_count"], descending=True).head(20)
+    if failing.height == 0:
+        return ["", f"Checks: all {checks.height} passed."]
+    lines = ["", f"Check failures ({failing.height} of {checks.height} checks)", "",
+             "| expectation | records | severity |", "|---|---:|---|"]
+    lines += [f"| {_md(f'{suite}.{name}')} | {n:,} | {'blocking' if blocking else 'warning'} |"
+              for suite, name, n, blocking in failing.select("suite", "expectation", "unexpected_count", "blocking")
+              .iter_rows()]
+    return lines
+
+
+def report_url(base_url: str | None, run_id: str) -> str | None:
+    """Where the team opens a run's report (`recon report serve` at RECON_REPORT_BASE_URL), None without one."""
+    return f"{base_url.rstrip('/')}/runs/{run_id}/{REPORT_FILE}" if base_url else None
 
 
 def _md(text: str) -> str:
@@ -500,17 +536,21 @@ def _table_rows(frame: pl.DataFrame, cols: Sequence[str]) -> list[dict[str, str]
 
 
 def publish_artifacts(summary: Mapping[str, Any], files: RunFiles, *, conflicts: pl.DataFrame | None,
-                      problems: pl.DataFrame, key_prefix: str = "recon") -> dict[str, UUID]:
+                      problems: pl.DataFrame, key_prefix: str = "recon", link: str | None = None,
+                      history: Sequence[tuple[str, datetime, Mapping[str, int]]] = (),
+                      checks: pl.DataFrame | None = None) -> dict[str, UUID]:
     """Create the run's Prefect artifacts; call it inside a flow or task run (it uses the sync client).
 
     Args:
         summary: `build_summary`'s dict.
-        files: `write_run_files`'s paths (the link artifact points at the report, as a file:// URL).
+        files: `write_run_files`'s paths (the link artifact points at `link`, else the file as a file:// URL).
         conflicts: the run's conflicts (CONFLICTS_SCHEMA, `load_conflicts`), or None.
         problems: ops with a status (`run_ops`, or `problem_ops` of it): the failed and quarantined ones
             become tables.
         key_prefix: artifact keys are `<prefix>-summary`, `-conflicts`, `-failed-ops`, `-quarantined-ops`,
-            `-report` (stable, so the Prefect UI keeps each one's history across runs).
+            `-report` (stable, so the Prefect UI keeps each one's history across runs of one kind).
+        link: the report's URL (`report_url`), None: its file.
+        history, checks: the drift and check figures for the summary (`summary_markdown`).
     Returns: artifact key -> artifact id.
     """
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -520,7 +560,8 @@ def publish_artifacts(summary: Mapping[str, Any], files: RunFiles, *, conflicts:
     run_id = summary["run_id"]
     # `_sync=True`: Prefect's sync/async-compatible functions take it; their stubs do not name it
     ids = {f"{key_prefix}-summary": create_markdown_artifact(  # type: ignore[call-arg]
-        markdown=summary_markdown(summary, files), key=f"{key_prefix}-summary",
+        markdown=summary_markdown(summary, files, link=link, history=history, checks=checks),
+        key=f"{key_prefix}-summary",
         description=f"run {run_id}: {summary['status']}", _sync=True)}
     for name, (frame, cols) in _artifact_tables(conflicts, problems).items():
         shown = f"first {ARTIFACT_ROWS} of {frame.height:,}" if frame.height > ARTIFACT_ROWS else f"{frame.height:,}"
@@ -528,7 +569,8 @@ def publish_artifacts(summary: Mapping[str, Any], files: RunFiles, *, conflicts:
         ids[f"{key_prefix}-{name}"] = create_table_artifact(  # type: ignore[call-arg]
             table=table, key=f"{key_prefix}-{name}", description=f"run {run_id}: {name} ({shown})", _sync=True)
     ids[f"{key_prefix}-report"] = create_link_artifact(  # type: ignore[call-arg]
-        link=files.report.resolve().as_uri(), link_text=f"HTML report of run {run_id}", key=f"{key_prefix}-report",
+        link=link or files.report.resolve().as_uri(), link_text=f"HTML report of run {run_id}",
+        key=f"{key_prefix}-report",
         description=f"run {run_id}: report.html", _sync=True)
     return ids  # type: ignore[return-value]
 

@@ -7,14 +7,17 @@ flow or task run: outside one there is no UI to publish to) -> `emit_alert_event
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from contact_recon.events import RUN_FAILED_OPS, RUN_HELD, emit_run_alert, failed_ops_exceeded
 from contact_recon.report.build import (
     build_summary,
+    drift_history,
     load_conflicts,
     problem_ops,
     publish_artifacts,
+    report_url,
     run_ops,
     write_run_files,
 )
@@ -31,8 +34,12 @@ def report_run(settings: Settings, store: Store, run_id: str, dry_run: bool,
     files = write_run_files(store, settings.data_dir, run_id, summary)
     summary = {**summary, "report": str(files.report)}
     if _in_prefect_run():
+        link = report_url(settings.report_base_url, run_id)
         publish_artifacts(summary, files, conflicts=load_conflicts(settings.data_dir, run_id),
-                          problems=problem_ops(run_ops(store, settings.data_dir, run_id)))
+                          problems=problem_ops(run_ops(store, settings.data_dir, run_id)),
+                          key_prefix=artifact_prefix(dry_run), link=link,
+                          history=drift_history(store, settings.data_dir, run_id),
+                          checks=store.load_check_results(run_id))
         emit_alert_events(summary)
     return summary
 
@@ -41,6 +48,21 @@ def _in_prefect_run() -> bool:
     from prefect.context import FlowRunContext, TaskRunContext
 
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def artifact_prefix(dry_run: bool) -> str:
+    """The artifact keys' prefix, so the UI keeps each kind of run's history apart: `recon-dry-run` for a dry
+    run, `recon-<deployment name>` for a deployment's run (`recon-nightly-reconcile`, `recon-reconcile-on-demand`),
+    `recon-local` for a flow run started in-process (`recon run`, `recon approve`)."""
+    from prefect.context import FlowRunContext
+    from prefect.runtime import deployment
+
+    if dry_run:
+        return "recon-dry-run"
+    context = FlowRunContext.get()
+    name = deployment.name if context is not None and context.flow_run and context.flow_run.deployment_id else None
+    slug = re.sub(r"[^a-z0-9]+", "-", str(name).lower()).strip("-") if name else ""
+    return f"recon-{slug}" if slug else "recon-local"
 
 
 def emit_alert_events(summary: dict[str, Any]) -> None:

@@ -288,12 +288,14 @@ def load_plan(data_dir: str | Path, run_id: str) -> pl.DataFrame:
     return pl.read_parquet(run_dir(data_dir, run_id) / PLAN_FILE)
 
 
-def ops_to_apply(marked: pl.DataFrame, approved: bool) -> pl.DataFrame:
+def ops_to_apply(marked: pl.DataFrame, approved: bool, kinds: frozenset[str] | None = None) -> pl.DataFrame:
     """The ops the apply stage may write: planned ones, and on an approved run also those that only the
-    guard expectation held back (approval releases the guard, never a bad record)."""
+    guard expectation held back (approval releases the guard, never a bad record); with `kinds`, only the
+    guard-held ops of those kinds (the approved guards', `Approval.released_kinds`)."""
     ok = pl.col("status") == PLANNED
     if approved:
-        ok = ok | (pl.col("quarantined_by") == GUARD_EXPECTATION)
+        released = pl.col("quarantined_by") == GUARD_EXPECTATION
+        ok = ok | (released if kinds is None else released & pl.col("kind").is_in(sorted(kinds)))
     return marked.filter(ok)
 
 

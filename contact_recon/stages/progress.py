@@ -1,5 +1,5 @@
-"""Progress of the long stages, for whoever shows it: `recon run` draws rich progress bars; elsewhere (a Prefect
-worker, the tests) nobody listens and the calls cost nothing.
+"""Progress of the long stages, for whoever shows it: `recon run` draws rich progress bars, a flow run keeps a
+Prefect progress artifact (flows/ui.py, through `sink`); elsewhere nobody listens and the calls cost nothing.
 
 Stages name their work and advance it: the snapshot's task searches and note reads per GHL location
 (stages/snapshot.py), and the apply stage's ops as they are closed (store/journal.py `finish`). The calls may come
@@ -34,6 +34,32 @@ def advance(stage: str, n: int = 1) -> None:
     """`n` more units of a stage are done."""
     if _sink is not None and n:
         _sink.advance(stage, n)
+
+
+class _Both:
+    def __init__(self, first: Sink, second: Sink):
+        self.first, self.second = first, second
+
+    def begin(self, stage: str, total: int | None) -> None:
+        self.first.begin(stage, total)
+        self.second.begin(stage, total)
+
+    def advance(self, stage: str, n: int) -> None:
+        self.first.advance(stage, n)
+        self.second.advance(stage, n)
+
+
+@contextlib.contextmanager
+def sink(extra: Sink) -> Iterator[None]:
+    """Send the stages' progress to `extra` too while the block runs (a Prefect progress artifact, beside the
+    terminal's bars when there are any)."""
+    global _sink
+    previous = _sink
+    _sink = extra if previous is None else _Both(previous, extra)
+    try:
+        yield
+    finally:
+        _sink = previous
 
 
 class RichSink:

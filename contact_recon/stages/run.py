@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ import polars as pl
 
 from contact_recon.checks.quarantine import QUARANTINED
 from contact_recon.engine.state import Consent
+from contact_recon.model.approval import Approval, tripped_guards
 from contact_recon.model.policy import Policy, load_policy
 from contact_recon.report.publish import report_run
 from contact_recon.settings import Settings
@@ -67,7 +69,7 @@ from contact_recon.systems.ghl.client import GHLClient
 from contact_recon.systems.http import ApiBacked
 from contact_recon.systems.tinyemail.client import TinyEmailClient
 
-APPLYING, COMPLETED, FAILED = "applying", "completed", "failed"
+APPLYING, COMPLETED, FAILED, REJECTED = "applying", "completed", "failed", "rejected"
 GHLFactory = Callable[[str], GHLClient]
 TinyEmailFactory = Callable[[], TinyEmailClient]
 
@@ -87,6 +89,7 @@ class RunOutcome:
     recovered: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     summary: dict[str, Any] | None = None  # the report's summary.json, when the run reported
+    expired: list[dict[str, Any]] = field(default_factory=list)  # held runs this run found expired
 
 
 @dataclass(frozen=True)
@@ -118,25 +121,51 @@ def reconcile(settings: Settings, store: Store | None = None, *, locations: Sequ
     policy = policy if policy is not None else load_policy(settings.policy_file)
     ghl = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))
     with location_lock(settings, covered, lock_wait_s), _store(settings, store) as db:
+        expired = expire_held_runs(db)
+        for run in expired:
+            log.warning("run %s expired unanswered: nothing of it is written; this run plans afresh", run["run_id"])
         recovered = steps.recover(db, covered, ghl) if not dry_run else {}
         if recovered:
             log.info("recovered after an interrupted run: %s", recovered)
+        started = time.perf_counter()
         planned = steps.plan(settings, db, locations=covered, approve=approve, policy=policy,
                              full_sweep=full_sweep, docs=docs, ghl_client=ghl, tinyemail_client=tinyemail_client,
                              kind="reconcile")
-        log.info("run %s planned: %s ops, %s conflicts, status %s", planned.run_id, planned.plan.height,
-                 planned.conflicts.height, planned.status)
+        log.info("run %s planned in %.1f s: %s", planned.run_id, time.perf_counter() - started, plan_line(planned))
+        for reason in planned.held_reasons:
+            log.warning("run %s %s by guard %s", planned.run_id, "approved up front" if planned.approved else "held",
+                        reason)
         if dry_run or planned.status == HELD:
             outcome = RunOutcome(planned.run_id, HELD if planned.status == HELD else COMPLETED, dry_run)
         else:
+            started = time.perf_counter()
             outcome = steps.apply(settings, db, planned.run_id, policy=policy, ghl_client=ghl,
                                   tinyemail_client=tinyemail_client)
-            log.info("run %s applied: %s", planned.run_id, outcome.journal)
-        outcome.plan, outcome.recovered = planned, recovered
+            log.info("run %s applied in %.1f s: %s", planned.run_id, time.perf_counter() - started,
+                     apply_line(outcome))
+        outcome.plan, outcome.recovered, outcome.expired = planned, recovered, expired
         if report:
             outcome.summary = steps.report(settings, db, planned.run_id, dry_run, outcome.requests)
             log.info("run %s %s; report %s", planned.run_id, outcome.summary["status"], outcome.summary["report"])
     return outcome
+
+
+def plan_line(planned: PlanRun) -> str:
+    """A plan in one log line: people, ops by kind and target, conflicts, quarantined, held."""
+    by_kind = planned.plan.group_by("target", "kind").len().sort("target", "kind").iter_rows()
+    ops = ", ".join(f"{kind} to {target} {n:,}" for target, kind, n in by_kind) or "none"
+    return (f"{planned.stats.get('people', 0):,} people; ops {ops}; {planned.conflicts.height:,} conflicts; "
+            f"{planned.quarantined.height:,} quarantined; status {planned.status}")
+
+
+def apply_line(outcome: RunOutcome) -> str:
+    """An apply in one log line: ops by journal status, requests per system, the error if it stopped."""
+    requests = "; ".join(f"{system} {r.get('used', 0):,} requests ({r.get('rate_limited', 0):,} rate limited, "
+                         f"{r.get('retried', 0):,} retried"
+                         + (f", {r['daily_left']:,} left today" if "daily_left" in r else "") + ")"
+                         for system, r in outcome.requests.items())
+    return (f"status {outcome.status}; ops {outcome.journal}; {requests}"
+            + (f"; stopped: {outcome.error}" if outcome.error else ""))
 
 
 def sync(settings: Settings, *, contact_id: str | None = None, location_id: str | None = None,
@@ -209,13 +238,15 @@ def recover_interrupted(store: Store, locations: Sequence[str], ghl_client: GHLF
     return {**asyncio.run(go()), "interrupted_runs": len(interrupted)}
 
 
-def journal_frame(marked: pl.DataFrame, approved: bool, people: pl.DataFrame, default_location: str) -> pl.DataFrame:
+def journal_frame(marked: pl.DataFrame, released: pl.Expr, people: pl.DataFrame,
+                  default_location: str) -> pl.DataFrame:
     """The plan as journal rows: status planned (to send), quarantined, or held (a guard nobody approved,
-    an identity review), with the GHL location of each op's person."""
+    an identity review), with the GHL location of each op's person. `released` is true for the guard-held
+    ops the run's approval releases (`released_by_approval`)."""
     guard_only = pl.col("quarantined_by") == GUARD_EXPECTATION
     status = (pl.when(pl.col("kind") == "identity_review").then(pl.lit(J.HELD))
               .when(pl.col("status") != QUARANTINED).then(pl.lit(J.PLANNED))
-              .when(guard_only & approved).then(pl.lit(J.PLANNED))
+              .when(guard_only & released).then(pl.lit(J.PLANNED))
               .when(guard_only).then(pl.lit(J.HELD))
               .otherwise(pl.lit(J.QUARANTINED)))
     where = people.select("key", "location_id")
@@ -230,14 +261,14 @@ def apply_run(settings: Settings, store: Store, run_id: str, *, policy: Policy |
     if run["status"] not in (PLANNED, APPROVED):
         raise NotApplicable(f"run {run_id} is {run['status']}: only a planned or approved run can be applied"
                             + (" (approve it first: recon approve RUN_ID)" if run["status"] == HELD else ""))
+    _check_not_superseded(store, run)
     policy = policy if policy is not None else load_policy(settings.policy_file)
     locations = list(run["location_ids"] or [])
     directory = run_dir(settings.data_dir, run_id)
     state = load_state(directory)
     journal = Journal(store, on_closed=lambda n: bars.advance("apply: ops", n))
-    approved = run["status"] == APPROVED or run["approved_at"] is not None
-    journal.record(run_id, journal_frame(load_plan(settings.data_dir, run_id), approved, state["people"],
-                                         locations[0]))
+    journal.record(run_id, journal_frame(load_plan(settings.data_dir, run_id), released_by_approval(store, run),
+                                         state["people"], locations[0]))
     bars.begin("apply: ops", journal.counts(run_id).get(J.PLANNED, 0))
     store.set_run_status(run_id, APPLYING)
     failpoints.hit("journaled")
@@ -255,6 +286,78 @@ def apply_run(settings: Settings, store: Store, run_id: str, *, policy: Policy |
     store.finish_run(run_id, status, {"apply": requests}, error=error, held_reasons=run["held_reasons"],
                      approved=run["approved_at"] is not None)
     return RunOutcome(run_id, status, False, journal=journal.counts(run_id), requests=requests, error=error)
+
+
+def released_by_approval(store: Store, run: dict[str, Any]) -> pl.Expr:
+    """Which guard-held ops of `run` may be written: none unless it was approved; all when approved up front
+    (`--approve`) or for every guard it tripped; else those of the approved guards' kinds (model/approval.py)."""
+    if run["approved_at"] is None:
+        return pl.lit(False)
+    answer = store.approval(run["run_id"])
+    kinds = answer.released_kinds(tripped_guards(run["held_reasons"])) if answer else None
+    return pl.lit(True) if kinds is None else pl.col("kind").is_in(sorted(kinds))
+
+
+def _check_not_superseded(store: Store, run: dict[str, Any]) -> None:
+    """NotApplicable when a later reconcile run of one of this run's locations has planned since: its plan
+    is of older snapshots than what that run already read and wrote (a held plan answered late)."""
+    later = store.runs().filter((pl.col("kind") == "reconcile") & (pl.col("started_at") > run["started_at"]))
+    covered, journal = set(run["location_ids"] or []), Journal(store)
+    for other in later.iter_rows(named=True):
+        # only a run that went on to apply supersedes (a dry run, a held or a failed plan wrote nothing)
+        if covered & set(other["location_ids"] or []) and journal.counts(other["run_id"]):
+            raise NotApplicable(f"run {run['run_id']} was superseded by run {other['run_id']}, which planned the "
+                                "same locations after it: nothing of it is applied")
+
+
+def answer_held(settings: Settings, run_id: str, approval: Approval, *, store: Store | None = None,
+                lock_wait_s: float = 60.0, ghl_client: GHLFactory | None = None,
+                tinyemail_client: TinyEmailFactory | None = None, steps: Steps | None = None) -> RunOutcome:
+    """A held run's answer (the approval form of its flow run, or `recon approve`): record it, then apply the
+    same plan (approve: each write still checked against the live record) or write nothing (reject), and report.
+
+    Raises RunNotHeld (store/db.py) when the run is not held or its window expired; NotApplicable when a later
+    run superseded it (it is then rejected, so it never waits again)."""
+    steps = steps or DIRECT
+    log = steps.logger()
+    with _store(settings, store) as db:
+        covered = list(db.get_run(run_id)["location_ids"] or [])
+    with location_lock(settings, covered, lock_wait_s), _store(settings, store) as db:
+        run = db.approve_run(run_id, approval)
+        answer = db.approval(run_id)
+        log.info("run %s %s by %s%s", run_id, run["status"], approval.by, f": {answer.note}" if answer and answer.note
+                 else "")
+        if run["status"] == REJECTED:
+            outcome = RunOutcome(run_id, REJECTED, False)
+        else:
+            try:
+                outcome = steps.apply(settings, db, run_id, policy=None, ghl_client=ghl_client,
+                                      tinyemail_client=tinyemail_client)
+            except NotApplicable:
+                db.finish_run(run_id, REJECTED, error="superseded by a later run", held_reasons=run["held_reasons"])
+                raise
+            log.info("run %s applied: %s", run_id, outcome.journal)
+        outcome.summary = steps.report(settings, db, run_id, False, outcome.requests)
+    return outcome
+
+
+def wait_for_answer(settings: Settings, run_id: str, flow_run_id: str | None, expires_at: Any) -> None:
+    """Record that held run `run_id` waits for its answer in Prefect flow run `flow_run_id` until
+    `expires_at` (an aware datetime; None: no window)."""
+    with open_db(db_path(settings.data_dir)) as store:
+        store.hold_for_approval(run_id, flow_run_id, expires_at)
+
+
+def held_run_of(settings: Settings, flow_run_id: str) -> str | None:
+    """The held (or answered, not yet applied) run that Prefect flow run `flow_run_id` planned."""
+    with open_db(db_path(settings.data_dir)) as store:
+        return store.held_run_of(flow_run_id)
+
+
+def expire_held_runs(store: Store) -> list[dict[str, Any]]:
+    """Held runs left unanswered past their window end 'expired' (nothing of theirs is written; this run plans
+    afresh); returned (run_id, flow_run_id) so the flow can close their Prefect flow runs."""
+    return store.expire_held()
 
 
 def _settle_decisions(store: Store, journal: pl.DataFrame, run_id: str) -> None:
@@ -292,11 +395,15 @@ def _send(journal: Journal, run_id: str, locations: list[str], people: dict[str,
 
 
 def request_counts(ghl: dict[str, GHLClient], te: TinyEmailClient) -> dict[str, dict[str, int]]:
-    """Requests per system (summed over locations): used, rate_limited, retried."""
+    """Requests per system (summed over locations): used, rate_limited, retried, and `daily_left` (the least
+    daily allowance left over the system's budgets, when they track one)."""
     totals: dict[str, dict[str, int]] = {}
     for system, clients in (("ghl", list(ghl.values())), ("tinyemail", [te])):
         stats = [c.api.stats for c in clients]
         totals[system] = {name: sum(getattr(s, name) for s in stats) for name in ("used", "rate_limited", "retried")}
+        left = [b.daily_remaining for b in (c.api.budget.snapshot() for c in clients) if b.daily_remaining is not None]
+        if left:
+            totals[system]["daily_left"] = min(left)
     return totals
 
 

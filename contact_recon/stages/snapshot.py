@@ -498,8 +498,21 @@ def run_snapshot(settings: Settings, store: Store, locations: Sequence[str], *, 
     store.finish_run(run_id, "succeeded", progress.used)
     counts = {"ghl_contacts": sum(s.contacts.height for s in ghl), "ghl_tasks": sum(s.tasks.height for s in ghl),
               "ghl_notes": sum(s.notes.height for s in ghl), "te_customers": te.customers.height}
-    return SnapshotResult(run_id, counts, progress.plans, progress.used, ingest_s, time.perf_counter() - t0,
-                          loaded - t0, fetched - loaded)
+    result = SnapshotResult(run_id, counts, progress.plans, progress.used, ingest_s, time.perf_counter() - t0,
+                            loaded - t0, fetched - loaded)
+    log.info("snapshot %s: %s in %.1f s (fetch %.1f s, write %.1f s); requests %s", run_id,
+             ", ".join(f"{n:,} {entity}" for entity, n in counts.items()), result.wall_s, result.fetch_s, ingest_s,
+             "; ".join(f"{where} {_total(used)}" for where, used in progress.used.items()))
+    return result
+
+
+def _total(used: Any) -> str:
+    """A system's requests used, summed over kinds, e.g. "412 (search 120, notes 290, ...)"."""
+    if not isinstance(used, dict):
+        return str(used)
+    numbers = {kind: n for kind, n in used.items() if isinstance(n, int)}
+    return f"{sum(numbers.values()):,}" + (f" ({', '.join(f'{k} {v:,}' for k, v in numbers.items())})"
+                                           if len(numbers) > 1 else "")
 
 
 def _fetch_all(settings: Settings, previous: dict[str, PreviousState], te_previous: pl.DataFrame,

@@ -46,6 +46,10 @@ Schema (version 1; timestamps are TIMESTAMPTZ in UTC; list columns are VARCHAR[]
 - version 4: `journal` [run_id, op_id] (the apply stage's, `journal.py`), `created_objects` [key, rule]
   (the tasks and notes we created), `conflict_decisions` [key, field] (`decisions.py`); `base` gains
   in_ghl and in_tinyemail (on which sides the person was at the base).
+- version 5: `runs` gains flow_run_id (the Prefect flow run a held run waits in), approval_json (its answer,
+  `contact_recon/model/approval.py`: approve all or chosen guards, or reject, with a note and who answered)
+  and approval_expires_at. A held run ends 'approved', 'rejected' (`approve_run`) or, left unanswered past
+  its window, 'expired' (`expire_held`); nothing of an expired or rejected run is ever written.
 
 Every SQL statement of the product runs in this package: `Store` here (runs, snapshots, base, id_map,
 review, dirty contacts, check results, and the run list `recon runs` and the report read), `Journal`
@@ -72,6 +76,7 @@ import duckdb
 import polars as pl
 
 from contact_recon.engine.identity import ID_MAP, REVIEW
+from contact_recon.model.approval import Approval, tripped_guards
 from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, MERGE_SIDE, TINYEMAIL_CUSTOMERS
 from contact_recon.systems.redaction import redact
 
@@ -194,11 +199,19 @@ _V4 = (
     "ALTER TABLE base ADD COLUMN in_tinyemail BOOLEAN",
 )
 
+_V5 = (
+    # a held run's answer and the Prefect flow run that waits for it (contact_recon/model/approval.py)
+    "ALTER TABLE runs ADD COLUMN flow_run_id VARCHAR",
+    "ALTER TABLE runs ADD COLUMN approval_json VARCHAR",
+    "ALTER TABLE runs ADD COLUMN approval_expires_at TIMESTAMPTZ",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, snapshots, base, id_map, identity review, watermarks, dirty contacts", _V1),
     Migration(2, "check_results: the hygiene checks of each run", _V2),
     Migration(3, "runs.held_reasons, runs.approved_at: guards tripped by a plan and its approval", _V3),
     Migration(4, "journal, created_objects, conflict_decisions; base.in_ghl/in_tinyemail", _V4),
+    Migration(5, "runs.flow_run_id, approval_json, approval_expires_at: a held run's answer", _V5),
 )
 
 
@@ -370,15 +383,54 @@ class Store:
         run["held_reasons"] = json.loads(run["held_reasons"]) if run["held_reasons"] else []
         return run
 
-    def approve_run(self, run_id: str) -> dict[str, Any]:
-        """Mark a held run 'approved' (stamped now) and return it; UnknownRun, or RunNotHeld when it is not held."""
+    def approve_run(self, run_id: str, approval: Approval | None = None) -> dict[str, Any]:
+        """Answer a held run (default: approve every guard it tripped, from the CLI) and return it: 'approved'
+        (stamped now) or 'rejected'. UnknownRun; RunNotHeld when it is not held or its approval expired."""
+        answer = approval or Approval("approve")
+        self.expire_held()
         with self.transaction():
-            status = self.get_run(run_id)["status"]
-            if status != "held":
-                raise RunNotHeld(f"run {run_id} is {status}, not held: nothing to approve")
-            self.con.execute("UPDATE runs SET status = 'approved', approved_at = ? WHERE run_id = ?",
-                             [self.clock(), run_id])
+            run = self.get_run(run_id)
+            if run["status"] == "expired":
+                raise RunNotHeld(f"run {run_id} was held until {run['approval_expires_at']:%Y-%m-%d %H:%M %Z}: it "
+                                 "expired unanswered, and the next run plans afresh")
+            if run["status"] != "held":
+                raise RunNotHeld(f"run {run_id} is {run['status']}, not held: nothing to "
+                                 f"{'approve' if answer.decision == 'approve' else 'reject'}")
+            answer = answer.effective(tripped_guards(run["held_reasons"]))
+            status = "approved" if answer.decision == "approve" else "rejected"
+            self.con.execute("UPDATE runs SET status = ?, approved_at = ?, approval_json = ? WHERE run_id = ?",
+                             [status, self.clock() if status == "approved" else None, _json(answer.as_dict()),
+                              run_id])
         return self.get_run(run_id)
+
+    def hold_for_approval(self, run_id: str, flow_run_id: str | None, expires_at: datetime | None) -> None:
+        """A held run waits for its answer in Prefect flow run `flow_run_id` until `expires_at`."""
+        self.con.execute("UPDATE runs SET flow_run_id = ?, approval_expires_at = ? WHERE run_id = ?",
+                         [flow_run_id, expires_at, run_id])
+
+    def held_run_of(self, flow_run_id: str) -> str | None:
+        """The run that Prefect flow run `flow_run_id` planned and that still waits for its answer (or was
+        answered and not yet applied), None when there is none."""
+        rows = self.con.execute("SELECT run_id FROM runs WHERE flow_run_id = ? AND status IN ('held', 'approved', "
+                                "'rejected') AND finished_at IS NOT NULL ORDER BY started_at DESC LIMIT 1",
+                                [flow_run_id]).fetchall()
+        return rows[0][0] if rows else None
+
+    def expire_held(self) -> list[dict[str, Any]]:
+        """Close every held run whose approval window has passed as 'expired' (nothing of theirs is ever
+        written); return them (run_id, flow_run_id)."""
+        now = self.clock()
+        with self.transaction():
+            rows = self._frame("SELECT run_id, flow_run_id FROM runs WHERE status = 'held' AND "
+                               "approval_expires_at IS NOT NULL AND approval_expires_at <= ?", [now]).to_dicts()
+            self.con.execute("UPDATE runs SET status = 'expired' WHERE status = 'held' AND "
+                             "approval_expires_at IS NOT NULL AND approval_expires_at <= ?", [now])
+        return rows
+
+    def approval(self, run_id: str) -> Approval | None:
+        """The answer a run was given, None when it has none (or was approved up front with `--approve`)."""
+        raw = self.get_run(run_id)["approval_json"]
+        return Approval.from_dict(json.loads(raw)) if raw else None
 
     # -------------------------------------------------------------------------------- snapshots
 

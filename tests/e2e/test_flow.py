@@ -82,9 +82,16 @@ def test_the_flow_converges_both_systems_after_a_day_of_drift(world: World) -> N
 def test_summary_json_report_and_artifacts_of_a_run(world: World) -> None:
     from contact_recon.flows.reconcile import reconcile_flow
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
 
-    summary = reconcile_flow()
+    state = reconcile_flow(return_state=True)
+    summary = state.result()
     directory = Path(world.settings.data_dir) / "runs" / summary["run_id"]
     written = json.loads((directory / "summary.json").read_text())
     jsonschema.validate(written, SUMMARY_SCHEMA)
@@ -95,7 +102,22 @@ def test_summary_json_report_and_artifacts_of_a_run(world: World) -> None:
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(like_="recon")))}
-    assert {"recon-summary", "recon-report"} <= keys
+        mine = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
+            any_=[state.state_details.flow_run_id])), limit=200)
+    # a flow run started in-process keeps its artifacts apart from the deployments' and the dry runs'
+    assert {"recon-local-summary", "recon-local-report"} <= keys
+    assert not {"recon-summary", "recon-report"} & keys
+    summary_md = next(a for a in mine if a.key == "recon-local-summary").data
+    assert summary["run_id"] in summary_md and "Drift: ops planned per run" in summary_md
+    progress = [a for a in mine if a.type == "progress"]
+    assert progress and progress[0].data == 100.0, [(a.type, a.data) for a in progress]
+    # the stages' own loggers reach the flow run's logs in Prefect
+    by_logger = {log.name for log in logs}
+    assert {"contact_recon.stages.snapshot", "prefect.flow_runs"} <= by_logger, by_logger
+    snapshot_line = next(log.message for log in logs if log.name == "contact_recon.stages.snapshot")
+    assert "ghl_contacts" in snapshot_line and "requests" in snapshot_line, snapshot_line
 
 
 def test_a_dry_run_writes_nothing(world: World) -> None:
@@ -175,8 +197,9 @@ def test_prefect_yaml_deploys_the_three_deployments(prefect_server: str, tmp_pat
         automations = client.read_automations_by_name(f"{sync.name}__automation_1") if hasattr(
             client, "read_automations_by_name") else []
     assert nightly.schedules and nightly.schedules[0].schedule.cron == "0 2 * * *"
-    assert {"locations", "dry_run", "approve", "entities", "full_sweep"} <= set(
-        nightly.parameter_openapi_schema["properties"])
+    form = set(nightly.parameter_openapi_schema["properties"])
+    assert {"locations", "dry_run", "approve", "full_sweep", "lock_wait_s"} <= form
+    assert "entities" not in form  # removed from the form: it was validated, then ignored
     assert automations, "the sync-contact triggers made no automation"
 
 
