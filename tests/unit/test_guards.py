@@ -11,8 +11,8 @@ import datetime as dt
 
 import polars as pl
 import pytest
-
 from contact_recon.checks.suites import Context, Thresholds, within_guards
+
 from contact_recon.engine.guards import NO_HISTORY, GuardHistory, Usual, thresholds, tripped
 from contact_recon.model.policy import GUARD_KINDS, GuardPolicy, load_policy
 from contact_recon.store.db import open_db
