@@ -34,6 +34,7 @@ from typing import Any
 import polars as pl
 from contact_recon.checks.suites import SUITES, Context, Suite, Thresholds, mostly, severity
 
+from contact_recon.engine.guards import NO_HISTORY, GuardHistory
 from contact_recon.model.keys import TE_KEY_PREFIX
 from contact_recon.model.policy import GuardPolicy
 
@@ -106,7 +107,8 @@ _KEYS: dict[str, tuple[pl.Expr, pl.Expr]] = {
 
 def run_checks(frames: Mapping[str, pl.DataFrame], plan_ops: pl.DataFrame | None, thresholds: Thresholds | None,
                run_id: str, data_dir: str | Path, *, today: dt.date | None = None,
-               guards: GuardPolicy | None = None, people: int | None = None, docs: bool = True) -> CheckReport:
+               guards: GuardPolicy | None = None, people: int | None = None,
+               guard_history: GuardHistory = NO_HISTORY, docs: bool = True) -> CheckReport:
     """Validate the snapshot frames and the plan; return the results and the quarantined records.
 
     Args:
@@ -120,10 +122,12 @@ def run_checks(frames: Mapping[str, pl.DataFrame], plan_ops: pl.DataFrame | None
         guards: the plan guard thresholds (the policy's `guards`; default `GuardPolicy()`).
         people: the people in play, the guards' denominator (the merge stats' "people"); default: the
             larger of the GHL contact and TinyEmail customer counts.
+        guard_history: the location's usual guard figures (`contact_recon/engine/guards.py`), so the guard
+            expectation uses the merge engine's very thresholds; default none (the floors only).
         docs: build Data Docs (tests of pure results may skip it).
     """
     t = thresholds or Thresholds()
-    ctx = _context(frames, t, today, guards, people)
+    ctx = _context(frames, t, today, guards, people, guard_history)
     inputs = {**frames, **({"plan": plan_ops} if plan_ops is not None else {})}
     checked = {s.name: _checked(s, inputs[s.frame], ctx) for s in SUITES if s.frame in inputs}
     quarantined = _quarantined(checked, t)
@@ -134,12 +138,12 @@ def run_checks(frames: Mapping[str, pl.DataFrame], plan_ops: pl.DataFrame | None
 
 
 def _context(frames: Mapping[str, pl.DataFrame], t: Thresholds, today: dt.date | None, guards: GuardPolicy | None,
-             people: int | None) -> Context:
+             people: int | None, guard_history: GuardHistory) -> Context:
     contacts = frames.get("ghl_contacts")
     ids = contacts["contact_id"].drop_nulls() if contacts is not None else pl.Series("contact_id", [], pl.String)
     if people is None:
         people = max((frames[n].height for n in ("ghl_contacts", "te_customers") if n in frames), default=0)
-    return Context(t, today or dt.datetime.now(dt.UTC).date(), ids, guards or GuardPolicy(), people)
+    return Context(t, today or dt.datetime.now(dt.UTC).date(), ids, guards or GuardPolicy(), people, guard_history)
 
 
 def _checked(suite: Suite, frame: pl.DataFrame, ctx: Context) -> pl.DataFrame:

@@ -28,8 +28,10 @@ Suites and the frames they read (names as in `contact_recon/store/db.py`'s ENTIT
 What a blocking failure holds: a person-level expectation quarantines the person's every op (the
 record is bad, so nothing is copied from it or to it); `within_guards` and `note_body_bounded` hold
 only the failing ops (the ops of the guard's kinds: mass updates wait while other writes go; one bad
-note). The merge engine holds a plan beyond the guards as a whole until approved; an approved run
-passes `severity={"plan.within_guards": "warning"}`, the explicit override.
+note); `within_guards` trips at the merge engine's thresholds (`contact_recon/engine/guards.py`: the floors
+and the location's usual figure, from `Context.guard_history`). The merge engine holds a plan beyond the
+guards as a whole until approved; an approved run passes `severity={"plan.within_guards": "warning"}`, the
+explicit override.
 
 Thresholds (`Thresholds`) are typed and defaulted; `severity` overrides any expectation's severity by
 its qualified name (`"ghl_contacts.phone_assigned" = "blocking"`).
@@ -45,6 +47,7 @@ from typing import Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
+from contact_recon.engine.guards import NO_HISTORY, GuardHistory, thresholds
 from contact_recon.model.ops import Kind
 from contact_recon.model.policy import GUARD_KINDS, GuardPolicy
 from contact_recon.model.records import CONSENT_VALUES
@@ -79,6 +82,7 @@ class Context:
     contact_ids: pl.Series  # every GHL contact id of this run
     guards: GuardPolicy
     people: int  # the people in play (the guards' denominator)
+    guard_history: GuardHistory = NO_HISTORY  # the location's usual guard figures (engine/guards.py)
 
 
 Check = Callable[[Context], pl.Expr]
@@ -188,14 +192,15 @@ def one_write_per_field(_: Context) -> pl.Expr:
 
 
 def within_guards(ctx: Context) -> pl.Expr:
-    g, people = ctx.guards, max(ctx.people, 1)
+    # the merge engine's own thresholds (engine/guards.py): floors and the location's usual figure
+    limits = thresholds(ctx.guards, ctx.people, ctx.guard_history)
     breach: pl.Expr = pl.lit(None, pl.String)
     for name, kinds in GUARD_KINDS.items():
-        limit = getattr(g, name)
+        at_least = limits[name].at_least
         of_kind = pl.col("kind").is_in(kinds)
         n = pl.col("key").filter(of_kind).n_unique()
-        over = of_kind & (n >= g.min_ops) & (n / people > limit)
-        text = pl.format(f"{name}: {{}} of {people} people > {limit:.0%}", n)
+        over = of_kind & (n >= at_least)
+        text = pl.format(f"{name}: {{}} of {ctx.people} people, threshold {at_least}", n)
         breach = pl.when(over).then(text).otherwise(breach)
     return breach
 

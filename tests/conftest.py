@@ -29,6 +29,7 @@ SLOWEST = (
     "tests/e2e/test_apply_crash.py",
     "tests/unit/test_merge_properties.py",
     "tests/e2e/test_flow.py",
+    "tests/e2e/test_guards.py",
     "tests/e2e/test_scale_out.py",
     "tests/e2e/test_webhooks.py",
     "tests/e2e/test_apply.py",

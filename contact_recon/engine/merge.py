@@ -144,10 +144,14 @@ created) in GHL.
 A task this plan creates is an open task the moment it exists: the open-task fact tag goes to TinyEmail in the
 same plan (`_new_task_facts`), so the next run has nothing left to do.
 
-F. Guards (on the plan; shares are of distinct people against all people in play, and a share never
-trips below `guards.min_ops` people): consent_tighten (deletes or inactivations) > 1%, field updates >
-20%, tag or list removals > 10%, and a side that came back empty while the base has people on it.
-A tripped guard adds a reason to `held_reasons`; the run is held until approved.
+F. Guards (on the plan; `contact_recon/engine/guards.py` decides the share guards). A share guard's figure is
+the number of distinct people with an op of its kinds (consent_tighten: deletes or inactivations; updates;
+tag or list removals) out of all people in play; it trips when the figure is at least `guards.min_people`,
+above its share (5%, 20%, 10% by default) and, given the location's history (`guard_history`), above
+`guards.median_multiple` times the usual figure of its recent comparable runs. A side that came back empty
+while the base has people on it trips `side_empty`. A tripped guard adds a reason to `held_reasons` (its
+name before the first ':', then the figure, the usual figure and the threshold); the run is held until
+approved.
 """
 
 from __future__ import annotations
@@ -160,6 +164,7 @@ from typing import Any, NamedTuple
 
 import polars as pl
 
+from contact_recon.engine.guards import NO_HISTORY, GuardHistory, tripped
 from contact_recon.model.keys import TE_KEY_PREFIX
 from contact_recon.model.ops import (
     CONFLICTS_SCHEMA,
@@ -268,7 +273,7 @@ class _Ctx:
 
 def plan(base: pl.DataFrame, te_now: pl.DataFrame, ghl_now: pl.DataFrame, policy: Policy, *,
          ghl_tasks: pl.DataFrame | None = None, created: pl.DataFrame | None = None,
-         today: dt.date | None = None) -> MergeResult:
+         today: dt.date | None = None, guard_history: GuardHistory = NO_HISTORY) -> MergeResult:
     """Plan the writes that reconcile GHL and TinyEmail.
 
     Args:
@@ -279,6 +284,8 @@ def plan(base: pl.DataFrame, te_now: pl.DataFrame, ghl_now: pl.DataFrame, policy
         ghl_tasks: current GHL tasks (`records.GHL_TASKS`); without them no fact tags are managed.
         created: the tasks and notes we created before (`CREATED_SCHEMA`; `key` and `rule` are used).
         today: the plan date, used in note texts, task due dates and overdue facts.
+        guard_history: the usual guard figures of this location's recent comparable runs (`engine/guards.py`);
+            default none: the guards compare with their floors only.
 
     Returns:
         MergeResult(ops, conflicts, stats, held_reasons).
@@ -300,7 +307,7 @@ def plan(base: pl.DataFrame, te_now: pl.DataFrame, ghl_now: pl.DataFrame, policy
     conflicts = pl.concat([field_conflicts, _consent_conflicts(wide, ctx), _presence_conflicts(wide, deleted, ctx)])
     conflicts = conflicts.sort(["key", "field", "reason"], nulls_last=False)
     stats = _stats(wide, ops, conflicts, ctx)
-    return MergeResult(ops, conflicts, stats, _guards(stats, sides, policy))
+    return MergeResult(ops, conflicts, stats, _guards(stats, sides, policy, guard_history))
 
 
 _CONTENT = ["target", "kind", "key", "field", "expected", "new", "reason"]
@@ -962,16 +969,11 @@ def _stats(wide: pl.DataFrame, ops: pl.DataFrame, conflicts: pl.DataFrame, ctx: 
     return dict(sorted(stats.items()))
 
 
-def _guards(stats: dict[str, int], sides: _Sides, policy: Policy) -> tuple[str, ...]:
+def _guards(stats: dict[str, int], sides: _Sides, policy: Policy, history: GuardHistory) -> tuple[str, ...]:
     g = policy.guards
     base, te_now, ghl_now = sides
-    people = max(stats["people"], 1)
-    held = []
-    for name, limit in (("deletes_or_inactivations", g.deletes_or_inactivations),
-                        ("field_updates", g.field_updates), ("tag_removals", g.tag_removals)):
-        n = stats[f"guard_{name}"]
-        if n >= g.min_ops and n / people > limit:
-            held.append(f"{name}: {n:,} of {people:,} people ({n / people:.1%}) > {limit:.0%}")
+    # the share guards: tonight's figure against the floors and the location's usual figure (engine/guards.py)
+    held = [trip.reason() for trip in tripped(g, stats, history)]
     if g.side_empty and te_now.height == 0 and base.filter(pl.col("in_tinyemail")).height > 0:
         held.append("tinyemail_empty: the TinyEmail snapshot is empty while the base is not")
     if g.side_empty and ghl_now.height == 0 and base.filter(pl.col("in_ghl")).height > 0:

@@ -25,7 +25,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from contact_recon.model.ops import Kind
 from contact_recon.model.records import GHL_FIELD_NAMES, SHARED_TEXT_FIELDS, TINYEMAIL_FIELD_NAMES
@@ -134,13 +134,27 @@ class TaskPolicy(_Model):
 
 
 class GuardPolicy(_Model):
-    """A run whose plan exceeds a threshold is held until approved. Shares are of the contacts in play."""
+    """When a plan changes far more people than usual, the run is held until approved.
 
-    deletes_or_inactivations: float = 0.01
-    field_updates: float = 0.20
-    tag_removals: float = 0.10
-    side_empty: bool = True
-    min_ops: int = 5  # below this many ops a share never trips (a 20-contact sandbox is not a mass change)
+    Each share guard counts tonight's figure: the people with at least one op of its kinds (`GUARD_KINDS`), of
+    all the people in play. It trips only when the figure is at least `min_people`, above its share of the
+    people in play, and, once the location has `history_min_runs` comparable runs, above `median_multiple` times
+    their median figure (the usual figure, over the last `history_runs` of them). A comparable run is a
+    completed reconcile run of the same locations that was not a first fill (`Store.comparable_stats`). The
+    decision is `contact_recon/engine/guards.py`'s; the guard expectation of checks/suites.py uses its thresholds.
+    """
+
+    # the shares, of the people in play: consent tightened (unsubscribe, DND), a field updated, a tag or list removed
+    deletes_or_inactivations: float = Field(default=0.05, ge=0)
+    field_updates: float = Field(default=0.20, ge=0)
+    tag_removals: float = Field(default=0.10, ge=0)
+    side_empty: bool = True  # a side that came back empty while the base has people on it holds the run
+    # below this many people a share never trips (a 20-contact sandbox is not a mass change); `min_ops`, its
+    # earlier name, is still read from policy files
+    min_people: int = Field(default=5, ge=0, validation_alias=AliasChoices("min_people", "min_ops"))
+    median_multiple: float = Field(default=3.0, ge=0)  # the figure must also exceed this many times the usual one
+    history_runs: int = Field(default=14, ge=0)  # the usual figure is the median over this many recent runs
+    history_min_runs: int = Field(default=3, ge=1)  # with fewer comparable runs the usual figure is not used
 
 
 # The op kinds each share guard counts (people with at least one such op): the merge's stats and the guard

@@ -12,12 +12,14 @@
    tag". `merge_sides` makes the two sides once; the merge, the decisions and the saved state share them.
 5. Merge (`contact_recon/engine/merge.py`): base, TinyEmail now, GHL now -> ops, conflicts, stats,
    held_reasons. `today` is the store clock's date; `created` is the created-objects memory
-   (`Journal.created`). The data team's pending decisions (`recon conflicts import`) add their ops
-   (`with_decisions`).
-6. Checks (`contact_recon.checks.run`) on the snapshot frames and the plan, then quarantine
-   (`contact_recon.checks.quarantine`): every op keeps its row, with `status` and `quarantined_by`. With
-   `approve`, `plan.within_guards` is checked as a warning (its explicit override), so the guarded ops
-   are not held back.
+   (`Journal.created`); the guards compare with the usual figures of the last `guards.history_runs`
+   comparable runs (`Store.comparable_stats`: completed reconcile runs of the same locations that were not a
+   first fill; `contact_recon/engine/guards.py`). The data team's pending decisions (`recon conflicts
+   import`) add their ops (`with_decisions`).
+6. Checks (`contact_recon.checks.run`) on the snapshot frames and the plan (the guard expectation with the
+   merge's thresholds, from the same history), then quarantine (`contact_recon.checks.quarantine`): every
+   op keeps its row, with `status` and `quarantined_by`. With `approve`, `plan.within_guards` is checked as
+   a warning (its explicit override), so the guarded ops are not held back.
 7. Save the check results and the identity review rows; write `<data_dir>/runs/<run_id>/plan.parquet`
    (the marked ops), `conflicts.csv` and the state a later apply needs (`state/`,
    `contact_recon/stages/advance.py`), each atomically (a temporary file renamed into place).
@@ -48,6 +50,7 @@ from contact_recon.checks.quarantine import PLANNED, QUARANTINED, apply_quaranti
 from contact_recon.checks.run import CheckReport, run_checks
 from contact_recon.checks.suites import Thresholds
 from contact_recon.engine.decisions import decision_ops
+from contact_recon.engine.guards import GuardHistory
 from contact_recon.engine.identity import IdentityResult, match_identities, merge_sides
 from contact_recon.engine.merge import MergeResult, plan
 from contact_recon.model.keys import TE_KEY_PREFIX
@@ -143,10 +146,11 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
         stored = stored.filter(pl.col("key").is_in(list(base_keys)))
     base = planning_base(stored, identity)
     ghl_side, te_side = merge_sides(identity, frames["ghl_contacts"], frames["te_customers"])
+    history = GuardHistory.from_stats(store.comparable_stats(locations, policy.guards.history_runs))
     merged = plan(base, te_side, ghl_side, policy, ghl_tasks=frames["ghl_tasks"], created=Journal(store).created(),
-                  today=today)
+                  today=today, guard_history=history)
     merged = with_decisions(merged, Decisions(store).pending(), te_side, ghl_side, policy)
-    report = _check(frames, merged, policy, approve, run_id, settings.data_dir, today, docs)
+    report = _check(frames, merged, policy, approve, run_id, settings.data_dir, today, docs, history)
     marked = apply_quarantine(merged.ops, report.quarantined, people=identity.matched.select("key", "email"))
     store.save_check_results(run_id, report.to_frame())
     store.save_review(identity.review, run_id)
@@ -251,11 +255,11 @@ def planning_base(base: pl.DataFrame, identity: IdentityResult) -> pl.DataFrame:
 
 
 def _check(frames: dict[str, pl.DataFrame], merged: MergeResult, policy: Policy, approve: bool, run_id: str,
-           data_dir: Path, today: dt.date, docs: bool) -> CheckReport:
+           data_dir: Path, today: dt.date, docs: bool, history: GuardHistory) -> CheckReport:
     # an approved run checks the guard as a warning: the explicit override of checks/suites.py
     thresholds = Thresholds(severity={GUARD_EXPECTATION: "warning"}) if approve else Thresholds()
     return run_checks(frames, merged.ops, thresholds, run_id, data_dir, today=today, guards=policy.guards,
-                      people=merged.stats.get("people"), docs=docs)
+                      people=merged.stats.get("people"), guard_history=history, docs=docs)
 
 
 def write_plan_files(directory: Path, marked: pl.DataFrame, conflicts: pl.DataFrame) -> tuple[Path, Path]:

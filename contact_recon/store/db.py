@@ -374,6 +374,15 @@ class Store:
         return self._frame("SELECT run_id, started_at FROM runs WHERE list_contains(?, kind) AND started_at <= ? "
                            "ORDER BY started_at DESC, run_id DESC LIMIT ?", [list(kinds), started, limit])
 
+    def comparable_stats(self, location_ids: Iterable[str], limit: int) -> list[dict[str, int]]:
+        """The merge stats (plan_json's `stats`) of the `limit` latest runs comparable with a run of these
+        locations, newest first, for the guards' usual figures (`contact_recon/engine/guards.py`): 'reconcile'
+        runs that completed (applied, so each change is counted once: a dry run's or an unapproved held run's
+        changes are planned again by the next run; an approved one counts) over exactly these locations, and
+        that were not a first fill (`first_run` 0)."""
+        rows = self.con.execute(_COMPARABLE_STATS_SQL, [sorted(set(location_ids)), limit]).fetchall()
+        return [json.loads(stats) for (stats,) in rows]
+
     def get_run(self, run_id: str) -> dict[str, Any]:
         """One run as a dict of its columns (`held_reasons` decoded to a list); UnknownRun if there is none."""
         rows = self._frame("SELECT * FROM runs WHERE run_id = ?", [run_id]).to_dicts()
@@ -648,6 +657,13 @@ FROM runs r
 LEFT JOIN (SELECT run_id, count(*) AS ops, count(*) FILTER (WHERE status = 'failed') AS failed
            FROM journal GROUP BY run_id) j USING (run_id)
 ORDER BY r.started_at DESC, r.run_id DESC LIMIT ?
+"""
+
+_COMPARABLE_STATS_SQL = """
+SELECT json_extract(plan_json, '$.stats')::VARCHAR FROM runs
+WHERE kind = 'reconcile' AND status = 'completed' AND list_sort(location_ids) = ?::VARCHAR[]
+  AND try_cast(json_extract(plan_json, '$.stats.first_run') AS INTEGER) = 0
+ORDER BY started_at DESC, run_id DESC LIMIT ?
 """
 
 # Parts not kept: a part is kept when its run is among the last N snapshot runs (by last write), when it

@@ -13,6 +13,7 @@ import random
 import polars as pl
 import pytest
 
+from contact_recon.engine.guards import GuardHistory, Usual
 from contact_recon.engine.merge import CREATED_SCHEMA, plan
 from contact_recon.model.ops import Op, op_id
 from contact_recon.model.policy import Policy, describe_mapping, load_policy
@@ -495,17 +496,36 @@ def many(n, **values):
     return [rec(f"c{i:03}", **values) for i in range(n)]
 
 
-# F: field updates on more than 20% of people -> held, with the reason
+# F: field updates on more than 20% of people -> held, with the figure and the threshold in the reason
 def test_guard_field_updates():
     te = many(30, city="Rome")[:10] + many(30)[10:]
     result = run(many(30), te, many(30))
-    assert result.held and result.held_reasons[0].startswith("field_updates: 10 of 30 people")
+    assert result.held and result.held_reasons[0] == (
+        "field_updates: 10 of 30 people (33.3%); usual unknown (no comparable run yet); "
+        "threshold 7 (above 20% of people, at least 5 people)")
 
 
-# F: consent tightened (inactivations) for more than 1% -> held
+# F: consent tightened (inactivations) for more than 5% -> held
 def test_guard_inactivations():
-    result = run(many(200), many(200), many(5, consent="dnd") + many(200)[5:])
+    result = run(many(200), many(200), many(15, consent="dnd") + many(200)[15:])
     assert [r.split(":")[0] for r in result.held_reasons] == ["deletes_or_inactivations"]
+
+
+# F: an ordinary day's few inactivations (2.5%, held by the former 1% share) pass
+def test_guard_inactivations_of_an_ordinary_day_pass():
+    result = run(many(200), many(200), many(5, consent="dnd") + many(200)[5:])
+    assert result.stats["guard_deletes_or_inactivations"] == 5 and not result.held
+
+
+# F: the location's history reaches the guards: a figure within 3x the usual one passes, a mass change holds
+def test_guard_history_lets_a_usual_figure_through():
+    usual = GuardHistory({"field_updates": Usual(10.0, 5)})
+    te = many(30, city="Rome")[:10] + many(30)[10:]
+    assert not run(many(30), te, many(30), guard_history=usual).held
+    te = many(40, city="Rome")[:35] + many(40)[35:]
+    held = run(many(40), te, many(40), guard_history=usual).held_reasons
+    assert held == ("field_updates: 35 of 40 people (87.5%); usual 10 (median of 5 runs); "
+                    "threshold 31 (above 20% of people, above 3x usual, at least 5 people)",)
 
 
 # F: tag removals on more than 10% -> held
@@ -520,9 +540,10 @@ def test_guard_side_empty():
     assert any(r.startswith("tinyemail_empty") for r in result.held_reasons)
 
 
-# F: below min_ops a share never trips (a small sandbox is not a mass change)
-def test_guard_min_ops():
+# F: below min_people a share never trips (a small sandbox is not a mass change)
+def test_guard_min_people():
     assert not run(many(4), many(4, city="Rome"), many(4)).held
+    assert run(many(5), many(5, city="Rome"), many(5)).held
 
 
 # --- policy ----------------------------------------------------------------------------------------
