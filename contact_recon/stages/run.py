@@ -38,7 +38,7 @@ import polars as pl
 
 from contact_recon.checks.quarantine import QUARANTINED
 from contact_recon.engine.state import Consent
-from contact_recon.model.policy import Policy, load_policy
+from contact_recon.model.policy import Policy
 from contact_recon.report.publish import report_run
 from contact_recon.settings import Settings
 from contact_recon.stages import failpoints
@@ -65,6 +65,7 @@ from contact_recon.store.files import run_dir
 from contact_recon.store.journal import Journal
 from contact_recon.systems.ghl.client import GHLClient
 from contact_recon.systems.http import ApiBacked
+from contact_recon.systems.policy_source import resolve_policy
 from contact_recon.systems.tinyemail.client import TinyEmailClient
 
 APPLYING, COMPLETED, FAILED = "applying", "completed", "failed"
@@ -115,13 +116,13 @@ def reconcile(settings: Settings, store: Store | None = None, *, locations: Sequ
     covered = list(locations or settings.ghl_location_ids)
     if not covered:
         raise ValueError("no GHL location: pass locations or set RECON_GHL_LOCATION_IDS")
-    policy = policy if policy is not None else load_policy(settings.policy_file)
+    loaded = resolve_policy(settings, policy)  # before anything runs: an invalid policy refuses the run
     ghl = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))
     with location_lock(settings, covered, lock_wait_s), _store(settings, store) as db:
         recovered = steps.recover(db, covered, ghl) if not dry_run else {}
         if recovered:
             log.info("recovered after an interrupted run: %s", recovered)
-        planned = steps.plan(settings, db, locations=covered, approve=approve, policy=policy,
+        planned = steps.plan(settings, db, locations=covered, approve=approve, policy=loaded,
                              full_sweep=full_sweep, docs=docs, ghl_client=ghl, tinyemail_client=tinyemail_client,
                              kind="reconcile")
         log.info("run %s planned: %s ops, %s conflicts, status %s", planned.run_id, planned.plan.height,
@@ -129,7 +130,7 @@ def reconcile(settings: Settings, store: Store | None = None, *, locations: Sequ
         if dry_run or planned.status == HELD:
             outcome = RunOutcome(planned.run_id, HELD if planned.status == HELD else COMPLETED, dry_run)
         else:
-            outcome = steps.apply(settings, db, planned.run_id, policy=policy, ghl_client=ghl,
+            outcome = steps.apply(settings, db, planned.run_id, policy=loaded.policy, ghl_client=ghl,
                                   tinyemail_client=tinyemail_client)
             log.info("run %s applied: %s", planned.run_id, outcome.journal)
         outcome.plan, outcome.recovered = planned, recovered
@@ -230,7 +231,7 @@ def apply_run(settings: Settings, store: Store, run_id: str, *, policy: Policy |
     if run["status"] not in (PLANNED, APPROVED):
         raise NotApplicable(f"run {run_id} is {run['status']}: only a planned or approved run can be applied"
                             + (" (approve it first: recon approve RUN_ID)" if run["status"] == HELD else ""))
-    policy = policy if policy is not None else load_policy(settings.policy_file)
+    policy = resolve_policy(settings, policy).policy
     locations = list(run["location_ids"] or [])
     directory = run_dir(settings.data_dir, run_id)
     state = load_state(directory)

@@ -46,6 +46,9 @@ Schema (version 1; timestamps are TIMESTAMPTZ in UTC; list columns are VARCHAR[]
 - version 4: `journal` [run_id, op_id] (the apply stage's, `journal.py`), `created_objects` [key, rule]
   (the tasks and notes we created), `conflict_decisions` [key, field] (`decisions.py`); `base` gains
   in_ghl and in_tinyemail (on which sides the person was at the base).
+- `runs` gains (version 5): policy_version (the short hash of the policy a plan used) and policy_source
+  (`block recon-policy/<name>`, `file <path>`, `defaults` or `given`: `contact_recon/systems/policy_source.py`);
+  null for a snapshot run, which uses no policy, and for runs recorded before version 5.
 
 Every SQL statement of the product runs in this package: `Store` here (runs, snapshots, base, id_map,
 review, dirty contacts, check results, and the run list `recon runs` and the report read), `Journal`
@@ -194,11 +197,17 @@ _V4 = (
     "ALTER TABLE base ADD COLUMN in_tinyemail BOOLEAN",
 )
 
+_V5 = (
+    "ALTER TABLE runs ADD COLUMN policy_version VARCHAR",
+    "ALTER TABLE runs ADD COLUMN policy_source VARCHAR",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, snapshots, base, id_map, identity review, watermarks, dirty contacts", _V1),
     Migration(2, "check_results: the hygiene checks of each run", _V2),
     Migration(3, "runs.held_reasons, runs.approved_at: guards tripped by a plan and its approval", _V3),
     Migration(4, "journal, created_objects, conflict_decisions; base.in_ghl/in_tinyemail", _V4),
+    Migration(5, "runs.policy_version, runs.policy_source: the policy each run used", _V5),
 )
 
 
@@ -314,13 +323,15 @@ class Store:
     # ------------------------------------------------------------------------------------- runs
 
     def start_run(self, kind: str, location_ids: Iterable[str] = (), plan: Any = None,
-                  run_id: str | None = None) -> str:
-        """Record a new run as 'running' and return its id (`YYYYmmddTHHMMSSZ-<8 hex>` unless given)."""
+                  run_id: str | None = None, *, policy_version: str | None = None,
+                  policy_source: str | None = None) -> str:
+        """Record a new run as 'running' and return its id (`YYYYmmddTHHMMSSZ-<8 hex>` unless given), with the
+        version and source of the policy it plans with (a plan run; None for a snapshot)."""
         now = self.clock()
         run_id = run_id or f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-        self.con.execute("INSERT INTO runs (run_id, kind, status, started_at, location_ids, plan_json) "
-                         "VALUES (?, ?, 'running', ?, ?, ?)",
-                         [run_id, kind, now, list(location_ids), _json(plan)])
+        self.con.execute("INSERT INTO runs (run_id, kind, status, started_at, location_ids, plan_json, "
+                         "policy_version, policy_source) VALUES (?, ?, 'running', ?, ?, ?, ?, ?)",
+                         [run_id, kind, now, list(location_ids), _json(plan), policy_version, policy_source])
         return run_id
 
     def set_plan(self, run_id: str, plan: Any) -> None:
@@ -346,7 +357,8 @@ class Store:
 
     def recent_runs(self, limit: int) -> pl.DataFrame:
         """The `limit` most recent runs, newest first (run_id, kind, status, started_at, finished_at, ops,
-        failed): `ops` is the journal's rows of the run, else the op count its plan summary recorded."""
+        failed, policy_version): `ops` is the journal's rows of the run, else the op count its plan summary
+        recorded."""
         return self._frame(_RECENT_RUNS_SQL, [limit])
 
     def latest_run(self, kinds: Iterable[str]) -> str | None:
@@ -591,7 +603,7 @@ class Store:
 
 _RECENT_RUNS_SQL = """
 SELECT r.run_id, r.kind, r.status, r.started_at, r.finished_at,
-       coalesce(j.ops, try_cast(json_extract(r.plan_json, '$.ops') AS BIGINT)) AS ops, j.failed
+       coalesce(j.ops, try_cast(json_extract(r.plan_json, '$.ops') AS BIGINT)) AS ops, j.failed, r.policy_version
 FROM runs r
 LEFT JOIN (SELECT run_id, count(*) AS ops, count(*) FILTER (WHERE status = 'failed') AS failed
            FROM journal GROUP BY run_id) j USING (run_id)
