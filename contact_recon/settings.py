@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     snapshot_concurrency: int = 10  # requests in flight per location during the snapshot
     # Planning (contact_recon/stages/plan.py): the reconciliation policy file (.toml or .json); None: the default policy
     policy_file: Path | None = None
+    # the Prefect block (type recon-policy) holding the policy, edited in the Prefect UI; set, it wins over policy_file
+    # (contact_recon/systems/policy_source.py)
+    policy_block: str | None = None
     # Events (service/webhooks.py, service/watch.py): the GHL webhook verification key as PEM text,
     # a path, or "sandbox" (the sandbox's test key); None: GHL's published key. Replay window in seconds.
     ghl_webhook_public_key: str | None = None

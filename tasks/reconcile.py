@@ -24,6 +24,7 @@ from contact_recon.settings import Settings
 from contact_recon.stages.plan import PlanRun, plan_run
 from contact_recon.stages.run import GHLFactory, RunOutcome, Steps, TinyEmailFactory, apply_run, recover_interrupted
 from contact_recon.store.db import Store
+from contact_recon.systems.policy_source import LoadedPolicy
 
 
 @task(name="recover", cache_policy=NO_CACHE)
@@ -32,9 +33,9 @@ def recover_task(store: Store, locations: list[str], ghl_client: GHLFactory) -> 
 
 
 @task(name="snapshot-merge-check", retries=1, retry_delay_seconds=30, cache_policy=NO_CACHE)
-def plan_task(settings: Settings, store: Store, *, locations: list[str], approve: bool, policy: Policy,
-              full_sweep: bool, docs: bool, ghl_client: GHLFactory | None, tinyemail_client: TinyEmailFactory | None,
-              kind: str) -> PlanRun:
+def plan_task(settings: Settings, store: Store, *, locations: list[str], approve: bool,
+              policy: Policy | LoadedPolicy, full_sweep: bool, docs: bool, ghl_client: GHLFactory | None,
+              tinyemail_client: TinyEmailFactory | None, kind: str) -> PlanRun:
     return plan_run(settings, store, locations=locations, approve=approve, policy=policy, full_sweep=full_sweep,
                     docs=docs, ghl_client=ghl_client, tinyemail_client=tinyemail_client, kind=kind)
 

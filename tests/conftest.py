@@ -35,6 +35,7 @@ SLOWEST = (
     "tests/e2e/test_apply.py",
     "tests/e2e/test_report.py",
     "tests/e2e/test_pipeline.py",
+    "tests/e2e/test_policy_block.py",
     "tests/contract/test_connector_ghl.py",
     "tests/contract/test_bad_input.py",
     "tests/contract/test_auth.py",

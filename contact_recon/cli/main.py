@@ -20,6 +20,9 @@ watch_app = typer.Typer(help="Poll systems without webhooks and emit Prefect eve
 app.add_typer(watch_app, name="watch")
 alerts_app = typer.Typer(help="Prefect notifications for failed and held runs.", no_args_is_help=True)
 app.add_typer(alerts_app, name="alerts")
+policy_app = typer.Typer(help="The reconciliation policy as a Prefect block (a form in the Prefect UI).",
+                         no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
 
 console = Console()
 err = Console(stderr=True)
@@ -121,7 +124,8 @@ def run(
 
 @app.command("mapping")
 def mapping(
-    policy: Annotated[Path | None, typer.Option(help="Policy file (.toml or .json); default: RECON_POLICY_FILE.")]
+    policy: Annotated[Path | None, typer.Option(help="Policy file (.toml or .json); default: the policy a run would "
+                                                "use (RECON_POLICY_BLOCK, RECON_POLICY_FILE, the defaults).")]
     = None,
 ) -> None:
     """Print the active field map and rules as a table: how data moves between GHL and TinyEmail."""
@@ -129,6 +133,34 @@ def mapping(
     from contact_recon.settings import get_settings
 
     raise typer.Exit(run_mapping_command(get_settings(), policy, console, err))
+
+
+@policy_app.command("push")
+def policy_push(
+    file: Annotated[Path | None, typer.Argument(help="Policy file (.toml or .json); default: RECON_POLICY_FILE, "
+                                                "else the default policy.")] = None,
+    name: Annotated[str | None, typer.Option(help="The block's name; default: RECON_POLICY_BLOCK.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace the block if it exists (edits made in the UI are "
+                                            "lost).")] = False,
+) -> None:
+    """Register the recon-policy block type and save a policy into a block, to edit as a form in the Prefect UI.
+    Uses PREFECT_API_URL (unset: Prefect's local ephemeral API)."""
+    from contact_recon.cli.policy import run_policy_push_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_policy_push_command(get_settings(), file, name, overwrite, console, err))
+
+
+@policy_app.command("show")
+def policy_show(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole policy as JSON.")] = False,
+) -> None:
+    """The policy a run would use now (RECON_POLICY_BLOCK, else RECON_POLICY_FILE, else the defaults): its source,
+    its version and its field map. Exit 2 with the field named when the block or file is invalid."""
+    from contact_recon.cli.policy import run_policy_show_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_policy_show_command(get_settings(), as_json, console, err))
 
 
 @app.command("approve")

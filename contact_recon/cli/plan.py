@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from pydantic import ValidationError
 from rich.console import Console
 
+from contact_recon.cli.policy import describe, loaded_policy
 from contact_recon.cli.views import mapping_table, plan_counts_table
-from contact_recon.model.policy import Policy, load_policy
 from contact_recon.settings import Settings
 from contact_recon.store.db import StoreError, db_path, open_db
 from contact_recon.systems.redaction import redact
@@ -23,17 +22,6 @@ def _error(err: Console, message: str) -> None:
     err.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
 
 
-def _policy(path: Path | None, err: Console) -> Policy | None:
-    """The policy of `path` (None: the default), or None after one clear line when it cannot be read."""
-    try:
-        return load_policy(path)
-    except (OSError, ValueError, ValidationError) as exc:
-        detail = f"{exc.error_count()} problem(s): {exc.errors()[0]['msg']}" if isinstance(exc, ValidationError) \
-            else str(exc)
-        _error(err, f"policy file {path}: {detail}")
-        return None
-
-
 def run_plan_command(settings: Settings, locations: Sequence[str], approve: bool, full_sweep: bool,
                      reuse_snapshot: bool, console: Console, err: Console) -> int:
     """Plan a run; 0 planned, 3 held (with the reasons), 1 and one clear line when it failed."""
@@ -43,7 +31,7 @@ def run_plan_command(settings: Settings, locations: Sequence[str], approve: bool
     if not locations:
         _error(err, "no GHL location: pass --location or set RECON_GHL_LOCATION_IDS")
         return EXIT_USAGE
-    policy = _policy(settings.policy_file, err)
+    policy = loaded_policy(settings, err)
     if policy is None:
         return EXIT_USAGE
     try:
@@ -65,6 +53,7 @@ def run_plan_command(settings: Settings, locations: Sequence[str], approve: bool
     console.print(f"quarantined: {result.quarantined.height:,} ops{_by_expectation(result.quarantined)}",
                   highlight=False, soft_wrap=True)
     console.print(f"plan: {result.plan_path}", highlight=False, soft_wrap=True)
+    console.print(describe(policy), highlight=False, soft_wrap=True)
     return EXIT_HELD if result.status == "held" else EXIT_PLANNED
 
 
@@ -77,11 +66,13 @@ def _by_expectation(quarantined: pl.DataFrame) -> str:
 
 
 def run_mapping_command(settings: Settings, policy_file: Path | None, console: Console, err: Console) -> int:
-    """Print the active field map and rules; 2 and one clear line when the policy file cannot be read."""
-    policy = _policy(policy_file or settings.policy_file, err)
+    """Print the active field map and rules (of `policy_file`, else the policy a run would use) and the policy's
+    version and source; 2 and one clear line when the policy cannot be had."""
+    policy = loaded_policy(settings, err, policy_file)
     if policy is None:
         return EXIT_USAGE
-    console.print(mapping_table(policy))
+    console.print(mapping_table(policy.policy))
+    console.print(describe(policy), highlight=False, soft_wrap=True)
     return EXIT_PLANNED
 
 

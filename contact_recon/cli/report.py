@@ -55,13 +55,14 @@ _STATUS_STYLE = {"completed": "green", "planned": "green", "succeeded": "green",
 
 def runs_table(runs: pl.DataFrame) -> Table:
     table = Table(title="Recent runs (newest first)")
-    for column in ("run id", "kind", "status", "started (UTC)", "duration", "ops", "failed"):
+    for column in ("run id", "kind", "status", "started (UTC)", "duration", "ops", "failed", "policy"):
         table.add_column(column, justify="right" if column in ("duration", "ops", "failed") else "left")
     for r in runs.iter_rows(named=True):
         style = _STATUS_STYLE.get(r["status"], "")
         table.add_row(r["run_id"], r["kind"], f"[{style}]{r['status']}[/]" if style else r["status"],
                       f"{r['started_at']:%Y-%m-%d %H:%M:%S}", _duration(r["started_at"], r["finished_at"]),
-                      "-" if r["ops"] is None else f"{r['ops']:,}", "-" if r["failed"] is None else f"{r['failed']:,}")
+                      "-" if r["ops"] is None else f"{r['ops']:,}", "-" if r["failed"] is None else f"{r['failed']:,}",
+                      r.get("policy_version") or "-")
     return table
 
 

@@ -52,6 +52,9 @@ def run_reconcile_command(settings: Settings, locations: Sequence[str], dry_run:
     counts = {k: summary.get(k, 0) for k in ("conflicts", "quarantined", "stale", "failed")}
     console.print("  " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
     console.print(f"report: {summary.get('report')}", highlight=False, soft_wrap=True)
+    if summary.get("policy_version"):
+        console.print(f"policy {summary['policy_version']} ({summary.get('policy_source')})", highlight=False,
+                      soft_wrap=True)
     return EXIT_BY_STATUS.get(summary["status"], EXIT_FAILED)
 
 

@@ -8,7 +8,9 @@ Where the numbers come from (a run's own files under `<data_dir>/runs/<run_id>/`
 - conflicts: `conflicts.csv` (else the count the run row's plan summary recorded);
 - check results: the `check_results` rows of the run; GX Data Docs: `<data_dir>/gx/.../index.html`;
 - requests and tripped guards: handed in by the caller (the run has the API clients' `RequestStats`);
-  `requests_from_run` and the run's `held_reasons` rebuild them for an old run (`recon report`).
+  `requests_from_run` and the run's `held_reasons` rebuild them for an old run (`recon report`);
+- the policy the run planned with: the run row's `policy_version` and `policy_source` (summary keys of the
+  same names, and the header of report.html and of the markdown artifact).
 
 `build_summary` makes the summary dict (`SUMMARY_SCHEMA` is its JSON Schema: the contract keys;
 extra keys may be added, never removed). Status: a run held by a guard is `held`; one that ended
@@ -98,6 +100,9 @@ SUMMARY_SCHEMA: dict[str, Any] = {
         "guards": {"type": "array", "items": {
             "type": "object", "required": ["name", "reason"],
             "properties": {"name": {"type": "string", "minLength": 1}, "reason": {"type": "string"}}}},
+        # the policy the run planned with (contact_recon/systems/policy_source.py); null for runs before it was recorded
+        "policy_version": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "null"}]},
+        "policy_source": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "null"}]},
     },
 }
 
@@ -199,6 +204,7 @@ def build_summary(store: Store, data_dir: str | Path, run_id: str, *, dry_run: b
         "kind": run["kind"], "run_status": status or run["status"], "ops": ops.height,
         "held": by_status.get(HELD, 0), "approved_at": iso_utc(run["approved_at"]),
         "error": redact(run["error"]) if run["error"] else None,
+        "policy_version": run.get("policy_version"), "policy_source": run.get("policy_source"),
         "report": str(run_dir(data_dir, run_id) / REPORT_FILE),
         "docs_index": str(index) if (index := docs_index(data_dir)) else None,
     }
@@ -316,10 +322,16 @@ def _header(s: Mapping[str, Any]) -> str:
     status = str(s["status"])
     meta = (f"{escape(str(s.get('kind') or 'run'))} · started {escape(str(s['started_at']))} · finished "
             f"{escape(str(s['finished_at'] or '—'))} · {'dry run (nothing written)' if s['dry_run'] else 'applied'}"
-            f" · locations: {escape(', '.join(s['locations']) or '—')}")
+            f" · locations: {escape(', '.join(s['locations']) or '—')}{_policy_meta(s)}")
     error = f'<p class="meta">error: {escape(redact(s["error"]))}</p>' if s.get("error") else ""
     return (f'<h1>contact-recon run {escape(str(s["run_id"]))} <span class="badge {escape(status)}">'
             f"{escape(status)}</span></h1><p class=\"meta\">{meta}</p>{error}")
+
+
+def _policy_meta(s: Mapping[str, Any]) -> str:
+    if not s.get("policy_version"):
+        return ""
+    return f" · policy {escape(str(s['policy_version']))} ({escape(str(s.get('policy_source') or '?'))})"
 
 
 def _figures(s: Mapping[str, Any]) -> str:
@@ -477,7 +489,9 @@ def summary_markdown(summary: Mapping[str, Any], files: RunFiles, *, link: str |
     s = summary
     lines = [f"# contact-recon run `{s['run_id']}`: **{s['status']}**", "",
              f"{'Dry run (nothing written)' if s['dry_run'] else 'Applied'} · locations: "
-             f"{', '.join(s['locations']) or '-'} · {s['started_at']} → {s['finished_at'] or '-'}", "",
+             f"{', '.join(s['locations']) or '-'} · {s['started_at']} → {s['finished_at'] or '-'}"
+             + (f" · policy `{s['policy_version']}` ({_md(s.get('policy_source') or '?')})"
+                if s.get("policy_version") else ""), "",
              "| system | kind | planned | applied |", "|---|---|---:|---:|"]
     for system in SYSTEMS:
         lines += [f"| {system} | {kind} | {n:,} | {s['counts']['applied'][system].get(kind, 0):,} |"

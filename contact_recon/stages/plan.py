@@ -1,7 +1,8 @@
 """The planning pipeline (`recon plan`, the dry run): both systems in, a plan on disk, nothing written to either.
 
 `plan_run(settings, store, locations=...)`:
-1. Start a run of kind 'plan' in the store.
+1. Resolve the policy (`contact_recon/systems/policy_source.py`: a Prefect block, a file or the defaults; an
+   invalid one is refused here) and start a run of kind 'plan' in the store, with the policy's version.
 2. Snapshot both systems (`contact_recon/stages/snapshot.py`, which records its own 'snapshot' run), or with
    `reuse_snapshot` take the latest snapshot in the store as it is.
 3. Read the latest snapshots of the covered locations and of TinyEmail back from the store.
@@ -55,7 +56,7 @@ from contact_recon.engine.identity import IdentityResult, match_identities, merg
 from contact_recon.engine.merge import MergeResult, plan
 from contact_recon.model.keys import TE_KEY_PREFIX
 from contact_recon.model.ops import sort_ops
-from contact_recon.model.policy import Policy, load_policy
+from contact_recon.model.policy import Policy
 from contact_recon.settings import Settings
 from contact_recon.stages.advance import save_state
 from contact_recon.stages.snapshot import GHLFactory, SnapshotOptions, SnapshotResult, TinyEmailFactory, run_snapshot
@@ -63,6 +64,7 @@ from contact_recon.store.db import ENTITIES, NO_LOCATION, Store
 from contact_recon.store.decisions import Decisions
 from contact_recon.store.files import CONFLICTS_FILE, PLAN_FILE, atomic_write, run_dir
 from contact_recon.store.journal import Journal
+from contact_recon.systems.policy_source import LoadedPolicy, resolve_policy
 
 GUARD_EXPECTATION = "plan.within_guards"  # the check that holds a guard's ops; approval releases them
 HELD, APPROVED, FAILED = "held", "approved", "failed"  # run statuses besides PLANNED ("planned")
@@ -93,18 +95,19 @@ class PlanRun:
 
 
 def plan_run(settings: Settings, store: Store, *, locations: Sequence[str], approve: bool = False,
-             policy: Policy | None = None, full_sweep: bool = False, reuse_snapshot: bool = False,
+             policy: Policy | LoadedPolicy | None = None, full_sweep: bool = False, reuse_snapshot: bool = False,
              docs: bool = True, ghl_client: GHLFactory | None = None,
              tinyemail_client: TinyEmailFactory | None = None,
              snapshot_options: SnapshotOptions | None = None, kind: str = "plan") -> PlanRun:
     """Plan a reconciliation without writing to GHL or TinyEmail (module docstring, steps 1-8).
 
     Args:
-        settings: connections, the data dir (plan files, GX project) and `policy_file`.
+        settings: connections, the data dir (plan files, GX project), `policy_block` and `policy_file`.
         store: the open store; gets the runs, the snapshot, check results and review rows.
         locations: the GHL location ids this run covers.
         approve: approve up front whatever guard the plan trips (the run ends 'planned', not 'held').
-        policy: the reconciliation policy; default `load_policy(settings.policy_file)`.
+        policy: the reconciliation policy; default `resolve_policy(settings)` (the block, the file or the
+            defaults). Its version and source are recorded on the run row.
         full_sweep: the snapshot reads every contact's tasks and notes.
         reuse_snapshot: plan from the latest snapshot in the store, without reading either system.
         docs: build the checks' Data Docs.
@@ -115,8 +118,9 @@ def plan_run(settings: Settings, store: Store, *, locations: Sequence[str], appr
         Whatever the snapshot raises (SnapshotFailed, SideCameBackEmpty); the run is then 'failed'.
     """
     locations = list(dict.fromkeys(locations))
-    policy = policy if policy is not None else load_policy(settings.policy_file)
-    run_id = store.start_run(kind, locations)
+    loaded = resolve_policy(settings, policy)
+    policy = loaded.policy
+    run_id = store.start_run(kind, locations, policy_version=loaded.version, policy_source=loaded.source)
     try:
         snapshot = None if reuse_snapshot else run_snapshot(
             settings, store, locations, full_sweep=full_sweep, ghl_client=ghl_client,
@@ -174,11 +178,12 @@ def without_home_lists(frames: dict[str, pl.DataFrame], home: list[str]) -> dict
 
 
 def plan_person(settings: Settings, store: Store, *, location_id: str, frames: dict[str, pl.DataFrame],
-                keys: Sequence[str], policy: Policy | None = None) -> PlanRun:
+                keys: Sequence[str], policy: Policy | LoadedPolicy | None = None) -> PlanRun:
     """Plan one person (the `sync-contact` flow) from frames read just now (`contact_recon/stages/sync.py`), with
     the same identity, merge, checks and quarantine as a nightly plan; `keys` are the person's possible base keys."""
-    policy = policy if policy is not None else load_policy(settings.policy_file)
-    run_id = store.start_run("sync", [location_id])
+    loaded = resolve_policy(settings, policy)
+    policy = loaded.policy
+    run_id = store.start_run("sync", [location_id], policy_version=loaded.version, policy_source=loaded.source)
     try:
         result = _plan(settings, store, run_id, [location_id], policy, False, False, None, frames=frames,
                        base_keys=keys)

@@ -40,7 +40,7 @@ import polars as pl
 from contact_recon.checks.quarantine import QUARANTINED
 from contact_recon.engine.state import Consent
 from contact_recon.model.approval import Approval, tripped_guards
-from contact_recon.model.policy import Policy, load_policy
+from contact_recon.model.policy import Policy
 from contact_recon.report.publish import report_run
 from contact_recon.settings import Settings
 from contact_recon.stages import failpoints
@@ -67,6 +67,7 @@ from contact_recon.store.files import run_dir
 from contact_recon.store.journal import Journal
 from contact_recon.systems.ghl.client import GHLClient
 from contact_recon.systems.http import ApiBacked
+from contact_recon.systems.policy_source import resolve_policy
 from contact_recon.systems.tinyemail.client import TinyEmailClient
 
 APPLYING, COMPLETED, FAILED, REJECTED = "applying", "completed", "failed", "rejected"
@@ -118,7 +119,7 @@ def reconcile(settings: Settings, store: Store | None = None, *, locations: Sequ
     covered = list(locations or settings.ghl_location_ids)
     if not covered:
         raise ValueError("no GHL location: pass locations or set RECON_GHL_LOCATION_IDS")
-    policy = policy if policy is not None else load_policy(settings.policy_file)
+    loaded = resolve_policy(settings, policy)  # before anything runs: an invalid policy refuses the run
     ghl = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))
     with location_lock(settings, covered, lock_wait_s), _store(settings, store) as db:
         expired = expire_held_runs(db)
@@ -128,7 +129,7 @@ def reconcile(settings: Settings, store: Store | None = None, *, locations: Sequ
         if recovered:
             log.info("recovered after an interrupted run: %s", recovered)
         started = time.perf_counter()
-        planned = steps.plan(settings, db, locations=covered, approve=approve, policy=policy,
+        planned = steps.plan(settings, db, locations=covered, approve=approve, policy=loaded,
                              full_sweep=full_sweep, docs=docs, ghl_client=ghl, tinyemail_client=tinyemail_client,
                              kind="reconcile")
         log.info("run %s planned in %.1f s: %s", planned.run_id, time.perf_counter() - started, plan_line(planned))
@@ -139,7 +140,7 @@ def reconcile(settings: Settings, store: Store | None = None, *, locations: Sequ
             outcome = RunOutcome(planned.run_id, HELD if planned.status == HELD else COMPLETED, dry_run)
         else:
             started = time.perf_counter()
-            outcome = steps.apply(settings, db, planned.run_id, policy=policy, ghl_client=ghl,
+            outcome = steps.apply(settings, db, planned.run_id, policy=loaded.policy, ghl_client=ghl,
                                   tinyemail_client=tinyemail_client)
             log.info("run %s applied in %.1f s: %s", planned.run_id, time.perf_counter() - started,
                      apply_line(outcome))
@@ -262,7 +263,7 @@ def apply_run(settings: Settings, store: Store, run_id: str, *, policy: Policy |
         raise NotApplicable(f"run {run_id} is {run['status']}: only a planned or approved run can be applied"
                             + (" (approve it first: recon approve RUN_ID)" if run["status"] == HELD else ""))
     _check_not_superseded(store, run)
-    policy = policy if policy is not None else load_policy(settings.policy_file)
+    policy = resolve_policy(settings, policy).policy
     locations = list(run["location_ids"] or [])
     directory = run_dir(settings.data_dir, run_id)
     state = load_state(directory)

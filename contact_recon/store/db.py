@@ -46,7 +46,10 @@ Schema (version 1; timestamps are TIMESTAMPTZ in UTC; list columns are VARCHAR[]
 - version 4: `journal` [run_id, op_id] (the apply stage's, `journal.py`), `created_objects` [key, rule]
   (the tasks and notes we created), `conflict_decisions` [key, field] (`decisions.py`); `base` gains
   in_ghl and in_tinyemail (on which sides the person was at the base).
-- version 5: `runs` gains flow_run_id (the Prefect flow run a held run waits in), approval_json (its answer,
+- `runs` gains (version 5): policy_version (the short hash of the policy a plan used) and policy_source
+  (`block recon-policy/<name>`, `file <path>`, `defaults` or `given`: `contact_recon/systems/policy_source.py`);
+  null for a snapshot run, which uses no policy, and for runs recorded before version 5.
+- version 6: `runs` gains flow_run_id (the Prefect flow run a held run waits in), approval_json (its answer,
   `contact_recon/model/approval.py`: approve all or chosen guards, or reject, with a note and who answered)
   and approval_expires_at. A held run ends 'approved', 'rejected' (`approve_run`) or, left unanswered past
   its window, 'expired' (`expire_held`); nothing of an expired or rejected run is ever written.
@@ -200,6 +203,11 @@ _V4 = (
 )
 
 _V5 = (
+    "ALTER TABLE runs ADD COLUMN policy_version VARCHAR",
+    "ALTER TABLE runs ADD COLUMN policy_source VARCHAR",
+)
+
+_V6 = (
     # a held run's answer and the Prefect flow run that waits for it (contact_recon/model/approval.py)
     "ALTER TABLE runs ADD COLUMN flow_run_id VARCHAR",
     "ALTER TABLE runs ADD COLUMN approval_json VARCHAR",
@@ -211,7 +219,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "check_results: the hygiene checks of each run", _V2),
     Migration(3, "runs.held_reasons, runs.approved_at: guards tripped by a plan and its approval", _V3),
     Migration(4, "journal, created_objects, conflict_decisions; base.in_ghl/in_tinyemail", _V4),
-    Migration(5, "runs.flow_run_id, approval_json, approval_expires_at: a held run's answer", _V5),
+    Migration(5, "runs.policy_version, runs.policy_source: the policy each run used", _V5),
+    Migration(6, "runs.flow_run_id, approval_json, approval_expires_at: a held run's answer", _V6),
 )
 
 
@@ -327,13 +336,15 @@ class Store:
     # ------------------------------------------------------------------------------------- runs
 
     def start_run(self, kind: str, location_ids: Iterable[str] = (), plan: Any = None,
-                  run_id: str | None = None) -> str:
-        """Record a new run as 'running' and return its id (`YYYYmmddTHHMMSSZ-<8 hex>` unless given)."""
+                  run_id: str | None = None, *, policy_version: str | None = None,
+                  policy_source: str | None = None) -> str:
+        """Record a new run as 'running' and return its id (`YYYYmmddTHHMMSSZ-<8 hex>` unless given), with the
+        version and source of the policy it plans with (a plan run; None for a snapshot)."""
         now = self.clock()
         run_id = run_id or f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-        self.con.execute("INSERT INTO runs (run_id, kind, status, started_at, location_ids, plan_json) "
-                         "VALUES (?, ?, 'running', ?, ?, ?)",
-                         [run_id, kind, now, list(location_ids), _json(plan)])
+        self.con.execute("INSERT INTO runs (run_id, kind, status, started_at, location_ids, plan_json, "
+                         "policy_version, policy_source) VALUES (?, ?, 'running', ?, ?, ?, ?, ?)",
+                         [run_id, kind, now, list(location_ids), _json(plan), policy_version, policy_source])
         return run_id
 
     def set_plan(self, run_id: str, plan: Any) -> None:
@@ -359,7 +370,8 @@ class Store:
 
     def recent_runs(self, limit: int) -> pl.DataFrame:
         """The `limit` most recent runs, newest first (run_id, kind, status, started_at, finished_at, ops,
-        failed): `ops` is the journal's rows of the run, else the op count its plan summary recorded."""
+        failed, policy_version): `ops` is the journal's rows of the run, else the op count its plan summary
+        recorded."""
         return self._frame(_RECENT_RUNS_SQL, [limit])
 
     def latest_run(self, kinds: Iterable[str]) -> str | None:
@@ -652,7 +664,7 @@ class Store:
 
 _RECENT_RUNS_SQL = """
 SELECT r.run_id, r.kind, r.status, r.started_at, r.finished_at,
-       coalesce(j.ops, try_cast(json_extract(r.plan_json, '$.ops') AS BIGINT)) AS ops, j.failed
+       coalesce(j.ops, try_cast(json_extract(r.plan_json, '$.ops') AS BIGINT)) AS ops, j.failed, r.policy_version
 FROM runs r
 LEFT JOIN (SELECT run_id, count(*) AS ops, count(*) FILTER (WHERE status = 'failed') AS failed
            FROM journal GROUP BY run_id) j USING (run_id)

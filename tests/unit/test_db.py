@@ -291,6 +291,25 @@ def test_runs_record_plan_usage_and_a_redacted_error(store, clock: Clock) -> Non
     assert "abcdef123456789" not in row["error"] and row["finished_at"] - row["started_at"] == timedelta(minutes=5)
 
 
+def test_a_run_records_its_policy_and_older_runs_keep_none(tmp_path: Path) -> None:
+    """Migration 5 adds the policy columns to a store that already has runs; those runs keep null."""
+    path = tmp_path / "recon.duckdb"
+    with open_db(path, migrations=MIGRATIONS[:4]) as old:  # a run recorded by the code before migration 5
+        before = "20260301T000000Z-00000000"
+        old.con.execute("INSERT INTO runs (run_id, kind, status, started_at) VALUES (?, 'plan', 'planned', ?)",
+                        [before, datetime(2026, 3, 1, tzinfo=UTC)])
+    with open_db(path) as store:
+        assert store.schema_version == 5
+        planned = store.start_run("plan", ["L1"], policy_version="0123456789ab",
+                                  policy_source="block recon-policy/nightly")
+        snapshot = store.start_run("snapshot", ["L1"])
+        assert {k: store.get_run(planned)[k] for k in ("policy_version", "policy_source")} == \
+            {"policy_version": "0123456789ab", "policy_source": "block recon-policy/nightly"}
+        assert store.get_run(before)["policy_version"] is None and store.get_run(snapshot)["policy_source"] is None
+        listed = dict(store.recent_runs(10).select("run_id", "policy_version").iter_rows())
+        assert listed == {planned: "0123456789ab", before: None, snapshot: None}
+
+
 def base_rows(*rows: tuple[str, str | None, str]) -> pl.DataFrame:
     return pl.DataFrame([{"key": k, "contact_id": c, "first_name": n} for k, c, n in rows]).select(
         pl.col(name).cast(dtype) if name in ("key", "contact_id", "first_name") else pl.lit(None, dtype).alias(name)
