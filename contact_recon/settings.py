@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # a path, or "sandbox" (the sandbox's test key); None: GHL's published key. Replay window in seconds.
     ghl_webhook_public_key: str | None = None
     webhook_max_age_s: float = 300
+    # Alerts (`recon alerts setup`, service/alerts.py): the nightly's window (a day and a grace) and how long a
+    # reconciliation run may run before it is "longer than usual"
+    alert_nightly_window_hours: float = 26
+    alert_long_run_minutes: float = 120
 
     @field_validator("ghl_location_ids", mode="before")
     @classmethod

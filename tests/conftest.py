@@ -31,6 +31,7 @@ SLOWEST = (
     "tests/e2e/test_flow.py",
     "tests/e2e/test_scale_out.py",
     "tests/e2e/test_webhooks.py",
+    "tests/e2e/test_alerts.py",
     "tests/e2e/test_apply.py",
     "tests/e2e/test_report.py",
     "tests/e2e/test_pipeline.py",
