@@ -8,8 +8,10 @@ Three families:
 - `tinyemail.*`: a customer that changed between two polls of `recon watch tinyemail`
   (contact_recon/service/watch.py). Resource `tinyemail.customer.<email>` with the label `tinyemail.customer.email`.
 - `recon.run.*`: emitted by the reconciliation flow when a run is held by a guard or its failed-op share
-  passes `ALERT_FAILED_OP_SHARE`; `service/alerts.py` turns them (and failed flow runs) into notifications.
-  Use `emit_run_alert` so the payload matches the notification templates.
+  passes `ALERT_FAILED_OP_SHARE`; `service/alerts.py` turns them (and Prefect's own flow-run state events:
+  failed runs, a nightly that did not complete, a run that runs too long) into notifications. Use
+  `emit_run_alert` so the payload matches the notification templates; inside a flow run it carries the run's
+  Prefect UI page as `url` (where a held run is approved).
 """
 
 from __future__ import annotations
@@ -57,9 +59,14 @@ RUN_FAILED_OPS = "recon.run.failed_ops"
 RUN_RESOURCE = "recon.run."  # + run_id
 ALERT_FAILED_OP_SHARE = 0.05  # a run whose failed ops exceed this share of its ops emits RUN_FAILED_OPS
 
-# --- Prefect's own flow-run state events that alert
+# --- Prefect's own flow-run state events that alert (`prefect.flow-run.<state name>`)
 FLOW_RUN_FAILED = "prefect.flow-run.Failed"
 FLOW_RUN_CRASHED = "prefect.flow-run.Crashed"
+FLOW_RUN_COMPLETED = "prefect.flow-run.Completed"
+FLOW_RUN_RUNNING = "prefect.flow-run.Running"
+# a run is no longer running: a final state, or waiting (a held run suspended until its approval)
+FLOW_RUN_LEFT_RUNNING = frozenset({FLOW_RUN_COMPLETED, FLOW_RUN_FAILED, FLOW_RUN_CRASHED, "prefect.flow-run.Cancelled",
+                                   "prefect.flow-run.Paused", "prefect.flow-run.Suspended"})
 
 
 def ghl_contact_resource(contact_id: str, location_id: str) -> dict[str, str]:
@@ -81,20 +88,31 @@ def failed_ops_exceeded(failed: int, total: int, threshold: float = ALERT_FAILED
 
 
 def run_alert_payload(run_id: str, status: str, *, reasons: list[str] | None = None, failed_ops: int = 0,
-                      total_ops: int = 0, report: str | None = None) -> dict[str, Any]:
+                      total_ops: int = 0, report: str | None = None, url: str | None = None) -> dict[str, Any]:
     """The payload `emit_run_alert` sends; the notification templates of service/alerts.py read these keys."""
     return {"run_id": run_id, "status": status, "reasons": list(reasons or []), "failed_ops": failed_ops,
-            "total_ops": total_ops, "report": report or ""}
+            "total_ops": total_ops, "report": report or "", "url": url or ""}
+
+
+def flow_run_url() -> str | None:
+    """The Prefect UI page of the current flow run (from a flow or task run), or None outside one or without a UI."""
+    from prefect.runtime import flow_run
+    from prefect.utilities.urls import url_for
+
+    run_id = flow_run.id
+    return url_for("flow-run", obj_id=run_id) if run_id else None
 
 
 def emit_run_alert(event: str, run_id: str, status: str, **details: Any) -> Any:
     """Emit `RUN_HELD` or `RUN_FAILED_OPS` for a run (inside a flow run, Prefect adds the run as related).
 
     `details`: `reasons` (the tripped guards or a one-line cause), `failed_ops`, `total_ops`, `report`
-    (the report path). Returns the emitted event, or None when no Prefect API is configured.
+    (the report path), `url` (default: the current flow run's UI page, `flow_run_url`). Returns the emitted
+    event, or None when no Prefect API is configured.
     """
     from prefect.events import emit_event
 
     if event not in (RUN_HELD, RUN_FAILED_OPS):
         raise ValueError(f"not a run alert event: {event}")
+    details.setdefault("url", flow_run_url())
     return emit_event(event, resource=run_resource(run_id), payload=run_alert_payload(run_id, status, **details))

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     # The report (`recon report serve`): the URL the team opens the run reports at, e.g.
     # "http://recon-worker:8705"; None: the Prefect link artifact points at the file on the worker
     report_base_url: str | None = None
+    # Alerts (`recon alerts setup`, service/alerts.py): the nightly's window (a day and a grace) and how long a
+    # reconciliation run may run before it is "longer than usual"
+    alert_nightly_window_hours: float = 26
+    alert_long_run_minutes: float = 120
 
     @field_validator("ghl_location_ids", mode="before")
     @classmethod

@@ -32,6 +32,7 @@ SLOWEST = (
     "tests/e2e/test_guards.py",
     "tests/e2e/test_scale_out.py",
     "tests/e2e/test_webhooks.py",
+    "tests/e2e/test_alerts.py",
     "tests/e2e/test_apply.py",
     "tests/e2e/test_report.py",
     "tests/e2e/test_pipeline.py",

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from pydantic import SecretStr
 from rich.console import Console
 
 from contact_recon.settings import Settings
+
+if TYPE_CHECKING:
+    from contact_recon.service.alerts import SmtpServer
 
 NO_PREFECT = ("no Prefect API configured: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api after "
               "`prefect server start`) so the events reach the server that runs the deployments")
@@ -79,14 +85,59 @@ def run_watch_tinyemail(settings: Settings, interval: float, budget_share: float
     return 0
 
 
-def run_alerts_setup(webhook_url: str, flows: list[str], console: Console, err: Console) -> int:
-    from contact_recon.service.alerts import BLOCK_NAME, setup_alerts
+@dataclass(frozen=True)
+class AlertsSetupOptions:
+    """`recon alerts setup`'s options, as typed (contact_recon/cli/main.py)."""
 
+    slack: str | None
+    teams: str | None
+    email: list[str]
+    smtp_host: str | None
+    smtp_port: int
+    smtp_security: str
+    smtp_user: str | None
+    smtp_password: str | None
+    smtp_from: str | None
+    apprise: str | None
+    webhook_url: str | None
+    flows: list[str]
+    nightly_deployment: str
+    nightly_window_hours: float | None
+    long_run_minutes: float | None
+
+    def smtp(self) -> SmtpServer | None:
+        from contact_recon.service.alerts import AlertTargetError, SmtpServer
+
+        if not self.smtp_host:
+            return None
+        if self.smtp_security not in ("starttls", "ssl", "none"):
+            raise AlertTargetError("--smtp-security takes starttls, ssl or none")
+        password = SecretStr(self.smtp_password) if self.smtp_password else None
+        return SmtpServer(self.smtp_host, self.smtp_port, self.smtp_security,  # type: ignore[arg-type]  # checked
+                          self.smtp_user, password, self.smtp_from)
+
+
+def run_alerts_setup(options: AlertsSetupOptions, console: Console, err: Console) -> int:
+    from contact_recon.service.alerts import BLOCK_NAME, AlertRules, AlertTargetError, choose_target, setup_alerts
+    from contact_recon.settings import get_settings
+
+    try:
+        target = choose_target(slack=options.slack, teams=options.teams, email=[
+            address.strip() for value in options.email for address in value.split(",") if address.strip()],
+            smtp=options.smtp(), apprise=options.apprise, webhook_url=options.webhook_url)
+        rules = AlertRules.from_settings(get_settings(), flow_names=options.flows,
+                                         nightly_deployment=options.nightly_deployment,
+                                         nightly_window_hours=options.nightly_window_hours,
+                                         long_run_minutes=options.long_run_minutes)
+    except AlertTargetError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
     if prefect_api_url() is None:
         err.print(f"[bold red]error:[/] {NO_PREFECT}", highlight=False)
         return 2
-    setup = setup_alerts(webhook_url, flow_names=flows or None)
-    console.print(f"notification block {BLOCK_NAME!r} ({setup.block_id}) posts to {webhook_url}", highlight=False)
+    setup = setup_alerts(target, rules)
+    console.print(f"notification block {BLOCK_NAME!r} ({target.block.get_block_type_name()}, {setup.block_id}) "
+                  f"sends to {target.shown}", highlight=False)
     for name, automation_id in setup.automation_ids.items():
         verb = "created" if name in setup.created else "updated"
         console.print(f"automation {name!r} {verb} ({automation_id})", highlight=False)

@@ -18,7 +18,8 @@ webhooks_app = typer.Typer(help="Receive GHL webhooks and emit Prefect events.",
 app.add_typer(webhooks_app, name="webhooks")
 watch_app = typer.Typer(help="Poll systems without webhooks and emit Prefect events.", no_args_is_help=True)
 app.add_typer(watch_app, name="watch")
-alerts_app = typer.Typer(help="Prefect notifications for failed and held runs.", no_args_is_help=True)
+alerts_app = typer.Typer(help="Prefect notifications: failed, held, failing, missing and long runs.",
+                         no_args_is_help=True)
 app.add_typer(alerts_app, name="alerts")
 policy_app = typer.Typer(help="The reconciliation policy as a Prefect block (a form in the Prefect UI).",
                          no_args_is_help=True)
@@ -215,14 +216,46 @@ def watch_tinyemail(
 
 @alerts_app.command("setup")
 def alerts_setup(
-    webhook_url: Annotated[str, typer.Option(help="Where the notification block POSTs alerts.")],
-    flow: Annotated[list[str] | None, typer.Option(help="Alert only on these flows' failed runs (repeatable).")]
+    slack: Annotated[str | None, typer.Option(
+        help="A Slack incoming webhook URL (hooks.slack.com: Prefect's SlackWebhook block). A Slack-compatible "
+             "webhook at another host (Mattermost, Rocket.Chat, a local receiver) is sent the Slack body "
+             "{\"text\": ...} by a Custom Webhook block: Apprise's Slack plugin only posts to slack.com.")] = None,
+    teams: Annotated[str | None, typer.Option(
+        help="A Microsoft Teams Workflows (Power Automate) URL (Prefect's MicrosoftTeamsWebhook block).")] = None,
+    email: Annotated[list[str] | None, typer.Option(
+        help="Email the alerts to this address (repeatable), over SMTP (--smtp-host).")] = None,
+    smtp_host: Annotated[str | None, typer.Option(help="The SMTP server for --email.")] = None,
+    smtp_port: Annotated[int, typer.Option(help="Its port.")] = 587,
+    smtp_security: Annotated[str, typer.Option(help="starttls, ssl or none.")] = "starttls",
+    smtp_user: Annotated[str | None, typer.Option(help="The SMTP login.")] = None,
+    smtp_password: Annotated[str | None, typer.Option(envvar="RECON_SMTP_PASSWORD", show_default=False,
+                                                      help="The SMTP password (better: the environment).")] = None,
+    smtp_from: Annotated[str | None, typer.Option(help="The From address (default: the login).")] = None,
+    apprise: Annotated[str | None, typer.Option(help="Any Apprise URL (discord://, tgram://, ntfy://, json://...).")]
+    = None,
+    webhook_url: Annotated[str | None, typer.Option(
+        help="A webhook that is POSTed {text, subject, body, source} (Slack's text plus the older fields).")] = None,
+    flow: Annotated[list[str] | None, typer.Option(
+        help="Alert only on these flows' failed runs, and watch these for long runs (repeatable; default: every "
+             "flow's failures, the reconcile flow's long runs).")] = None,
+    nightly_deployment: Annotated[str, typer.Option(help="The deployment whose runs must complete every night.")]
+    = "nightly-reconcile",
+    nightly_window_hours: Annotated[float | None, typer.Option(
+        help="Alert when no nightly run completed this long after the previous one "
+             "(default RECON_ALERT_NIGHTLY_WINDOW_HOURS, 26: a day and a grace).")] = None,
+    long_run_minutes: Annotated[float | None, typer.Option(
+        help="Alert when a run is still running after this long (default RECON_ALERT_LONG_RUN_MINUTES, 120).")]
     = None,
 ) -> None:
-    """Create or update the notification block and the automations (failed flow runs, held or failing runs)."""
-    from contact_recon.cli.events import run_alerts_setup
+    """Create or update the notification block and the automations: a failed run, a held run (with the link to
+    its approval), a failed-op share over the threshold, a nightly that did not complete in time, a long run.
+    Give exactly one target: --slack, --teams, --email, --apprise or --webhook-url. Needs PREFECT_API_URL."""
+    from contact_recon.cli.events import AlertsSetupOptions, run_alerts_setup
 
-    raise typer.Exit(run_alerts_setup(webhook_url, flow or [], console, err))
+    options = AlertsSetupOptions(slack, teams, email or [], smtp_host, smtp_port, smtp_security, smtp_user,
+                                 smtp_password, smtp_from, apprise, webhook_url, flow or [], nightly_deployment,
+                                 nightly_window_hours, long_run_minutes)
+    raise typer.Exit(run_alerts_setup(options, console, err))
 
 
 @alerts_app.command("listen")
@@ -230,7 +263,8 @@ def alerts_listen(
     out: Annotated[Path, typer.Option(help="File to append the alerts to (JSON lines).")] = Path("alerts.jsonl"),
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8704,
 ) -> None:
-    """A local alert target: append every POSTed alert to a file (use http://127.0.0.1:PORT/ as --webhook-url)."""
+    """A local alert target: append every POSTed alert to a file (use http://127.0.0.1:PORT/ as --slack or
+    --webhook-url)."""
     from contact_recon.cli.events import run_alerts_listen
 
     raise typer.Exit(run_alerts_listen(out, port, console))

@@ -67,7 +67,8 @@ def artifact_prefix(dry_run: bool) -> str:
 
 def emit_alert_events(summary: dict[str, Any]) -> None:
     """`recon.run.held` for a held run, `recon.run.failed_ops` when failed ops pass the alert share
-    (contact_recon/events.py; contact_recon/service/alerts.py turns them into notifications)."""
+    (contact_recon/events.py; contact_recon/service/alerts.py turns them into notifications). Both carry the
+    flow run's Prefect UI page as `url`: a held run's approval is in that flow run."""
     run_id, status, report = summary["run_id"], summary["status"], summary.get("report")
     if status == "held":
         reasons = [g.get("reason") or g.get("name") or "" for g in summary.get("guards", [])]
