@@ -229,3 +229,36 @@ def test_a_held_recon_run_ends_in_a_state_named_held(world: World) -> None:
         flows = {f.id: f.name for f in client.read_flows()}
         runs = client.read_flow_runs(limit=200)
     assert any(flows.get(r.flow_id) == "apply-approved" and r.state and r.state.is_completed() for r in runs)
+
+
+def test_approving_chosen_guards_writes_only_their_ops(sandboxes: Callable[..., tuple[RunningServer, RunningServer]],
+                                                       tmp_path: Path) -> None:
+    """`approve chosen guards`: the ops of the chosen guard's kinds are sent, the other guard's stay held."""
+    from contact_recon.model.approval import Approval, tripped_guards
+    from contact_recon.model.policy import GUARD_KINDS, load_policy
+    from contact_recon.stages.run import answer_held
+    from tests.support.worlds import planning_world
+
+    (tmp_path / "strict.toml").write_text(STRICT)
+    for w in planning_world(sandboxes, tmp_path, generate_fixture(40, seed=8, overlap=0.7, awkward=0.0), {}):
+        w.policy = None  # the default guards: a first fill, approved up front
+        first = w.reconcile(approve=True)
+        assert first.status == "completed", first.error
+        w.policy = load_policy(tmp_path / "strict.toml")
+        assert w.drift(40, seed=3)["changes"] == 40
+        held = w.reconcile()
+        assert held.status == "held" and held.plan is not None
+        tripped = tripped_guards(held.plan.held_reasons)
+        assert {"field_updates", "tag_removals"} <= set(tripped), held.plan.held_reasons
+        outcome = answer_held(w.settings, held.run_id, Approval("approve", ("field_updates",), "names only"),
+                              store=w.store, ghl_client=w.ghl_client, tinyemail_client=w.te_client)
+        assert outcome.status == "completed", outcome.error
+        journal = w.store.con.execute("SELECT kind, status, count(*) FROM journal WHERE run_id = ? GROUP BY ALL",
+                                      [held.run_id]).fetchall()
+        by_kind: dict[str, set[str]] = {}
+        for kind, status, _ in journal:
+            by_kind.setdefault(kind, set()).add(status)
+        assert by_kind["update"] & {"done", "stale"}, journal  # the chosen guard's ops were sent
+        removals = [k for k in GUARD_KINDS["tag_removals"] if k in by_kind]
+        assert removals and all(by_kind[k] == {"held"} for k in removals), journal  # the other guard's were not
+        assert w.store.get_run(held.run_id)["approval_json"] is not None

@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import polars as pl
 import pytest
@@ -377,3 +378,23 @@ def test_rebuilding_a_dry_runs_files_takes_requests_and_guards_from_the_run_row(
     files.report.write_text("kept", encoding="utf-8")
     assert rebuild_run_files(world.store, world.settings.data_dir, result.run_id)[0] == summary
     assert files.report.read_text(encoding="utf-8") == "kept"
+
+
+def test_recon_report_serve_serves_reports_and_nothing_else(tmp_path: Path, serve: Any) -> None:
+    """`recon report serve` (contact_recon/service/reports.py): the reports at a URL, nothing else of the data dir."""
+    from contact_recon.service.reports import report_app
+
+    run_id = "20261201T020000Z-0123abcd"
+    directory = tmp_path / "runs" / run_id
+    directory.mkdir(parents=True)
+    (directory / "report.html").write_text("<h1>the report</h1>")
+    (directory / "plan.parquet").write_bytes(b"PAR1 customer data")
+    (tmp_path / "recon.duckdb").write_bytes(b"the store")
+    server = serve(report_app(tmp_path))
+    index = httpx.get(server.base_url + "/")
+    assert index.status_code == 200 and f"/runs/{run_id}/report.html" in index.text
+    report = httpx.get(f"{server.base_url}/runs/{run_id}/report.html")
+    assert report.status_code == 200 and "the report" in report.text and "text/html" in report.headers["content-type"]
+    for path in (f"/runs/{run_id}/plan.parquet", "/recon.duckdb", f"/runs/{run_id}/../../recon.duckdb",
+                 "/runs/not-a-run/report.html", f"/runs/{run_id}/summary.json"):
+        assert httpx.get(server.base_url + path).status_code == 404, path
