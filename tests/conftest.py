@@ -28,6 +28,7 @@ SLOWEST = (
     "tests/e2e/test_chaos.py",
     "tests/e2e/test_apply_crash.py",
     "tests/unit/test_merge_properties.py",
+    "tests/e2e/test_held_runs.py",
     "tests/e2e/test_flow.py",
     "tests/e2e/test_guards.py",
     "tests/e2e/test_scale_out.py",
