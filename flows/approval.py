@@ -1,15 +1,16 @@
 """A held run's approval, in the Prefect UI: the form its flow run suspends with, and reading the answer back.
 
-A deployment run whose plan trips a guard (flows/reconcile.py) records that it waits (`wait_for_answer`) and
-suspends itself with `suspend_flow_run(wait_for_input=<form>, key=APPROVAL_KEY, timeout=<window>)`: its state
-is Suspended (not Completed) and the Prefect UI shows a Resume button with the form:
+A deployment run whose plan trips a guard (flows/reconcile.py) records that it waits (in the store, and as a
+flow run input under HELD_KEY: the run id, its guards and locations, the form's description) and suspends
+itself with `suspend_flow_run(wait_for_input=<form>, key=APPROVAL_KEY, timeout=<window>)`: its state is
+Suspended (not Completed) and the Prefect UI shows a Resume button with the form:
 
 - the description: the guards that tripped with their figures, how many ops each holds, when it expires;
 - `decision`: "approve all guards", "approve chosen guards" (the `guards` picked; the ops of the others stay
   unwritten) or "reject" (nothing is written);
 - `note`: why, kept with the run and shown in the report.
 
-Resuming reschedules the flow run: its second attempt finds the held run (`held_run_of`), calls
+Resuming reschedules the flow run: its second attempt finds the held run (the HELD_KEY input), calls
 `suspend_flow_run` again with the same key, which now returns the answer instead of suspending, and applies
 (contact_recon/stages/run.py `answer_held`). `recon approve RUN_ID` resumes it with the same form's input
 (`answer_input`). The window ends before the flow's next scheduled run (`approval_window_s`); a suspended run
@@ -30,6 +31,7 @@ from contact_recon.model.policy import GUARD_KINDS
 from contact_recon.settings import Settings
 
 APPROVAL_KEY = "approval"
+HELD_KEY = "recon-held-run"  # a flow run input: the held run this flow run waits for (run id, guards, locations)
 APPROVE_ALL, APPROVE_CHOSEN, REJECT = "approve all guards", "approve chosen guards", "reject"
 NEXT_RUN_MARGIN = timedelta(minutes=10)  # a held plan expires this long before the next scheduled run
 

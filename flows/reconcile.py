@@ -24,10 +24,12 @@ and the apply (flows/ui.py).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from contact_recon.flows.approval import (
     APPROVAL_KEY,
+    HELD_KEY,
     approval_form,
     approval_window_s,
     form_description,
@@ -38,6 +40,7 @@ from contact_recon.tasks.reconcile import PREFECT_STEPS
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.flow_runs import suspend_flow_run
+from prefect.input.actions import create_flow_run_input, read_flow_run_input
 from prefect.states import Cancelled, Completed, State
 from pydantic import Field
 
@@ -50,11 +53,9 @@ from contact_recon.stages.run import (
     NotApplicable,
     RunOutcome,
     answer_held,
-    held_run_of,
     reconcile,
-    wait_for_answer,
 )
-from contact_recon.store.db import db_path, open_db
+from contact_recon.store.db import Store
 
 
 @flow(name="reconcile", log_prints=True)
@@ -71,29 +72,33 @@ def reconcile_flow(
     """Reconcile GHL and TinyEmail: snapshot -> merge -> checks -> apply -> report (held: wait for approval)."""
     settings, flow_run = get_settings(), _flow_run()
     with forwarded_logs(flow_run.id), progress_artifact("reconcile"):
-        held = held_run_of(settings, str(flow_run.id))
-        if held is not None:  # this flow run held it, suspended, and was resumed: the answer is waiting
+        held = _held_input()
+        if held is not None:  # this flow run held a plan and suspended; resumed, the answer is waiting
             return _answered(settings, held, lock_wait_s)
+        waiting = flow_run.deployment_id is not None  # `recon run`: nobody can resume an in-process run
         outcome = reconcile(settings, locations=locations, dry_run=dry_run, approve=approve,
-                            full_sweep=full_sweep, lock_wait_s=lock_wait_s, steps=PREFECT_STEPS)
+                            full_sweep=full_sweep, lock_wait_s=lock_wait_s, steps=PREFECT_STEPS,
+                            on_held=(lambda store, run_id: _record_wait(settings, store, run_id, flow_run))
+                            if waiting else None)
         _close_expired(outcome)
         assert outcome.summary is not None  # the flow always reports
         if outcome.status != HELD:
             return outcome.summary
-        if flow_run.deployment_id is None:  # `recon run`: nobody can resume an in-process run
+        if not waiting:
             return Completed(name="Held", message=_held_message(outcome.summary), data=outcome.summary)
-        _wait_for_approval(settings, outcome, flow_run)
+        _suspend_for_answer(_held_input() or {})
         return outcome.summary  # not reached in a deployment run: the suspension ends this attempt
 
 
 @flow(name="apply-approved", log_prints=True)
-def apply_approved_flow(run_id: str, guards: list[str] | None = None, reject: bool = False,
+def apply_approved_flow(run_id: str, locations: list[str], guards: list[str] | None = None, reject: bool = False,
                         note: str = "", lock_wait_s: float = 60.0) -> dict[str, Any] | State[Any]:
-    """Answer a held run (approve all or the chosen `guards`, or `reject`), then apply it and report."""
+    """Answer a held run of `locations` (approve all or the chosen `guards`, or `reject`), then apply it and
+    report."""
     settings, flow_run = get_settings(), _flow_run()
     approval = Approval("reject" if reject else "approve", None if guards is None else tuple(guards), note, "cli")
     with forwarded_logs(flow_run.id), progress_artifact("apply-approved"):
-        return _apply_answer(settings, run_id, approval, lock_wait_s)
+        return _apply_answer(settings, run_id, approval, locations, lock_wait_s)
 
 
 def run_in_process(**parameters: Any) -> dict[str, Any]:
@@ -111,36 +116,47 @@ def _flow_run() -> Any:
     return context.flow_run
 
 
-def _wait_for_approval(settings: Settings, outcome: RunOutcome, flow_run: Any) -> None:
-    """Record that the held run waits in this flow run, then suspend it with the approval form (this process
-    ends here; a resume reschedules the flow run, and its second attempt finds the answer)."""
-    from datetime import UTC, datetime, timedelta
-
+def _record_wait(settings: Settings, store: Store, run_id: str, flow_run: Any) -> None:
+    """Inside the run's lock: the held run waits in this flow run until its window ends (the store), and what
+    the second attempt needs (the run, its guards and locations, the form's description) is kept with the flow
+    run itself (a flow run input under HELD_KEY), so that attempt reads nothing of the store before its lock."""
     window = approval_window_s(settings, flow_run.flow_id)
     expires = datetime.now(UTC) + timedelta(seconds=window)
-    wait_for_answer(settings, outcome.run_id, str(flow_run.id), expires)
-    run = _run(settings, outcome.run_id)
-    plan = load_plan(settings.data_dir, outcome.run_id)
-    form = approval_form(run["held_reasons"]).with_initial_data(
-        description=form_description(run, plan, expires, report_url(settings.report_base_url, outcome.run_id)))
+    store.hold_for_approval(run_id, str(flow_run.id), expires)
+    run = store.get_run(run_id)
+    description = form_description(run, load_plan(settings.data_dir, run_id), expires,
+                                   report_url(settings.report_base_url, run_id))
+    create_flow_run_input(HELD_KEY, {"run_id": run_id, "held_reasons": run["held_reasons"],
+                                     "locations": list(run["location_ids"] or []), "window_s": window,
+                                     "description": description})
     get_run_logger().warning("run %s held: %s; waiting for an answer in the Prefect UI until %s UTC (or "
-                             "`recon approve %s`)", outcome.run_id, "; ".join(run["held_reasons"]),
-                             f"{expires:%Y-%m-%d %H:%M}", outcome.run_id)
-    suspend_flow_run(wait_for_input=form, timeout=window, key=APPROVAL_KEY)
+                             "`recon approve %s`)", run_id, "; ".join(run["held_reasons"]),
+                             f"{expires:%Y-%m-%d %H:%M}", run_id)
 
 
-def _answered(settings: Settings, run_id: str, lock_wait_s: float) -> dict[str, Any] | State[Any]:
-    """The second attempt of a held flow run: read the form's answer (suspend with the same key returns it),
-    then apply or reject."""
-    run = _run(settings, run_id)
-    answer = suspend_flow_run(wait_for_input=approval_form(run["held_reasons"]), key=APPROVAL_KEY)
-    return _apply_answer(settings, run_id, to_approval(answer), lock_wait_s)
+def _held_input() -> dict[str, Any] | None:
+    """The held run this flow run waits for (`_record_wait`), None on a flow run that held nothing."""
+    value: Any = read_flow_run_input(HELD_KEY)
+    return value if isinstance(value, dict) else None
 
 
-def _apply_answer(settings: Settings, run_id: str, approval: Approval,
+def _suspend_for_answer(held: dict[str, Any]) -> Any:
+    """Suspend with the approval form (the first attempt ends here); on the second attempt the same call
+    returns the answer."""
+    form = approval_form(held["held_reasons"]).with_initial_data(description=held["description"])
+    return suspend_flow_run(wait_for_input=form, timeout=held["window_s"], key=APPROVAL_KEY)
+
+
+def _answered(settings: Settings, held: dict[str, Any], lock_wait_s: float) -> dict[str, Any] | State[Any]:
+    """The second attempt of a held flow run: read the form's answer, then apply or reject."""
+    answer = _suspend_for_answer(held)
+    return _apply_answer(settings, held["run_id"], to_approval(answer), held["locations"], lock_wait_s)
+
+
+def _apply_answer(settings: Settings, run_id: str, approval: Approval, locations: list[str],
                   lock_wait_s: float) -> dict[str, Any] | State[Any]:
     try:
-        outcome = answer_held(settings, run_id, approval, lock_wait_s=lock_wait_s, steps=PREFECT_STEPS)
+        outcome = answer_held(settings, run_id, approval, locations, lock_wait_s=lock_wait_s, steps=PREFECT_STEPS)
     except NotApplicable as exc:
         return Cancelled(name="Superseded", message=str(exc))
     assert outcome.summary is not None
@@ -164,11 +180,6 @@ def _close_expired(outcome: RunOutcome) -> None:
             state: State[Any] = Cancelled(name="Expired", message=f"run {run['run_id']} was not answered in time: "
                                           f"nothing written; run {outcome.run_id} planned afresh")
             client.set_flow_run_state(UUID(run["flow_run_id"]), state, force=True)
-
-
-def _run(settings: Settings, run_id: str) -> dict[str, Any]:
-    with open_db(db_path(settings.data_dir)) as store:
-        return store.get_run(run_id)
 
 
 def _held_message(summary: dict[str, Any]) -> str:

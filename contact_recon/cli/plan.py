@@ -106,7 +106,7 @@ def run_approve_command(settings: Settings, run_id: str, console: Console, err: 
     if run["kind"] == "reconcile" and run["flow_run_id"]:
         return _resume_in_prefect(run, approval, console, err)
     if run["kind"] == "reconcile" and apply:
-        return _answer_in_flow(settings, run_id, approval, console, err)
+        return _answer_in_flow(settings, run_id, list(run["location_ids"] or []), approval, console, err)
     return _record(settings, run_id, approval, console, err)
 
 
@@ -158,12 +158,14 @@ def _resume_in_prefect(run: dict[str, Any], approval: Any, console: Console, err
     return EXIT_PLANNED
 
 
-def _answer_in_flow(settings: Settings, run_id: str, approval: Any, console: Console, err: Console) -> int:
+def _answer_in_flow(settings: Settings, run_id: str, locations: list[str], approval: Any, console: Console,
+                    err: Console) -> int:
     """The answer, the apply and the report as an `apply-approved` flow run in this process."""
     from contact_recon.flows.reconcile import apply_approved_flow
 
     try:
-        state = apply_approved_flow(run_id, guards=list(approval.guards) if approval.guards is not None else None,
+        guards = list(approval.guards) if approval.guards is not None else None
+        state = apply_approved_flow(run_id, locations, guards=guards,
                                     reject=approval.decision == "reject", note=approval.note, return_state=True)
     except Exception as exc:  # noqa: BLE001 - one clear line; the journal and the run row keep the details
         _error(err, f"apply failed: {type(exc).__name__}: {exc}")

@@ -108,11 +108,12 @@ def reconcile(settings: Settings, store: Store | None = None, *, locations: Sequ
               dry_run: bool = False, approve: bool = False, full_sweep: bool = False, policy: Policy | None = None,
               docs: bool = True, report: bool = True, lock_wait_s: float = 60.0,
               ghl_client: GHLFactory | None = None, tinyemail_client: TinyEmailFactory | None = None,
-              steps: Steps | None = None) -> RunOutcome:
+              steps: Steps | None = None, on_held: Callable[[Store, str], None] | None = None) -> RunOutcome:
     """Lock, recover, plan and (unless a dry run or held) apply, then report; the module docstring has the steps.
 
     `store`: an open store to use (tests), else the data dir's DuckDB file is opened inside the lock.
     `report`: False skips step 5 (the outcome's `summary` is then None).
+    `on_held(store, run_id)`: called for a held run, still inside the lock (the flow records where it waits).
     """
     steps = steps or DIRECT
     log = steps.logger()
@@ -138,6 +139,8 @@ def reconcile(settings: Settings, store: Store | None = None, *, locations: Sequ
                         reason)
         if dry_run or planned.status == HELD:
             outcome = RunOutcome(planned.run_id, HELD if planned.status == HELD else COMPLETED, dry_run)
+            if planned.status == HELD and on_held is not None:
+                on_held(db, planned.run_id)
         else:
             started = time.perf_counter()
             outcome = steps.apply(settings, db, planned.run_id, policy=loaded.policy, ghl_client=ghl,
@@ -311,19 +314,18 @@ def _check_not_superseded(store: Store, run: dict[str, Any]) -> None:
                                 "same locations after it: nothing of it is applied")
 
 
-def answer_held(settings: Settings, run_id: str, approval: Approval, *, store: Store | None = None,
-                lock_wait_s: float = 60.0, ghl_client: GHLFactory | None = None,
+def answer_held(settings: Settings, run_id: str, approval: Approval, locations: Sequence[str], *,
+                store: Store | None = None, lock_wait_s: float = 60.0, ghl_client: GHLFactory | None = None,
                 tinyemail_client: TinyEmailFactory | None = None, steps: Steps | None = None) -> RunOutcome:
     """A held run's answer (the approval form of its flow run, or `recon approve`): record it, then apply the
     same plan (approve: each write still checked against the live record) or write nothing (reject), and report.
 
     Raises RunNotHeld (store/db.py) when the run is not held or its window expired; NotApplicable when a later
-    run superseded it (it is then rejected, so it never waits again)."""
+    run superseded it (it is then rejected, so it never waits again). `locations`: the run's, locked before the
+    store is opened."""
     steps = steps or DIRECT
     log = steps.logger()
-    with _store(settings, store) as db:
-        covered = list(db.get_run(run_id)["location_ids"] or [])
-    with location_lock(settings, covered, lock_wait_s), _store(settings, store) as db:
+    with location_lock(settings, list(locations), lock_wait_s), _store(settings, store) as db:
         run = db.approve_run(run_id, approval)
         answer = db.approval(run_id)
         log.info("run %s %s by %s%s", run_id, run["status"], approval.by, f": {answer.note}" if answer and answer.note
@@ -340,19 +342,6 @@ def answer_held(settings: Settings, run_id: str, approval: Approval, *, store: S
             log.info("run %s applied: %s", run_id, outcome.journal)
         outcome.summary = steps.report(settings, db, run_id, False, outcome.requests)
     return outcome
-
-
-def wait_for_answer(settings: Settings, run_id: str, flow_run_id: str | None, expires_at: Any) -> None:
-    """Record that held run `run_id` waits for its answer in Prefect flow run `flow_run_id` until
-    `expires_at` (an aware datetime; None: no window)."""
-    with open_db(db_path(settings.data_dir)) as store:
-        store.hold_for_approval(run_id, flow_run_id, expires_at)
-
-
-def held_run_of(settings: Settings, flow_run_id: str) -> str | None:
-    """The held (or answered, not yet applied) run that Prefect flow run `flow_run_id` planned."""
-    with open_db(db_path(settings.data_dir)) as store:
-        return store.held_run_of(flow_run_id)
 
 
 def expire_held_runs(store: Store) -> list[dict[str, Any]]:

@@ -429,14 +429,6 @@ class Store:
         self.con.execute("UPDATE runs SET flow_run_id = ?, approval_expires_at = ? WHERE run_id = ?",
                          [flow_run_id, expires_at, run_id])
 
-    def held_run_of(self, flow_run_id: str) -> str | None:
-        """The run that Prefect flow run `flow_run_id` planned and that still waits for its answer (or was
-        answered and not yet applied), None when there is none."""
-        rows = self.con.execute("SELECT run_id FROM runs WHERE flow_run_id = ? AND status IN ('held', 'approved', "
-                                "'rejected') AND finished_at IS NOT NULL ORDER BY started_at DESC LIMIT 1",
-                                [flow_run_id]).fetchall()
-        return rows[0][0] if rows else None
-
     def expire_held(self) -> list[dict[str, Any]]:
         """Close every held run whose approval window has passed as 'expired' (nothing of theirs is ever
         written); return them (run_id, flow_run_id)."""

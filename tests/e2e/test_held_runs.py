@@ -250,8 +250,9 @@ def test_approving_chosen_guards_writes_only_their_ops(sandboxes: Callable[..., 
         assert held.status == "held" and held.plan is not None
         tripped = tripped_guards(held.plan.held_reasons)
         assert {"field_updates", "tag_removals"} <= set(tripped), held.plan.held_reasons
-        outcome = answer_held(w.settings, held.run_id, Approval("approve", ("field_updates",), "names only"),
-                              store=w.store, ghl_client=w.ghl_client, tinyemail_client=w.te_client)
+        chosen = Approval("approve", ("field_updates",), "names only")
+        outcome = answer_held(w.settings, held.run_id, chosen, [w.location], store=w.store,
+                              ghl_client=w.ghl_client, tinyemail_client=w.te_client)
         assert outcome.status == "completed", outcome.error
         journal = w.store.con.execute("SELECT kind, status, count(*) FROM journal WHERE run_id = ? GROUP BY ALL",
                                       [held.run_id]).fetchall()
