@@ -18,7 +18,10 @@ from pydantic import Field
 
 from contact_recon.model.records import RUN_ENTITIES
 from contact_recon.settings import get_settings
+from contact_recon.stages.process import prepare_process
 from contact_recon.stages.run import reconcile
+
+prepare_process()  # a worker's flow-run process starts here: secrets masked in every log, owner-only files
 
 
 @flow(name="reconcile", log_prints=True)

@@ -29,6 +29,8 @@ SLOWEST = (
     "tests/e2e/test_apply_crash.py",
     "tests/unit/test_merge_properties.py",
     "tests/e2e/test_flow.py",
+    "tests/e2e/test_security.py",
+    "tests/e2e/test_demo.py",
     "tests/e2e/test_scale_out.py",
     "tests/e2e/test_webhooks.py",
     "tests/e2e/test_apply.py",
