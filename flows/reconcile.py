@@ -48,6 +48,7 @@ from contact_recon.model.approval import Approval
 from contact_recon.report.build import report_url
 from contact_recon.settings import Settings, get_settings
 from contact_recon.stages.plan import HELD, load_plan
+from contact_recon.stages.process import prepare_process
 from contact_recon.stages.run import (
     REJECTED,
     NotApplicable,
@@ -56,6 +57,8 @@ from contact_recon.stages.run import (
     reconcile,
 )
 from contact_recon.store.db import Store
+
+prepare_process()  # a worker's flow-run process starts here: secrets masked in every log, owner-only files
 
 
 @flow(name="reconcile", log_prints=True)

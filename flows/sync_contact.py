@@ -15,7 +15,10 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from contact_recon.settings import get_settings
+from contact_recon.stages.process import prepare_process
 from contact_recon.stages.run import sync
+
+prepare_process()  # a worker's flow-run process starts here: secrets masked in every log, owner-only files
 
 
 @flow(name="sync-contact", log_prints=True)

@@ -2,8 +2,9 @@
 
 - `forwarded_logs()`: while a flow run runs, every `contact_recon.*` logger's records at INFO and above go to
   that flow run's logs through Prefect's own `APILogHandler` (stamped with the flow run id, so records from the
-  snapshot's worker threads land too), redacted first (`RedactingFilter`): the connectors' and stages' lines
-  (counts, requests and budget left, durations, what was held and why) sit beside Prefect's.
+  snapshot's worker threads land too), already redacted (`prepare_process` masks every record as it is made):
+  the connectors' and stages' lines (counts, requests and budget left, durations, what was held and why) sit
+  beside Prefect's.
 - `progress_artifact(...)`: one Prefect progress artifact per flow run, fed by the stages' progress calls
   (contact_recon/stages/progress.py: the snapshot's reads per location, the apply stage's ops), updated at most
   every `UPDATE_EVERY_S` seconds or every whole percent.
@@ -19,7 +20,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from contact_recon.stages import progress
-from contact_recon.systems.redaction import RedactingFilter
 
 PROJECT_LOGGER = "contact_recon"
 UPDATE_EVERY_S = 2.0
@@ -44,7 +44,6 @@ def forwarded_logs(flow_run_id: Any) -> Iterator[None]:
     from prefect.logging.handlers import APILogHandler
 
     handler = APILogHandler(level=logging.INFO)
-    handler.addFilter(RedactingFilter())
     handler.addFilter(_StampFlowRun(flow_run_id))
     logger = logging.getLogger(PROJECT_LOGGER)
     previous = logger.level

@@ -31,6 +31,8 @@ SLOWEST = (
     "tests/e2e/test_held_runs.py",
     "tests/e2e/test_flow.py",
     "tests/e2e/test_guards.py",
+    "tests/e2e/test_security.py",
+    "tests/e2e/test_demo.py",
     "tests/e2e/test_scale_out.py",
     "tests/e2e/test_webhooks.py",
     "tests/e2e/test_alerts.py",

@@ -4,11 +4,14 @@
 2. Start both sandbox servers as a real process (`recon sandbox serve`, at --rate-scale 10 so the demo's
    clients may go 10x faster than the real limits; they are told so through RECON_GHL_RATE_SCALE and
    RECON_TINYEMAIL_RATE_PER_MINUTE).
-3. First reconciliation: the `reconcile` flow (snapshot, merge, checks, apply, report), on Prefect's
-   ephemeral API unless PREFECT_API_URL points at a server.
+3. First reconciliation: the `reconcile` flow (snapshot, merge, checks, apply, report), on the server that
+   PREFECT_API_URL names, or else on Prefect's temporary (ephemeral) server with a home of its own under the demo's
+   data dir (`data/demo/prefect`, 0700, kept from one demo to the next), so a `prefect server start` there shows
+   the runs afterwards; `contact_recon.stages.process` keeps that server's telemetry off.
 4. A day of drift made through both public APIs (`recon sandbox mutate`: edits, tags, unsubscribes,
    conflicting edits of one field on both sides).
-5. The nightly reconciliation again; print its summary and where report.html is; stop the sandbox.
+5. The nightly reconciliation again; print its summary; stop the sandbox (and the temporary Prefect server).
+6. Say how to open what it just did: the report (a file) and the two flow runs in the Prefect UI.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +33,27 @@ from rich.table import Table
 
 from contact_recon.sandbox.server import free_port
 from contact_recon.settings import get_settings
+from contact_recon.store.files import private_dir
 
 RATE_SCALE = 10
+PREFECT_DIR = "prefect"  # the temporary Prefect server's home, under the demo's data dir
+PREFECT_UI_PORT = 4200  # `prefect server start`'s default
+
+
+@dataclass
+class Story:
+    """What the demo did, for its last words: the nightly run's summary and both flow runs."""
+
+    summary: dict[str, Any]
+    flow_runs: list[str]
 
 
 def run_demo(console: Console, *, contacts: int, seed: int) -> int:
     from contact_recon.sandbox.generate import generate_fixture, write_fixture
 
     data_dir = get_settings().data_dir / "demo"
-    shutil.rmtree(data_dir, ignore_errors=True)  # the demo's own store: every demo starts from nothing
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _fresh(data_dir)
+    prefect_home = _own_prefect_home(data_dir)
     fixture_path = data_dir / "fixture.json"
     started = time.monotonic()
     fixture = generate_fixture(contacts, seed=seed)
@@ -53,12 +68,51 @@ def run_demo(console: Console, *, contacts: int, seed: int) -> int:
                       highlight=False)
         _show_state(console, ports)
         _configure(fixture, ports, data_dir)
-        code = _story(console, fixture, ports, seed)
+        story = _story(console, fixture, ports, seed)
         _show_state(console, ports)
     finally:
         stopped = _stop_server(server)
+        if prefect_home is not None:
+            _stop_temporary_prefect()
     console.print(f"sandbox stopped (exit {stopped}); total {time.monotonic() - started:.0f}s", highlight=False)
+    _where_to_look(console, story, prefect_home)
+    code = 0 if story.summary["status"] in ("completed", "held") else 1
     return code if stopped == 0 else 1
+
+
+def _fresh(data_dir: Path) -> None:
+    """The demo's own data dir, emptied: every demo starts from nothing (Prefect's home is kept: its database's
+    migrations take a while, and the UI can show every demo's runs)."""
+    private_dir(data_dir)
+    for entry in data_dir.iterdir():
+        if entry.name == PREFECT_DIR:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _own_prefect_home(data_dir: Path) -> Path | None:
+    """Without PREFECT_API_URL, the flows run on Prefect's temporary server: give it a home (its SQLite database)
+    under the demo's data dir, owner-only. Prefect reads PREFECT_HOME when it is imported, which is later."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    home = private_dir(data_dir / PREFECT_DIR)
+    os.environ["PREFECT_HOME"] = str(home.resolve())
+    return home
+
+
+def _stop_temporary_prefect() -> None:
+    """Stop the temporary server the flows started (Prefect would at exit, after the demo's last words), once the
+    flow runs' last logs and events have reached it."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+
+    APILogWorker.drain_all(timeout=15)
+    EventsWorker.drain_all(timeout=15)
+    SubprocessASGIServer().stop()  # the one `get_client` started: one instance per port, None for "any free port"
 
 
 def _configure(fixture: dict[str, Any], ports: dict[str, int], data_dir: Path) -> None:
@@ -73,12 +127,13 @@ def _configure(fixture: dict[str, Any], ports: dict[str, int], data_dir: Path) -
     })
 
 
-def _story(console: Console, fixture: dict[str, Any], ports: dict[str, int], seed: int) -> int:
-    from contact_recon.flows.reconcile import run_in_process
+def _story(console: Console, fixture: dict[str, Any], ports: dict[str, int], seed: int) -> Story:
+    from contact_recon.flows.reconcile import reconcile_flow
     from contact_recon.sandbox.mutate import mutate
 
     console.print("[bold]3.[/] first reconciliation (Prefect flow `reconcile`)...")
-    first = run_in_process(approve=True)
+    first_state = reconcile_flow(approve=True, return_state=True)
+    first: dict[str, Any] = first_state.result()  # type: ignore[assignment]  # a completed run's summary
     console.print(_summary_table(first, "First reconciliation"))
     token = fixture["ghl"]["tokens"][0]
     report = mutate(f"http://127.0.0.1:{ports['ghl']}", f"http://127.0.0.1:{ports['tinyemail']}/v1", 120,
@@ -88,12 +143,49 @@ def _story(console: Console, fixture: dict[str, Any], ports: dict[str, int], see
     console.print(f"[bold]4.[/] a day of drift through both APIs: {report['changes']} changes ({kinds})",
                   highlight=False, soft_wrap=True)
     console.print("[bold]5.[/] the nightly reconciliation...")
-    second = run_in_process()
+    second_state = reconcile_flow(return_state=True)
+    second: dict[str, Any] = second_state.result()  # type: ignore[assignment]  # its summary (held too)
     console.print(_summary_table(second, "Nightly reconciliation"))
-    console.print(f"report: {second.get('report')}", highlight=False, soft_wrap=True)
-    console.print(f"summary: {Path(str(second.get('report'))).with_name('summary.json')}", highlight=False,
-                  soft_wrap=True)
-    return 0 if second["status"] in ("completed", "held") else 1
+    return Story(second, [str(state.state_details.flow_run_id) for state in (first_state, second_state)])
+
+
+def _where_to_look(console: Console, story: Story, prefect_home: Path | None) -> None:
+    """The demo's last words: how to open the report and the Prefect UI for the two flow runs it just made."""
+    report = Path(str(story.summary.get("report")))
+    run_id, nightly = story.summary["run_id"], story.flow_runs[-1]
+    lines = ["[bold]6.[/] what it just did:",
+             f"  report: {report} (and summary.json beside it); open it in a browser, it is one self-contained "
+             f"file: {report.resolve().as_uri()}",
+             f"  again later: RECON_DATA_DIR={report.parents[2]} {_command('recon')} report {run_id}"]
+    if prefect_home is None:  # PREFECT_API_URL: a real server, with its UI
+        ui = _ui_url()
+        runs = ", ".join(f"{ui}/runs/flow-run/{fid}" for fid in story.flow_runs) if ui else ", ".join(story.flow_runs)
+        lines.append(f"  Prefect: the flow runs (first, nightly): {runs}")
+    else:  # the temporary server has stopped; its database stays in the demo's Prefect home
+        lines += [f"  Prefect: both flow runs are kept in {prefect_home}; to browse them in the Prefect UI, run",
+                  f"    PREFECT_HOME={prefect_home} {_command('prefect')} server start",
+                  f"  then open http://127.0.0.1:{PREFECT_UI_PORT}/runs/flow-run/{nightly} (the nightly run; "
+                  f"the first one is {story.flow_runs[0]})"]
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def _command(name: str) -> str:
+    """How to call one of this environment's commands (`.venv/bin/recon` when it is not on PATH)."""
+    script = Path(sys.executable).parent / name
+    if not script.exists() or shutil.which(name) == str(script):
+        return name
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
+def _ui_url() -> str | None:
+    from prefect.settings import PREFECT_UI_URL
+
+    value = PREFECT_UI_URL.value()
+    return str(value).rstrip("/") if value else None
 
 
 def _summary_table(summary: dict[str, Any], title: str) -> Table:

@@ -29,13 +29,22 @@ console = Console()
 err = Console(stderr=True)
 
 
+@app.callback()
+def main() -> None:
+    """contact-recon: keep GHL and TinyEmail consistent."""
+    from contact_recon.stages.process import prepare_process
+
+    prepare_process()  # every command: secrets masked in all logs, owner-only files, a quiet Prefect server
+
+
 @app.command("demo")
 def demo(
     contacts: Annotated[int, typer.Option(help="Size of the generated fixture.")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of the fixture.")] = 7,
 ) -> None:
     """The whole story: generate a fixture, start both sandboxes, reconcile, drift for a day through both APIs,
-    reconcile again (the nightly flow), print the summary and the report path, stop."""
+    reconcile again (the nightly flow), print the summary, stop, and say how to open the report and the two flow
+    runs in the Prefect UI."""
     from contact_recon.cli.demo import run_demo
 
     raise typer.Exit(run_demo(console, contacts=contacts, seed=seed))

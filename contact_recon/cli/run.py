@@ -63,7 +63,7 @@ class _NoTraceback(logging.Filter):
     formatted whole by Prefect's API handler first (it sits on the run loggers, the console on the root)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+        if (record.exc_info or record.exc_text) and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
             record.exc_info, record.exc_text = None, None
         return True
 

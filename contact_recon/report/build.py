@@ -256,8 +256,7 @@ def _guards(guards: Sequence[Mapping[str, Any]], run: Mapping[str, Any]) -> list
 
 def write_run_files(store: Store, data_dir: str | Path, run_id: str, summary: Mapping[str, Any]) -> RunFiles:
     """Write `summary.json` and `report.html` into `<data_dir>/runs/<run_id>/`, each atomically."""
-    directory = run_dir(data_dir, run_id)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = run_dir(data_dir, run_id)  # made (0700) by the first atomic_text
     files = RunFiles(directory, directory / SUMMARY_FILE, directory / REPORT_FILE)
     html = render_report(store, data_dir, run_id, summary)
     atomic_text(files.summary, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

@@ -49,7 +49,7 @@ from starlette.routing import Route
 from contact_recon.events import GHL_WEBHOOK_EVENTS, ghl_contact_resource
 from contact_recon.settings import Settings
 from contact_recon.stages.echo import EchoFilter
-from contact_recon.store.files import atomic_text
+from contact_recon.store.files import atomic_text, open_private
 from contact_recon.systems.ghl.contract import SANDBOX_PUBLIC_KEY_PEM, SIGNATURE_HEADER
 
 PATH = "/webhooks/ghl"
@@ -263,7 +263,7 @@ class SeenIds:
     def add(self, webhook_id: str, until: float) -> None:
         self._prune()
         self._until[webhook_id] = until
-        with self.path.open("a") as out:
+        with open_private(self.path, "a") as out:
             out.write(json.dumps({"id": webhook_id, "until": until}) + "\n")
         self._lines += 1
         if self._lines > 2 * len(self._until) + self.COMPACT_SLACK:

@@ -17,7 +17,7 @@ import polars as pl
 
 from contact_recon.engine.state import Consent, advanced
 from contact_recon.store.db import Store
-from contact_recon.store.files import atomic_write
+from contact_recon.store.files import atomic_write, private_dir
 
 STATE_DIR = "state"
 STATE_FILES = ("base", "te_side", "ghl_side", "people", "rekeys", "id_map_new")
@@ -26,7 +26,7 @@ STATE_FILES = ("base", "te_side", "ghl_side", "people", "rekeys", "id_map_new")
 def save_state(directory: Path, frames: Mapping[str, pl.DataFrame]) -> None:
     """Write the planning state a later apply needs (each file whole or not at all)."""
     target = directory / STATE_DIR
-    target.mkdir(parents=True, exist_ok=True)
+    private_dir(target)
     for name in STATE_FILES:
         atomic_write(target / f"{name}.parquet", frames[name].write_parquet)
 

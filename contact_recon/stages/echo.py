@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from contact_recon.store.files import open_private
+
 ECHO_FILE = Path("echo") / "ghl_writes.jsonl"
 TE_ECHO_FILE = Path("echo") / "tinyemail_writes.jsonl"
 WINDOW_S = 120.0
@@ -49,8 +51,7 @@ class EchoLog:
         lines += [json.dumps({"email": e.strip().lower(), "until": until, "at": at}) for e in emails if e]
         if not lines:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
+        with open_private(self.path, "a", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
 
 

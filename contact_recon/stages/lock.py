@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from contact_recon.settings import Settings
+from contact_recon.store.files import open_private
 
 LOCK_PREFIX = "recon-run:"
 
@@ -44,8 +45,7 @@ def location_lock(settings: Settings, locations: Sequence[str], wait_s: float) -
 
 @contextlib.contextmanager
 def _file_lock(path: Path, deadline: float, names: list[str]) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as handle:
+    with open_private(path, "a+") as handle:
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -48,7 +48,7 @@ from typing import Any
 import polars as pl
 
 from contact_recon.checks.quarantine import PLANNED, QUARANTINED, apply_quarantine
-from contact_recon.checks.run import CheckReport, run_checks
+from contact_recon.checks.run import GX_DIR, CheckReport, run_checks
 from contact_recon.checks.suites import Thresholds
 from contact_recon.engine.decisions import decision_ops
 from contact_recon.engine.guards import GuardHistory
@@ -62,7 +62,7 @@ from contact_recon.stages.advance import save_state
 from contact_recon.stages.snapshot import GHLFactory, SnapshotOptions, SnapshotResult, TinyEmailFactory, run_snapshot
 from contact_recon.store.db import ENTITIES, NO_LOCATION, Store
 from contact_recon.store.decisions import Decisions
-from contact_recon.store.files import CONFLICTS_FILE, PLAN_FILE, atomic_write, run_dir
+from contact_recon.store.files import CONFLICTS_FILE, PLAN_FILE, atomic_write, private_dir, private_tree, run_dir
 from contact_recon.store.journal import Journal
 from contact_recon.systems.policy_source import LoadedPolicy, resolve_policy
 
@@ -263,13 +263,16 @@ def _check(frames: dict[str, pl.DataFrame], merged: MergeResult, policy: Policy,
            data_dir: Path, today: dt.date, docs: bool, history: GuardHistory) -> CheckReport:
     # an approved run checks the guard as a warning: the explicit override of checks/suites.py
     thresholds = Thresholds(severity={GUARD_EXPECTATION: "warning"}) if approve else Thresholds()
-    return run_checks(frames, merged.ops, thresholds, run_id, data_dir, today=today, guards=policy.guards,
-                      people=merged.stats.get("people"), guard_history=history, docs=docs)
+    try:
+        return run_checks(frames, merged.ops, thresholds, run_id, data_dir, today=today, guards=policy.guards,
+                          people=merged.stats.get("people"), guard_history=history, docs=docs)
+    finally:
+        private_tree(Path(data_dir) / GX_DIR)  # GX writes its project with the umask's modes
 
 
 def write_plan_files(directory: Path, marked: pl.DataFrame, conflicts: pl.DataFrame) -> tuple[Path, Path]:
     """`plan.parquet` and `conflicts.csv` under `directory`, each written whole or not at all."""
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     plan_path, conflicts_path = directory / PLAN_FILE, directory / CONFLICTS_FILE
     atomic_write(plan_path, marked.write_parquet)
     atomic_write(conflicts_path, conflicts.write_csv)

@@ -81,6 +81,7 @@ import polars as pl
 from contact_recon.engine.identity import ID_MAP, REVIEW
 from contact_recon.model.approval import Approval, tripped_guards
 from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, MERGE_SIDE, TINYEMAIL_CUSTOMERS
+from contact_recon.store.files import make_private, private_dir
 from contact_recon.systems.redaction import redact
 
 DB_FILE = "recon.duckdb"
@@ -243,8 +244,9 @@ def open_db(path: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS,
         clock: gives the aware UTC datetimes written to every timestamp column.
     """
     _check_migrations(migrations)
-    if str(path) != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    on_disk = str(path) != ":memory:"
+    if on_disk:
+        private_dir(Path(path).parent)
         _drop_empty_file(Path(path))
     con = duckdb.connect(str(path))
     try:
@@ -252,7 +254,9 @@ def open_db(path: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS,
     except BaseException:
         con.close()
         raise
-    return Store(con, clock)
+    store = Store(con, clock, Path(path) if on_disk else None)
+    store.make_private()
+    return store
 
 
 def _drop_empty_file(path: Path) -> None:
@@ -301,12 +305,23 @@ def _migrate(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration], cl
 class Store:
     """One open connection to the store; use `open_db()` to get one. Not shared between threads."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, clock: Callable[[], datetime] = utc_now):
+    def __init__(self, con: duckdb.DuckDBPyConnection, clock: Callable[[], datetime] = utc_now,
+                 path: Path | None = None):
         self.con = con
         self.clock = clock
+        self.path = path  # the database file; None in memory
 
     def close(self) -> None:
         self.con.close()
+        self.make_private()
+
+    def make_private(self) -> None:
+        """The database file and its write-ahead log 0600: DuckDB creates them with the umask's mode. (A log that
+        DuckDB makes again after a checkpoint has that mode until the next open or close: the data dir, 0700,
+        keeps it from anyone else meanwhile.)"""
+        if self.path is not None:
+            make_private(self.path)
+            make_private(self.path.with_name(self.path.name + ".wal"))
 
     def __enter__(self) -> Store:
         return self

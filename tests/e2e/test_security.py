@@ -1,8 +1,14 @@
-"""Security checks that need no full reconcile flow: token files are 0600, the sandboxes' admin routes answer only
-loopback clients, and a dry-run plan (inside a Prefect flow, logging at DEBUG) leaves no configured secret in the
-data dir (DuckDB file, plan parquet, conflicts CSV, GX Data Docs), the captured logs and output, the Prefect
-server's logs or its database. `tests/support/secret_scan.py` is the scanner; its own tests here plant every encoding
-in every kind of file it reads, so a scan that finds nothing means something.
+"""Security checks: token files are 0600, the sandboxes' admin routes answer only loopback clients, and a full run
+(inside a Prefect flow, logging at DEBUG) leaves no configured secret in the data dir (DuckDB file, plan parquet,
+conflicts CSV, GX Data Docs), the captured logs and output, the Prefect server's logs or its database.
+`tests/support/secret_scan.py` is the scanner; its own tests here plant every encoding in every kind of file it
+reads, so a scan that finds nothing means something.
+
+Safe by default (`contact_recon/stages/process.py`): every process entry masks secrets in every log record (a
+flow run's logs in the Prefect API, the console, caplog, handlers added later), and a `reconcile` flow run (the
+deployments' flow, GHL over OAuth, under a permissive umask) leaves only 0700 folders and 0600 files in its data
+dir and nothing secret in what the Prefect API keeps of it (logs, artifacts, parameters, states, task runs). Each
+of these checks is shown to fail on a planted secret or a file of the default mode.
 """
 
 from __future__ import annotations
@@ -14,28 +20,37 @@ import logging
 import os
 import secrets
 import stat
+import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+from uuid import UUID
 
 import duckdb
 import httpx
 import polars as pl
 import pytest
+from prefect import flow  # at collection: else Prefect's logging setup runs inside a test and drops caplog's handler
 
 from contact_recon.sandbox import ghl as ghl_sandbox
 from contact_recon.sandbox import tinyemail as te_sandbox
 from contact_recon.sandbox.generate import generate_fixture
 from contact_recon.sandbox.server import HOST, RunningServer
 from contact_recon.settings import Settings
+from contact_recon.stages.process import EPHEMERAL_SERVER_DEFAULTS, prepare_process
 from contact_recon.systems.auth import FileTokenStore, GHLOAuth, TokenSet
 from contact_recon.systems.budget import RateBudget
 from contact_recon.systems.ghl.client import GHLClient
+from contact_recon.systems.redaction import install_log_redaction, register_secret
 from contact_recon.systems.tinyemail.client import TinyEmailClient
+from tests.support.modes import loose_modes
+from tests.support.prefect import flow_run_texts
 from tests.support.secret_scan import Finding, ScanError, find_secrets
 
 RATE_SCALE = 50
@@ -339,3 +354,250 @@ def test_a_full_run_leaves_no_secret_in_data_reports_logs_artifacts_or_prefect(
         "caplog": caplog.text, "debug log": debug_text,
         "stdout": output.out, "stderr": output.err, "prefect logs": "\n".join(shipped)})
     assert findings == [], "\n".join(map(str, findings))
+
+
+# ------------------------------------------------------------------------------------------ log redaction
+
+
+@pytest.fixture
+def unprepared(umask: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """This process as if no entry had prepared it (no log redaction, umask 022, no Prefect defaults), with a
+    Prefect home of its own that does not exist yet; all restored after the test. Yields that home."""
+    saved = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(logging.LogRecord)
+    umask(0o022)
+    for name in EPHEMERAL_SERVER_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    yield tmp_path / "prefect-home"
+    logging.setLogRecordFactory(saved)
+
+
+def current_umask() -> int:
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def test_a_record_keeps_its_args_unless_it_holds_a_secret(unprepared: Path) -> None:
+    secret = "rk-" + secrets.token_hex(12)
+    register_secret(secret)
+    install_log_redaction()
+    install_log_redaction()  # twice: one factory, not two
+    factory = logging.getLogRecordFactory()
+    plain = factory("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s"', ("127.0.0.1", "GET", "/"), None)
+    assert plain.args == ("127.0.0.1", "GET", "/")  # uvicorn's access formatter unpacks them
+    masked = factory("x", logging.INFO, __file__, 1, "token %s and %d", (secret, 3), None)
+    assert masked.getMessage() == "token *** and 3" and masked.args is None
+    misfit = factory("x", logging.INFO, __file__, 1, "count %d", (secret,), None)  # logging would print the args
+    assert misfit.getMessage() == "count %d (arguments that do not fit it: ('***',))"
+    assert getattr(factory, "make", None) is logging.LogRecord  # wraps the factory it found, once
+
+
+def test_every_entry_prepares_the_process(unprepared: Path, tmp_path: Path) -> None:
+    """The `recon` command (any command: its app callback) and each flow as a worker loads it (by entrypoint
+    path, in a process of its own) mask secrets in every log record, set the umask 077 and make Prefect's home
+    0700."""
+    from typer.testing import CliRunner
+
+    from contact_recon.cli.main import app
+    from tests.support import REPO
+
+    probe = ("import logging, os, sys\n"
+             "os.umask(0o022)\n"
+             "from prefect.flows import load_flow_from_entrypoint\n"
+             "load_flow_from_entrypoint(sys.argv[1])\n"
+             "from contact_recon.systems.redaction import register_secret\n"
+             "register_secret('probe-secret-42')\n"
+             "record = logging.getLogger('x').makeRecord('x', 20, '', 0, 'token %s', ('probe-secret-42',), None)\n"
+             "print(record.getMessage(), oct(os.umask(0)), os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'])\n")
+    env = {k: v for k, v in os.environ.items() if k not in EPHEMERAL_SERVER_DEFAULTS}
+    workers = [subprocess.Popen([sys.executable, "-c", probe, entrypoint], cwd=REPO, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for entrypoint in ("flows/reconcile.py:reconcile_flow", "flows/sync_contact.py:sync_contact_flow")]
+
+    shown = CliRunner().invoke(app, ["mapping"], env={"RECON_DATA_DIR": str(tmp_path / "data")})
+    assert shown.exit_code == 0, shown.output
+    secret = "cli-" + secrets.token_hex(12)
+    register_secret(secret)
+    record = logging.getLogger("contact_recon.cli").makeRecord("x", logging.INFO, "", 0, "%s", (secret,), None)
+    assert record.getMessage() == "***" and current_umask() == 0o077
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert mode(unprepared) == 0o700
+    for worker in workers:
+        out, errors = worker.communicate(timeout=120)
+        assert worker.returncode == 0, errors
+        assert out.split() == ["token", "***", "0o77", "false"], out + errors
+
+
+def test_a_secret_logged_in_a_flow_run_reaches_neither_the_prefect_api_nor_the_console(
+        unprepared: Path, prefect_server: str, caplog: pytest.LogCaptureFixture,  # noqa: F811
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """Through a flow run's logger, a module logger with Prefect's API handler added after the redaction was
+    installed (as PREFECT_LOGGING_EXTRA_LOGGERS does), and a traceback. The same flow run without redaction shows
+    the check can fail: there the secret reaches the API."""
+    from prefect.logging import get_run_logger
+    from prefect.logging.handlers import APILogHandler
+    from prefect.runtime import flow_run
+
+    secret = "sk-live-" + secrets.token_hex(12)
+    register_secret(secret)
+    ours = logging.getLogger("contact_recon.security_probe")
+
+    @flow(name="logs-a-secret")
+    def logs_a_secret() -> str:
+        get_run_logger().warning("run logger: token %s", secret)
+        ours.warning("module logger: token %s", secret)
+        try:
+            raise RuntimeError(f"refused {secret}")
+        except RuntimeError:
+            ours.exception("with a traceback")
+        return str(flow_run.id)
+
+    def shipped(flow_run_id: str) -> str:
+        APILogHandler().flush()
+        return asyncio.run(flow_run_texts(flow_run_id))["logs"]
+
+    api = APILogHandler()
+    ours.addHandler(api)
+    try:
+        unmasked = shipped(logs_a_secret())
+        assert secret in unmasked, "without redaction the secret should reach the API: the check cannot fail"
+        capfd.readouterr()
+        caplog.clear()
+
+        prepare_process()  # what each entry does (test_every_entry_prepares_the_process)
+        ours.removeHandler(api)
+        api = APILogHandler()  # a handler made after the redaction was installed
+        ours.addHandler(api)
+        texts = shipped(logs_a_secret())
+    finally:
+        ours.removeHandler(api)
+    output = capfd.readouterr()
+    assert "run logger: token ***" in texts and "module logger: token ***" in texts
+    assert "RuntimeError: refused ***" in texts  # the traceback arrives, masked
+    assert "module logger: token ***" in caplog.text and "run logger: token ***" in caplog.text  # the root's handlers
+    findings = find_secrets([], {"secret": secret}, texts={"Prefect logs": texts, "caplog": caplog.text,
+                                                           "stdout": output.out, "stderr": output.err})
+    assert findings == [], "\n".join(map(str, findings))
+
+
+# ------------------------------------------------------------------------------ a full reconcile flow run
+
+
+@dataclass
+class FullRun:
+    """One `reconcile` flow run (the deployments' flow) on the session's Prefect server, made under umask 022,
+    with GHL over OAuth (its token file refreshed during the run) and every kind of configured secret."""
+
+    data: Path
+    token_file: Path
+    flow_run_id: str
+    summary: dict[str, Any]
+    secrets: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def full_run(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FullRun]:  # noqa: F811
+    from contact_recon.flows.reconcile import reconcile_flow  # its import prepares the process: umask 077
+
+    from contact_recon.sandbox.fixture import validate_fixture
+    from contact_recon.sandbox.server import serve_in_thread
+    from tests.support.runs import environment
+
+    fixture = generate_fixture(60, seed=43, awkward=0.2)
+    configured = {"GHL client secret": "cs-" + secrets.token_urlsafe(24),
+                  "TinyEmail API key": "te-" + secrets.token_hex(16),
+                  "GHL token of another location": "pit-" + secrets.token_hex(16)}
+    client = fixture["ghl"]["oauthClients"][0]
+    client["client_secret"] = configured["GHL client secret"]
+    fixture["tinyemail"]["apiKeys"][0] = configured["TinyEmail API key"]
+    location = fixture["ghl"]["tokens"][0]["locationId"]
+    data = validate_fixture(fixture)
+    servers = [serve_in_thread(ghl_sandbox.create_app(data["ghl"], rate_scale=RATE_SCALE)),
+               serve_in_thread(te_sandbox.create_app(data["tinyemail"], rate_scale=RATE_SCALE))]
+    ghl, te = servers
+    data_dir = tmp_path_factory.mktemp("full-run") / "data"
+    settings = Settings(_env_file=None, data_dir=data_dir)
+    try:
+        code = httpx.post(ghl.base_url + "/__sandbox/oauth/code", json={
+            "client_id": client["client_id"], "locationId": location,
+            "scopes": ["contacts.readonly", "contacts.write", "locations/tasks.readonly"]}).json()["code"]
+        store = FileTokenStore(settings.ghl_token_file)
+        first = asyncio.run(GHLOAuth(store, client_id=client["client_id"], client_secret=client["client_secret"],
+                                     base_url=ghl.base_url).exchange_code(code))
+        store.save(replace(first, expires_at=time.time() + 60))  # inside the refresh margin: the run rotates it
+        values = {"RECON_DATA_DIR": str(data_dir), "RECON_GHL_BASE_URL": ghl.base_url,
+                  "RECON_GHL_CLIENT_ID": client["client_id"], "RECON_GHL_CLIENT_SECRET": client["client_secret"],
+                  "RECON_GHL_LOCATION_IDS": location,
+                  "RECON_GHL_LOCATION_TOKENS": f"LOTHER{location[:4]}={configured['GHL token of another location']}",
+                  "RECON_TINYEMAIL_BASE_URL": te.base_url + "/v1",
+                  "RECON_TINYEMAIL_API_KEY": configured["TinyEmail API key"],
+                  "RECON_GHL_RATE_SCALE": str(RATE_SCALE), "RECON_TINYEMAIL_RATE_PER_MINUTE": str(60 * RATE_SCALE)}
+        old_mask = os.umask(0o022)  # a permissive umask: what the run creates must be private by itself
+        try:
+            with environment(values):
+                state = reconcile_flow(approve=True, return_state=True)
+        finally:
+            os.umask(old_mask)
+        summary = state.result()
+    finally:
+        for server in servers:
+            server.stop()
+    rotated = store.load()
+    assert rotated is not None and rotated.refresh_token != first.refresh_token, "the run did not refresh the pair"
+    configured |= {"GHL access token": first.access_token, "GHL refresh token": first.refresh_token,
+                   "GHL rotated access token": rotated.access_token,
+                   "GHL rotated refresh token": rotated.refresh_token}
+    yield FullRun(data_dir, settings.ghl_token_file, str(state.state_details.flow_run_id), summary, configured)
+
+
+def test_a_full_run_leaves_only_owner_only_folders_and_files(full_run: FullRun, tmp_path: Path) -> None:
+    assert full_run.summary["status"] == "completed", full_run.summary
+    assert sum(full_run.summary["counts"]["applied"]["ghl"].values()) > 0, "not a full run: nothing applied"
+    made = {p.relative_to(full_run.data).parts[0] for p in full_run.data.rglob("*")}
+    assert {"recon.duckdb", "runs", "gx", "locks", "echo", "secrets"} <= made, made
+    run = full_run.data / "runs" / full_run.summary["run_id"]
+    assert {"plan.parquet", "conflicts.csv", "summary.json", "report.html", "state"} <= {p.name for p in run.iterdir()}
+    assert full_run.token_file.is_file()
+    assert loose_modes(full_run.data) == []
+    # the check can fail: a file made with the umask's default mode, a folder made by mkdir
+    old = os.umask(0o022)
+    try:
+        (tmp_path / "data").mkdir()
+        (tmp_path / "data" / "report.html").write_text("x")
+    finally:
+        os.umask(old)
+    assert sorted(loose_modes(tmp_path / "data")) == ["data/report.html: 0o644", "data: 0o755"]
+
+
+def test_a_full_run_leaves_no_secret_in_the_prefect_api(full_run: FullRun) -> None:
+    """Every log of the flow run and its task runs, every artifact, the flow run's parameters and states, each
+    task run and its states, as the Prefect client reads them back."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate, LogCreate
+
+    texts = asyncio.run(flow_run_texts(full_run.flow_run_id))
+    assert "task_run=None" in texts["logs"] and any("task_run=None" not in line for line in
+                                                      texts["logs"].splitlines()), "flow and task run logs"
+    assert texts["artifacts"], "the run published no artifact"
+    assert '"approve":true' in texts["flow run"].replace(" ", ""), "the flow run's parameters"
+    for step in ("recover", "snapshot-merge-check", "apply", "report"):
+        assert f'"name":"{step}-' in texts["task runs"], step
+    findings = find_secrets([], full_run.secrets, texts=texts)
+    assert findings == [], "\n".join(map(str, findings))
+
+    # the check can fail: a secret planted in a log and an artifact of that flow run is found
+    planted = full_run.secrets["GHL rotated access token"]
+
+    async def plant() -> None:
+        async with get_client() as client:
+            await client.create_logs([LogCreate(name="planted", level=logging.INFO, message=f"Bearer x {planted}",
+                                                timestamp=datetime.now(UTC), flow_run_id=UUID(full_run.flow_run_id))])
+            await client.create_artifact(ArtifactCreate(key="planted-secret", type="markdown", data=f"**{planted}**",
+                                                        flow_run_id=UUID(full_run.flow_run_id)))
+
+    asyncio.run(plant())
+    again = find_secrets([], full_run.secrets, texts=asyncio.run(flow_run_texts(full_run.flow_run_id)))
+    assert {(f.where, f.secret) for f in again} == {("logs", "GHL rotated access token"),
+                                                    ("artifacts", "GHL rotated access token")}, again
