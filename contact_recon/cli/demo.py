@@ -156,7 +156,9 @@ def _where_to_look(console: Console, story: Story, prefect_home: Path | None) ->
     lines = ["[bold]6.[/] what it just did:",
              f"  report: {report} (and summary.json beside it); open it in a browser, it is one self-contained "
              f"file: {report.resolve().as_uri()}",
-             f"  again later: RECON_DATA_DIR={report.parents[2]} {_command('recon')} report {run_id}"]
+             f"  again later: RECON_DATA_DIR={report.parents[2]} {_command('recon')} report {run_id}",
+             f"  or over HTTP: RECON_DATA_DIR={report.parents[2]} {_command('recon')} report serve, then "
+             f"http://127.0.0.1:8705/runs/{run_id}/report.html"]
     if prefect_home is None:  # PREFECT_API_URL: a real server, with its UI
         ui = _ui_url()
         runs = ", ".join(f"{ui}/runs/flow-run/{fid}" for fid in story.flow_runs) if ui else ", ".join(story.flow_runs)
