@@ -46,6 +46,7 @@ from uuid import UUID
 import polars as pl
 
 from contact_recon.checks.run import DOCS_INDEX, GX_DIR
+from contact_recon.model.cells import guard, unguarded
 from contact_recon.model.ops import CONFLICTS_SCHEMA, TARGETS, Kind
 from contact_recon.report import charts
 from contact_recon.store.db import Store
@@ -135,7 +136,7 @@ def load_conflicts(data_dir: str | Path, run_id: str) -> pl.DataFrame | None:
     path = run_dir(data_dir, run_id) / CONFLICTS_FILE
     if not path.exists():
         return None
-    return pl.read_csv(path, schema=CONFLICTS_SCHEMA)
+    return unguarded(pl.read_csv(path, schema=CONFLICTS_SCHEMA))  # the cells `guarded` wrote
 
 
 def problem_ops(ops: pl.DataFrame) -> pl.DataFrame:
@@ -545,7 +546,9 @@ def _md(text: str) -> str:
 
 
 def _table_rows(frame: pl.DataFrame, cols: Sequence[str]) -> list[dict[str, str]]:
-    return [{c: _cell(row[c], c) for c in cols} for row in frame.head(ARTIFACT_ROWS).select(cols).iter_rows(named=True)]
+    """An artifact table's rows (the Prefect UI downloads them as CSV: formula-like text is guarded)."""
+    return [{c: guard(_cell(row[c], c)) for c in cols}
+            for row in frame.head(ARTIFACT_ROWS).select(cols).iter_rows(named=True)]
 
 
 def publish_artifacts(summary: Mapping[str, Any], files: RunFiles, *, conflicts: pl.DataFrame | None,

@@ -54,6 +54,7 @@ from contact_recon.engine.decisions import decision_ops
 from contact_recon.engine.guards import GuardHistory
 from contact_recon.engine.identity import IdentityResult, match_identities, merge_sides
 from contact_recon.engine.merge import MergeResult, plan
+from contact_recon.model.cells import guarded
 from contact_recon.model.keys import TE_KEY_PREFIX
 from contact_recon.model.ops import sort_ops
 from contact_recon.model.policy import Policy
@@ -275,8 +276,9 @@ def write_plan_files(directory: Path, marked: pl.DataFrame, conflicts: pl.DataFr
     private_dir(directory)
     plan_path, conflicts_path = directory / PLAN_FILE, directory / CONFLICTS_FILE
     atomic_write(plan_path, marked.write_parquet)
-    atomic_write(conflicts_path, conflicts.write_csv)
+    atomic_write(conflicts_path, guarded(conflicts).write_csv)  # a person opens it: formula-like text made inert
     return plan_path, conflicts_path
+
 
 
 def summary(result: PlanRun, identity: IdentityResult) -> dict[str, Any]:

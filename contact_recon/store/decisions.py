@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from contact_recon.engine.decisions import DECISIONS, DecisionFile, DecisionFileError, check_columns, check_decisions
+from contact_recon.model.cells import unguard_row
 from contact_recon.store.db import Store
 
 
@@ -26,7 +27,7 @@ def read_decisions(path: Path, known_keys: Iterable[str], *, default_region: str
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             check_columns(path, reader.fieldnames)
-            rows = [(reader.line_num, row) for row in reader]
+            rows = [(reader.line_num, unguard_row(row)) for row in reader]  # the cells `guarded` wrote
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DecisionFileError(path, [f"cannot read the file: {exc}"]) from exc
     return check_decisions(path, rows, known, default_region=default_region)

