@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from contact_recon.settings import Settings
-from contact_recon.store.db import Store, StoreError, db_path, open_db
+from contact_recon.store.db import Store, StoreBusy, StoreError, db_path, open_db
 from contact_recon.systems.redaction import redact
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -24,12 +24,19 @@ def _error(err: Console, message: str) -> None:
     err.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
 
 
+REVIEW_WAIT_S = 10.0  # a review command waits this long for a run that holds the store, then says "store busy"
+
+
 def _open(settings: Settings, err: Console) -> Store | None:
     path = db_path(settings.data_dir)
     if not path.exists():
         _error(err, f"no store at {path}: nothing has run yet (set RECON_DATA_DIR?)")
         return None
-    return open_db(path)
+    try:
+        return open_db(path, wait_s=REVIEW_WAIT_S)
+    except StoreBusy as exc:
+        _error(err, str(exc))
+        return None
 
 
 # ------------------------------------------------------------------------------------------- runs

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -113,6 +114,10 @@ class StoreError(Exception):
 
 class SchemaTooNew(StoreError):
     """The database file was migrated by a newer version of this code."""
+
+
+class StoreBusy(StoreError):
+    """Another process holds the store's file (`open_db(..., wait_s=...)` waited for it in vain)."""
 
 
 class UnknownRun(StoreError):
@@ -235,20 +240,22 @@ def utc_now() -> datetime:
 
 
 def open_db(path: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS,
-            clock: Callable[[], datetime] = utc_now) -> Store:
+            clock: Callable[[], datetime] = utc_now, wait_s: float | None = None) -> Store:
     """Open (creating) the store at `path` and apply every pending migration, in order, once.
 
     Args:
         path: the database file (its directory is created); ":memory:" for a throwaway store.
         migrations: the ordered migration list (versions 1, 2, ... without gaps); tests add their own.
         clock: gives the aware UTC datetimes written to every timestamp column.
+        wait_s: while another process holds the file (a run: DuckDB locks it for one process), retry for this
+            long, then raise StoreBusy; None: DuckDB's own error at once.
     """
     _check_migrations(migrations)
     on_disk = str(path) != ":memory:"
     if on_disk:
         private_dir(Path(path).parent)
         _drop_empty_file(Path(path))
-    con = duckdb.connect(str(path))
+    con = _connect(str(path), wait_s)
     try:
         _migrate(con, migrations, clock)
     except BaseException:
@@ -257,6 +264,20 @@ def open_db(path: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS,
     store = Store(con, clock, Path(path) if on_disk else None)
     store.make_private()
     return store
+
+
+def _connect(path: str, wait_s: float | None) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + (wait_s or 0.0)
+    while True:
+        try:
+            return duckdb.connect(path)
+        except duckdb.IOException as exc:
+            if wait_s is None or "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise StoreBusy(f"store busy: {path} is held by another process (a run in progress?); waited "
+                                f"{wait_s:.0f} s, try again when it ends") from None
+            time.sleep(0.25)
 
 
 def _drop_empty_file(path: Path) -> None:
