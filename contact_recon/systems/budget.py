@@ -7,6 +7,8 @@ penalties, so each request first *reserves* a send time here:
 - the budget keeps the send times of its last requests; a new request goes at the earliest time when
   fewer than `limit * (1 - headroom)` requests fall in the window widened by `margin_s` (the headroom
   and margin absorb clock skew and network jitter between us and the server);
+- a caller that had to wait books again when it wakes (`confirm`): requests answered meanwhile may
+  have been settled later than they were booked, so its first slot can be too early;
 - `settle()` moves a request's booked time to when its answer came (or the connection failed): the server
   counted it somewhere between the two, so the slot is kept until a full window after the later one. On
   a loaded machine or a slow network a request can reach the server well after its booked time, and a
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -52,7 +56,9 @@ class RateBudget:
         self.limit, self.window_s, self.daily_limit = limit, window_s, daily_limit
         self.headroom, self.margin_s, self.clock = headroom, margin_s, clock
         self.daily_remaining = daily_limit
-        self._sends: list[float] = []  # booked (or settled) times, sorted
+        self._sends: list[tuple[float, int]] = []  # (booked or settled time, token), sorted
+        self._open: dict[int, float] = {}  # booked by `acquire`, not answered yet: token -> its time in _sends
+        self._tokens = itertools.count()
         self._paused_until = 0.0
         self._lock = threading.Lock()
         self.sent = 0
@@ -62,53 +68,85 @@ class RateBudget:
     def effective_limit(self) -> int:
         return max(1, int(self.limit * (1 - self.headroom)))
 
-    def reserve(self) -> float:
-        """Book the next send; return how long the caller must wait before sending it."""
-        return self._book()[0]
+    @property
+    def _span(self) -> float:
+        return self.window_s + self.margin_s
 
-    def _book(self) -> tuple[float, float]:
-        """Book the next send: (how long to wait, the booked time)."""
+    def reserve(self) -> float:
+        """Book the next send, counted at its booked time; return how long the caller must wait before sending."""
+        return self._book(settled=True)[0]
+
+    def _book(self, settled: bool) -> tuple[float, int]:
+        """Book the next send: (how long to wait, its token)."""
         with self._lock:
             now = self.clock()
             if self.daily_remaining is not None and self.daily_remaining <= 0:
                 raise RateLimited("daily request allowance used up", retry_after_s=None)
-            span = self.window_s + self.margin_s
-            expired = bisect.bisect_right(self._sends, now - span)
+            expired = bisect.bisect_right(self._sends, (now - self._span, math.inf))
             if expired:
                 del self._sends[:expired]
-            at = max(now, self._paused_until)
-            n = self.effective_limit
-            if len(self._sends) >= n:
-                at = max(at, self._sends[-n] + span)
-            bisect.insort(self._sends, at)
+            token = next(self._tokens)
+            at = self._slot(now)
+            bisect.insort(self._sends, (at, token))
+            if not settled:
+                self._open[token] = at
             self.sent += 1
             if self.daily_remaining is not None:
                 self.daily_remaining -= 1
-            return at - now, at
+            return at - now, token
 
-    async def acquire(self) -> float:
-        """Wait for a send slot; returns its booked time (for `settle`)."""
-        delay, booked = self._book()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        return booked
+    def _slot(self, now: float) -> float:
+        """The earliest time from `now` at which one more send keeps fewer than the limit in the window."""
+        at = max(now, self._paused_until)
+        n = self.effective_limit
+        if len(self._sends) >= n:
+            at = max(at, self._sends[-n][0] + self._span)
+        return at
 
-    def acquire_sync(self) -> float:
-        delay, booked = self._book()
-        if delay > 0:
-            time.sleep(delay)
-        return booked
+    def book(self) -> tuple[float, int]:
+        """Book the next send, kept open until `settle(token)`: (how long to wait, token). A caller that waits
+        calls `confirm(token)` when it wakes, and waits again while that says so."""
+        return self._book(settled=False)
 
-    def settle(self, booked: float) -> None:
-        """The answer to the request booked at `booked` has come (or its connection failed): from now on count
-        it as sent now, the latest moment the server can have counted it."""
+    def confirm(self, token: int) -> float:
+        """The caller of `token` has waited until its booked time: book it again from what is known now (earlier
+        requests settled since, later than they were booked, or a Retry-After came); return the further wait."""
         with self._lock:
             now = self.clock()
-            i = bisect.bisect_left(self._sends, booked)
-            # the booked slot (or the nearest one after it: an equal time booked by another request is as good)
-            if i < len(self._sends) and now > self._sends[i]:
-                del self._sends[i]
-                bisect.insort(self._sends, now)
+            booked = self._open.get(token)
+            if booked is None:
+                return 0.0
+            _discard(self._sends, (booked, token))
+            at = self._slot(now)
+            bisect.insort(self._sends, (at, token))
+            self._open[token] = at
+            return at - now
+
+    async def acquire(self) -> int:
+        """Wait for a send slot; returns its token (for `settle`)."""
+        delay, token = self.book()
+        while delay > 0:
+            await asyncio.sleep(delay)
+            delay = self.confirm(token)
+        return token
+
+    def acquire_sync(self) -> int:
+        delay, token = self.book()
+        while delay > 0:
+            time.sleep(delay)
+            delay = self.confirm(token)
+        return token
+
+    def settle(self, token: int) -> None:
+        """The answer to the request of `token` has come (or its connection failed): from now on count it as
+        sent now, the latest moment the server can have counted it."""
+        with self._lock:
+            booked = self._open.pop(token, None)
+            if booked is None:
+                return
+            now = self.clock()
+            _discard(self._sends, (booked, token))
+            bisect.insort(self._sends, (max(now, booked), token))
 
     def pause(self, seconds: float) -> None:
         """Send nothing for `seconds` (a Retry-After)."""
@@ -138,18 +176,25 @@ class RateBudget:
     def _account_for_others(self, remaining: int) -> None:
         now = self.clock()
         # the server counts arrivals, a little later than our booked send times: widen by the margin
-        ours = sum(1 for t in self._sends if now - self.window_s - self.margin_s < t <= now)
+        ours = sum(1 for t, _ in self._sends if now - self._span < t <= now)
         foreign = (self.limit - remaining) - ours
         if foreign > 0:  # another client spends this budget: book its sends as ours, at now
             for _ in range(foreign):
-                bisect.insort(self._sends, max(now, self._sends[-1] if self._sends else now))
+                at = max(now, self._sends[-1][0] if self._sends else now)
+                bisect.insort(self._sends, (at, next(self._tokens)))
 
     def snapshot(self) -> BudgetSnapshot:
         with self._lock:
             now = self.clock()
-            return BudgetSnapshot(self.limit, self.window_s, sum(1 for t in self._sends if t > now - self.window_s),
+            return BudgetSnapshot(self.limit, self.window_s, sum(1 for t, _ in self._sends if t > now - self.window_s),
                                   self.daily_limit, self.daily_remaining, max(0.0, self._paused_until - now),
                                   self.sent, self.rate_limited)
+
+
+def _discard(sends: list[tuple[float, int]], entry: tuple[float, int]) -> None:
+    i = bisect.bisect_left(sends, entry)
+    if i < len(sends) and sends[i] == entry:  # absent when it left the window before its answer came
+        del sends[i]
 
 
 def _int(value: str | None) -> int | None:

@@ -124,7 +124,7 @@ class ApiClient:
     async def _attempt(self, where: dict[str, Any], is_write: bool, refreshed: list[bool],
                        kwargs: dict[str, Any]) -> httpx.Response:
         method, path = where["method"], where["path"]
-        booked = await self.budget.acquire()
+        slot = await self.budget.acquire()
         token = await self.credentials.token()
         self.stats.used += 1
         try:
@@ -134,7 +134,7 @@ class ApiClient:
         except httpx.TransportError as exc:  # read timeout, reset, protocol error: the request was sent
             return self._lost(exc, is_write, where)
         finally:
-            self.budget.settle(booked)  # the server counted it by now (contact_recon/systems/budget.py)
+            self.budget.settle(slot)  # the server counted it by now (contact_recon/systems/budget.py)
         log.debug("%s %s %s -> %s", self.system, method, path, response.status_code)
         self.budget.observe(response.headers)
         return await self._judge(response, token, is_write, refreshed, where)

@@ -72,14 +72,14 @@ def _late_arrivals(clock, settle: bool) -> list[bool]:
     server = SlidingWindowLimiter(100, 10.0, 200_000, clock=clock)
     verdicts = []
     for burst in range(4):
-        booked = [clock.t + budget.reserve() for _ in range(95)]
+        booked = [(clock.t + wait, token) for wait, token in (budget.book() for _ in range(95))]
         lag = 1.5 if burst % 2 == 0 else 0.0
-        arrivals = sorted((at + lag * i / 94, at) for i, at in enumerate(booked))
-        for arrival, at in arrivals:
+        arrivals = sorted((at + lag * i / 94, token) for i, (at, token) in enumerate(booked))
+        for arrival, token in arrivals:
             clock.advance(max(0.0, arrival - clock.t))
             verdicts.append(server.hit("k").allowed)
             if settle:
-                budget.settle(at)
+                budget.settle(token)
     return verdicts
 
 
@@ -90,3 +90,43 @@ def test_a_request_that_reaches_the_server_late_keeps_its_slot_until_its_answer(
 def test_without_settling_late_arrivals_meet_429s_at_the_window_edge(clock):
     """The control of the test above: the booked times alone end the window too early."""
     assert not all(_late_arrivals(clock, settle=False))
+
+
+def _concurrent_burst(clock, confirm: bool) -> tuple[list[bool], float]:
+    """130 requests booked at once, as `asyncio.gather` does: the first 95 reach the server (and are answered)
+    spread over 3 s, as on a loaded machine; the other 35 were booked a window after the *booked* times of the
+    first ones and, when they wake, re-book (`confirm`) from the settled times. Returns the server's verdicts
+    and when the last request went."""
+    budget = RateBudget(100, 10.0, 200_000, headroom=0.05, margin_s=0.25, clock=clock)
+    server = SlidingWindowLimiter(100, 10.0, 200_000, clock=clock)
+    start = clock.t
+    booked = [(clock.t + wait, token) for wait, token in (budget.book() for _ in range(130))]
+    first, waiting = booked[:95], booked[95:]
+    verdicts = []
+    for i, (_at, token) in enumerate(first):
+        clock.advance(3.0 / 95 if i else 0.0)
+        verdicts.append(server.hit("k").allowed)
+        budget.settle(token)
+    pending = sorted(waiting)
+    while pending:
+        at, token = pending.pop(0)
+        clock.advance(max(0.0, at - clock.t))
+        more = budget.confirm(token) if confirm else 0.0
+        if more > 0:
+            pending = sorted([*pending, (clock.t + more, token)])
+            continue
+        verdicts.append(server.hit("k").allowed)
+        budget.settle(token)
+    return verdicts, clock.t - start
+
+
+def test_requests_that_waited_rebook_from_the_settled_times_and_meet_no_429(clock):
+    verdicts, took = _concurrent_burst(clock, confirm=True)
+    assert len(verdicts) == 130 and all(verdicts)
+    assert took < 14.0  # the last of them went soon after the slow first ones left the window, not a window later
+
+
+def test_without_confirming_the_waiters_meet_429s(clock):
+    """The control of the test above: slots booked before the first answers came are too early."""
+    verdicts, _ = _concurrent_burst(clock, confirm=False)
+    assert not all(verdicts)
