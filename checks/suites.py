@@ -48,6 +48,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict
 
 from contact_recon.engine.guards import NO_HISTORY, GuardHistory, thresholds
+from contact_recon.model.list_tags import LIST_TAG_RESPELLED
 from contact_recon.model.ops import Kind
 from contact_recon.model.policy import GUARD_KINDS, GuardPolicy
 from contact_recon.model.records import CONSENT_VALUES
@@ -197,7 +198,8 @@ def within_guards(ctx: Context) -> pl.Expr:
     breach: pl.Expr = pl.lit(None, pl.String)
     for name, kinds in GUARD_KINDS.items():
         at_least = limits[name].at_least
-        of_kind = pl.col("kind").is_in(kinds)
+        # a list tag spelled anew removes no list (model/list_tags.py): not a removal the guard counts
+        of_kind = pl.col("kind").is_in(kinds) & (pl.col("reason").fill_null("") != LIST_TAG_RESPELLED)
         n = pl.col("key").filter(of_kind).n_unique()
         over = of_kind & (n >= at_least)
         text = pl.format(f"{name}: {{}} of {ctx.people} people, threshold {at_least}", n)

@@ -42,6 +42,7 @@ from typing import Any
 import polars as pl
 
 from contact_recon.model.keys import TE_KEY_PREFIX
+from contact_recon.model.list_tags import LIST_TAG_RESPELLED
 from contact_recon.model.records import MERGE_SIDE
 
 TEXT = tuple(n for n, t in MERGE_SIDE.items() if t == pl.String and n not in ("key", "contact_id", "consent"))
@@ -65,6 +66,8 @@ def _norm(value: Any) -> Any:
 def replay(te: dict[str, Row], ghl: dict[str, Row], done: Iterable[Row]) -> None:
     """Apply confirmed ops (journal rows) to the two sides in place."""
     for op in done:
+        if op.get("reason") == LIST_TAG_RESPELLED:
+            continue  # a list tag spelled anew in GHL: the same list, nothing changes (model/list_tags.py)
         side = te if op["target"] == "tinyemail" else ghl
         key, kind = op["key"], op["kind"]
         if kind == "create":
@@ -161,6 +164,9 @@ def blocked(journal: pl.DataFrame) -> Blocked:
     """What every op that was not confirmed holds back (`Blocked`)."""
     open_ops = journal.filter((pl.col("status") != "done") & ~pl.col("kind").is_in(
         ["create", "task_create", "note_create", "identity_review"]))
+    if "reason" in open_ops.columns:
+        # a respelling that did not land holds nothing back: the list is the same (model/list_tags.py)
+        open_ops = open_ops.filter(pl.col("reason").fill_null("") != LIST_TAG_RESPELLED)
     dimensions: dict[tuple[str, str], Any] = {}
     members = set()
     for r in open_ops.iter_rows(named=True):

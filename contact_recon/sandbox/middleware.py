@@ -256,6 +256,20 @@ def admin_routes(control: SandboxControl) -> list[Route]:
         control.injector = FaultInjector(spec, int(body.get("seed", control.injector.seed)))
         return json_response({"faults": str(spec), "seed": control.injector.seed})
 
+    async def rename_list(request: Request) -> Response:
+        # a TinyEmail list renamed in the app (the API has no rename); the GHL sandbox has no lists
+        body, error = await read_json(request)
+        if error is not None:
+            return error
+        rename = getattr(control.store, "rename_list", None)
+        name = (body or {}).get("name")
+        if rename is None or not isinstance(name, str):
+            return json_response({"message": "only the TinyEmail sandbox renames lists, given a name"}, 400)
+        item = rename(request.path_params["list_id"], name)
+        if item is None:
+            return json_response({"message": "no such list"}, 404)
+        return json_response({"id": item["id"], "name": item["name"]})
+
     async def get_faults(request: Request) -> Response:
         return json_response({"faults": str(control.injector.spec), "seed": control.injector.seed})
 
@@ -265,4 +279,5 @@ def admin_routes(control: SandboxControl) -> list[Route]:
         Route("/__sandbox/reset", loopback_only(reset), methods=["POST"]),
         Route("/__sandbox/faults", loopback_only(set_faults), methods=["POST"]),
         Route("/__sandbox/faults", loopback_only(get_faults), methods=["GET"]),
+        Route("/__sandbox/lists/{list_id}", loopback_only(rename_list), methods=["PATCH"]),
     ]

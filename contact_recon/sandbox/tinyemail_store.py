@@ -194,6 +194,13 @@ class TinyEmailStore:
     def list_by_id(self, list_id: str) -> dict[str, Any] | None:
         return next((item for item in self.lists if item.get("id") == list_id), None)
 
+    def rename_list(self, list_id: str, name: str) -> dict[str, Any] | None:
+        """What a person does in TinyEmail's app (the API has no rename): the list, renamed, or None."""
+        item = self.list_by_id(list_id)
+        if item is not None:
+            item["name"] = name
+        return item
+
     def create_list(self, name: str) -> dict[str, Any]:
         item: dict[str, Any] = {"id": self._new_uuid(), "name": name, "members": []}
         self.lists.append(item)

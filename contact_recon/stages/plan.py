@@ -56,7 +56,8 @@ from contact_recon.engine.identity import IdentityResult, match_identities, merg
 from contact_recon.engine.merge import MergeResult, plan
 from contact_recon.model.cells import guarded
 from contact_recon.model.keys import TE_KEY_PREFIX
-from contact_recon.model.ops import sort_ops
+from contact_recon.model.list_tags import ListNames, respelling_ops, with_list_ids
+from contact_recon.model.ops import sort_ops, with_ids
 from contact_recon.model.policy import Policy
 from contact_recon.settings import Settings
 from contact_recon.stages.advance import save_state
@@ -143,6 +144,9 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
     today = store.clock().date()
     frames = frames if frames is not None else latest_frames(store, locations)
     frames = without_home_lists(frames, Journal(store).home_lists())
+    list_tags = store.list_tags(policy.tags.list_prefix) if policy.tags.list_sync != "off" else ListNames()
+    as_held = frames["ghl_contacts"]  # the tags as GHL spells them, for the respelling ops
+    frames = {**frames, "ghl_contacts": with_list_ids(as_held, list_tags)}  # list:<label> -> list:<id>
     identity = match_identities(frames["ghl_contacts"], frames["te_customers"], store.load_id_map(),
                                 locations=locations)
     stored = store.load_base(presence=True)
@@ -155,6 +159,7 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
     merged = plan(base, te_side, ghl_side, policy, ghl_tasks=frames["ghl_tasks"], created=Journal(store).created(),
                   today=today, guard_history=history)
     merged = with_decisions(merged, Decisions(store).pending(), te_side, ghl_side, policy)
+    merged = with_respellings(merged, as_held, list_tags, ghl_side["key"])
     report = _check(frames, merged, policy, approve, run_id, settings.data_dir, today, docs, history)
     marked = apply_quarantine(merged.ops, report.quarantined, people=identity.matched.select("key", "email"))
     store.save_check_results(run_id, report.to_frame())
@@ -223,6 +228,19 @@ def with_decisions(merged: MergeResult, decisions: pl.DataFrame, te_side: pl.Dat
                        nulls_equal=True)
     settled = merged.conflicts.join(decisions.select("key", "field"), on=["key", "field"], how="anti")
     return MergeResult(sort_ops(pl.concat([merged.ops, extra])), settled, merged.stats, merged.held_reasons)
+
+
+def with_respellings(merged: MergeResult, as_held: pl.DataFrame, list_tags: ListNames, keys: pl.Series) -> MergeResult:
+    """Add the ops that respell old GHL list tags once (`model/list_tags.respelling_ops`)."""
+    if not list_tags.aliases:
+        return merged
+    ghl_tags = merged.ops.filter((pl.col("target") == "ghl") & pl.col("kind").is_in(["tag_add", "tag_remove"]))
+    touched = ghl_tags.select("key", tag=pl.coalesce("new", "expected"))
+    extra = respelling_ops(as_held, list_tags, keys.to_list(), touched)
+    if extra.height == 0:
+        return merged
+    return MergeResult(sort_ops(pl.concat([merged.ops, with_ids(extra)])), merged.conflicts, merged.stats,
+                       merged.held_reasons)
 
 
 def _state_frames(base: pl.DataFrame, te_side: pl.DataFrame, ghl_side: pl.DataFrame,

@@ -171,6 +171,7 @@ class TinyEmailSnapshot:
     customers: pl.DataFrame
     plan: dict[str, int]
     used: dict[str, Any]
+    lists: tuple[tuple[str, str | None], ...] = ()  # (id, name) of every list read
 
 
 @dataclass(frozen=True)
@@ -375,7 +376,8 @@ async def fetch_tinyemail(client: TinyEmailClient, options: SnapshotOptions, pro
         used.mark("members")
         progress.used["tinyemail"] = used.counts
     frame = await _customers_frame(audience, previous, options)
-    return TinyEmailSnapshot(frame.unique("email", keep="first", maintain_order=True), plan, used.counts)
+    return TinyEmailSnapshot(frame.unique("email", keep="first", maintain_order=True), plan, used.counts,
+                             tuple((lst.id, lst.name) for lst in audience.lists))
 
 
 async def _customers_frame(audience: AudienceSnapshot, previous: pl.DataFrame | None,
@@ -564,6 +566,7 @@ def _write(store: Store, run_id: str, ghl: list[LocationSnapshot], te: TinyEmail
     watermarks = {(s.location_id, WATERMARK_ENTITY): s.watermark for s in ghl if s.watermark is not None}
     t0 = time.perf_counter()
     store.write_snapshot(run_id, frames, watermarks, location_ids=locations)
+    store.save_lists(te.lists, run_id)  # their names: GHL spells a list tag with it (model/list_tags.py)
     ingest_s = time.perf_counter() - t0
     for snap in ghl:
         store.clear_dirty(((snap.location_id, c) for c in snap.dirty_read), marked_before=started)

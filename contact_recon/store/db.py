@@ -81,6 +81,7 @@ import polars as pl
 
 from contact_recon.engine.identity import ID_MAP, REVIEW
 from contact_recon.model.approval import Approval, tripped_guards
+from contact_recon.model.list_tags import ListNames, labels
 from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, MERGE_SIDE, TINYEMAIL_CUSTOMERS
 from contact_recon.store.files import make_private, private_dir
 from contact_recon.systems.redaction import redact
@@ -220,6 +221,16 @@ _V6 = (
     "ALTER TABLE runs ADD COLUMN approval_expires_at TIMESTAMPTZ",
 )
 
+_V7 = (
+    # TinyEmail's lists by id, with their names (GHL holds a list as the tag `list:<label>`:
+    # contact_recon/model/list_tags.py), and every label a list's tag has had, so a renamed list's old tag is
+    # still known as that list and is respelled once
+    """CREATE TABLE te_lists (list_id VARCHAR PRIMARY KEY, name VARCHAR, first_seen TIMESTAMPTZ NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL, run_id VARCHAR)""",
+    """CREATE TABLE te_list_labels (list_id VARCHAR NOT NULL, label VARCHAR NOT NULL, seen_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (list_id, label))""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, snapshots, base, id_map, identity review, watermarks, dirty contacts", _V1),
     Migration(2, "check_results: the hygiene checks of each run", _V2),
@@ -227,6 +238,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "journal, created_objects, conflict_decisions; base.in_ghl/in_tinyemail", _V4),
     Migration(5, "runs.policy_version, runs.policy_source: the policy each run used", _V5),
     Migration(6, "runs.flow_run_id, approval_json, approval_expires_at: a held run's answer", _V6),
+    Migration(7, "te_lists, te_list_labels: TinyEmail's list names, and the labels their GHL tags have had", _V7),
 )
 
 
@@ -645,6 +657,34 @@ class Store:
         where = "run_id = ?" if run_id else "run_id = (SELECT arg_max(run_id, created_at) FROM identity_review)"
         sql = f"SELECT * FROM identity_review WHERE {where} ORDER BY kind, email"
         return self._frame(sql, [run_id] if run_id else None)
+
+    # ------------------------------------------------------------------------------ TinyEmail lists
+
+    def save_lists(self, lists: Iterable[tuple[str, str | None]], run_id: str) -> None:
+        """Record TinyEmail's lists now (id, name) and their labels (`model/list_tags.labels`); labels seen before
+        are kept, so an old spelling stays known."""
+        rows = [(list_id, name) for list_id, name in lists]
+        if not rows:
+            return
+        now = self.clock()
+        with self.transaction():
+            self.con.executemany(
+                "INSERT INTO te_lists VALUES (?, ?, ?, ?, ?) ON CONFLICT (list_id) DO UPDATE SET "
+                "name = excluded.name, updated_at = excluded.updated_at, run_id = excluded.run_id",
+                [[list_id, name, now, now, run_id] for list_id, name in rows])
+            self.con.executemany("INSERT OR IGNORE INTO te_list_labels VALUES (?, ?, ?)",
+                                 [[list_id, label, now] for list_id, label in labels(dict(rows)).items()])
+
+    def list_names(self) -> dict[str, str]:
+        """list id -> name (as TinyEmail last named it; the id when it has none)."""
+        rows = self.con.execute("SELECT list_id, name FROM te_lists ORDER BY list_id").fetchall()
+        return {list_id: name or list_id for list_id, name in rows}
+
+    def list_tags(self, prefix: str = "list:") -> ListNames:
+        """How GHL spells the lists (`model/list_tags.ListNames`): labels now, and every label seen before."""
+        current = dict(self.con.execute("SELECT list_id, name FROM te_lists").fetchall())
+        seen = self.con.execute("SELECT list_id, label FROM te_list_labels ORDER BY seen_at, label").fetchall()
+        return ListNames.build(current, [(i, label) for i, label in seen], prefix)
 
     # --------------------------------------------------------------------------- dirty contacts
 

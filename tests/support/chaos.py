@@ -321,12 +321,13 @@ def plain_tags(tags: list[str], policy: Policy) -> list[str]:
 
 
 def te_lists(te_state: dict[str, Any], policy: Policy) -> dict[str, set[str]]:
-    """Email -> the ids of the TinyEmail lists it is in, but our home list (policy `create.tinyemail_list`)."""
+    """Email -> the names of the TinyEmail lists it is in (GHL's list tags are `list:<name>`), but our home list
+    (policy `create.tinyemail_list`). The fixtures' list names are unique, so a name is its list's label."""
     out: dict[str, set[str]] = {}
     for lst in te_state["lists"]:
         if lst["name"] != policy.create.tinyemail_list:
             for email in lst["members"]:
-                out.setdefault(email.strip().lower(), set()).add(lst["id"])
+                out.setdefault(email.strip().lower(), set()).add(lst["name"])
     return out
 
 

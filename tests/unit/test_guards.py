@@ -105,7 +105,7 @@ def test_the_usual_figure_is_the_median_of_the_recent_runs() -> None:
 def test_the_guard_expectation_holds_at_the_very_same_threshold() -> None:
     # 20 people with a consent tightening, 2 with an update, of 310: the usual figure decides
     ops = pl.DataFrame({"key": [f"c{i}" for i in range(20)] + ["c0", "c1"],
-                        "kind": ["consent_tighten"] * 20 + ["update"] * 2})
+                        "kind": ["consent_tighten"] * 20 + ["update"] * 2, "reason": ["merge"] * 22})
     for usual, held in ((history(2, 6), True), (history(10, 6), False), (NO_HISTORY, True)):
         ctx = Context(Thresholds(), dt.date(2026, 3, 1), pl.Series([], dtype=pl.String), GuardPolicy(), 310, usual)
         breach = ops.select(within_guards(ctx).alias("breach"))["breach"]

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Any, Generic
 
 from contact_recon.model.keys import TE_KEY_PREFIX, Person, address, is_te_key
+from contact_recon.model.list_tags import LIST_TAG_RESPELLED, ListNames
 from contact_recon.model.ops import Kind
 from contact_recon.model.policy import ConsentPolicy
 from contact_recon.systems.errors import ConnectorError, Duplicate, Validation
@@ -57,10 +58,12 @@ class GHLWriter(Generic[OpT]):
 
     def __init__(self, clients: Mapping[str, GHLClient], people: Mapping[str, Person], ledger: Ledger[OpT], *,
                  default_location: str, region: str = "US", concurrency: int = 16,
-                 consent: ConsentPolicy = ConsentPolicy(), echo: Echo | None = None):
+                 consent: ConsentPolicy = ConsentPolicy(), echo: Echo | None = None,
+                 list_tags: ListNames | None = None):
         self.clients, self.people, self.ledger = clients, people, ledger
         self.default_location, self.region, self.echo = default_location, region, echo
         self.tight_values = consent.ghl_tight
+        self.list_tags = list_tags or ListNames()
         self.gate = asyncio.Semaphore(concurrency)  # GHL calls in flight
         self.created: dict[str, str] = {}  # key -> GHL contact id made by this run
 
@@ -97,6 +100,7 @@ class GHLWriter(Generic[OpT]):
 
     async def _create(self, op: OpT) -> None:
         record = json.loads(op.new or "{}")
+        record["tags"] = [self.list_tags.spell(t) for t in record.get("tags") or []]  # list:<id> -> list:<label>
         body = contact_body(record, self.tight_values)
         client = self.client(op)
         if self.echo is not None:
@@ -179,7 +183,7 @@ class GHLWriter(Generic[OpT]):
 
     async def _tags(self, client: GHLClient, contact_id: str, kind: str, ops: list[OpT]) -> None:
         adding = kind == Kind.TAG_ADD
-        tags = [t for t in (op.new if adding else op.expected for op in ops) if t]
+        tags = list(dict.fromkeys(t for op in ops for t in self._spelled(op, adding)))
 
         async def send() -> None:
             await (client.add_tags if adding else client.remove_tags)(contact_id, tags)
@@ -189,6 +193,16 @@ class GHLWriter(Generic[OpT]):
             return set(tags) <= now if adding else not set(tags) & now
 
         await self.ledger.send(ops, send, landed)
+
+    def _spelled(self, op: OpT, adding: bool) -> list[str]:
+        """The tags GHL is sent for a tag op: a list as GHL spells it (model/list_tags.py); a removal removes every
+        spelling the list has had; a respelling op names its spelling itself."""
+        tag = op.new if adding else op.expected
+        if not tag:
+            return []
+        if op.reason == LIST_TAG_RESPELLED:
+            return [tag]
+        return [self.list_tags.spell(tag)] if adding else self.list_tags.spellings(tag)
 
     async def _event(self, client: GHLClient, contact_id: str, op: OpT) -> None:
         mark = marker(op.op_id)
