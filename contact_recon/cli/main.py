@@ -317,6 +317,19 @@ def report(
     raise typer.Exit(run_report_command(get_settings(), run_id, as_json, console, err))
 
 
+@app.command("explain")
+def explain(
+    person: Annotated[str, typer.Argument(help="An email address or a GHL contact id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the story as JSON.")] = False,
+) -> None:
+    """One person's story across runs: both sides' values at each snapshot, every op planned, applied, failed or
+    quarantined and why, conflicts, the base, identity links and decisions, with run ids, times and policy."""
+    from contact_recon.cli.explain import run_explain_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_explain_command(get_settings(), person, as_json, console, err))
+
+
 @conflicts_app.command("import")
 def conflicts_import(
     file: Annotated[Path, typer.Argument(help="A conflicts.csv with a `decision` column (ghl | tinyemail | value | "
