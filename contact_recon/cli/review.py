@@ -32,11 +32,11 @@ from contact_recon.engine.reviews import (
     check_decision,
     nights,
 )
-from contact_recon.model.cells import guard, unguarded
+from contact_recon.model.cells import guard
 from contact_recon.settings import Settings
 from contact_recon.store.db import Store
 from contact_recon.store.files import IDENTITY_FILE, QUARANTINE_FILE, run_dir
-from contact_recon.store.reviews import Reviews, read_identity_decisions
+from contact_recon.store.reviews import Reviews, load_identity_file, load_quarantine_file, read_identity_decisions
 
 RUNS_LOOKED_AT = 50  # the latest runs searched for one that wrote its review files
 
@@ -50,11 +50,6 @@ def latest_review_run(store: Store, data_dir: Path, file: str) -> str | None:
     return None
 
 
-def load_identity_file(path: Path) -> pl.DataFrame:
-    """A run's identity.csv as it was before `guarded` (IDENTITY_CSV)."""
-    return unguarded(pl.read_csv(path, schema=IDENTITY_CSV))
-
-
 # ------------------------------------------------------------------------------------------- identity
 
 
@@ -63,7 +58,9 @@ def open_reviews(store: Store, data_dir: Path) -> tuple[str | None, pl.DataFrame
     run_id = latest_review_run(store, data_dir, IDENTITY_FILE)
     if run_id is None:
         return None, pl.DataFrame(schema=IDENTITY_CSV)
-    rows = load_identity_file(run_dir(data_dir, run_id) / IDENTITY_FILE)
+    rows = load_identity_file(data_dir, run_id)
+    if rows is None:
+        return run_id, pl.DataFrame(schema=IDENTITY_CSV)
     decided = Reviews(store).standing_decisions()["review_id"].to_list()
     return run_id, _aged(rows.filter(~pl.col("review_id").is_in(decided)), store.clock())
 
@@ -142,11 +139,9 @@ def quarantine_view(store: Store, data_dir: Path) -> tuple[str | None, pl.DataFr
     run_id = latest_review_run(store, data_dir, QUARANTINE_FILE)
     if run_id is None:
         return None, pl.DataFrame(schema=QUARANTINE_VIEW)
-    rows = pl.read_parquet(run_dir(data_dir, run_id) / QUARANTINE_FILE)
-    dismissed = Reviews(store).dismissed()
-    notes = dict(dismissed.select("op_id", "note").iter_rows())
-    rows = rows.with_columns(dismissed=pl.col("op_id").is_in(list(notes)),
-                             note=pl.col("op_id").replace_strict(notes, default=None, return_dtype=pl.String))
+    rows = load_quarantine_file(data_dir, run_id, Reviews(store).dismissed())
+    if rows is None:
+        return run_id, pl.DataFrame(schema=QUARANTINE_VIEW)
     return run_id, _aged(rows, store.clock()).cast(QUARANTINE_VIEW)
 
 

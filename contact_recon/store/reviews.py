@@ -23,17 +23,41 @@ import polars as pl
 from contact_recon.engine.reviews import (
     AGES,
     DECIDED,
+    IDENTITY_CSV,
+    QUARANTINE_VIEW,
     REOPEN,
     IdentityDecisionFile,
     IdentityFileError,
     check_identity_rows,
     with_review_ids,
 )
-from contact_recon.model.cells import unguard_row
+from contact_recon.model.cells import unguard_row, unguarded
 from contact_recon.store.db import Store
+from contact_recon.store.files import IDENTITY_FILE, QUARANTINE_FILE, run_dir
 
 KNOWN = pl.Schema({"review_id": pl.String(), "kind": pl.String(), "contact_ids": pl.List(pl.String()),
                    "email": pl.String(), "old_email": pl.String(), "location_ids": pl.List(pl.String())})
+
+
+def load_identity_file(data_dir: str | Path, run_id: str) -> pl.DataFrame | None:
+    """A run's identity.csv as it was before `guarded` (IDENTITY_CSV), None when the run has none."""
+    path = run_dir(data_dir, run_id) / IDENTITY_FILE
+    return unguarded(pl.read_csv(path, schema=IDENTITY_CSV)) if path.exists() else None
+
+
+def load_quarantine_file(data_dir: str | Path, run_id: str,
+                         dismissed: pl.DataFrame | None = None) -> pl.DataFrame | None:
+    """A run's quarantine.parquet (QUARANTINE_VIEW), None when the run has none; with `dismissed` (Reviews.dismissed)
+    the dismissals as they stand now."""
+    path = run_dir(data_dir, run_id) / QUARANTINE_FILE
+    if not path.exists():
+        return None
+    rows = pl.read_parquet(path)
+    if dismissed is not None:
+        notes = dict(dismissed.select("op_id", "note").iter_rows())
+        rows = rows.with_columns(dismissed=pl.col("op_id").is_in(list(notes)),
+                                 note=pl.col("op_id").replace_strict(notes, default=None, return_dtype=pl.String))
+    return rows.cast(QUARANTINE_VIEW)
 
 
 def read_identity_decisions(path: Path, known: pl.DataFrame) -> IdentityDecisionFile:

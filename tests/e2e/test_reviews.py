@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import csv
+import html
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from typer.testing import CliRunner
 
 from contact_recon.cli.main import app
 from contact_recon.engine.reviews import review_id
+from contact_recon.report.build import rebuild_run_files
 from contact_recon.sandbox.fixture import validate_fixture
 from contact_recon.sandbox.generate import generate_fixture
 from contact_recon.store.db import open_db
@@ -124,6 +126,10 @@ def test_identity_reviews_round_trip_through_the_cli(dup_world: World, clock: Cl
     assert not [v for v in cells if v.startswith(FORMULA)], cells
     assert f"{a2}: {ATTACK}" in row_a["ghl"] and row_a["tinyemail"]
     assert any(v.startswith("'" + CMD) or f": {CMD}" in v for v in rows[" ".join(sorted([b, b2]))].values())
+
+    report = rebuild_run_files(w.store, w.settings.data_dir, first.run_id)[1].report.read_text(encoding="utf-8")
+    assert "Identity reviews" in report and row_a["review_id"] in report
+    assert html.escape(ATTACK) in report and ATTACK not in report  # shown as text, escaped
 
     listed = cli(w, monkeypatch, "identity", "list", "--json")
     assert listed.exit_code == 0, listed.output
@@ -239,6 +245,11 @@ def test_quarantine_ages_and_is_dismissed_and_restored_through_the_cli(
     assert gone["dismissed"] and gone["note"] == ATTACK
     table = cli(w, monkeypatch, "quarantine", "list")
     assert table.exit_code == 0 and row["op_id"] not in table.output
+
+    report = rebuild_run_files(w.store, w.settings.data_dir, second.run_id)[1].report.read_text(encoding="utf-8")
+    dismissed_part = report.split("Dismissed quarantined ops")[1]
+    assert row["op_id"] in dismissed_part and html.escape(ATTACK) in dismissed_part
+    assert row["ghl_url"] in report.split("Dismissed quarantined ops")[0]  # the other ops of the person stay open
 
     clock.now += timedelta(hours=1)
     third = w.plan()  # still quarantined (never written), shown as dismissed
