@@ -137,6 +137,8 @@ def test_identity_reviews_round_trip_through_the_cli(dup_world: World, clock: Cl
     assert shown["run_id"] == first.run_id
     assert {r["review_id"] for r in shown["reviews"]} == {r["review_id"] for r in rows.values()}
     assert {r["nights_open"] for r in shown["reviews"]} == {2}  # the CLI's now: two nights after the run
+    table = cli(w, monkeypatch, "identity", "list")
+    assert table.exit_code == 0 and row_a["review_id"] in table.output and "Traceback" not in table.output
 
     # a bad file names each bad line and imports nothing
     rid_a, rid_b = row_a["review_id"], rows[" ".join(sorted([b, b2]))]["review_id"]
@@ -264,3 +266,24 @@ def test_quarantine_ages_and_is_dismissed_and_restored_through_the_cli(
     assert cli(w, monkeypatch, "quarantine", "dismiss", row["op_id"], "--undo").exit_code == 1
     unknown = cli(w, monkeypatch, "quarantine", "dismiss", "no-such-op")
     assert unknown.exit_code == 1 and "not a quarantined op" in unknown.output
+
+
+@pytest.mark.parametrize("command", [["identity", "list"], ["identity", "resolve", "idr-x", "--decision", "ignore"],
+                                     ["quarantine", "list", "--json"], ["quarantine", "dismiss", "op-x"]])
+def test_review_commands_say_store_busy_while_a_run_holds_the_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]) -> None:
+    from contact_recon.cli import report as review_cli
+    from contact_recon.store.db import db_path
+    from tests.e2e.test_store_busy import hold, release
+
+    monkeypatch.setenv("RECON_DATA_DIR", str(tmp_path))
+    with open_db(db_path(tmp_path)) as store:
+        store.finish_run(store.start_run("plan", ["L1"]), "planned")
+    holder = hold(db_path(tmp_path), 30)
+    try:
+        monkeypatch.setattr(review_cli, "REVIEW_WAIT_S", 0.5)
+        busy = CliRunner().invoke(app, command)
+        assert busy.exit_code == 1, busy.output
+        assert "store busy" in busy.output and "Traceback" not in busy.output and "IOException" not in busy.output
+    finally:
+        release(holder)
