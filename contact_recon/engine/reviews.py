@@ -106,9 +106,12 @@ def identity_rows(review: pl.DataFrame, ghl_contacts: pl.DataFrame, te_customers
                   ages: pl.DataFrame, now: datetime) -> pl.DataFrame:
     """The rows of identity.csv (IDENTITY_CSV) for a run's REVIEW rows, with the snapshot's GHL contacts and
     TinyEmail customers (records.GHL_CONTACTS / TINYEMAIL_CUSTOMERS) and the review ages (AGES)."""
-    contacts = {r["contact_id"]: r for r in ghl_contacts.iter_rows(named=True)}
+    ids_involved = review["contact_ids"].explode().drop_nulls().implode()
+    emails_involved = pl.concat([review["email"], review["old_email"]]).drop_nulls().implode()
+    involved = ghl_contacts.filter(pl.col("contact_id").is_in(ids_involved))  # only those: a snapshot is big
+    contacts = {r["contact_id"]: r for r in involved.iter_rows(named=True)}
     customers: dict[str, list[dict[str, Any]]] = {}
-    for r in te_customers.iter_rows(named=True):
+    for r in te_customers.filter(pl.col("email").is_in(emails_involved)).iter_rows(named=True):
         customers.setdefault(r["email"], []).append(r)
     first = dict(ages.iter_rows())
     rows = []
@@ -275,10 +278,13 @@ def quarantine_rows(quarantined: pl.DataFrame, context: pl.DataFrame, people: pl
         ghl_contacts, te_customers: the snapshot frames the values are read from, as the systems hold them.
         ages: AGES of the op ids; dismissed: (op_id, note) of the standing dismissals.
     """
-    contacts = {r["contact_id"]: r for r in ghl_contacts.iter_rows(named=True)}
-    customers = {r["email"]: r for r in te_customers.iter_rows(named=True)}
-    who = {r["key"]: r for r in people.iter_rows(named=True)}
-    ctx = {r["key"]: r for r in context.iter_rows(named=True)}
+    keys = quarantined["key"].unique().implode()
+    who = {r["key"]: r for r in people.filter(pl.col("key").is_in(keys)).iter_rows(named=True)}
+    ctx = {r["key"]: r for r in context.filter(pl.col("key").is_in(keys)).iter_rows(named=True)}
+    ids = [*quarantined["key"].unique().to_list(), *(p["contact_id"] for p in who.values() if p["contact_id"])]
+    emails = [e for e in [*(p["email"] for p in who.values()), *(c["email"] for c in ctx.values())] if e]
+    contacts = {r["contact_id"]: r for r in ghl_contacts.filter(pl.col("contact_id").is_in(ids)).iter_rows(named=True)}
+    customers = {r["email"]: r for r in te_customers.filter(pl.col("email").is_in(emails)).iter_rows(named=True)}
     first, notes = dict(ages.iter_rows()), dict(dismissed.select("op_id", "note").iter_rows())
     rows = []
     for op in quarantined.iter_rows(named=True):

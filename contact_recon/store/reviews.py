@@ -105,9 +105,11 @@ class Reviews:
         reviews = self.store._frame("SELECT DISTINCT kind, contact_ids, email, old_email FROM identity_review")
         if reviews.height == 0:
             return pl.DataFrame(schema=KNOWN)
-        located = dict(self.con.execute("SELECT contact_id, any_value(location_id) FROM snap_ghl_contacts "
-                                        "WHERE contact_id IS NOT NULL GROUP BY contact_id").fetchall())
         frame = with_review_ids(reviews.cast({"contact_ids": pl.List(pl.String())})).unique("review_id")
+        involved = sorted(set(frame["contact_ids"].explode().drop_nulls().to_list()))
+        located = dict(self.con.execute("SELECT contact_id, any_value(location_id) FROM snap_ghl_contacts "
+                                        "WHERE list_contains(?, contact_id) GROUP BY contact_id",
+                                        [involved]).fetchall())
         locations = [[located.get(c) for c in ids or []] for ids in frame["contact_ids"].to_list()]
         return frame.with_columns(pl.Series("location_ids", locations, pl.List(pl.String()))).select(
             list(KNOWN)).cast(KNOWN).sort("review_id")
