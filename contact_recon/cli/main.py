@@ -341,5 +341,66 @@ def conflicts_import(
 
     raise typer.Exit(run_conflicts_import_command(get_settings(), file, console, err))
 
+
+identity_app = typer.Typer(help="Identity reviews (an email in two contacts, an email changed): decide without SQL.",
+                           no_args_is_help=True)
+app.add_typer(identity_app, name="identity")
+quarantine_app = typer.Typer(help="Ops a blocking check held: since when, and dismiss those accepted as they are.",
+                             no_args_is_help=True)
+app.add_typer(quarantine_app, name="quarantine")
+
+
+@identity_app.command("list")
+def identity_list(as_json: Annotated[bool, typer.Option("--json", help="Print the reviews as JSON.")] = False) -> None:
+    """The open identity reviews of the latest run: who, the values on both sides, since when."""
+    from contact_recon.cli.review import run_identity_list
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_identity_list(get_settings(), as_json, console, err))
+
+
+@identity_app.command("resolve")
+def identity_resolve(
+    target: Annotated[str, typer.Argument(help="A filled-in identity.csv, or one REVIEW_ID with --decision.")],
+    decision: Annotated[str | None, typer.Option(help="For one REVIEW_ID: pair (pair these two), apart (keep them "
+                                                      "apart), ignore (no longer reported) or reopen (undo).")]
+    = None,
+    contact: Annotated[str | None, typer.Option(help="With pair: the contact id that is the TinyEmail customer.")]
+    = None,
+    note: Annotated[str | None, typer.Option(help="Why (kept with the decision).")] = None,
+) -> None:
+    """Store decisions on identity reviews; the next run honours them. A file is checked row by row: one bad row
+    imports nothing."""
+    from contact_recon.cli.review import run_identity_resolve
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_identity_resolve(get_settings(), target, decision, contact, note, console, err))
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the ops as JSON.")] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="Dismissed ops too.")] = False,
+) -> None:
+    """The quarantined ops of the latest run: the person, the values, the check, since when."""
+    from contact_recon.cli.review import run_quarantine_list
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_quarantine_list(get_settings(), as_json, show_all, console, err))
+
+
+@quarantine_app.command("dismiss")
+def quarantine_dismiss(
+    op_id: Annotated[str, typer.Argument(help="The op id (`recon quarantine list`).")],
+    note: Annotated[str | None, typer.Option(help="Why (kept with the dismissal).")] = None,
+    undo: Annotated[bool, typer.Option("--undo", help="Restore a dismissed op to the open quarantine.")] = False,
+) -> None:
+    """Accept a quarantined op's record as it is: recorded, never written, no longer reported as open."""
+    from contact_recon.cli.review import run_quarantine_dismiss
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_quarantine_dismiss(get_settings(), op_id, note, undo, console, err))
+
+
 if __name__ == "__main__":
     app()

@@ -2,7 +2,9 @@
 
 Pure polars: frames in (GHL_CONTACTS, TINYEMAIL_CUSTOMERS, the stored id_map), an `IdentityResult`
 out. Nothing is merged here; an ambiguous case is *held back* and put on the review list, so the merge
-engine plans nothing for it until a person resolves it (by writing a 'manual' id_map row).
+engine plans nothing for it until a person resolves it (`recon identity resolve`: `pair` adds a 'manual'
+link to the id_map the matcher reads, `apart` names (contact, email) pairs it never makes; see
+`with_decisions` and the `apart` argument; `contact_recon/engine/reviews.py` has the decisions' table).
 
 Algorithm (`match_identities`):
 1. TinyEmail first: several customers whose emails normalise to one key (`Bob@x.com`, `bob@x.com`)
@@ -20,6 +22,9 @@ Algorithm (`match_identities`):
    review, and none of its unpaired contacts is matched by email. By default one email in several
    locations is a review too: pairing both with one TinyEmail customer would sync the two GHL
    contacts into each other through TinyEmail.
+   A contact the team kept apart from an email (`apart`: (contact_id, email) pairs) is taken out of that
+   email's group before it is counted: it is never paired with it, never reviewed for it, and held back
+   (syncing it alone would copy the TinyEmail customer of that email into a second contact).
 4. Whatever is left: GHL contacts without email ('no_email') or without a TinyEmail customer
    ('not_in_tinyemail') are kept and reported as unmatched; TinyEmail customers nobody matched get
    the key `te:<email>`.
@@ -85,7 +90,8 @@ class IdentityResult:
 
 
 def match_identities(ghl: pl.DataFrame, te: pl.DataFrame, id_map: pl.DataFrame, *,
-                     locations: Iterable[str] | None = None, share_across_locations: bool = False) -> IdentityResult:
+                     locations: Iterable[str] | None = None, share_across_locations: bool = False,
+                     apart: Iterable[tuple[str, str]] = ()) -> IdentityResult:
     """Pair GHL contacts with TinyEmail customers (see the module docstring for the algorithm).
 
     Args:
@@ -95,6 +101,7 @@ def match_identities(ghl: pl.DataFrame, te: pl.DataFrame, id_map: pl.DataFrame, 
         locations: the GHL locations this run covers (default: those present in `ghl`); pairings of
             other locations are out of scope and hold their emails back.
         share_across_locations: allow one email to pair with one contact in each of several locations.
+        apart: (contact_id, email) pairs the team kept apart (`recon identity resolve --decision apart`).
     """
     covered = sorted(set(locations) if locations is not None else set(ghl["location_id"].drop_nulls().to_list()))
     g = ghl.select("contact_id", "location_id", "email")
@@ -121,6 +128,8 @@ def match_identities(ghl: pl.DataFrame, te: pl.DataFrame, id_map: pl.DataFrame, 
 
     # Step 3: the normalised email, for contacts without a pairing.
     candidates = gm.filter(pl.col("mapped_email").is_null() & pl.col("email").is_not_null())
+    kept_apart = candidates.join(_apart_frame(apart), on=["contact_id", "email"], how="semi")
+    candidates = candidates.join(kept_apart, on=["contact_id", "email"], how="anti")
     groups = _email_groups(claims, standing, candidates, share_across_locations)
     contested = groups.filter((pl.col("n") > 1) & (pl.col("n_candidates") > 0))
     single = groups.filter((pl.col("n") == 1) & pl.col("candidate")).drop("n", "n_candidates", "candidate")
@@ -129,6 +138,7 @@ def match_identities(ghl: pl.DataFrame, te: pl.DataFrame, id_map: pl.DataFrame, 
 
     matched = pl.concat([claims, new_pairs.with_columns(in_ghl=pl.lit(True))])
     held_ids = set(changed["contact_id"]) | set(contested.filter(pl.col("candidate"))["contact_id"])
+    held_ids |= set(kept_apart["contact_id"])
     held_ids |= set(matched.filter(pl.col("email").is_in(collided["email"].implode()))["contact_id"])
     matched = matched.filter(~pl.col("contact_id").is_in(list(held_ids)))
     new_pairs = new_pairs.filter(~pl.col("contact_id").is_in(list(held_ids)))
@@ -144,6 +154,21 @@ def match_identities(ghl: pl.DataFrame, te: pl.DataFrame, id_map: pl.DataFrame, 
         held_contact_ids=frozenset(held_ids),
         held_emails=frozenset(held_emails),
     )
+
+
+def _apart_frame(apart: Iterable[tuple[str, str]]) -> pl.DataFrame:
+    rows = sorted(set(apart))
+    return pl.DataFrame({"contact_id": [c for c, _ in rows], "email": [e for _, e in rows]},
+                        schema={"contact_id": pl.String(), "email": pl.String()})
+
+
+def with_decisions(id_map: pl.DataFrame, links: pl.DataFrame, broken: Iterable[str] = ()) -> pl.DataFrame:
+    """The id_map as the matcher should read it after the team's decisions: the pairings of `broken` contacts
+    (an email change kept apart) left out, and `links` (ID_MAP rows, matched_by 'manual': an email change or a
+    shared email paired) in place of the stored pairing of their contacts."""
+    gone = sorted(set(broken) | set(links["contact_id"].to_list()))
+    kept = id_map.filter(~pl.col("contact_id").is_in(gone)).select(list(ID_MAP)).cast(ID_MAP)
+    return pl.concat([kept, links.select(list(ID_MAP)).cast(ID_MAP)]).sort("location_id", "contact_id")
 
 
 def _email_groups(claims: pl.DataFrame, standing: pl.DataFrame, candidates: pl.DataFrame,

@@ -22,7 +22,9 @@ kind (0 when none; `delete` too: no op ever deletes, it is there because the con
 `write_run_files` writes `summary.json` and `report.html`, each whole or not at all (a temporary file
 renamed into place). The HTML is one file with inline CSS and inline SVG charts (`contact_recon/report/charts.py`):
 drift over the last 30 reconcile/plan runs, ops by kind and direction, check failures, requests against
-budget; then tables of conflicts and of failed, stale and quarantined ops (capped, with how many more),
+budget; then tables of conflicts and of failed, stale and quarantined ops (capped, with how many more; the
+quarantined ones with their person, values and age from `quarantine.parquet`, dismissed ones apart), the open
+identity reviews (`identity.csv`),
 and a relative link to the Data Docs. Every value is escaped (`html.escape`); error texts pass through
 `contact_recon.systems.redaction.redact` again, and no credential is ever read here.
 
@@ -52,6 +54,7 @@ from contact_recon.report import charts
 from contact_recon.store.db import Store
 from contact_recon.store.files import CONFLICTS_FILE, PLAN_FILE, REPORT_FILE, SUMMARY_FILE, atomic_text, run_dir
 from contact_recon.store.journal import Journal
+from contact_recon.store.reviews import Reviews, load_identity_file, load_quarantine_file
 from contact_recon.systems.redaction import redact
 
 KINDS: tuple[str, ...] = (*(k.value for k in Kind), "delete")  # delete: named by the contract, always 0
@@ -63,7 +66,8 @@ HISTORY_RUNS = 30
 ROW_CAP = 100  # rows per table in report.html
 ARTIFACT_ROWS = 50  # rows per Prefect table artifact
 CELL_CAP = 160  # characters per table cell
-LONG_COLUMNS = ("expected", "new", "last_error", "base", "tinyemail", "ghl", "quarantined_by")  # wrapped
+LONG_COLUMNS = ("expected", "new", "last_error", "base", "tinyemail", "ghl", "quarantined_by", "ghl_url",
+                "detail", "contact_ids")  # wrapped
 DONE, FAILED, STALE, QUARANTINED, HELD = "done", "failed", "stale", "quarantined", "held"
 OPS_VIEW = pl.Schema({**{c: pl.String() for c in ("op_id", "target", "kind", "key", "field", "expected", "new",
                                                   "reason", "status", "quarantined_by", "error_kind",
@@ -311,8 +315,10 @@ def render_report(store: Store, data_dir: str | Path, run_id: str, summary: Mapp
     conflicts = load_conflicts(data_dir, run_id)
     checks = store.load_check_results(run_id)
     history = drift_history(store, data_dir, run_id)
+    quarantine = load_quarantine_file(data_dir, run_id, Reviews(store).dismissed())
     sections = [_header(summary), _figures(summary), _guard_list(summary), _charts(summary, ops, checks, history),
-                *_tables(conflicts, ops), _docs(data_dir, run_id)]
+                *_tables(conflicts, ops, quarantine), _identity_section(data_dir, run_id, store),
+                _docs(data_dir, run_id)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>contact-recon run {escape(run_id)}</title><style>{_CSS}</style></head><body>\n"
             + "\n".join(sections) + "\n</body></html>\n")
@@ -358,7 +364,7 @@ def _charts(s: Mapping[str, Any], ops: pl.DataFrame, checks: pl.DataFrame,
     return "<h2>Charts</h2><div class=\"charts\">" + "".join(f"<figure>{f}</figure>" for f in figures) + "</div>"
 
 
-def _tables(conflicts: pl.DataFrame | None, ops: pl.DataFrame) -> list[str]:
+def _tables(conflicts: pl.DataFrame | None, ops: pl.DataFrame, quarantine: pl.DataFrame | None = None) -> list[str]:
     op_cols = ["target", "kind", "key", "field", "expected", "new", "reason"]
     return [
         _table("Conflicts (decide them in conflicts.csv, then `recon conflicts import`)",
@@ -368,8 +374,34 @@ def _tables(conflicts: pl.DataFrame | None, ops: pl.DataFrame) -> list[str]:
         _table("Stale ops (changed by a person since the snapshot: planned again next run)",
                ops.filter(pl.col("status") == STALE), op_cols),
         _table("Quarantined ops (held by a blocking check)", ops.filter(pl.col("status") == QUARANTINED),
-               [*op_cols, "quarantined_by"]),
+               [*op_cols, "quarantined_by"]) if quarantine is None else _quarantine_section(quarantine),
     ]
+
+
+QUARANTINE_COLUMNS = ["op_id", "email", "name", "location_id", "ghl_url", "target", "kind", "field", "new", "ghl",
+                      "tinyemail", "quarantined_by", "first_seen", "nights_open"]
+IDENTITY_COLUMNS = ["review_id", "kind", "email", "old_email", "name", "contact_ids", "ghl_url", "ghl", "tinyemail",
+                    "first_seen", "nights_open", "detail"]
+
+
+def _quarantine_section(quarantine: pl.DataFrame) -> str:
+    """The quarantined ops with their person, values and age; those the team dismissed apart (`recon quarantine`)."""
+    open_ops = quarantine.filter(~pl.col("dismissed"))
+    dismissed = quarantine.filter(pl.col("dismissed"))
+    return (_table("Quarantined ops (held by a blocking check; `recon quarantine dismiss OP_ID` accepts one as it "
+                   "is)", open_ops, QUARANTINE_COLUMNS)
+            + _table("Dismissed quarantined ops (accepted as they are, never written; `--undo` restores)",
+                     dismissed, [*QUARANTINE_COLUMNS, "note"]))
+
+
+def _identity_section(data_dir: str | Path, run_id: str, store: Store) -> str:
+    """The run's identity reviews still open (identity.csv without the decisions the team has given since)."""
+    rows = load_identity_file(data_dir, run_id)
+    if rows is None:
+        return ""
+    decided = Reviews(store).standing_decisions()["review_id"].to_list()
+    return _table("Identity reviews (held back: decide in identity.csv, then `recon identity resolve`)",
+                  rows.filter(~pl.col("review_id").is_in(decided)), IDENTITY_COLUMNS)
 
 
 def _table(title: str, frame: pl.DataFrame, cols: Sequence[str]) -> str:

@@ -6,8 +6,9 @@
 2. Snapshot both systems (`contact_recon/stages/snapshot.py`, which records its own 'snapshot' run), or with
    `reuse_snapshot` take the latest snapshot in the store as it is.
 3. Read the latest snapshots of the covered locations and of TinyEmail back from the store.
-4. Identity (`contact_recon/engine/identity.py`): match, leave the held-back keys out of both sides and of
-   the base, and apply this run's re-keys (`te:<email>` -> the contact id now matched by email) to the
+4. Identity (`contact_recon/engine/identity.py`): match (the id_map with the team's standing identity
+   decisions, `recon identity resolve`: `stages/review.py identity_input`), leave the held-back keys out of
+   both sides and of the base, and apply this run's re-keys (`te:<email>` -> the contact id now matched by email) to the
    base, in memory (`planning_base`). A re-keyed person was on TinyEmail only at the base, so its row says
    `in_ghl = False`: the merge engine treats it as newly on GHL (fill blanks), never as "GHL removed every
    tag". `merge_sides` makes the two sides once; the merge, the decisions and the saved state share them.
@@ -23,7 +24,8 @@
    a warning (its explicit override), so the guarded ops are not held back.
 7. Save the check results and the identity review rows; write `<data_dir>/runs/<run_id>/plan.parquet`
    (the marked ops), `conflicts.csv` and the state a later apply needs (`state/`,
-   `contact_recon/stages/advance.py`), each atomically (a temporary file renamed into place).
+   `contact_recon/stages/advance.py`), each atomically (a temporary file renamed into place); then the review
+   files, `identity.csv` and `quarantine.parquet`, with the ages of their items (`contact_recon/stages/review.py`).
 8. Finish the run 'held' when a guard tripped and nobody approved (the reasons in `held_reasons`), else
    'planned' (`approved_at` set when `approve` overrode a tripped guard). A failure finishes it
    'failed' with the redacted error and re-raises.
@@ -61,6 +63,7 @@ from contact_recon.model.ops import sort_ops, with_ids
 from contact_recon.model.policy import Policy
 from contact_recon.settings import Settings
 from contact_recon.stages.advance import save_state
+from contact_recon.stages.review import identity_input, write_review_files
 from contact_recon.stages.snapshot import GHLFactory, SnapshotOptions, SnapshotResult, TinyEmailFactory, run_snapshot
 from contact_recon.store.db import ENTITIES, NO_LOCATION, Store
 from contact_recon.store.decisions import Decisions
@@ -147,8 +150,9 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
     list_tags = store.list_tags(policy.tags.list_prefix) if policy.tags.list_sync != "off" else ListNames()
     as_held = frames["ghl_contacts"]  # the tags as GHL spells them, for the respelling ops
     frames = {**frames, "ghl_contacts": with_list_ids(as_held, list_tags)}  # list:<label> -> list:<id>
-    identity = match_identities(frames["ghl_contacts"], frames["te_customers"], store.load_id_map(),
-                                locations=locations)
+    decided = identity_input(store, store.load_id_map())  # the team's identity decisions (`recon identity`)
+    identity = match_identities(frames["ghl_contacts"], frames["te_customers"], decided.id_map,
+                                locations=locations, apart=decided.apart)
     stored = store.load_base(presence=True)
     if base_keys is not None:
         # one person (sync_contact): only its base rows are in play, nobody else "came back empty"
@@ -166,6 +170,8 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
     store.save_review(identity.review, run_id)
     plan_path, conflicts_path = write_plan_files(run_dir(settings.data_dir, run_id), marked, merged.conflicts)
     save_state(run_dir(settings.data_dir, run_id), _state_frames(base, te_side, ghl_side, identity))
+    write_review_files(store, run_dir(settings.data_dir, run_id), run_id, frames, identity, marked, people(identity),
+                       (ghl_side, te_side))
     approved = approve and merged.held
     result = PlanRun(run_id, HELD if merged.held and not approve else PLANNED, merged.held_reasons, approved,
                      marked, merged.conflicts, merged.stats, report, identity.review,

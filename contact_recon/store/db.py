@@ -53,6 +53,12 @@ Schema (version 1; timestamps are TIMESTAMPTZ in UTC; list columns are VARCHAR[]
   `contact_recon/model/approval.py`: approve all or chosen guards, or reject, with a note and who answered)
   and approval_expires_at. A held run ends 'approved', 'rejected' (`approve_run`) or, left unanswered past
   its window, 'expired' (`expire_held`); nothing of an expired or rejected run is ever written.
+- version 7: `te_lists` [list_id] (TinyEmail's lists and their names) and `te_list_labels` [list_id, label]
+  (every label a list's GHL tag has had: `contact_recon/model/list_tags.py`).
+- version 8: `identity_decisions` [review_id] (the team's answers to identity reviews, `recon identity resolve`),
+  `quarantine_dismissals` [op_id] (quarantined ops accepted as they are, `recon quarantine dismiss`) and
+  `review_ages` [item_kind, item_id] (when each identity review or quarantined op was first and last seen);
+  `contact_recon/store/reviews.py` holds their SQL.
 
 Every SQL statement of the product runs in this package: `Store` here (runs, snapshots, base, id_map,
 review, dirty contacts, check results, and the run list `recon runs` and the report read), `Journal`
@@ -231,6 +237,19 @@ _V7 = (
         PRIMARY KEY (list_id, label))""",
 )
 
+_V8 = (
+    # the team's answers to identity reviews; reopened_at set: undone (kept as a record), reviewed again
+    """CREATE TABLE identity_decisions (review_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, contact_ids VARCHAR[],
+        email VARCHAR, old_email VARCHAR, decision VARCHAR NOT NULL, contact_id VARCHAR, location_id VARCHAR,
+        note VARCHAR, decided_at TIMESTAMPTZ NOT NULL, source VARCHAR, reopened_at TIMESTAMPTZ)""",
+    # quarantined ops the team accepts as they are (never written, no longer open); restored_at set: undone
+    """CREATE TABLE quarantine_dismissals (op_id VARCHAR PRIMARY KEY, note VARCHAR, dismissed_at TIMESTAMPTZ NOT NULL,
+        restored_at TIMESTAMPTZ)""",
+    # since when an identity review or a quarantined op has been open
+    """CREATE TABLE review_ages (item_kind VARCHAR NOT NULL, item_id VARCHAR NOT NULL, first_seen TIMESTAMPTZ NOT NULL,
+        first_run VARCHAR, last_seen TIMESTAMPTZ NOT NULL, last_run VARCHAR, PRIMARY KEY (item_kind, item_id))""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, snapshots, base, id_map, identity review, watermarks, dirty contacts", _V1),
     Migration(2, "check_results: the hygiene checks of each run", _V2),
@@ -239,6 +258,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "runs.policy_version, runs.policy_source: the policy each run used", _V5),
     Migration(6, "runs.flow_run_id, approval_json, approval_expires_at: a held run's answer", _V6),
     Migration(7, "te_lists, te_list_labels: TinyEmail's list names, and the labels their GHL tags have had", _V7),
+    Migration(8, "identity_decisions, quarantine_dismissals, review_ages: the review loop", _V8),
 )
 
 

@@ -1,6 +1,7 @@
 """A run's files under the data dir, the one way we write a file (whole or not at all), and owner-only modes.
 
-Layout: `<data_dir>/runs/<run_id>/` holds `plan.parquet` and `conflicts.csv` (the plan stage),
+Layout: `<data_dir>/runs/<run_id>/` holds `plan.parquet`, `conflicts.csv`, `identity.csv` (the open identity
+reviews) and `quarantine.parquet` (the quarantined ops with their context) (the plan stage),
 `state/*.parquet` (what the apply stage needs to advance the base), `summary.json` and `report.html`
 (the report). Every writer goes through `atomic_write` / `atomic_text`: a temporary file beside the
 target, then `os.replace`, so a reader (or a crash) never sees half a file. The one exception is the
@@ -24,6 +25,8 @@ from typing import IO, Any
 RUNS_DIR = "runs"
 PLAN_FILE = "plan.parquet"
 CONFLICTS_FILE = "conflicts.csv"
+IDENTITY_FILE = "identity.csv"
+QUARANTINE_FILE = "quarantine.parquet"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
 PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
