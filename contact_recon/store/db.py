@@ -302,7 +302,10 @@ def _connect(path: str, wait_s: float | None) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + (wait_s or 0.0)
     while True:
         try:
-            return duckdb.connect(path)
+            con = duckdb.connect(path)
+            # no progress bar: DuckDB draws it on stdout for a long query, into a command's output
+            con.execute("SET enable_progress_bar = false")
+            return con
         except duckdb.IOException as exc:
             if wait_s is None or "lock" not in str(exc).lower():
                 raise
