@@ -39,6 +39,7 @@ also the ops that only the guard expectation held back.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,17 +51,20 @@ import polars as pl
 from contact_recon.checks.quarantine import PLANNED, QUARANTINED, apply_quarantine
 from contact_recon.checks.run import GX_DIR, CheckReport, run_checks
 from contact_recon.checks.suites import Thresholds
+from contact_recon.engine.conflicts import PRESENCE, field_key, review_rows, track, without_skipped
 from contact_recon.engine.decisions import decision_ops
 from contact_recon.engine.guards import GuardHistory
-from contact_recon.engine.identity import IdentityResult, match_identities, merge_sides
+from contact_recon.engine.identity import IdentityResult, localise_phones, match_identities, merge_sides
 from contact_recon.engine.merge import MergeResult, plan
 from contact_recon.model.cells import guarded
+from contact_recon.model.context import person_context
 from contact_recon.model.keys import TE_KEY_PREFIX
 from contact_recon.model.ops import sort_ops
 from contact_recon.model.policy import Policy
 from contact_recon.settings import Settings
 from contact_recon.stages.advance import save_state
 from contact_recon.stages.snapshot import GHLFactory, SnapshotOptions, SnapshotResult, TinyEmailFactory, run_snapshot
+from contact_recon.store.conflicts import ConflictLog
 from contact_recon.store.db import ENTITIES, NO_LOCATION, Store
 from contact_recon.store.decisions import Decisions
 from contact_recon.store.files import CONFLICTS_FILE, PLAN_FILE, atomic_write, private_dir, private_tree, run_dir
@@ -145,6 +149,7 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
     frames = without_home_lists(frames, Journal(store).home_lists())
     identity = match_identities(frames["ghl_contacts"], frames["te_customers"], store.load_id_map(),
                                 locations=locations)
+    frames = with_local_phones(frames, identity, settings.default_region)
     stored = store.load_base(presence=True)
     if base_keys is not None:
         # one person (sync_contact): only its base rows are in play, nobody else "came back empty"
@@ -155,11 +160,14 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
     merged = plan(base, te_side, ghl_side, policy, ghl_tasks=frames["ghl_tasks"], created=Journal(store).created(),
                   today=today, guard_history=history)
     merged = with_decisions(merged, Decisions(store).pending(), te_side, ghl_side, policy)
+    log = ConflictLog(store)
+    merged = dataclasses.replace(merged, conflicts=without_skipped(merged.conflicts, log.skips()))
     report = _check(frames, merged, policy, approve, run_id, settings.data_dir, today, docs, history)
     marked = apply_quarantine(merged.ops, report.quarantined, people=identity.matched.select("key", "email"))
     store.save_check_results(run_id, report.to_frame())
     store.save_review(identity.review, run_id)
-    plan_path, conflicts_path = write_plan_files(run_dir(settings.data_dir, run_id), marked, merged.conflicts)
+    review = conflict_review(store, log, run_id, merged.conflicts, identity, ghl_side, te_side)
+    plan_path, conflicts_path = write_plan_files(run_dir(settings.data_dir, run_id), marked, review)
     save_state(run_dir(settings.data_dir, run_id), _state_frames(base, te_side, ghl_side, identity))
     approved = approve and merged.held
     result = PlanRun(run_id, HELD if merged.held and not approve else PLANNED, merged.held_reasons, approved,
@@ -167,6 +175,26 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
                      snapshot.run_id if snapshot else None, plan_path, conflicts_path)
     store.set_plan(run_id, summary(result, identity))
     return result
+
+
+def with_local_phones(frames: dict[str, pl.DataFrame], identity: IdentityResult,
+                      default_region: str) -> dict[str, pl.DataFrame]:
+    """The snapshot frames with matched records' phones read in the person's country (`localise_phones`), for
+    the checks and the merge alike."""
+    ghl, te = localise_phones(identity, frames["ghl_contacts"], frames["te_customers"], default_region)
+    return {**frames, "ghl_contacts": ghl, "te_customers": te}
+
+
+def conflict_review(store: Store, log: ConflictLog, run_id: str, conflicts: pl.DataFrame, identity: IdentityResult,
+                    ghl_side: pl.DataFrame, te_side: pl.DataFrame) -> pl.DataFrame:
+    """The rows of this run's conflicts.csv (`engine/conflicts.py`): who each conflict is about and since when it
+    is open, recorded in the store for the next run and `recon conflicts list`."""
+    who = people(identity)
+    now = store.clock()
+    tracked = track(conflicts, log.seen(), now, who["key"])
+    review = review_rows(conflicts, person_context(who, ghl_side, te_side), tracked, now.date())
+    log.record(tracked, review, run_id)
+    return review
 
 
 def without_home_lists(frames: dict[str, pl.DataFrame], home: list[str]) -> dict[str, pl.DataFrame]:
@@ -221,7 +249,9 @@ def with_decisions(merged: MergeResult, decisions: pl.DataFrame, te_side: pl.Dat
     extra = decision_ops(decisions, te_side, ghl_side, consent=policy.consent)
     extra = extra.join(merged.ops.select("target", "key", "field"), on=["target", "key", "field"], how="anti",
                        nulls_equal=True)
-    settled = merged.conflicts.join(decisions.select("key", "field"), on=["key", "field"], how="anti")
+    # a presence conflict (null field) is decided under the field PRESENCE
+    keyed = field_key(merged.conflicts).join(decisions.select("key", "field"), on=["key", "field"], how="anti")
+    settled = keyed.with_columns(field=pl.when(pl.col("field") != PRESENCE).then(pl.col("field")))
     return MergeResult(sort_ops(pl.concat([merged.ops, extra])), settled, merged.stats, merged.held_reasons)
 
 

@@ -53,10 +53,15 @@ Schema (version 1; timestamps are TIMESTAMPTZ in UTC; list columns are VARCHAR[]
   `contact_recon/model/approval.py`: approve all or chosen guards, or reject, with a note and who answered)
   and approval_expires_at. A held run ends 'approved', 'rejected' (`approve_run`) or, left unanswered past
   its window, 'expired' (`expire_held`); nothing of an expired or rejected run is ever written.
+- version 7 (conflicts): `conflict_seen` [key, field] (field '' for a presence conflict): reason, the values
+  and the person's context it showed last, first_seen, last_seen, last_run, open; `conflict_skips` [key,
+  field]: the conflicts a person answered `skip`, with the reason and values they saw, skipped_at, source
+  (`conflicts.py`).
 
 Every SQL statement of the product runs in this package: `Store` here (runs, snapshots, base, id_map,
 review, dirty contacts, check results, and the run list `recon runs` and the report read), `Journal`
-(`journal.py`) and `Decisions` (`decisions.py`) over the same connection. Callers use named methods.
+(`journal.py`), `Decisions` (`decisions.py`) and `ConflictLog` (`conflicts.py`) over the same connection.
+Callers use named methods.
 
 The snapshot tables carry no index or constraint (the keys above are logical): bulk ingest stays
 fast and history rows of one key across runs are expected. `prune(keep_runs=, keep_days=)` deletes
@@ -220,6 +225,17 @@ _V6 = (
     "ALTER TABLE runs ADD COLUMN approval_expires_at TIMESTAMPTZ",
 )
 
+_V7_CONFLICTS = (
+    # since when each conflict is open, with what it showed last (contact_recon/store/conflicts.py)
+    """CREATE TABLE conflict_seen (key VARCHAR NOT NULL, field VARCHAR NOT NULL, reason VARCHAR, base VARCHAR,
+        tinyemail VARCHAR, ghl VARCHAR, location_id VARCHAR, email VARCHAR, name VARCHAR, ghl_url VARCHAR,
+        first_seen TIMESTAMPTZ NOT NULL, last_seen TIMESTAMPTZ NOT NULL, last_run VARCHAR, open BOOLEAN NOT NULL,
+        PRIMARY KEY (key, field))""",
+    # conflicts a person acknowledged with `skip`, with the values they saw
+    """CREATE TABLE conflict_skips (key VARCHAR NOT NULL, field VARCHAR NOT NULL, reason VARCHAR, base VARCHAR,
+        tinyemail VARCHAR, ghl VARCHAR, skipped_at TIMESTAMPTZ NOT NULL, source VARCHAR, PRIMARY KEY (key, field))""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, snapshots, base, id_map, identity review, watermarks, dirty contacts", _V1),
     Migration(2, "check_results: the hygiene checks of each run", _V2),
@@ -227,6 +243,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "journal, created_objects, conflict_decisions; base.in_ghl/in_tinyemail", _V4),
     Migration(5, "runs.policy_version, runs.policy_source: the policy each run used", _V5),
     Migration(6, "runs.flow_run_id, approval_json, approval_expires_at: a held run's answer", _V6),
+    Migration(7, "conflict_seen, conflict_skips: since when conflicts are open, and those skipped", _V7_CONFLICTS),
 )
 
 
