@@ -243,14 +243,16 @@ def _check_snapshot_exists(store: Store, locations: Sequence[str]) -> None:
 def with_decisions(merged: MergeResult, decisions: pl.DataFrame, te_side: pl.DataFrame, ghl_side: pl.DataFrame,
                    policy: Policy) -> MergeResult:
     """Add the data team's pending decisions (`recon conflicts import`) to a plan: their ops, unless the merge
-    already writes that field of that person, and without the conflict rows they settle."""
+    already writes that field of that person, and without the conflict rows they settle (skips aside)."""
     if decisions.height == 0:
         return merged
     extra = decision_ops(decisions, te_side, ghl_side, consent=policy.consent)
     extra = extra.join(merged.ops.select("target", "key", "field"), on=["target", "key", "field"], how="anti",
                        nulls_equal=True)
-    # a presence conflict (null field) is decided under the field PRESENCE
-    keyed = field_key(merged.conflicts).join(decisions.select("key", "field"), on=["key", "field"], how="anti")
+    # a presence conflict (null field) is decided under the field PRESENCE; a skip settles nothing here: it holds
+    # while the conflict is unchanged (engine/conflicts.py without_skipped)
+    answered = decisions.filter(pl.col("choice") != "skip").select("key", "field")
+    keyed = field_key(merged.conflicts).join(answered, on=["key", "field"], how="anti")
     settled = keyed.with_columns(field=pl.when(pl.col("field") != PRESENCE).then(pl.col("field")))
     return MergeResult(sort_ops(pl.concat([merged.ops, extra])), settled, merged.stats, merged.held_reasons)
 

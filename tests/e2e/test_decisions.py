@@ -139,14 +139,15 @@ def filled(path: Path, conflicts: Path, answers: dict[tuple[str, str], tuple[str
     """conflicts.csv with the decision and value columns filled in for `answers` ((key, field) -> (decision, value))."""
     with conflicts.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
+    columns = list(dict.fromkeys([*rows[0], "decision", "value"]))  # conflicts.csv has them, empty
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, [*rows[0], "decision", "value"])
+        writer = csv.DictWriter(handle, columns)
         writer.writeheader()
         for row in rows:
             decision, value = answers.get((row["key"], row["field"]), ("", ""))
             writer.writerow({**row, "decision": decision, "value": value})
         for row in extra:
-            writer.writerow({**dict.fromkeys([*rows[0], "decision", "value"], ""), **row})
+            writer.writerow({**dict.fromkeys(columns, ""), **row})
     return path
 
 
