@@ -10,19 +10,24 @@
    the base, and apply this run's re-keys (`te:<email>` -> the contact id now matched by email) to the
    base, in memory (`planning_base`). A re-keyed person was on TinyEmail only at the base, so its row says
    `in_ghl = False`: the merge engine treats it as newly on GHL (fill blanks), never as "GHL removed every
-   tag". `merge_sides` makes the two sides once; the merge, the decisions and the saved state share them.
+   tag". A matched record without a country of its own has its phone read in its partner's country
+   (`with_local_phones`), for the checks and the merge alike. `merge_sides` makes the two sides once; the
+   merge, the decisions and the saved state share them.
 5. Merge (`contact_recon/engine/merge.py`): base, TinyEmail now, GHL now -> ops, conflicts, stats,
    held_reasons. `today` is the store clock's date; `created` is the created-objects memory
    (`Journal.created`); the guards compare with the usual figures of the last `guards.history_runs`
    comparable runs (`Store.comparable_stats`: completed reconcile runs of the same locations that were not a
    first fill; `contact_recon/engine/guards.py`). The data team's pending decisions (`recon conflicts
-   import`) add their ops (`with_decisions`).
+   import`) add their ops (`with_decisions`); conflicts a person skipped are left out while unchanged
+   (`engine/conflicts.py` `without_skipped`).
 6. Checks (`contact_recon.checks.run`) on the snapshot frames and the plan (the guard expectation with the
    merge's thresholds, from the same history), then quarantine (`contact_recon.checks.quarantine`): every
    op keeps its row, with `status` and `quarantined_by`. With `approve`, `plan.within_guards` is checked as
    a warning (its explicit override), so the guarded ops are not held back.
-7. Save the check results and the identity review rows; write `<data_dir>/runs/<run_id>/plan.parquet`
-   (the marked ops), `conflicts.csv` and the state a later apply needs (`state/`,
+7. Save the check results and the identity review rows; track since when each conflict is open
+   (`conflict_review`: `conflict_seen` in the store); write `<data_dir>/runs/<run_id>/plan.parquet`
+   (the marked ops), `conflicts.csv` (engine/conflicts.py CSV_COLUMNS: who, since when, empty decision
+   columns) and the state a later apply needs (`state/`,
    `contact_recon/stages/advance.py`), each atomically (a temporary file renamed into place).
 8. Finish the run 'held' when a guard tripped and nobody approved (the reasons in `held_reasons`), else
    'planned' (`approved_at` set when `approve` overrode a tripped guard). A failure finishes it
