@@ -402,5 +402,28 @@ def quarantine_dismiss(
     raise typer.Exit(run_quarantine_dismiss(get_settings(), op_id, note, undo, console, err))
 
 
+@conflicts_app.command("list")
+def conflicts_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the conflicts as JSON.")] = False,
+) -> None:
+    """The open conflicts: who, which field, both sides' values, since when (first seen, nights open) and any
+    decision waiting for the next run."""
+    from contact_recon.cli.report import run_conflicts_list_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_conflicts_list_command(get_settings(), as_json, console, err))
+
+
+@conflicts_app.command("undo")
+def conflicts_undo(
+    key: Annotated[str, typer.Argument(help="The conflict's key (a GHL contact id or te:<email>).")],
+    field: Annotated[str, typer.Argument(help="The conflict's field; `-` for a row without one (a deletion).")],
+) -> None:
+    """Forget a decision (pending or already used) or a skip, so the next run reports the conflict again."""
+    from contact_recon.cli.report import run_conflicts_undo_command
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_conflicts_undo_command(get_settings(), key, field, console, err))
+
 if __name__ == "__main__":
     app()

@@ -1,5 +1,5 @@
-"""`recon runs`, `recon report [RUN_ID]` and `recon conflicts import FILE`: what runs did, and the data team's
-answers to the conflicts they left."""
+"""`recon runs`, `recon report [RUN_ID]` and `recon conflicts import FILE | list | undo KEY FIELD`: what runs did,
+the conflicts they left open, and the data team's answers to them."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import polars as pl
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from contact_recon.settings import Settings
 from contact_recon.store.db import Store, StoreBusy, StoreError, db_path, open_db
@@ -144,6 +145,7 @@ def _counts_table(s: dict[str, Any]) -> Table:
 def run_conflicts_import_command(settings: Settings, path: Path, console: Console, err: Console) -> int:
     """Check a filled-in conflicts.csv and store its decisions for the next run; nothing when a row is bad."""
     from contact_recon.engine.decisions import DecisionFileError
+    from contact_recon.store.conflicts import ConflictLog
     from contact_recon.store.decisions import Decisions, read_decisions
 
     store = _open(settings, err)
@@ -152,15 +154,85 @@ def run_conflicts_import_command(settings: Settings, path: Path, console: Consol
     with store:
         decisions = Decisions(store)
         try:
-            result = read_decisions(path, decisions.known_keys(), default_region=settings.default_region)
+            result = read_decisions(path, decisions.known_keys(), default_region=settings.default_region,
+                                    countries=decisions.countries())
         except DecisionFileError as exc:
             _error(err, str(exc))
             return EXIT_FAILED
         saved = decisions.save(result.decisions, source=str(path.resolve()))
+        ConflictLog(store).save_skips(result.skips, source=str(path.resolve()))
     by_choice = dict(result.decisions.group_by("choice").len().sort("choice").iter_rows())
     detail = ", ".join(f"{choice} {n:,}" for choice, n in by_choice.items())
     console.print(f"imported {saved:,} decision(s) from {path}{f' ({detail})' if detail else ''}; "
                   f"{result.undecided:,} row(s) without a decision left alone. They apply on the next run.",
+                  highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
+LIST_COLUMNS = ("key", "email", "name", "field", "tinyemail", "ghl", "reason", "first_seen", "nights_open",
+                "decision", "value", "ghl_url")
+
+
+def run_conflicts_list_command(settings: Settings, as_json: bool, console: Console, err: Console) -> int:
+    """The open conflicts (as the last run that saw them showed them), since when, and any pending decision."""
+    from contact_recon.store.conflicts import ConflictLog
+
+    store = _open(settings, err)
+    if store is None:
+        return EXIT_FAILED
+    with store:
+        frame = ConflictLog(store).open_conflicts()
+        today = store.clock().date()
+    rows = [_listed(row, today) for row in frame.iter_rows(named=True)]
+    if as_json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not rows:
+        console.print("no open conflicts")
+        return EXIT_OK
+    console.print(conflicts_table(rows))
+    pending = sum(1 for r in rows if r["decision"])
+    console.print(f"{len(rows):,} open conflict(s), {pending:,} with a pending decision (applied by the next run)",
+                  highlight=False)
+    return EXIT_OK
+
+
+def _listed(row: dict[str, Any], today: Any) -> dict[str, Any]:
+    from contact_recon.engine.conflicts import nights
+
+    first = row["first_seen"]
+    return {**{c: row.get(c) for c in LIST_COLUMNS if c not in ("first_seen", "nights_open")},
+            "location_id": row["location_id"], "base": row["base"],
+            "first_seen": first.strftime("%Y-%m-%dT%H:%M:%SZ"), "nights_open": nights(first, today),
+            "last_run": row["last_run"]}
+
+
+def conflicts_table(rows: list[dict[str, Any]]) -> Table:
+    """Open conflicts as a terminal table; cells are plain text (a name is never read as markup)."""
+    table = Table(title="Open conflicts (oldest first)")
+    for column in LIST_COLUMNS:
+        table.add_column(column.replace("_", " "), justify="right" if column == "nights_open" else "left",
+                         overflow="fold")
+    for r in rows:
+        table.add_row(*(Text("-" if r[c] is None else str(r[c])) for c in LIST_COLUMNS))
+    return table
+
+
+def run_conflicts_undo_command(settings: Settings, key: str, field: str, console: Console, err: Console) -> int:
+    """Forget the decision (pending or used) and the skip of one conflict: the next run reports it again."""
+    from contact_recon.store.conflicts import ConflictLog
+
+    store = _open(settings, err)
+    if store is None:
+        return EXIT_FAILED
+    presence = field.strip() in ("", "-")
+    with store:
+        removed = ConflictLog(store).undo(key, None if presence else field.strip())
+    shown = "(no field)" if presence else field.strip()
+    if removed == 0:
+        _error(err, f"no decision on {key} {shown}: nothing to undo (see `recon conflicts list`)")
+        return EXIT_FAILED
+    console.print(f"undone: the decision on {key} {shown} is forgotten; the next run reports the conflict again",
                   highlight=False, soft_wrap=True)
     return EXIT_OK
 

@@ -1,7 +1,8 @@
 """The data team's decisions on conflicts: imported from a filled-in conflicts.csv, turned into ops next run.
 
-A run writes `conflicts.csv` (key, field, base, tinyemail, ghl, reason) for what it would not decide.
-A person fills in a `decision` column (and `value` when the decision is `value`) and runs
+A run writes `conflicts.csv` (`contact_recon/engine/conflicts.py` CSV_COLUMNS: key, who the person is, field,
+base, tinyemail, ghl, reason, since when it is open, the GHL link, and empty decision/value/note columns) for
+what it would not decide. A person fills in `decision` (and `value` when the decision is `value`) and runs
 `recon conflicts import FILE`:
 
 | decision  | means                                              | value column        |
@@ -19,9 +20,20 @@ the CSV line of each problem (unknown key or field, a bad decision, a missing or
 key and field twice); one bad row rejects the whole file. Keys are the person keys known to the caller
 (base, a GHL contact id, `te:<email>`); fields are the shared text fields and `consent` (email changes go through
 identity review; a conflict with an empty field is a presence conflict: a deleted or missing record,
-settled in the systems themselves, so only skip/blank are accepted there). A phone is stored in E.164, a
-birthday as YYYY-MM-DD. The store upserts the decisions by (key, field) into `conflict_decisions` with
-`used_by_run` null: pending for the next run.
+settled in the systems themselves, so only skip/blank are accepted there, stored with the field `PRESENCE`).
+
+Values come back the way the snapshot reads them: text trimmed and NFC, a phone in E.164 read in the
+person's own country (`countries`: key -> country, the GHL contact's, else the TinyEmail customer's), else
+the default region, so `07700 900006`, `+44 7700 900006` and `00447700900006` are one value for a UK
+contact; a birthday as YYYY-MM-DD. A value that would fail a blocking check on the side it is written to is
+refused with the check named (`PHONE_CHECKS`: `ghl_contacts.phone_e164`, `te_customers.phone_e164`), and so
+is a `ghl` or `tinyemail` decision whose chosen value, as the row shows it, would fail the other side's
+check: never accepted and then quarantined out of sight. An unassigned range (`phone_assigned`) only warns.
+
+A `skip` also returns the row's values (`DecisionFile.skips`, engine/conflicts.py SKIPS): the conflict is
+acknowledged as it is, and not reported again until one of its values or its reason changes. The store
+upserts the decisions by (key, field) into `conflict_decisions` with `used_by_run` null: pending for the
+next run.
 
 `decision_ops` (pure) turns pending decisions into ops against the current sides (records.MERGE_SIDE):
 for each side that holds the person and whose current value differs from the decided one, one write with
@@ -32,15 +44,17 @@ a loose value is ignored, since it would loosen a tight side or write nothing al
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from contact_recon.engine.conflicts import PRESENCE, SKIPS
 from contact_recon.model.normalise import normalise_birthday, normalise_phone
 from contact_recon.model.ops import CONFLICTS_SCHEMA, CONTENT_COLUMNS, Kind, sort_ops, with_ids
 from contact_recon.model.policy import ConsentPolicy
@@ -51,6 +65,8 @@ CONSENT = "consent"
 DECIDABLE_FIELDS: tuple[str, ...] = (*(f for f in SHARED_TEXT_FIELDS if f != "email"), CONSENT)
 DECISIONS = pl.Schema({"key": pl.String(), "field": pl.String(), "choice": pl.String(), "value": pl.String()})
 REQUIRED_COLUMNS = (*CONFLICTS_SCHEMA, "decision")
+PHONE_CHECKS = {"ghl": "ghl_contacts.phone_e164", "tinyemail": "te_customers.phone_e164"}  # checks/suites.py
+NOT_A_PHONE = "not a phone number"  # normalise_phone's reason for a text phone_e164 fails on
 MAX_PROBLEMS = 50  # problems listed before "... and N more"
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -70,6 +86,8 @@ class DecisionFile:
     decisions: pl.DataFrame  # DECISIONS, one row per decided (key, field)
     undecided: int  # rows with a blank decision, left alone
     rows: int  # data rows read
+    # SKIPS: the conflicts acknowledged as they are (the rows answered skip)
+    skips: pl.DataFrame = dataclasses.field(default_factory=lambda: pl.DataFrame(schema=SKIPS))
 
 
 # ----------------------------------------------------------------------------------------- checking
@@ -84,27 +102,33 @@ def check_columns(path: Path, columns: Sequence[str] | None) -> None:
 
 
 def check_decisions(path: Path, rows: Iterable[tuple[int, dict[str, Any]]], known_keys: Iterable[str], *,
-                    default_region: str = "US") -> DecisionFile:
+                    default_region: str = "US", countries: Mapping[str, str | None] | None = None) -> DecisionFile:
     """Check the rows of a filled-in conflicts.csv (`(line, row)` pairs as csv.DictReader reads them; `path`
-    only names the file in messages); DecisionFileError (every bad line named) if any row is bad."""
+    only names the file in messages; `countries`: each key's country, for phones); DecisionFileError (every
+    bad line named) if any row is bad."""
     known, rows = set(known_keys), list(rows)
     problems: list[str] = []
     decided: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+    skips: list[dict[str, Any]] = []
     for line, row in rows:
-        decision = _check_row(line, row, known, default_region, problems)
+        region = (countries or {}).get(_text(row.get("key")) or "") or ""
+        decision = _check_row(line, row, known, (region, default_region), problems)
         if decision is None:
             continue
         where = (decision["key"], decision["field"])
         if where in decided:
             problems.append(f"line {line}: {where[0]} {where[1]} was already decided on line {decided[where][0]}")
         decided[where] = (line, decision)
+        if decision["choice"] == "skip":
+            skips.append({**{c: _text(row.get(c)) for c in SKIPS}, "field": decision["field"]})
     if problems:
         raise DecisionFileError(path, problems)
     frame = pl.DataFrame([d for _, d in decided.values()], schema=DECISIONS)
-    return DecisionFile(frame, sum(1 for _, r in rows if not _text(r.get("decision"))), len(rows))
+    return DecisionFile(frame, sum(1 for _, r in rows if not _text(r.get("decision"))), len(rows),
+                        pl.DataFrame(skips, schema=SKIPS).unique(["key", "field"], keep="last"))
 
 
-def _check_row(line: int, row: dict[str, Any], known: set[str], region: str,
+def _check_row(line: int, row: dict[str, Any], known: set[str], region: tuple[str, str],
                problems: list[str]) -> dict[str, Any] | None:
     """The row's decision (DECISIONS columns), None when it has none; problems are appended."""
     choice, key, field = (_text(row.get(c)) for c in ("decision", "key", "field"))
@@ -121,15 +145,18 @@ def _check_row(line: int, row: dict[str, Any], known: set[str], region: str,
         if choice != "skip":  # a presence conflict: settled in the systems, not by a value
             problems.append(f"line {line}: a conflict with no field (a deleted or missing record) takes only "
                             f"'skip' or a blank decision")
-        return None
-    if field not in DECIDABLE_FIELDS:
+            return None
+        # a deletion (or a missing record) acknowledged: recorded, no longer reported while it is unchanged
+        field = PRESENCE
+    elif field not in DECIDABLE_FIELDS:
         problems.append(f"line {line}: unknown field {field!r}; decidable: {', '.join(DECIDABLE_FIELDS)}")
     elif choice in CHOICES:
         value = _check_value(line, choice, field, value, region, problems)
+        _check_chosen(line, choice, field, row, region, problems)
     return {"key": key, "field": field, "choice": choice, "value": value} if len(problems) == before else None
 
 
-def _check_value(line: int, choice: str, field: str, value: str | None, region: str,
+def _check_value(line: int, choice: str, field: str, value: str | None, region: tuple[str, str],
                  problems: list[str]) -> str | None:
     """The value to store for a decision (normalised like the snapshot does), problems appended."""
     if choice != "value":
@@ -140,9 +167,11 @@ def _check_value(line: int, choice: str, field: str, value: str | None, region: 
         problems.append(f"line {line}: decision 'value' needs a value")
         return None
     if field == "phone":
-        e164, valid, reason = normalise_phone(value, region)
-        if not valid:
-            problems.append(f"line {line}: phone {value!r} is {reason}")
+        e164, _, reason = normalise_phone(value, region[1], region[0])
+        if reason == NOT_A_PHONE:
+            # the check the write would meet on both sides: refused here, not quarantined later
+            problems.append(f"line {line}: phone {value!r} is {NOT_A_PHONE}: it fails "
+                            f"{', '.join(sorted(PHONE_CHECKS.values()))}")
         return e164
     if field == "birthday":
         day = normalise_birthday(value)
@@ -152,6 +181,22 @@ def _check_value(line: int, choice: str, field: str, value: str | None, region: 
     if field == CONSENT and value.lower() not in CONSENT_VALUES:
         problems.append(f"line {line}: consent {value!r} is not one of {', '.join(CONSENT_VALUES)}")
     return value.lower() if field == CONSENT else value
+
+
+def _check_chosen(line: int, choice: str, field: str, row: dict[str, Any], region: tuple[str, str],
+                  problems: list[str]) -> None:
+    """A `ghl` / `tinyemail` decision copies the chosen side's value (as the row shows it) to the other side:
+    refused when that value would fail the other side's blocking check."""
+    if field != "phone" or choice not in PHONE_CHECKS:
+        return  # only phones have a value check on the way in (consent only tightens, names are free text)
+    shown = _text(row.get(choice))
+    if shown is None:
+        return  # a blank clears the other side: nothing to check
+    _, _, reason = normalise_phone(shown, region[1], region[0])
+    other = "tinyemail" if choice == "ghl" else "ghl"
+    if reason == NOT_A_PHONE:
+        problems.append(f"line {line}: decision {choice!r} would write phone {shown!r} to {other}, which fails "
+                        f"{PHONE_CHECKS[other]} ({NOT_A_PHONE}); decide 'value' with a phone number instead")
 
 
 def _text(value: object) -> str | None:

@@ -29,7 +29,9 @@ Algorithm (`match_identities`):
    ('not_in_tinyemail') are kept and reported as unmatched; TinyEmail customers nobody matched get
    the key `te:<email>`.
 
-`merge_sides` turns the result into the two MERGE_SIDE frames the merge engine compares, keyed by
+`localise_phones` reads the phone of a matched record without a country of its own again in its partner's
+country (the person's country), so one number written nationally on one side and internationally on the
+other is one value. `merge_sides` turns the result into the two MERGE_SIDE frames the merge engine compares, keyed by
 person key; held-back contacts and emails appear in neither. `check_not_emptied` is the guard for
 a side that came back empty while the base is not (`SideCameBackEmpty`, never "all deleted").
 """
@@ -42,6 +44,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from contact_recon.model.keys import TE_KEY_PREFIX
+from contact_recon.model.normalise import normalise_phone
 from contact_recon.model.records import MERGE_SIDE
 
 ID_MAP = pl.Schema({"contact_id": pl.String(), "location_id": pl.String(), "email": pl.String(),
@@ -265,3 +268,37 @@ def merge_sides(result: IdentityResult, ghl: pl.DataFrame, te: pl.DataFrame) -> 
     ])
     te_side = pairs.join(te.select(*person, "lists"), on="email", how="inner").select(*MERGE_SIDE).sort("key")
     return ghl_side.cast(MERGE_SIDE), te_side.cast(MERGE_SIDE)
+
+
+def localise_phones(result: IdentityResult, ghl: pl.DataFrame, te: pl.DataFrame,
+                    default_region: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """GHL_CONTACTS and TINYEMAIL_CUSTOMERS with the phones of matched records read in the person's country.
+
+    The snapshot reads a national number (`07700 900003`) in the record's own country, else the default
+    region; a TinyEmail customer often has no country while its GHL contact says GB, so its UK number was read
+    as a US one and failed (one number in two formats looked like a conflict). Once identity has paired the
+    two records, a record without a country of its own has its phone read again (from `phone_raw`) in the
+    other record's country; records with a country, or unmatched, are left as the snapshot read them.
+    """
+    pairs = result.matched.filter(pl.col("in_te") & pl.col("in_ghl")).select("contact_id", "email")
+    ghl_country = ghl.select("contact_id", other=pl.col("country"))
+    te_country = te.select("email", other=pl.col("country"))
+    te_other = pairs.join(ghl_country, on="contact_id").select("email", "other").unique("email", keep="first")
+    ghl_other = pairs.join(te_country, on="email").select("contact_id", "other").unique("contact_id", keep="first")
+    return _reread(ghl, ghl_other, "contact_id", default_region), _reread(te, te_other, "email", default_region)
+
+
+def _reread(frame: pl.DataFrame, other: pl.DataFrame, on: str, region: str) -> pl.DataFrame:
+    """`frame` with `phone`/`phone_valid` read again in `other`'s country where its own country is blank."""
+    blank = pl.col("country").fill_null("").str.strip_chars() == ""
+    todo = (frame.join(other, on=on, how="left", maintain_order="left")
+            .select(blank & (pl.col("other").fill_null("").str.strip_chars() != "")
+                    & pl.col("phone_raw").is_not_null(), "phone_raw", "other"))
+    if not todo.get_column(todo.columns[0]).any():
+        return frame
+    phones, valid = frame["phone"].to_list(), frame["phone_valid"].to_list()
+    for i, (use, raw, country) in enumerate(todo.iter_rows()):
+        if use:
+            # no country of its own, the matched record's country known: the person's country
+            phones[i], valid[i], _ = normalise_phone(raw, region, country)
+    return frame.with_columns(pl.Series("phone", phones, pl.String), pl.Series("phone_valid", valid, pl.Boolean))

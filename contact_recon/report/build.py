@@ -48,8 +48,9 @@ from uuid import UUID
 import polars as pl
 
 from contact_recon.checks.run import DOCS_INDEX, GX_DIR
+from contact_recon.engine.conflicts import CSV_SCHEMA as CONFLICT_ROWS
 from contact_recon.model.cells import guard, unguarded
-from contact_recon.model.ops import CONFLICTS_SCHEMA, TARGETS, Kind
+from contact_recon.model.ops import TARGETS, Kind
 from contact_recon.report import charts
 from contact_recon.store.db import Store
 from contact_recon.store.files import CONFLICTS_FILE, PLAN_FILE, REPORT_FILE, SUMMARY_FILE, atomic_text, run_dir
@@ -136,11 +137,15 @@ def run_ops(store: Store, data_dir: str | Path, run_id: str) -> pl.DataFrame:
 
 
 def load_conflicts(data_dir: str | Path, run_id: str) -> pl.DataFrame | None:
-    """The run's conflicts.csv (CONFLICTS_SCHEMA), or None when it has none."""
+    """The run's conflicts.csv (engine/conflicts.py CSV_SCHEMA; the columns an older file lacks are null), or None
+    when it has none."""
     path = run_dir(data_dir, run_id) / CONFLICTS_FILE
     if not path.exists():
         return None
-    return unguarded(pl.read_csv(path, schema=CONFLICTS_SCHEMA))  # the cells `guarded` wrote
+    frame = pl.read_csv(path, infer_schema=False)
+    missing = [pl.lit(None, dtype).alias(name) for name, dtype in CONFLICT_ROWS.items() if name not in frame.columns]
+    frame = frame.with_columns(missing).select(list(CONFLICT_ROWS)).cast(CONFLICT_ROWS)
+    return unguarded(frame)  # the cells `guarded` wrote
 
 
 def problem_ops(ops: pl.DataFrame) -> pl.DataFrame:
@@ -368,7 +373,7 @@ def _tables(conflicts: pl.DataFrame | None, ops: pl.DataFrame, quarantine: pl.Da
     op_cols = ["target", "kind", "key", "field", "expected", "new", "reason"]
     return [
         _table("Conflicts (decide them in conflicts.csv, then `recon conflicts import`)",
-               conflicts if conflicts is not None else pl.DataFrame(schema=CONFLICTS_SCHEMA), list(CONFLICTS_SCHEMA)),
+               conflicts if conflicts is not None else pl.DataFrame(schema=CONFLICT_ROWS), list(CONFLICT_COLUMNS)),
         _table("Failed ops", ops.filter(pl.col("status") == FAILED),
                [*op_cols, "error_kind", "last_error", "attempts"]),
         _table("Stale ops (changed by a person since the snapshot: planned again next run)",
@@ -408,12 +413,25 @@ def _table(title: str, frame: pl.DataFrame, cols: Sequence[str]) -> str:
     if frame.height == 0:
         return f'<h2>{escape(title)}</h2><p class="none">none</p>'
     head = "".join(f"<th>{escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f'<td class="{_cell_class(c)}">{escape(_cell(row[c], c))}</td>' for c in cols)
+    body = "".join("<tr>" + "".join(f'<td class="{_cell_class(c)}">{_cell_html(row[c], c)}</td>' for c in cols)
                    + "</tr>"
                    for row in frame.head(ROW_CAP).select(cols).iter_rows(named=True))
     more = (f'<p class="more">… and {frame.height - ROW_CAP:,} more not shown ({frame.height:,} in all)</p>'
             if frame.height > ROW_CAP else "")
     return f"<h2>{escape(title)} <small>({frame.height:,})</small></h2><table><tr>{head}</tr>{body}</table>{more}"
+
+
+# the conflicts shown in the report and the table artifact: who, what, since when, and the contact in GHL
+CONFLICT_COLUMNS = ("email", "name", "field", "base", "tinyemail", "ghl", "reason", "first_seen", "nights_open",
+                    "ghl_url", "key")
+
+
+def _cell_html(value: Any, column: str) -> str:
+    """One escaped cell; the GHL contact link as a link."""
+    text = escape(_cell(value, column))
+    if column == "ghl_url" and isinstance(value, str) and value.startswith("https://app.gohighlevel.com/"):
+        return f'<a href="{escape(value)}" rel="noopener noreferrer">open in GHL</a>'
+    return text
 
 
 def _cell_class(column: str) -> str:
@@ -592,7 +610,7 @@ def publish_artifacts(summary: Mapping[str, Any], files: RunFiles, *, conflicts:
     Args:
         summary: `build_summary`'s dict.
         files: `write_run_files`'s paths (the link artifact points at `link`, else the file as a file:// URL).
-        conflicts: the run's conflicts (CONFLICTS_SCHEMA, `load_conflicts`), or None.
+        conflicts: the run's conflicts (the rows of its conflicts.csv, `load_conflicts`), or None.
         problems: ops with a status (`run_ops`, or `problem_ops` of it): the failed and quarantined ones
             become tables.
         key_prefix: artifact keys are `<prefix>-summary`, `-conflicts`, `-failed-ops`, `-quarantined-ops`,
@@ -626,7 +644,7 @@ def publish_artifacts(summary: Mapping[str, Any], files: RunFiles, *, conflicts:
 def _artifact_tables(conflicts: pl.DataFrame | None,
                      problems: pl.DataFrame) -> dict[str, tuple[pl.DataFrame, list[str]]]:
     op_cols = ["target", "kind", "key", "field", "expected", "new", "reason"]
-    return {"conflicts": (conflicts if conflicts is not None else pl.DataFrame(schema=CONFLICTS_SCHEMA),
-                          list(CONFLICTS_SCHEMA)),
+    return {"conflicts": (conflicts if conflicts is not None else pl.DataFrame(schema=CONFLICT_ROWS),
+                          list(CONFLICT_COLUMNS)),
             "failed-ops": (problems.filter(pl.col("status") == FAILED), [*op_cols, "error_kind", "last_error"]),
             "quarantined-ops": (problems.filter(pl.col("status") == QUARANTINED), [*op_cols, "quarantined_by"])}

@@ -11,19 +11,24 @@
    both sides and of the base, and apply this run's re-keys (`te:<email>` -> the contact id now matched by email) to the
    base, in memory (`planning_base`). A re-keyed person was on TinyEmail only at the base, so its row says
    `in_ghl = False`: the merge engine treats it as newly on GHL (fill blanks), never as "GHL removed every
-   tag". `merge_sides` makes the two sides once; the merge, the decisions and the saved state share them.
+   tag". A matched record without a country of its own has its phone read in its partner's country
+   (`with_local_phones`), for the checks and the merge alike. `merge_sides` makes the two sides once; the
+   merge, the decisions and the saved state share them.
 5. Merge (`contact_recon/engine/merge.py`): base, TinyEmail now, GHL now -> ops, conflicts, stats,
    held_reasons. `today` is the store clock's date; `created` is the created-objects memory
    (`Journal.created`); the guards compare with the usual figures of the last `guards.history_runs`
    comparable runs (`Store.comparable_stats`: completed reconcile runs of the same locations that were not a
    first fill; `contact_recon/engine/guards.py`). The data team's pending decisions (`recon conflicts
-   import`) add their ops (`with_decisions`).
+   import`) add their ops (`with_decisions`); conflicts a person skipped are left out while unchanged
+   (`engine/conflicts.py` `without_skipped`).
 6. Checks (`contact_recon.checks.run`) on the snapshot frames and the plan (the guard expectation with the
    merge's thresholds, from the same history), then quarantine (`contact_recon.checks.quarantine`): every
    op keeps its row, with `status` and `quarantined_by`. With `approve`, `plan.within_guards` is checked as
    a warning (its explicit override), so the guarded ops are not held back.
-7. Save the check results and the identity review rows; write `<data_dir>/runs/<run_id>/plan.parquet`
-   (the marked ops), `conflicts.csv` and the state a later apply needs (`state/`,
+7. Save the check results and the identity review rows; track since when each conflict is open
+   (`conflict_review`: `conflict_seen` in the store); write `<data_dir>/runs/<run_id>/plan.parquet`
+   (the marked ops), `conflicts.csv` (engine/conflicts.py CSV_COLUMNS: who, since when, empty decision
+   columns) and the state a later apply needs (`state/`,
    `contact_recon/stages/advance.py`), each atomically (a temporary file renamed into place); then the review
    files, `identity.csv` and `quarantine.parquet`, with the ages of their items (`contact_recon/stages/review.py`).
 8. Finish the run 'held' when a guard tripped and nobody approved (the reasons in `held_reasons`), else
@@ -41,6 +46,7 @@ also the ops that only the guard expectation held back.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,11 +58,13 @@ import polars as pl
 from contact_recon.checks.quarantine import PLANNED, QUARANTINED, apply_quarantine
 from contact_recon.checks.run import GX_DIR, CheckReport, run_checks
 from contact_recon.checks.suites import Thresholds
+from contact_recon.engine.conflicts import PRESENCE, field_key, review_rows, track, without_skipped
 from contact_recon.engine.decisions import decision_ops
 from contact_recon.engine.guards import GuardHistory
-from contact_recon.engine.identity import IdentityResult, match_identities, merge_sides
+from contact_recon.engine.identity import IdentityResult, localise_phones, match_identities, merge_sides
 from contact_recon.engine.merge import MergeResult, plan
 from contact_recon.model.cells import guarded
+from contact_recon.model.context import person_context
 from contact_recon.model.keys import TE_KEY_PREFIX
 from contact_recon.model.list_tags import ListNames, respelling_ops, with_list_ids
 from contact_recon.model.ops import sort_ops, with_ids
@@ -65,6 +73,7 @@ from contact_recon.settings import Settings
 from contact_recon.stages.advance import save_state
 from contact_recon.stages.review import identity_input, write_review_files
 from contact_recon.stages.snapshot import GHLFactory, SnapshotOptions, SnapshotResult, TinyEmailFactory, run_snapshot
+from contact_recon.store.conflicts import ConflictLog
 from contact_recon.store.db import ENTITIES, NO_LOCATION, Store
 from contact_recon.store.decisions import Decisions
 from contact_recon.store.files import CONFLICTS_FILE, PLAN_FILE, atomic_write, private_dir, private_tree, run_dir
@@ -153,6 +162,7 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
     decided = identity_input(store, store.load_id_map())  # the team's identity decisions (`recon identity`)
     identity = match_identities(frames["ghl_contacts"], frames["te_customers"], decided.id_map,
                                 locations=locations, apart=decided.apart)
+    frames = with_local_phones(frames, identity, settings.default_region)
     stored = store.load_base(presence=True)
     if base_keys is not None:
         # one person (sync_contact): only its base rows are in play, nobody else "came back empty"
@@ -164,11 +174,14 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
                   today=today, guard_history=history)
     merged = with_decisions(merged, Decisions(store).pending(), te_side, ghl_side, policy)
     merged = with_respellings(merged, as_held, list_tags, ghl_side["key"])
+    log = ConflictLog(store)
+    merged = dataclasses.replace(merged, conflicts=without_skipped(merged.conflicts, log.skips()))
     report = _check(frames, merged, policy, approve, run_id, settings.data_dir, today, docs, history)
     marked = apply_quarantine(merged.ops, report.quarantined, people=identity.matched.select("key", "email"))
     store.save_check_results(run_id, report.to_frame())
     store.save_review(identity.review, run_id)
-    plan_path, conflicts_path = write_plan_files(run_dir(settings.data_dir, run_id), marked, merged.conflicts)
+    review = conflict_review(store, log, run_id, merged.conflicts, identity, ghl_side, te_side)
+    plan_path, conflicts_path = write_plan_files(run_dir(settings.data_dir, run_id), marked, review)
     save_state(run_dir(settings.data_dir, run_id), _state_frames(base, te_side, ghl_side, identity))
     write_review_files(store, run_dir(settings.data_dir, run_id), run_id, frames, identity, marked, people(identity),
                        (ghl_side, te_side))
@@ -178,6 +191,26 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
                      snapshot.run_id if snapshot else None, plan_path, conflicts_path)
     store.set_plan(run_id, summary(result, identity))
     return result
+
+
+def with_local_phones(frames: dict[str, pl.DataFrame], identity: IdentityResult,
+                      default_region: str) -> dict[str, pl.DataFrame]:
+    """The snapshot frames with matched records' phones read in the person's country (`localise_phones`), for
+    the checks and the merge alike."""
+    ghl, te = localise_phones(identity, frames["ghl_contacts"], frames["te_customers"], default_region)
+    return {**frames, "ghl_contacts": ghl, "te_customers": te}
+
+
+def conflict_review(store: Store, log: ConflictLog, run_id: str, conflicts: pl.DataFrame, identity: IdentityResult,
+                    ghl_side: pl.DataFrame, te_side: pl.DataFrame) -> pl.DataFrame:
+    """The rows of this run's conflicts.csv (`engine/conflicts.py`): who each conflict is about and since when it
+    is open, recorded in the store for the next run and `recon conflicts list`."""
+    who = people(identity)
+    now = store.clock()
+    tracked = track(conflicts, log.seen(), now, who["key"])
+    review = review_rows(conflicts, person_context(who, ghl_side, te_side), tracked, now.date())
+    log.record(tracked, review, run_id)
+    return review
 
 
 def without_home_lists(frames: dict[str, pl.DataFrame], home: list[str]) -> dict[str, pl.DataFrame]:
@@ -226,13 +259,17 @@ def _check_snapshot_exists(store: Store, locations: Sequence[str]) -> None:
 def with_decisions(merged: MergeResult, decisions: pl.DataFrame, te_side: pl.DataFrame, ghl_side: pl.DataFrame,
                    policy: Policy) -> MergeResult:
     """Add the data team's pending decisions (`recon conflicts import`) to a plan: their ops, unless the merge
-    already writes that field of that person, and without the conflict rows they settle."""
+    already writes that field of that person, and without the conflict rows they settle (skips aside)."""
     if decisions.height == 0:
         return merged
     extra = decision_ops(decisions, te_side, ghl_side, consent=policy.consent)
     extra = extra.join(merged.ops.select("target", "key", "field"), on=["target", "key", "field"], how="anti",
                        nulls_equal=True)
-    settled = merged.conflicts.join(decisions.select("key", "field"), on=["key", "field"], how="anti")
+    # a presence conflict (null field) is decided under the field PRESENCE; a skip settles nothing here: it holds
+    # while the conflict is unchanged (engine/conflicts.py without_skipped)
+    answered = decisions.filter(pl.col("choice") != "skip").select("key", "field")
+    keyed = field_key(merged.conflicts).join(answered, on=["key", "field"], how="anti")
+    settled = keyed.with_columns(field=pl.when(pl.col("field") != PRESENCE).then(pl.col("field")))
     return MergeResult(sort_ops(pl.concat([merged.ops, extra])), settled, merged.stats, merged.held_reasons)
 
 

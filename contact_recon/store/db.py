@@ -59,10 +59,15 @@ Schema (version 1; timestamps are TIMESTAMPTZ in UTC; list columns are VARCHAR[]
   `quarantine_dismissals` [op_id] (quarantined ops accepted as they are, `recon quarantine dismiss`) and
   `review_ages` [item_kind, item_id] (when each identity review or quarantined op was first and last seen);
   `contact_recon/store/reviews.py` holds their SQL.
+- version 9: `conflict_seen` [key, field] (field '' for a presence conflict): reason, the values
+  and the person's context it showed last, first_seen, last_seen, last_run, open; `conflict_skips` [key,
+  field]: the conflicts a person answered `skip`, with the reason and values they saw, skipped_at, source
+  (`conflicts.py`).
 
 Every SQL statement of the product runs in this package: `Store` here (runs, snapshots, base, id_map,
 review, dirty contacts, check results, and the run list `recon runs` and the report read), `Journal`
-(`journal.py`) and `Decisions` (`decisions.py`) over the same connection. Callers use named methods.
+(`journal.py`), `Decisions` (`decisions.py`) and `ConflictLog` (`conflicts.py`) over the same connection.
+Callers use named methods.
 
 The snapshot tables carry no index or constraint (the keys above are logical): bulk ingest stays
 fast and history rows of one key across runs are expected. `prune(keep_runs=, keep_days=)` deletes
@@ -250,6 +255,17 @@ _V8 = (
         first_run VARCHAR, last_seen TIMESTAMPTZ NOT NULL, last_run VARCHAR, PRIMARY KEY (item_kind, item_id))""",
 )
 
+_V9 = (
+    # since when each conflict is open, with what it showed last (contact_recon/store/conflicts.py)
+    """CREATE TABLE conflict_seen (key VARCHAR NOT NULL, field VARCHAR NOT NULL, reason VARCHAR, base VARCHAR,
+        tinyemail VARCHAR, ghl VARCHAR, location_id VARCHAR, email VARCHAR, name VARCHAR, ghl_url VARCHAR,
+        first_seen TIMESTAMPTZ NOT NULL, last_seen TIMESTAMPTZ NOT NULL, last_run VARCHAR, open BOOLEAN NOT NULL,
+        PRIMARY KEY (key, field))""",
+    # conflicts a person acknowledged with `skip`, with the values they saw
+    """CREATE TABLE conflict_skips (key VARCHAR NOT NULL, field VARCHAR NOT NULL, reason VARCHAR, base VARCHAR,
+        tinyemail VARCHAR, ghl VARCHAR, skipped_at TIMESTAMPTZ NOT NULL, source VARCHAR, PRIMARY KEY (key, field))""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, snapshots, base, id_map, identity review, watermarks, dirty contacts", _V1),
     Migration(2, "check_results: the hygiene checks of each run", _V2),
@@ -259,6 +275,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "runs.flow_run_id, approval_json, approval_expires_at: a held run's answer", _V6),
     Migration(7, "te_lists, te_list_labels: TinyEmail's list names, and the labels their GHL tags have had", _V7),
     Migration(8, "identity_decisions, quarantine_dismissals, review_ages: the review loop", _V8),
+    Migration(9, "conflict_seen, conflict_skips: since when conflicts are open, and those skipped", _V9),
 )
 
 

@@ -10,7 +10,7 @@ into ops (`decision_ops`); the apply stage `mark_used`s those the run carried ou
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import polars as pl
@@ -20,8 +20,10 @@ from contact_recon.model.cells import unguard_row
 from contact_recon.store.db import Store
 
 
-def read_decisions(path: Path, known_keys: Iterable[str], *, default_region: str = "US") -> DecisionFile:
-    """Read and check a filled-in conflicts.csv; DecisionFileError (every bad line named) if any row is bad."""
+def read_decisions(path: Path, known_keys: Iterable[str], *, default_region: str = "US",
+                   countries: Mapping[str, str | None] | None = None) -> DecisionFile:
+    """Read and check a filled-in conflicts.csv (phones read in each key's country of `countries`, else
+    `default_region`); DecisionFileError (every bad line named) if any row is bad."""
     known = set(known_keys)
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -30,7 +32,7 @@ def read_decisions(path: Path, known_keys: Iterable[str], *, default_region: str
             rows = [(reader.line_num, unguard_row(row)) for row in reader]  # the cells `guarded` wrote
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DecisionFileError(path, [f"cannot read the file: {exc}"]) from exc
-    return check_decisions(path, rows, known, default_region=default_region)
+    return check_decisions(path, rows, known, default_region=default_region, countries=countries)
 
 
 class Decisions:
@@ -46,9 +48,22 @@ class Decisions:
             "UNION SELECT 'te:' || email FROM snap_te_customers WHERE email IS NOT NULL").fetchall()
         return {row[0] for row in rows}
 
+    def countries(self) -> dict[str, str | None]:
+        """Each person key's country as the latest snapshots hold it: a contact's own, else that of the
+        TinyEmail customer with its email; a `te:<email>` key the customer's (phones are read in it)."""
+        ghl = self.store.latest_snapshot("ghl_contacts").select("contact_id", "email", "country")
+        te = self.store.latest_snapshot("te_customers").select("email", "country")
+        te_country = {e: c for e, c in te.iter_rows() if e and c}
+        out: dict[str, str | None] = {f"te:{e}": c for e, c in te_country.items()}
+        for contact_id, email, country in ghl.iter_rows():
+            out[contact_id] = country or te_country.get(email or "")
+        return out
+
     def save(self, decisions: pl.DataFrame, source: str) -> int:
         """Upsert decisions by (key, field), pending (used_by_run null) for the next run; returns how many."""
         rows = [[*row, self.store.clock(), source] for row in decisions.select(list(DECISIONS)).iter_rows()]
+        if not rows:
+            return 0
         with self.store.transaction():
             self.store.con.executemany(
                 "INSERT OR REPLACE INTO conflict_decisions (key, field, choice, value, imported_at, source, "

@@ -139,14 +139,15 @@ def filled(path: Path, conflicts: Path, answers: dict[tuple[str, str], tuple[str
     """conflicts.csv with the decision and value columns filled in for `answers` ((key, field) -> (decision, value))."""
     with conflicts.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
+    columns = list(dict.fromkeys([*rows[0], "decision", "value"]))  # conflicts.csv has them, empty
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, [*rows[0], "decision", "value"])
+        writer = csv.DictWriter(handle, columns)
         writer.writeheader()
         for row in rows:
             decision, value = answers.get((row["key"], row["field"]), ("", ""))
             writer.writerow({**row, "decision": decision, "value": value})
         for row in extra:
-            writer.writerow({**dict.fromkeys([*rows[0], "decision", "value"], ""), **row})
+            writer.writerow({**dict.fromkeys(columns, ""), **row})
     return path
 
 
@@ -239,7 +240,7 @@ def test_a_bad_decisions_file_names_each_bad_line_and_imports_nothing(
     assert stored(world) == []
 
     no_column = tmp_path / "plain.csv"
-    no_column.write_text(result.conflicts_path.read_text(encoding="utf-8"), encoding="utf-8")
+    pl.read_csv(result.conflicts_path, infer_schema=False).drop("decision").write_csv(no_column)
     refused = import_file(world, no_column, monkeypatch)
     assert refused.exit_code == 1 and "line 1: missing column(s) decision" in " ".join(refused.output.split())
     missing = import_file(world, tmp_path / "nowhere.csv", monkeypatch)

@@ -20,6 +20,7 @@ from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 from contact_recon.cli.main import app
+from contact_recon.engine.conflicts import CSV_SCHEMA
 from contact_recon.model.cells import unguarded
 from contact_recon.model.ops import CONFLICTS_SCHEMA
 from contact_recon.model.policy import Policy, load_policy
@@ -69,8 +70,9 @@ def test_the_plan_files_match_the_result_and_the_run_records_it(world: World) ->
     assert result.plan_path == world.settings.data_dir / "runs" / result.run_id / "plan.parquet"
     assert_frame_equal(pl.read_parquet(result.plan_path), result.plan)
     assert_frame_equal(load_plan(world.settings.data_dir, result.run_id), result.plan)
-    written = pl.read_csv(result.conflicts_path, schema=CONFLICTS_SCHEMA)
-    assert_frame_equal(unguarded(written), result.conflicts)  # as the plan has them, once the guard is undone
+    written = pl.read_csv(result.conflicts_path, schema=CSV_SCHEMA)
+    # as the plan has them, once the guard is undone, with who and since when (engine/conflicts.py)
+    assert_frame_equal(unguarded(written).select(list(CONFLICTS_SCHEMA)), result.conflicts)
     assert not written.select(pl.concat_list(pl.col(pl.String)).explode()).filter(  # and nothing a sheet would run
         pl.first().str.contains(r"^[=+\-@\t\r]")).height
     # the two renamed first names are conflicts for the data team (names are settled by hand)
@@ -218,7 +220,7 @@ def test_recon_plan_exits_3_when_a_guard_holds_the_run(world: World) -> None:
     for kind in ("update", "tag_add", "create"):
         assert f" {kind} " in held.stdout
     marked = load_plan(world.settings.data_dir, run_id)
-    conflicts = pl.read_csv(world.settings.data_dir / "runs" / run_id / "conflicts.csv", schema=CONFLICTS_SCHEMA)
+    conflicts = pl.read_csv(world.settings.data_dir / "runs" / run_id / "conflicts.csv", schema=CSV_SCHEMA)
     assert conflicts.height >= 2 and f"conflicts: {conflicts.height} " in held.stdout
     quarantined = marked.filter(pl.col("status") == "quarantined").height
     assert quarantined > 0 and f"quarantined: {quarantined} ops (" in held.stdout
