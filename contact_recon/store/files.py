@@ -26,6 +26,7 @@ PLAN_FILE = "plan.parquet"
 CONFLICTS_FILE = "conflicts.csv"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
+DOCS_DIR = "data_docs"  # a run's own GX Data Docs site (checks/data_docs.py)
 PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
 PRIVATE_UMASK = 0o077
 
