@@ -10,8 +10,8 @@ config's `view: {module_name, class_name}` per section and for the index), so:
   `<script>`/`<link>` tags, `url(...)` in CSS, the S3 image folder -> the site's `static/images/`), and
   five templates replaced: `js_script_imports.j2`, `cloud-footer.j2`, `bootstrap_table_js_functions.j2`
   and `page_action_card.j2` (its "failed only" toggle is jQuery) by nothing, and `bootstrap_table.j2` by
-  the same columns and rows as a static HTML table, each row linking where GX's clickable row went. `OFFLINE_CSS` stands in for the
-  few Bootstrap classes the pages use. The pages then need no network and run no script.
+  the same columns and rows as a static HTML table, each row linking where GX's clickable row went.
+  `OFFLINE_CSS` stands in for the few Bootstrap classes the pages use. The pages then need no network and run no script.
 - `site_config(directory)` is a site writing into `directory` (the run's own folder, so an older run's
   report keeps linking its own results) with those views and no how-to buttons (their script needs jQuery).
 - Sample values: GX puts unexpected values into the page as markup (tried: an email
@@ -35,6 +35,7 @@ REMOTE_TAG = re.compile(r"""<(script|link)\b[^>]*\b(?:src|href)\s*=\s*["']https?
 REMOTE_URL = re.compile(r"""url\(\s*['"]?https?://[^)]*\)""", re.IGNORECASE)
 REMOTE_IMAGES = "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/"
 LOCAL_IMAGES = "./static/images/"  # copied into every site by GX
+GX_STYLES = "<style>{% include 'data_docs_default_styles.css' %}</style>"  # in GX's page templates
 OFFLINE_CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#222;font-size:14px}
 .container-fluid{padding:16px 32px}.row{display:flex;flex-wrap:wrap;gap:16px}.col-md-2{flex:0 0 16%}
@@ -55,7 +56,9 @@ _STATIC_TABLE = """{% include 'content_block_header.j2' %}
 <thead><tr>{% for column in table_columns %}<th>{{ column["title"] }}</th>{% endfor %}</tr></thead>
 <tbody>
 {% for row in content_block["table_data"] | render_bootstrap_table_data %}
-<tr>{% for column in table_columns %}<td>{% if row.get("_table_row_link_path") %}<a href="{{ row["_table_row_link_path"] }}">{{ row.get(column["field"], "") | safe }}</a>{% else %}{{ row.get(column["field"], "") | safe }}{% endif %}</td>{% endfor %}</tr>
+<tr>{% for column in table_columns %}{% set cell = row.get(column["field"], "") | safe %}<td>
+{%- if row.get("_table_row_link_path") %}<a href="{{ row["_table_row_link_path"] }}">{{ cell }}</a>
+{%- else %}{{ cell }}{% endif %}</td>{% endfor %}</tr>
 {% endfor %}
 </tbody></table>
 """
@@ -68,10 +71,7 @@ def offline(source: str) -> str:
     text = REMOTE_TAG.sub("", source)
     text = REMOTE_URL.sub("none", text)
     text = text.replace(REMOTE_IMAGES, LOCAL_IMAGES)
-    if "<style>{% include 'data_docs_default_styles.css' %}</style>" in text:
-        text = text.replace("<style>{% include 'data_docs_default_styles.css' %}</style>",
-                            f"<style>{OFFLINE_CSS}</style><style>{{% include 'data_docs_default_styles.css' %}}</style>")
-    return text
+    return text.replace(GX_STYLES, f"<style>{OFFLINE_CSS}</style>{GX_STYLES}")
 
 
 def _loader() -> Any:
@@ -101,12 +101,12 @@ def _offline_env(view: Any) -> None:
 def _views() -> tuple[type, type]:
     from great_expectations.render.view import DefaultJinjaIndexPageView, DefaultJinjaPageView
 
-    class OfflinePageView(DefaultJinjaPageView):  # type: ignore[misc]  # GX's classes are untyped
+    class OfflinePageView(DefaultJinjaPageView):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             _offline_env(self)
 
-    class OfflineIndexPageView(DefaultJinjaIndexPageView):  # type: ignore[misc]
+    class OfflineIndexPageView(DefaultJinjaIndexPageView):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             _offline_env(self)
