@@ -7,9 +7,11 @@ config's `view: {module_name, class_name}` per section and for the index), so:
 
 - `OfflinePageView` and `OfflineIndexPageView` are GX's page views with one more template loader in front
   (`OfflineTemplates`): GX's own templates, each with every `http(s)://` asset reference taken out (CDN
-  `<script>`/`<link>` tags, `url(...)` in CSS, the S3 image folder -> the site's `static/images/`), and
-  five templates replaced: `js_script_imports.j2`, `cloud-footer.j2`, `bootstrap_table_js_functions.j2`
-  and `page_action_card.j2` (its "failed only" toggle is jQuery) by nothing, and `bootstrap_table.j2` by
+  `<script>`/`<link>` tags, `url(...)` in CSS, the S3 image folder -> the site's own `static/images/`, as
+  GX computes it per page), and
+  six templates replaced: `js_script_imports.j2`, `cloud-footer.j2`, `bootstrap_table_js_functions.j2`,
+  `page_action_card.j2` (its "failed only" toggle is jQuery) and `favicon.j2` (one folder short on
+  validation pages) by nothing, and `bootstrap_table.j2` by
   the same columns and rows as a static HTML table, each row linking where GX's clickable row went.
   `OFFLINE_CSS` stands in for the few Bootstrap classes the pages use. The pages then need no network and run no script.
 - `site_config(directory)` is a site writing into `directory` (the run's own folder, so an older run's
@@ -34,7 +36,10 @@ REMOTE_TAG = re.compile(r"""<(script|link)\b[^>]*\b(?:src|href)\s*=\s*["']https?
                         re.IGNORECASE)
 REMOTE_URL = re.compile(r"""url\(\s*['"]?https?://[^)]*\)""", re.IGNORECASE)
 REMOTE_IMAGES = "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/"
-LOCAL_IMAGES = "./static/images/"  # copied into every site by GX
+LOCAL_IMAGES = "./static/images/"  # copied into every site by GX (the index's path; other pages compute theirs)
+REMOTE_IMAGES_SET = '{% set static_images_dir = "' + REMOTE_IMAGES + '" -%}'  # top_navbar.j2's override
+LOCAL_IMAGES_SET = ('{% if "SiteIndex" in renderer_type %}{% set static_images_dir = "' + LOCAL_IMAGES
+                    + '" -%}{% endif %}')
 GX_STYLES = "<style>{% include 'data_docs_default_styles.css' %}</style>"  # in GX's page templates
 OFFLINE_CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#222;font-size:14px}
@@ -63,14 +68,14 @@ _STATIC_TABLE = """{% include 'content_block_header.j2' %}
 </tbody></table>
 """
 REPLACED = {"js_script_imports.j2": _EMPTY, "cloud-footer.j2": _EMPTY, "bootstrap_table_js_functions.j2": _EMPTY,
-            "page_action_card.j2": _EMPTY, "bootstrap_table.j2": _STATIC_TABLE}
+            "page_action_card.j2": _EMPTY, "favicon.j2": _EMPTY, "bootstrap_table.j2": _STATIC_TABLE}
 
 
 def offline(source: str) -> str:
     """A GX template's text with every http(s) asset reference taken out (module docstring)."""
     text = REMOTE_TAG.sub("", source)
     text = REMOTE_URL.sub("none", text)
-    text = text.replace(REMOTE_IMAGES, LOCAL_IMAGES)
+    text = text.replace(REMOTE_IMAGES_SET, LOCAL_IMAGES_SET).replace(REMOTE_IMAGES, LOCAL_IMAGES)
     return text.replace(GX_STYLES, f"<style>{OFFLINE_CSS}</style>{GX_STYLES}")
 
 
