@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from contact_recon.cli.main import app
 from contact_recon.model.policy import Policy, load_policy
+from contact_recon.report.applied import applied_changes, run_context
 from contact_recon.report.build import (
     KINDS,
     SUMMARY_SCHEMA,
@@ -313,9 +314,11 @@ def test_publish_artifacts_creates_the_summary_tables_and_link(world: World, pre
     ops = run_ops(world.store, world.settings.data_dir, result.run_id)
     conflicts = load_conflicts(world.settings.data_dir, result.run_id)
 
+    changes = applied_changes(ops, run_context(world.settings.data_dir, result.run_id), {})
+
     @flow(name="report-artifacts-test")
     def publish() -> dict[str, Any]:
-        return publish_artifacts(summary, files, conflicts=conflicts, problems=ops)
+        return publish_artifacts(summary, files, conflicts=conflicts, problems=ops, applied=changes)
 
     ids = publish()
     assert set(ids) == {"recon-summary", "recon-conflicts", "recon-failed-ops", "recon-quarantined-ops",
@@ -332,6 +335,10 @@ def test_publish_artifacts_creates_the_summary_tables_and_link(world: World, pre
     assert by_key["recon-failed-ops"].type == "table" and len(failed) == min(summary["failed"], 50)
     assert {row["error_kind"] for row in failed} == {"rejected"}
     assert len(json.loads(by_key["recon-quarantined-ops"].data)) == min(summary["quarantined"], 50)
+    done = sum(sum(kinds.values()) for kinds in summary["counts"]["applied"].values())
+    applied_rows = json.loads(by_key["recon-applied-changes"].data)
+    assert by_key["recon-applied-changes"].type == "table" and len(applied_rows) == min(done, 50) > 0
+    assert all(row["email"] for row in applied_rows if row["ghl_url"]) and any(row["name"] for row in applied_rows)
     assert any(row["tinyemail"] == HOSTILE for row in json.loads(by_key["recon-conflicts"].data))
     assert by_key["recon-report"].type == "markdown"  # prefect renders a link artifact as markdown
     assert files.report.resolve().as_uri() in by_key["recon-report"].data
