@@ -16,6 +16,8 @@ config's `view: {module_name, class_name}` per section and for the index), so:
   `OFFLINE_CSS` stands in for the few Bootstrap classes the pages use. The pages then need no network and run no script.
 - `site_config(directory)` is a site writing into `directory` (the run's own folder, so an older run's
   report keeps linking its own results) with those views and no how-to buttons (their script needs jQuery).
+- `prune_assets(directory)`: GX copies 4 MB of fonts, GIFs and images into every site; a run's site keeps
+  only the files its pages reference (the logo), so a site per night stays small.
 - Sample values: GX puts unexpected values into the page as markup (tried: an email
   `<img src=x onerror=...>` became a live tag). `escaped` HTML-escapes the text columns of the frame GX
   validates, so GX's page shows the value as text; `unescaped` turns GX's sample values back into the
@@ -139,6 +141,19 @@ def site_config(directory: Path) -> dict[str, Any]:
         "site_section_builders": {"expectations": {"view": page_view}, "validations": {"view": page_view},
                                   "profiling": {"view": page_view}},
     }
+
+
+STATIC_REF = re.compile(r"""(?:src|href)\s*=\s*["'](?:\.\./|\./)*(static/[^"'?#]+)""")
+
+
+def prune_assets(directory: Path) -> None:
+    """Delete the files under `directory/static/` that no page of the site references."""
+    used = {m.group(1) for page in directory.rglob("*.html") for m in STATIC_REF.finditer(page.read_text("utf-8"))}
+    for path in sorted((directory / "static").rglob("*"), reverse=True):  # files before their folders
+        if path.is_file() and path.relative_to(directory).as_posix() not in used:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
 
 
 def escaped(frame: pl.DataFrame) -> pl.DataFrame:

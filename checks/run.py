@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from contact_recon.checks.data_docs import escaped, site_config, unescaped
+from contact_recon.checks.data_docs import escaped, prune_assets, site_config, unescaped
 from contact_recon.checks.suites import SUITES, Context, Suite, Thresholds, mostly, severity
 
 from contact_recon.engine.guards import NO_HISTORY, GuardHistory
@@ -244,6 +244,7 @@ class _GxRun:
             self.context.delete_data_docs_site(name)  # GX's default site would rebuild the latest run elsewhere
         self.context.add_data_docs_site(DOCS_SITE, site_config(directory.resolve()))  # type: ignore[arg-type]
         self.context.build_data_docs(site_names=[DOCS_SITE])
+        prune_assets(directory)
         return directory / "index.html"
 
 

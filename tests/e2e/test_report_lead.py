@@ -206,6 +206,9 @@ def test_data_docs_are_kept_per_run_offline_with_sample_values_inert(world: Worl
         tags = Tags()
         tags.feed(text)
         assert "script" not in tags.names, page
+    # small: only the assets the pages use are kept (GX copies 4 MB of fonts and GIFs into a site)
+    site = [p for p in indexes[older.run_id].parent.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in site) < 1_000_000 and not [p for p in site if p.suffix in (".otf", ".gif")]
     # the markup email failed email_syntax: its sample value is text in the page and unharmed in the results
     result = older.checks.result("te_customers.email_syntax")
     assert HOSTILE_EMAIL in result.sample_values
