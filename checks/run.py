@@ -13,9 +13,13 @@ Algorithm (`run_checks`):
    batch definition per suite, `expect_column_values_to_be_null` per check column with the
    expectation's `mostly`, result format SUMMARY with `sample_size` partial unexpected values). GX's
    answer gives `success`, `unexpected_count` and the sample values.
+   The frame GX sees has its text HTML-escaped and GX's sample values are unescaped back
+   (`checks/data_docs.py`): GX writes unexpected values into its pages as markup.
 4. The GX project under `<data_dir>/gx/` is rebuilt from scratch each run (suites follow the current
    thresholds; run history lives in DuckDB's `check_results`), and Data Docs are built once at the
-   end: `<data_dir>/gx/uncommitted/data_docs/local_site/index.html`, linked from the run report.
+   end into the run's own folder (`docs_dir`: the plan stage gives `<data_dir>/runs/<run_id>/data_docs/`,
+   so an older run's report still shows that run's results; default `<data_dir>/gx/` + `DOCS_INDEX`),
+   as a site that needs no network (`checks/data_docs.py`), linked from the run report.
 GX's telemetry is off: GX_ANALYTICS_ENABLED=false before GX is imported, and the project's
 `analytics_enabled` is false. GX is imported on first use (its import takes seconds).
 """
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from contact_recon.checks.data_docs import escaped, prune_assets, site_config, unescaped
 from contact_recon.checks.suites import SUITES, Context, Suite, Thresholds, mostly, severity
 
 from contact_recon.engine.guards import NO_HISTORY, GuardHistory
@@ -41,7 +46,8 @@ from contact_recon.model.policy import GuardPolicy
 os.environ["GX_ANALYTICS_ENABLED"] = "false"  # before great_expectations is imported anywhere
 
 GX_DIR = "gx"
-DOCS_INDEX = Path("uncommitted") / "data_docs" / "local_site" / "index.html"
+DOCS_INDEX = Path("uncommitted") / "data_docs" / "local_site" / "index.html"  # the default site's index
+DOCS_SITE = "run"  # the site's name in the GX project
 QUARANTINE_SCHEMA = pl.Schema({"suite": pl.String(), "expectation": pl.String(), "record_id": pl.String(),
                                "key": pl.String(), "email": pl.String(), "op_id": pl.String()})
 RESULTS_SCHEMA = pl.Schema({"suite": pl.String(), "expectation": pl.String(), "severity": pl.String(),
@@ -108,7 +114,8 @@ _KEYS: dict[str, tuple[pl.Expr, pl.Expr]] = {
 def run_checks(frames: Mapping[str, pl.DataFrame], plan_ops: pl.DataFrame | None, thresholds: Thresholds | None,
                run_id: str, data_dir: str | Path, *, today: dt.date | None = None,
                guards: GuardPolicy | None = None, people: int | None = None,
-               guard_history: GuardHistory = NO_HISTORY, docs: bool = True) -> CheckReport:
+               guard_history: GuardHistory = NO_HISTORY, docs: bool = True,
+               docs_dir: Path | None = None) -> CheckReport:
     """Validate the snapshot frames and the plan; return the results and the quarantined records.
 
     Args:
@@ -125,6 +132,8 @@ def run_checks(frames: Mapping[str, pl.DataFrame], plan_ops: pl.DataFrame | None
         guard_history: the location's usual guard figures (`contact_recon/engine/guards.py`), so the guard
             expectation uses the merge engine's very thresholds; default none (the floors only).
         docs: build Data Docs (tests of pure results may skip it).
+        docs_dir: the folder of this run's Data Docs site (made afresh); default `<data_dir>/gx/` + the
+            folder of `DOCS_INDEX` (rebuilt by every run).
     """
     t = thresholds or Thresholds()
     ctx = _context(frames, t, today, guards, people, guard_history)
@@ -133,7 +142,7 @@ def run_checks(frames: Mapping[str, pl.DataFrame], plan_ops: pl.DataFrame | None
     quarantined = _quarantined(checked, t)
     gx_run = _GxRun(Path(data_dir) / GX_DIR, run_id, t)
     results = tuple(r for s in SUITES if s.name in checked for r in gx_run.validate(s, checked[s.name]))
-    index = gx_run.build_docs() if docs else None
+    index = gx_run.build_docs(docs_dir or (Path(data_dir) / GX_DIR / DOCS_INDEX).parent) if docs else None
     return CheckReport(run_id, results, quarantined, index)
 
 
@@ -210,7 +219,7 @@ class _GxRun:
                 meta={"severity": sev, "meaning": x.meaning}))
         definition = self.context.validation_definitions.add(
             gx.ValidationDefinition(name=suite.name, data=batch, suite=gx_suite))
-        frame = checked.select(x.column() for x in suite.expectations).to_pandas()
+        frame = escaped(checked.select(x.column() for x in suite.expectations)).to_pandas()  # GX's pages: text
         answer = definition.run(batch_parameters={"dataframe": frame}, result_format=self._result_format(),
                                 run_id=RunIdentifier(run_name=self.run_id, run_time=self.run_time))
         by_column = {_column(r): r for r in answer.results}
@@ -223,14 +232,20 @@ class _GxRun:
         if r.exception_info and r.exception_info.get("raised_exception"):
             raise RuntimeError(f"GX failed on {suite.name}.{x.name}: {r.exception_info.get('exception_message')}")
         result = r.result or {}
-        samples = tuple(str(v) for v in (result.get("partial_unexpected_list") or []))
+        samples = tuple(unescaped(v) for v in (result.get("partial_unexpected_list") or []))
         return ExpectationResult(suite.name, x.name, severity(suite, x, self.thresholds), bool(r.success),
                                  int(result.get("unexpected_count") or 0), int(result.get("element_count", rows)),
                                  samples, x.meaning)
 
-    def build_docs(self) -> Path:
-        self.context.build_data_docs()
-        return Path(self.context.root_directory) / DOCS_INDEX
+    def build_docs(self, directory: Path) -> Path:
+        """Build the run's offline Data Docs site into `directory` (made afresh); its index page."""
+        shutil.rmtree(directory, ignore_errors=True)
+        for name in list(self.context.list_data_docs_sites()):
+            self.context.delete_data_docs_site(name)  # GX's default site would rebuild the latest run elsewhere
+        self.context.add_data_docs_site(DOCS_SITE, site_config(directory.resolve()))  # type: ignore[arg-type]
+        self.context.build_data_docs(site_names=[DOCS_SITE])
+        prune_assets(directory)
+        return directory / "index.html"
 
 
 def results_json(report: CheckReport) -> str:

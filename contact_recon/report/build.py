@@ -6,9 +6,19 @@ Where the numbers come from (a run's own files under `<data_dir>/runs/<run_id>/`
   its final status: done, failed, stale, quarantined, held...), else its `plan.parquet` (a dry run:
   status planned or quarantined), else none;
 - conflicts: `conflicts.csv` (else the count the run row's plan summary recorded);
-- check results: the `check_results` rows of the run; GX Data Docs: `<data_dir>/gx/.../index.html`;
-- requests and tripped guards: handed in by the caller (the run has the API clients' `RequestStats`);
-  `requests_from_run` and the run's `held_reasons` rebuild them for an old run (`recon report`);
+- check results: the `check_results` rows of the run; GX Data Docs: the run's own site,
+  `<run dir>/data_docs/index.html` (`checks/data_docs.py`), so an old report shows its own results;
+- requests: the run's snapshot (the snapshot run row's `requests_used_json`, found through the plan
+  summary's `snapshot_run_id`) plus what the caller hands in (the apply's `RequestStats`; for an old run
+  `requests_from_run` of the run row's `apply` figures); the budget is what the run could spend
+  (`run_budgets`): GHL's daily allowance left when the snapshot began (the snapshot's request plans,
+  `daily_remaining` summed over the locations), else the apply's `daily_left` plus what it used; None for
+  a system without a daily allowance (TinyEmail);
+- tripped guards: handed in by the caller, else the run's `held_reasons` (`recon report`);
+- the Prefect flow run: the run row's `flow_run_id` (a held run) or the caller's (`report_run` inside a flow
+  run), linked at `PREFECT_UI_URL` when Prefect knows its UI (`flow_run_url`);
+- people: names, emails and GHL links from the run's saved state (`report/applied.py`); TinyEmail lists by
+  name (`list_names_of`: the store's list names, when it has them);
 - the policy the run planned with: the run row's `policy_version` and `policy_source` (summary keys of the
   same names, and the header of report.html and of the markdown artifact).
 
@@ -21,12 +31,17 @@ kind (0 when none; `delete` too: no op ever deletes, it is there because the con
 
 `write_run_files` writes `summary.json` and `report.html`, each whole or not at all (a temporary file
 renamed into place). The HTML is one file with inline CSS and inline SVG charts (`contact_recon/report/charts.py`):
-drift over the last 30 reconcile/plan runs, ops by kind and direction, check failures, requests against
-budget; then tables of conflicts and of failed, stale and quarantined ops (capped, with how many more; the
-quarantined ones with their person, values and age from `quarantine.parquet`, dismissed ones apart), the open
-identity reviews (`identity.csv`),
-and a relative link to the Data Docs. Every value is escaped (`html.escape`); error texts pass through
-`contact_recon.systems.redaction.redact` again, and no credential is ever read here.
+drift over the last 30 reconcile/plan runs (log scale), trends over the same runs (`report/trends.py`: small
+multiples of ops by kind, conflicts open, quarantine, check failures), ops by kind and direction, check
+failures, requests against budget; then the run's files (conflicts.csv, identity.csv when written,
+plan.parquet, relative links) and its Prefect flow run, the applied changes grouped by field and reason
+with names and emails (`report/applied.py`), tables of conflicts and of failed, stale and quarantined ops
+(capped, with how many more; payloads as readable fields, lists by name; the quarantined ones with their
+person, values and age from `quarantine.parquet`, dismissed ones apart), the open identity reviews
+(`identity.csv`), and a relative link to the Data
+Docs. Every value is escaped (`html.escape`); the only absolute links are GHL contact pages and the
+Prefect UI; error texts pass through `contact_recon.systems.redaction.redact` again, and no credential is
+ever read here.
 
 `publish_artifacts` mirrors the report into the Prefect UI from inside a flow run: a markdown summary,
 tables of conflicts, failed and quarantined ops (capped), and a file:// link to the HTML report.
@@ -47,13 +62,24 @@ from uuid import UUID
 
 import polars as pl
 
-from contact_recon.checks.run import DOCS_INDEX, GX_DIR
 from contact_recon.engine.conflicts import CSV_SCHEMA as CONFLICT_ROWS
 from contact_recon.model.cells import guard, unguarded
+from contact_recon.model.context import GHL_CONTACT_URL
 from contact_recon.model.ops import TARGETS, Kind
 from contact_recon.report import charts
-from contact_recon.store.db import Store
-from contact_recon.store.files import CONFLICTS_FILE, PLAN_FILE, REPORT_FILE, SUMMARY_FILE, atomic_text, run_dir
+from contact_recon.report.applied import APPLIED_COLUMNS, applied_changes, list_names_of, readable_values, run_context
+from contact_recon.report.trends import trend_history, trends_chart
+from contact_recon.store.db import Store, UnknownRun
+from contact_recon.store.files import (
+    CONFLICTS_FILE,
+    DOCS_DIR,
+    IDENTITY_FILE,
+    PLAN_FILE,
+    REPORT_FILE,
+    SUMMARY_FILE,
+    atomic_text,
+    run_dir,
+)
 from contact_recon.store.journal import Journal
 from contact_recon.store.reviews import Reviews, load_identity_file, load_quarantine_file
 from contact_recon.systems.redaction import redact
@@ -67,8 +93,10 @@ HISTORY_RUNS = 30
 ROW_CAP = 100  # rows per table in report.html
 ARTIFACT_ROWS = 50  # rows per Prefect table artifact
 CELL_CAP = 160  # characters per table cell
-LONG_COLUMNS = ("expected", "new", "last_error", "base", "tinyemail", "ghl", "quarantined_by", "ghl_url",
+LONG_COLUMNS = ("expected", "new", "old", "last_error", "base", "tinyemail", "ghl", "quarantined_by", "ghl_url",
                 "detail", "contact_ids")  # wrapped
+READABLE_COLUMNS = ("expected", "new", "base", "tinyemail", "ghl")  # payloads as fields, list ids as names
+GHL_LINK_PREFIX = GHL_CONTACT_URL.split("{", 1)[0]  # the one kind of absolute link a table cell may hold
 DONE, FAILED, STALE, QUARANTINED, HELD = "done", "failed", "stale", "quarantined", "held"
 OPS_VIEW = pl.Schema({**{c: pl.String() for c in ("op_id", "target", "kind", "key", "field", "expected", "new",
                                                   "reason", "status", "quarantined_by", "error_kind",
@@ -153,15 +181,19 @@ def problem_ops(ops: pl.DataFrame) -> pl.DataFrame:
     return ops.filter(pl.col("status").is_in([FAILED, STALE, QUARANTINED]))
 
 
-def docs_index(data_dir: str | Path) -> Path | None:
-    """The GX Data Docs index (rebuilt by every run's checks: it shows the latest checks), if built."""
-    path = Path(data_dir) / GX_DIR / DOCS_INDEX
+def docs_index(data_dir: str | Path, run_id: str) -> Path | None:
+    """The run's own GX Data Docs index (`<run dir>/data_docs/index.html`), if its checks built one."""
+    path = run_dir(data_dir, run_id) / DOCS_DIR / "index.html"
     return path if path.exists() else None
 
 
 def requests_from_run(run: Mapping[str, Any]) -> dict[str, dict[str, int]]:
-    """Requests per system from a run row's `requests_used_json` (the snapshot stage's per-location counts)."""
+    """Requests per system from a run row's `requests_used_json`: the snapshot stage's per-location counts
+    (`ghl:<location>`, `tinyemail`), or the apply stage's per-system figures (under `apply`)."""
     used = json.loads(run.get("requests_used_json") or "null") or {}
+    if isinstance(used, dict) and isinstance(used.get("apply"), dict):
+        return {system: {f: int(figures.get(f) or 0) for f in REQUEST_FIELDS}
+                for system, figures in used["apply"].items() if isinstance(figures, dict)}
     out: dict[str, dict[str, int]] = {}
     for where, figures in used.items() if isinstance(used, dict) else ():
         if not isinstance(figures, dict):
@@ -171,6 +203,60 @@ def requests_from_run(run: Mapping[str, Any]) -> dict[str, dict[str, int]]:
         system["rate_limited"] += int(figures.get("rate_limited", 0) or 0)
         system["retried"] += int(figures.get("retried", 0) or 0)
     return out
+
+
+def snapshot_run(store: Store, run: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The snapshot run a plan run read (its plan summary's `snapshot_run_id`), None when it reused one."""
+    plan = json.loads(run.get("plan_json") or "null") or {}
+    snapshot_id = plan.get("snapshot_run_id") if isinstance(plan, dict) else None
+    if not snapshot_id:
+        return None
+    try:
+        return store.get_run(str(snapshot_id))
+    except UnknownRun:
+        return None
+
+
+def run_requests(store: Store, run: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The run's requests per system: its snapshot's plus `given` (the apply's), each with its `budget`
+    (`run_budgets`, unless `given` names one)."""
+    snapshot = snapshot_run(store, run)
+    ours = requests_from_run(snapshot) if snapshot else {}
+    handed = normalise_requests(given) if given else {}
+    budgets = run_budgets(snapshot, {system: _as_dict(figures) for system, figures in given.items()})
+    out: dict[str, dict[str, Any]] = {}
+    for system in (*SYSTEMS, *sorted((set(ours) | set(handed)) - set(SYSTEMS))):
+        a, b = ours.get(system) or {}, handed.get(system) or {}
+        out[system] = {f: int(a.get(f) or 0) + int(b.get(f) or 0) for f in REQUEST_FIELDS}
+        out[system]["budget"] = b.get("budget") if b.get("budget") is not None else budgets.get(system)
+    return out
+
+
+def run_budgets(snapshot: Mapping[str, Any] | None, apply: Mapping[str, Mapping[str, Any]]) -> dict[str, int | None]:
+    """What each system's requests could spend in the run: the daily allowance left when the snapshot began
+    (its request plans), else what the apply used plus the `daily_left` it saw; None: no daily allowance."""
+    plans = json.loads((snapshot or {}).get("plan_json") or "null") or {}
+    budgets: dict[str, int | None] = {}
+    for where, plan in plans.items() if isinstance(plans, dict) else ():
+        remaining = plan.get("daily_remaining") if isinstance(plan, dict) else None
+        if remaining is None:
+            continue  # this budget tracks no daily allowance (TinyEmail: a rate per minute only)
+        system = where.split(":", 1)[0]
+        budgets[system] = (budgets.get(system) or 0) + int(remaining)
+    for system, figures in apply.items():
+        if system not in budgets and figures.get("daily_left") is not None:
+            budgets[system] = int(figures["daily_left"]) + int(figures.get("used") or 0)
+    return budgets
+
+
+def flow_run_url(flow_run_id: str | None) -> str | None:
+    """The flow run's page in the Prefect UI (`PREFECT_UI_URL`), None when either is unknown."""
+    if not flow_run_id:
+        return None
+    from prefect.settings import PREFECT_UI_URL
+
+    base = PREFECT_UI_URL.value()
+    return f"{str(base).rstrip('/')}/runs/flow-run/{flow_run_id}" if base else None
 
 
 def guards_from_run(run: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -184,7 +270,7 @@ def guards_from_run(run: Mapping[str, Any]) -> list[dict[str, str]]:
 
 def build_summary(store: Store, data_dir: str | Path, run_id: str, *, dry_run: bool,
                   requests: Mapping[str, Any], guards: Sequence[Mapping[str, Any]],
-                  status: str | None = None) -> dict[str, Any]:
+                  status: str | None = None, flow_run_id: str | None = None) -> dict[str, Any]:
     """The summary.json of a run (SUMMARY_SCHEMA; see the module docstring).
 
     Args:
@@ -192,10 +278,12 @@ def build_summary(store: Store, data_dir: str | Path, run_id: str, *, dry_run: b
         data_dir: `$RECON_DATA_DIR` (the run's plan.parquet and conflicts.csv).
         run_id: the run.
         dry_run: nothing was written (no journal: the plan file's ops are counted).
-        requests: per system ("ghl", "tinyemail"): `used`, `rate_limited`, `retried` (a dict or a
-            `contact_recon.systems.http.RequestStats`), optionally `budget` (the requests the run could spend).
+        requests: per system ("ghl", "tinyemail"): the apply's `used`, `rate_limited`, `retried` (a dict or a
+            `contact_recon.systems.http.RequestStats`), optionally `budget` (the requests the run could spend)
+            or `daily_left`; the snapshot's requests are added from the store (`run_requests`).
         guards: the tripped guards, each {name, reason}; empty: the run row's held_reasons.
         status: the run's final status when the caller has not recorded it in the run row yet.
+        flow_run_id: the Prefect flow run reporting (default: the run row's, a held run's).
     """
     run = store.get_run(run_id)
     ops = run_ops(store, data_dir, run_id)
@@ -210,13 +298,14 @@ def build_summary(store: Store, data_dir: str | Path, run_id: str, *, dry_run: b
         "conflicts": conflicts.height if conflicts is not None else int(plan.get("conflicts") or 0),
         "quarantined": by_status.get(QUARANTINED, 0), "stale": by_status.get(STALE, 0),
         "failed": by_status.get(FAILED, 0),
-        "requests": normalise_requests(requests), "guards": _guards(guards, run),
+        "requests": normalise_requests(run_requests(store, run, requests)), "guards": _guards(guards, run),
         "kind": run["kind"], "run_status": status or run["status"], "ops": ops.height,
         "held": by_status.get(HELD, 0), "approved_at": iso_utc(run["approved_at"]),
         "error": redact(run["error"]) if run["error"] else None,
         "policy_version": run.get("policy_version"), "policy_source": run.get("policy_source"),
         "report": str(run_dir(data_dir, run_id) / REPORT_FILE),
-        "docs_index": str(index) if (index := docs_index(data_dir)) else None,
+        "docs_index": str(index) if (index := docs_index(data_dir, run_id)) else None,
+        "flow_run_id": (flow_id := flow_run_id or run.get("flow_run_id")), "flow_run_url": flow_run_url(flow_id),
     }
 
 
@@ -248,12 +337,15 @@ def normalise_requests(requests: Mapping[str, Any]) -> dict[str, dict[str, int |
     """Per system (both always present): used, rate_limited, retried as ints, and budget (int or None)."""
     out: dict[str, dict[str, int | None]] = {}
     for system in (*SYSTEMS, *sorted(set(requests) - set(SYSTEMS))):
-        given = requests.get(system) or {}
-        figures: dict[str, Any] = (asdict(given) if is_dataclass(given) and not isinstance(given, type)
-                                   else dict(given))  # type: ignore[arg-type]  # else a mapping
+        figures = _as_dict(requests.get(system) or {})
         out[system] = {f: int(figures.get(f) or 0) for f in REQUEST_FIELDS}
         out[system]["budget"] = int(figures["budget"]) if figures.get("budget") is not None else None
     return out
+
+
+def _as_dict(figures: Any) -> dict[str, Any]:
+    """A system's request figures as a dict (a `RequestStats` dataclass or a mapping)."""
+    return asdict(figures) if is_dataclass(figures) and not isinstance(figures, type) else dict(figures)
 
 
 def _guards(guards: Sequence[Mapping[str, Any]], run: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -290,9 +382,15 @@ def rebuild_run_files(store: Store, data_dir: str | Path, run_id: str) -> tuple[
     if summary is None:
         run = store.get_run(run_id)
         journaled = Journal(store).op_count(run_id)
-        summary = build_summary(store, data_dir, run_id, dry_run=not journaled, requests=requests_from_run(run),
+        summary = build_summary(store, data_dir, run_id, dry_run=not journaled, requests=_apply_requests(run),
                                 guards=guards_from_run(run))
     return summary, write_run_files(store, data_dir, run_id, summary)
+
+
+def _apply_requests(run: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """The apply's requests of a run row (a plan run's own are its snapshot's: `run_requests` counts those)."""
+    used = json.loads(run.get("requests_used_json") or "null")
+    return requests_from_run(run) if isinstance(used, dict) and "apply" in used else {}
 
 
 # --------------------------------------------------------------------------------------------- HTML
@@ -311,6 +409,8 @@ table{border-collapse:collapse;font-size:12px;width:100%}th,td{border:1px solid 
 text-align:left;vertical-align:top}th{background:#f4f4f4}tr:nth-child(even) td{background:#fafafa}
 td.short{white-space:nowrap}td.long{overflow-wrap:anywhere;min-width:120px}
 .more{color:#666;font-style:italic}.none{color:#2e7d32}ul.guards li{margin:4px 0}
+tr.group th{background:#e8eef6;text-align:left}ul.links{display:flex;flex-wrap:wrap;gap:6px 18px;padding:0;
+list-style:none}.missing{color:#888}
 """
 
 
@@ -321,8 +421,12 @@ def render_report(store: Store, data_dir: str | Path, run_id: str, summary: Mapp
     checks = store.load_check_results(run_id)
     history = drift_history(store, data_dir, run_id)
     quarantine = load_quarantine_file(data_dir, run_id, Reviews(store).dismissed())
-    sections = [_header(summary), _figures(summary), _guard_list(summary), _charts(summary, ops, checks, history),
-                *_tables(conflicts, ops, quarantine), _identity_section(data_dir, run_id, store),
+    trends = trend_history(store, data_dir, [(rid, at) for rid, at, _ in history])
+    names = list_names_of(store)
+    changes = applied_changes(ops, run_context(data_dir, run_id), names)
+    sections = [_header(summary), _figures(summary), _guard_list(summary), _links(data_dir, run_id, summary),
+                _charts(summary, ops, checks, history, trends_chart(trends, run_id)), _applied_table(changes),
+                *_tables(conflicts, ops, names, quarantine), _identity_section(data_dir, run_id, store),
                 _docs(data_dir, run_id)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>contact-recon run {escape(run_id)}</title><style>{_CSS}</style></head><body>\n"
@@ -362,15 +466,54 @@ def _guard_list(s: Mapping[str, Any]) -> str:
     return f'<h2>Guards tripped</h2><ul class="guards">{items}</ul>'
 
 
+def _links(data_dir: str | Path, run_id: str, s: Mapping[str, Any]) -> str:
+    """The run's files (relative links, beside report.html) and its Prefect flow run."""
+    directory = run_dir(data_dir, run_id)
+    items = [f'<li><a id="file-{escape(name.split(".")[0])}" href="{escape(name)}">{escape(name)}</a></li>'
+             if (directory / name).exists() else f'<li class="missing">{escape(name)} (not written)</li>'
+             for name in (CONFLICTS_FILE, IDENTITY_FILE, PLAN_FILE)]
+    url = s.get("flow_run_url")
+    items.append(f'<li><a id="flow-run" href="{escape(str(url))}">Prefect flow run</a></li>' if url else
+                 '<li class="missing">Prefect flow run (not run in Prefect, or its UI URL is unknown)</li>')
+    return f'<h2>Files and links</h2><ul class="links">{"".join(items)}</ul>'
+
+
+def _applied_table(changes: pl.DataFrame) -> str:
+    """The applied changes, a heading row per (field, reason) group."""
+    title = "Applied changes (grouped by field and reason)"
+    if changes.height == 0:
+        return f'<h2>{escape(title)}</h2><p class="none">none</p>'
+    cols = [c for c in APPLIED_COLUMNS if c not in ("field", "reason")]
+    head = "".join(f"<th>{escape(c)}</th>" for c in cols)
+    shown = changes.head(ROW_CAP)
+    sizes = {(f, r): n for f, r, n in changes.group_by("field", "reason").len().iter_rows()}
+    body, group = [], None
+    for row in shown.iter_rows(named=True):
+        if (row["field"], row["reason"]) != group:
+            group = (row["field"], row["reason"])
+            n = sizes.get(group, 0)
+            body.append(f'<tr class="group"><th colspan="{len(cols)}">{escape(str(row["field"]))} · '
+                        f"{escape(str(row['reason']))} ({n:,})</th></tr>")
+        body.append(_row(row, cols))
+    more = (f'<p class="more">… and {changes.height - ROW_CAP:,} more not shown ({changes.height:,} in all)</p>'
+            if changes.height > ROW_CAP else "")
+    return (f"<h2>{escape(title)} <small>({changes.height:,})</small></h2><table id=\"applied\"><tr>{head}</tr>"
+            + "".join(body) + f"</table>{more}")
+
+
 def _charts(s: Mapping[str, Any], ops: pl.DataFrame, checks: pl.DataFrame,
-            history: list[tuple[str, datetime, dict[str, int]]]) -> str:
-    figures = [drift_chart(history, str(s["run_id"])), kinds_chart(ops), checks_chart(checks),
+            history: list[tuple[str, datetime, dict[str, int]]], trends: str) -> str:
+    figures = [drift_chart(history, str(s["run_id"])), trends, kinds_chart(ops), checks_chart(checks),
                requests_chart(s["requests"])]
     return "<h2>Charts</h2><div class=\"charts\">" + "".join(f"<figure>{f}</figure>" for f in figures) + "</div>"
 
 
-def _tables(conflicts: pl.DataFrame | None, ops: pl.DataFrame, quarantine: pl.DataFrame | None = None) -> list[str]:
+def _tables(conflicts: pl.DataFrame | None, ops: pl.DataFrame, list_names: Mapping[str, str],
+            quarantine: pl.DataFrame | None = None) -> list[str]:
     op_cols = ["target", "kind", "key", "field", "expected", "new", "reason"]
+    ops = readable_values(ops.filter(pl.col("status").is_in([FAILED, STALE, QUARANTINED])), READABLE_COLUMNS,
+                          list_names)
+    conflicts = readable_values(conflicts, READABLE_COLUMNS, list_names) if conflicts is not None else None
     return [
         _table("Conflicts (decide them in conflicts.csv, then `recon conflicts import`)",
                conflicts if conflicts is not None else pl.DataFrame(schema=CONFLICT_ROWS), list(CONFLICT_COLUMNS)),
@@ -379,7 +522,8 @@ def _tables(conflicts: pl.DataFrame | None, ops: pl.DataFrame, quarantine: pl.Da
         _table("Stale ops (changed by a person since the snapshot: planned again next run)",
                ops.filter(pl.col("status") == STALE), op_cols),
         _table("Quarantined ops (held by a blocking check)", ops.filter(pl.col("status") == QUARANTINED),
-               [*op_cols, "quarantined_by"]) if quarantine is None else _quarantine_section(quarantine),
+               [*op_cols, "quarantined_by"]) if quarantine is None else _quarantine_section(
+            readable_values(quarantine, READABLE_COLUMNS, list_names)),
     ]
 
 
@@ -413,9 +557,7 @@ def _table(title: str, frame: pl.DataFrame, cols: Sequence[str]) -> str:
     if frame.height == 0:
         return f'<h2>{escape(title)}</h2><p class="none">none</p>'
     head = "".join(f"<th>{escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f'<td class="{_cell_class(c)}">{_cell_html(row[c], c)}</td>' for c in cols)
-                   + "</tr>"
-                   for row in frame.head(ROW_CAP).select(cols).iter_rows(named=True))
+    body = "".join(_row(row, cols) for row in frame.head(ROW_CAP).select(cols).iter_rows(named=True))
     more = (f'<p class="more">… and {frame.height - ROW_CAP:,} more not shown ({frame.height:,} in all)</p>'
             if frame.height > ROW_CAP else "")
     return f"<h2>{escape(title)} <small>({frame.height:,})</small></h2><table><tr>{head}</tr>{body}</table>{more}"
@@ -426,12 +568,16 @@ CONFLICT_COLUMNS = ("email", "name", "field", "base", "tinyemail", "ghl", "reaso
                     "ghl_url", "key")
 
 
+def _row(row: Mapping[str, Any], cols: Sequence[str]) -> str:
+    return "<tr>" + "".join(f'<td class="{_cell_class(c)}">{_cell_html(row[c], c)}</td>' for c in cols) + "</tr>"
+
+
 def _cell_html(value: Any, column: str) -> str:
-    """One escaped cell; the GHL contact link as a link."""
-    text = escape(_cell(value, column))
-    if column == "ghl_url" and isinstance(value, str) and value.startswith("https://app.gohighlevel.com/"):
-        return f'<a href="{escape(value)}" rel="noopener noreferrer">open in GHL</a>'
-    return text
+    """A cell's escaped text; a GHL contact page as a link (the only absolute link a cell may give)."""
+    text = _cell(value, column)
+    if column == "ghl_url" and text.startswith(GHL_LINK_PREFIX):
+        return f'<a href="{escape(str(value))}">GHL contact</a>'
+    return escape(text)
 
 
 def _cell_class(column: str) -> str:
@@ -445,12 +591,12 @@ def _cell(value: Any, column: str) -> str:
 
 
 def _docs(data_dir: str | Path, run_id: str) -> str:
-    index = docs_index(data_dir)
+    index = docs_index(data_dir, run_id)
     if index is None:
-        return "<h2>Data Docs</h2><p>No Data Docs were built (checks ran with docs off).</p>"
+        return "<h2>Data Docs</h2><p>No Data Docs were built for this run (checks ran with docs off).</p>"
     href = Path(os.path.relpath(index, run_dir(data_dir, run_id))).as_posix()
     return (f'<h2>Data Docs</h2><p><a id="data-docs" href="{escape(href)}">Great Expectations Data Docs</a> '
-            "(rebuilt by every run: they show the latest checks).</p>")
+            "of this run's checks (kept with the run; they open offline).</p>")
 
 
 # ------------------------------------------------------------------------------------------- charts
@@ -487,8 +633,8 @@ def drift_chart(history: list[tuple[str, datetime, dict[str, int]]], run_id: str
                        note=(f"{at:%H:%M}" if one_day else f"{at:%m-%d}") if i % step == 0 else "",
                        tooltip=f"{rid} ({iso_utc(at)}): {sum(counts.values()):,} ops")
             for i, (rid, at, counts) in enumerate(history)]
-    chart = charts.Chart("drift", f"Drift: ops planned per run (last {len(history)} runs)", series, rows)
-    return charts.columns(chart, highlight=run_id, empty="no plan yet")
+    chart = charts.Chart("drift", f"Drift: ops planned per run (last {len(history)} runs, log scale)", series, rows)
+    return charts.columns(chart, highlight=run_id, empty="no plan yet", log=True)
 
 
 def kinds_chart(ops: pl.DataFrame) -> str:
@@ -519,7 +665,7 @@ def requests_chart(requests: Mapping[str, Mapping[str, Any]]) -> str:
     rows = []
     for system, r in requests.items():
         budget = r.get("budget")
-        note = (f"{r['used']:,}" + (f" of {budget:,}" if budget is not None else " (no budget given)")
+        note = (f"{r['used']:,}" + (f" of {budget:,} left today" if budget is not None else " (no daily allowance)")
                 + f" · 429s {r['rate_limited']:,}"
                 + f" · retried {r['retried']:,}")
         rows.append(charts.Row(system, [r["used"]], note=note, marker=budget))
@@ -604,7 +750,8 @@ def _table_rows(frame: pl.DataFrame, cols: Sequence[str]) -> list[dict[str, str]
 def publish_artifacts(summary: Mapping[str, Any], files: RunFiles, *, conflicts: pl.DataFrame | None,
                       problems: pl.DataFrame, key_prefix: str = "recon", link: str | None = None,
                       history: Sequence[tuple[str, datetime, Mapping[str, int]]] = (),
-                      checks: pl.DataFrame | None = None) -> dict[str, UUID]:
+                      checks: pl.DataFrame | None = None, applied: pl.DataFrame | None = None,
+                      list_names: Mapping[str, str] | None = None) -> dict[str, UUID]:
     """Create the run's Prefect artifacts; call it inside a flow or task run (it uses the sync client).
 
     Args:
@@ -614,9 +761,12 @@ def publish_artifacts(summary: Mapping[str, Any], files: RunFiles, *, conflicts:
         problems: ops with a status (`run_ops`, or `problem_ops` of it): the failed and quarantined ones
             become tables.
         key_prefix: artifact keys are `<prefix>-summary`, `-conflicts`, `-failed-ops`, `-quarantined-ops`,
-            `-report` (stable, so the Prefect UI keeps each one's history across runs of one kind).
+            `-applied-changes`, `-report` (stable, so the Prefect UI keeps each one's history across runs of
+            one kind).
         link: the report's URL (`report_url`), None: its file.
         history, checks: the drift and check figures for the summary (`summary_markdown`).
+        applied: the applied changes (`report.applied.applied_changes`), None: none.
+        list_names: TinyEmail list id -> name (`list_names_of`), for readable values.
     Returns: artifact key -> artifact id.
     """
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -629,7 +779,7 @@ def publish_artifacts(summary: Mapping[str, Any], files: RunFiles, *, conflicts:
         markdown=summary_markdown(summary, files, link=link, history=history, checks=checks),
         key=f"{key_prefix}-summary",
         description=f"run {run_id}: {summary['status']}", _sync=True)}
-    for name, (frame, cols) in _artifact_tables(conflicts, problems).items():
+    for name, (frame, cols) in _artifact_tables(conflicts, problems, applied, list_names or {}).items():
         shown = f"first {ARTIFACT_ROWS} of {frame.height:,}" if frame.height > ARTIFACT_ROWS else f"{frame.height:,}"
         table: Any = _table_rows(frame, cols) or {c: [] for c in cols}
         ids[f"{key_prefix}-{name}"] = create_table_artifact(  # type: ignore[call-arg]
@@ -641,10 +791,13 @@ def publish_artifacts(summary: Mapping[str, Any], files: RunFiles, *, conflicts:
     return ids  # type: ignore[return-value]
 
 
-def _artifact_tables(conflicts: pl.DataFrame | None,
-                     problems: pl.DataFrame) -> dict[str, tuple[pl.DataFrame, list[str]]]:
+def _artifact_tables(conflicts: pl.DataFrame | None, problems: pl.DataFrame, applied: pl.DataFrame | None,
+                     list_names: Mapping[str, str]) -> dict[str, tuple[pl.DataFrame, list[str]]]:
     op_cols = ["target", "kind", "key", "field", "expected", "new", "reason"]
-    return {"conflicts": (conflicts if conflicts is not None else pl.DataFrame(schema=CONFLICT_ROWS),
-                          list(CONFLICT_COLUMNS)),
+    conflicts = conflicts if conflicts is not None else pl.DataFrame(schema=CONFLICT_ROWS)
+    problems = readable_values(problems, READABLE_COLUMNS, list_names)
+    return {"conflicts": (readable_values(conflicts, READABLE_COLUMNS, list_names), list(CONFLICT_COLUMNS)),
+            "applied-changes": (applied if applied is not None else pl.DataFrame(schema=dict.fromkeys(
+                APPLIED_COLUMNS, pl.String)), list(APPLIED_COLUMNS)),
             "failed-ops": (problems.filter(pl.col("status") == FAILED), [*op_cols, "error_kind", "last_error"]),
             "quarantined-ops": (problems.filter(pl.col("status") == QUARANTINED), [*op_cols, "quarantined_by"])}

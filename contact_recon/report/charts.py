@@ -5,7 +5,11 @@ Python, as plain SVG (no JavaScript, no external CSS). Two shapes cover the repo
 
 - `hbars`: one horizontal bar per row, optionally stacked by series, with a text note at the end of
   the bar and an optional marker line per row (e.g. the request budget);
-- `columns`: vertical stacked columns over an ordered axis (runs over time), one column highlighted.
+- `columns`: vertical stacked columns over an ordered axis (runs over time), one column highlighted; with
+  `log=True` the series stand side by side on a log scale (gridlines at 1, 10, 100...), so a first run
+  of thousands of ops does not flatten every night after it;
+- `multiples`: small multiples, one small column chart per panel (ops of one kind, conflicts open...)
+  over the same runs, each panel to its own scale (its maximum written in its corner).
 
 Every label is user data or derived from it (names, expectation names, run ids), so every text node and
 attribute goes through `html.escape`. Sizes are fixed in user units with a `viewBox`, so the browser
@@ -14,6 +18,7 @@ scales them; an empty chart still draws its frame and says "no data", so it neve
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
@@ -115,8 +120,11 @@ def _hbar_row(series: Sequence[Series], row: Row, y: int, label_w: int, per_unit
     return out
 
 
-def columns(chart: Chart, *, highlight: str | None = None, empty: str = "no data") -> str:
-    """Vertical stacked columns in row order (oldest first); the row labelled `highlight` is outlined."""
+def columns(chart: Chart, *, highlight: str | None = None, empty: str = "no data", log: bool = False) -> str:
+    """Vertical stacked columns in row order (oldest first); the row labelled `highlight` is outlined
+    (`log`: side by side on a log scale, `_log_columns`)."""
+    if log:
+        return _log_columns(chart, highlight, empty)
     top, bottom = 48, 40
     height = top + COL_AREA_H + bottom
     body = _legend(chart.series, 36)
@@ -157,6 +165,99 @@ def _column(series: Sequence[Series], row: Row, x: float, step: float, base: int
     if row.note:
         out.append(f'<text x="{x + width / 2:.1f}" y="{base + 14}" text-anchor="middle" fill="#555" '
                    f'font-size="10">{escape(row.note)}</text>')
+    return out
+
+
+def _log_height(value: float, maximum: float) -> float:
+    return COL_AREA_H * math.log10(1 + value) / math.log10(1 + maximum) if value > 0 else 0.0
+
+
+def _log_columns(chart: Chart, highlight: str | None, empty: str) -> str:
+    top, bottom = 48, 40
+    body = _legend(chart.series, 36)
+    maximum = max((v for r in chart.rows for v in r.values), default=0)
+    if maximum <= 0:
+        body.append(_no_data(top + COL_AREA_H // 2, empty))
+        return _svg(chart, top + COL_AREA_H + bottom, body)
+    left, step = 48, (WIDTH - 56) / len(chart.rows)
+    base = top + COL_AREA_H
+    body.append(f'<line x1="{left}" x2="{WIDTH - 4}" y1="{base}" y2="{base}" stroke="#999"/>')
+    for power in range(int(math.log10(maximum)) + 1):  # gridlines at 1, 10, 100... up to the maximum
+        y = base - _log_height(10 ** power, maximum)
+        body.append(f'<line x1="{left}" x2="{WIDTH - 4}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
+                    f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#555">{10 ** power:,}</text>')
+    for i, row in enumerate(chart.rows):
+        body.extend(_log_column(chart.series, row, left + i * step, step, base, maximum, row.label == highlight))
+    return _svg(chart, top + COL_AREA_H + bottom, body)
+
+
+def _log_column(series: Sequence[Series], row: Row, x: float, step: float, base: int, maximum: float,
+                current: bool) -> list[str]:
+    width = max(step * 0.8 / max(len(series), 1), 1.5)
+    out, tallest = [], 0.0
+    for j, (s, value) in enumerate(zip(series, row.values, strict=True)):
+        h = _log_height(value, maximum)
+        tallest = max(tallest, h)
+        if h > 0:
+            out.append(f'<rect x="{x + j * width:.1f}" y="{base - h:.1f}" width="{width:.1f}" height="{max(h, 1):.1f}" '
+                       f'fill="{escape(s.color)}"><title>{escape(row.tooltip or row.label)} · {escape(s.name)}: '
+                       f"{value:,.0f}</title></rect>")
+    if current:
+        out.append(f'<rect x="{x - 2:.1f}" y="{base - tallest - 2:.1f}" width="{width * len(series) + 4:.1f}" '
+                   f'height="{tallest + 2:.1f}" fill="none" stroke="#111" stroke-width="1.5"/>')
+    if row.note:
+        out.append(f'<text x="{x + width * len(series) / 2:.1f}" y="{base + 14}" text-anchor="middle" fill="#555" '
+                   f'font-size="10">{escape(row.note)}</text>')
+    return out
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One small chart of `multiples`: a value per run."""
+
+    name: str
+    values: Sequence[float]
+    color: str
+
+
+PANEL_COLUMNS, PANEL_H, PANEL_GAP = 2, 64, 34
+
+
+def multiples(name: str, title: str, labels: Sequence[str], panels: Sequence[Panel], *,
+              highlight: int | None = None, empty: str = "no data") -> str:
+    """Small multiples: one column chart per panel over the runs `labels` (oldest first), each to its own
+    scale; the run at index `highlight` is outlined in every panel."""
+    chart = Chart(name, title, [])
+    shown = [p for p in panels if any(v > 0 for v in p.values)] or list(panels[:1])
+    rows_of_panels = max(math.ceil(len(shown) / PANEL_COLUMNS), 1)
+    height = 32 + rows_of_panels * (PANEL_H + PANEL_GAP)
+    if not labels or not shown:
+        return _svg(chart, height, [_no_data(height // 2, empty)])
+    body: list[str] = []
+    panel_w = (WIDTH - 16 * (PANEL_COLUMNS - 1)) / PANEL_COLUMNS
+    for i, panel in enumerate(shown):
+        x0, y0 = (i % PANEL_COLUMNS) * (panel_w + 16), 32 + (i // PANEL_COLUMNS) * (PANEL_H + PANEL_GAP) + 16
+        body.extend(_panel(panel, labels, x0, y0, panel_w, highlight))
+    return _svg(chart, height, body)
+
+
+def _panel(panel: Panel, labels: Sequence[str], x0: float, y0: float, width: float, highlight: int | None) -> list[str]:
+    maximum = max(panel.values, default=0)
+    base = y0 + PANEL_H
+    out = [f'<text x="{x0:.1f}" y="{y0 - 4:.1f}" font-weight="600">{escape(panel.name)}</text>',
+           f'<text x="{x0 + width:.1f}" y="{y0 - 4:.1f}" text-anchor="end" fill="#555">max {maximum:,.0f}</text>',
+           f'<line x1="{x0:.1f}" x2="{x0 + width:.1f}" y1="{base:.1f}" y2="{base:.1f}" stroke="#999"/>']
+    step = width / max(len(labels), 1)
+    for j, (label, value) in enumerate(zip(labels, panel.values, strict=True)):
+        h = PANEL_H * value / maximum if maximum > 0 else 0
+        x = x0 + j * step
+        if h > 0:
+            out.append(f'<rect x="{x:.1f}" y="{base - h:.1f}" width="{max(step * 0.75, 1.5):.1f}" '
+                       f'height="{max(h, 1):.1f}" fill="{escape(panel.color)}"><title>{escape(label)} · '
+                       f"{escape(panel.name)}: {value:,.0f}</title></rect>")
+        if j == highlight:
+            out.append(f'<rect x="{x - 1:.1f}" y="{y0:.1f}" width="{max(step * 0.75, 1.5) + 2:.1f}" '
+                       f'height="{PANEL_H:.1f}" fill="none" stroke="#111" stroke-width="1"/>')
     return out
 
 

@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from contact_recon.events import RUN_FAILED_OPS, RUN_HELD, emit_run_alert, failed_ops_exceeded
+from contact_recon.report.applied import applied_changes, list_names_of, run_context
 from contact_recon.report.build import (
     build_summary,
     drift_history,
@@ -30,18 +31,29 @@ def report_run(settings: Settings, store: Store, run_id: str, dry_run: bool,
     """Write the run's summary.json and report.html, publish its artifacts, emit its alert events."""
     run = store.get_run(run_id)
     guards = [{"name": reason.split(":")[0], "reason": reason} for reason in run["held_reasons"]]
-    summary = build_summary(store, settings.data_dir, run_id, dry_run=dry_run, requests=requests, guards=guards)
+    summary = build_summary(store, settings.data_dir, run_id, dry_run=dry_run, requests=requests, guards=guards,
+                            flow_run_id=_flow_run_id())
     files = write_run_files(store, settings.data_dir, run_id, summary)
     summary = {**summary, "report": str(files.report)}
     if _in_prefect_run():
         link = report_url(settings.report_base_url, run_id)
+        ops, names = run_ops(store, settings.data_dir, run_id), list_names_of(store)
         publish_artifacts(summary, files, conflicts=load_conflicts(settings.data_dir, run_id),
-                          problems=problem_ops(run_ops(store, settings.data_dir, run_id)),
+                          problems=problem_ops(ops), list_names=names,
+                          applied=applied_changes(ops, run_context(settings.data_dir, run_id), names),
                           key_prefix=artifact_prefix(dry_run), link=link,
                           history=drift_history(store, settings.data_dir, run_id),
                           checks=store.load_check_results(run_id))
         emit_alert_events(summary)
     return summary
+
+
+def _flow_run_id() -> str | None:
+    """The Prefect flow run reporting, None outside one."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return str(context.flow_run.id) if context is not None and context.flow_run is not None else None
 
 
 def _in_prefect_run() -> bool:

@@ -76,7 +76,15 @@ from contact_recon.stages.snapshot import GHLFactory, SnapshotOptions, SnapshotR
 from contact_recon.store.conflicts import ConflictLog
 from contact_recon.store.db import ENTITIES, NO_LOCATION, Store
 from contact_recon.store.decisions import Decisions
-from contact_recon.store.files import CONFLICTS_FILE, PLAN_FILE, atomic_write, private_dir, private_tree, run_dir
+from contact_recon.store.files import (
+    CONFLICTS_FILE,
+    DOCS_DIR,
+    PLAN_FILE,
+    atomic_write,
+    private_dir,
+    private_tree,
+    run_dir,
+)
 from contact_recon.store.journal import Journal
 from contact_recon.systems.policy_source import LoadedPolicy, resolve_policy
 
@@ -325,11 +333,13 @@ def _check(frames: dict[str, pl.DataFrame], merged: MergeResult, policy: Policy,
            data_dir: Path, today: dt.date, docs: bool, history: GuardHistory) -> CheckReport:
     # an approved run checks the guard as a warning: the explicit override of checks/suites.py
     thresholds = Thresholds(severity={GUARD_EXPECTATION: "warning"}) if approve else Thresholds()
+    docs_dir = private_dir(run_dir(data_dir, run_id)) / DOCS_DIR  # per run: an old report keeps its own docs
     try:
         return run_checks(frames, merged.ops, thresholds, run_id, data_dir, today=today, guards=policy.guards,
-                          people=merged.stats.get("people"), guard_history=history, docs=docs)
+                          people=merged.stats.get("people"), guard_history=history, docs=docs, docs_dir=docs_dir)
     finally:
         private_tree(Path(data_dir) / GX_DIR)  # GX writes its project with the umask's modes
+        private_tree(docs_dir)
 
 
 def write_plan_files(directory: Path, marked: pl.DataFrame, conflicts: pl.DataFrame) -> tuple[Path, Path]:

@@ -29,6 +29,7 @@ IDENTITY_FILE = "identity.csv"
 QUARANTINE_FILE = "quarantine.parquet"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
+DOCS_DIR = "data_docs"  # a run's own GX Data Docs site (checks/data_docs.py)
 PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
 PRIVATE_UMASK = 0o077
 

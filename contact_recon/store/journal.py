@@ -161,6 +161,15 @@ class Journal:
             counts.setdefault(run_id, {})[target] = n
         return counts
 
+    def kind_counts(self, run_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+        """run id -> op kind -> how many ops the run journaled of it (runs without a journal left out)."""
+        rows = self.con.execute("SELECT run_id, kind, count(*) AS n FROM journal WHERE list_contains(?, run_id) "
+                                "GROUP BY ALL", [list(run_ids)]).fetchall()
+        counts: dict[str, dict[str, int]] = {}
+        for run_id, kind, n in rows:
+            counts.setdefault(run_id, {})[kind] = n
+        return counts
+
     # --------------------------------------------------------------------------- created memory
 
     def remember_created(self, entry: Entry, object_id: str | None, contact_id: str | None = None) -> None:

@@ -98,6 +98,14 @@ def test_summary_json_report_and_artifacts_of_a_run(world: World) -> None:
     jsonschema.validate(written, SUMMARY_SCHEMA)
     assert CONTRACT_KEYS <= set(written) and written["status"] == "completed"
     assert written["requests"]["ghl"]["used"] > 0 and written["requests"]["tinyemail"]["used"] > 0
+    assert written["requests"]["ghl"]["budget"] > 0  # the day's allowance, not "no budget given"
+    # the report links the flow run it was made in (its page in the Prefect UI when Prefect knows one)
+    assert written["flow_run_id"] == str(state.state_details.flow_run_id)
+    from prefect.settings import PREFECT_UI_URL
+
+    ui = PREFECT_UI_URL.value()  # the test server's (Prefect derives it from PREFECT_API_URL)
+    assert ui and written["flow_run_url"] == f"{ui.rstrip('/')}/runs/flow-run/{written['flow_run_id']}"
+    assert f'id="flow-run" href="{written["flow_run_url"]}"' in (directory / "report.html").read_text()
     for name in ("report.html", "conflicts.csv", "plan.parquet"):
         assert (directory / name).stat().st_size > 0, name
     with get_client(sync_client=True) as client:

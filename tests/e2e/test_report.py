@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from contact_recon.cli.main import app
 from contact_recon.model.policy import Policy, load_policy
+from contact_recon.report.applied import applied_changes, run_context
 from contact_recon.report.build import (
     KINDS,
     SUMMARY_SCHEMA,
@@ -43,7 +44,8 @@ HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
-CHARTS = ("drift", "kinds", "checks", "requests")
+CHARTS = ("drift", "trends", "kinds", "checks", "requests")
+GHL_APP = "https://app.gohighlevel.com/v2/location/"
 VALIDATOR = jsonschema.Draft202012Validator(SUMMARY_SCHEMA, format_checker=jsonschema.FormatChecker())
 
 
@@ -152,7 +154,16 @@ def test_summary_json_follows_the_contract_for_dry_completed_held_and_failed_run
     assert sum(n for s in ("ghl", "tinyemail") for n in summary["counts"]["applied"][s].values()) == 0
     assert summary["conflicts"] == dry.conflicts.height > 0
     assert summary["quarantined"] == dry.quarantined.height > 0 and summary["failed"] == summary["stale"] == 0
-    assert summary["requests"]["ghl"] == {"used": 120, "rate_limited": 2, "retried": 3, "budget": None}
+    # requests: the snapshot's (its run row) plus the caller's; the GHL budget is the daily allowance left
+    # when the snapshot began (its request plan), TinyEmail has none unless the caller gives one
+    snapshot = world.store.get_run(dry.snapshot_run_id)
+    used, plans = json.loads(snapshot["requests_used_json"]), json.loads(snapshot["plan_json"])
+    ghl = used[f"ghl:{world.location}"]
+    assert summary["requests"]["ghl"] == {"used": 120 + ghl["total"], "rate_limited": 2 + ghl["rate_limited"],
+                                          "retried": 3 + ghl["retried"],
+                                          "budget": plans[f"ghl:{world.location}"]["daily_remaining"]}
+    assert summary["requests"]["ghl"]["budget"] > 0 and ghl["total"] > 0
+    assert summary["requests"]["tinyemail"]["used"] == 40 + used["tinyemail"]["total"]
     assert summary["requests"]["tinyemail"]["budget"] == 3000 and summary["guards"] == []
 
     # completed: applied through the journal
@@ -177,7 +188,8 @@ def test_summary_json_follows_the_contract_for_dry_completed_held_and_failed_run
     assert summary["status"] == "held" and summary["held"] > 0
     assert [g["name"] for g in summary["guards"]] == [r.split(":")[0] for r in held.held_reasons]
     assert "field_updates" in {g["name"] for g in summary["guards"]}
-    assert summary["requests"]["ghl"] == {"used": 0, "rate_limited": 0, "retried": 0, "budget": None}
+    assert summary["requests"]["ghl"]["used"] > 0 and summary["requests"]["ghl"]["budget"] is not None  # the snapshot's
+    assert summary["requests"]["tinyemail"]["budget"] is None  # no daily allowance
 
     # failed: the error is kept, redacted
     token = world.secrets()[0]
@@ -225,9 +237,9 @@ def test_report_html_has_the_charts_the_tables_and_escapes_user_data(world: Worl
     tags = Tags()
     tags.feed(html)
     assert not {"script", "link", "img", "iframe", "object", "embed", "image", "use"} & tags.names, tags.names
-    # (the one way out: a conflict's contact in the GHL app, a link a person follows)
-    assert not [a for a in tags.attrs if a[0] == "src" or (a[0] == "href" and ":" in (a[1] or "") and not (
-        a[1] or "").startswith("https://app.gohighlevel.com/v2/location/"))], tags.attrs
+    # the only absolute links: a contact's page in GHL (and the Prefect UI, unknown here)
+    assert not [a for a in tags.attrs if a[0] == "src" or (a[0] == "href" and ":" in (a[1] or "")
+                                                           and not (a[1] or "").startswith(GHL_APP))], tags.attrs
     assert "@import" not in html and "url(" not in html
     # the hostile name is in the conflicts table, escaped
     assert HOSTILE not in html and "window.__pwned" in html
@@ -302,13 +314,15 @@ def test_publish_artifacts_creates_the_summary_tables_and_link(world: World, pre
     ops = run_ops(world.store, world.settings.data_dir, result.run_id)
     conflicts = load_conflicts(world.settings.data_dir, result.run_id)
 
+    changes = applied_changes(ops, run_context(world.settings.data_dir, result.run_id), {})
+
     @flow(name="report-artifacts-test")
     def publish() -> dict[str, Any]:
-        return publish_artifacts(summary, files, conflicts=conflicts, problems=ops)
+        return publish_artifacts(summary, files, conflicts=conflicts, problems=ops, applied=changes)
 
     ids = publish()
     assert set(ids) == {"recon-summary", "recon-conflicts", "recon-failed-ops", "recon-quarantined-ops",
-                        "recon-report"}
+                        "recon-applied-changes", "recon-report"}
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(id=ArtifactFilterId(any_=list(ids.values()))))
     by_key = {a.key: a for a in found}
@@ -321,6 +335,10 @@ def test_publish_artifacts_creates_the_summary_tables_and_link(world: World, pre
     assert by_key["recon-failed-ops"].type == "table" and len(failed) == min(summary["failed"], 50)
     assert {row["error_kind"] for row in failed} == {"rejected"}
     assert len(json.loads(by_key["recon-quarantined-ops"].data)) == min(summary["quarantined"], 50)
+    done = sum(sum(kinds.values()) for kinds in summary["counts"]["applied"].values())
+    applied_rows = json.loads(by_key["recon-applied-changes"].data)
+    assert by_key["recon-applied-changes"].type == "table" and len(applied_rows) == min(done, 50) > 0
+    assert all(row["email"] for row in applied_rows if row["ghl_url"]) and any(row["name"] for row in applied_rows)
     assert any(row["tinyemail"] == HOSTILE for row in json.loads(by_key["recon-conflicts"].data))
     assert by_key["recon-report"].type == "markdown"  # prefect renders a link artifact as markdown
     assert files.report.resolve().as_uri() in by_key["recon-report"].data
