@@ -110,15 +110,16 @@ def test_links_to_the_runs_files_and_the_budget_chart_shows_the_daily_allowance(
     for name in ("conflicts.csv", "plan.parquet"):
         href = html.split(f'id="file-{name.split(".")[0]}" href="')[1].split('"')[0]
         assert href == name and (world.settings.data_dir / "runs" / result.run_id / href).is_file()
-    assert "identity.csv (not written)" in html  # linked once the identity review writes it
+    identity = world.settings.data_dir / "runs" / result.run_id / "identity.csv"
+    assert identity.is_file() and 'id="file-identity" href="identity.csv"' in html  # the run's identity review
     assert 'id="flow-run"' not in html and "Prefect flow run (not run in Prefect" in html
     requests_chart = html[html.index('data-chart="requests"'):]
     requests_chart = requests_chart[:requests_chart.index("</svg>")]
     assert "no budget given" not in html and " left today" in requests_chart and "stroke-dasharray" in requests_chart
     assert "(no daily allowance)" in requests_chart  # TinyEmail: a rate per minute, no daily allowance
-    # an identity.csv beside the report is linked
-    (world.settings.data_dir / "runs" / result.run_id / "identity.csv").write_text("key\n", encoding="utf-8")
-    assert 'id="file-identity" href="identity.csv"' in report_of(world, result.run_id, given={})
+    # without an identity.csv beside it the report says so instead of linking nothing
+    identity.unlink()
+    assert "identity.csv (not written)" in report_of(world, result.run_id, given={})
 
 
 # ----------------------------------------------------------------------------------------- trends
