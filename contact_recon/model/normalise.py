@@ -98,6 +98,20 @@ def normalise_phone(raw: object, default_region: str = "US", country: object = N
     return _phone_key(text, first, default_region)
 
 
+def phone_region(e164: object) -> str | None:
+    """The country (region code) of a number in E.164, None when it is not one."""
+    if not isinstance(e164, str) or not e164.startswith("+"):
+        return None
+    try:
+        number = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return None
+    # the number's own region, else the main region of its country code (an unassigned range has no region)
+    region = phonenumbers.region_code_for_number(number) or phonenumbers.region_code_for_country_code(
+        number.country_code or 0)
+    return region if region in phonenumbers.SUPPORTED_REGIONS else None
+
+
 @lru_cache(maxsize=_CACHE_SIZE)
 def _phone_key(text: str, region: str, default_region: str) -> Normalised:
     number = _parse_phone(text, region) or (_parse_phone(text, default_region) if region != default_region else None)

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
+from contact_recon.model.normalise import normalise_phone, phone_region
 from contact_recon.model.ops import Kind
 from contact_recon.systems.errors import ConnectorError, UnknownOutcome
 
@@ -131,7 +132,24 @@ def has_new(op: WriteOp, live: Mapping[str, Any], *, tight: Callable[[Any], bool
     """Whether the live canonical record already shows what the op writes."""
     if op.kind == Kind.CONSENT_TIGHTEN:
         return tight(blank(live.get("consent")))
-    return blank(live.get(op.field or "")) == blank(op.new)
+    return live_value(live, op.field, op.new) == blank(op.new)
+
+
+def live_value(live: Mapping[str, Any], field: str | None, planned: Any) -> Any:
+    """The live value of `field`, compared with a value the plan holds (`planned`: an op's expected or new).
+
+    The plan reads a phone in the person's own country (a TinyEmail customer without one takes its matched GHL
+    contact's), but a live record is re-read here in the default region: a national number such as `07700 900003`
+    then reads differently. So a phone the plan holds in E.164 is compared with the live raw phone read in that
+    number's own country too; it counts as the same number when that reading gives it.
+    """
+    current = blank(live.get(field or ""))
+    if field != "phone" or current == blank(planned) or not live.get("phone_raw"):
+        return current
+    region = phone_region(planned)
+    if region and normalise_phone(live["phone_raw"], region)[0] == planned:
+        return planned  # the same number, written nationally in the planned number's country
+    return current
 
 
 def premises(ledger: Ledger[OpT], ops: list[OpT], live: Mapping[str, Any], *,
@@ -142,7 +160,7 @@ def premises(ledger: Ledger[OpT], ops: list[OpT], live: Mapping[str, Any], *,
     """
     todo = []
     for op in ops:
-        current = blank(live.get(op.field or ""))
+        current = live_value(live, op.field, op.expected)
         if has_new(op, live, tight=tight):
             # already as planned (somebody made the same change): confirmed without a write
             ledger.close([op], Unsent.ALREADY, "already as planned; nothing sent")

@@ -27,6 +27,7 @@ from contact_recon.model.context import GHL_CONTACT_URL
 from contact_recon.sandbox.fixture import validate_fixture
 from contact_recon.sandbox.mutate import _clients
 from contact_recon.store.db import open_db
+from contact_recon.store.journal import Journal
 from tests.support.servers import Sandboxes
 from tests.support.worlds import RATE_SCALE, World, awkward_fixture, loose_policy, make_settings
 
@@ -250,6 +251,25 @@ def test_deciding_ghl_fixes_a_bad_tinyemail_phone_and_the_fix_is_not_quarantined
     assert customer["phone"] == contact["phone"]
     after = world.plan()
     assert (key, "phone") not in by_conflict(after.conflicts_path)
+
+
+def test_a_decided_phone_lands_on_a_customer_that_writes_its_number_nationally(
+        world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # TinyEmail holds "07700 900456" with no country: the plan reads it in the contact's country (GB), and the
+    # writer's check of the live record must read it so too, or the op is closed stale every night
+    uk = one(world, UK_OTHER)
+    contact = next(c for c in next(iter(world.fixture["ghl"]["locations"].values()))["contacts"] if c["id"] == uk)
+    first = world.plan()
+    path = decided(tmp_path / "d.csv", first.conflicts_path, {(uk, "phone"): ("ghl", "")})
+    assert recon(world, monkeypatch, "conflicts", "import", str(path)).exit_code == 0
+    outcome = world.reconcile()
+    assert outcome.status == "completed", outcome.error
+    fix = Journal(world.store).frame(outcome.run_id).filter(
+        (pl.col("key") == uk) & (pl.col("field") == "phone")).to_dicts()
+    assert [(f["target"], f["expected"], f["new"], f["status"]) for f in fix] == [
+        ("tinyemail", "+447700900456", "+447700900123", "done")]
+    customer = next(c for c in world.state(world.te)["customers"] if c["email"].lower() == contact["email"].lower())
+    assert customer["phone"] == "+447700900123"
 
 
 # ------------------------------------------------------------------------------------- skip, every kind

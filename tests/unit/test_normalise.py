@@ -193,3 +193,15 @@ def test_normalise_phone_never_raises_and_is_idempotent(raw: object, region: str
     if valid:
         assert value is not None and value.startswith("+")
         assert normalise_phone(value, region)[:2] == (value, True)
+
+
+def test_a_planned_phone_matches_a_live_number_written_nationally_in_its_country():
+    from contact_recon.model.normalise import phone_region
+    from contact_recon.systems.writer import live_value
+
+    assert phone_region("+447700900456") == "GB" and phone_region("+14155550100") == "US"
+    assert phone_region("07700 900456") is None and phone_region(None) is None
+    live = {"phone": "07700 900456", "phone_raw": "07700 900456"}  # read in the default region (US): no number
+    assert live_value(live, "phone", "+447700900456") == "+447700900456"
+    assert live_value(live, "phone", "+447700900999") == "07700 900456"  # another number: as it reads
+    assert live_value({"city": "Paris"}, "city", "Paris") == "Paris"
