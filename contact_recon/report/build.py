@@ -543,14 +543,21 @@ def _quarantine_section(quarantine: pl.DataFrame) -> str:
                      dismissed, [*QUARANTINE_COLUMNS, "note"]))
 
 
-def _identity_section(data_dir: str | Path, run_id: str, store: Store) -> str:
+def open_identity_reviews(data_dir: str | Path, run_id: str, store: Store) -> pl.DataFrame | None:
     """The run's identity reviews still open (identity.csv without the decisions the team has given since)."""
     rows = load_identity_file(data_dir, run_id)
     if rows is None:
-        return ""
+        return None
     decided = Reviews(store).standing_decisions()["review_id"].to_list()
-    return _table("Identity reviews (held back: decide in identity.csv, then `recon identity resolve`)",
-                  rows.filter(~pl.col("review_id").is_in(decided)), IDENTITY_COLUMNS)
+    return rows.filter(~pl.col("review_id").is_in(decided))
+
+
+def _identity_section(data_dir: str | Path, run_id: str, store: Store) -> str:
+    rows = open_identity_reviews(data_dir, run_id, store)
+    if rows is None:
+        return ""
+    return _table("Identity reviews (held back: decide in identity.csv, then `recon identity resolve`)", rows,
+                  IDENTITY_COLUMNS)
 
 
 def _table(title: str, frame: pl.DataFrame, cols: Sequence[str]) -> str:
@@ -751,7 +758,8 @@ def publish_artifacts(summary: Mapping[str, Any], files: RunFiles, *, conflicts:
                       problems: pl.DataFrame, key_prefix: str = "recon", link: str | None = None,
                       history: Sequence[tuple[str, datetime, Mapping[str, int]]] = (),
                       checks: pl.DataFrame | None = None, applied: pl.DataFrame | None = None,
-                      list_names: Mapping[str, str] | None = None) -> dict[str, UUID]:
+                      list_names: Mapping[str, str] | None = None, quarantine: pl.DataFrame | None = None,
+                      identity: pl.DataFrame | None = None) -> dict[str, UUID]:
     """Create the run's Prefect artifacts; call it inside a flow or task run (it uses the sync client).
 
     Args:
@@ -767,6 +775,9 @@ def publish_artifacts(summary: Mapping[str, Any], files: RunFiles, *, conflicts:
         history, checks: the drift and check figures for the summary (`summary_markdown`).
         applied: the applied changes (`report.applied.applied_changes`), None: none.
         list_names: TinyEmail list id -> name (`list_names_of`), for readable values.
+        quarantine: the run's quarantine.parquet (`load_quarantine_file`): the quarantined-ops table then names
+            the person, both sides' values and since when (open ones only); None: the ops as they are.
+        identity: the run's open identity reviews (`open_identity_reviews`): an `-identity-reviews` table.
     Returns: artifact key -> artifact id.
     """
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -779,7 +790,13 @@ def publish_artifacts(summary: Mapping[str, Any], files: RunFiles, *, conflicts:
         markdown=summary_markdown(summary, files, link=link, history=history, checks=checks),
         key=f"{key_prefix}-summary",
         description=f"run {run_id}: {summary['status']}", _sync=True)}
-    for name, (frame, cols) in _artifact_tables(conflicts, problems, applied, list_names or {}).items():
+    tables = _artifact_tables(conflicts, problems, applied, list_names or {})
+    if quarantine is not None:
+        tables["quarantined-ops"] = (readable_values(quarantine.filter(~pl.col("dismissed")), READABLE_COLUMNS,
+                                                     list_names or {}), QUARANTINE_COLUMNS)
+    if identity is not None:
+        tables["identity-reviews"] = (identity, IDENTITY_COLUMNS)
+    for name, (frame, cols) in tables.items():
         shown = f"first {ARTIFACT_ROWS} of {frame.height:,}" if frame.height > ARTIFACT_ROWS else f"{frame.height:,}"
         table: Any = _table_rows(frame, cols) or {c: [] for c in cols}
         ids[f"{key_prefix}-{name}"] = create_table_artifact(  # type: ignore[call-arg]

@@ -16,6 +16,7 @@ from contact_recon.report.build import (
     build_summary,
     drift_history,
     load_conflicts,
+    open_identity_reviews,
     problem_ops,
     publish_artifacts,
     report_url,
@@ -24,6 +25,7 @@ from contact_recon.report.build import (
 )
 from contact_recon.settings import Settings
 from contact_recon.store.db import Store
+from contact_recon.store.reviews import Reviews, load_quarantine_file
 
 
 def report_run(settings: Settings, store: Store, run_id: str, dry_run: bool,
@@ -43,7 +45,9 @@ def report_run(settings: Settings, store: Store, run_id: str, dry_run: bool,
                           applied=applied_changes(ops, run_context(settings.data_dir, run_id), names),
                           key_prefix=artifact_prefix(dry_run), link=link,
                           history=drift_history(store, settings.data_dir, run_id),
-                          checks=store.load_check_results(run_id))
+                          checks=store.load_check_results(run_id),
+                          quarantine=load_quarantine_file(settings.data_dir, run_id, Reviews(store).dismissed()),
+                          identity=open_identity_reviews(settings.data_dir, run_id, store))
         emit_alert_events(summary)
     return summary
 

@@ -29,6 +29,7 @@ from contact_recon.report.build import (
     SUMMARY_SCHEMA,
     build_summary,
     load_conflicts,
+    open_identity_reviews,
     publish_artifacts,
     rebuild_run_files,
     run_ops,
@@ -36,6 +37,7 @@ from contact_recon.report.build import (
 )
 from contact_recon.sandbox.fixture import validate_fixture
 from contact_recon.stages.plan import PlanRun
+from contact_recon.store.reviews import Reviews, load_quarantine_file
 from contact_recon.systems.http import RequestStats
 from tests.support.servers import Sandboxes
 from tests.support.worlds import LOOSE_GUARDS, World, awkward_fixture, planning_world, table_rows
@@ -318,11 +320,15 @@ def test_publish_artifacts_creates_the_summary_tables_and_link(world: World, pre
 
     @flow(name="report-artifacts-test")
     def publish() -> dict[str, Any]:
-        return publish_artifacts(summary, files, conflicts=conflicts, problems=ops, applied=changes)
+        return publish_artifacts(summary, files, conflicts=conflicts, problems=ops, applied=changes,
+                                 quarantine=quarantine, identity=identity)
 
+    quarantine = load_quarantine_file(world.settings.data_dir, result.run_id, Reviews(world.store).dismissed())
+    identity = open_identity_reviews(world.settings.data_dir, result.run_id, world.store)
+    assert quarantine is not None and identity is not None
     ids = publish()
     assert set(ids) == {"recon-summary", "recon-conflicts", "recon-failed-ops", "recon-quarantined-ops",
-                        "recon-applied-changes", "recon-report"}
+                        "recon-applied-changes", "recon-identity-reviews", "recon-report"}
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(id=ArtifactFilterId(any_=list(ids.values()))))
     by_key = {a.key: a for a in found}
@@ -334,7 +340,14 @@ def test_publish_artifacts_creates_the_summary_tables_and_link(world: World, pre
     failed = json.loads(by_key["recon-failed-ops"].data)
     assert by_key["recon-failed-ops"].type == "table" and len(failed) == min(summary["failed"], 50)
     assert {row["error_kind"] for row in failed} == {"rejected"}
-    assert len(json.loads(by_key["recon-quarantined-ops"].data)) == min(summary["quarantined"], 50)
+    quarantined = json.loads(by_key["recon-quarantined-ops"].data)
+    assert len(quarantined) == min(summary["quarantined"], 50)
+    # each quarantined op with its person and since when it is held
+    assert all(row["first_seen"] and row["quarantined_by"] and "nights_open" in row for row in quarantined)
+    assert any(row["email"] for row in quarantined) and any(row["ghl_url"] for row in quarantined)
+    reviews = json.loads(by_key["recon-identity-reviews"].data)  # an empty table is its columns, no rows
+    assert (len(reviews) if isinstance(reviews, list) else 0) == min(identity.height, 50)
+    assert set(reviews[0] if isinstance(reviews, list) else reviews) >= {"review_id", "email", "first_seen"}
     done = sum(sum(kinds.values()) for kinds in summary["counts"]["applied"].values())
     applied_rows = json.loads(by_key["recon-applied-changes"].data)
     assert by_key["recon-applied-changes"].type == "table" and len(applied_rows) == min(done, 50) > 0
