@@ -11,6 +11,9 @@ person by key and know nothing of earlier runs. Three pure steps turn them into 
 2. `track(conflicts, seen, now, in_scope)`: the `SEEN` rows of this run, one per (key, field): a conflict open
    at the last run keeps its `first_seen`; a new one (or one that was closed and came back) starts at `now`;
    an open one that this run no longer reports, for a person this run planned (`in_scope`), is closed.
+Before step 1 `as_held` shows a phone conflict's sides as the systems hold them (raw text, not E.164), so a
+skip is compared with what the person saw.
+
 3. `review_rows(conflicts, context, seen, today)`: the CSV rows: the person's context
    (`model/context.py`: location, email, name, GHL link), `first_seen`, `nights_open`, and empty `decision`,
    `value` and `note` columns ready to fill.
@@ -59,6 +62,30 @@ def without_skipped(conflicts: pl.DataFrame, skips: pl.DataFrame) -> pl.DataFram
     # skipped, and nothing about it changed since: acknowledged, not reported
     acknowledged = held.select(pl.col("reason_skip").is_not_null() & same).to_series()
     return conflicts.filter(~acknowledged)
+
+
+def as_held(conflicts: pl.DataFrame, people: pl.DataFrame, ghl_contacts: pl.DataFrame,
+            te_customers: pl.DataFrame) -> pl.DataFrame:
+    """`conflicts` with a phone conflict's sides as the systems hold them: the raw text of each side's phone
+    (`07700 900456`), not the E.164 the merge compared (`+447700900456`). A person recognises the number as it
+    is written in each system, and any spelling pasted back is read in the contact's own country. `people`:
+    key, email, contact_id (the plan's `people`); the frames are the snapshot's (records.GHL_CONTACTS,
+    records.TINYEMAIL_CUSTOMERS)."""
+    phone = pl.col("field") == "phone"
+    if conflicts.filter(phone).height == 0:
+        return conflicts
+    ghl_raw = ghl_contacts.select("contact_id", ghl_raw="phone_raw").unique("contact_id", keep="first")
+    te_raw = te_customers.select("email", te_raw="phone_raw").unique("email", keep="first")
+    joined = (conflicts.with_row_index("_order")
+              .join(people.select("key", "email", "contact_id"), on="key", how="left")
+              .join(ghl_raw, on="contact_id", how="left")
+              .join(te_raw, on="email", how="left")
+              .sort("_order"))
+    return joined.with_columns(
+        # a phone: each side as written there (a side without the record keeps the merge's blank)
+        tinyemail=pl.when(phone & pl.col("te_raw").is_not_null()).then("te_raw").otherwise("tinyemail"),
+        ghl=pl.when(phone & pl.col("ghl_raw").is_not_null()).then("ghl_raw").otherwise("ghl"),
+    ).select(conflicts.columns)
 
 
 def track(conflicts: pl.DataFrame, seen: pl.DataFrame, now: dt.datetime, in_scope: Iterable[str]) -> pl.DataFrame:

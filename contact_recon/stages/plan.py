@@ -58,7 +58,7 @@ import polars as pl
 from contact_recon.checks.quarantine import PLANNED, QUARANTINED, apply_quarantine
 from contact_recon.checks.run import GX_DIR, CheckReport, run_checks
 from contact_recon.checks.suites import Thresholds
-from contact_recon.engine.conflicts import PRESENCE, field_key, review_rows, track, without_skipped
+from contact_recon.engine.conflicts import PRESENCE, as_held, field_key, review_rows, track, without_skipped
 from contact_recon.engine.decisions import decision_ops
 from contact_recon.engine.guards import GuardHistory
 from contact_recon.engine.identity import IdentityResult, localise_phones, match_identities, merge_sides
@@ -165,8 +165,8 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
     frames = frames if frames is not None else latest_frames(store, locations)
     frames = without_home_lists(frames, Journal(store).home_lists())
     list_tags = store.list_tags(policy.tags.list_prefix) if policy.tags.list_sync != "off" else ListNames()
-    as_held = frames["ghl_contacts"]  # the tags as GHL spells them, for the respelling ops
-    frames = {**frames, "ghl_contacts": with_list_ids(as_held, list_tags)}  # list:<label> -> list:<id>
+    ghl_spelled = frames["ghl_contacts"]  # the tags as GHL spells them, for the respelling ops
+    frames = {**frames, "ghl_contacts": with_list_ids(ghl_spelled, list_tags)}  # list:<label> -> list:<id>
     decided = identity_input(store, store.load_id_map())  # the team's identity decisions (`recon identity`)
     identity = match_identities(frames["ghl_contacts"], frames["te_customers"], decided.id_map,
                                 locations=locations, apart=decided.apart)
@@ -181,9 +181,10 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
     merged = plan(base, te_side, ghl_side, policy, ghl_tasks=frames["ghl_tasks"], created=Journal(store).created(),
                   today=today, guard_history=history)
     merged = with_decisions(merged, Decisions(store).pending(), te_side, ghl_side, policy)
-    merged = with_respellings(merged, as_held, list_tags, ghl_side["key"])
+    merged = with_respellings(merged, ghl_spelled, list_tags, ghl_side["key"])
     log = ConflictLog(store)
-    merged = dataclasses.replace(merged, conflicts=without_skipped(merged.conflicts, log.skips()))
+    shown = as_held(merged.conflicts, people(identity), frames["ghl_contacts"], frames["te_customers"])
+    merged = dataclasses.replace(merged, conflicts=without_skipped(shown, log.skips()))
     report = _check(frames, merged, policy, approve, run_id, settings.data_dir, today, docs, history)
     marked = apply_quarantine(merged.ops, report.quarantined, people=identity.matched.select("key", "email"))
     store.save_check_results(run_id, report.to_frame())

@@ -155,7 +155,8 @@ def test_conflicts_csv_names_the_person_and_counts_the_nights_a_conflict_is_open
     keys = {key for key, _ in by_conflict(first.conflicts_path)}
     assert one(world, UK_SAME) not in keys
     other = by_conflict(first.conflicts_path)[(one(world, UK_OTHER), "phone")]
-    assert (other["tinyemail"], other["ghl"]) == ("+447700900456", "+447700900123")
+    # each side as the system holds it: TinyEmail's national spelling, GHL's E.164
+    assert (other["tinyemail"], other["ghl"]) == ("07700 900456", "+447700900123")
     assert one(world, UK_SAME) not in first.checks.quarantined_keys().get("ghl_contacts.phone_e164", set())
     quarantined_te = first.checks.quarantined.filter(pl.col("expectation") == "phone_e164")["email"].to_list()
     uk_emails = {r["email"] for r in rows_of(first.conflicts_path) if r["key"] == one(world, UK_OTHER)}
@@ -203,12 +204,14 @@ def test_phones_pasted_back_in_any_format_are_read_in_the_contacts_country(
         imported = recon(world, monkeypatch, "conflicts", "import", str(path))
         assert imported.exit_code == 0, imported.output
         assert decisions(world) == [(uk, "phone", "value", "+447700900777")], spelling
-    # the value shown in the row (quoted in the file: it begins with `+`), pasted back as it is
-    shown = next(r for r in rows_of(result.conflicts_path) if (r["key"], r["field"]) == (uk, "phone"))["tinyemail"]
-    assert shown == "'+447700900456"
-    path = decided(tmp_path / "d.csv", result.conflicts_path, {(uk, "phone"): ("value", shown)})
-    assert recon(world, monkeypatch, "conflicts", "import", str(path)).exit_code == 0
-    assert decisions(world) == [(uk, "phone", "value", "+447700900456")]
+    # the values shown in the row, pasted back as they are: TinyEmail's national spelling (read in the
+    # contact's country), and GHL's E.164 (quoted in the file: it begins with `+`)
+    row = next(r for r in rows_of(result.conflicts_path) if (r["key"], r["field"]) == (uk, "phone"))
+    assert (row["tinyemail"], row["ghl"]) == ("07700 900456", "'+447700900123")
+    for shown, e164 in ((row["tinyemail"], "+447700900456"), (row["ghl"], "+447700900123")):
+        path = decided(tmp_path / "d.csv", result.conflicts_path, {(uk, "phone"): ("value", shown)})
+        assert recon(world, monkeypatch, "conflicts", "import", str(path)).exit_code == 0
+        assert decisions(world) == [(uk, "phone", "value", e164)]
 
 
 def test_a_value_that_would_fail_a_check_is_refused_at_import_with_the_check_named(

@@ -165,3 +165,24 @@ def test_a_fix_is_not_held_by_the_defect_it_fixes() -> None:
     status = {(r["target"], r["field"], r["new"]): r["status"] for r in marked.iter_rows(named=True)}
     assert status == {("tinyemail", "phone", "+14155550100"): "planned", ("ghl", "phone", "call me"): "quarantined",
                       ("tinyemail", "city", "Lyon"): "quarantined", ("tinyemail", "phone", "still not"): "quarantined"}
+
+
+def test_a_phone_conflict_shows_each_side_as_written_there_and_a_skip_of_it_holds():
+    from contact_recon.engine.conflicts import SKIPS, as_held, without_skipped
+
+    conflicts = pl.DataFrame({"key": ["c1", "c2"], "field": ["phone", "city"], "base": [None, None],
+                              "tinyemail": ["+447700900456", "Paris"], "ghl": ["+447700900123", "Lyon"],
+                              "reason": ["initial_conflict"] * 2})
+    people = pl.DataFrame({"key": ["c1", "c2"], "email": ["a@x.io", "b@x.io"], "contact_id": ["c1", "c2"]})
+    ghl = pl.DataFrame({"contact_id": ["c1", "c2"], "phone_raw": ["+44 7700 900123", None]})
+    te = pl.DataFrame({"email": ["a@x.io", "b@x.io"], "phone_raw": ["07700 900456", "0612"]})
+    shown = as_held(conflicts, people, ghl, te)
+    assert shown.columns == conflicts.columns
+    assert shown.rows() == [("c1", "phone", None, "07700 900456", "+44 7700 900123", "initial_conflict"),
+                            ("c2", "city", None, "Paris", "Lyon", "initial_conflict")]  # not a phone: as it was
+    # a person skipped the phone conflict as the file showed it: it stays acknowledged while nothing changes
+    skips = pl.DataFrame([{"key": "c1", "field": "phone", "reason": "initial_conflict", "base": None,
+                           "tinyemail": "07700 900456", "ghl": "+44 7700 900123"}], schema=SKIPS)
+    assert without_skipped(shown, skips)["key"].to_list() == ["c2"]
+    changed = as_held(conflicts, people, ghl, te.with_columns(phone_raw=pl.lit("07700 900999")))
+    assert without_skipped(changed, skips)["key"].to_list() == ["c1", "c2"]
