@@ -55,7 +55,8 @@ from typing import Any
 import polars as pl
 
 from contact_recon.engine.conflicts import PRESENCE, SKIPS
-from contact_recon.model.normalise import normalise_birthday, normalise_phone
+from contact_recon.model.keys import TE_KEY_PREFIX
+from contact_recon.model.normalise import normalise_birthday, normalise_email, normalise_phone
 from contact_recon.model.ops import CONFLICTS_SCHEMA, CONTENT_COLUMNS, Kind, sort_ops, with_ids
 from contact_recon.model.policy import ConsentPolicy
 from contact_recon.model.records import CONSENT_VALUES, SHARED_TEXT_FIELDS
@@ -120,7 +121,7 @@ def check_decisions(path: Path, rows: Iterable[tuple[int, dict[str, Any]]], know
             problems.append(f"line {line}: {where[0]} {where[1]} was already decided on line {decided[where][0]}")
         decided[where] = (line, decision)
         if decision["choice"] == "skip":
-            skips.append({**{c: _text(row.get(c)) for c in SKIPS}, "field": decision["field"]})
+            skips.append({**{c: _text(row.get(c)) for c in SKIPS}, "key": decision["key"], "field": decision["field"]})
     if problems:
         raise DecisionFileError(path, problems)
     frame = pl.DataFrame([d for _, d in decided.values()], schema=DECISIONS)
@@ -128,10 +129,20 @@ def check_decisions(path: Path, rows: Iterable[tuple[int, dict[str, Any]]], know
                         pl.DataFrame(skips, schema=SKIPS).unique(["key", "field"], keep="last"))
 
 
+def person_key(key: str | None) -> str | None:
+    """A key as the store knows it: `te:<email>` with the email in any case or spacing is the normalised one
+    (`normalise_email`, as the snapshot keys a TinyEmail customer); a contact id is left as it is."""
+    if key is None or not key.lower().startswith(TE_KEY_PREFIX):
+        return key
+    email = key[len(TE_KEY_PREFIX):].strip()
+    return TE_KEY_PREFIX + (normalise_email(email)[0] or email.lower())
+
+
 def _check_row(line: int, row: dict[str, Any], known: set[str], region: tuple[str, str],
                problems: list[str]) -> dict[str, Any] | None:
     """The row's decision (DECISIONS columns), None when it has none; problems are appended."""
     choice, key, field = (_text(row.get(c)) for c in ("decision", "key", "field"))
+    key = person_key(key)
     value = _text(row.get("value"))
     if choice is None:
         return None  # no decision yet: left alone

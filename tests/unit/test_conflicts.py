@@ -186,3 +186,14 @@ def test_a_phone_conflict_shows_each_side_as_written_there_and_a_skip_of_it_hold
     assert without_skipped(shown, skips)["key"].to_list() == ["c2"]
     changed = as_held(conflicts, people, ghl, te.with_columns(phone_raw=pl.lit("07700 900999")))
     assert without_skipped(changed, skips)["key"].to_list() == ["c1", "c2"]
+
+
+def test_a_tinyemail_key_pasted_back_in_any_case_or_spacing_is_the_person():
+    from contact_recon.engine.decisions import person_key
+
+    assert person_key(" TE:Ann.Lee@Example.COM ".strip()) == "te:ann.lee@example.com"
+    assert person_key("te: ann.lee@example.com") == "te:ann.lee@example.com"
+    assert person_key("0YA6I86wiSRgBBYtFav6") == "0YA6I86wiSRgBBYtFav6" and person_key(None) is None
+    rows = [(2, {"key": "TE:Ann.Lee@Example.com", "field": "city", "decision": "value", "value": " Paris "})]
+    decided = check_decisions(Path("d.csv"), rows, {"te:ann.lee@example.com"})
+    assert decided.decisions.rows() == [("te:ann.lee@example.com", "city", "value", "Paris")]
