@@ -39,13 +39,11 @@ from contact_recon.sandbox.fixture import validate_fixture
 from contact_recon.stages.plan import PlanRun
 from contact_recon.store.reviews import Reviews, load_quarantine_file
 from contact_recon.systems.http import RequestStats
+from tests.support.browser import browser_page
 from tests.support.servers import Sandboxes
 from tests.support.worlds import LOOSE_GUARDS, World, awkward_fixture, planning_world, table_rows
 
 HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned=2">Eve & "Co"'
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
 CHARTS = ("drift", "trends", "kinds", "checks", "requests")
 GHL_APP = "https://app.gohighlevel.com/v2/location/"
 VALIDATOR = jsonschema.Draft202012Validator(SUMMARY_SCHEMA, format_checker=jsonschema.FormatChecker())
@@ -274,27 +272,16 @@ def test_report_tables_are_capped_and_say_how_many_more(world: World) -> None:
 
 def test_report_renders_in_headless_chromium(world: World, tmp_path: Path) -> None:
     _, files, _ = completed_run_with_files(world)
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `apt-get install -y chromium` (see the Makefile)"
-    from playwright.sync_api import sync_playwright
-
-    problems: list[str] = []
-    fetched: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on("request", lambda r: fetched.append(r.url))
-            page.goto(files.report.as_uri(), wait_until="load")
-            boxes = {name: page.locator(f'svg[data-chart="{name}"]').bounding_box() for name in CHARTS}
-            bars = {name: page.locator(f'svg[data-chart="{name}"] rect').evaluate_all(
-                "els => els.filter(e => { const b = e.getBoundingClientRect(); return b.width > 0 && "
-                "b.height > 0; }).length") for name in CHARTS}
-            pwned = page.evaluate("window.__pwned")
-            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-        finally:
-            browser.close()
+    with browser_page() as watched:
+        page = watched.page
+        page.goto(files.report.as_uri(), wait_until="load")
+        boxes = {name: page.locator(f'svg[data-chart="{name}"]').bounding_box() for name in CHARTS}
+        bars = {name: page.locator(f'svg[data-chart="{name}"] rect').evaluate_all(
+            "els => els.filter(e => { const b = e.getBoundingClientRect(); return b.width > 0 && "
+            "b.height > 0; }).length") for name in CHARTS}
+        pwned = page.evaluate("window.__pwned")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    problems, fetched = watched.problems, watched.fetched
 
     assert problems == [] and pwned is None
     assert fetched == [files.report.as_uri()]  # nothing else was loaded

@@ -21,7 +21,8 @@ from contact_recon.model.cells import unguard
 from contact_recon.report.applied import APPLIED_COLUMNS, applied_changes, run_context
 from contact_recon.report.build import _table_rows, build_summary, run_ops, write_run_files
 from contact_recon.sandbox.fixture import validate_fixture
-from tests.e2e.test_report import CHROMIUM, CHROMIUM_ARGS, Tags, applied, loose_policy, requests, simulate_apply
+from tests.e2e.test_report import Tags, applied, loose_policy, requests, simulate_apply
+from tests.support.browser import browser_page
 from tests.support.servers import Sandboxes
 from tests.support.worlds import World, awkward_fixture, planning_world
 
@@ -142,29 +143,18 @@ def test_trend_charts_over_several_runs_in_headless_chromium(world: World, tmp_p
         assert f">{panel}<" in trends, panel
     assert trends.count(first.run_id) >= 1 and trends.count(last.run_id) >= 1
 
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `apt-get install -y chromium` (see the Makefile)"
-    from playwright.sync_api import sync_playwright
-
-    problems: list[str] = []
-    fetched: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on("request", lambda r: fetched.append(r.url))
-            page.goto(path.as_uri(), wait_until="load")
-            box = page.locator('svg[data-chart="trends"]').bounding_box()
-            bars = page.locator('svg[data-chart="trends"] rect').evaluate_all(
-                "els => els.filter(e => { const b = e.getBoundingClientRect(); return b.width > 0 && "
-                "b.height > 0 && e.getAttribute('fill') !== 'none'; }).length")
-            drift_heights = page.locator('svg[data-chart="drift"] rect').evaluate_all(
-                "els => els.filter(e => e.getAttribute('fill') !== 'none')"
-                ".map(e => e.getBoundingClientRect().height)")
-            page.screenshot(path=str(tmp_path / "trends.png"), full_page=True)
-        finally:
-            browser.close()
+    with browser_page() as watched:
+        page = watched.page
+        page.goto(path.as_uri(), wait_until="load")
+        box = page.locator('svg[data-chart="trends"]').bounding_box()
+        bars = page.locator('svg[data-chart="trends"] rect').evaluate_all(
+            "els => els.filter(e => { const b = e.getBoundingClientRect(); return b.width > 0 && "
+            "b.height > 0 && e.getAttribute('fill') !== 'none'; }).length")
+        drift_heights = page.locator('svg[data-chart="drift"] rect').evaluate_all(
+            "els => els.filter(e => e.getAttribute('fill') !== 'none')"
+            ".map(e => e.getBoundingClientRect().height)")
+        page.screenshot(path=str(tmp_path / "trends.png"), full_page=True)
+    problems, fetched = watched.problems, watched.fetched
 
     assert problems == [] and fetched == [path.as_uri()]
     assert box is not None and box["width"] > 300 and box["height"] > 100, box
@@ -227,25 +217,13 @@ def test_data_docs_render_offline_in_headless_chromium(world: World, tmp_path: P
     index = run.checks.docs_index
     assert index is not None
     page_path = next(p for p in docs_pages(index) if "validations" in p.parts and "te_customers" in p.name)
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `apt-get install -y chromium` (see the Makefile)"
-    from playwright.sync_api import sync_playwright
-
     seen: dict[str, Any] = {}
-    fetched: list[str] = []
-    problems: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.on("request", lambda r: fetched.append(r.url))
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            for name, path in (("index", index), ("validation", page_path)):
-                page.goto(path.as_uri(), wait_until="load")
-                seen[name] = {"rows": page.locator("table tr").count(), "pwned": page.evaluate("window.__pwned"),
-                              "text": page.inner_text("body")}
-        finally:
-            browser.close()
+    with browser_page() as watched:
+        for name, path in (("index", index), ("validation", page_path)):
+            watched.page.goto(path.as_uri(), wait_until="load")
+            seen[name] = {"rows": watched.page.locator("table tr").count(),
+                          "pwned": watched.page.evaluate("window.__pwned"), "text": watched.page.inner_text("body")}
+    problems, fetched = watched.problems, watched.fetched
 
     assert problems == [] and all(url.startswith("file://") for url in fetched), fetched
     assert seen["index"]["rows"] >= 5 and "te_customers" in seen["index"]["text"]  # the index table, no JS

@@ -272,18 +272,6 @@ def test_quarantine_ages_and_is_dismissed_and_restored_through_the_cli(
                                      ["quarantine", "list", "--json"], ["quarantine", "dismiss", "op-x"]])
 def test_review_commands_say_store_busy_while_a_run_holds_the_store(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]) -> None:
-    from contact_recon.cli import report as review_cli
-    from contact_recon.store.db import db_path
-    from tests.e2e.test_store_busy import hold, release
+    from tests.e2e.test_store_busy import says_store_busy
 
-    monkeypatch.setenv("RECON_DATA_DIR", str(tmp_path))
-    with open_db(db_path(tmp_path)) as store:
-        store.finish_run(store.start_run("plan", ["L1"]), "planned")
-    holder = hold(db_path(tmp_path), 30)
-    try:
-        monkeypatch.setattr(review_cli, "REVIEW_WAIT_S", 0.5)
-        busy = CliRunner().invoke(app, command)
-        assert busy.exit_code == 1, busy.output
-        assert "store busy" in busy.output and "Traceback" not in busy.output and "IOException" not in busy.output
-    finally:
-        release(holder)
+    says_store_busy(tmp_path, monkeypatch, *command)

@@ -32,18 +32,23 @@ def release(holder: subprocess.Popen[str]) -> None:
     holder.stdout.close()
 
 
-def test_recon_runs_waits_for_a_run_then_says_store_busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def says_store_busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
+    """`recon ARGS` while another process holds a store with one run: one line saying "store busy", exit 1."""
     monkeypatch.setenv("RECON_DATA_DIR", str(tmp_path))
     with open_db(db_path(tmp_path)) as store:
         store.finish_run(store.start_run("plan", ["L1"]), "planned")
     holder = hold(db_path(tmp_path), 30)
     try:
         monkeypatch.setattr(review, "REVIEW_WAIT_S", 1.0)
-        busy = CliRunner().invoke(app, ["runs"])
+        busy = CliRunner().invoke(app, list(args))
         assert busy.exit_code == 1, busy.output
         assert "store busy" in busy.output and "Traceback" not in busy.output and "IOException" not in busy.output
     finally:
         release(holder)
+
+
+def test_recon_runs_waits_for_a_run_thensays_store_busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    says_store_busy(tmp_path, monkeypatch, "runs")
     # held only briefly: the command waits for it and answers
     holder = hold(db_path(tmp_path), 1.5)
     monkeypatch.setattr(review, "REVIEW_WAIT_S", 20.0)
@@ -54,19 +59,9 @@ def test_recon_runs_waits_for_a_run_then_says_store_busy(tmp_path: Path, monkeyp
     assert "plan" in waited.output and time.monotonic() - started >= 0.5
 
 
-def test_recon_explain_says_store_busy_while_a_run_holds_the_store(tmp_path: Path,
+def test_recon_explainsays_store_busy_while_a_run_holds_the_store(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RECON_DATA_DIR", str(tmp_path))
-    with open_db(db_path(tmp_path)) as store:
-        store.finish_run(store.start_run("plan", ["L1"]), "planned")
-    holder = hold(db_path(tmp_path), 30)
-    try:
-        monkeypatch.setattr(review, "REVIEW_WAIT_S", 1.0)
-        busy = CliRunner().invoke(app, ["explain", "someone@example.com"])
-        assert busy.exit_code == 1, busy.output
-        assert "store busy" in busy.output and "Traceback" not in busy.output and "IOException" not in busy.output
-    finally:
-        release(holder)
+    says_store_busy(tmp_path, monkeypatch, "explain", "someone@example.com")
     # free again: the command answers (the store has never seen that person)
     answered = CliRunner().invoke(app, ["explain", "someone@example.com"])
     assert answered.exit_code == 1 and "no snapshot, base row or id_map link names" in answered.output
