@@ -156,16 +156,30 @@ def _column(series: Sequence[Series], row: Row, x: float, step: float, base: int
         h = value * per_unit
         if h > 0:
             y -= h
-            out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" height="{max(h, 1):.1f}" '
-                       f'fill="{escape(s.color)}"><title>{escape(row.tooltip or row.label)} · {escape(s.name)}: '
-                       f"{value:,.0f}</title></rect>")
+            out.append(_segment(x, y, width, h, s, row, value))
     if current:
-        out.append(f'<rect x="{x - 2:.1f}" y="{y - 2:.1f}" width="{width + 4:.1f}" height="{base - y + 2:.1f}" '
-                   f'fill="none" stroke="#111" stroke-width="1.5"/>')
+        out.append(_outline(x, y, width, base - y))
     if row.note:
-        out.append(f'<text x="{x + width / 2:.1f}" y="{base + 14}" text-anchor="middle" fill="#555" '
-                   f'font-size="10">{escape(row.note)}</text>')
+        out.append(_column_note(x + width / 2, base, row.note))
     return out
+
+
+def _segment(x: float, y: float, width: float, h: float, s: Series, row: Row, value: float) -> str:
+    """One series' part of a column, with its tooltip."""
+    return (f'<rect x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" height="{max(h, 1):.1f}" '
+            f'fill="{escape(s.color)}"><title>{escape(row.tooltip or row.label)} · {escape(s.name)}: '
+            f"{value:,.0f}</title></rect>")
+
+
+def _outline(x: float, top: float, width: float, height: float) -> str:
+    """The frame around this run's column."""
+    return (f'<rect x="{x - 2:.1f}" y="{top - 2:.1f}" width="{width + 4:.1f}" height="{height + 2:.1f}" '
+            f'fill="none" stroke="#111" stroke-width="1.5"/>')
+
+
+def _column_note(center: float, base: int, note: str) -> str:
+    return (f'<text x="{center:.1f}" y="{base + 14}" text-anchor="middle" fill="#555" '
+            f'font-size="10">{escape(note)}</text>')
 
 
 def _log_height(value: float, maximum: float) -> float:
@@ -199,15 +213,11 @@ def _log_column(series: Sequence[Series], row: Row, x: float, step: float, base:
         h = _log_height(value, maximum)
         tallest = max(tallest, h)
         if h > 0:
-            out.append(f'<rect x="{x + j * width:.1f}" y="{base - h:.1f}" width="{width:.1f}" height="{max(h, 1):.1f}" '
-                       f'fill="{escape(s.color)}"><title>{escape(row.tooltip or row.label)} · {escape(s.name)}: '
-                       f"{value:,.0f}</title></rect>")
+            out.append(_segment(x + j * width, base - h, width, h, s, row, value))
     if current:
-        out.append(f'<rect x="{x - 2:.1f}" y="{base - tallest - 2:.1f}" width="{width * len(series) + 4:.1f}" '
-                   f'height="{tallest + 2:.1f}" fill="none" stroke="#111" stroke-width="1.5"/>')
+        out.append(_outline(x, base - tallest, width * len(series), tallest))
     if row.note:
-        out.append(f'<text x="{x + width * len(series) / 2:.1f}" y="{base + 14}" text-anchor="middle" fill="#555" '
-                   f'font-size="10">{escape(row.note)}</text>')
+        out.append(_column_note(x + width * len(series) / 2, base, row.note))
     return out
 
 
