@@ -1,6 +1,8 @@
 # The two commands the README opens with. Each creates .venv when missing and installs the locked
 # dependencies before it runs: `make demo` the runtime lock (requirements.lock) only, `make test` also the
-# dev lock (requirements-dev.lock: test and lint tools). Both locks carry hashes (pip --require-hashes).
+# dev lock (requirements-dev.lock: test and lint tools). Both locks carry hashes (pip --require-hashes) and are
+# complete, so pip installs exactly them (--no-deps: no resolver that could reach for a release newer than the
+# lock, as httpx 0.29.0 did for prefect's `httpx[http2]`) and `pip check` proves them consistent.
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
@@ -15,13 +17,15 @@ PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) --require-hashes -r requirements.lock $(PIP_QUIET)
+	$(PIP) --require-hashes --no-deps -r requirements.lock $(PIP_QUIET)
 	$(PIP) --no-deps -e . $(PIP_QUIET)
+	$(BIN)/python -m pip check --disable-pip-version-check
 	$(BIN)/python -c "import prefect, polars, duckdb, great_expectations, contact_recon"
 	touch $(STAMP)
 
 $(DEV_STAMP): $(STAMP) requirements-dev.lock
-	$(PIP) --require-hashes -r requirements-dev.lock $(PIP_QUIET)
+	$(PIP) --require-hashes --no-deps -r requirements-dev.lock $(PIP_QUIET)
+	$(BIN)/python -m pip check --disable-pip-version-check
 	touch $(DEV_STAMP)
 
 demo: $(STAMP)
