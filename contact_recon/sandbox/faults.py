@@ -7,7 +7,11 @@ A spec such as ``5xx=0.02,applied_5xx=0.5,timeout=0.01,reset=0.01,latency=20ms,4
 - ``429``: share answered 429 whatever the rate budget says;
 - ``applied_5xx``: share of the *writes* hit by 5xx, timeout or reset that were applied anyway, as with
   real servers: a client can never assume that a failed write changed nothing;
-- ``latency``: added to every request (``20ms``, ``1.5s``).
+- ``latency``: added to every request (``20ms``, ``1.5s``);
+- ``te_reject``: share of the members TinyEmail refuses (`PUT /account/customer` `updateMembers`, the
+  `assignMembers` and `members` of the audience calls): a refused member makes its whole call answer 400
+  naming its index, as a batch API does (`updateMembers[3] ...`). The draw hangs on the member's email and the
+  seed only (`FaultInjector.refuses_member`), so a member is always or never refused.
 
 Determinism: the draw for a request depends only on the seed, the request itself (method, path, query
 and body) and how many times that same request was seen before. So a given workload meets the same
@@ -23,7 +27,7 @@ from dataclasses import dataclass, fields
 
 _PROBABILITIES = ("p_5xx", "applied_5xx", "timeout", "reset", "p_429")
 _KEYS = {"5xx": "p_5xx", "applied_5xx": "applied_5xx", "timeout": "timeout", "reset": "reset",
-         "429": "p_429", "latency": "latency_s", "timeout_hold": "timeout_hold_s"}
+         "429": "p_429", "latency": "latency_s", "timeout_hold": "timeout_hold_s", "te_reject": "te_reject"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class FaultSpec:
     p_429: float = 0.0
     latency_s: float = 0.0
     timeout_hold_s: float = 30.0
+    te_reject: float = 0.0
 
     @classmethod
     def parse(cls, spec: str | None) -> FaultSpec:
@@ -108,6 +113,14 @@ class FaultInjector:
             apply_write=u_applied < self.spec.applied_5xx,
             latency_s=self.spec.latency_s,
         )
+
+    def refuses_member(self, email: str) -> bool:
+        """Whether the `te_reject` fault refuses this member: a draw on the seed and the email alone (trimmed and
+        lower-cased, as TinyEmail keys a customer), so the same member is refused in every call and every run."""
+        if self.spec.te_reject <= 0:
+            return False
+        u, _, _ = _uniforms(f"{self.seed}|te_reject|{email.strip().lower()}")
+        return u < self.spec.te_reject
 
     def _kind(self, u: float) -> str | None:
         s = self.spec

@@ -147,6 +147,7 @@ class TinyEmailApi:
     async def upsert_customers(self, request: Request) -> Response:
         body, problem = await read_object(request, required=("updateMembers",), optional=())
         problem = problem or check_members(body.get("updateMembers"), "updateMembers")
+        problem = problem or refused_member(request, body["updateMembers"], "updateMembers")
         if problem is not None:
             return error(400, problem)
         created, updated = self.store.upsert(body["updateMembers"])
@@ -176,6 +177,7 @@ class TinyEmailApi:
         if problem is None and not (isinstance(body["name"], str) and body["name"].strip()):
             problem = "name must be a non-empty string"
         problem = problem or check_members(body.get("members", []), "members", capped=AUDIENCE_CAP)
+        problem = problem or refused_member(request, body.get("members", []), "members")
         if problem is not None:
             return error(400, problem)
         item = self.store.create_list(body["name"])
@@ -189,6 +191,7 @@ class TinyEmailApi:
         body, problem = await read_object(request, required=(), optional=("assignMembers", "unAssignMembers"))
         assign = body.get("assignMembers", [])
         problem = problem or check_members(assign, "assignMembers", capped=AUDIENCE_CAP)
+        problem = problem or refused_member(request, assign, "assignMembers")
         problem = problem or check_emails(body.get("unAssignMembers", []), "unAssignMembers")
         if problem is not None:
             return error(400, problem)
@@ -199,6 +202,16 @@ class TinyEmailApi:
     def _assign(self, item: dict[str, Any], members: list[dict[str, Any]]) -> None:
         self.store.upsert(members)
         self.store.assign(item, [m["email"] for m in members])
+
+
+def refused_member(request: Request, members: list[dict[str, Any]], where: str) -> str | None:
+    """The 400 message of the `te_reject` fault (sandbox/faults.py) for the first member it refuses, or None: like a
+    real batch API, one member TinyEmail will not take refuses the whole call, naming that member's index."""
+    injector = request.app.state.control.injector
+    for index, item in enumerate(members):
+        if injector.refuses_member(str(item.get("email") or "")):
+            return f"{where}[{index}].email was refused: this customer cannot be saved (sandbox fault te_reject)"
+    return None
 
 
 # --- request reading -----------------------------------------------------------------------------

@@ -24,10 +24,15 @@ Neither API offers etags or idempotency keys, so safety comes from three habits:
 Order within a system is its writer's (creates first: a contact exists before its updates, tags, tasks and
 notes; see each writer's docstring).
 
-Rejections (400/422) keep the API's message (`last_error`, error_kind `rejected`) and are not sent again
-while the op's content is the same (its id is a hash of the content). Rate-limit exhaustion and outages
-leave the op `failed` (error_kind `unavailable`); the next run plans it again, because the base advances
-only for confirmed ops (`contact_recon/engine/state.py`). Authentication failures stop the stage.
+Rejections (400/422) end the op `rejected` (status and error_kind) with the API's message (`last_error`) and
+are not sent again while the op's content is the same (its id is a hash of the content) unless a person
+retries it (`recon quarantine retry OP_ID`, store/journal.py `retry_rejected`). A batch call refused for one
+member is narrowed down to that member (systems/writer.py `send_isolating`): the others land. Rejected ops
+are counted apart from `failed` ones, which are the service's failures (the failed-ops alert counts those).
+
+Rate-limit exhaustion and outages leave the op `failed` (error_kind `unavailable`); the next run plans it
+again, because the base advances only for confirmed ops (`contact_recon/engine/state.py`). Authentication
+failures stop the stage.
 
 `recover(journal, clients)` runs before planning: it resolves the ops an interrupted run left `sending`.
 The new snapshot already shows whatever landed, except the memory of created tasks and notes, so a task or
@@ -75,7 +80,7 @@ _UNSENT: dict[Unsent, tuple[str, str | None]] = {
     Unsent.STALE: (J.STALE, J.PRECONDITION),
     Unsent.DEPENDENCY: (J.FAILED, J.DEPENDENCY),
     Unsent.NOT_FOUND: (J.FAILED, "not_found"),
-    Unsent.REJECTED: (J.FAILED, J.REJECTED),
+    Unsent.REJECTED: (J.REJECTED, J.REJECTED),
     Unsent.HELD: (J.HELD, None),
 }
 
@@ -139,7 +144,7 @@ class Applier:
         # when its inputs change; changed inputs give another op id)
         rejected = self.journal.rejected_before([e.op_id for e in entries], run_id)
         for entry in (e for e in entries if e.op_id in rejected):
-            self.journal.finish([entry], J.FAILED, error_kind=J.REJECTED,
+            self.journal.finish([entry], J.REJECTED, error_kind=J.REJECTED,
                                 error=f"rejected by an earlier run, not sent again: {rejected[entry.op_id]}")
         return [e for e in entries if e.op_id not in rejected]
 
@@ -154,12 +159,14 @@ class JournalLedger:
         self.journal, self.max_attempts = journal, max_attempts
         self.confirmed_ids: dict[str, str | None] = {}  # op id -> the id the API returned, for ops confirmed here
 
-    async def send(self, entries: Sequence[Entry], send: Send, landed: Landed) -> bool:
+    async def send(self, entries: Sequence[Entry], send: Send, landed: Landed, *, isolate: bool = False) -> bool:
         """Send one request for `entries` until it is confirmed, refused or out of attempts.
 
         `send` returns the id the API gave (or None); `landed` re-reads the target after an unknown
         outcome and returns False (not landed: send again) or the id / True (landed). Returns whether the
-        write is confirmed; the journal has the outcome either way.
+        write is confirmed; the journal has the outcome either way, except with `isolate`: then a refusal
+        (`Validation`) is raised to the writer unrecorded, which narrows it down to the refused members
+        (systems/writer.py `send_isolating`) and records those; the others are sent again.
         """
         entries = list(entries)
         for attempt in range(1, self.max_attempts + 1):
@@ -178,6 +185,8 @@ class JournalLedger:
                     return True
                 continue  # re-read says it did not land: send again
             except ConnectorError as exc:
+                if isolate and isinstance(exc, Validation):
+                    raise  # the writer isolates the refused members (systems/writer.py send_isolating)
                 self.refused(entries, exc)
                 return False
             self._confirm(entries, result_id)
@@ -209,7 +218,7 @@ class JournalLedger:
 
     def refused(self, entries: Sequence[Entry], exc: ConnectorError) -> None:
         if isinstance(exc, Validation | Duplicate):
-            self.journal.finish(entries, J.FAILED, error_kind=J.REJECTED, error="; ".join(
+            self.journal.finish(entries, J.REJECTED, error_kind=J.REJECTED, error="; ".join(
                 getattr(exc, "messages", None) or [str(exc)]))
         elif isinstance(exc, NotFound):
             self.journal.finish(entries, J.FAILED, error_kind="not_found", error=str(exc))

@@ -266,6 +266,11 @@ _V9 = (
         tinyemail VARCHAR, ghl VARCHAR, skipped_at TIMESTAMPTZ NOT NULL, source VARCHAR, PRIMARY KEY (key, field))""",
 )
 
+_V_REJECTION_RETRIES = (
+    # a person's "send it again" for an op the API rejected (`recon quarantine retry`, store/journal.py)
+    "CREATE TABLE rejection_retries (op_id VARCHAR PRIMARY KEY, retried_at TIMESTAMPTZ NOT NULL, note VARCHAR)",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, snapshots, base, id_map, identity review, watermarks, dirty contacts", _V1),
     Migration(2, "check_results: the hygiene checks of each run", _V2),
@@ -276,6 +281,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "te_lists, te_list_labels: TinyEmail's list names, and the labels their GHL tags have had", _V7),
     Migration(8, "identity_decisions, quarantine_dismissals, review_ages: the review loop", _V8),
     Migration(9, "conflict_seen, conflict_skips: since when conflicts are open, and those skipped", _V9),
+    Migration(10, "rejection_retries: rejected ops a person asked to send again", _V_REJECTION_RETRIES),
 )
 
 

@@ -2,8 +2,11 @@
 
 Life of an op (`status`):
 
-    planned --send--> sending --answer--> done | failed | stale
+    planned --send--> sending --answer--> done | rejected | failed | stale
     quarantined, held: recorded, never sent (a blocking check; a guard nobody approved, an identity review)
+
+`rejected`: the API refused the op's content (400/422); `failed`: the service did not take it (outage, rate
+limit, unknown outcome not resolved) and the next run plans it again.
 
 Each transition is its own committed statement, and `sending` is committed *before* the request leaves,
 so after a crash (SIGKILL included) the journal tells exactly which ops may have landed: those left in
@@ -13,7 +16,8 @@ Columns beyond the op (contact_recon/model/ops.py): `seq` (plan order), `locatio
 `error_kind` (rejected | unknown | unavailable | precondition | dependency | not_found | auth), `last_error`
 (redacted), `result_id` (the id an API returned, e.g. a created contact's), `quarantined_by`, and times.
 A `rejected` op (400/422) is not sent again while its content is the same: its op id, a hash of the
-content, is remembered across runs (`rejected_before`).
+content, is remembered across runs (`rejected_before`), until a person retries it (`retry_rejected`, from
+`recon quarantine retry OP_ID`): then the next run sends it once more.
 """
 
 from __future__ import annotations
@@ -31,9 +35,9 @@ from contact_recon.systems.redaction import redact
 
 PLANNED, SENDING, DONE, FAILED, STALE = "planned", "sending", "done", "failed", "stale"
 QUARANTINED, HELD = "quarantined", "held"
-FINAL = (DONE, FAILED, STALE, QUARANTINED, HELD)
 REJECTED, UNKNOWN, UNAVAILABLE, PRECONDITION, DEPENDENCY = "rejected", "unknown", "unavailable", "precondition", \
     "dependency"
+FINAL = (DONE, REJECTED, FAILED, STALE, QUARANTINED, HELD)  # REJECTED: a status and an error_kind
 HOME_LIST_KEY = "tinyemail:home-list"  # created_objects row of the list our created customers join
 OP_COLUMNS = ("op_id", "target", "kind", "key", "field", "expected", "new", "reason")
 
@@ -132,10 +136,30 @@ class Journal:
 
     def rejected_before(self, op_ids: Iterable[str], run_id: str) -> dict[str, str]:
         """op id -> the API's message, for ops rejected (400/422) by an earlier run with the same content."""
+        # a rejection before a person's retry (rejection_retries) no longer counts
         rows = self.con.execute(
-            "SELECT op_id, arg_max(last_error, finished_at) FROM journal WHERE error_kind = ? AND run_id <> ? "
-            "AND list_contains(?, op_id) GROUP BY op_id", [REJECTED, run_id, list(op_ids)]).fetchall()
+            "SELECT j.op_id, arg_max(j.last_error, j.finished_at) FROM journal j LEFT JOIN rejection_retries r "
+            "USING (op_id) WHERE j.error_kind = ? AND j.run_id <> ? AND list_contains(?, j.op_id) "
+            "AND (r.retried_at IS NULL OR j.finished_at > r.retried_at) GROUP BY j.op_id",
+            [REJECTED, run_id, list(op_ids)]).fetchall()
         return dict(rows)
+
+    def rejections(self, run_id: str) -> pl.DataFrame:
+        """The run's rejected ops that no person retried since (what `recon quarantine list` shows beside the
+        quarantined ops): each run marks again the rejected ops it still plans, so the latest run's are the
+        standing ones."""
+        return self.store._frame(
+            "SELECT j.* FROM journal j LEFT JOIN rejection_retries r USING (op_id) WHERE j.run_id = ? AND "
+            "j.status = ? AND (r.retried_at IS NULL OR j.finished_at > r.retried_at) ORDER BY j.seq",
+            [run_id, REJECTED])
+
+    def retry_rejected(self, op_id: str, run_id: str, note: str | None = None) -> bool:
+        """Let the next run send a rejected op of `run_id` again (once: a new rejection stands again); False when
+        the run has no standing rejection of that op."""
+        if op_id not in self.rejections(run_id)["op_id"].to_list():
+            return False
+        self.con.execute("INSERT OR REPLACE INTO rejection_retries VALUES (?, ?, ?)", [op_id, self.store.clock(), note])
+        return True
 
     def result_of(self, run_id: str, key: str, kind: str, target: str) -> str | None:
         """The id returned to a run's op of `kind` on `key` (e.g. the contact a create made), if any."""

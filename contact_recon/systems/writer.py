@@ -10,7 +10,10 @@ journal, which sits above it (store/): every outcome goes back through the `Ledg
   before the request leaves), calls `send`, and on an unknown outcome calls `landed`, the writer's
   re-read (False: not landed, send again; True or the id the API gave: landed), never a blind resend.
   It returns whether the write is confirmed; `Ledger.result(op)` is then the id the API returned.
-- `Ledger.refused(ops, exc)` records a refusal the writer met outside `send` (a failed precondition read).
+- `Ledger.send(..., isolate=True)` hands a refusal (a 400, `Validation`) back to the writer unrecorded instead:
+  `send_isolating` uses it so that one member the API will not take never sinks its batch (below).
+- `Ledger.refused(ops, exc)` records a refusal the writer met outside `send` (a failed precondition read, a
+  member isolated as refused).
 - `Ledger.close(ops, Unsent.X, why)` closes ops that are not sent, for the reason `Unsent` names.
 - `remember_created` / `remember_home_list`: what this run made that no snapshot shows (a task or note
   by its marker, the home list), kept by the stage in the store.
@@ -22,20 +25,31 @@ The op is the third of the shapes a contact takes (systems/models.py: API model 
 op -> request body); a writer turns ops into request bodies at the moment of sending, and the canonical
 record of a live read (its system's `mapping.py`) into the precondition it checks.
 
+**Isolating refused members** (`send_isolating`): a batch API refuses a whole call when one member is bad and
+(usually) names that member's index (`updateMembers[3].email ...`). `split_refused` (pure) says what to do with
+a refused part of a batch: a named member is refused alone and the rest goes again in one call; a refusal that
+names no member splits the part in halves, each sent on its own, down to single members. So a refused member
+costs one extra call when named, and at most about 2·log2(batch) when not; every call goes through the
+client's rate budget like any other. The refused member's ops are recorded as rejected with the API's message
+(stages/apply.py: not sent again while their content is the same).
+
 Adding a system (e.g. Mailchimp): a folder systems/<name>/ with client.py, models.py, contract.py,
 mapping.py and a writer.py whose class satisfies `Writer`, registered in stages/apply.py (`writers`).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import re
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from functools import partial
+from typing import Any, Generic, Protocol, TypeVar
 
 from contact_recon.model.normalise import normalise_phone, phone_region
 from contact_recon.model.ops import Kind
-from contact_recon.systems.errors import ConnectorError, UnknownOutcome
+from contact_recon.systems.errors import ConnectorError, UnknownOutcome, Validation
 
 FIELD_KINDS = (Kind.UPDATE, Kind.CONSENT_TIGHTEN)
 TAG_KINDS = (Kind.TAG_ADD, Kind.TAG_REMOVE)
@@ -87,7 +101,7 @@ class Unsent(StrEnum):
 class Ledger(Protocol[OpT_contra]):
     """The apply stage's side of the seam (module docstring); stages/apply.py implements it on the journal."""
 
-    async def send(self, ops: Sequence[OpT_contra], send: Send, landed: Landed) -> bool: ...
+    async def send(self, ops: Sequence[OpT_contra], send: Send, landed: Landed, *, isolate: bool = False) -> bool: ...
 
     def confirmed(self, op: OpT_contra) -> bool: ...
 
@@ -190,3 +204,91 @@ async def resend_on_unknown(call: Callable[[], Awaitable[None]], attempts: int) 
         except UnknownOutcome:
             if attempt == attempts - 1:
                 raise
+
+
+# ------------------------------------------------------------------------------ refused batch members
+
+MEMBER_INDEX = re.compile(r"\b(?:updateMembers|assignMembers|unAssignMembers|members)\[(\d+)\]")
+P = TypeVar("P")  # what one member of a batch call is on the wire (a customer object, an email)
+
+
+def named_member(messages: Sequence[str], size: int) -> int | None:
+    """The index of the member a refusal names (`updateMembers[3].email ...`), when it is one of the call's `size`."""
+    for message in messages:
+        found = MEMBER_INDEX.search(message)
+        if found and int(found.group(1)) < size:
+            return int(found.group(1))
+    return None
+
+
+@dataclass(frozen=True)
+class Split:
+    """What to do with a refused part of a batch: the member found refused (an index into the part), if any, and
+    the parts (tuples of indexes into the part) to send again, each as one call."""
+
+    refused: int | None
+    parts: tuple[tuple[int, ...], ...]
+
+
+def split_refused(size: int, named: int | None) -> Split:
+    """The next step after a part of `size` members was refused, naming member `named` (or None)."""
+    if named is not None and 0 <= named < size:
+        # the refusal names its member: that member is refused, every other goes again in one call
+        rest = tuple(i for i in range(size) if i != named)
+        return Split(named, (rest,) if rest else ())
+    if size <= 1:
+        # it names none, and only one member was sent: that member is the refused one
+        return Split(0 if size else None, ())
+    # it names none: halves, each sent on its own, until the refused members stand alone
+    middle = size // 2
+    return Split(None, (tuple(range(middle)), tuple(range(middle, size))))
+
+
+@dataclass
+class Isolation:
+    """What `send_isolating` did: calls made (the first included), and members found refused."""
+
+    calls: int = 0
+    refused: int = 0
+
+    @property
+    def extra_calls(self) -> int:
+        return max(0, self.calls - 1)
+
+
+class BatchItem(Generic[OpT, P]):
+    """One member of a batch call: the ops it carries (recorded together) and the member as sent."""
+
+    __slots__ = ("ops", "member")
+
+    def __init__(self, ops: Sequence[OpT], member: P):
+        self.ops, self.member = list(ops), member
+
+
+async def send_isolating(ledger: Ledger[OpT], items: Sequence[BatchItem[OpT, P]],
+                         send_of: Callable[[list[P]], Awaitable[Any]],
+                         landed_of: Callable[[list[P]], Awaitable[str | bool]]) -> Isolation:
+    """Send `items` as one call (`send_of(members)`, re-read by `landed_of(members)` after an unknown outcome); a
+    refusal is narrowed down by `split_refused` (module docstring) until only the refused members are left out,
+    each recorded as refused with the API's message. Every other outcome is the ledger's, as for `Ledger.send`."""
+    done = Isolation()
+    pending: deque[list[BatchItem[OpT, P]]] = deque([list(items)] if items else [])
+    while pending:
+        part = pending.popleft()
+        members = [item.member for item in part]
+        done.calls += 1
+        try:
+            await ledger.send([op for item in part for op in item.ops], partial(_sent, send_of, members),
+                              partial(landed_of, members), isolate=True)
+        except Validation as exc:
+            split = split_refused(len(part), named_member(exc.messages, len(part)))
+            if split.refused is not None:
+                done.refused += 1
+                ledger.refused(part[split.refused].ops, exc)
+            pending.extend([part[i] for i in indexes] for indexes in split.parts)
+    return done
+
+
+async def _sent(send_of: Callable[[list[P]], Awaitable[Any]], members: list[P]) -> str | None:
+    await send_of(members)
+    return None

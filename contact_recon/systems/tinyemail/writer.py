@@ -4,6 +4,12 @@ Order: creates (upserts of up to `BATCH_SIZE` members a call, then the lists of 
 created, the home list among them), then updates (a read per customer for the precondition, then upserts
 of up to `BATCH_SIZE` customers a call), then list memberships in batches of `BATCH_SIZE` per list.
 
+TinyEmail refuses a whole call (400) when one member is bad, naming its index (`updateMembers[3]...`): every
+batched call goes through `send_isolating` (systems/writer.py), which sends the batch again without the
+refused member (or splits it in halves when the 400 names none), so one value TinyEmail will not take costs
+that one person's ops (`rejected`, with the message), never the other 499. `isolation` counts the calls made
+and the members refused.
+
 Body quirks:
 - a customer has no id: it is addressed by its email, a member carries the email and the fields to change
   only (the PUT leaves omitted fields unchanged);
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Container, Mapping, Sequence
 from functools import partial
@@ -32,7 +39,7 @@ from typing import Any, Generic
 from contact_recon.model.keys import Person, address
 from contact_recon.model.ops import Kind
 from contact_recon.model.policy import ConsentPolicy
-from contact_recon.systems.errors import ConnectorError, UnknownOutcome
+from contact_recon.systems.errors import ConnectorError, UnknownOutcome, Validation
 from contact_recon.systems.tinyemail.client import BATCH_SIZE, TinyEmailClient
 from contact_recon.systems.tinyemail.contract import email_key
 from contact_recon.systems.tinyemail.mapping import customer_row, customer_status, field_name, member
@@ -41,16 +48,22 @@ from contact_recon.systems.writer import (
     FIELD_KINDS,
     LIST_KINDS,
     TAG_KINDS,
+    BatchItem,
     Echo,
+    Isolation,
     Ledger,
     OpT,
     Unsent,
     WriteOp,
     blank,
     by_key,
+    named_member,
     premises,
     resend_on_unknown,
+    send_isolating,
 )
+
+log = logging.getLogger("contact_recon.systems.tinyemail.writer")
 
 
 class TinyEmailWriter(Generic[OpT]):
@@ -67,6 +80,7 @@ class TinyEmailWriter(Generic[OpT]):
         self.gate = asyncio.Semaphore(concurrency)  # precondition reads in flight
         self.created: dict[str, str] = {}  # TinyEmail gives a created customer no id
         self.live_customers: dict[str, Customer] = {}  # normalised email -> customer read for the preconditions
+        self.isolation = Isolation()  # batched calls made, and members found refused (module docstring)
 
     async def write(self, ops: Sequence[OpT]) -> None:
         """Creates (and their lists), then updates, then list memberships."""
@@ -96,7 +110,7 @@ class TinyEmailWriter(Generic[OpT]):
         members = [(op, member(json.loads(op.new or "{}"), self.tight_status)) for op in ops]
         for start in range(0, len(members), BATCH_SIZE):
             batch = members[start:start + BATCH_SIZE]
-            await self._upsert([op for op, _ in batch], [m for _, m in batch])
+            await self._upsert([BatchItem([op], m) for op, m in batch])
         lists: dict[str, list[str]] = defaultdict(list)
         home = await self._home_list() if members else None
         for op, created in members:
@@ -104,10 +118,25 @@ class TinyEmailWriter(Generic[OpT]):
                 for list_id in [*json.loads(op.new or "{}").get("lists", []), *([home] if home else [])]:
                     lists[list_id].append(created["email"])
         for list_id, emails in lists.items():
-            # a created customer's lists: set operations, re-sent whole on an unknown outcome
             for start in range(0, len(emails), BATCH_SIZE):
-                await resend_on_unknown(partial(self.client.add_to_list, list_id, emails[start:start + BATCH_SIZE]),
-                                        self.max_attempts)
+                await self._created_lists(list_id, emails[start:start + BATCH_SIZE])
+
+    async def _created_lists(self, list_id: str, emails: list[str]) -> None:
+        """Add created customers to a list: a set operation, re-sent whole on an unknown outcome. A refused member
+        is left out and the others sent again; its membership is not lost (the customer exists, so the next run
+        plans it as a list op of its own, reported if refused again)."""
+        while emails:
+            try:
+                await resend_on_unknown(partial(self.client.add_to_list, list_id, emails), self.max_attempts)
+                return
+            except Validation as exc:
+                named = named_member(exc.messages, len(emails))
+                if named is None:
+                    log.warning("tinyemail: list %s refused %d created customers, left to the next run: %s",
+                                list_id, len(emails), exc)
+                    return
+                log.warning("tinyemail: list %s refused a created customer, left to the next run: %s", list_id, exc)
+                emails = [e for i, e in enumerate(emails) if i != named]
 
     async def _home_list(self) -> str | None:
         """The id of the list every customer we create joins, made when missing and remembered in the store, so
@@ -127,19 +156,24 @@ class TinyEmailWriter(Generic[OpT]):
         self.ledger.remember_home_list(self.home_list_name, list_id)
         return list_id
 
-    async def _upsert(self, ops: list[OpT], members: list[dict[str, Any]]) -> None:
-        """One upsert call (at most BATCH_SIZE members) for `ops`."""
-        async def send() -> None:
+    async def _upsert(self, items: list[BatchItem[OpT, dict[str, Any]]]) -> None:
+        """One upsert call (at most BATCH_SIZE members, each with the ops it carries); a refused member is left
+        out and the rest sent again (`send_isolating`)."""
+        async def send(members: list[dict[str, Any]]) -> None:
             await self.client.upsert_customers(members)
 
-        async def landed() -> bool:
+        async def landed(members: list[dict[str, Any]]) -> bool:
             # re-read each customer: all as sent -> confirmed; otherwise the batch is sent again (an upsert
             # of exact values is idempotent, so a partial landing cannot duplicate anything)
             found = [await self.client.get_customer(m["email"]) for m in members]
             return all(c is not None and member_applied(m, c, self.tight_values)
                        for m, c in zip(members, found, strict=True))
 
-        await self.ledger.send(ops, send, landed)
+        self._count(await send_isolating(self.ledger, items, send, landed))
+
+    def _count(self, done: Isolation) -> None:
+        self.isolation.calls += done.calls
+        self.isolation.refused += done.refused
 
     # ---------------------------------------------------------------------------------- updates
 
@@ -151,9 +185,9 @@ class TinyEmailWriter(Generic[OpT]):
         for start in range(0, len(groups), BATCH_SIZE):
             chunk = groups[start:start + BATCH_SIZE]
             built = await asyncio.gather(*(self._member_for(key, group) for key, group in chunk))
-            ready = [b for b in built if b]
+            ready = [BatchItem(group, m) for group, m in (b for b in built if b)]
             if ready:
-                await self._upsert([op for group, _ in ready for op in group], [m for _, m in ready])
+                await self._upsert(ready)
 
     async def _member_for(self, key: str, ops: list[OpT]) -> tuple[list[OpT], dict[str, Any]] | None:
         """Read the customer (the precondition) and build the member that carries every op that still holds."""
@@ -218,20 +252,19 @@ class TinyEmailWriter(Generic[OpT]):
         missing = [op for op in ops if not self.email(op.key)]
         if missing:
             self.ledger.close(missing, Unsent.DEPENDENCY, "no TinyEmail email known")
-        emails = [self.email(op.key) or "" for op in ready]
-
-        async def send() -> None:
+        async def send(emails: list[str]) -> None:
             if kind == Kind.LIST_ADD:
                 await self.client.add_to_list(list_id, emails)
             else:
                 await self.client.remove_from_list(list_id, emails)
 
-        async def landed() -> bool:
+        async def landed(emails: list[str]) -> bool:
             # list membership is a set: assigning or unassigning again cannot duplicate, so send again
             return False
 
         if ready:
-            await self.ledger.send(ready, send, landed)
+            items = [BatchItem([op], self.email(op.key) or "") for op in ready]
+            self._count(await send_isolating(self.ledger, items, send, landed))
 
 
 def member_applied(sent: Mapping[str, Any], customer: Customer, tight: Container[str]) -> bool:
