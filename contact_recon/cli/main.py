@@ -345,7 +345,8 @@ def conflicts_import(
 identity_app = typer.Typer(help="Identity reviews (an email in two contacts, an email changed): decide without SQL.",
                            no_args_is_help=True)
 app.add_typer(identity_app, name="identity")
-quarantine_app = typer.Typer(help="Ops a blocking check held: since when, and dismiss those accepted as they are.",
+quarantine_app = typer.Typer(help="Ops a blocking check held and ops the API rejected: since when, dismiss those "
+                                  "accepted as they are, retry a rejected one.",
                              no_args_is_help=True)
 app.add_typer(quarantine_app, name="quarantine")
 
@@ -400,6 +401,19 @@ def quarantine_dismiss(
     from contact_recon.settings import get_settings
 
     raise typer.Exit(run_quarantine_dismiss(get_settings(), op_id, note, undo, console, err))
+
+
+@quarantine_app.command("retry")
+def quarantine_retry(
+    op_id: Annotated[str, typer.Argument(help="A rejected op's id (`recon quarantine list`).")],
+    note: Annotated[str | None, typer.Option(help="Why (kept with the retry).")] = None,
+) -> None:
+    """Send an op the API rejected once more on the next run (it is otherwise not sent again until its value
+    changes)."""
+    from contact_recon.cli.review import run_quarantine_retry
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_quarantine_retry(get_settings(), op_id, note, console, err))
 
 
 @conflicts_app.command("list")

@@ -10,6 +10,9 @@ The store is opened through `cli/report.py _open` (waits for a run that holds it
   ... [--contact ID] [--note TEXT]` answers one review. `reopen` undoes a decision (kept as a record).
 - `recon quarantine dismiss OP_ID [--note TEXT]`: the team accepts the record as it is (never written, no
   longer open); `--undo` restores it to the open quarantine.
+- `recon quarantine list` also shows, beside the quarantined ops, the ops the API rejected (400/422) in the
+  latest applied run: not sent again while their value is the same; `recon quarantine retry OP_ID [--note]`
+  lets the next run send one once more (store/journal.py `retry_rejected`).
 """
 
 from __future__ import annotations
@@ -33,12 +36,16 @@ from contact_recon.engine.reviews import (
     nights,
 )
 from contact_recon.model.cells import guard
+from contact_recon.model.context import with_context
+from contact_recon.report.applied import run_context
 from contact_recon.settings import Settings
 from contact_recon.store.db import Store
 from contact_recon.store.files import IDENTITY_FILE, QUARANTINE_FILE, run_dir
+from contact_recon.store.journal import Journal
 from contact_recon.store.reviews import Reviews, load_identity_file, load_quarantine_file, read_identity_decisions
 
 RUNS_LOOKED_AT = 50  # the latest runs searched for one that wrote its review files
+REJECTED_COLUMNS = ["op_id", "email", "name", "target", "kind", "field", "new", "last_error", "finished_at"]
 
 
 def latest_review_run(store: Store, data_dir: Path, file: str) -> str | None:
@@ -152,16 +159,59 @@ def run_quarantine_list(settings: Settings, as_json: bool, show_all: bool, conso
         return EXIT_FAILED
     with store:
         run_id, rows = quarantine_view(store, Path(settings.data_dir))
+        applied_run, rejected = rejected_view(store, Path(settings.data_dir))
     shown = rows if show_all else rows.filter(~pl.col("dismissed"))
     if as_json:
-        print(json.dumps({"run_id": run_id, "ops": shown.to_dicts()}, indent=2, ensure_ascii=False))
+        print(json.dumps({"run_id": run_id, "ops": shown.to_dicts(),
+                          "rejected": {"run_id": applied_run, "ops": rejected.to_dicts()}},
+                         indent=2, ensure_ascii=False, default=str))
         return EXIT_OK
     if shown.height == 0:
         console.print("no open quarantined op" + (f" (run {run_id})" if run_id else ""), highlight=False)
-        return EXIT_OK
-    console.print(_table(f"Quarantined ops (run {run_id})", shown,
-                         ["op_id", "email", "name", "target", "field", "new", "ghl", "tinyemail", "quarantined_by",
-                          "nights_open", "dismissed"]))
+    else:
+        console.print(_table(f"Quarantined ops (run {run_id})", shown,
+                             ["op_id", "email", "name", "target", "field", "new", "ghl", "tinyemail",
+                              "quarantined_by", "nights_open", "dismissed"]))
+    if rejected.height:
+        console.print(_table(f"Rejected by the API (run {applied_run}): not sent again until the value changes or "
+                             "`recon quarantine retry OP_ID`", rejected, REJECTED_COLUMNS))
+    return EXIT_OK
+
+
+def latest_applied_run(store: Store) -> str | None:
+    """The latest reconcile or sync run that journaled its ops (an applied run, not a dry run)."""
+    for (run_id,) in store.recent_runs(RUNS_LOOKED_AT).select("run_id").iter_rows():
+        if Journal(store).op_count(str(run_id)):
+            return str(run_id)
+    return None
+
+
+def rejected_view(store: Store, data_dir: Path) -> tuple[str | None, pl.DataFrame]:
+    """(the latest applied run, its standing rejected ops (REJECTED_COLUMNS) with the person named)."""
+    run_id = latest_applied_run(store)
+    schema = dict.fromkeys(REJECTED_COLUMNS, pl.String())
+    if run_id is None:
+        return None, pl.DataFrame(schema=schema)
+    rows = Journal(store).rejections(run_id)
+    if rows.height == 0:
+        return run_id, pl.DataFrame(schema=schema)
+    named = with_context(rows, run_context(data_dir, run_id))
+    return run_id, named.with_columns(pl.col("finished_at").cast(pl.String)).select(REJECTED_COLUMNS)
+
+
+def run_quarantine_retry(settings: Settings, op_id: str, note: str | None, console: Console, err: Console) -> int:
+    """Let the next run send a rejected op of the latest applied run again (once)."""
+    store = _open(settings, err)
+    if store is None:
+        return EXIT_FAILED
+    with store:
+        run_id = latest_applied_run(store)
+        if run_id is None or not Journal(store).retry_rejected(op_id, run_id, note):
+            _error(err, f"{op_id} is not a rejected op of the latest applied run ({run_id or 'none'}): "
+                        "`recon quarantine list`")
+            return EXIT_FAILED
+    console.print(f"retry {op_id}: the next run sends it again, once (a new rejection stands again)",
+                  highlight=False, soft_wrap=True)
     return EXIT_OK
 
 

@@ -98,6 +98,7 @@ LONG_COLUMNS = ("expected", "new", "old", "last_error", "base", "tinyemail", "gh
 READABLE_COLUMNS = ("expected", "new", "base", "tinyemail", "ghl")  # payloads as fields, list ids as names
 GHL_LINK_PREFIX = GHL_CONTACT_URL.split("{", 1)[0]  # the one kind of absolute link a table cell may hold
 DONE, FAILED, STALE, QUARANTINED, HELD = "done", "failed", "stale", "quarantined", "held"
+REJECTED = "rejected"  # refused by the API (400/422): not sent again until its value changes or a person retries it
 OPS_VIEW = pl.Schema({**{c: pl.String() for c in ("op_id", "target", "kind", "key", "field", "expected", "new",
                                                   "reason", "status", "quarantined_by", "error_kind",
                                                   "last_error")}, "attempts": pl.Int64()})
@@ -126,7 +127,7 @@ SUMMARY_SCHEMA: dict[str, Any] = {
         "locations": {"type": "array", "items": {"type": "string"}},
         "counts": {**_PER_SYSTEM, "required": [*SYSTEMS, "applied"],
                    "properties": {**_PER_SYSTEM["properties"], "applied": _PER_SYSTEM}},
-        "conflicts": _COUNT, "quarantined": _COUNT, "stale": _COUNT, "failed": _COUNT,
+        "conflicts": _COUNT, "quarantined": _COUNT, "stale": _COUNT, "failed": _COUNT, "rejected": _COUNT,
         "requests": {"type": "object", "required": list(SYSTEMS), "additionalProperties": {
             "type": "object", "required": list(REQUEST_FIELDS),
             "properties": {**{f: _COUNT for f in REQUEST_FIELDS},
@@ -177,8 +178,8 @@ def load_conflicts(data_dir: str | Path, run_id: str) -> pl.DataFrame | None:
 
 
 def problem_ops(ops: pl.DataFrame) -> pl.DataFrame:
-    """The ops a person should look at: failed, stale and quarantined."""
-    return ops.filter(pl.col("status").is_in([FAILED, STALE, QUARANTINED]))
+    """The ops a person should look at: rejected, failed, stale and quarantined."""
+    return ops.filter(pl.col("status").is_in([REJECTED, FAILED, STALE, QUARANTINED]))
 
 
 def docs_index(data_dir: str | Path, run_id: str) -> Path | None:
@@ -297,7 +298,7 @@ def build_summary(store: Store, data_dir: str | Path, run_id: str, *, dry_run: b
         "counts": {**op_counts(ops), "applied": op_counts(ops.filter(pl.col("status") == DONE))},
         "conflicts": conflicts.height if conflicts is not None else int(plan.get("conflicts") or 0),
         "quarantined": by_status.get(QUARANTINED, 0), "stale": by_status.get(STALE, 0),
-        "failed": by_status.get(FAILED, 0),
+        "failed": by_status.get(FAILED, 0), "rejected": by_status.get(REJECTED, 0),
         "requests": normalise_requests(run_requests(store, run, requests)), "guards": _guards(guards, run),
         "kind": run["kind"], "run_status": status or run["status"], "ops": ops.height,
         "held": by_status.get(HELD, 0), "approved_at": iso_utc(run["approved_at"]),
@@ -453,7 +454,8 @@ def _figures(s: Mapping[str, Any]) -> str:
     planned = sum(sum(s["counts"][system].values()) for system in SYSTEMS)
     applied = sum(sum(s["counts"]["applied"][system].values()) for system in SYSTEMS)
     figures = [("ops planned", planned), ("applied", applied), ("conflicts", s["conflicts"]),
-               ("quarantined", s["quarantined"]), ("stale", s["stale"]), ("failed", s["failed"])]
+               ("quarantined", s["quarantined"]), ("stale", s["stale"]), ("rejected", s.get("rejected", 0)),
+               ("failed", s["failed"])]
     cells = "".join(f'<div class="fig"><b>{n:,}</b><span>{escape(label)}</span></div>' for label, n in figures)
     return f'<div class="figures">{cells}</div>'
 
@@ -511,14 +513,16 @@ def _charts(s: Mapping[str, Any], ops: pl.DataFrame, checks: pl.DataFrame,
 def _tables(conflicts: pl.DataFrame | None, ops: pl.DataFrame, list_names: Mapping[str, str],
             quarantine: pl.DataFrame | None = None) -> list[str]:
     op_cols = ["target", "kind", "key", "field", "expected", "new", "reason"]
-    ops = readable_values(ops.filter(pl.col("status").is_in([FAILED, STALE, QUARANTINED])), READABLE_COLUMNS,
-                          list_names)
+    ops = readable_values(ops.filter(pl.col("status").is_in([REJECTED, FAILED, STALE, QUARANTINED])),
+                          READABLE_COLUMNS, list_names)
     conflicts = readable_values(conflicts, READABLE_COLUMNS, list_names) if conflicts is not None else None
     return [
         _table("Conflicts (decide them in conflicts.csv, then `recon conflicts import`)",
                conflicts if conflicts is not None else pl.DataFrame(schema=CONFLICT_ROWS), list(CONFLICT_COLUMNS)),
-        _table("Failed ops", ops.filter(pl.col("status") == FAILED),
-               [*op_cols, "error_kind", "last_error", "attempts"]),
+        _table("Rejected by the API (not sent again until the value changes or `recon quarantine retry OP_ID`)",
+               ops.filter(pl.col("status") == REJECTED), ["op_id", *op_cols, "last_error"]),
+        _table("Failed ops (the service did not take them: planned again next run)",
+               ops.filter(pl.col("status") == FAILED), [*op_cols, "error_kind", "last_error", "attempts"]),
         _table("Stale ops (changed by a person since the snapshot: planned again next run)",
                ops.filter(pl.col("status") == STALE), op_cols),
         _table("Quarantined ops (held by a blocking check)", ops.filter(pl.col("status") == QUARANTINED),
@@ -700,7 +704,7 @@ def summary_markdown(summary: Mapping[str, Any], files: RunFiles, *, link: str |
         lines += [f"| {system} | {kind} | {n:,} | {s['counts']['applied'][system].get(kind, 0):,} |"
                   for kind, n in s["counts"][system].items() if n]
     lines += ["", f"conflicts **{s['conflicts']:,}** · quarantined **{s['quarantined']:,}** · stale "
-              f"**{s['stale']:,}** · failed **{s['failed']:,}**", "",
+              f"**{s['stale']:,}** · rejected **{s.get('rejected', 0):,}** · failed **{s['failed']:,}**", "",
               "| requests | used | rate limited | retried | budget |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {system} | {r['used']:,} | {r['rate_limited']:,} | {r['retried']:,} | "
               f"{'-' if r.get('budget') is None else format(r['budget'], ',')} |"
@@ -766,9 +770,10 @@ def publish_artifacts(summary: Mapping[str, Any], files: RunFiles, *, conflicts:
         summary: `build_summary`'s dict.
         files: `write_run_files`'s paths (the link artifact points at `link`, else the file as a file:// URL).
         conflicts: the run's conflicts (the rows of its conflicts.csv, `load_conflicts`), or None.
-        problems: ops with a status (`run_ops`, or `problem_ops` of it): the failed and quarantined ones
-            become tables.
-        key_prefix: artifact keys are `<prefix>-summary`, `-conflicts`, `-failed-ops`, `-quarantined-ops`,
+        problems: ops with a status (`run_ops`, or `problem_ops` of it): the rejected, failed and quarantined
+            ones become tables.
+        key_prefix: artifact keys are `<prefix>-summary`, `-conflicts`, `-rejected-ops`, `-failed-ops`,
+            `-quarantined-ops`,
             `-applied-changes`, `-report` (stable, so the Prefect UI keeps each one's history across runs of
             one kind).
         link: the report's URL (`report_url`), None: its file.
@@ -816,5 +821,6 @@ def _artifact_tables(conflicts: pl.DataFrame | None, problems: pl.DataFrame, app
     return {"conflicts": (readable_values(conflicts, READABLE_COLUMNS, list_names), list(CONFLICT_COLUMNS)),
             "applied-changes": (applied if applied is not None else pl.DataFrame(schema=dict.fromkeys(
                 APPLIED_COLUMNS, pl.String)), list(APPLIED_COLUMNS)),
+            "rejected-ops": (problems.filter(pl.col("status") == REJECTED), ["op_id", *op_cols, "last_error"]),
             "failed-ops": (problems.filter(pl.col("status") == FAILED), [*op_cols, "error_kind", "last_error"]),
             "quarantined-ops": (problems.filter(pl.col("status") == QUARANTINED), [*op_cols, "quarantined_by"])}

@@ -73,7 +73,7 @@ def simulate_apply(world: World, result: PlanRun, status: str, outcome: Callable
     rows = []
     for seq, op in enumerate(result.plan.iter_rows(named=True)):
         op_status, error_kind, last_error = outcome(seq, op)
-        sent = op_status in ("done", "failed", "stale")
+        sent = op_status in ("done", "rejected", "failed", "stale")
         rows.append([result.run_id, op["op_id"], seq, op["target"], op["kind"], op["key"], op["field"], op["expected"],
                      op["new"], op["reason"], world.location, op_status, int(sent), error_kind, last_error, None,
                      op["quarantined_by"], now, now if sent else None, now if sent else None])
@@ -84,11 +84,13 @@ def simulate_apply(world: World, result: PlanRun, status: str, outcome: Callable
 
 
 def applied(seq: int, op: dict[str, Any]) -> tuple:
-    """Quarantined ops stay quarantined; one op failed (its error names a token), one went stale; the rest done."""
+    """Quarantined ops stay quarantined; one op in 7 rejected (its error names a token), one failed (the service),
+    one went stale; the rest done."""
     if op["status"] == "quarantined":
         return "quarantined", None, None
-    return {0: ("failed", "rejected", "422 Unprocessable: firstName too long"),
-            1: ("stale", "precondition", None)}.get(seq % 7, ("done", None, None))
+    return {0: ("rejected", "rejected", "422 Unprocessable: firstName too long"),
+            1: ("stale", "precondition", None),
+            2: ("failed", "unavailable", "503 Service Unavailable after 3 attempts")}.get(seq % 7, ("done", None, None))
 
 
 def requests() -> dict[str, Any]:
@@ -245,9 +247,11 @@ def test_report_html_has_the_charts_the_tables_and_escapes_user_data(world: Worl
     assert HOSTILE not in html and "window.__pwned" in html
     assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;&lt;img src=x onerror=&quot;" in html
     assert "Eve &amp; &quot;Co&quot;" in html
-    # the tables: conflicts, failed (with its error), stale, quarantined, with their counts
+    # the tables: conflicts, rejected (with the API's message), failed, stale, quarantined, with their counts
     assert f"then `recon conflicts import`) <small>({summary['conflicts']:,})</small>" in html
-    assert f"Failed ops <small>({summary['failed']:,})</small>" in html and "firstName too long" in html
+    assert f"`recon quarantine retry OP_ID`) <small>({summary['rejected']:,})</small>" in html
+    assert "firstName too long" in html and summary["rejected"] > 0
+    assert f"planned again next run) <small>({summary['failed']:,})</small>" in html and "after 3 attempts" in html
     assert f"<small>({summary['stale']:,})</small>" in html and f"<small>({summary['quarantined']:,})</small>" in html
     # the drift chart shows the four runs; the Data Docs link resolves from the report's folder
     drift = html[html.index('data-chart="drift"'):html.index("</svg>", html.index('data-chart="drift"'))]
@@ -314,7 +318,8 @@ def test_publish_artifacts_creates_the_summary_tables_and_link(world: World, pre
     identity = open_identity_reviews(world.settings.data_dir, result.run_id, world.store)
     assert quarantine is not None and identity is not None
     ids = publish()
-    assert set(ids) == {"recon-summary", "recon-conflicts", "recon-failed-ops", "recon-quarantined-ops",
+    assert set(ids) == {"recon-summary", "recon-conflicts", "recon-rejected-ops", "recon-failed-ops",
+                        "recon-quarantined-ops",
                         "recon-applied-changes", "recon-identity-reviews", "recon-report"}
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(id=ArtifactFilterId(any_=list(ids.values()))))
@@ -326,7 +331,10 @@ def test_publish_artifacts_creates_the_summary_tables_and_link(world: World, pre
         in by_key["recon-summary"].data
     failed = json.loads(by_key["recon-failed-ops"].data)
     assert by_key["recon-failed-ops"].type == "table" and len(failed) == min(summary["failed"], 50)
-    assert {row["error_kind"] for row in failed} == {"rejected"}
+    assert {row["error_kind"] for row in failed} == {"unavailable"}
+    rejected = json.loads(by_key["recon-rejected-ops"].data)  # counted and shown apart from the service's failures
+    assert summary["rejected"] > 0 and len(rejected) == min(summary["rejected"], 50)
+    assert {row["last_error"] for row in rejected} == {"422 Unprocessable: firstName too long"}
     quarantined = json.loads(by_key["recon-quarantined-ops"].data)
     assert len(quarantined) == min(summary["quarantined"], 50)
     # each quarantined op with its person and since when it is held
