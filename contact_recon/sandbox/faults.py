@@ -11,7 +11,9 @@ A spec such as ``5xx=0.02,applied_5xx=0.5,timeout=0.01,reset=0.01,latency=20ms,4
 - ``te_reject``: share of the members TinyEmail refuses (`PUT /account/customer` `updateMembers`, the
   `assignMembers` and `members` of the audience calls): a refused member makes its whole call answer 400
   naming its index, as a batch API does (`updateMembers[3] ...`). The draw hangs on the member's email and the
-  seed only (`FaultInjector.refuses_member`), so a member is always or never refused.
+  seed only (`FaultInjector.refuses_member`), so a member is always or never refused;
+- ``te_reject_unnamed``: share of those refused members whose 400 names no member (`the batch was refused`),
+  as some APIs answer, so a client must find the member itself (also drawn on the email).
 
 Determinism: the draw for a request depends only on the seed, the request itself (method, path, query
 and body) and how many times that same request was seen before. So a given workload meets the same
@@ -27,7 +29,8 @@ from dataclasses import dataclass, fields
 
 _PROBABILITIES = ("p_5xx", "applied_5xx", "timeout", "reset", "p_429")
 _KEYS = {"5xx": "p_5xx", "applied_5xx": "applied_5xx", "timeout": "timeout", "reset": "reset",
-         "429": "p_429", "latency": "latency_s", "timeout_hold": "timeout_hold_s", "te_reject": "te_reject"}
+         "429": "p_429", "latency": "latency_s", "timeout_hold": "timeout_hold_s", "te_reject": "te_reject",
+         "te_reject_unnamed": "te_reject_unnamed"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class FaultSpec:
     latency_s: float = 0.0
     timeout_hold_s: float = 30.0
     te_reject: float = 0.0
+    te_reject_unnamed: float = 0.0
 
     @classmethod
     def parse(cls, spec: str | None) -> FaultSpec:
@@ -121,6 +125,11 @@ class FaultInjector:
             return False
         u, _, _ = _uniforms(f"{self.seed}|te_reject|{email.strip().lower()}")
         return u < self.spec.te_reject
+
+    def names_refused_member(self, email: str) -> bool:
+        """Whether the 400 refusing this member names it (`te_reject_unnamed` is the share that do not)."""
+        u, _, _ = _uniforms(f"{self.seed}|te_reject_unnamed|{email.strip().lower()}")
+        return u >= self.spec.te_reject_unnamed
 
     def _kind(self, u: float) -> str | None:
         s = self.spec

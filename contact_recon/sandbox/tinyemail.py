@@ -209,7 +209,10 @@ def refused_member(request: Request, members: list[dict[str, Any]], where: str) 
     real batch API, one member TinyEmail will not take refuses the whole call, naming that member's index."""
     injector = request.app.state.control.injector
     for index, item in enumerate(members):
-        if injector.refuses_member(str(item.get("email") or "")):
+        email = str(item.get("email") or "")
+        if injector.refuses_member(email):
+            if not injector.names_refused_member(email):
+                return "the batch was refused: a customer cannot be saved (sandbox fault te_reject_unnamed)"
             return f"{where}[{index}].email was refused: this customer cannot be saved (sandbox fault te_reject)"
     return None
 
