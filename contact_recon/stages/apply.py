@@ -25,7 +25,7 @@ Order within a system is its writer's (creates first: a contact exists before it
 notes; see each writer's docstring).
 
 Rejections (400/422) end the op `rejected` (status and error_kind) with the API's message (`last_error`) and
-are not sent again while the op's content is the same (its id is a hash of the content) unless a person
+are not sent again while the op writes the same value (store/journal.py `rejected_before`) unless a person
 retries it (`recon quarantine retry OP_ID`, store/journal.py `retry_rejected`). A batch call refused for one
 member is narrowed down to that member (systems/writer.py `send_isolating`): the others land. Rejected ops
 are counted apart from `failed` ones, which are the service's failures (the failed-ops alert counts those).

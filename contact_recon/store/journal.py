@@ -15,8 +15,8 @@ so after a crash (SIGKILL included) the journal tells exactly which ops may have
 Columns beyond the op (contact_recon/model/ops.py): `seq` (plan order), `location_id` (the GHL location), `attempts`,
 `error_kind` (rejected | unknown | unavailable | precondition | dependency | not_found | auth), `last_error`
 (redacted), `result_id` (the id an API returned, e.g. a created contact's), `quarantined_by`, and times.
-A `rejected` op (400/422) is not sent again while its content is the same: its op id, a hash of the
-content, is remembered across runs (`rejected_before`), until a person retries it (`retry_rejected`, from
+A `rejected` op (400/422) is not sent again while it writes the same value (`rejected_before`: same target,
+kind, key, field and new, whatever the planner's reason), until a person retries it (`retry_rejected`, from
 `recon quarantine retry OP_ID`): then the next run sends it once more.
 """
 
@@ -40,6 +40,9 @@ REJECTED, UNKNOWN, UNAVAILABLE, PRECONDITION, DEPENDENCY = "rejected", "unknown"
 FINAL = (DONE, REJECTED, FAILED, STALE, QUARANTINED, HELD)  # REJECTED: a status and an error_kind
 HOME_LIST_KEY = "tinyemail:home-list"  # created_objects row of the list our created customers join
 OP_COLUMNS = ("op_id", "target", "kind", "key", "field", "expected", "new", "reason")
+# two journal rows `a` and `b` write the same value the same way (whatever the planner's reason)
+_SAME_WRITE = ("{a}.target = {b}.target AND {a}.kind = {b}.kind AND {a}.key = {b}.key AND {a}.field IS NOT "
+               "DISTINCT FROM {b}.field AND {a}.new IS NOT DISTINCT FROM {b}.new")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,13 +138,20 @@ class Journal:
                                      [*params, ops, run_id])
 
     def rejected_before(self, op_ids: Iterable[str], run_id: str) -> dict[str, str]:
-        """op id -> the API's message, for ops rejected (400/422) by an earlier run with the same content."""
-        # a rejection before a person's retry (rejection_retries) no longer counts
+        """op id -> the API's message, for the run's ops whose value an earlier run had rejected (400/422).
+
+        An op is the same write as a rejected one when it writes the same value the same way (target, kind,
+        key, field and new): the reason the planner gives can change from night to night (a first fill, then a
+        change on one side) without the value changing. A person's retry of such a write (rejection_retries,
+        `recon quarantine retry`) lifts the rejections made before it.
+        """
         rows = self.con.execute(
-            "SELECT j.op_id, arg_max(j.last_error, j.finished_at) FROM journal j LEFT JOIN rejection_retries r "
-            "USING (op_id) WHERE j.error_kind = ? AND j.run_id <> ? AND list_contains(?, j.op_id) "
-            "AND (r.retried_at IS NULL OR j.finished_at > r.retried_at) GROUP BY j.op_id",
-            [REJECTED, run_id, list(op_ids)]).fetchall()
+            f"SELECT cur.op_id, arg_max(old.last_error, old.finished_at) FROM journal cur JOIN journal old "
+            f"ON {_SAME_WRITE.format(a='old', b='cur')} WHERE cur.run_id = ? AND list_contains(?, cur.op_id) "
+            "AND old.run_id <> ? AND old.error_kind = ? AND NOT EXISTS (SELECT 1 FROM rejection_retries r JOIN "
+            f"journal rj ON rj.op_id = r.op_id WHERE {_SAME_WRITE.format(a='rj', b='cur')} "
+            "AND r.retried_at > old.finished_at) GROUP BY cur.op_id",
+            [run_id, list(op_ids), run_id, REJECTED]).fetchall()
         return dict(rows)
 
     def rejections(self, run_id: str) -> pl.DataFrame:

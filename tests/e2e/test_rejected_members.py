@@ -25,7 +25,7 @@ from contact_recon.sandbox.server import RunningServer
 from contact_recon.stages.apply import Applier
 from contact_recon.store.db import open_db
 from contact_recon.store.journal import Journal
-from tests.support.worlds import World, make_settings
+from tests.support.worlds import World, loose_policy, make_settings
 
 SEED = 3
 SHARE = 0.25
@@ -186,3 +186,40 @@ def test_a_refused_member_is_not_sent_again_until_its_value_changes_or_a_person_
     before = len(w.requests(w.te))
     apply_ops(w, [create_op(bad, first="Grace")])
     assert upserts(w, before) == []
+
+
+def test_a_reconciliation_lands_everyone_else_and_shows_the_refused_in_the_report_and_explain(
+        sandboxes: Callable[..., tuple[RunningServer, RunningServer]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from contact_recon.report.build import build_summary
+
+    fixture = generate_fixture(60, seed=7, overlap=0.5)
+    ghl, te = sandboxes(fixture, rate_scale=50, faults="te_reject=0.1", seed=SEED)
+    settings = make_settings(ghl, te, fixture, tmp_path / "data")
+    with open_db(settings.data_dir / "recon.duckdb") as store:
+        w = World(fixture, ghl, te, settings, store, loose_policy(tmp_path))
+        first = w.reconcile()
+        journal = Journal(store).frame(first.run_id)
+        rejected = journal.filter(pl.col("status") == "rejected")
+        te_ops = journal.filter(pl.col("target") == "tinyemail")
+        assert rejected.height > 0 and set(rejected["target"]) == {"tinyemail"}
+        # everyone else landed: no TinyEmail op failed or was left unsent
+        assert te_ops.filter(pl.col("status").is_in(["failed", "planned", "sending"])).height == 0
+        summary = build_summary(store, settings.data_dir, first.run_id, dry_run=False, requests={}, guards=[])
+        assert summary["rejected"] == rejected.height and summary["failed"] == 0
+        # the next run sends none of them again: no TinyEmail call is refused
+        before = len(w.requests(te))
+        second = w.reconcile()
+        assert not [r for r in w.requests(te)[before:] if r["status"] == 400]
+        # the same writes are rejected again, without a call, though the planner's reason may differ (a first
+        # fill last night, a change on one side tonight)
+        again = Journal(store).frame(second.run_id).filter(pl.col("status") == "rejected")
+        same_write = ["target", "kind", "key", "field", "new"]
+        assert again.select(same_write).sort(same_write).rows() == rejected.select(same_write).sort(same_write).rows()
+        assert all(e.startswith("rejected by an earlier run") for e in again["last_error"])
+        key = rejected["key"][0]
+    # `recon explain` tells the person's story with the API's message
+    shown = cli(w, monkeypatch, "explain", key, "--json")
+    assert shown.exit_code == 0, shown.output
+    ops = [op for run in json.loads(shown.output)["runs"] for op in run.get("ops", [])]
+    assert any(op["status"] == "rejected" and "was refused" in (op["last_error"] or "") for op in ops), ops
