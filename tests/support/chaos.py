@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import httpx
 import polars as pl
 
 from contact_recon.model.cells import unguarded
+from contact_recon.model.normalise import normalise_email
 from contact_recon.model.policy import Policy
 from contact_recon.model.records import SHARED_TEXT_FIELDS
 from contact_recon.sandbox.generate import generate_fixture
@@ -282,9 +283,12 @@ def leftover_ops(world: World) -> tuple[Outcome, pl.DataFrame]:
 
 
 def disagreements(ghl_state: dict[str, Any], te_state: dict[str, Any], conflicts: pl.DataFrame,
-                  policy: Policy | None = None, region: str = "US") -> list[tuple[str, str, Any, Any]]:
+                  policy: Policy | None = None, region: str = "US",
+                  pending: Iterable[str] = ()) -> list[tuple[str, str, Any, Any]]:
     """(email, field, GHL value, TinyEmail value) for every shared field on which the systems differ, but for
-    the conflicts (key, field) the data team must settle; a person on one side only is listed as `presence`.
+    the conflicts (key, field) the data team must settle; a person on one side only is listed as `presence`,
+    unless a presence conflict reports them (`deleted_in_ghl`, `tinyemail_missing`: reported, never written) or
+    they are `pending` (emails of an open identity review, e.g. the old email of a GHL contact whose email changed).
 
     Tags by namespace (contact_recon/engine/merge.py, table C): plain tags equal on both sides; GHL's list tags equal
     the TinyEmail lists the customer is in (but our own home list); TinyEmail carries the open-task fact tag exactly
@@ -301,7 +305,11 @@ def disagreements(ghl_state: dict[str, Any], te_state: dict[str, Any], conflicts
     settled = {(email_of.get(k, k.removeprefix("te:")), f) for k, f in conflicts.select("key", "field").iter_rows()}
     lists = te_lists(te_state, policy)
     open_tasks = {email_of.get(t["contactId"]) for t in location.get("tasks", []) if not t.get("completed")}
-    out: list[tuple[str, str, Any, Any]] = [(e, "presence", e in ghl, e in te) for e in sorted(set(ghl) ^ set(te))]
+    reported = {normalise_email(e)[0] for e in pending}
+    for row in conflicts.filter(pl.col("reason").is_in(["deleted_in_ghl", "tinyemail_missing"])).iter_rows(named=True):
+        reported |= {normalise_email(v)[0] for v in (row["tinyemail"], row["ghl"], row["base"]) if v}
+    out: list[tuple[str, str, Any, Any]] = [(e, "presence", e in ghl, e in te) for e in sorted(set(ghl) ^ set(te))
+                                            if e not in reported]
     for email in sorted(set(ghl) & set(te)):
         a, b = ghl[email], te[email]
         sides = {name: (a[name], b[name]) for name in COMPARED}
