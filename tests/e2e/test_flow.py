@@ -72,7 +72,6 @@ def test_the_flow_converges_both_systems_after_a_day_of_drift(world: World) -> N
     ghl, te = ghl_people(ghl_state), te_people(te_state)
     conflicts = unguarded(pl.read_csv(Path(world.settings.data_dir) / "runs" / third["run_id"] / "conflicts.csv",
                                       infer_schema_length=0))
-    rows = conflicts.to_dicts()
     # every GHL contact with an email is a TinyEmail customer; a TinyEmail customer without a GHL contact is
     # one whose contact a person deleted in GHL (TinyEmail has no delete): reported, never recreated blindly
     assert {e for e in ghl if "@" in e} <= set(te)
