@@ -5,10 +5,11 @@ with a Private Integration token from the fixture. It has no base-URL option: bo
 OAuth service read the class attribute `HighLevel.BASE_URL`, so `sdk_client` builds a subclass whose
 BASE_URL is the sandbox URL (no module or global state is patched).
 
-Each test drives one object's lifecycle through the SDK and checks, after every step, what the sandbox
+Each scenario drives one object's lifecycle through the SDK and checks, after every step, what the sandbox
 actually holds via the loopback-only `GET /__sandbox/state` (the ghl part of a fixture). Every answer
-the SDK receives is also validated against the spec (tests/support/ghl_openapi.py), and the last test checks
-that the SDK calls reached every operation they were meant to.
+the SDK receives is also validated against the spec (tests/support/ghl_openapi.py). Each scenario is a test of
+its own, and `test_sdk_reached_every_operation` runs all of them again with its own coverage record, so it
+holds alone, in any order and on any xdist worker.
 """
 
 from __future__ import annotations
@@ -30,10 +31,7 @@ LOC = "LocSdkSSSSSSSSSSSSS1"
 PIT = "pit-sdk-full-scopes"
 CONTACT = "SdkContact0000000001"
 DUE = "2026-12-24T09:00:00.000Z"
-SDK_COVERAGE = Coverage()  # filled by this module's tests, checked by its last one
-# The coverage check reads what the module's other tests recorded: the whole file runs in one process, in its order
-# (`--dist loadfile`; the group, for `--dist loadgroup`), with the check moved last (the `module_coverage` mark).
-pytestmark = pytest.mark.xdist_group("test_ghl_sdk")
+Scenario = Callable[[HighLevel, httpx.Client], Awaitable[None]]  # (sdk, admin client of the sandbox)
 
 FIXTURE: dict[str, Any] = {
     "oauthClients": [],
@@ -88,149 +86,170 @@ def admin(base_url: str) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.fixture
-def run_sdk(base_url: str, admin: httpx.Client) -> Callable[[Callable[[HighLevel], Awaitable[None]]], None]:
-    """Run an async scenario with a fresh SDK client (one event loop per scenario, client closed after)."""
+def run_scenario(base_url: str, admin: httpx.Client, scenario: Scenario, coverage: Coverage | None = None) -> None:
+    """Run an async scenario with a fresh SDK client (one event loop per scenario, client closed after); every
+    answer is checked against the spec and recorded in `coverage` (a throwaway record when None)."""
+    async def main() -> None:
+        sdk = sdk_client(base_url, PIT, coverage or Coverage())
+        try:
+            await scenario(sdk, admin)
+        finally:
+            await sdk.close()
 
-    def run(scenario: Callable[[HighLevel], Awaitable[None]]) -> None:
-        async def main() -> None:
-            sdk = sdk_client(base_url, PIT, SDK_COVERAGE)
-            try:
-                await scenario(sdk)
-            finally:
-                await sdk.close()
+    asyncio.run(main())
 
-        asyncio.run(main())
 
-    return run
+def _all(admin: httpx.Client, kind: str) -> list[dict[str, Any]]:
+    response = admin.get("/__sandbox/state")
+    response.raise_for_status()
+    items: list[dict[str, Any]] = response.json()["locations"][LOC][kind]
+    return items
 
 
 def _stored(admin: httpx.Client, kind: str, item_id: str) -> dict[str, Any] | None:
-    response = admin.get("/__sandbox/state")
-    response.raise_for_status()
-    items = response.json()["locations"][LOC][kind]
-    return next((item for item in items if item.get("id") == item_id), None)
+    return next((item for item in _all(admin, kind) if item.get("id") == item_id), None)
 
 
 def test_sdk_points_at_the_sandbox(base_url: str) -> None:
-    sdk = sdk_client(base_url, PIT)
-    assert str(sdk.get_http_client().base_url).rstrip("/") == base_url
-    assert sdk.get_headers()["Version"] == "v3"
+    async def main() -> None:  # made inside the loop that closes it (the SDK makes a loop of its own otherwise)
+        sdk = sdk_client(base_url, PIT)
+        try:
+            assert str(sdk.get_http_client().base_url).rstrip("/") == base_url
+            assert sdk.get_headers()["Version"] == "v3"
+        finally:
+            await sdk.close()
+
+    asyncio.run(main())
     assert HighLevel.BASE_URL == "https://services.leadconnectorhq.com"  # the SDK class itself is untouched
-    asyncio.run(sdk.close())
 
 
-def test_sdk_contact_lifecycle(run_sdk: Callable[..., None], admin: httpx.Client) -> None:
-    async def scenario(sdk: HighLevel) -> None:
-        created = await sdk.contacts.create_contact(
-            {"locationId": LOC, "firstName": "Dorothy", "lastName": "Vaughan", "email": "dv@example.com"}
-        )
-        contact_id = created["contact"]["id"]
-        assert _stored(admin, "contacts", contact_id)["email"] == "dv@example.com"  # type: ignore[index]
+async def contact_lifecycle(sdk: HighLevel, admin: httpx.Client) -> None:
+    created = await sdk.contacts.create_contact(
+        {"locationId": LOC, "firstName": "Dorothy", "lastName": "Vaughan", "email": "dv@example.com"}
+    )
+    contact_id = created["contact"]["id"]
+    assert _stored(admin, "contacts", contact_id)["email"] == "dv@example.com"  # type: ignore[index]
 
-        read = await sdk.contacts.get_contact(contact_id)
-        assert (read["contact"]["firstName"], read["contact"]["locationId"]) == ("Dorothy", LOC)
+    read = await sdk.contacts.get_contact(contact_id)
+    assert (read["contact"]["firstName"], read["contact"]["locationId"]) == ("Dorothy", LOC)
 
-        updated = await sdk.contacts.update_contact(contact_id, {"lastName": "Johnson-Vaughan", "city": "Hampton"})
-        assert updated["contact"]["lastName"] == "Johnson-Vaughan"
-        stored = _stored(admin, "contacts", contact_id)
-        assert (stored["lastName"], stored["city"]) == ("Johnson-Vaughan", "Hampton")  # type: ignore[index]
+    updated = await sdk.contacts.update_contact(contact_id, {"lastName": "Johnson-Vaughan", "city": "Hampton"})
+    assert updated["contact"]["lastName"] == "Johnson-Vaughan"
+    stored = _stored(admin, "contacts", contact_id)
+    assert (stored["lastName"], stored["city"]) == ("Johnson-Vaughan", "Hampton")  # type: ignore[index]
 
-        found = await sdk.contacts.search_contacts_advanced(
-            {"locationId": LOC, "pageLimit": 10,
-             "filters": [{"field": "email", "operator": "eq", "value": "dv@example.com"}]}
-        )
-        assert [c["id"] for c in found["contacts"]] == [contact_id] and found["total"] == 1
+    found = await sdk.contacts.search_contacts_advanced(
+        {"locationId": LOC, "pageLimit": 10,
+         "filters": [{"field": "email", "operator": "eq", "value": "dv@example.com"}]}
+    )
+    assert [c["id"] for c in found["contacts"]] == [contact_id] and found["total"] == 1
 
-        deleted = await sdk.contacts.delete_contact(contact_id)
-        assert deleted["succeded"] is True
-        assert _stored(admin, "contacts", contact_id) is None
-        with pytest.raises(GHLError) as gone:
-            await sdk.contacts.get_contact(contact_id)
-        assert gone.value.status_code == 400
-
-    run_sdk(scenario)
+    deleted = await sdk.contacts.delete_contact(contact_id)
+    assert deleted["succeded"] is True
+    assert _stored(admin, "contacts", contact_id) is None
+    with pytest.raises(GHLError) as gone:
+        await sdk.contacts.get_contact(contact_id)
+    assert gone.value.status_code == 400
 
 
-def test_sdk_task_lifecycle(run_sdk: Callable[..., None], admin: httpx.Client) -> None:
-    async def scenario(sdk: HighLevel) -> None:
-        created = await sdk.contacts.create_task(
-            CONTACT, {"title": "Review code", "body": "Lunar module", "dueDate": DUE, "completed": False}
-        )
-        task_id = created["task"]["id"]
-        stored = _stored(admin, "tasks", task_id)
-        assert (stored["contactId"], stored["title"], stored["completed"]) == (CONTACT, "Review code", False)  # type: ignore[index]
 
-        read = await sdk.contacts.get_task(CONTACT, task_id)
-        assert read["task"]["body"] == "Lunar module"
-
-        await sdk.contacts.update_task(CONTACT, task_id, {"title": "Review all code"})
-        assert _stored(admin, "tasks", task_id)["title"] == "Review all code"  # type: ignore[index]
-
-        done = await sdk.contacts.update_task_completed(CONTACT, task_id, {"completed": True})
-        assert done["task"]["completed"] is True
-        assert _stored(admin, "tasks", task_id)["completed"] is True  # type: ignore[index]
-
-        listed = await sdk.contacts.get_all_tasks(CONTACT)
-        assert [t["id"] for t in listed["tasks"]] == [task_id]
-
-        deleted = await sdk.contacts.delete_task(CONTACT, task_id)
-        assert deleted["succeded"] is True
-        assert _stored(admin, "tasks", task_id) is None
-
-    run_sdk(scenario)
+def test_sdk_contact_lifecycle(base_url: str, admin: httpx.Client) -> None:
+    run_scenario(base_url, admin, contact_lifecycle)
 
 
-def test_sdk_note_lifecycle(run_sdk: Callable[..., None], admin: httpx.Client) -> None:
-    async def scenario(sdk: HighLevel) -> None:
-        created = await sdk.contacts.create_note(CONTACT, {"body": "Wrote the flight software"})
-        note_id = created["note"]["id"]
-        stored = _stored(admin, "notes", note_id)
-        assert (stored["contactId"], stored["body"]) == (CONTACT, "Wrote the flight software")  # type: ignore[index]
+async def task_lifecycle(sdk: HighLevel, admin: httpx.Client) -> None:
+    created = await sdk.contacts.create_task(
+        CONTACT, {"title": "Review code", "body": "Lunar module", "dueDate": DUE, "completed": False}
+    )
+    task_id = created["task"]["id"]
+    stored = _stored(admin, "tasks", task_id)
+    assert (stored["contactId"], stored["title"], stored["completed"]) == (CONTACT, "Review code", False)  # type: ignore[index]
 
-        read = await sdk.contacts.get_note(CONTACT, note_id)
-        assert read["note"]["body"] == "Wrote the flight software"
+    read = await sdk.contacts.get_task(CONTACT, task_id)
+    assert read["task"]["body"] == "Lunar module"
 
-        updated = await sdk.contacts.update_note(CONTACT, note_id, {"body": "Led the flight software team"})
-        assert updated["note"]["body"] == "Led the flight software team"
-        assert _stored(admin, "notes", note_id)["body"] == "Led the flight software team"  # type: ignore[index]
+    await sdk.contacts.update_task(CONTACT, task_id, {"title": "Review all code"})
+    assert _stored(admin, "tasks", task_id)["title"] == "Review all code"  # type: ignore[index]
 
-        deleted = await sdk.contacts.delete_note(CONTACT, note_id)
-        assert deleted["succeded"] is True
-        assert _stored(admin, "notes", note_id) is None
+    done = await sdk.contacts.update_task_completed(CONTACT, task_id, {"completed": True})
+    assert done["task"]["completed"] is True
+    assert _stored(admin, "tasks", task_id)["completed"] is True  # type: ignore[index]
 
-    run_sdk(scenario)
+    listed = await sdk.contacts.get_all_tasks(CONTACT)
+    assert [t["id"] for t in listed["tasks"]] == [task_id]
 
-
-def test_sdk_tags_add_and_remove(run_sdk: Callable[..., None], admin: httpx.Client) -> None:
-    async def scenario(sdk: HighLevel) -> None:
-        added = await sdk.contacts.add_tags(CONTACT, {"tags": ["nasa", "mit"]})
-        assert {"nasa", "mit"} <= set(added["tags"])
-        assert sorted(_stored(admin, "contacts", CONTACT)["tags"]) == ["apollo", "mit", "nasa"]  # type: ignore[index]
-
-        await sdk.contacts.remove_tags(CONTACT, {"tags": ["apollo", "mit"]})
-        assert _stored(admin, "contacts", CONTACT)["tags"] == ["nasa"]  # type: ignore[index]
-
-    run_sdk(scenario)
+    deleted = await sdk.contacts.delete_task(CONTACT, task_id)
+    assert deleted["succeded"] is True
+    assert _stored(admin, "tasks", task_id) is None
 
 
-def test_sdk_surfaces_spec_errors(run_sdk: Callable[..., None], admin: httpx.Client) -> None:
-    async def scenario(sdk: HighLevel) -> None:
-        with pytest.raises(GHLError) as unknown:
-            await sdk.contacts.create_contact({"locationId": LOC, "email": "x@example.com", "shoeSize": 9})
-        assert unknown.value.status_code == 422
-        assert unknown.value.response["message"] == ["property shoeSize should not exist"]
-        with pytest.raises(GHLError) as duplicate:
-            await sdk.contacts.create_contact({"locationId": LOC, "email": "mh@example.com"})
-        assert duplicate.value.status_code == 400
-        assert duplicate.value.response["meta"] == {"contactId": CONTACT, "matchingField": "email"}
 
-    run_sdk(scenario)
-    assert len(admin.get("/__sandbox/state").json()["locations"][LOC]["contacts"]) == 1
+def test_sdk_task_lifecycle(base_url: str, admin: httpx.Client) -> None:
+    run_scenario(base_url, admin, task_lifecycle)
 
 
-@pytest.mark.module_coverage  # after the module's other tests (tests/conftest.py)
-def test_sdk_reached_every_operation() -> None:
+async def note_lifecycle(sdk: HighLevel, admin: httpx.Client) -> None:
+    created = await sdk.contacts.create_note(CONTACT, {"body": "Wrote the flight software"})
+    note_id = created["note"]["id"]
+    stored = _stored(admin, "notes", note_id)
+    assert (stored["contactId"], stored["body"]) == (CONTACT, "Wrote the flight software")  # type: ignore[index]
+
+    read = await sdk.contacts.get_note(CONTACT, note_id)
+    assert read["note"]["body"] == "Wrote the flight software"
+
+    updated = await sdk.contacts.update_note(CONTACT, note_id, {"body": "Led the flight software team"})
+    assert updated["note"]["body"] == "Led the flight software team"
+    assert _stored(admin, "notes", note_id)["body"] == "Led the flight software team"  # type: ignore[index]
+
+    deleted = await sdk.contacts.delete_note(CONTACT, note_id)
+    assert deleted["succeded"] is True
+    assert _stored(admin, "notes", note_id) is None
+
+
+
+def test_sdk_note_lifecycle(base_url: str, admin: httpx.Client) -> None:
+    run_scenario(base_url, admin, note_lifecycle)
+
+
+async def tags_add_and_remove(sdk: HighLevel, admin: httpx.Client) -> None:
+    added = await sdk.contacts.add_tags(CONTACT, {"tags": ["nasa", "mit"]})
+    assert {"nasa", "mit"} <= set(added["tags"])
+    assert sorted(_stored(admin, "contacts", CONTACT)["tags"]) == ["apollo", "mit", "nasa"]  # type: ignore[index]
+
+    await sdk.contacts.remove_tags(CONTACT, {"tags": ["apollo", "mit"]})
+    assert _stored(admin, "contacts", CONTACT)["tags"] == ["nasa"]  # type: ignore[index]
+
+
+
+def test_sdk_tags_add_and_remove(base_url: str, admin: httpx.Client) -> None:
+    run_scenario(base_url, admin, tags_add_and_remove)
+
+
+async def spec_errors(sdk: HighLevel, admin: httpx.Client) -> None:
+    with pytest.raises(GHLError) as unknown:
+        await sdk.contacts.create_contact({"locationId": LOC, "email": "x@example.com", "shoeSize": 9})
+    assert unknown.value.status_code == 422
+    assert unknown.value.response["message"] == ["property shoeSize should not exist"]
+    with pytest.raises(GHLError) as duplicate:
+        await sdk.contacts.create_contact({"locationId": LOC, "email": "mh@example.com"})
+    assert duplicate.value.status_code == 400
+    assert duplicate.value.response["meta"] == {"contactId": CONTACT, "matchingField": "email"}
+
+    assert len(_all(admin, "contacts")) == 1  # nothing was created
+
+
+def test_sdk_surfaces_spec_errors(base_url: str, admin: httpx.Client) -> None:
+    run_scenario(base_url, admin, spec_errors)
+
+
+SCENARIOS: tuple[Scenario, ...] = (contact_lifecycle, task_lifecycle, note_lifecycle, tags_add_and_remove, spec_errors)
+
+
+def test_sdk_reached_every_operation(base_url: str, admin: httpx.Client) -> None:
+    coverage = Coverage()
+    for scenario in SCENARIOS:  # each on the sandbox as the fixture made it
+        admin.post("/__sandbox/reset").raise_for_status()
+        run_scenario(base_url, admin, scenario, coverage)
     expected = {
         ("POST", "/contacts/"), ("GET", "/contacts/{contactId}"), ("PUT", "/contacts/{contactId}"),
         ("POST", "/contacts/search"), ("DELETE", "/contacts/{contactId}"),
@@ -241,5 +260,5 @@ def test_sdk_reached_every_operation() -> None:
         ("PUT", "/contacts/{contactId}/notes/{id}"), ("DELETE", "/contacts/{contactId}/notes/{id}"),
         ("POST", "/contacts/{contactId}/tags"), ("DELETE", "/contacts/{contactId}/tags"),
     }
-    missing = sorted(expected - SDK_COVERAGE.operations())
+    missing = sorted(expected - coverage.operations())
     assert not missing, f"SDK calls that never reached the sandbox: {missing}"
