@@ -61,8 +61,6 @@ def pytest_configure_node(node: Any) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "module_coverage: checks what the other tests of its module recorded; runs after them")
     sizes = getattr(config, "workerinput", {}).get("terminal_size")
     for name, value in (sizes or {}).items():  # an xdist worker: the session's values, not readline's
         if value is None:
@@ -72,15 +70,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The slowest files first (stable: tests keep their order within a file), and in each file the tests marked
-    `module_coverage` last, after the tests whose exchanges they check."""
+    """The slowest files first (stable: tests keep their order within a file)."""
     rank = {path: i for i, path in enumerate(SLOWEST)}
     first: dict[str, int] = {}
     for i, item in enumerate(items):
         first.setdefault(item.nodeid.split("::", 1)[0], i)
 
-    def key(item: pytest.Item) -> tuple[int, int, int]:
+    def key(item: pytest.Item) -> tuple[int, int]:
         path = item.nodeid.split("::", 1)[0]
-        return rank.get(path, len(SLOWEST)), first[path], 1 if item.get_closest_marker("module_coverage") else 0
+        return rank.get(path, len(SLOWEST)), first[path]
 
     items.sort(key=key)
