@@ -203,19 +203,45 @@ _CHILD = textwrap.dedent("""
     mode, path = sys.argv[1], sys.argv[2]
     row = ghl_contact_record({"id": "x", "email": "x@example.com", "city": "Big"}, "L1")
     frame = to_frame([row], GHL_CONTACTS)
-    frame = frame.select(pl.all().repeat_by(600_000).explode()).with_columns(
+    frame = frame.select(pl.all().repeat_by(200_000).explode()).with_columns(
         contact_id=pl.format("big{}", pl.int_range(pl.len())))
     store = open_db(path)
     run = store.start_run("snapshot", ["L1"])
-    if mode == "before_commit":
+    if mode == "during_insert":
+        # a failpoint inside the INSERT: the snapshot rows reach DuckDB as a stream of batches; after two of the
+        # four, the stream says so and stalls, so the statement is under way (its first rows taken) when killed
+        import pyarrow as pa
+
+        class Connection:
+            def __init__(self, real):
+                self.real = real
+
+            def __getattr__(self, name):
+                return getattr(self.real, name)
+
+            def register(self, name, data):
+                if name != "_snapshot_frame":
+                    return self.real.register(name, data)
+                table = data.to_arrow()
+
+                def batches():
+                    for i, batch in enumerate(table.to_batches(max_chunksize=50_000)):
+                        if i == 2:
+                            print("inserting", flush=True)
+                            time.sleep(60)
+                        yield batch
+
+                return self.real.register(name, pa.RecordBatchReader.from_batches(table.schema, batches()))
+
+        store.con = Connection(store.con)
+    if mode == "before_commit":  # a failpoint after every row and the watermark, before the commit
         real = Store._set_watermarks
         def stop(self, run_id, watermarks):
             real(self, run_id, watermarks)
-            print("ready", flush=True)
+            print("inserted", flush=True)
             time.sleep(60)
         Store._set_watermarks = stop
-    else:
-        print("ready", flush=True)
+    print("ready", flush=True)
     store.write_snapshot(run, {"ghl_contacts": frame}, {("L1", "ghl_contacts"): "w2"})
     print("committed", flush=True)
     time.sleep(60)
@@ -233,9 +259,8 @@ def test_sigkill_mid_snapshot_keeps_previous_snapshot_and_watermark(tmp_path: Pa
                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         assert child.stdout.readline().strip() == "ready"
-        if mode == "during_insert":
-            import time
-            time.sleep(0.1)
+        # killed only once the child says it is inside the insert (or past it, before the commit)
+        assert child.stdout.readline().strip() == {"during_insert": "inserting", "before_commit": "inserted"}[mode]
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
     finally:
