@@ -7,8 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -69,24 +69,34 @@ def _ghl_credentials(fixture: Path) -> tuple[str, str]:
 
 
 def test_150_requests_in_10s_give_exactly_100_successes_and_50_429s(served: Served, fixture_file: Path):
+    """A burst of 150 searches: each answer is what the sandbox's own sliding window says it must be, by the times
+    its request log gives (100 in any 10 s, 200000 a day), so the check holds however long the burst took on a
+    loaded machine; and when the burst fits one window, as it does here, that is exactly 100 then 50 429s."""
     token, location = _ghl_credentials(fixture_file)
     headers = {"Authorization": f"Bearer {token}", "Version": "2021-07-28"}
-    started = time.monotonic()
     with httpx.Client(base_url=served.urls["ghl"], headers=headers, timeout=10) as client:
         answers = [client.post("/contacts/search", json={"locationId": location, "pageLimit": 1}) for _ in range(150)]
-    took = time.monotonic() - started  # the check is about a burst inside one 10 s window
-    statuses = [a.status_code for a in answers]
-    assert statuses.count(200) == 100 and statuses.count(429) == 50, f"burst took {took:.1f}s"
-    assert statuses == [200] * 100 + [429] * 50
-    for i, answer in enumerate(answers):
+    log = [r for r in httpx.get(served.urls["ghl"] + "/__sandbox/requests").json()["requests"]
+           if r["path"] == "/contacts/search"]
+    assert [r["status"] for r in log] == [a.status_code for a in answers]  # the log is the burst, in order
+    times = [datetime.fromisoformat(r["time"].replace("Z", "+00:00")).timestamp() for r in log]
+    granted: list[float] = []  # the sandbox's window, replayed from its own times
+    for i, (answer, when) in enumerate(zip(answers, times, strict=True)):
+        in_window = [t for t in granted if t > when - 10.0]
+        allowed = len(in_window) < 100
+        assert answer.status_code == (200 if allowed else 429), (i, len(in_window))
+        if allowed:
+            granted.append(when)
         assert answer.headers["X-RateLimit-Max"] == "100"
         assert answer.headers["X-RateLimit-Interval-Milliseconds"] == "10000"
         assert answer.headers["X-RateLimit-Limit-Daily"] == "200000"
-        assert answer.headers["X-RateLimit-Remaining"] == str(max(0, 99 - i))
-        assert answer.headers["X-RateLimit-Daily-Remaining"] == str(200_000 - min(i + 1, 100))
-    for answer in answers[100:]:
-        assert answer.json() == {"statusCode": 429, "message": "Too many requests"}
-        assert 1 <= int(answer.headers["Retry-After"]) <= 10
+        assert answer.headers["X-RateLimit-Remaining"] == str(100 - len(in_window) - 1 if allowed else 0)
+        assert answer.headers["X-RateLimit-Daily-Remaining"] == str(200_000 - len(granted))
+        if not allowed:
+            assert answer.json() == {"statusCode": 429, "message": "Too many requests"}
+            assert 1 <= int(answer.headers["Retry-After"]) <= 10
+    if times[-1] - times[0] < 10.0:  # the whole burst inside one window (its figures say so)
+        assert [a.status_code for a in answers] == [200] * 100 + [429] * 50
 
 
 def test_serve_prints_urls_and_stops_cleanly_on_sigterm(served: Served):
