@@ -29,8 +29,8 @@ from contact_recon.engine.state import Consent, blocked
 from contact_recon.engine.state import next_base as state_next_base
 from contact_recon.model.ops import Op
 from contact_recon.model.policy import Policy
-from tests.support import REPO
 from contact_recon.model.tags import fold
+from tests.support import REPO
 from tests.support.merge import apply_plan, by_key, frame, keys_of, next_base, norm, rec, tag_key
 
 sys.path.append(str(REPO / "bench"))

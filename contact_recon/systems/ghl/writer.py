@@ -32,6 +32,7 @@ from contact_recon.model.keys import TE_KEY_PREFIX, Person, address, is_te_key
 from contact_recon.model.list_tags import LIST_TAG_RESPELLED, ListNames
 from contact_recon.model.ops import Kind
 from contact_recon.model.policy import ConsentPolicy
+from contact_recon.model.tags import TAG_FOLDED
 from contact_recon.systems.errors import ConnectorError, Duplicate, Validation
 from contact_recon.systems.ghl.client import GHLClient
 from contact_recon.systems.ghl.mapping import contact_body, contact_row, dnd_on, field_name
@@ -196,11 +197,11 @@ class GHLWriter(Generic[OpT]):
 
     def _spelled(self, op: OpT, adding: bool) -> list[str]:
         """The tags GHL is sent for a tag op: a list as GHL spells it (model/list_tags.py); a removal removes every
-        spelling the list has had; a respelling op names its spelling itself."""
+        spelling the list has had; a respelling op and a fold op (model/tags.py) name their spelling themselves."""
         tag = op.new if adding else op.expected
         if not tag:
             return []
-        if op.reason == LIST_TAG_RESPELLED:
+        if op.reason in (LIST_TAG_RESPELLED, TAG_FOLDED):
             return [tag]
         return [self.list_tags.spell(tag)] if adding else self.list_tags.spellings(tag)
 
