@@ -12,8 +12,9 @@ base row has an email). "A valid base" for a person means it was on both sides a
 The algorithm
 -------------
 1. Normalise: text is trimmed, and `""`, whitespace and null are one value (blank); comparisons are
-   null-aware (blank == blank). Email and consent are text too. Tags and list names are compared as
-   given (the snapshot normalises them) and as sets.
+   null-aware (blank == blank). Email and consent are text too. Tags and list names are compared as sets
+   of tag keys (`contact_recon/model/tags.py`: case-folded, trimmed, inner spaces collapsed), so `VIP` and
+   `vip` are one tag; each side keeps its own spelling (table C).
 2. Re-key: a TinyEmail row keyed `te:<email>` whose email is the base email of exactly one base person
    that has no TinyEmail row now is that person (its GHL contact was deleted or its email changed).
 3. Join the three key columns (full outer, with row numbers) and give every person a presence case
@@ -25,7 +26,8 @@ The algorithm
 
 What the state module stores after applying (the next base), so that planning again is empty: the
 agreed values; for a field in the conflict table the old base value if the base was valid, else blank;
-tags as the union of both sides (with the list tags) and TinyEmail's lists; as consent the tight value
+tags as the union of both sides by key (with the list tags; TinyEmail's spelling where both have one) and
+TinyEmail's lists; as consent the tight value
 if either side is tight; `in_ghl` / `in_tinyemail` as now. Task and note ops that were applied go into
 `created` (key, rule, object id). `tests/support/merge.py::next_base` is the reference.
 
@@ -90,7 +92,9 @@ the names and the phone) go to the conflict table on the first run and stay ther
 A conflict leaves the base value in place (the state module keeps the old value of a valid base, and a
 blank without one), so it is reported again until a person settles it; it never blocks other fields.
 
-C. Tags and lists of a matched person, as sets. Each tag has a namespace by its prefix: a configured
+C. Tags and lists of a matched person, as sets of tag keys (a tag's key: case-folded, trimmed, inner
+whitespace runs as one space; `model/tags.py`). Each tag has a namespace by its key's prefix (the prefixes
+compared by key too, so `GHL:Hot` is GHL-owned): a configured
 fact tag (e.g. `ghl:open-task`) -> fact; `list_prefix` -> list; `ghl_owned_prefixes` -> ghl;
 `tinyemail_owned_prefixes` -> tinyemail; otherwise shared. A TinyEmail list L is the member
 `<list_prefix>L` of the list namespace; on TinyEmail, tags in the list namespace are ignored (lists are
@@ -108,7 +112,11 @@ The desired set R per namespace (T, G, B: the sets on TinyEmail, on GHL, at a va
 | fact                  | facts of the GHL tasks    | open / overdue task -> TinyEmail tag; cleared after |
 
 Ops: GHL tag_add R - G, tag_remove G - R (not for ghl-owned/fact); TinyEmail tag_add/list_add R - T and
-tag_remove/list_remove T - R (not for tinyemail-owned). A tag added on one side and removed on the other
+tag_remove/list_remove T - R (not for tinyemail-owned). Spellings: a tag already on a side keeps that side's
+spelling (a change of case alone on one side is no change: its key is in T, G and B alike); an add is written
+in the spelling of the side it came from, a removal names the target's own spelling. A side holding two
+spellings of one key counts once here (the first in its list); the plan stage folds such records before the
+merge (`contact_recon/stages/plan.py`, fold ops that are not the merge's). A tag added on one side and removed on the other
 cannot happen (added means not in B, removed means in B). Facts are managed only when `ghl_tasks` is
 given (overdue only with `today` too); otherwise fact tags are left alone.
 
@@ -140,6 +148,7 @@ created) in GHL.
 | TinyEmail tight now, not tight at the base (unsub/spam)| unsubscribe_note  | note_create with status and date|
 | same, bounced                                          | bounce_note       | note_create with date           |
 | a configured TinyEmail tag present now, not at the base| tag:<tag>         | note_create or task_create      |
+|   (`TagTrigger.tag`, by tag key; named by its spelling) |                   |                                 |
 
 A task this plan creates is an open task the moment it exists: the open-task fact tag goes to TinyEmail in the
 same plan (`_new_task_facts`), so the next run has nothing left to do.
