@@ -3,11 +3,13 @@
 The story as a new user met it: a contact tagged `VIP` in GHL whose TinyEmail customer is tagged `vip`. Before,
 the first run copied each spelling to the other side and both systems kept both for good. Now each side keeps
 its own spelling and a second run plans nothing; a record an earlier run left with both spellings is folded
-once (the spelling there first stays) and the report counts the folds.
+once (the spelling there first stays) and the report counts the folds. `sync-contact` follows the same rule
+for one person between nights.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ import pytest
 from contact_recon.model.tags import TAG_FOLDED
 from contact_recon.sandbox.generate import generate_fixture
 from contact_recon.sandbox.server import RunningServer
+from contact_recon.stages.plan import load_plan
+from contact_recon.stages.run import sync
 from contact_recon.store.db import open_db
 from tests.support.worlds import World, loose_policy, make_settings
 
@@ -101,3 +105,34 @@ def test_case_variants_are_one_tag_each_side_keeps_its_spelling_and_old_duplicat
     assert churn.height == 0, churn.select("target", "kind", "key", "expected", "new", "reason").rows()[:5]
     assert second.summary["tags_folded"] == {"planned": 0, "applied": 0}
     assert _vip(world) == after
+
+
+def test_sync_contact_compares_tags_by_key_and_folds_a_second_spelling(world: World):
+    pair_email, pair_id = world.edited[PAIR]
+    first = world.reconcile()
+    assert first.status == "completed", first.error
+    world.store.close()  # `sync` opens the store itself, as the flow does
+
+    async def tag_in_ghl() -> None:
+        client = world.ghl_client(world.location)
+        try:
+            # a person in GHL adds the tag again in another spelling, and a new tag
+            await client.add_tags(pair_id, ["vip", "Gold  Member"])
+        finally:
+            await client.aclose()
+
+    asyncio.run(tag_in_ghl())
+    assert _vip(world)[pair_email] == {"ghl": ["VIP", "vip"], "te": ["vip"]}
+    synced = sync(world.settings, contact_id=pair_id, location_id=world.location, ghl_client=world.ghl_client,
+                  tinyemail_client=world.te_client)
+    assert synced["status"] == "completed", synced
+    with open_db(world.settings.data_dir / "recon.duckdb") as store:
+        ops = load_plan(world.settings.data_dir, synced["run_id"]).filter(pl.col("field") == "tags")
+        assert sorted(ops.select("target", "kind", "expected", "new", "reason").rows()) == [
+            ("ghl", "tag_remove", "vip", None, TAG_FOLDED),  # `VIP` was there first
+            ("tinyemail", "tag_add", None, "Gold  Member", "tag_added_on_ghl")]  # in the spelling it came from
+        assert store.get_run(synced["run_id"])["kind"] == "sync"
+    assert _vip(world)[pair_email] == {"ghl": ["VIP"], "te": ["vip"]}
+    again = sync(world.settings, contact_id=pair_id, location_id=world.location, ghl_client=world.ghl_client,
+                 tinyemail_client=world.te_client)
+    assert again["ops"] == 0, again
