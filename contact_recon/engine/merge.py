@@ -116,9 +116,9 @@ tag_remove/list_remove T - R (not for tinyemail-owned). Spellings: a tag already
 spelling (a change of case alone on one side is no change: its key is in T, G and B alike); an add is written
 in the spelling of the side it came from, a removal names the target's own spelling. A side holding two
 spellings of one key counts once here (the first in its list); the plan stage folds such records before the
-merge (`contact_recon/stages/plan.py`, fold ops that are not the merge's). A tag added on one side and removed on the other
-cannot happen (added means not in B, removed means in B). Facts are managed only when `ghl_tasks` is
-given (overdue only with `today` too); otherwise fact tags are left alone.
+merge (`contact_recon/stages/plan.py`, fold ops that are not the merge's). A tag added on one side and
+removed on the other cannot happen (added means not in B, removed means in B). Facts are managed only when
+`ghl_tasks` is given (overdue only with `today` too); otherwise fact tags are left alone.
 
 D. Consent (tight: TinyEmail unsubscribed/bounced/spam, GHL dnd; blank and TinyEmail "inactive" are not
 tight, both configurable in `policy.consent`)
