@@ -136,3 +136,51 @@ def test_sync_contact_compares_tags_by_key_and_folds_a_second_spelling(world: Wo
     again = sync(world.settings, contact_id=pair_id, location_id=world.location, ghl_client=world.ghl_client,
                  tinyemail_client=world.te_client)
     assert again["ops"] == 0, again
+
+
+def test_a_list_tag_ghl_spells_in_another_case_is_that_list_and_leaves_with_it(world: World):
+    target = world.fixture["tinyemail"]["lists"][0]
+    spelled = f"LIST:{target['name'].swapcase()}"  # GHL's own spelling of the list's tag
+    assert spelled.casefold() != f"list:{target['name']}" and spelled.casefold() == f"list:{target['name']}".casefold()
+    members = {m.strip().lower() for m in target["members"]}
+    # in another list too: the snapshot reaches TinyEmail's customers through their lists
+    elsewhere = {m.strip().lower() for lst in world.fixture["tinyemail"]["lists"][1:] for m in lst["members"]}
+    location = next(iter(world.state(world.ghl)["locations"].values()))
+    contact = next(c for c in location["contacts"] if (c.get("email") or "").strip().lower() in members & elsewhere)
+
+    async def edit(add: bool) -> None:
+        ghl, te = world.ghl_client(world.location), world.te_client()
+        try:
+            if add:
+                await ghl.add_tags(contact["id"], [spelled])
+            else:
+                await te.remove_from_list(target["id"], [contact["email"]])
+        finally:
+            await ghl.aclose()
+            await te.aclose()
+
+    asyncio.run(edit(add=True))
+    first = world.reconcile()
+    assert first.status == "completed", first.error
+    assert first.plan is not None
+    mine = first.plan.plan.filter((pl.col("key") == contact["id"]) & pl.col("field").is_in(["tags", "lists"]))
+    held = [t for t in _tags_of(world, contact["id"]) if t.casefold().startswith("list:")]
+    assert spelled in held and f"list:{target['name']}" not in held, (held, mine.rows())  # kept, not respelled
+
+    asyncio.run(edit(add=False))  # the person leaves the list in TinyEmail
+    second = world.reconcile()
+    assert second.status == "completed", second.error
+    assert second.plan is not None
+    removed = second.plan.plan.filter(pl.col("key") == contact["id"]).select("target", "kind", "expected", "reason")
+    assert removed.rows() == [("ghl", "tag_remove", f"list:{target['id']}", "list_removed_on_tinyemail")]
+    assert not [t for t in _tags_of(world, contact["id"]) if t.casefold() == spelled.casefold()]
+    third = world.reconcile()
+    assert third.status == "completed", third.error
+    assert third.plan is not None
+    churn = third.plan.plan.filter(pl.col("field").is_in(["tags", "lists"]))
+    assert churn.height == 0, churn.select("target", "kind", "key", "expected", "new", "reason").rows()[:5]
+
+
+def _tags_of(world: World, contact_id: str) -> list[str]:
+    location = next(iter(world.state(world.ghl)["locations"].values()))
+    return next(c.get("tags") or [] for c in location["contacts"] if c["id"] == contact_id)

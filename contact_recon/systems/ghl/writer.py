@@ -32,7 +32,7 @@ from contact_recon.model.keys import TE_KEY_PREFIX, Person, address, is_te_key
 from contact_recon.model.list_tags import LIST_TAG_RESPELLED, ListNames
 from contact_recon.model.ops import Kind
 from contact_recon.model.policy import ConsentPolicy
-from contact_recon.model.tags import TAG_FOLDED
+from contact_recon.model.tags import TAG_FOLDED, tag_key
 from contact_recon.systems.errors import ConnectorError, Duplicate, Validation
 from contact_recon.systems.ghl.client import GHLClient
 from contact_recon.systems.ghl.mapping import contact_body, contact_row, dnd_on, field_name
@@ -185,6 +185,16 @@ class GHLWriter(Generic[OpT]):
     async def _tags(self, client: GHLClient, contact_id: str, kind: str, ops: list[OpT]) -> None:
         adding = kind == Kind.TAG_ADD
         tags = list(dict.fromkeys(t for op in ops for t in self._spelled(op, adding)))
+        if not adding and any(self.list_tags.list_id(t) for t in tags):
+            # a list tag GHL may hold in a spelling of its own (`list:newsletter` for `Newsletter`, model/tags.py):
+            # the removal names every spelling the contact holds of it
+            try:
+                held = (await client.get_contact(contact_id)).tags or []
+            except ConnectorError as exc:
+                self.ledger.refused(ops, exc)
+                return
+            keys = {tag_key(t) for t in tags}
+            tags = list(dict.fromkeys([*tags, *(t for t in held if tag_key(t) in keys)]))
 
         async def send() -> None:
             await (client.add_tags if adding else client.remove_tags)(contact_id, tags)
