@@ -10,7 +10,8 @@ edges only:
   before a rename, or its bare id, as earlier versions wrote) into `list:<id>` before the merge;
 - out: `ListNames.spell` turns `list:<id>` into `list:<label>` when the GHL writer adds a tag or creates a
   contact; a removal removes every spelling the list has had (`ListNames.spellings`), so a list left on the
-  night it was renamed leaves no old tag behind.
+  night it was renamed leaves no old tag behind, and the GHL writer adds any other spelling of those the
+  contact holds (by tag key: `list:newsletter` for `Newsletter`).
 
 A label is the list's name (trimmed); lists that share a name, or have none, are told apart by the first 8
 characters of their id (`Newsletter (6f1c2b1e)`). A tag that names no known list stays as it is. Spellings are

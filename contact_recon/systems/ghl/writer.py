@@ -10,7 +10,9 @@ Body quirks:
 - `PUT /contacts/{id}` (UpdateContactDto) has no `companyName` (`UPSERT_ONLY`): such an update goes by
   `POST /contacts/upsert` matched by the contact's own email, and must land on this very contact; a
   contact without an email cannot be reached that way, so the op is rejected;
-- tags are never sent in an update (it would replace them all): adds and removes are their own calls.
+- tags are never sent in an update (it would replace them all): adds and removes are their own calls; a
+  list tag's removal reads the contact first, to remove the spelling of that list it holds (by tag key,
+  `model/tags.py`) beside the spellings the list has had.
 
 Unknown outcomes are re-read before anything is sent again: a create by the contact's email (or phone),
 a field update by reading the contact, tags by reading its tag set, a task or note by the marker
