@@ -90,6 +90,7 @@ def test_case_variants_are_one_tag_each_side_keeps_its_spelling_and_old_duplicat
     assert sorted(folds.select("target", "kind", "expected").rows()) == [
         ("ghl", "tag_remove", "vip"), ("tinyemail", "tag_remove", "VIP")]
     assert first.summary["tags_folded"] == {"planned": 2, "applied": 2}
+    assert "<b>2</b><span>tag spellings folded</span>" in Path(first.summary["report"]).read_text()
     assert first.plan.stats["tags_folded"] == 2
     # the folds are no mass tag removal: the guard figure leaves them out
     assert first.plan.stats["guard_tag_removals"] == ops.filter(
