@@ -3,7 +3,9 @@ baseline and the property tests' second opinion.
 
 It follows the decision tables of `contact_recon/engine/merge.py` branch by branch, person by person, and must give the
 same plan (the same op ids in the same order) and the same conflict rows. It shares only the pieces
-that define the output format: `Op`/`op_id`, `create_record`, `tag_namespace`, `Reason` and the policy.
+that define the output format: `Op`/`op_id`, `create_record`, `tag_namespace`, `Reason` and the policy. Tags
+are compared by key (case-folded, trimmed, inner spaces collapsed), with its own `_key`: a set of tags is a
+dict key -> the first spelling met, an add is spelled as its source, a removal as its target.
 
     plan_baseline(base_rows, te_rows, ghl_rows, policy, ghl_tasks=..., created=..., today=...)
         -> (ops: list[Op] in plan order, conflicts: list[dict] sorted by key, field, reason)
@@ -32,6 +34,11 @@ from contact_recon.model.records import MERGE_SIDE
 
 Row = dict[str, Any]
 TEXT = [name for name, dtype in MERGE_SIDE.items() if str(dtype) == "String" and name not in ("key", "contact_id")]
+
+
+def _key(tag: str) -> str:
+    """A tag's comparison key: case-folded, trimmed, inner whitespace runs as one space."""
+    return " ".join(tag.split()).casefold()
 
 
 def _norm(value: str | None) -> str | None:
@@ -162,30 +169,42 @@ class Baseline:
             self.conflict(key, "consent", b["consent"], t["consent"], g["consent"], reason.value)
 
     # --- C. tags and lists ---
-    def tag_set(self, row: Row, drop: tuple[str, ...]) -> set[str]:
-        out = set()
+    def tag_set(self, row: Row, drop: tuple[str, ...]) -> dict[str, str]:
+        """key -> spelling (the first met) of a row's tags outside `drop`."""
+        out: dict[str, str] = {}
+        active = {_key(f) for f in self.active_facts}
         for tag in row["tags"]:
             if tag is None:
                 continue
             ns = tag_namespace(tag, self.p)
-            if ns in drop or (ns == "fact" and tag not in self.active_facts):
+            if ns in drop or (ns == "fact" and _key(tag) not in active):
                 continue
-            out.add(tag)
+            out.setdefault(_key(tag), tag)
         return out
 
-    def list_set(self, row: Row) -> set[str]:
-        return {self.p.tags.list_prefix + name for name in row["lists"] if name is not None}
+    def list_set(self, row: Row) -> dict[str, str]:
+        tags = [self.p.tags.list_prefix + name for name in row["lists"] if name is not None]
+        return {_key(tag): tag for tag in reversed(tags)}
+
+    @staticmethod
+    def joined(*parts: dict[str, str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for part in parts:
+            for key, tag in part.items():
+                out.setdefault(key, tag)
+        return out
 
     def memberships_of(self, key: str, t: Row, g: Row, b: Row | None, valid: bool, facts: set[str]) -> None:
         lists_on = self.p.tags.list_sync != "off"
         follow_te = self.p.tags.list_sync == "tinyemail_to_ghl"
         g_drop = ("fact",) if lists_on else ("fact", "list")
-        T = self.tag_set(t, ("list",)) | (self.list_set(t) if lists_on else set())
-        G = self.tag_set(g, g_drop) | facts
-        B = (self.tag_set(b, g_drop) | (self.list_set(b) if lists_on else set())) if (valid and b) else set()
+        T = self.joined(self.tag_set(t, ("list",)), self.list_set(t) if lists_on else {})
+        G = self.joined(self.tag_set(g, g_drop), {_key(f): f for f in sorted(facts)})
+        B = self.joined(self.tag_set(b, g_drop), self.list_set(b) if lists_on else {}) if (valid and b) else {}
         prefix = self.p.tags.list_prefix
-        for tag in T | G:
-            it, ig, ib = tag in T, tag in G, tag in B
+        for tk in T.keys() | G.keys():
+            it, ig, ib = tk in T, tk in G, tk in B
+            tag = T.get(tk) or G[tk]
             ns = tag_namespace(tag, self.p)
             if ns in ("ghl", "fact"):
                 r = ig
@@ -208,7 +227,9 @@ class Baseline:
             else:
                 reason = ns + ("_added_on_" if r else "_removed_on_") + source
             is_list = ns == "list" and target == "tinyemail"
-            value = tag[len(prefix):] if is_list else tag
+            # added: the source's spelling; removed: the target's own
+            spelled = (T if target == "ghl" else G)[tk] if r else (G if target == "ghl" else T)[tk]
+            value = spelled[len(prefix):] if is_list else spelled
             kind = ("list_" if is_list else "tag_") + ("add" if r else "remove")
             self.op(target, kind, key, "lists" if is_list else "tags", None if r else value, value if r else None,
                     reason)
@@ -216,7 +237,7 @@ class Baseline:
     # --- A. deletes ---
     def te_sets(self, row: Row) -> set[str]:
         lists_on = self.p.tags.list_sync != "off"
-        return self.tag_set(row, ("list", "ghl", "fact")) | (self.list_set(row) if lists_on else set())
+        return set(self.tag_set(row, ("list", "ghl", "fact"))) | set(self.list_set(row) if lists_on else {})
 
     def te_edited(self, t: Row, b: Row, valid: bool) -> bool:
         if any(t[r.canonical] != b[r.canonical] for r in self.fields):
@@ -244,14 +265,17 @@ class Baseline:
                 if rule.enabled and t["consent"] in statuses:
                     body = rule.body.replace("{date}", date).replace("{status}", t["consent"])
                     events.append((name, "note_create", body, "tinyemail_" + t["consent"]))
-        triggers = {tr.tag: tr for tr in tasks.tag_triggers if tr.enabled}
-        then = set(b["tags"]) if (b is not None and b["in_tinyemail"]) else set()
-        for tag in sorted(set(t["tags"]) & set(triggers) - then):
-            tr = triggers[tag]
-            text = tr.text or f"TinyEmail tag {tag} added on {date}"
+        triggers: dict[str, Any] = {}
+        for tr in tasks.tag_triggers:
+            if tr.enabled:
+                triggers.setdefault(_key(tr.tag), tr)
+        then = {_key(x) for x in b["tags"] if x is not None} if (b is not None and b["in_tinyemail"]) else set()
+        for tk in sorted({_key(x) for x in t["tags"] if x is not None} & set(triggers) - then):
+            tr = triggers[tk]
+            text = tr.text or f"TinyEmail tag {tr.tag} added on {date}"
             new = text if tr.action == "note" else canonical_json(
                 {"title": text, "body": "", "due_date": self.due(tr.due_days)})
-            events.append((f"tag:{tag}", f"{tr.action}_create", new, Reason.TINYEMAIL_TAG_ADDED.value))
+            events.append((f"tag:{tr.tag}", f"{tr.action}_create", new, Reason.TINYEMAIL_TAG_ADDED.value))
         for rule, kind, new, reason in events:
             if (key, rule) not in created:
                 self.op("ghl", kind, key, rule, None, new, reason)
@@ -265,7 +289,7 @@ def _new_task_facts(bl: Baseline, te: dict[str, Row]) -> None:
     tasked = {op.key for op in bl.ops if op.kind == "task_create"}
     planned = {op.key for op in bl.ops if op.target == "tinyemail" and op.kind == "tag_add" and op.new == tag}
     for key in sorted(tasked - planned):
-        if key in te and tag not in te[key]["tags"]:
+        if key in te and _key(tag) not in {_key(x) for x in te[key]["tags"] if x is not None}:
             bl.op("tinyemail", "tag_add", key, "tags", None, tag, Reason.GHL_TASK_FACT.value)
 
 

@@ -52,6 +52,7 @@ from contact_recon.model.list_tags import LIST_TAG_RESPELLED
 from contact_recon.model.ops import Kind
 from contact_recon.model.policy import GUARD_KINDS, GuardPolicy
 from contact_recon.model.records import CONSENT_VALUES
+from contact_recon.model.tags import TAG_FOLDED
 
 Severity = Literal["blocking", "warning"]
 Holds = Literal["person", "op"]
@@ -198,8 +199,10 @@ def within_guards(ctx: Context) -> pl.Expr:
     breach: pl.Expr = pl.lit(None, pl.String)
     for name, kinds in GUARD_KINDS.items():
         at_least = limits[name].at_least
-        # a list tag spelled anew removes no list (model/list_tags.py): not a removal the guard counts
-        of_kind = pl.col("kind").is_in(kinds) & (pl.col("reason").fill_null("") != LIST_TAG_RESPELLED)
+        # a list tag spelled anew removes no list (model/list_tags.py), a fold removes a second spelling of a tag
+        # that stays (model/tags.py): neither is a removal the guard counts
+        unchanging = pl.col("reason").fill_null("").is_in([LIST_TAG_RESPELLED, TAG_FOLDED])
+        of_kind = pl.col("kind").is_in(kinds) & ~unchanging
         n = pl.col("key").filter(of_kind).n_unique()
         over = of_kind & (n >= at_least)
         text = pl.format(f"{name}: {{}} of {ctx.people} people, threshold {at_least}", n)

@@ -5,7 +5,10 @@ out. The merge engine (`contact_recon/engine/merge.py`, table F) turns the trips
 expectation `within_guards` (checks/suites.py) holds the ops of a guard's kinds with the same thresholds.
 
 A share guard's *figure* is the number of people with at least one op of its kinds (`GUARD_KINDS`; the merge
-stat `guard_<name>`); the people in play are the stat `people`. The guard trips when the figure is
+stat `guard_<name>`); the people in play are the stat `people`. Tags are compared by key (`model/tags.py`), so a
+change of case alone is no removal, and the ops that fold a second spelling away or respell a list tag join the
+plan after the merge's stats: the figure never counts them (nor does the guard expectation). The guard trips
+when the figure is
 
 1. at least `min_people` (a small location's few changes are never a mass change), and
 2. above the guard's share of the people in play (e.g. 5% for deletes_or_inactivations), and

@@ -12,8 +12,9 @@ base row has an email). "A valid base" for a person means it was on both sides a
 The algorithm
 -------------
 1. Normalise: text is trimmed, and `""`, whitespace and null are one value (blank); comparisons are
-   null-aware (blank == blank). Email and consent are text too. Tags and list names are compared as
-   given (the snapshot normalises them) and as sets.
+   null-aware (blank == blank). Email and consent are text too. Tags and list names are compared as sets
+   of tag keys (`contact_recon/model/tags.py`: case-folded, trimmed, inner spaces collapsed), so `VIP` and
+   `vip` are one tag; each side keeps its own spelling (table C).
 2. Re-key: a TinyEmail row keyed `te:<email>` whose email is the base email of exactly one base person
    that has no TinyEmail row now is that person (its GHL contact was deleted or its email changed).
 3. Join the three key columns (full outer, with row numbers) and give every person a presence case
@@ -25,7 +26,8 @@ The algorithm
 
 What the state module stores after applying (the next base), so that planning again is empty: the
 agreed values; for a field in the conflict table the old base value if the base was valid, else blank;
-tags as the union of both sides (with the list tags) and TinyEmail's lists; as consent the tight value
+tags as the union of both sides by key (with the list tags; TinyEmail's spelling where both have one) and
+TinyEmail's lists; as consent the tight value
 if either side is tight; `in_ghl` / `in_tinyemail` as now. Task and note ops that were applied go into
 `created` (key, rule, object id). `tests/support/merge.py::next_base` is the reference.
 
@@ -90,7 +92,9 @@ the names and the phone) go to the conflict table on the first run and stay ther
 A conflict leaves the base value in place (the state module keeps the old value of a valid base, and a
 blank without one), so it is reported again until a person settles it; it never blocks other fields.
 
-C. Tags and lists of a matched person, as sets. Each tag has a namespace by its prefix: a configured
+C. Tags and lists of a matched person, as sets of tag keys (a tag's key: case-folded, trimmed, inner
+whitespace runs as one space; `model/tags.py`). Each tag has a namespace by its key's prefix (the prefixes
+compared by key too, so `GHL:Hot` is GHL-owned): a configured
 fact tag (e.g. `ghl:open-task`) -> fact; `list_prefix` -> list; `ghl_owned_prefixes` -> ghl;
 `tinyemail_owned_prefixes` -> tinyemail; otherwise shared. A TinyEmail list L is the member
 `<list_prefix>L` of the list namespace; on TinyEmail, tags in the list namespace are ignored (lists are
@@ -108,9 +112,13 @@ The desired set R per namespace (T, G, B: the sets on TinyEmail, on GHL, at a va
 | fact                  | facts of the GHL tasks    | open / overdue task -> TinyEmail tag; cleared after |
 
 Ops: GHL tag_add R - G, tag_remove G - R (not for ghl-owned/fact); TinyEmail tag_add/list_add R - T and
-tag_remove/list_remove T - R (not for tinyemail-owned). A tag added on one side and removed on the other
-cannot happen (added means not in B, removed means in B). Facts are managed only when `ghl_tasks` is
-given (overdue only with `today` too); otherwise fact tags are left alone.
+tag_remove/list_remove T - R (not for tinyemail-owned). Spellings: a tag already on a side keeps that side's
+spelling (a change of case alone on one side is no change: its key is in T, G and B alike); an add is written
+in the spelling of the side it came from, a removal names the target's own spelling. A side holding two
+spellings of one key counts once here (the first in its list); the plan stage folds such records before the
+merge (`contact_recon/stages/plan.py`, fold ops that are not the merge's). A tag added on one side and
+removed on the other cannot happen (added means not in B, removed means in B). Facts are managed only when
+`ghl_tasks` is given (overdue only with `today` too); otherwise fact tags are left alone.
 
 D. Consent (tight: TinyEmail unsubscribed/bounced/spam, GHL dnd; blank and TinyEmail "inactive" are not
 tight, both configurable in `policy.consent`)
@@ -140,6 +148,7 @@ created) in GHL.
 | TinyEmail tight now, not tight at the base (unsub/spam)| unsubscribe_note  | note_create with status and date|
 | same, bounced                                          | bounce_note       | note_create with date           |
 | a configured TinyEmail tag present now, not at the base| tag:<tag>         | note_create or task_create      |
+|   (`TagTrigger.tag`, by tag key; named by its spelling) |                   |                                 |
 
 A task this plan creates is an open task the moment it exists: the open-task fact tag goes to TinyEmail in the
 same plan (`_new_task_facts`), so the next run has nothing left to do.
@@ -178,6 +187,7 @@ from contact_recon.model.ops import (
 )
 from contact_recon.model.policy import GUARD_KINDS, FieldRule, Policy, TagTrigger
 from contact_recon.model.records import MERGE_SIDE
+from contact_recon.model.tags import fold, tag_key, tag_keys
 
 CREATED_SCHEMA = pl.Schema({"key": pl.String(), "rule": pl.String(), "object_id": pl.String(),
                             "kind": pl.String()})
@@ -545,29 +555,42 @@ def _consent_conflicts(wide: pl.DataFrame, ctx: _Ctx) -> pl.DataFrame:
 
 # --- C. tags and lists -----------------------------------------------------------------------------
 
-def _namespace(tag: pl.Expr, ctx: _Ctx) -> pl.Expr:
+def _namespace(tk: pl.Expr, ctx: _Ctx) -> pl.Expr:
+    """The namespace of a tag from its key (`model/tags.py tag_key`): the prefixes compared by key too."""
     tags = ctx.policy.tags
-    expr: Any = pl.when(tag.is_in(list(ctx.fact_tags))).then(pl.lit("fact"))  # Then, then ChainedThen
-    expr = expr.when(tag.str.starts_with(tags.list_prefix)).then(pl.lit("list"))
+    expr: Any = pl.when(tk.is_in([tag_key(t) for t in ctx.fact_tags])).then(pl.lit("fact"))  # Then, ChainedThen
+    expr = expr.when(tk.str.starts_with(tag_key(tags.list_prefix))).then(pl.lit("list"))
     for prefix in tags.ghl_owned_prefixes:
-        expr = expr.when(tag.str.starts_with(prefix)).then(pl.lit("ghl"))
+        expr = expr.when(tk.str.starts_with(tag_key(prefix))).then(pl.lit("ghl"))
     for prefix in tags.tinyemail_owned_prefixes:
-        expr = expr.when(tag.str.starts_with(prefix)).then(pl.lit("tinyemail"))
+        expr = expr.when(tk.str.starts_with(tag_key(prefix))).then(pl.lit("tinyemail"))
     namespace: pl.Expr = expr.otherwise(pl.lit("tag"))
     return namespace
 
 
 def _long_tags(frame: pl.LazyFrame, ctx: _Ctx, *, drop: tuple[str, ...]) -> pl.LazyFrame:
-    """(key, tag) rows of a frame's tags, without the namespaces in `drop` and unmanaged fact tags."""
-    rows = frame.select("key", pl.col("tags").alias("tag")).explode("tag").drop_nulls("tag")
-    ns = _namespace(pl.col("tag"), ctx)
-    keep = ~ns.is_in(list(drop)) & ((ns != "fact") | pl.col("tag").is_in(list(ctx.active_facts)))
+    """(key, tag, tk) rows of a frame's tags (`tk`: the tag key), without the namespaces in `drop` and unmanaged
+    fact tags."""
+    rows = (frame.select("key", pl.col("tags").alias("tag")).explode("tag").drop_nulls("tag")
+            .with_columns(tag_keys(pl.col("tag")).alias("tk")))
+    ns = _namespace(pl.col("tk"), ctx)
+    active = [tag_key(t) for t in ctx.active_facts]
+    keep = ~ns.is_in(list(drop)) & ((ns != "fact") | pl.col("tk").is_in(active))
     return rows.filter(keep)
 
 
 def _long_lists(frame: pl.LazyFrame, ctx: _Ctx) -> pl.LazyFrame:
+    """(key, tag, tk) rows of a frame's lists, as list tags."""
     return (frame.select("key", pl.col("lists").alias("tag")).explode("tag").drop_nulls("tag")
-            .select("key", (pl.lit(ctx.policy.tags.list_prefix) + pl.col("tag")).alias("tag")))
+            .select("key", (pl.lit(ctx.policy.tags.list_prefix) + pl.col("tag")).alias("tag"))
+            .with_columns(tag_keys(pl.col("tag")).alias("tk")))
+
+
+def _one_spelling(parts: list[pl.LazyFrame], side: str) -> pl.LazyFrame:
+    """(key, tk, tag_<side>, in_<side>): per person and tag key the first spelling met (a side holding two
+    spellings of one key is folded by the plan stage, `model/tags.py`; here the first simply stands for both)."""
+    return (pl.concat(parts).unique(["key", "tk"], keep="first", maintain_order=True)
+            .select("key", "tk", pl.col("tag").alias(f"tag_{side}"), pl.lit(True).alias(f"in_{side}")))
 
 
 def _facts(ghl_now: pl.DataFrame, ghl_tasks: pl.DataFrame | None, ctx: _Ctx) -> pl.LazyFrame:
@@ -588,8 +611,9 @@ def _facts(ghl_now: pl.DataFrame, ghl_tasks: pl.DataFrame | None, ctx: _Ctx) -> 
 
 
 def _memberships(wide: pl.DataFrame, sides: _Sides, facts: pl.DataFrame, ctx: _Ctx) -> pl.LazyFrame:
-    """(key, tag, in_t, in_g, in_b, ns, valid_base): every tag or list of every matched person that may need
-    an op (the others are skipped by `_membership_candidates`); `facts` are the GHL facts (`_facts`)."""
+    """(key, tk, tag_t, tag_g, tag_b, in_t, in_g, in_b, ns, valid_base): every tag or list (by its key `tk`,
+    with each side's spelling) of every matched person that may need an op (the others are skipped by
+    `_membership_candidates`); `facts` are the GHL facts (`_facts`)."""
     base, te_now, ghl_now = sides
     lists_on = ctx.policy.tags.list_sync != "off"
     rows = _membership_candidates(wide, te_now, ghl_now, facts, ctx)
@@ -599,16 +623,16 @@ def _memberships(wide: pl.DataFrame, sides: _Sides, facts: pl.DataFrame, ctx: _C
     b = _take(base.select("key", "tags", "lists"), rows.filter(pl.col("valid_base"))["_b"]).lazy()
     t_parts = [_long_tags(te, ctx, drop=("list",))] + ([_long_lists(te, ctx)] if lists_on else [])
     g_drop = ("fact",) if lists_on else ("fact", "list")
-    g_parts = [_long_tags(ghl, ctx, drop=g_drop), facts.lazy().join(keys, on="key", how="semi")]
+    g_facts = facts.lazy().join(keys, on="key", how="semi").with_columns(tag_keys(pl.col("tag")).alias("tk"))
+    g_parts = [_long_tags(ghl, ctx, drop=g_drop), g_facts]
     b_parts = [_long_tags(b, ctx, drop=g_drop)] + ([_long_lists(b, ctx)] if lists_on else [])
-    t_long = pl.concat(t_parts).unique().with_columns(pl.lit(True).alias("in_t"))
-    g_long = pl.concat(g_parts).unique().with_columns(pl.lit(True).alias("in_g"))
-    b_long = pl.concat(b_parts).unique().with_columns(pl.lit(True).alias("in_b"))
-    on = ["key", "tag"]
+    t_long, g_long, b_long = _one_spelling(t_parts, "t"), _one_spelling(g_parts, "g"), _one_spelling(b_parts, "b")
+    # tags meet by key: `VIP` on one side and `vip` on the other are one tag, each side keeping its spelling
+    on = ["key", "tk"]
     joined = (t_long.join(g_long, on=on, how="full", coalesce=True).join(b_long, on=on, how="full", coalesce=True)
               .with_columns(pl.col("in_t", "in_g", "in_b").fill_null(False)))
     # a base tag the person has on neither side now plays no part
-    return (joined.filter(pl.col("in_t") | pl.col("in_g")).with_columns(_namespace(pl.col("tag"), ctx).alias("ns"))
+    return (joined.filter(pl.col("in_t") | pl.col("in_g")).with_columns(_namespace(pl.col("tk"), ctx).alias("ns"))
             .join(rows.lazy().select("key", "valid_base"), on="key", how="left"))
 
 
@@ -619,8 +643,10 @@ def _membership_candidates(wide: pl.DataFrame, te_now: pl.DataFrame, ghl_now: pl
     A shortcut, not a rule. When TinyEmail's tags equal GHL's tags outside the list namespace, and
     TinyEmail's lists (as list tags) equal GHL's list tags, compared as joined strings in the order given,
     and neither side holds a tag the two sides filter differently (a list tag on TinyEmail, a managed fact
-    tag) or one holding the separator, then T = G in every namespace: every desired set equals both, and
-    there is nothing to do. Anything else (including the same set in another order) takes the full path.
+    tag, a list tag on GHL spelled with another case or spacing of the prefix) or one holding the separator,
+    then T = G in every namespace: every desired set equals both, and there is nothing to do (equal strings
+    have equal keys). Anything else (including the same set in another order, or in another case) takes the
+    full path, which compares tags by key.
     """
     prefix = ctx.policy.tags.list_prefix
     lists_on = ctx.policy.tags.list_sync != "off"
@@ -632,26 +658,44 @@ def _membership_candidates(wide: pl.DataFrame, te_now: pl.DataFrame, ghl_now: pl
     def has(expr: pl.Expr, test: pl.Expr) -> pl.Expr:
         return expr.list.eval(test).list.any()
 
-    odd = pl.element().str.contains(_SEP, literal=True)
+    odd_t, odd_g = _odd_tags(te_now, ghl_now, ctx)
     if lists_on:
         list_tags = pl.col("lists").list.eval(pl.lit(prefix) + pl.element())
         t_cols = [joined(tags).alias("t1"), joined(list_tags).alias("t2"),
-                  has(tags, pl.element().str.starts_with(prefix) | odd).alias("st")]
+                  has(tags, pl.element().is_in(odd_t)).alias("st")]
         g_cols = [joined(tags.list.eval(pl.element().filter(~pl.element().str.starts_with(prefix)))).alias("g1"),
                   joined(tags.list.eval(pl.element().filter(pl.element().str.starts_with(prefix)))).alias("g2"),
-                  has(tags, odd).alias("sg")]
+                  has(tags, pl.element().is_in(odd_g)).alias("sg")]
     else:
-        t_cols = [joined(tags).alias("t1"), pl.lit("").alias("t2"), has(tags, odd).alias("st")]
-        g_cols = [joined(tags).alias("g1"), pl.lit("").alias("g2"), has(tags, odd).alias("sg")]
+        t_cols = [joined(tags).alias("t1"), pl.lit("").alias("t2"), has(tags, pl.element().is_in(odd_t)).alias("st")]
+        g_cols = [joined(tags).alias("g1"), pl.lit("").alias("g2"), has(tags, pl.element().is_in(odd_g)).alias("sg")]
     if ctx.active_facts:
-        facts_in = has(tags, pl.element().is_in(list(ctx.fact_tags)))
-        t_cols[2] = t_cols[2] | facts_in
-        g_cols[2] = g_cols[2] | facts_in | pl.col("key").is_in(facts["key"].implode())
+        g_cols[2] = g_cols[2] | pl.col("key").is_in(facts["key"].implode())
     matched = wide.filter(pl.col("case") == "matched").select("key", "valid_base", "_t", "_g", "_b")
     t = _take(te_now.select(*t_cols).rechunk(), matched["_t"])
     g = _take(ghl_now.select(*g_cols).rechunk(), matched["_g"])
     differs = (t["t1"].ne_missing(g["g1"]) | t["t2"].ne_missing(g["g2"]) | t["st"] | g["sg"]).fill_null(True)
     return matched.filter(differs)
+
+
+def _odd_tags(te_now: pl.DataFrame, ghl_now: pl.DataFrame, ctx: _Ctx) -> tuple[list[str], list[str]]:
+    """The distinct tags of each side that send a person down the full path (`_membership_candidates`), by key:
+    on TinyEmail a list tag (ignored there) or, with facts managed, a fact tag; on GHL a list tag whose prefix is
+    spelled otherwise than the policy's, or a fact tag; on either, a tag holding the separator."""
+    lists_on = ctx.policy.tags.list_sync != "off"
+    prefix = ctx.policy.tags.list_prefix
+    out = []
+    for frame, on_te in ((te_now, True), (ghl_now, False)):
+        distinct = frame.select(pl.col("tags").explode().drop_nulls().unique())["tags"].to_list()
+        odd = []
+        for tag in distinct:
+            ns = tag_namespace(tag, ctx.policy)
+            odd_list = ns == "list" and lists_on and (on_te or not tag.startswith(prefix))
+            odd_fact = ns == "fact" and bool(ctx.active_facts)
+            if odd_list or odd_fact or _SEP in tag:
+                odd.append(tag)
+        out.append(odd)
+    return out[0], out[1]
 
 
 def _take(frame: pl.DataFrame, rows: pl.Series) -> pl.DataFrame:
@@ -689,8 +733,12 @@ def _membership_ops(wide: pl.DataFrame, sides: _Sides, facts: pl.DataFrame, ctx:
         pl.when((r != in_g) & ghl_side).then(pl.lit("ghl")).otherwise(pl.lit("tinyemail")).alias("target"))
     prefix_len = len(ctx.policy.tags.list_prefix)
     is_list_te = (ns == "list") & (pl.col("target") == "tinyemail")
-    value = pl.when(is_list_te).then(pl.col("tag").str.slice(prefix_len)).otherwise(pl.col("tag"))
     adding = r
+    to_ghl = pl.col("target") == "ghl"
+    # an add is written in the spelling of the side it came from, a removal names the target's own spelling
+    spelling = (pl.when(adding).then(pl.when(to_ghl).then(pl.col("tag_t")).otherwise(pl.col("tag_g")))
+                .otherwise(pl.when(to_ghl).then(pl.col("tag_g")).otherwise(pl.col("tag_t"))))
+    value = pl.when(is_list_te).then(spelling.str.slice(prefix_len)).otherwise(spelling)
     kind = (pl.when(is_list_te).then(pl.when(adding).then(pl.lit("list_add")).otherwise(pl.lit("list_remove")))
             .otherwise(pl.when(adding).then(pl.lit("tag_add")).otherwise(pl.lit("tag_remove"))))
     return changes.select(
@@ -749,12 +797,14 @@ def _te_edited(wide: pl.DataFrame, sides: _Sides, ctx: _Ctx) -> pl.DataFrame:
 
 
 def _te_sets(frame: pl.DataFrame, ctx: _Ctx) -> pl.DataFrame:
-    """Per key, TinyEmail's own view of its tags and lists as one sorted list (the parts TinyEmail can edit)."""
+    """Per key, TinyEmail's own view of its tags and lists as one sorted list of tag keys (the parts TinyEmail
+    can edit)."""
     lists_on = ctx.policy.tags.list_sync != "off"
     parts = [_long_tags(frame.lazy(), ctx, drop=("list", "ghl", "fact"))]
     if lists_on:
         parts.append(_long_lists(frame.lazy(), ctx))
-    return (pl.concat(parts).unique().group_by("key").agg(pl.col("tag").sort().alias("sets"))
+    # by key: a change of case or spacing alone is no edit
+    return (pl.concat(parts).select("key", "tk").unique().group_by("key").agg(pl.col("tk").sort().alias("sets"))
             .collect())
 
 
@@ -811,15 +861,15 @@ def _creates(wide: pl.DataFrame, sides: _Sides, keys: pl.DataFrame, side: str, t
 
 
 def tag_namespace(tag: str, policy: Policy) -> str:
-    """The namespace of one tag (the scalar twin of `_namespace`)."""
-    t = policy.tasks
-    if tag in (t.open_task_tag, t.overdue_task_tag):
+    """The namespace of one tag, by its key (the scalar twin of `_namespace`)."""
+    t, key = policy.tasks, tag_key(tag)
+    if key in (tag_key(f) for f in (t.open_task_tag, t.overdue_task_tag) if f):
         return "fact"
-    if tag.startswith(policy.tags.list_prefix):
+    if key.startswith(tag_key(policy.tags.list_prefix)):
         return "list"
-    if any(tag.startswith(p) for p in policy.tags.ghl_owned_prefixes):
+    if any(key.startswith(tag_key(p)) for p in policy.tags.ghl_owned_prefixes):
         return "ghl"
-    if any(tag.startswith(p) for p in policy.tags.tinyemail_owned_prefixes):
+    if any(key.startswith(tag_key(p)) for p in policy.tags.tinyemail_owned_prefixes):
         return "tinyemail"
     return "tag"
 
@@ -829,7 +879,7 @@ def create_record(row: dict[str, Any], target: str, policy: Policy, facts: Itera
     the person (open / overdue task), which a new TinyEmail customer gets at once."""
     fields = {"email": row["email"], **{r.canonical: row[r.canonical] for r in policy.active_fields()}}
     tags = policy.tags
-    ns_of = {tag: tag_namespace(tag, policy) for tag in row["tags"] or []}
+    ns_of = {tag: tag_namespace(tag, policy) for tag in fold(row["tags"] or [])[0]}  # one spelling per key
     c = policy.consent
     if target == "ghl":
         # from TinyEmail: every tag but list and fact tags (a new person's only known set, as a union
@@ -888,8 +938,9 @@ def _new_task_facts(events: pl.DataFrame, te_now: pl.DataFrame, memberships: pl.
         return _empty(_CONTENT)
     keys = events.filter(pl.col("kind") == Kind.TASK_CREATE.value).select("key").unique()
     on_te = te_now.select("key", "tags").join(keys, on="key", how="semi")
-    # only people on TinyEmail now who lack the tag, and whose tag is not planned already
-    lacking = on_te.filter(~pl.col("tags").list.contains(tag).fill_null(False)).select("key")
+    # only people on TinyEmail now who lack the tag (in any spelling), and whose tag is not planned already
+    held = on_te.explode("tags").filter(tag_keys(pl.col("tags")) == tag_key(tag)).select("key")
+    lacking = on_te.join(held, on="key", how="anti").select("key")
     planned = memberships.filter((pl.col("target") == "tinyemail") & (pl.col("kind") == Kind.TAG_ADD.value)
                                  & (pl.col("new") == tag)).select("key")
     return lacking.join(planned, on="key", how="anti").select(
@@ -930,21 +981,27 @@ def _due(ctx: _Ctx, days: int) -> str | None:
 
 
 def _tag_events(eligible: pl.DataFrame, base: pl.DataFrame, te_now: pl.DataFrame, ctx: _Ctx) -> pl.DataFrame:
-    triggers = {tr.tag: tr for tr in ctx.policy.tasks.tag_triggers if tr.enabled}
+    triggers: dict[str, TagTrigger] = {}
+    for tr in ctx.policy.tasks.tag_triggers:
+        if tr.enabled:
+            triggers.setdefault(tag_key(tr.tag), tr)  # by key: `VIP` configured fires on `vip` too
     empty = _empty(["key", "rule", "kind", "new", "reason"])
     if not triggers:
         return empty
     names = list(triggers)
     now = (te_now.join(eligible.select("key"), on="key", how="semi").select("key", pl.col("tags").alias("tag"))
-           .explode("tag").filter(pl.col("tag").is_in(names)))
+           .explode("tag").drop_nulls("tag").select("key", tag_keys(pl.col("tag")).alias("tk"))
+           .filter(pl.col("tk").is_in(names)))
     then = (base.filter(pl.col("in_tinyemail")).select("key", pl.col("tags").alias("tag")).explode("tag")
-            .filter(pl.col("tag").is_in(names)))
-    added = now.join(then, on=["key", "tag"], how="anti").sort(["key", "tag"]).unique(maintain_order=True)
+            .drop_nulls("tag").select("key", tag_keys(pl.col("tag")).alias("tk")).filter(pl.col("tk").is_in(names)))
+    added = now.join(then, on=["key", "tk"], how="anti").sort(["key", "tk"]).unique(maintain_order=True)
     rows = []
-    for key, tag in added.iter_rows():
-        # a configured TinyEmail tag appeared since the base: its note or task
-        rows.append({"key": key, "rule": f"tag:{tag}", "kind": f"{triggers[tag].action}_create",
-                     "new": _trigger_text(triggers[tag], ctx), "reason": Reason.TINYEMAIL_TAG_ADDED.value})
+    for key, tk in added.iter_rows():
+        # a configured TinyEmail tag appeared (in any spelling) since the base: its note or task, named by the
+        # trigger's own spelling
+        trigger = triggers[tk]
+        rows.append({"key": key, "rule": f"tag:{trigger.tag}", "kind": f"{trigger.action}_create",
+                     "new": _trigger_text(trigger, ctx), "reason": Reason.TINYEMAIL_TAG_ADDED.value})
     return pl.DataFrame(rows, schema=empty.schema) if rows else empty
 
 

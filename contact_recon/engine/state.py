@@ -7,7 +7,9 @@ keyed them, this run's re-keys and new id_map pairs), hands them with the run's 
 writes the `Advance` to the store in one transaction. The algorithm (`advanced`; step 2 is `next_base`):
 
 1. Replay the journal's `done` ops on both sides (a create adds the record; a GHL create's record gets
-   the contact id the API returned).
+   the contact id the API returned). Tags by key (`model/tags.py`): an add of a tag held in another spelling
+   changes nothing, a removal removes every spelling; a list tag respelling and a fold change nothing (the
+   sides the planning run saved were folded already).
 2. Per person on either side, per dimension (each text field, consent, tags, lists):
    - a dimension with an op that was not confirmed (failed, stale, quarantined, held, never sent) gets as
      its base the value the op's target had before it (the op's `expected`): the next run sees the target
@@ -22,8 +24,9 @@ writes the `Advance` to the store in one transaction. The algorithm (`advanced`;
      every op that did not land is planned again;
    - otherwise, on both sides: the agreed value, or for a field the sides still disagree on (a conflict)
      the old base value when the base was valid, else blank; tags: the union of both sides (the merge
-     engine's namespaces make each side hold its own kinds); lists: TinyEmail's; consent: the tight value
-     if either side is tight (never loosened by the state either);
+     engine's namespaces make each side hold its own kinds), one spelling per tag key (`model/tags.py`:
+     TinyEmail's where both have the tag, since the key is all the merge compares); lists: TinyEmail's;
+     consent: the tight value if either side is tight (never loosened by the state either);
    - on one side only: that side's values, with its presence.
 3. A person created in GHL by this run is re-keyed from `te:<email>` to the new contact id, and the pair
    goes to the id_map (`matched_by = created`), like every pair the identity matcher made this run.
@@ -44,8 +47,10 @@ import polars as pl
 from contact_recon.model.keys import TE_KEY_PREFIX
 from contact_recon.model.list_tags import LIST_TAG_RESPELLED
 from contact_recon.model.records import MERGE_SIDE
+from contact_recon.model.tags import TAG_FOLDED, add_tag, drop_tag, tag_key, union
 
 TEXT = tuple(n for n, t in MERGE_SIDE.items() if t == pl.String and n not in ("key", "contact_id", "consent"))
+UNCHANGING = (LIST_TAG_RESPELLED, TAG_FOLDED)  # reasons of tag ops that change no set in key space
 DIMENSION = {"consent_tighten": "consent", "tag_add": "tags", "tag_remove": "tags", "list_add": "lists",
              "list_remove": "lists"}
 BASE_SCHEMA = pl.Schema({**MERGE_SIDE, "in_ghl": pl.Boolean(), "in_tinyemail": pl.Boolean()})
@@ -68,6 +73,8 @@ def replay(te: dict[str, Row], ghl: dict[str, Row], done: Iterable[Row]) -> None
     for op in done:
         if op.get("reason") == LIST_TAG_RESPELLED:
             continue  # a list tag spelled anew in GHL: the same list, nothing changes (model/list_tags.py)
+        if op.get("reason") == TAG_FOLDED:
+            continue  # a second spelling folded away: the sides were folded before the merge (model/tags.py)
         side = te if op["target"] == "tinyemail" else ghl
         key, kind = op["key"], op["kind"]
         if kind == "create":
@@ -80,9 +87,9 @@ def replay(te: dict[str, Row], ghl: dict[str, Row], done: Iterable[Row]) -> None
         if kind == "update" or kind == "consent_tighten":
             row[name] = op["new"]
         elif kind in ("tag_add", "list_add"):
-            row[name] = sorted({*(row[name] or []), op["new"]})
+            row[name] = add_tag(row[name] or [], op["new"])  # by key: a spelling already there stays
         elif kind in ("tag_remove", "list_remove"):
-            row[name] = sorted(set(row[name] or []) - {op["expected"]})
+            row[name] = drop_tag(row[name] or [], op["expected"])  # by key: every spelling goes
 
 
 def _created(op: Row, in_ghl: bool) -> Row:
@@ -132,19 +139,19 @@ def next_base(base: dict[str, Row], te: dict[str, Row], ghl: dict[str, Row], blo
 
 def _set_membership(row: Row, *, name: str, value: str, member: bool, prefix: str) -> None:
     """Make one tag or list a member of `row`'s tags or lists, or not."""
-    tags, lists = set(row.get("tags") or []), set(row.get("lists") or [])
-    if name == "tags" and not value.startswith(prefix):
-        # a plain tag
-        tags = (tags | {value}) if member else (tags - {value})
+    tags, lists = list(row.get("tags") or []), list(row.get("lists") or [])
+    if name == "tags" and not tag_key(value).startswith(tag_key(prefix)):
+        # a plain tag, by key (a spelling already there stands for it)
+        tags = add_tag(tags, value) if member else drop_tag(tags, value)
     else:
         # a list, named as `list:L` (a GHL tag op) or `L` (a TinyEmail list op): the merge reads the base's
         # membership from either form, so both are set alike
-        list_id = value.removeprefix(prefix) if name == "tags" else value
+        list_id = value[len(prefix):] if name == "tags" else value
         if member:
-            lists.add(list_id)
+            lists = add_tag(lists, list_id)
         else:
-            lists.discard(list_id)
-            tags.discard(prefix + list_id)
+            lists = drop_tag(lists, list_id)
+            tags = drop_tag(tags, prefix + list_id)
     row["tags"], row["lists"] = sorted(tags), sorted(lists)
 
 
@@ -155,7 +162,7 @@ def _both(key: str, t: Row, g: Row, b: Row, consent: Consent) -> Row:
     tight = t.get("consent") if t.get("consent") in consent.tinyemail_tight else \
         g.get("consent") if g.get("consent") in consent.ghl_tight else t.get("consent")
     row.update(key=key, contact_id=g.get("contact_id"), email=_norm(g.get("email")),
-               tags=sorted(set(t.get("tags") or []) | set(g.get("tags") or [])), lists=sorted(t.get("lists") or []),
+               tags=union(t.get("tags") or [], g.get("tags") or []), lists=sorted(t.get("lists") or []),
                consent=tight, in_ghl=True, in_tinyemail=True)
     return row
 
@@ -165,8 +172,9 @@ def blocked(journal: pl.DataFrame) -> Blocked:
     open_ops = journal.filter((pl.col("status") != "done") & ~pl.col("kind").is_in(
         ["create", "task_create", "note_create", "identity_review"]))
     if "reason" in open_ops.columns:
-        # a respelling that did not land holds nothing back: the list is the same (model/list_tags.py)
-        open_ops = open_ops.filter(pl.col("reason").fill_null("") != LIST_TAG_RESPELLED)
+        # a respelling or a fold that did not land holds nothing back: the tag is the same in key space
+        # (model/list_tags.py, model/tags.py); the next snapshot still shows it, so it is planned again
+        open_ops = open_ops.filter(~pl.col("reason").fill_null("").is_in(UNCHANGING))
     dimensions: dict[tuple[str, str], Any] = {}
     members = set()
     for r in open_ops.iter_rows(named=True):

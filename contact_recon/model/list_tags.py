@@ -10,10 +10,13 @@ edges only:
   before a rename, or its bare id, as earlier versions wrote) into `list:<id>` before the merge;
 - out: `ListNames.spell` turns `list:<id>` into `list:<label>` when the GHL writer adds a tag or creates a
   contact; a removal removes every spelling the list has had (`ListNames.spellings`), so a list left on the
-  night it was renamed leaves no old tag behind.
+  night it was renamed leaves no old tag behind, and the GHL writer adds any other spelling of those the
+  contact holds (by tag key: `list:newsletter` for `Newsletter`).
 
 A label is the list's name (trimmed); lists that share a name, or have none, are told apart by the first 8
-characters of their id (`Newsletter (6f1c2b1e)`). A tag that names no known list stays as it is.
+characters of their id (`Newsletter (6f1c2b1e)`). A tag that names no known list stays as it is. Spellings are
+compared by tag key (`model/tags.py`: case-folded, trimmed, inner spaces collapsed), so `list:newsletter` in GHL
+is the list labelled `Newsletter`, and is not respelled: a tag already on a side keeps that side's spelling.
 
 `respelling_ops` plans, once, the tag changes that make GHL's spelling current: a contact tagged with an old
 spelling (a bare id, or the label before a rename) gets `tag_remove` of that spelling and `tag_add` of the
@@ -26,10 +29,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import polars as pl
 
 from contact_recon.model.ops import CONTENT_COLUMNS, Kind
+from contact_recon.model.tags import tag_key
 
 LIST_TAG_RESPELLED = "list_tag_respelled"
 ID_CHARS = 8  # of a list id, to tell apart two lists with one name
@@ -38,12 +43,12 @@ ID_CHARS = 8  # of a list id, to tell apart two lists with one name
 def labels(names: Mapping[str, str | None]) -> dict[str, str]:
     """list id -> its label (module docstring), for the lists TinyEmail has now."""
     clean = {list_id: (name or "").strip() for list_id, name in names.items()}
-    shared = Counter(name.casefold() for name in clean.values())
+    shared = Counter(tag_key(name) for name in clean.values())
     out = {}
     for list_id, name in clean.items():
         if not name:
             out[list_id] = list_id  # no name: the id is all there is
-        elif shared[name.casefold()] > 1:
+        elif shared[tag_key(name)] > 1:
             out[list_id] = f"{name} ({list_id[:ID_CHARS]})"  # two lists, one name: told apart
         else:
             out[list_id] = name
@@ -72,10 +77,18 @@ class ListNames:
         return cls(now, aliases, prefix)
 
     def list_id(self, tag: str) -> str | None:
-        """The list a GHL list tag names, None when it is not a list tag of a known list."""
-        if not tag.startswith(self.prefix):
+        """The list a GHL list tag names (compared by tag key), None when it is not a list tag of a known list."""
+        if not tag_key(tag).startswith(tag_key(self.prefix)):
             return None
-        return self.aliases.get(tag.removeprefix(self.prefix))
+        return self._by_key.get(tag_key(tag[len(self.prefix):]))
+
+    @cached_property
+    def _by_key(self) -> dict[str, str]:
+        """tag key of a spelling -> its list (an exact spelling's list first)."""
+        out: dict[str, str] = {}
+        for alias, list_id in self.aliases.items():
+            out.setdefault(tag_key(alias), list_id)
+        return out
 
     def to_id(self, tag: str) -> str:
         """A GHL tag as the merge compares it: `list:<id>` for a known list, else unchanged."""
@@ -101,12 +114,14 @@ def with_list_ids(contacts: pl.DataFrame, names: ListNames) -> pl.DataFrame:
     """GHL contacts (records.GHL_CONTACTS) with their list tags as list ids (sorted, unique)."""
     if not names.aliases or contacts.height == 0:
         return contacts
-    tags = pl.col("tags").list.eval(pl.element().replace(_tag_map(names))).list.unique().list.sort()
+    tags = pl.col("tags").list.eval(pl.element().replace(_tag_map(names, contacts))).list.unique().list.sort()
     return contacts.with_columns(tags=tags)
 
 
-def _tag_map(names: ListNames) -> dict[str, str]:
-    return {names.prefix + alias: names.prefix + list_id for alias, list_id in names.aliases.items()}
+def _tag_map(names: ListNames, contacts: pl.DataFrame) -> dict[str, str]:
+    """Every list tag the contacts hold (in any spelling of a known list) -> `list:<id>`."""
+    held = contacts.select(pl.col("tags").explode().drop_nulls().unique())["tags"].to_list()
+    return {tag: names.prefix + list_id for tag in held if (list_id := names.list_id(tag)) is not None}
 
 
 def respelling_ops(contacts: pl.DataFrame, names: ListNames, keys: Iterable[str],
@@ -123,8 +138,8 @@ def respelling_ops(contacts: pl.DataFrame, names: ListNames, keys: Iterable[str]
         added: set[str] = set()
         for tag in sorted(held):
             spelled = names.spell(names.to_id(tag))
-            if names.list_id(tag) is None or spelled == tag:
-                continue  # not a known list, or already spelled as the list is named now
+            if names.list_id(tag) is None or tag_key(spelled) == tag_key(tag):
+                continue  # not a known list, or already spelled as the list is named now (case and spacing aside)
             if (contact_id, names.to_id(tag)) in busy:
                 continue  # the merge removes this list tonight, in every spelling (`spellings`)
             ops.append(_op(Kind.TAG_REMOVE, contact_id, expected=tag, new=None))

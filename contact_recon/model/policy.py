@@ -114,7 +114,8 @@ class NoteRule(_Model):
 
 
 class TagTrigger(_Model):
-    """A TinyEmail tag that, when it appears on a customer, makes a GHL note or task."""
+    """A TinyEmail tag that, when it appears on a customer, makes a GHL note or task; `tag` is compared by tag key
+    (model/tags.py: `VIP` fires on `vip` too, and a change of case alone is no appearance)."""
 
     tag: str
     action: Literal["note", "task"] = "note"

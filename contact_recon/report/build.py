@@ -27,7 +27,9 @@ extra keys may be added, never removed). Status: a run held by a guard is `held`
 (`completed`, or `planned`/`approved` for a dry run) is `completed`; anything else (`failed`, or a run
 left `running`/`applying` by a dead process) is `failed`. `counts` has, per target system, every op
 kind (0 when none; `delete` too: no op ever deletes, it is there because the contract names it), and
-`counts.applied` the same shape for the journal's `done` ops.
+`counts.applied` the same shape for the journal's `done` ops. `tags_folded` counts the second spellings of a
+tag the run folds away (`model/tags.py`: `planned`, its fold ops; `applied`, those done), shown among the
+report's figures when there are any.
 
 `write_run_files` writes `summary.json` and `report.html`, each whole or not at all (a temporary file
 renamed into place). The HTML is one file with inline CSS and inline SVG charts (`contact_recon/report/charts.py`):
@@ -66,6 +68,7 @@ from contact_recon.engine.conflicts import CSV_SCHEMA as CONFLICT_ROWS
 from contact_recon.model.cells import guard, unguarded
 from contact_recon.model.context import GHL_CONTACT_URL
 from contact_recon.model.ops import TARGETS, Kind
+from contact_recon.model.tags import TAG_FOLDED
 from contact_recon.report import charts
 from contact_recon.report.applied import APPLIED_COLUMNS, applied_changes, list_names_of, readable_values, run_context
 from contact_recon.report.trends import trend_history, trends_chart
@@ -138,6 +141,9 @@ SUMMARY_SCHEMA: dict[str, Any] = {
         # the policy the run planned with (contact_recon/systems/policy_source.py); null for runs before it was recorded
         "policy_version": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "null"}]},
         "policy_source": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "null"}]},
+        # second spellings of a tag folded away (model/tags.py): the run's fold ops, and those applied
+        "tags_folded": {"type": "object", "required": ["planned", "applied"],
+                        "properties": {"planned": _COUNT, "applied": _COUNT}},
     },
 }
 
@@ -296,6 +302,7 @@ def build_summary(store: Store, data_dir: str | Path, run_id: str, *, dry_run: b
         "started_at": iso_utc(run["started_at"]), "finished_at": iso_utc(run["finished_at"]),
         "dry_run": dry_run, "locations": list(run["location_ids"] or []),
         "counts": {**op_counts(ops), "applied": op_counts(ops.filter(pl.col("status") == DONE))},
+        "tags_folded": tag_folds(ops),
         "conflicts": conflicts.height if conflicts is not None else int(plan.get("conflicts") or 0),
         "quarantined": by_status.get(QUARANTINED, 0), "stale": by_status.get(STALE, 0),
         "failed": by_status.get(FAILED, 0), "rejected": by_status.get(REJECTED, 0),
@@ -308,6 +315,12 @@ def build_summary(store: Store, data_dir: str | Path, run_id: str, *, dry_run: b
         "docs_index": str(index) if (index := docs_index(data_dir, run_id)) else None,
         "flow_run_id": (flow_id := flow_run_id or run.get("flow_run_id")), "flow_run_url": flow_run_url(flow_id),
     }
+
+
+def tag_folds(ops: pl.DataFrame) -> dict[str, int]:
+    """How many second spellings of a tag the run folds away (`model/tags.py`): its fold ops, and those applied."""
+    folds = ops.filter(pl.col("reason") == TAG_FOLDED)
+    return {"planned": folds.height, "applied": folds.filter(pl.col("status") == DONE).height}
 
 
 def summary_status(run_status: str) -> str:
@@ -456,6 +469,8 @@ def _figures(s: Mapping[str, Any]) -> str:
     figures = [("ops planned", planned), ("applied", applied), ("conflicts", s["conflicts"]),
                ("quarantined", s["quarantined"]), ("stale", s["stale"]), ("rejected", s.get("rejected", 0)),
                ("failed", s["failed"])]
+    if (folds := (s.get("tags_folded") or {}).get("planned")):
+        figures.append(("tag spellings folded", folds))
     cells = "".join(f'<div class="fig"><b>{n:,}</b><span>{escape(label)}</span></div>' for label, n in figures)
     return f'<div class="figures">{cells}</div>'
 

@@ -5,7 +5,11 @@
    invalid one is refused here) and start a run of kind 'plan' in the store, with the policy's version.
 2. Snapshot both systems (`contact_recon/stages/snapshot.py`, which records its own 'snapshot' run), or with
    `reuse_snapshot` take the latest snapshot in the store as it is.
-3. Read the latest snapshots of the covered locations and of TinyEmail back from the store.
+3. Read the latest snapshots of the covered locations and of TinyEmail back from the store, and fold every
+   record's tags to one spelling per tag key (`folded_frames`, `contact_recon/model/tags.py`: tags that differ
+   only in case or spacing are one tag; the spelling there first stays). Everything after sees the folded
+   frames; the fold ops (`tag_remove`, reason `tag_case_folded`) join the plan after the merge (`with_folds`,
+   the stat `tags_folded`), so neither the merge's guards nor the guard expectation count them.
 4. Identity (`contact_recon/engine/identity.py`): match (the id_map with the team's standing identity
    decisions, `recon identity resolve`: `stages/review.py identity_input`), leave the held-back keys out of
    both sides and of the base, and apply this run's re-keys (`te:<email>` -> the contact id now matched by email) to the
@@ -69,6 +73,7 @@ from contact_recon.model.keys import TE_KEY_PREFIX
 from contact_recon.model.list_tags import ListNames, respelling_ops, with_list_ids
 from contact_recon.model.ops import sort_ops, with_ids
 from contact_recon.model.policy import Policy
+from contact_recon.model.tags import fold_frame, fold_ops
 from contact_recon.settings import Settings
 from contact_recon.stages.advance import save_state
 from contact_recon.stages.review import identity_input, write_review_files
@@ -164,6 +169,7 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
     today = store.clock().date()
     frames = frames if frames is not None else latest_frames(store, locations)
     frames = without_home_lists(frames, Journal(store).home_lists())
+    frames, folds = folded_frames(frames)  # one spelling per tag key; the others are folded away (model/tags.py)
     list_tags = store.list_tags(policy.tags.list_prefix) if policy.tags.list_sync != "off" else ListNames()
     ghl_spelled = frames["ghl_contacts"]  # the tags as GHL spells them, for the respelling ops
     frames = {**frames, "ghl_contacts": with_list_ids(ghl_spelled, list_tags)}  # list:<label> -> list:<id>
@@ -182,6 +188,7 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
                   today=today, guard_history=history)
     merged = with_decisions(merged, Decisions(store).pending(), te_side, ghl_side, policy)
     merged = with_respellings(merged, ghl_spelled, list_tags, ghl_side["key"])
+    merged = with_folds(merged, folds, ghl_side, te_side)
     log = ConflictLog(store)
     shown = as_held(merged.conflicts, people(identity), frames["ghl_contacts"], frames["te_customers"])
     merged = dataclasses.replace(merged, conflicts=without_skipped(shown, log.skips()))
@@ -293,6 +300,33 @@ def with_respellings(merged: MergeResult, as_held: pl.DataFrame, list_tags: List
         return merged
     return MergeResult(sort_ops(pl.concat([merged.ops, with_ids(extra)])), merged.conflicts, merged.stats,
                        merged.held_reasons)
+
+
+def folded_frames(frames: dict[str, pl.DataFrame]) -> tuple[dict[str, pl.DataFrame], TagFolds]:
+    """The snapshot frames with every record's tags folded to one spelling per tag key, and the folds
+    (`model/tags.py fold_frame`: the spelling there first stays)."""
+    ghl, ghl_folds = fold_frame(frames["ghl_contacts"], "contact_id")
+    te, te_folds = fold_frame(frames["te_customers"], "email")
+    return {**frames, "ghl_contacts": ghl, "te_customers": te}, TagFolds(ghl_folds, te_folds)
+
+
+@dataclass(frozen=True)
+class TagFolds:
+    """The spellings a run folds away: GHL (contact_id, tag) and TinyEmail (email, tag) rows."""
+
+    ghl: pl.DataFrame
+    tinyemail: pl.DataFrame
+
+
+def with_folds(merged: MergeResult, folds: TagFolds, ghl_side: pl.DataFrame, te_side: pl.DataFrame) -> MergeResult:
+    """Add the ops that fold a second spelling of a tag away, once (`model/tags.py fold_ops`), for the people in
+    play (held-back people are left out, as the merge leaves them), and count them (stat `tags_folded`)."""
+    ghl = folds.ghl.join(ghl_side.select("key", "contact_id"), on="contact_id").select("key", "tag")
+    te = folds.tinyemail.join(te_side.select("key", "email"), on="email").select("key", "tag")
+    extra = pl.concat([fold_ops(ghl, "ghl"), fold_ops(te, "tinyemail")])
+    stats = {**merged.stats, "tags_folded": extra.height}
+    ops = sort_ops(pl.concat([merged.ops, with_ids(extra)])) if extra.height else merged.ops
+    return MergeResult(ops, merged.conflicts, dict(sorted(stats.items())), merged.held_reasons)
 
 
 def _state_frames(base: pl.DataFrame, te_side: pl.DataFrame, ghl_side: pl.DataFrame,

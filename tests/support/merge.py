@@ -1,5 +1,10 @@
 """Helpers for the merge tests: build MERGE_SIDE frames from short records, and an in-memory "storage"
-that applies a plan to both sides (checking each op's expected value) and derives the next base."""
+that applies a plan to both sides (checking each op's expected value) and derives the next base.
+
+Tags are one tag per key here too (case-folded, trimmed, inner spaces collapsed: issue 21), with this module's
+own `tag_key`, written apart from `contact_recon/model/tags.py` so that the two can disagree: a tag add must not
+find its key on the target already, a removal must name a spelling the target holds, and the next base holds
+one spelling per key."""
 
 from __future__ import annotations
 
@@ -36,6 +41,28 @@ def frame(rows: list[Row], *, base: bool = False) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schema)
 
 
+def tag_key(tag: str) -> str:
+    """Two spellings of one tag share this key (this oracle's own implementation of the rule)."""
+    folded = tag.casefold()
+    while "  " in folded or "\t" in folded or "\n" in folded:
+        folded = folded.replace("\t", " ").replace("\n", " ").replace("  ", " ")
+    return folded.strip()
+
+
+def keys_of(tags: list[str]) -> list[str]:
+    """The tag keys of a tag list, in its order, repeats kept (a side holding two spellings shows it)."""
+    return [tag_key(t) for t in tags]
+
+
+def union_by_key(*sides: list[str]) -> list[str]:
+    """One spelling per key, the first side's where several have it; sorted."""
+    out: dict[str, str] = {}
+    for side in sides:
+        for tag in side:
+            out.setdefault(tag_key(tag), tag)
+    return sorted(out.values())
+
+
 def norm(value: str | None) -> str | None:
     value = value.strip() if isinstance(value, str) else value
     return value or None
@@ -58,10 +85,10 @@ def apply_plan(te: dict[str, Row], ghl: dict[str, Row], ops: list[Op]) -> tuple[
             assert norm(row[op.field]) == op.expected, (op, row[op.field])
             row[op.field] = op.new
         elif op.kind in ("tag_add", "list_add"):
-            assert op.new not in (row[op.field] or []), op
+            assert tag_key(op.new) not in keys_of(row[op.field] or []), op  # never a second spelling
             row[op.field] = sorted({*(row[op.field] or []), op.new})
         elif op.kind in ("tag_remove", "list_remove"):
-            assert op.expected in (row[op.field] or []), op
+            assert op.expected in (row[op.field] or []), op  # the target's own spelling
             row[op.field] = sorted(set(row[op.field]) - {op.expected})
         else:
             raise AssertionError(f"unknown kind {op.kind}")
@@ -88,7 +115,7 @@ def next_base(base: dict[str, Row], te: dict[str, Row], ghl: dict[str, Row], pol
             valid = b.get("in_ghl") and b.get("in_tinyemail")
             row = {n: (norm(t[n]) if norm(t[n]) == norm(g[n]) else norm(b.get(n)) if valid else None) for n in TEXT}
             row.update(key=key, contact_id=g["contact_id"], email=norm(g["email"]),
-                       tags=sorted(set(t["tags"]) | set(g["tags"])), lists=sorted(t["lists"]),
+                       tags=union_by_key(t["tags"], g["tags"]), lists=sorted(t["lists"]),
                        consent=t["consent"] if t["consent"] in c.tinyemail_tight else
                        g["consent"] if g["consent"] in c.ghl_tight else t["consent"],
                        in_ghl=True, in_tinyemail=True)

@@ -27,6 +27,7 @@ from contact_recon.model.normalise import to_frame
 from contact_recon.model.ops import Op, ops_to_frame
 from contact_recon.model.policy import GuardPolicy, Policy
 from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, MERGE_SIDE, TINYEMAIL_CUSTOMERS
+from contact_recon.model.tags import TAG_FOLDED
 from contact_recon.sandbox.generate import generate_fixture
 from contact_recon.store.db import open_db
 from contact_recon.systems.ghl.mapping import ghl_contact_record, ghl_note_record, ghl_task_record
@@ -254,6 +255,16 @@ def test_the_plan_suite_holds_the_ops_of_a_guard_breach(tmp_path: Path) -> None:
     approved = run_checks({}, ops, Thresholds(severity={"plan.within_guards": "warning"}), "run-guards", tmp_path,
                           people=100, docs=False)
     assert approved.result("plan.within_guards").severity == "warning" and approved.quarantined.height == 0
+
+
+def test_the_guard_leaves_out_folds_of_a_second_spelling(tmp_path: Path) -> None:
+    # 30 of 100 people lose a second spelling of a tag (model/tags.py): no tag is removed, the guard holds nothing
+    folds = [Op("ghl", "tag_remove", f"c{i}", "tags", "vip", None, TAG_FOLDED) for i in range(30)]
+    report = run_checks({}, _ops(*folds), None, "run-folds", tmp_path, people=100, docs=False)
+    assert report.result("plan.within_guards").success and report.quarantined.height == 0
+    removals = [Op("ghl", "tag_remove", f"c{i}", "tags", "vip", None, "tag_removed_on_tinyemail") for i in range(30)]
+    held = run_checks({}, _ops(*removals), None, "run-removals", tmp_path, people=100, docs=False)
+    assert not held.result("plan.within_guards").success  # the same removals for real: held
 
 
 def test_the_plan_suite_holds_empty_or_huge_notes(tmp_path: Path) -> None:

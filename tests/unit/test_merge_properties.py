@@ -8,6 +8,9 @@
 5. Applying the plan to both sides makes every shared field agree (unless it is in the conflict table).
 6. An op that did not land is planned again by the next run, with the base the state module
    (contact_recon/engine/state.py) leaves; never the opposite op, which would undo the side that did land.
+7. Tags that differ only in case or spacing never multiply: after folding each side (model/tags.py) and
+   applying the plan, every side holds one spelling per tag key, a tag a side had keeps its spelling, and
+   reconciling twice plans nothing; a change of case alone on one side plans nothing.
 Plus: the vectorised engine and the pure-Python baseline (bench/merge_baseline.py) plan the same ops.
 """
 
@@ -26,8 +29,9 @@ from contact_recon.engine.state import Consent, blocked
 from contact_recon.engine.state import next_base as state_next_base
 from contact_recon.model.ops import Op
 from contact_recon.model.policy import Policy
+from contact_recon.model.tags import fold
 from tests.support import REPO
-from tests.support.merge import apply_plan, by_key, frame, next_base, norm, rec
+from tests.support.merge import apply_plan, by_key, frame, keys_of, next_base, norm, rec, tag_key
 
 sys.path.append(str(REPO / "bench"))
 from merge_baseline import plan_baseline  # noqa: E402
@@ -245,3 +249,77 @@ def test_an_op_that_did_not_land_is_planned_again(snaps, policy, data):
              for o in run(next_rows, list(te_after.values()), list(ghl_after.values()), policy).op_list()}
     for op in undone:
         assert (op.target, op.kind, op.key, op.field, op.expected, op.new) in again, (op, sorted(again))
+
+
+# Law 7: tags that differ only in case or spacing never multiply, and reconciling twice plans nothing.
+VARIANTS = ["vip", "VIP", " Vip ", "big deal", "Big  Deal", "news", "NEWS", "ghl:Hot", "GHL:hot", "te:Lead",
+            "TE: lead", "list:l1", "LIST:l1", "Straße", "STRASSE"]
+
+
+@st.composite
+def spelled(draw, key: str, consent=TE_CONSENT, lists: bool = True) -> dict:
+    """A person whose tags are drawn from case and spacing variants, in the order the system holds them,
+    two spellings of one key allowed (as earlier runs left them)."""
+    row = draw(person(key, consent=consent, lists=lists))
+    row["tags"] = draw(st.lists(st.sampled_from(VARIANTS), unique=True, max_size=5))
+    return row
+
+
+def folded(rows: list[dict]) -> list[dict]:
+    """Each row's tags folded as the plan stage folds a snapshot (the first spelling of each key stays)."""
+    out = []
+    for row in rows:
+        kept, dropped = fold(row["tags"])
+        assert len(set(keys_of(kept))) == len(kept) == len(set(keys_of(row["tags"])))
+        assert all(tag_key(d) in keys_of(kept) and d not in kept for d in dropped)
+        out.append({**row, "tags": sorted(kept)})
+    return out
+
+
+def one_spelling_per_key(rows: dict[str, dict]) -> None:
+    for key, row in rows.items():
+        assert len(set(keys_of(row["tags"]))) == len(row["tags"]), (key, row["tags"])
+
+
+@SETTINGS
+@given(st.data(), st.sampled_from(POLICIES))
+def test_case_variants_never_multiply_and_reconciling_twice_plans_nothing(data, policy):
+    base, te, ghl = [], [], []
+    first_run = data.draw(st.booleans())
+    for key in KEYS[:4]:
+        if not first_run:
+            base.append({**data.draw(spelled(key)), "in_ghl": True, "in_tinyemail": True})
+        te.append(data.draw(spelled(key)))
+        ghl.append(data.draw(spelled(key, consent=GHL_CONSENT, lists=False)))
+    base, te, ghl = folded(base), folded(te), folded(ghl)
+    result = run(base, te, ghl, policy)
+    te_after, ghl_after = apply_plan(by_key(te), by_key(ghl), result.op_list())
+    one_spelling_per_key(te_after)
+    one_spelling_per_key(ghl_after)
+    for before, after in ((te, te_after), (ghl, ghl_after)):
+        for row in before:
+            # a tag the side had keeps that side's spelling (unless the plan removed it)
+            now = {tag_key(t): t for t in after[row["key"]]["tags"]}
+            assert all(now.get(tag_key(t), t) == t for t in row["tags"]), (row["tags"], now)
+    for key in te_after:
+        shared = lambda tags: {tag_key(x) for x in tags if tag_namespace(x, policy) == "tag"}  # noqa: E731
+        assert shared(te_after[key]["tags"]) == shared(ghl_after[key]["tags"]), key
+    second = next_base(by_key(base), te_after, ghl_after, policy)
+    again = run(second, list(te_after.values()), list(ghl_after.values()), policy)
+    assert again.ops.height == 0, again.op_list()
+
+
+@SETTINGS
+@given(reconciled(), st.data())
+def test_a_change_of_case_alone_is_not_a_change(state, data):
+    base, te, ghl = state
+    i = data.draw(st.integers(0, len(te) - 1))
+    side = data.draw(st.sampled_from([te, ghl]))
+    if not side[i]["tags"]:
+        side[i]["tags"] = ["news"]
+        (ghl if side is te else te)[i]["tags"] = sorted({*(ghl if side is te else te)[i]["tags"], "news"})
+        base[i]["tags"] = sorted({*base[i]["tags"], "news"})
+    recase = data.draw(st.sampled_from([str.upper, str.title, lambda t: f"  {t.upper()} "]))
+    side[i]["tags"] = sorted(recase(t) for t in side[i]["tags"])
+    result = run(base, te, ghl)
+    assert result.ops.height == 0, result.op_list()

@@ -340,6 +340,40 @@ def test_list_namespace_tag_on_tinyemail_is_ignored():
     assert ops(tag_case([], ["list:zz"], [])) == []
 
 
+# C, by tag key (issue 21): one tag on both sides in two spellings, no base -> nothing (each keeps its own)
+def test_case_variants_on_both_sides_are_one_tag():
+    assert ops(tag_case([], ["vip", "Big  Deal"], ["VIP", " big deal"], base=False)) == []
+
+
+# C, by tag key: a change of case alone on one side since the base -> not a change
+def test_a_change_of_case_alone_is_nothing():
+    assert ops(tag_case(["vip"], ["vip"], ["VIP"])) == []
+
+
+# C, by tag key: a tag new to a side is written in the spelling of the side it came from
+def test_an_added_tag_keeps_its_source_spelling():
+    assert ops(tag_case([], ["Gold Member"], [], base=False)) == [
+        ("ghl", "tag_add", "c1", "tags", None, "Gold Member", "tag_initial_union")]
+
+
+# C, by tag key: removed on one side -> removed from the other in that side's own spelling
+def test_a_removal_names_the_targets_spelling():
+    assert ops(tag_case(["vip"], ["VIP"], [])) == [("tinyemail", "tag_remove", "c1", "tags", "VIP", None,
+                                                    "tag_removed_on_ghl")]
+
+
+# C, by tag key: a namespace prefix in another case is the namespace (GHL-owned here; a list tag on GHL)
+def test_namespaces_by_key():
+    assert ops(tag_case([], ["GHL:Hot"], ["ghl:hot"])) == []
+    assert ops(tag_case([], [], ["LIST:a"], t_lists=["a"], base=False)) == []
+
+
+# C, by tag key: a fact tag TinyEmail holds in another spelling is the fact (not added again)
+def test_fact_tag_by_key():
+    result = tag_case([], ["GHL:Open-Task"], [], ghl_tasks=tasks_frame(("t1", "c1", False, "2026-04-01")))
+    assert ops(result, "tag_add", "tag_remove") == []
+
+
 def tasks_frame(*rows):
     return pl.DataFrame([dict(zip(("task_id", "contact_id", "completed", "due_date"), r, strict=True)) for r in rows],
                         schema={k: GHL_TASKS[k] for k in ("task_id", "contact_id", "completed", "due_date")})
@@ -465,6 +499,17 @@ def test_tag_trigger_note_and_task():
                  policy)
     assert [(o[1], o[3]) for o in ops(result, "note_create", "task_create")] == [("task_create", "tag:demo")]
     assert json.loads(ops(result, "task_create")[0][5])["title"] == "Call"
+
+
+# E, by tag key: a trigger fires on its tag in any spelling, named by the trigger's own; a case change since
+# the base is not an appearance
+def test_tag_trigger_by_key():
+    policy = Policy(tasks={"tag_triggers": [{"tag": "Webinar"}]})
+    result = run([rec("zz")], [rec("c1", tags=[" WEBINAR "])], [rec("c1")], policy)
+    assert [(o[1], o[3]) for o in ops(result, "note_create")] == [("note_create", "tag:Webinar")]
+    assert ops(result, "note_create")[0][5].startswith("TinyEmail tag Webinar added on")
+    again = run([rec("c1", tags=["webinar"])], [rec("c1", tags=["WEBINAR"])], [rec("c1", tags=["webinar"])], policy)
+    assert ops(again, "note_create", "task_create") == []
 
 
 # --- op ids and order --------------------------------------------------------------------------------

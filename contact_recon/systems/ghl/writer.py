@@ -10,7 +10,9 @@ Body quirks:
 - `PUT /contacts/{id}` (UpdateContactDto) has no `companyName` (`UPSERT_ONLY`): such an update goes by
   `POST /contacts/upsert` matched by the contact's own email, and must land on this very contact; a
   contact without an email cannot be reached that way, so the op is rejected;
-- tags are never sent in an update (it would replace them all): adds and removes are their own calls.
+- tags are never sent in an update (it would replace them all): adds and removes are their own calls; a
+  list tag's removal reads the contact first, to remove the spelling of that list it holds (by tag key,
+  `model/tags.py`) beside the spellings the list has had.
 
 Unknown outcomes are re-read before anything is sent again: a create by the contact's email (or phone),
 a field update by reading the contact, tags by reading its tag set, a task or note by the marker
@@ -32,6 +34,7 @@ from contact_recon.model.keys import TE_KEY_PREFIX, Person, address, is_te_key
 from contact_recon.model.list_tags import LIST_TAG_RESPELLED, ListNames
 from contact_recon.model.ops import Kind
 from contact_recon.model.policy import ConsentPolicy
+from contact_recon.model.tags import TAG_FOLDED, tag_key
 from contact_recon.systems.errors import ConnectorError, Duplicate, Validation
 from contact_recon.systems.ghl.client import GHLClient
 from contact_recon.systems.ghl.mapping import contact_body, contact_row, dnd_on, field_name
@@ -184,6 +187,16 @@ class GHLWriter(Generic[OpT]):
     async def _tags(self, client: GHLClient, contact_id: str, kind: str, ops: list[OpT]) -> None:
         adding = kind == Kind.TAG_ADD
         tags = list(dict.fromkeys(t for op in ops for t in self._spelled(op, adding)))
+        if not adding and any(self.list_tags.list_id(t) for t in tags):
+            # a list tag GHL may hold in a spelling of its own (`list:newsletter` for `Newsletter`, model/tags.py):
+            # the removal names every spelling the contact holds of it
+            try:
+                held = (await client.get_contact(contact_id)).tags or []
+            except ConnectorError as exc:
+                self.ledger.refused(ops, exc)
+                return
+            keys = {tag_key(t) for t in tags}
+            tags = list(dict.fromkeys([*tags, *(t for t in held if tag_key(t) in keys)]))
 
         async def send() -> None:
             await (client.add_tags if adding else client.remove_tags)(contact_id, tags)
@@ -196,11 +209,11 @@ class GHLWriter(Generic[OpT]):
 
     def _spelled(self, op: OpT, adding: bool) -> list[str]:
         """The tags GHL is sent for a tag op: a list as GHL spells it (model/list_tags.py); a removal removes every
-        spelling the list has had; a respelling op names its spelling itself."""
+        spelling the list has had; a respelling op and a fold op (model/tags.py) name their spelling themselves."""
         tag = op.new if adding else op.expected
         if not tag:
             return []
-        if op.reason == LIST_TAG_RESPELLED:
+        if op.reason in (LIST_TAG_RESPELLED, TAG_FOLDED):
             return [tag]
         return [self.list_tags.spell(tag)] if adding else self.list_tags.spellings(tag)
 

@@ -39,6 +39,7 @@ from typing import Any, Generic
 from contact_recon.model.keys import Person, address
 from contact_recon.model.ops import Kind
 from contact_recon.model.policy import ConsentPolicy
+from contact_recon.model.tags import has_tag
 from contact_recon.systems.errors import ConnectorError, UnknownOutcome, Validation
 from contact_recon.systems.tinyemail.client import BATCH_SIZE, TinyEmailClient
 from contact_recon.systems.tinyemail.contract import email_key
@@ -216,9 +217,11 @@ class TinyEmailWriter(Generic[OpT]):
                 body[field_name(op.field or "")] = op.new or ""
         tag_ops = [op for op in ops if op.kind in TAG_KINDS]
         if tag_ops:
-            # merged into the live set: a tag somebody added or removed meanwhile keeps that change
+            # merged into the live set: a tag somebody added or removed meanwhile keeps that change, and a tag
+            # the customer holds in another spelling is not added twice (model/tags.py)
             gone = {op.expected for op in tag_ops if op.kind == Kind.TAG_REMOVE}
-            added = [op.new for op in tag_ops if op.kind == Kind.TAG_ADD and op.new]
+            added = [op.new for op in tag_ops
+                     if op.kind == Kind.TAG_ADD and op.new and not has_tag(customer.tags, op.new)]
             body["tags"] = [t for t in dict.fromkeys([*customer.tags, *added]) if t not in gone]
         todo = [*fields, *tag_ops]
         return (todo, body) if todo else None
