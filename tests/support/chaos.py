@@ -323,9 +323,13 @@ def disagreements(ghl_state: dict[str, Any], te_state: dict[str, Any], conflicts
 
 
 def plain_tags(tags: list[str], policy: Policy) -> list[str]:
-    """Tags outside the list and fact namespaces."""
-    facts = {policy.tasks.open_task_tag, policy.tasks.overdue_task_tag}
-    return sorted(t for t in tags if not t.startswith(policy.tags.list_prefix) and t not in facts)
+    """Tags outside the list and fact namespaces, by their key (case-folded, trimmed, inner spaces collapsed: each
+    system keeps its own spelling of one tag, issue 21); written here apart from model/tags.py on purpose."""
+    def key(tag: str) -> str:
+        return " ".join(tag.split()).casefold()
+
+    facts, lists = {key(policy.tasks.open_task_tag), key(policy.tasks.overdue_task_tag)}, key(policy.tags.list_prefix)
+    return sorted(k for k in {key(t) for t in tags} - facts if not k.startswith(lists))
 
 
 def te_lists(te_state: dict[str, Any], policy: Policy) -> dict[str, set[str]]:
