@@ -3,7 +3,9 @@ baseline and the property tests' second opinion.
 
 It follows the decision tables of `contact_recon/engine/merge.py` branch by branch, person by person, and must give the
 same plan (the same op ids in the same order) and the same conflict rows. It shares only the pieces
-that define the output format: `Op`/`op_id`, `create_record`, `tag_namespace`, `Reason` and the policy. Tags
+that define the output format: `Op`/`op_id`, `canonical_json`, `Reason` and the policy; the tag namespaces and
+the create payloads are its own copies (`_namespace`, `_create_record`), so a bug in the engine's cannot hide
+behind the comparison. Tags
 are compared by key (case-folded, trimmed, inner spaces collapsed), with its own `_key`: a set of tags is a
 dict key -> the first spelling met, an add is spelled as its source, a removal as its target.
 
@@ -24,8 +26,6 @@ from contact_recon.engine.merge import (
     NEW_SUBSCRIBER,
     UNSUBSCRIBE_NOTE,
     Reason,
-    create_record,
-    tag_namespace,
 )
 from contact_recon.model.keys import TE_KEY_PREFIX
 from contact_recon.model.ops import KIND_ORDER, Op, canonical_json
@@ -39,6 +39,52 @@ TEXT = [name for name, dtype in MERGE_SIDE.items() if str(dtype) == "String" and
 def _key(tag: str) -> str:
     """A tag's comparison key: case-folded, trimmed, inner whitespace runs as one space."""
     return " ".join(tag.split()).casefold()
+
+
+def _namespace(tag: str, policy: Policy) -> str:
+    """fact | list | ghl | tinyemail | tag: which part of the merge owns the tag (by its key)."""
+    key, t = _key(tag), policy.tasks
+    if key in {_key(f) for f in (t.open_task_tag, t.overdue_task_tag) if f}:
+        return "fact"
+    if key.startswith(_key(policy.tags.list_prefix)):
+        return "list"
+    for namespace, prefixes in (("ghl", policy.tags.ghl_owned_prefixes),
+                                ("tinyemail", policy.tags.tinyemail_owned_prefixes)):
+        if any(key.startswith(_key(p)) for p in prefixes):
+            return namespace
+    return "tag"
+
+
+def _create_record(row: Row, target: str, policy: Policy, facts: list[str] | None = None) -> str:
+    """The payload a create writes on `target` from the other side's row: the email and the active fields that
+    are set, the tags (one spelling per key, the first met) but list and fact tags, plus the facts for a new
+    TinyEmail customer; GHL's list tags as TinyEmail lists or TinyEmail's lists as GHL list tags; the tight
+    consent value of `target` when the source is tight."""
+    first: dict[str, str] = {}
+    for tag in row["tags"] or []:
+        first.setdefault(_key(tag), tag)
+    own = {tag: _namespace(tag, policy) for tag in first.values()}
+    record: dict[str, Any] = {"email": row["email"]}
+    record.update({r.canonical: row[r.canonical] for r in policy.active_fields() if row[r.canonical] is not None})
+    record = {k: v for k, v in record.items() if v is not None}
+    prefix, c = policy.tags.list_prefix, policy.consent
+    tags = [tag for tag, ns in own.items() if ns not in ("list", "fact")]
+    lists: list[str] = []
+    if target == "ghl":
+        if policy.tags.list_sync != "off":
+            tags += [prefix + name for name in row["lists"] or []]
+        tight = c.ghl_tight_value if row["consent"] in c.tinyemail_tight else None
+    else:
+        tags += list(facts or [])
+        if policy.tags.list_sync != "off":
+            lists = [tag[len(prefix):] for tag, ns in own.items() if ns == "list"]
+        tight = c.tinyemail_tight_value if row["consent"] in c.ghl_tight else None
+    record["tags"] = sorted(set(tags))
+    if lists:
+        record["lists"] = sorted(set(lists))
+    if tight is not None:
+        record["consent"] = tight
+    return canonical_json(record)
 
 
 def _norm(value: str | None) -> str | None:
@@ -176,7 +222,7 @@ class Baseline:
         for tag in row["tags"]:
             if tag is None:
                 continue
-            ns = tag_namespace(tag, self.p)
+            ns = _namespace(tag, self.p)
             if ns in drop or (ns == "fact" and _key(tag) not in active):
                 continue
             out.setdefault(_key(tag), tag)
@@ -205,7 +251,7 @@ class Baseline:
         for tk in T.keys() | G.keys():
             it, ig, ib = tk in T, tk in G, tk in B
             tag = T.get(tk) or G[tk]
-            ns = tag_namespace(tag, self.p)
+            ns = _namespace(tag, self.p)
             if ns in ("ghl", "fact"):
                 r = ig
             elif ns == "tinyemail" or (ns == "list" and follow_te):
@@ -369,15 +415,15 @@ def plan_baseline(base_rows: list[Row], te_rows: list[Row], ghl_rows: list[Row],
             bl.memberships_of(key, t, g, b, valid, facts.get(key, set()))
             pending_events.append(key)
         elif case == "new_on_tinyemail" and policy.create.tinyemail_to_ghl:
-            bl.op("ghl", "create", key, None, None, create_record(t, "ghl", policy), Reason.NEW_ON_TINYEMAIL.value)
+            bl.op("ghl", "create", key, None, None, _create_record(t, "ghl", policy), Reason.NEW_ON_TINYEMAIL.value)
             ghl_creates.add(key)
         elif case == "new_on_ghl" and policy.create.ghl_to_tinyemail:
             bl.op("tinyemail", "create", key, None, None,
-                  create_record(g, "tinyemail", policy, sorted(facts.get(key, set()))), Reason.NEW_ON_GHL.value)
+                  _create_record(g, "tinyemail", policy, sorted(facts.get(key, set()))), Reason.NEW_ON_GHL.value)
         elif case == "deleted_in_ghl":
             edited = bl.te_edited(t, b, valid)
             if edited and policy.delete.edit_beats_delete:
-                bl.op("ghl", "create", key, None, None, create_record(t, "ghl", policy),
+                bl.op("ghl", "create", key, None, None, _create_record(t, "ghl", policy),
                       Reason.EDIT_BEATS_DELETE.value)
                 ghl_creates.add(key)
                 continue
