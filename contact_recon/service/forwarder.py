@@ -113,8 +113,8 @@ def prefect_event(item: SpoolItem) -> Any:
     """The Prefect `Event` of a spooled item."""
     from prefect.events import Event
 
-    return Event(id=uuid.UUID(item.id), event=item.event, resource=item.resource, related=item.related,
-                 payload=item.payload, occurred=datetime.fromisoformat(item.occurred))
+    return Event.model_validate({"id": item.id, "event": item.event, "resource": item.resource,
+                                 "related": item.related, "payload": item.payload, "occurred": item.occurred})
 
 
 def prefect_send(items: Sequence[SpoolItem]) -> set[str]:
@@ -142,7 +142,7 @@ async def _confirmed(client: Any, events: Sequence[Any]) -> set[str]:
     deadline = time.monotonic() + CONFIRM_S
     while True:
         flt = EventFilter(id=EventIDFilter(id=sorted(wanted - found, key=str)),
-                          occurred=EventOccurredFilter(since=since, until=until))
+                          occurred=EventOccurredFilter.model_validate({"since": since, "until": until}))
         page = await client.read_events(filter=flt, limit=len(wanted))
         found |= {e.id for e in page.events} & wanted
         if found == wanted or time.monotonic() > deadline:
