@@ -36,6 +36,7 @@ IDLE_S = 1.0  # how often an idle forwarder looks at the spool (an append wakes 
 BACKOFF_S, MAX_BACKOFF_S = 1.0, 30.0
 CONFIRM_S = 30.0  # how long a round waits for the server to store what it took
 CONFIRM_POLL_S = 0.5
+READ_PAGE = 50  # the most events `/events/filter` returns at once
 log = logging.getLogger("contact_recon.service.webhooks")
 
 Send = Callable[[Sequence[SpoolItem]], set[str]]  # the events to hand over -> the ids the server confirmed
@@ -100,6 +101,7 @@ class Forwarder:
 
     def _unreachable(self, why: str) -> None:
         self.failed_rounds += 1
+        log.debug("forwarding round failed: %s", why)
         if self.reachable:
             log.warning("Prefect not reachable (%s): webhooks are kept in the spool (%d pending) and forwarded "
                         "when it is back", why, len(self.spool))
@@ -118,8 +120,12 @@ def prefect_event(item: SpoolItem) -> Any:
 
 
 def prefect_send(items: Sequence[SpoolItem]) -> set[str]:
-    """POST the events to the configured Prefect server, then read them back by id (module docstring)."""
-    return asyncio.run(_send(items))
+    """POST the events to the configured Prefect server, then read them back by id (module docstring). The Prefect
+    client's own retries are off: a failed round is retried by the forwarder, with its backoff."""
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+        return asyncio.run(_send(items))
 
 
 async def _send(items: Sequence[SpoolItem]) -> set[str]:
@@ -136,15 +142,16 @@ async def _confirmed(client: Any, events: Sequence[Any]) -> set[str]:
     from prefect.events.filters import EventFilter, EventIDFilter, EventOccurredFilter
 
     wanted = {e.id for e in events}
-    since = min(e.occurred for e in events) - timedelta(minutes=1)
-    until = datetime.now(UTC) + timedelta(hours=1)
+    occurred = EventOccurredFilter.model_validate({"since": min(e.occurred for e in events) - timedelta(minutes=1),
+                                                   "until": datetime.now(UTC) + timedelta(hours=1)})
     found: set[uuid.UUID] = set()
     deadline = time.monotonic() + CONFIRM_S
     while True:
-        flt = EventFilter(id=EventIDFilter(id=sorted(wanted - found, key=str)),
-                          occurred=EventOccurredFilter.model_validate({"since": since, "until": until}))
-        page = await client.read_events(filter=flt, limit=len(wanted))
-        found |= {e.id for e in page.events} & wanted
+        missing = sorted(wanted - found, key=str)
+        for start in range(0, len(missing), READ_PAGE):  # the server answers at most READ_PAGE events a query
+            flt = EventFilter(id=EventIDFilter(id=missing[start:start + READ_PAGE]), occurred=occurred)
+            page = await client.read_events(filter=flt, limit=READ_PAGE)
+            found |= {e.id for e in page.events} & wanted
         if found == wanted or time.monotonic() > deadline:
             return {str(i) for i in found}
         await asyncio.sleep(CONFIRM_POLL_S)

@@ -56,13 +56,13 @@ from contact_recon.service.webhooks import (
     parse_webhook,
     seen_ids_path,
 )
+from contact_recon.settings import Settings
 from contact_recon.systems.ghl.contract import (
     ED25519_SIGNATURE_HEADER,
     RSA_SIGNATURE_HEADER,
     SANDBOX_ED25519_PUBLIC_KEY_PEM,
     SANDBOX_RSA_PUBLIC_KEY_PEM,
 )
-from contact_recon.settings import Settings
 from tests.support import specs_dir
 from tests.support.prefect import events_of, prefect_events, wait_for_events  # noqa: F401
 
@@ -262,7 +262,7 @@ def test_a_sustained_share_of_401s_raises_an_alert_event(serve: Serve, tmp_path:
                             webhook_401_alert_window_s=600)
     server = serve(create_app(settings, clock=lambda: now[0]))
     stranger = ed25519.Ed25519PrivateKey.generate()
-    for i in range(3):  # 3 good, 3 bad: under the minimum of 4
+    for _ in range(3):  # 3 good, 3 bad: under the minimum of 4
         assert post(server, webhook(timestamp=iso())).status_code == 200
         assert post(server, webhook(), key=stranger).status_code == 401
     assert server.app.state.receiver.watch._alerted_at is None
@@ -496,7 +496,8 @@ def test_signed_random_bodies_never_get_a_500(serve: Serve, tmp_path: Path, pref
         @hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
         @given(raw=st.one_of(st.binary(max_size=300), NEAR_WEBHOOK.map(_materialise)))
         def check(raw: bytes) -> None:
-            answer = client.post(PATH, content=raw, headers={ED25519_SIGNATURE_HEADER: sign(raw, ed25519_private_key())})
+            signature = sign(raw, ed25519_private_key())
+            answer = client.post(PATH, content=raw, headers={ED25519_SIGNATURE_HEADER: signature})
             statuses.add(answer.status_code)
             assert answer.status_code in (200, 400), answer.text
 
