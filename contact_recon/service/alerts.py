@@ -28,8 +28,8 @@ The automations (`automations`), all notifying through that block:
 | `recon: run longer than usual` | proactive: a `reconcile` (or `--flow`) run still Running after the limit |
 | `recon: webhooks refused` | `recon.webhooks.unauthorized`: the webhook receiver answered a sustained share of 401s |
 The first three and the last are reactive, a threshold of one event, so each event notifies once. The two proactive
-ones fire on the *absence* of events (`Posture.Proactive`): after an `after` event, fewer than `threshold` `expect` events
-within `within`. The nightly's is armed by each Completed run and satisfied by the next (the same event in
+ones fire on the *absence* of events (`Posture.Proactive`): after an `after` event, fewer than `threshold` `expect`
+events within `within`. The nightly's is armed by each Completed run and satisfied by the next (the same event in
 `after` and `expect` restarts the window, the pattern of Prefect's heartbeat crash detection); with no bucket
 per run (`for_each` empty) the server also opens a window on its own, so it fires even if no nightly ever
 completed since the setup (and again every other window while none does). The long run's bucket is per flow
