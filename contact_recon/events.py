@@ -4,7 +4,11 @@ Three families:
 - `ghl.*`: a verified GHL webhook, emitted by `recon webhooks serve` (contact_recon/service/webhooks.py). The
   resource is the contact: `{"prefect.resource.id": "ghl.contact.<contactId>", "ghl.contact.id": ...,
   "ghl.location.id": ...}`, so a deployment trigger can match `ghl.contact.*` and pass
-  `{{ event.resource['ghl.contact.id'] }}` / `{{ event.resource['ghl.location.id'] }}` to `sync_contact`.
+  `{{ event.resource['ghl.contact.id'] }}` / `{{ event.resource['ghl.location.id'] }}` (and the payload's
+  `webhook_type`) to `sync_contact`. A task webhook that names no contact (real TaskCreate payloads may lack
+  `contactId`) is about the location's tasks: resource `ghl.location.<locationId>` with `ghl.location.id`.
+- `recon.webhooks.unauthorized`: the receiver refused a sustained share of requests with 401 (a rotated or
+  missing key); resource `recon.webhooks.receiver`; `service/alerts.py` notifies on it.
 - `tinyemail.*`: a customer that changed between two polls of `recon watch tinyemail`
   (contact_recon/service/watch.py). Resource `tinyemail.customer.<email>` with the label `tinyemail.customer.email`.
 - `recon.run.*`: emitted by the reconciliation flow when a run is held by a guard or its failed-op share
@@ -45,7 +49,15 @@ GHL_WEBHOOK_EVENTS: dict[str, str] = {
     "TaskDelete": GHL_TASK_DELETED,
 }
 GHL_CONTACT_RESOURCE = "ghl.contact."  # + contactId
+GHL_LOCATION_RESOURCE = "ghl.location."  # + locationId: a task webhook without a contact
 GHL_CONTACT_ID_LABEL, GHL_LOCATION_ID_LABEL = "ghl.contact.id", "ghl.location.id"
+# the webhook types whose change is a contact's notes or tasks (not the contact record): the sync marks them dirty
+GHL_NOTE_TASK_TYPES = frozenset(t for t in GHL_WEBHOOK_EVENTS if t.startswith(("Note", "Task")))
+GHL_TASK_TYPES = frozenset(t for t in GHL_WEBHOOK_EVENTS if t.startswith("Task"))
+
+# --- the webhook receiver's own health (service/webhooks.py), notified by service/alerts.py
+WEBHOOKS_UNAUTHORIZED = "recon.webhooks.unauthorized"
+WEBHOOKS_RESOURCE = "recon.webhooks.receiver"
 
 # --- TinyEmail watcher
 TINYEMAIL_CUSTOMER_CREATED = "tinyemail.customer.created"
@@ -72,6 +84,10 @@ FLOW_RUN_LEFT_RUNNING = frozenset({FLOW_RUN_COMPLETED, FLOW_RUN_FAILED, FLOW_RUN
 def ghl_contact_resource(contact_id: str, location_id: str) -> dict[str, str]:
     return {"prefect.resource.id": f"{GHL_CONTACT_RESOURCE}{contact_id}", GHL_CONTACT_ID_LABEL: contact_id,
             GHL_LOCATION_ID_LABEL: location_id}
+
+
+def ghl_location_resource(location_id: str) -> dict[str, str]:
+    return {"prefect.resource.id": f"{GHL_LOCATION_RESOURCE}{location_id}", GHL_LOCATION_ID_LABEL: location_id}
 
 
 def tinyemail_customer_resource(email: str) -> dict[str, str]:

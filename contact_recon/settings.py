@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import SecretStr, field_validator
+from pydantic import SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 GHL_BASE_URL = "https://services.leadconnectorhq.com"
@@ -52,10 +52,22 @@ class Settings(BaseSettings):
     # the Prefect block (type recon-policy) holding the policy, edited in the Prefect UI; set, it wins over policy_file
     # (contact_recon/systems/policy_source.py)
     policy_block: str | None = None
-    # Events (service/webhooks.py, service/watch.py): the GHL webhook verification key as PEM text,
-    # a path, or "sandbox" (the sandbox's test key); None: GHL's published key. Replay window in seconds.
+    # Events (service/webhooks.py, service/signatures.py, service/watch.py): the GHL webhook verification keys,
+    # one or more PEM public keys (Ed25519 verifies X-GHL-Signature, RSA the legacy x-wh-signature) inline or in
+    # a file named by its path, or "sandbox" (the sandbox's two test keys); None: GHL's published RSA key.
     ghl_webhook_public_key: str | None = None
-    webhook_max_age_s: float = 300
+    # GHL retries a webhook answered 429 up to 6 times ~10 min apart with its original timestamp (~70 min): a
+    # timestamp further than webhook_max_age_s from now is refused as stale, and webhookIds are remembered for
+    # webhook_dedupe_window_s past their timestamp (never shorter than the max age, so no retry slips through)
+    webhook_max_age_s: float = 75 * 60
+    webhook_dedupe_window_s: float = 90 * 60
+    # the durable spool of accepted webhooks not yet confirmed by Prefect (service/spool.py); over it: 429
+    webhook_spool_max_bytes: int = 256 * 1024 * 1024
+    # the alert on refused signatures (a rotated key must not fail silently): at least webhook_401_alert_min
+    # requests answered 401 and that share of all requests within the window
+    webhook_401_alert_share: float = 0.5
+    webhook_401_alert_min: int = 5
+    webhook_401_alert_window_s: float = 900
     # Held runs (flows/reconcile.py): how long a held deployment run waits for its answer in the Prefect UI
     # (capped to end before the flow's next scheduled run); unanswered, it expires and writes nothing
     approval_window_hours: float = 20.0
@@ -92,6 +104,12 @@ class Settings(BaseSettings):
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _dedupe_covers_max_age(self) -> Settings:
+        if self.webhook_dedupe_window_s < self.webhook_max_age_s:
+            raise ValueError("webhook_dedupe_window_s must be at least webhook_max_age_s: a retry still inside the "
+                             "age window would no longer be recognised as a duplicate")
+        return self
 
     @property
     def ghl_token_file(self) -> Path:

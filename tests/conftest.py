@@ -26,6 +26,7 @@ pytest_plugins = ["tests.support.servers", "tests.support.prefect"]
 # The longest files (about 20 s and more of test time each), longest first; the others follow in collection order.
 SLOWEST = (
     "tests/e2e/test_chaos.py",
+    "tests/e2e/test_webhook_chaos.py",
     "tests/e2e/test_apply_crash.py",
     "tests/unit/test_merge_properties.py",
     "tests/e2e/test_held_runs.py",
@@ -35,6 +36,7 @@ SLOWEST = (
     "tests/e2e/test_demo.py",
     "tests/e2e/test_scale_out.py",
     "tests/e2e/test_webhooks.py",
+    "tests/e2e/test_webhook_syncs.py",
     "tests/e2e/test_alerts.py",
     "tests/e2e/test_apply.py",
     "tests/e2e/test_report.py",

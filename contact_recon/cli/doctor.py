@@ -18,6 +18,10 @@ Order of the checks:
 4. Budgets: every client's `RateBudget` has followed the answers' rate headers by then (GHL sends
    X-RateLimit-*; TinyEmail only 429s, so its budget is our own count against the assumed limit);
    the table shows what remains of the current window and of the day.
+5. Webhooks: the keys of RECON_GHL_WEBHOOK_PUBLIC_KEY load (a key neither Ed25519 nor RSA, or an unreadable
+   file, is a problem), and the check line says which key types are configured. No Ed25519 key is a warning
+   (yellow, on stdout, not a problem: the webhooks are optional), since GHL signs only `X-GHL-Signature`
+   (Ed25519) from 2026-07-01 and the receiver would refuse every real webhook.
 Exit 0 when there is no problem, else 1 with one red line per problem. Every line passes through
 `redact`, and no exception escapes as a traceback.
 """
@@ -34,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from contact_recon.service.signatures import ED25519, key_source, load_keys
 from contact_recon.settings import Settings
 from contact_recon.systems.budget import BudgetSnapshot
 from contact_recon.systems.errors import (
@@ -77,6 +82,7 @@ class Report:
     checks: list[Check] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     budgets: list[BudgetRow] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def record(self, target: str, what: str, problem: str | None) -> None:
         self.checks.append(Check(target, what, problem is None))
@@ -183,6 +189,19 @@ def budget_row(system: str, key: str, snap: BudgetSnapshot) -> BudgetRow:
         window += f" (paused {snap.paused_for_s:.0f} s)"
     daily = "-" if snap.daily_remaining is None else f"{snap.daily_remaining:,} of {snap.daily_limit or 0:,}"
     return BudgetRow(system, key, window, daily)
+def check_webhook_keys(settings: Settings, report: Report) -> None:
+    """Step 5 of the module docstring."""
+    try:
+        keys = load_keys(settings.ghl_webhook_public_key)
+    except (OSError, ValueError) as exc:
+        report.record("webhooks", "verification keys", f"RECON_GHL_WEBHOOK_PUBLIC_KEY: {exc}")
+        return
+    report.record("webhooks", f"verification keys: {keys.describe()}, {key_source(settings.ghl_webhook_public_key)}",
+                  None)
+    if ED25519 not in keys.types:  # GHL's only signature since 2026-07-01 would verify under no key
+        report.warnings.append("no Ed25519 webhook key configured: GHL signs webhooks only with X-GHL-Signature "
+                               "(Ed25519) since 2026-07-01, so `recon webhooks serve` would refuse them; add GHL's "
+                               "Ed25519 public key to RECON_GHL_WEBHOOK_PUBLIC_KEY")
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -192,6 +211,7 @@ async def diagnose(settings: Settings, **client_options: Any) -> Report:
     """Every check of the module docstring; problems are collected, never raised."""
     report = Report()
     report.problems.extend(config_problems(settings))
+    check_webhook_keys(settings, report)
     jobs = []
     if ghl_credentials_set(settings):
         jobs += [check_ghl_location(settings, loc, report, **client_options) for loc in settings.ghl_location_ids]
@@ -216,6 +236,8 @@ def render(report: Report, out: Console, err: Console) -> int:
         for row in sorted(report.budgets, key=lambda r: (r.system, r.key)):
             budgets.add_row(row.system, row.key, row.window, row.daily)
         out.print(budgets)
+    for warning in report.warnings:
+        out.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
     for problem in report.problems:
         err.print(Text(redact(problem), style="bold red"), soft_wrap=True)
     if report.problems:

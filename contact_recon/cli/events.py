@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,21 +37,33 @@ def _quiet_logging() -> None:
 def run_webhooks_serve(settings: Settings, host: str, port: int, console: Console, err: Console) -> int:
     import uvicorn
 
-    from contact_recon.service.webhooks import PATH, create_app, key_source
+    from contact_recon.service.signatures import ED25519, key_source
+    from contact_recon.service.webhooks import PATH, create_app
 
     if prefect_api_url() is None:
         err.print(f"[bold red]error:[/] {NO_PREFECT}", highlight=False)
         return 2
+    _quiet_logging()
     try:
-        app = create_app(settings)
+        app = create_app(settings)  # starts the forwarder; Prefect need not be reachable yet
     except (OSError, ValueError) as exc:
         err.print(f"[bold red]error:[/] cannot load the webhook public key: {exc}", highlight=False)
         return 2
-    _quiet_logging()
+    receiver = app.state.receiver
     console.print(f"GHL webhook receiver: http://{host}:{port}{PATH}", highlight=False)
-    console.print(f"verifying with {key_source(settings.ghl_webhook_public_key)}; replay window "
-                  f"{settings.webhook_max_age_s:.0f} s; events to {prefect_api_url()}", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    console.print(f"verifying with {key_source(settings.ghl_webhook_public_key)}: {receiver.keys.describe()}; "
+                  f"age window {settings.webhook_max_age_s:.0f} s, dedupe window "
+                  f"{settings.webhook_dedupe_window_s:.0f} s; {len(receiver.spool)} events spooled; events to "
+                  f"{prefect_api_url()}", highlight=False)
+    if ED25519 not in receiver.keys.types:
+        err.print("[bold yellow]warning:[/] no Ed25519 key configured: GHL signs webhooks only with X-GHL-Signature "
+                  "(Ed25519) since 2026-07-01, so real webhooks will be refused (RECON_GHL_WEBHOOK_PUBLIC_KEY)",
+                  highlight=False)
+    sys.stdout.flush()
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        app.state.forwarder.stop()
     return 0
 
 

@@ -200,8 +200,9 @@ def webhooks_serve(
     = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8703,
 ) -> None:
-    """Receive GHL webhooks at POST /webhooks/ghl: verify x-wh-signature, refuse stale and repeated ones,
-    emit Prefect events (ghl.contact.*, ghl.note.*, ghl.task.*). Needs PREFECT_API_URL."""
+    """Receive GHL webhooks at POST /webhooks/ghl: verify X-GHL-Signature (Ed25519) or x-wh-signature (RSA),
+    refuse stale and repeated ones, spool each accepted one durably and forward it to Prefect as an event
+    (ghl.contact.*, ghl.note.*, ghl.task.*). Needs PREFECT_API_URL (the server may be down at start)."""
     from contact_recon.cli.events import run_webhooks_serve
     from contact_recon.settings import get_settings
 

@@ -51,6 +51,9 @@ def sandbox_serve(
     seed: Annotated[int, typer.Option(help="Seed for ids and faults.")] = 0,
     webhook_url: Annotated[str | None, typer.Option(help="POST signed GHL webhooks (sandbox test key) here.")]
     = None,
+    webhook_signature: Annotated[str, typer.Option(
+        help="How the webhooks are signed: ed25519 (X-GHL-Signature, as GHL does today) or rsa (legacy "
+             "x-wh-signature).")] = "ed25519",
 ) -> None:
     """Serve the GHL and TinyEmail sandboxes on 127.0.0.1 until SIGINT/SIGTERM."""
     from contact_recon.sandbox.faults import FaultSpec
@@ -61,6 +64,10 @@ def sandbox_serve(
         _fail(f"--faults: {exc}")
     if rate_scale <= 0:
         _fail("--rate-scale must be > 0")
+    from contact_recon.sandbox.ghl_webhooks import SIGNATURES
+
+    if webhook_signature not in SIGNATURES:
+        _fail(f"--webhook-signature takes {' or '.join(SIGNATURES)}")
     data = _load(fixture)
     from contact_recon.sandbox import ghl, tinyemail
     from contact_recon.sandbox.server import serve_forever
@@ -68,7 +75,8 @@ def sandbox_serve(
     options: dict[str, Any] = {"rate_scale": rate_scale, "faults": faults or None, "seed": seed}
     apps = {}
     if only in (None, Only.ghl):
-        apps["ghl"] = (ghl.create_app(data["ghl"], **options, webhook_url=webhook_url), ghl_port)
+        apps["ghl"] = (ghl.create_app(data["ghl"], **options, webhook_url=webhook_url,
+                                      webhook_signature=webhook_signature), ghl_port)
     if only in (None, Only.tinyemail):
         apps["tinyemail"] = (tinyemail.create_app(data["tinyemail"], **options), tinyemail_port)
 
@@ -78,8 +86,8 @@ def sandbox_serve(
         if "tinyemail" in urls:
             console.print(f"TinyEmail sandbox: {urls['tinyemail']}/v1", highlight=False)
         if webhook_url and "ghl" in urls:
-            console.print(f"GHL webhooks ->    {webhook_url} (signed with the sandbox test key: run the receiver "
-                          "with RECON_GHL_WEBHOOK_PUBLIC_KEY=sandbox)", highlight=False)
+            console.print(f"GHL webhooks ->    {webhook_url} (signed {webhook_signature} with the sandbox test key: "
+                          "run the receiver with RECON_GHL_WEBHOOK_PUBLIC_KEY=sandbox)", highlight=False)
         console.print("Ctrl+C or SIGTERM stops them.", style="dim")
         sys.stdout.flush()
 

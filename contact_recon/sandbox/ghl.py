@@ -758,6 +758,7 @@ def create_app(
     seed: int = 0,
     clock: Clock = time.time,
     webhook_url: str | None = None,
+    webhook_signature: str = "ed25519",
 ) -> Starlette:
     """The served GHL sandbox for the fixture's `ghl` part.
 
@@ -769,13 +770,15 @@ def create_app(
         clock: epoch seconds; drives dates, token expiry and rate limits.
         webhook_url: when set, contact, tag, note and task changes POST signed webhooks there
             (contact_recon/sandbox/ghl_webhooks.py; the emitter is `app.state.webhooks`).
+        webhook_signature: "ed25519" (`X-GHL-Signature`, as GHL signs today) or "rsa" (the legacy
+            `x-wh-signature`).
     """
     store = GHLStore(fixture_part, seed=seed, clock=clock)
     webhooks = None
     if webhook_url:
         from contact_recon.sandbox.ghl_webhooks import attach_webhooks
 
-        webhooks = attach_webhooks(store, webhook_url, clock=clock)
+        webhooks = attach_webhooks(store, webhook_url, clock=clock, signature=webhook_signature)
     limiter = SlidingWindowLimiter(
         max(1, round(BURST_LIMIT * rate_scale)), BURST_WINDOW_S, daily_limit=DAILY_LIMIT, clock=clock
     )

@@ -12,11 +12,13 @@ Upserts and bulk tag updates go through these methods, so they are covered too; 
 injector applies before answering 5xx (GHL also sends the webhook of a write whose answer was lost).
 
 Each payload follows docs/webhook events/*.md plus `timestamp` (ISO, the sandbox clock) and a random
-`webhookId`, is serialised once and signed like GHL (RSA PKCS#1 v1.5, SHA-256, base64 in
-`x-wh-signature`) with the sandbox *test* key below. Delivery runs on one worker thread, in order, never
-blocking the API answer; a delivery that fails (connection error, 429, 5xx) is tried again up to
-`ATTEMPTS` times, then counted as failed. Real GHL signs with its own key: the receiver verifies with GHL's
-published key unless `RECON_GHL_WEBHOOK_PUBLIC_KEY=sandbox` points it at the test key.
+`webhookId`, is serialised once and signed like GHL today (NOTES.md): by default Ed25519, base64 in
+`X-GHL-Signature` (`signature="ed25519"`), or on request the legacy RSA PKCS#1 v1.5 SHA-256, base64 in
+`x-wh-signature` (`signature="rsa"`, `recon sandbox serve --webhook-signature rsa`), with the sandbox *test*
+keys below. Delivery runs on one worker thread, in order, never blocking the API answer; a delivery that
+fails (connection error, 429, 5xx) is tried again up to `ATTEMPTS` times, then counted as failed. Real GHL
+signs with its own keys: the receiver verifies with the configured keys, and
+`RECON_GHL_WEBHOOK_PUBLIC_KEY=sandbox` points it at both test keys.
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from contact_recon.sandbox.common import Clock, iso_from_epoch
-from contact_recon.systems.ghl.contract import SIGNATURE_HEADER
+from contact_recon.systems.ghl.contract import ED25519_SIGNATURE_HEADER, RSA_SIGNATURE_HEADER
 
 ATTEMPTS = 3
+SIGNATURES = ("ed25519", "rsa")  # how the sender signs: the first is the default (GHL today)
 BACKOFF_S = (0.2, 1.0)
 log = logging.getLogger("contact_recon.sandbox.ghl_webhooks")
 
@@ -75,6 +78,12 @@ FciIXqDQ5zaDBbl1sp2P
 -----END PRIVATE KEY-----
 """
 
+# The Ed25519 TEST key (X-GHL-Signature); its public half is contract.SANDBOX_ED25519_PUBLIC_KEY_PEM.
+SANDBOX_ED25519_PRIVATE_KEY_PEM = """-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIIBlB35YeWHMkP4xuITzQsPCiCrBcx6iK4nAv/xsk4Qo
+-----END PRIVATE KEY-----
+"""
+
 # docs/webhook events/ContactCreate.md: the contact fields a contact webhook carries
 CONTACT_FIELDS = ("address1", "city", "companyName", "country", "source", "dateAdded", "dateOfBirth", "dnd",
                   "email", "name", "firstName", "lastName", "phone", "postalCode", "state", "tags", "website",
@@ -84,15 +93,41 @@ TASK_FIELDS = ("assignedTo", "body", "contactId", "title", "dateAdded", "dueDate
 UNCHANGED_ON_UPDATE = ("tags", "dateUpdated")  # not a ContactUpdate by themselves
 
 
+SigningKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+
 def private_key() -> rsa.RSAPrivateKey:
+    """The sandbox's RSA test key (the legacy `x-wh-signature`)."""
     key = serialization.load_pem_private_key(SANDBOX_PRIVATE_KEY_PEM.encode(), password=None)
     assert isinstance(key, rsa.RSAPrivateKey)
     return key
 
 
-def sign(body: bytes, key: rsa.RSAPrivateKey) -> str:
-    """GHL's `x-wh-signature`: base64 of the RSA PKCS#1 v1.5 SHA-256 signature of the raw body."""
+def ed25519_private_key() -> ed25519.Ed25519PrivateKey:
+    """The sandbox's Ed25519 test key (`X-GHL-Signature`)."""
+    key = serialization.load_pem_private_key(SANDBOX_ED25519_PRIVATE_KEY_PEM.encode(), password=None)
+    assert isinstance(key, ed25519.Ed25519PrivateKey)
+    return key
+
+
+def sign(body: bytes, key: SigningKey) -> str:
+    """The base64 signature of the raw body: Ed25519 (`X-GHL-Signature`) or RSA PKCS#1 v1.5 SHA-256
+    (`x-wh-signature`), by the key's type."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return base64.b64encode(key.sign(body)).decode()
     return base64.b64encode(key.sign(body, padding.PKCS1v15(), hashes.SHA256())).decode()
+
+
+def signature_header(key: SigningKey) -> str:
+    """The header a signature by `key` travels in."""
+    return ED25519_SIGNATURE_HEADER if isinstance(key, ed25519.Ed25519PrivateKey) else RSA_SIGNATURE_HEADER
+
+
+def signing_key(signature: str = SIGNATURES[0]) -> SigningKey:
+    """The sandbox test key of a signature kind ("ed25519" or "rsa")."""
+    if signature not in SIGNATURES:
+        raise ValueError(f"webhook signature must be one of {', '.join(SIGNATURES)}, got {signature!r}")
+    return ed25519_private_key() if signature == "ed25519" else private_key()
 
 
 def contact_payload(kind: str, contact: dict[str, Any]) -> dict[str, Any]:
@@ -134,9 +169,10 @@ class Delivery:
 class WebhookEmitter:
     """Signs webhook bodies and POSTs them to `url` from one worker thread, in order."""
 
-    def __init__(self, url: str, *, key: rsa.RSAPrivateKey | None = None, clock: Clock = time.time,
-                 transport: httpx.BaseTransport | None = None, sleep: Callable[[float], None] = time.sleep):
-        self.url, self.key, self.clock, self.sleep = url, key or private_key(), clock, sleep
+    def __init__(self, url: str, *, key: SigningKey | None = None, signature: str = SIGNATURES[0],
+                 clock: Clock = time.time, transport: httpx.BaseTransport | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.url, self.key, self.clock, self.sleep = url, key or signing_key(signature), clock, sleep
         self.delivered = 0
         self.failed = 0
         self._queue: queue.Queue[Delivery | None] = queue.Queue()
@@ -178,7 +214,7 @@ class WebhookEmitter:
                 self._idle.notify_all()
 
     def _deliver(self, item: Delivery) -> bool:
-        headers = {"content-type": "application/json", SIGNATURE_HEADER: item.signature}
+        headers = {"content-type": "application/json", signature_header(self.key): item.signature}
         for attempt in range(ATTEMPTS):
             try:
                 status = self._client.post(self.url, content=item.body, headers=headers).status_code

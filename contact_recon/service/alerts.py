@@ -1,4 +1,4 @@
-"""Alerts (`recon alerts setup`): one of Prefect's own notification blocks and five automations.
+"""Alerts (`recon alerts setup`): one of Prefect's own notification blocks and six automations.
 
 The block, named `BLOCK_NAME`, is the target chosen at setup (`choose_target`):
 - `--slack URL`: a `SlackWebhook` block for a hooks.slack.com (or hooks.slack-gov.com) webhook. Apprise's Slack
@@ -26,9 +26,10 @@ The automations (`automations`), all notifying through that block:
 | `recon: failed operations` | `recon.run.failed_ops`: the failed share passed `ALERT_FAILED_OP_SHARE` |
 | `recon: nightly did not complete` | proactive: no Completed nightly run within the window after the last |
 | `recon: run longer than usual` | proactive: a `reconcile` (or `--flow`) run still Running after the limit |
-The first three are reactive, a threshold of one event, so each event notifies once. The two proactive ones fire
-on the *absence* of events (`Posture.Proactive`): after an `after` event, fewer than `threshold` `expect` events
-within `within`. The nightly's is armed by each Completed run and satisfied by the next (the same event in
+| `recon: webhooks refused` | `recon.webhooks.unauthorized`: the webhook receiver answered a sustained share of 401s |
+The first three and the last are reactive, a threshold of one event, so each event notifies once. The two proactive
+ones fire on the *absence* of events (`Posture.Proactive`): after an `after` event, fewer than `threshold` `expect`
+events within `within`. The nightly's is armed by each Completed run and satisfied by the next (the same event in
 `after` and `expect` restarts the window, the pattern of Prefect's heartbeat crash detection); with no bucket
 per run (`for_each` empty) the server also opens a window on its own, so it fires even if no nightly ever
 completed since the setup (and again every other window while none does). The long run's bucket is per flow
@@ -70,6 +71,8 @@ from contact_recon.events import (
     RUN_FAILED_OPS,
     RUN_HELD,
     RUN_RESOURCE,
+    WEBHOOKS_RESOURCE,
+    WEBHOOKS_UNAUTHORIZED,
 )
 from contact_recon.settings import Settings
 from contact_recon.systems.redaction import register_secret
@@ -80,6 +83,7 @@ RUN_HELD_AUTOMATION = "recon: run held"
 FAILED_OPS_AUTOMATION = "recon: failed operations"
 NIGHTLY_AUTOMATION = "recon: nightly did not complete"
 LONG_RUN_AUTOMATION = "recon: run longer than usual"
+WEBHOOKS_REFUSED_AUTOMATION = "recon: webhooks refused"
 RETIRED_AUTOMATIONS = ("recon: run held or failing",)  # earlier names, deleted by the setup
 
 NIGHTLY_DEPLOYMENT = "nightly-reconcile"  # prefect.yaml
@@ -105,6 +109,14 @@ FAILED_OPS_BODY = ("Run {{ event.payload.run_id }} ({{ event.payload.status }}):
                    f"{ALERT_FAILED_OP_SHARE:.0%}. "
                    "{% if event.payload.url %}Run: {{ event.payload.url }} {% endif %}"
                    "Report: {{ event.payload.report }}")
+WEBHOOKS_REFUSED_SUBJECT = ("contact-recon: {{ event.payload.refused }} of {{ event.payload.requests }} GHL webhooks "
+                            "refused (bad signature)")
+WEBHOOKS_REFUSED_BODY = ("`recon webhooks serve` refused {{ event.payload.refused }} of the last "
+                         "{{ event.payload.requests }} webhooks (within {{ event.payload.window_s }} s) with 401: no "
+                         "valid signature under the configured keys ({{ event.payload.key_types | join(', ') }}). "
+                         "GHL does not retry a 401, so these changes wait for the nightly run. If GHL rotated its key, "
+                         "or signs only X-GHL-Signature (Ed25519) and no Ed25519 key is configured, set "
+                         "RECON_GHL_WEBHOOK_PUBLIC_KEY and restart the receiver; `recon doctor` shows the key types.")
 
 
 # -------------------------------------------------------------------------- the target
@@ -294,7 +306,7 @@ def human(delta: timedelta) -> str:
 
 
 def automations(block_id: UUID, rules: AlertRules) -> list[Any]:
-    """The five automations (the module docstring), notifying through the block `block_id`."""
+    """The six automations (the module docstring), notifying through the block `block_id`."""
     from prefect.events.actions import SendNotification
     from prefect.events.schemas.automations import AutomationCore
 
@@ -316,6 +328,9 @@ def automations(block_id: UUID, rules: AlertRules) -> list[Any]:
         automation(LONG_RUN_AUTOMATION, f"A reconciliation run is still running after {long_run}.",
                    _long_run_trigger(rules), "contact-recon: flow run {{ flow_run.name }} still running after "
                    + long_run, _long_run_body(long_run)),
+        automation(WEBHOOKS_REFUSED_AUTOMATION, "The GHL webhook receiver refused a sustained share of webhooks with "
+                   "401 (a rotated or missing key).", _webhooks_refused_trigger(), WEBHOOKS_REFUSED_SUBJECT,
+                   WEBHOOKS_REFUSED_BODY),
     ]
 
 
@@ -345,6 +360,14 @@ def _run_event_trigger(event: str) -> Any:
     from prefect.events.schemas.automations import EventTrigger, Posture
 
     return EventTrigger(expect={event}, match={"prefect.resource.id": f"{RUN_RESOURCE}*"},
+                        posture=Posture.Reactive, threshold=1, within=timedelta(0))
+
+
+def _webhooks_refused_trigger() -> Any:
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    # the receiver itself emits at most one per window of refusals (service/webhooks.py UnauthorizedWatch)
+    return EventTrigger(expect={WEBHOOKS_UNAUTHORIZED}, match={"prefect.resource.id": WEBHOOKS_RESOURCE},
                         posture=Posture.Reactive, threshold=1, within=timedelta(0))
 
 

@@ -1,126 +1,84 @@
-"""The GHL webhook receiver (`recon webhooks serve`): verified webhooks in, Prefect events out.
+"""The GHL webhook receiver (`recon webhooks serve`): verified webhooks in, durable Prefect events out.
 
-GHL signs each webhook (docs/oauth/WebhookAuthentication.md): `x-wh-signature` is the base64 RSA
-signature of the raw body, PKCS#1 v1.5 over SHA-256 (Node's `crypto.createVerify('SHA256')`), made
-with GHL's private key; the body carries a `timestamp` and a `webhookId` against replays. For each
+GHL signs each webhook (NOTES.md; contact_recon/service/signatures.py): `X-GHL-Signature`, Ed25519 over the
+raw body (the only signature from 2026-07-01), or the legacy RSA `x-wh-signature`; the body carries a
+`timestamp` and a `webhookId` against replays. GHL retries a delivery only when it is answered 429 (up to 6
+times, ~10 min apart, with the original payload and timestamp) and never after a 5xx. For each
 `POST /webhooks/ghl` the receiver decides, in this order:
 
 1. a body over `MAX_BODY_BYTES` -> 413;
-2. a missing or wrong signature (checked on the raw bytes, before any parsing) -> 401;
+2. no valid signature under a configured key (checked on the raw bytes, before any parsing) -> 401; a
+   sustained share of 401s emits `recon.webhooks.unauthorized` (`UnauthorizedWatch`: a rotated key must not
+   fail silently);
 3. a body that is not a JSON object with ids `type`, `webhookId`, `locationId`, a readable `timestamp`
-   and, for a synced type, the contact id (`id` for Contact* types, `contactId` for Note*/Task*) -> 400;
-4. a timestamp further than the window (default 5 min, either way) from now -> 400 (stale);
-5. a `webhookId` already accepted within the window -> 200 `duplicate`, not emitted again;
+   and, for a synced type, the contact id (`id` for Contact* types, `contactId` for Note*/Task*; a Task*
+   webhook without `contactId` is about the location's tasks) -> 400;
+4. a timestamp further than `webhook_max_age_s` (default 75 min, either way) from now -> 400 (stale): GHL's
+   retries of a 429, carrying their first timestamp, all fall inside it;
+5. a `webhookId` already accepted -> 200 `duplicate`, not spooled again (ids are remembered for
+   `webhook_dedupe_window_s`, default 90 min, past their timestamp, never less than the age window);
    a contact webhook (not a delete) for a contact the apply stage wrote moments ago -> 200 `echo`, not
    emitted: our own write coming back (contact_recon/stages/echo.py);
 6. a type contact-recon does not sync (contact_recon/events.py `GHL_WEBHOOK_EVENTS`) -> 200 `ignored`;
-7. otherwise the Prefect event is emitted (its id derived from the webhookId, so the Prefect server also
-   drops a re-emission) and the id remembered -> 200 `accepted`. When no event could be handed to Prefect
-   -> 503, and GHL delivers again later.
+7. otherwise the Prefect event (its id derived from the webhookId) is appended to the durable spool and
+   fsynced (contact_recon/service/spool.py), the id remembered -> 200 `accepted`; the forwarder thread
+   (contact_recon/service/forwarder.py) hands it to Prefect and confirms it on the server. When the spool
+   cannot take it (over `webhook_spool_max_bytes`, or the disk refuses the write) -> 429 with `Retry-After`,
+   so GHL delivers it again later; never a 5xx, which GHL would not retry.
 
-Accepted ids live in memory and in a small append-only file under `data_dir/webhooks/` until their
-window has passed, so a restart within the window still dedupes. The receiver never opens DuckDB (the
-flow holds its single writer). Logs name the type, the webhookId and the contact id, never the payload.
+So the receiver starts and keeps accepting while the Prefect API is unreachable: the spool grows and drains
+when Prefect is back, and after a crash (even SIGKILL) the events not yet confirmed are forwarded at start.
+Accepted ids live in memory and in a small append-only file under `data_dir/webhooks/` until their window has
+passed, so a restart within the window still dedupes. The receiver never opens DuckDB (the flow holds its
+single writer). Logs name the type, the webhookId and the contact id, never the payload.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import re
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from contact_recon.events import GHL_WEBHOOK_EVENTS, ghl_contact_resource
+from contact_recon.events import (
+    GHL_TASK_TYPES,
+    GHL_WEBHOOK_EVENTS,
+    WEBHOOKS_RESOURCE,
+    WEBHOOKS_UNAUTHORIZED,
+    ghl_contact_resource,
+    ghl_location_resource,
+)
+from contact_recon.service.forwarder import Forwarder, Send
+from contact_recon.service.signatures import WebhookKeys, load_keys
+from contact_recon.service.spool import Spool, SpoolFull, SpoolItem, spool_path
 from contact_recon.settings import Settings
 from contact_recon.stages.echo import EchoFilter
 from contact_recon.store.files import atomic_text, open_private
-from contact_recon.systems.ghl.contract import SANDBOX_PUBLIC_KEY_PEM, SIGNATURE_HEADER
+from contact_recon.systems.ghl.contract import ED25519_SIGNATURE_HEADER, RSA_SIGNATURE_HEADER
 
 PATH = "/webhooks/ghl"
 MAX_BODY_BYTES = 1_000_000
+RETRY_AFTER_S = 600  # GHL retries a 429 about every 10 minutes whatever it is told; say so anyway
 ID_PATTERN = re.compile(r"[!-~]{1,128}")
-SANDBOX_KEY = "sandbox"  # ghl_webhook_public_key value naming the sandbox's test key (sandbox/ghl_webhooks.py)
 EVENT_NAMESPACE = uuid.UUID("6f1c3d52-8a57-4c55-9d7e-3f6a0c2b9e10")  # uuid5(namespace, webhookId) -> event id
+SIGNATURE_HEADERS = (ED25519_SIGNATURE_HEADER, RSA_SIGNATURE_HEADER)
 log = logging.getLogger("contact_recon.service.webhooks")
-
-# GHL's published webhook key (docs/oauth/WebhookAuthentication.md); GHL announces rotations by email.
-GHL_PUBLIC_KEY_PEM = """-----BEGIN PUBLIC KEY-----
-MIICIjANBgkqhkiG9w0BAQEFAAOCAg8AMIICCgKCAgEAokvo/r9tVgcfZ5DysOSC
-Frm602qYV0MaAiNnX9O8KxMbiyRKWeL9JpCpVpt4XHIcBOK4u3cLSqJGOLaPuXw6
-dO0t6Q/ZVdAV5Phz+ZtzPL16iCGeK9po6D6JHBpbi989mmzMryUnQJezlYJ3DVfB
-csedpinheNnyYeFXolrJvcsjDtfAeRx5ByHQmTnSdFUzuAnC9/GepgLT9SM4nCpv
-uxmZMxrJt5Rw+VUaQ9B8JSvbMPpez4peKaJPZHBbU3OdeCVx5klVXXZQGNHOs8gF
-3kvoV5rTnXV0IknLBXlcKKAQLZcY/Q9rG6Ifi9c+5vqlvHPCUJFT5XUGG5RKgOKU
-J062fRtN+rLYZUV+BjafxQauvC8wSWeYja63VSUruvmNj8xkx2zE/Juc+yjLjTXp
-IocmaiFeAO6fUtNjDeFVkhf5LNb59vECyrHD2SQIrhgXpO4Q3dVNA5rw576PwTzN
-h/AMfHKIjE4xQA1SZuYJmNnmVZLIZBlQAF9Ntd03rfadZ+yDiOXCCs9FkHibELhC
-HULgCsnuDJHcrGNd5/Ddm5hxGQ0ASitgHeMZ0kcIOwKDOzOU53lDza6/Y09T7sYJ
-PQe7z0cvj7aE4B+Ax1ZoZGPzpJlZtGXCsu9aTEGEnKzmsFqwcSsnw3JB31IGKAyk
-T1hhTiaCeIY/OwwwNUY2yvcCAwEAAQ==
------END PUBLIC KEY-----
-"""
-
-Emit = Callable[..., Any]  # prefect.events.emit_event's signature; returns the event or None
 
 
 class MalformedWebhook(ValueError):
     """The body is not a webhook contact-recon can read (answered 400)."""
-
-
-# ------------------------------------------------------------------------------------ signatures
-
-
-def load_public_key(value: str | None) -> rsa.RSAPublicKey:
-    """The verification key: None -> GHL's published key; "sandbox" -> the sandbox test key; PEM text; a path."""
-    if value is None or not value.strip():
-        pem = GHL_PUBLIC_KEY_PEM
-    elif value.strip() == SANDBOX_KEY:
-        pem = SANDBOX_PUBLIC_KEY_PEM
-    elif "-----BEGIN" in value:
-        pem = value
-    else:
-        pem = Path(value).expanduser().read_text()
-    key = serialization.load_pem_public_key(pem.encode())
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise ValueError("the webhook public key must be an RSA key")
-    return key
-
-
-def key_source(value: str | None) -> str:
-    """How the key was configured, for the start-up line (never the key itself)."""
-    if value is None or not value.strip():
-        return "GHL's published key"
-    if value.strip() == SANDBOX_KEY:
-        return "the sandbox test key"
-    return "PEM from settings" if "-----BEGIN" in value else f"key file {value}"
-
-
-def signature_ok(key: rsa.RSAPublicKey, body: bytes, signature: str | None) -> bool:
-    """Whether `signature` (base64) is the PKCS#1 v1.5 SHA-256 signature of `body` under `key`."""
-    if not signature:
-        return False
-    try:
-        raw = base64.b64decode(signature.strip(), validate=True)
-        key.verify(raw, body, padding.PKCS1v15(), hashes.SHA256())
-    except (InvalidSignature, binascii.Error, ValueError):
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------------------- parsing
@@ -131,10 +89,15 @@ class Webhook:
     type: str
     webhook_id: str
     location_id: str
-    contact_id: str | None  # None for a type contact-recon does not sync
+    contact_id: str | None  # None for a type contact-recon does not sync, and a task webhook naming no contact
     object_id: str | None  # the note or task id of Note*/Task* webhooks
     timestamp: datetime
     email: str | None = None  # a Contact* webhook's email (echo detection of our own creates)
+
+    @property
+    def location_tasks(self) -> bool:
+        """A task webhook without a contact: it marks the location's tasks dirty (real TaskCreate may lack it)."""
+        return self.type in GHL_TASK_TYPES and self.contact_id is None
 
 
 def parse_timestamp(value: Any) -> datetime:
@@ -160,11 +123,17 @@ def _id(body: dict[str, Any], name: str) -> str:
     return value
 
 
+def _optional_id(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    return value if isinstance(value, str) and ID_PATTERN.fullmatch(value) else None
+
+
 def parse_webhook(raw: bytes) -> Webhook:
     """The fields contact-recon needs from a webhook body; MalformedWebhook for anything else.
 
     Every webhook needs `type`, `webhookId`, `locationId` and `timestamp`; a synced type also needs its
-    contact id (`id` for Contact* types, `contactId` for Note*/Task*). Other types keep `contact_id` None.
+    contact id (`id` for Contact* types, `contactId` for Note*/Task*), except a Task* webhook, whose missing
+    `contactId` leaves `contact_id` None (`location_tasks`). Other types keep `contact_id` None.
     """
     try:
         body = json.loads(raw)
@@ -176,9 +145,11 @@ def parse_webhook(raw: bytes) -> Webhook:
     contact_id, object_id = None, None
     if kind in GHL_WEBHOOK_EVENTS and kind.startswith("Contact"):  # the contact is the object itself
         contact_id = _id(body, "id")
+    elif kind in GHL_TASK_TYPES and body.get("contactId") is None:  # a task without a contact: the location's
+        object_id = _optional_id(body, "id")
     elif kind in GHL_WEBHOOK_EVENTS:  # a note or task: it names its contact
         contact_id = _id(body, "contactId")
-        object_id = body["id"] if isinstance(body.get("id"), str) and ID_PATTERN.fullmatch(body["id"]) else None
+        object_id = _optional_id(body, "id")
     email = body.get("email") if isinstance(body.get("email"), str) else None
     return Webhook(type=kind, webhook_id=_id(body, "webhookId"), location_id=_id(body, "locationId"),
                    contact_id=contact_id, object_id=object_id, timestamp=parse_timestamp(body.get("timestamp")),
@@ -190,26 +161,26 @@ def staleness_s(webhook: Webhook, now: float) -> float:
     return abs(now - webhook.timestamp.timestamp())
 
 
-@dataclass(frozen=True)
-class EventSpec:
-    name: str
-    resource: dict[str, str]
-    payload: dict[str, Any]
-    id: uuid.UUID
-    occurred: datetime
+def event_for(webhook: Webhook, now: float) -> SpoolItem | None:
+    """The Prefect event of a webhook, as a spool item, or None for a type contact-recon does not sync.
 
-
-def event_for(webhook: Webhook) -> EventSpec | None:
-    """The Prefect event of a webhook, or None for a type contact-recon does not sync."""
+    Its id is uuid5 of the webhookId (a re-emission is the same event); it occurred at the webhook's timestamp,
+    or now when the sender's clock is ahead of ours.
+    """
     name = GHL_WEBHOOK_EVENTS.get(webhook.type)
-    if name is None or webhook.contact_id is None:
+    if name is None or (webhook.contact_id is None and not webhook.location_tasks):
         return None
-    payload = {"contact_id": webhook.contact_id, "location_id": webhook.location_id,
-               "webhook_type": webhook.type, "webhook_id": webhook.webhook_id}
+    payload = {"location_id": webhook.location_id, "webhook_type": webhook.type, "webhook_id": webhook.webhook_id}
+    if webhook.contact_id is not None:  # the contact's event, which the sync-contact trigger matches
+        payload["contact_id"] = webhook.contact_id
+        resource = ghl_contact_resource(webhook.contact_id, webhook.location_id)
+    else:  # a task with no contact: the location's event (its tasks are read again by the next snapshot)
+        resource = ghl_location_resource(webhook.location_id)
     if webhook.object_id:
         payload["object_id"] = webhook.object_id
-    return EventSpec(name, ghl_contact_resource(webhook.contact_id, webhook.location_id), payload,
-                     uuid.uuid5(EVENT_NAMESPACE, webhook.webhook_id), webhook.timestamp)
+    occurred = min(webhook.timestamp, datetime.fromtimestamp(now, tz=UTC))
+    return SpoolItem(str(uuid.uuid5(EVENT_NAMESPACE, webhook.webhook_id)), name, resource, payload,
+                     occurred.isoformat(), now)
 
 
 # ------------------------------------------------------------------------------------ seen ids
@@ -280,58 +251,120 @@ def seen_ids_path(settings: Settings) -> Path:
     return settings.data_dir / "webhooks" / "seen_ids.jsonl"
 
 
+# -------------------------------------------------------------------------------- refused signatures
+
+
+@dataclass
+class UnauthorizedWatch:
+    """The 401 alert: over the last `window_s`, at least `minimum` requests refused with 401 and at least `share`
+    of all requests checked. `record` returns the alert payload when it is due, at most once per window (so a
+    key rotated and not configured alerts every `window_s` until it is fixed, not on every request)."""
+
+    share: float
+    minimum: int
+    window_s: float
+    clock: Callable[[], float] = time.time
+    _seen: deque[tuple[float, bool]] = field(default_factory=deque)
+    _alerted_at: float | None = None
+
+    def record(self, refused: bool) -> dict[str, Any] | None:
+        now = self.clock()
+        self._seen.append((now, refused))
+        while self._seen and self._seen[0][0] <= now - self.window_s:
+            self._seen.popleft()
+        count = sum(1 for _, r in self._seen if r)
+        total = len(self._seen)
+        if not refused or count < self.minimum or count < self.share * total:
+            return None
+        if self._alerted_at is not None and now - self._alerted_at < self.window_s:
+            return None
+        self._alerted_at = now
+        return {"refused": count, "requests": total, "share": round(count / total, 3), "window_s": self.window_s}
+
+
+def unauthorized_event(details: dict[str, Any], keys: WebhookKeys, now: float) -> SpoolItem:
+    payload = {**details, "key_types": keys.types}
+    resource = {"prefect.resource.id": WEBHOOKS_RESOURCE, "prefect.resource.name": "recon webhooks serve"}
+    return SpoolItem(str(uuid.uuid4()), WEBHOOKS_UNAUTHORIZED, resource, payload,
+                     datetime.fromtimestamp(now, tz=UTC).isoformat(), now)
+
+
 # ---------------------------------------------------------------------------------------- the app
 
 
 @dataclass
 class Receiver:
-    """What the endpoint needs: the key, the window, the seen ids, the emitter and the clock."""
+    """What the endpoint needs: the keys, the windows, the seen ids, the spool and its forwarder, the clock."""
 
-    key: rsa.RSAPublicKey
-    window_s: float
+    keys: WebhookKeys
+    max_age_s: float
+    dedupe_s: float
     seen: SeenIds
-    emit: Emit
+    spool: Spool
+    watch: UnauthorizedWatch
+    forwarder: Forwarder | None = None  # woken after each append; None: nothing forwards (a test's spool only)
     clock: Callable[[], float] = time.time
     echo: EchoFilter | None = None  # our own recent writes (contact_recon/stages/echo.py)
 
-    def handle(self, raw: bytes, signature: str | None) -> tuple[int, dict[str, Any]]:
+    def handle(self, raw: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
         """The status and JSON answer for one webhook (the module docstring's decision order)."""
         if len(raw) > MAX_BODY_BYTES:  # 1. too big to be a webhook: not even verified
             return 413, {"error": f"body over {MAX_BODY_BYTES} bytes"}
-        if not signature_ok(self.key, raw, signature):  # 2. not from GHL (or altered on the way)
-            return 401, {"error": f"missing or invalid {SIGNATURE_HEADER} signature"}
+        verified = self.keys.verified(raw, headers)
+        self._watch(refused=not verified)
+        if not verified:  # 2. not from GHL, altered on the way, or signed with a key we do not have
+            return 401, {"error": self.keys.refusal()}
         try:
             webhook = parse_webhook(raw)
         except MalformedWebhook as exc:  # 3. signed, but not a webhook we can read
             return 400, {"error": f"malformed webhook: {exc}"}
         now = self.clock()
         age = staleness_s(webhook, now)
-        if age > self.window_s:  # 4. a replay of an old webhook, or a sender clock far off
-            return 400, {"error": f"stale timestamp: {age:.0f} s from now, window {self.window_s:.0f} s"}
+        if age > self.max_age_s:  # 4. a replay of an old webhook, or a sender clock far off
+            return 400, {"error": f"stale timestamp: {age:.0f} s from now, window {self.max_age_s:.0f} s"}
         if webhook.webhook_id in self.seen:  # 5. a redelivery: GHL gets its 200, the flow no second event
             return 200, {"status": "duplicate", "webhookId": webhook.webhook_id}
+        # remembered until the timestamp leaves the dedupe window (longer than the age window): a later replay is
+        # stale, so no need to remember it
+        until = max(now, webhook.timestamp.timestamp()) + self.dedupe_s
         echo = self.echo is not None and self.echo.is_echo(webhook.contact_id, webhook.email)
         if echo and not webhook.type.endswith("Delete"):
             # 5b. our own write coming back (contact_recon/stages/echo.py): acknowledged, no sync run queued for it
-            self.seen.add(webhook.webhook_id, now + self.window_s)
+            self.seen.add(webhook.webhook_id, until)
             return 200, {"status": "echo", "webhookId": webhook.webhook_id}
-        return self._accept(webhook, now)  # 6. and 7.
+        return self._accept(webhook, now, until)  # 6. and 7.
 
-    def _accept(self, webhook: Webhook, now: float) -> tuple[int, dict[str, Any]]:
-        spec = event_for(webhook)
-        # remembered until the timestamp leaves the window: a later replay is stale, so no need to remember it
-        until = max(now, webhook.timestamp.timestamp()) + self.window_s
-        if spec is None:  # a type we do not sync: acknowledged so GHL does not deliver it again
+    def _accept(self, webhook: Webhook, now: float, until: float) -> tuple[int, dict[str, Any]]:
+        item = event_for(webhook, now)
+        if item is None:  # 6. a type we do not sync: acknowledged so GHL does not deliver it again
             self.seen.add(webhook.webhook_id, until)
             return 200, {"status": "ignored", "reason": f"type {webhook.type} is not synced"}
-        occurred = min(spec.occurred, datetime.fromtimestamp(now, tz=UTC))  # a clock ahead of ours: not future
-        emitted = self.emit(spec.name, resource=spec.resource, payload=spec.payload, id=spec.id, occurred=occurred)
-        if emitted is None:  # no Prefect API to hand it to: let GHL deliver again later
-            log.error("webhook %s (%s) not emitted: no Prefect events client", webhook.webhook_id, webhook.type)
-            return 503, {"error": "the event could not be handed to Prefect; try again later"}
+        try:
+            self.spool.append(item)  # 7. on disk (fsynced) before the 200
+        except SpoolFull as exc:  # GHL retries a 429 (and only a 429): it comes back when there is room
+            log.error("webhook %s (%s) refused with 429: %s", webhook.webhook_id, webhook.type, exc)
+            return 429, {"error": f"the receiver cannot keep the webhook now ({exc}); deliver it again later"}
         self.seen.add(webhook.webhook_id, until)
-        log.info("webhook %s %s contact %s -> %s", webhook.webhook_id, webhook.type, webhook.contact_id, spec.name)
-        return 200, {"status": "accepted", "event": spec.name, "eventId": str(spec.id)}
+        if self.forwarder is not None:
+            self.forwarder.wake()
+        log.info("webhook %s %s %s -> %s", webhook.webhook_id, webhook.type,
+                 f"contact {webhook.contact_id}" if webhook.contact_id else f"location {webhook.location_id} tasks",
+                 item.event)
+        return 200, {"status": "accepted", "event": item.event, "eventId": item.id}
+
+    def _watch(self, *, refused: bool) -> None:
+        details = self.watch.record(refused)
+        if details is None:
+            return
+        log.error("%d of the last %d webhooks were refused with 401 (keys configured: %s): GHL may have rotated its "
+                  "key; alerting", details["refused"], details["requests"], self.keys.describe())
+        try:
+            self.spool.append(unauthorized_event(details, self.keys, self.clock()))
+        except SpoolFull as exc:
+            log.error("the 401 alert could not be spooled: %s", exc)
+            return
+        if self.forwarder is not None:
+            self.forwarder.wake()
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -345,35 +378,42 @@ async def read_capped(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _default_emit(*args: Any, **kwargs: Any) -> Any:
-    from prefect.events import emit_event
-
-    return emit_event(*args, **kwargs)
-
-
-def create_app(settings: Settings, *, emit: Emit | None = None, clock: Callable[[], float] = time.time) -> Starlette:
-    """The receiver app: `POST /webhooks/ghl` (the module docstring) and `GET /healthz`.
+def create_app(settings: Settings, *, send: Send | None = None, clock: Callable[[], float] = time.time,
+               forward: bool = True) -> Starlette:
+    """The receiver app: `POST /webhooks/ghl` (the module docstring) and `GET /healthz`; its forwarder runs.
 
     Args:
-        settings: `ghl_webhook_public_key` (PEM text, a path, "sandbox" or None for GHL's key),
-            `webhook_max_age_s` (the replay window) and `data_dir` (where accepted ids are kept).
-        emit: `prefect.events.emit_event` or a stand-in with its signature.
-        clock: epoch seconds (the staleness check and the seen-id expiry).
+        settings: `ghl_webhook_public_key` (service/signatures.py), `webhook_max_age_s`,
+            `webhook_dedupe_window_s`, `webhook_spool_max_bytes`, the `webhook_401_alert_*` rule and
+            `data_dir` (where the spool and the accepted ids are kept).
+        send: how the forwarder hands events over (default: `forwarder.prefect_send`, the configured server).
+        clock: epoch seconds (the staleness check, the seen-id expiry, the 401 window).
+        forward: False starts no forwarder (the spool only fills: a test of what was spooled).
+    Raises WebhookKeyError (a ValueError) or OSError when the keys cannot be loaded.
     """
-    receiver = Receiver(load_public_key(settings.ghl_webhook_public_key), settings.webhook_max_age_s,
-                        SeenIds(seen_ids_path(settings), clock), emit or _default_emit, clock,
+    keys = load_keys(settings.ghl_webhook_public_key)
+    spool = Spool(spool_path(settings.data_dir), max_bytes=settings.webhook_spool_max_bytes, clock=clock)
+    forwarder = Forwarder(spool, send).start() if forward else None
+    watch = UnauthorizedWatch(settings.webhook_401_alert_share, settings.webhook_401_alert_min,
+                              settings.webhook_401_alert_window_s, clock)
+    receiver = Receiver(keys, settings.webhook_max_age_s, settings.webhook_dedupe_window_s,
+                        SeenIds(seen_ids_path(settings), clock), spool, watch, forwarder, clock,
                         EchoFilter(settings.data_dir, clock=clock))
 
     async def ghl_webhook(request: Request) -> JSONResponse:
         raw = await read_capped(request, MAX_BODY_BYTES)
-        status, answer = receiver.handle(raw, request.headers.get(SIGNATURE_HEADER))
+        headers = {name: value for name in SIGNATURE_HEADERS if (value := request.headers.get(name)) is not None}
+        status, answer = receiver.handle(raw, headers)
         if status >= 400:
             log.warning("webhook refused (%s): %s", status, answer["error"])
-        return JSONResponse(answer, status_code=status)
+        extra = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else None
+        return JSONResponse(answer, status_code=status, headers=extra)
 
     async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"ok": True, "remembered_ids": len(receiver.seen)})
+        return JSONResponse({"ok": True, "remembered_ids": len(receiver.seen), "spooled": len(spool),
+                             "prefect_reachable": forwarder.reachable if forwarder else None})
 
     app = Starlette(routes=[Route(PATH, ghl_webhook, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])])
     app.state.receiver = receiver
+    app.state.forwarder = forwarder
     return app

@@ -20,7 +20,10 @@ it. `Steps` says how each step runs: plain calls (`DIRECT`, the default) or Pref
 
 `sync` (the `sync-contact` flow) runs the same plan, apply and advance code on one person read just now
 (`stages/sync.py person_frames`, `stages/plan.py plan_person`), under the same per-location lock; it recovers
-nothing and writes no report (the nightly run does both).
+nothing and writes no report (the nightly run does both). Started by a note or task webhook (`webhook_type`), it
+first marks the contact dirty (`Store.mark_dirty`), so the next snapshot reads its notes and tasks again
+(a sync reads the contact and its tasks, not its notes); a task webhook that named no contact marks the
+location's tasks instead (`Store.mark_tasks_dirty`) and syncs nobody.
 
 A run's status: running -> planned | held | failed -> applying -> completed | failed.
 """
@@ -39,6 +42,7 @@ import polars as pl
 
 from contact_recon.checks.quarantine import QUARANTINED
 from contact_recon.engine.state import Consent
+from contact_recon.events import GHL_NOTE_TASK_TYPES, GHL_TASK_TYPES
 from contact_recon.model.approval import Approval, tripped_guards
 from contact_recon.model.policy import Policy
 from contact_recon.report.publish import report_run
@@ -173,21 +177,32 @@ def apply_line(outcome: RunOutcome) -> str:
 
 
 def sync(settings: Settings, *, contact_id: str | None = None, location_id: str | None = None,
-         email: str | None = None, ghl_client: GHLFactory | None = None,
+         email: str | None = None, webhook_type: str | None = None, ghl_client: GHLFactory | None = None,
          tinyemail_client: TinyEmailFactory | None = None, lock_wait_s: float = 120.0,
          log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None) -> dict[str, Any]:
     """One person now (the `sync-contact` flow): lock the location, read the person from both systems
     (stages/sync.py), plan (`plan_person`: the nightly identity, merge, checks and quarantine), apply and
-    advance; no recovery and no report (the nightly does both). Returns the run id, status and ops."""
+    advance; no recovery and no report (the nightly does both). Returns the run id, status and ops.
+
+    `webhook_type`: the GHL webhook that triggered it; a note or task type marks the contact dirty first, and a
+    task type without `contact_id` (and email) marks the location's tasks and returns status `marked`."""
     log = log or logging.getLogger("contact_recon.sync")
-    if not (contact_id or email):
-        raise ValueError("sync-contact needs a contact_id or an email")
     location = location_id or (settings.ghl_location_ids[0] if settings.ghl_location_ids else None)
+    location_tasks = webhook_type in GHL_TASK_TYPES and not (contact_id or email)
+    if not (contact_id or email or location_tasks):
+        raise ValueError("sync-contact needs a contact_id or an email")
     if not location:
         raise ValueError("no GHL location: pass location_id or set RECON_GHL_LOCATION_IDS")
     ghl = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))
     te = tinyemail_client or (lambda: TinyEmailClient.from_settings(settings))
     with location_lock(settings, [location], lock_wait_s), open_db(db_path(settings.data_dir)) as store:
+        if location_tasks:  # a task naming no contact: the next snapshot reads every task of the location
+            store.mark_tasks_dirty(location, f"webhook {webhook_type} without a contact")
+            log.info("%s without a contact: the tasks of location %s are read again by the next snapshot",
+                     webhook_type, location)
+            return {"status": "marked", "location_id": location, "webhook_type": webhook_type}
+        if contact_id and webhook_type in GHL_NOTE_TASK_TYPES:  # its notes or tasks changed: refetched tonight
+            store.mark_dirty(location, contact_id, f"webhook {webhook_type}")
         person = asyncio.run(_read_person(ghl(location), te(), store, contact_id, email, settings.default_region))
         planned = plan_person(settings, store, location_id=location, frames=person.frames, keys=person.keys)
         result: dict[str, Any] = {"run_id": planned.run_id, "ops": planned.plan.height, "status": planned.status,

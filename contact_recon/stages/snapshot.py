@@ -28,7 +28,11 @@ Per GHL location (`fetch_ghl_location`, the Prefect task `snapshot_ghl_location`
    bulk-cheap (all of them would cost ~2% of the contacts in requests), but a task write does not
    move dateUpdated either, so a full read would still not make the per-contact signal exact; reading
    tasks with the notes keeps "an unchanged contact costs no request" and one rule for both (webhooks
-   TaskCreate/Complete/Delete mark contacts dirty; the sweep catches the rest within K nights).
+   TaskCreate/Complete/Delete mark contacts dirty; the sweep catches the rest within K nights). A location
+   whose tasks a contact-less task webhook marked (`Store.tasks_dirty`; real TaskCreate payloads may lack
+   `contactId`) has the tasks of *every* listed contact searched tonight (about one request per 100
+   contacts), if the allowance left after the plan has room for them, else the mark waits for tomorrow;
+   the mark is cleared after the snapshot commits (`clear_tasks_dirty`, except a mark that arrived meanwhile).
    Notes: `GET /contacts/{id}/notes`, one request per chosen contact.
    Both run `concurrency` (10) requests in flight, paced by the location's `RateBudget`.
 5. Tasks and notes of the contacts not read tonight are carried over from the previous snapshot (and
@@ -132,13 +136,14 @@ class PreviousState:
     notes: pl.DataFrame
     watermark: str | None
     dirty: frozenset[str] = frozenset()
+    tasks_dirty: bool = False  # a task webhook without a contact marked the location's tasks
 
     @classmethod
     def load(cls, store: Store, location_id: str) -> PreviousState:
         dirty = store.dirty_contacts().filter(pl.col("location_id") == location_id)["contact_id"]
         return cls(store.latest_snapshot("ghl_contacts", location_id), store.latest_snapshot("ghl_tasks", location_id),
                    store.latest_snapshot("ghl_notes", location_id), store.watermark(location_id, WATERMARK_ENTITY),
-                   frozenset(dirty.to_list()))
+                   frozenset(dirty.to_list()), store.tasks_dirty(location_id))
 
     @property
     def tasks_per_contact(self) -> float:
@@ -164,6 +169,7 @@ class LocationSnapshot:
     used: dict[str, Any]
     dirty_read: tuple[str, ...]  # dirty marks to clear once the snapshot is committed
     deferred: tuple[str, ...]  # changed/dirty contacts not read tonight (marked dirty)
+    tasks_dirty_read: bool = False  # every task of the location was read: its mark is cleared once committed
 
 
 @dataclass(frozen=True)
@@ -204,16 +210,17 @@ async def fetch_ghl_location(client: GHLClient, previous: PreviousState, options
         listing = compare_listing(contacts, previous, options)
         plan, chosen, dirty_read, deferred = _choose(listing.present, listing.changed, previous, options, daily)
         progress.plans[key] = plan.to_json()
+        task_ids, all_tasks = _task_contacts(listing.present, chosen, previous.tasks_dirty, plan, daily)
         (tasks, notes), fresh = await _all_or_nothing([
-            _read_tasks_and_notes(client, chosen, options.concurrency, used),
+            _read_tasks_and_notes(client, chosen, options.concurrency, used, task_ids),
             _normalised(listing.fresh, lambda payload: ghl_contact_record(payload, loc, options.region),
                         GHL_CONTACTS)])
     frame = pl.concat([previous.contacts.filter(pl.col("contact_id").is_in(listing.kept)), fresh]).sort("contact_id")
     present = frame["contact_id"]
     return LocationSnapshot(
-        loc, frame, _carry_over(previous.tasks, tasks, present, chosen),
+        loc, frame, _carry_over(previous.tasks, tasks, present, task_ids),
         _carry_over(previous.notes, notes, present, chosen), _watermark(contacts, previous.watermark), plan,
-        used.counts, dirty_read, deferred)
+        used.counts, dirty_read, deferred, tasks_dirty_read=all_tasks)
 
 
 def _check_listing_fits(key: str, previous_count: int, daily: int | None, reserve: int) -> None:
@@ -301,9 +308,21 @@ def _choose(present: set[str], changed: set[str], previous: PreviousState, optio
     return plan, chosen, dirty_read, deferred
 
 
+def _task_contacts(present: set[str], chosen: list[str], tasks_dirty: bool, plan: RequestPlan,
+                   daily: int | None) -> tuple[list[str], bool]:
+    """Whose tasks to search tonight, and whether that is every present contact: the chosen contacts, or all
+    when the location's tasks are marked and the allowance left after the plan has room for the extra searches."""
+    if not tasks_dirty:  # the usual night: tasks go with the notes
+        return chosen, False
+    extra = -(-len(present) // TASK_SEARCH_BATCH) - -(-len(chosen) // TASK_SEARCH_BATCH)
+    if daily is not None and plan.total + extra > daily - plan.write_reserve:  # no room: the mark waits a night
+        return chosen, False
+    return sorted(present), True
+
+
 async def _read_tasks_and_notes(client: GHLClient, contact_ids: Sequence[str], concurrency: int,
-                                used: _Used) -> tuple[pl.DataFrame, pl.DataFrame]:
-    tasks = await _read_tasks(client, contact_ids, concurrency)
+                                used: _Used, task_ids: Sequence[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    tasks = await _read_tasks(client, task_ids, concurrency)
     used.mark("tasks")
     notes = await _read_notes(client, contact_ids, concurrency)
     used.mark("notes")
@@ -570,6 +589,8 @@ def _write(store: Store, run_id: str, ghl: list[LocationSnapshot], te: TinyEmail
     ingest_s = time.perf_counter() - t0
     for snap in ghl:
         store.clear_dirty(((snap.location_id, c) for c in snap.dirty_read), marked_before=started)
+        if snap.tasks_dirty_read:  # every task of the location was read tonight
+            store.clear_tasks_dirty(snap.location_id, marked_before=started)
     return ingest_s
 
 

@@ -63,6 +63,9 @@ Schema (version 1; timestamps are TIMESTAMPTZ in UTC; list columns are VARCHAR[]
   and the person's context it showed last, first_seen, last_seen, last_run, open; `conflict_skips` [key,
   field]: the conflicts a person answered `skip`, with the reason and values they saw, skipped_at, source
   (`conflicts.py`).
+- version 10: `dirty_task_locations` [location_id]: reason, marked_at: a task webhook that named no contact
+  (real TaskCreate payloads may lack `contactId`) marks its location's tasks; the next snapshot reads every
+  task of that location, then clears the mark (`clear_tasks_dirty` keeps a mark that arrived meanwhile).
 
 Every SQL statement of the product runs in this package: `Store` here (runs, snapshots, base, id_map,
 review, dirty contacts, check results, and the run list `recon runs` and the report read), `Journal`
@@ -266,9 +269,15 @@ _V9 = (
         tinyemail VARCHAR, ghl VARCHAR, skipped_at TIMESTAMPTZ NOT NULL, source VARCHAR, PRIMARY KEY (key, field))""",
 )
 
-_V_REJECTION_RETRIES = (
+_V10 = (
     # a person's "send it again" for an op the API rejected (`recon quarantine retry`, store/journal.py)
     "CREATE TABLE rejection_retries (op_id VARCHAR PRIMARY KEY, retried_at TIMESTAMPTZ NOT NULL, note VARCHAR)",
+)
+
+_V11 = (
+    # locations whose tasks a contact-less task webhook marked (contact_recon/stages/snapshot.py reads them all)
+    """CREATE TABLE dirty_task_locations (location_id VARCHAR PRIMARY KEY, reason VARCHAR,
+        marked_at TIMESTAMPTZ NOT NULL)""",
 )
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -281,7 +290,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "te_lists, te_list_labels: TinyEmail's list names, and the labels their GHL tags have had", _V7),
     Migration(8, "identity_decisions, quarantine_dismissals, review_ages: the review loop", _V8),
     Migration(9, "conflict_seen, conflict_skips: since when conflicts are open, and those skipped", _V9),
-    Migration(10, "rejection_retries: rejected ops a person asked to send again", _V_REJECTION_RETRIES),
+    Migration(10, "rejection_retries: rejected ops a person asked to send again", _V10),
+    Migration(11, "dirty_task_locations: locations whose tasks a contact-less task webhook marked", _V11),
 )
 
 
@@ -747,6 +757,20 @@ class Store:
         for location_id, contact_id in contacts:
             self.con.execute("DELETE FROM dirty_contacts WHERE location_id = ? AND contact_id = ? AND marked_at < ?",
                              [location_id, contact_id, marked_before])
+
+    def mark_tasks_dirty(self, location_id: str, reason: str) -> None:
+        """Every task of the location is read again by the next snapshot (a task webhook naming no contact)."""
+        self.con.execute("INSERT OR REPLACE INTO dirty_task_locations VALUES (?, ?, ?)",
+                         [location_id, reason, self.clock()])
+
+    def tasks_dirty(self, location_id: str) -> bool:
+        found = self.con.execute("SELECT count(*) FROM dirty_task_locations WHERE location_id = ?", [location_id])
+        return bool(found.fetchall()[0][0])
+
+    def clear_tasks_dirty(self, location_id: str, marked_before: datetime) -> None:
+        """Clear the location's mark if set before `marked_before` (the snapshot's start)."""
+        self.con.execute("DELETE FROM dirty_task_locations WHERE location_id = ? AND marked_at < ?",
+                         [location_id, marked_before])
 
     # ---------------------------------------------------------------------------- check results
 

@@ -20,7 +20,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from pydantic import SecretStr
 
 from contact_recon.events import (
@@ -42,6 +44,7 @@ from contact_recon.service.alerts import (
     NIGHTLY_AUTOMATION,
     RUN_HELD_AUTOMATION,
     URL_SECRET,
+    WEBHOOKS_REFUSED_AUTOMATION,
     AlertRules,
     AlertSetup,
     AlertTargetError,
@@ -61,7 +64,7 @@ from tests.support.prefect import prefect_events  # noqa: F401
 RECON = [sys.executable, "-m", "contact_recon.cli.main"]
 RULES = AlertRules(nightly_window=timedelta(hours=26), long_run=timedelta(hours=2))
 ALL_AUTOMATIONS = [FLOW_FAILED_AUTOMATION, RUN_HELD_AUTOMATION, FAILED_OPS_AUTOMATION, NIGHTLY_AUTOMATION,
-                   LONG_RUN_AUTOMATION]
+                   LONG_RUN_AUTOMATION, WEBHOOKS_REFUSED_AUTOMATION]
 TEAMS_URL = ("https://prod-00.westus.logic.azure.com:443/workflows/abc123/triggers/manual/paths/invoke"
              "?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=TEAMSSIGNATURE")
 
@@ -172,6 +175,31 @@ def test_a_failed_op_share_notifies(alerts: tuple[AlertSetup, Path, RunningServe
     assert text.startswith(f"*contact-recon: run {run_id}: 7 of 100 operations failed*\n")
     assert "more than the alert share of 5%" in text and "/data/runs/y/report.html" in text
     assert "Run: " not in text  # emitted outside a flow run: no page to link
+
+
+def test_webhooks_refused_with_401_notify(alerts: tuple[AlertSetup, Path, RunningServer], serve: Any,
+                                          tmp_path: Path) -> None:
+    """A key GHL rotated: the receiver refuses every webhook; past the 401 rule it emits its event, and the
+    automation notifies the team (the receiver's forwarder carries the event to the server)."""
+    from contact_recon.sandbox.ghl_webhooks import sign
+    from contact_recon.service.webhooks import PATH, create_app
+    from contact_recon.settings import Settings
+    from contact_recon.systems.ghl.contract import ED25519_SIGNATURE_HEADER
+
+    _, out, _ = alerts
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", ghl_webhook_public_key="sandbox",
+                        webhook_401_alert_min=3, webhook_401_alert_share=0.5)
+    receiver = serve(create_app(settings))
+    rotated = ed25519.Ed25519PrivateKey.generate()
+    for _ in range(3):
+        raw = json.dumps({"type": "ContactUpdate", "webhookId": str(uuid.uuid4())}).encode()
+        answer = httpx.post(receiver.base_url + PATH, content=raw,
+                            headers={ED25519_SIGNATURE_HEADER: sign(raw, rotated)}, timeout=10)
+        assert answer.status_code == 401
+    text = wait_for_alert(out, "GHL webhooks refused")["text"]
+    receiver.app.state.forwarder.stop()
+    assert text.startswith("*contact-recon: 3 of 3 GHL webhooks refused (bad signature)*\n")
+    assert "(Ed25519, RSA)" in text and "RECON_GHL_WEBHOOK_PUBLIC_KEY" in text
 
 
 def test_a_failed_flow_run_notifies(alerts: tuple[AlertSetup, Path, RunningServer]) -> None:

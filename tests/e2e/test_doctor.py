@@ -134,3 +134,26 @@ def test_an_unreachable_tinyemail(world: dict[str, Any], tmp_path: Path) -> None
     [line] = lines(result)
     assert line.startswith("TinyEmail: unreachable or failing")
     assert_clean(result, world)
+
+
+def test_webhook_key_types_are_shown_and_a_missing_ed25519_key_warned(world: dict[str, Any], tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    default = doctor(env_for(world), tmp_path)  # GHL's published RSA key only
+    assert default.returncode == 0, default.stdout + default.stderr
+    out = " ".join(default.stdout.split())
+    assert "verification keys: 1 key (1 RSA), GHL's published RSA key" in out
+    assert "warning: no Ed25519 webhook key configured: GHL signs webhooks only with X-GHL-Signature" in out
+
+    both = doctor(env_for(world, RECON_GHL_WEBHOOK_PUBLIC_KEY="sandbox"), tmp_path)
+    out = " ".join(both.stdout.split())
+    assert both.returncode == 0 and "2 keys (1 Ed25519, 1 RSA), the sandbox test keys" in out
+    assert "warning" not in out
+
+    ec_pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    wrong = doctor(env_for(world, RECON_GHL_WEBHOOK_PUBLIC_KEY=ec_pem), tmp_path)
+    assert wrong.returncode == 1
+    assert " ".join(wrong.stderr.split()).startswith("RECON_GHL_WEBHOOK_PUBLIC_KEY: webhook key 1 is an EC key")
+    assert_clean(wrong, world)

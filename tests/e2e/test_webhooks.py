@@ -1,9 +1,11 @@
-"""The GHL webhook receiver over real HTTP on 127.0.0.1, emitting to the session's real Prefect server,
+"""The GHL webhook receiver over real HTTP on 127.0.0.1, forwarding to the session's real Prefect server,
 and the GHL sandbox's signed webhooks delivered to a running `recon webhooks serve` process.
 
 Every test uses contact ids of its own, so the events it reads back from the shared Prefect server are
 its own. An absence ("nothing was emitted") is judged after a later marker event of the same contact
-has arrived: the receiver hands events to one ordered worker, so a wrongly emitted one would be there.
+has arrived: the forwarder hands events over in spool order, so a wrongly emitted one would be there.
+The chaos stories (Prefect unreachable, SIGKILL) are in test_webhook_chaos.py; what note and task webhooks
+make the sync and the snapshot do is in test_webhook_syncs.py.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -42,18 +44,25 @@ from contact_recon.events import (
 from contact_recon.sandbox import ghl
 from contact_recon.sandbox.fixture import validate_fixture
 from contact_recon.sandbox.generate import generate_fixture
-from contact_recon.sandbox.ghl_webhooks import private_key, sign
+from contact_recon.sandbox.ghl_webhooks import SigningKey, ed25519_private_key, private_key, sign, signature_header
 from contact_recon.sandbox.server import RunningServer, free_port
+from contact_recon.service.signatures import WebhookKeyError, load_keys
+from contact_recon.service.spool import spool_path
 from contact_recon.service.webhooks import (
     EVENT_NAMESPACE,
     PATH,
-    SIGNATURE_HEADER,
     MalformedWebhook,
     create_app,
     parse_webhook,
     seen_ids_path,
 )
 from contact_recon.settings import Settings
+from contact_recon.systems.ghl.contract import (
+    ED25519_SIGNATURE_HEADER,
+    RSA_SIGNATURE_HEADER,
+    SANDBOX_ED25519_PUBLIC_KEY_PEM,
+    SANDBOX_RSA_PUBLIC_KEY_PEM,
+)
 from tests.support import specs_dir
 from tests.support.prefect import events_of, prefect_events, wait_for_events  # noqa: F401
 
@@ -75,23 +84,43 @@ def webhook(kind: str = "ContactUpdate", contact_id: str | None = None, **extra:
     return body | extra
 
 
-def post(server: RunningServer, body: dict[str, Any] | bytes, *, key: rsa.RSAPrivateKey | None = None,
-         signature: str | None = None) -> httpx.Response:
+def post(server: RunningServer | str, body: dict[str, Any] | bytes, *, key: SigningKey | None = None,
+         signature: str | None = None, header: str | None = None) -> httpx.Response:
+    """POST a webhook signed like GHL: by `key` (default the sandbox's Ed25519 test key) in its header, or
+    `signature` as given (empty: no signature header) in `header`."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    key = key or ed25519_private_key()
     headers = {"content-type": "application/json"}
-    sig = signature if signature is not None else sign(raw, key or private_key())
+    sig = signature if signature is not None else sign(raw, key)
     if sig:
-        headers[SIGNATURE_HEADER] = sig
-    return httpx.post(server.base_url + PATH, content=raw, headers=headers, timeout=10)
+        headers[header or signature_header(key)] = sig
+    url = server if isinstance(server, str) else server.base_url + PATH
+    return httpx.post(url, content=raw, headers=headers, timeout=10)
 
 
-def settings_for(data_dir: Path, key: str | None = "sandbox", window: float = 300) -> Settings:
-    return Settings(_env_file=None, data_dir=data_dir, ghl_webhook_public_key=key, webhook_max_age_s=window)
+def settings_for(data_dir: Path, key: str | None = "sandbox", window: float = 300, dedupe: float | None = None,
+                 **extra: Any) -> Settings:
+    return Settings(_env_file=None, data_dir=data_dir, ghl_webhook_public_key=key, webhook_max_age_s=window,
+                    webhook_dedupe_window_s=dedupe if dedupe is not None else max(window, 5400), **extra)
+
+
+def spooled(server: RunningServer) -> list[Any]:
+    """The events a receiver (started with forward=False) spooled, oldest first."""
+    return server.app.state.receiver.spool.pending(10_000)
+
+
+def wait_drained(server: RunningServer, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(server.app.state.receiver.spool):
+        assert time.monotonic() < deadline, f"{len(server.app.state.receiver.spool)} events still spooled"
+        time.sleep(0.2)
 
 
 @pytest.fixture
-def receiver(serve: Serve, tmp_path: Path, prefect_events: str) -> RunningServer:  # noqa: F811
-    return serve(create_app(settings_for(tmp_path)))
+def receiver(serve: Serve, tmp_path: Path, prefect_events: str) -> Iterator[RunningServer]:  # noqa: F811
+    server = serve(create_app(settings_for(tmp_path)))
+    yield server
+    server.app.state.forwarder.stop()
 
 
 # --------------------------------------------------------------------------------------- accepting
@@ -130,31 +159,140 @@ def test_every_documented_webhook_type_is_mapped() -> None:
     assert len(docs) >= 11 and documented == set(GHL_WEBHOOK_EVENTS)
 
 
-# --------------------------------------------------------------------------------------- refusing
+# ------------------------------------------------------------------------------------ signatures
 
 
-def test_a_bad_signature_is_refused_with_401_and_not_emitted(receiver: RunningServer) -> None:
+def test_ed25519_and_rsa_signatures_each_verify_under_their_own_key(receiver: RunningServer) -> None:
+    """`sandbox` configures both test keys: an Ed25519 X-GHL-Signature and a legacy RSA x-wh-signature each pass."""
     contact = f"c-{uuid.uuid4().hex[:16]}"
-    body = webhook("ContactUpdate", contact)
-    raw = json.dumps(body).encode()
-    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    by_ed25519 = post(receiver, webhook("ContactUpdate", contact), key=ed25519_private_key())
+    by_rsa = post(receiver, webhook("ContactTagUpdate", contact), key=private_key())
+    assert (by_ed25519.status_code, by_rsa.status_code) == (200, 200), (by_ed25519.text, by_rsa.text)
+    found = wait_for_events(f"ghl.contact.{contact}", {GHL_CONTACT_UPDATED, GHL_CONTACT_TAG_UPDATED})
+    assert len(found) == 2
+    wait_drained(receiver)
+
+
+def test_tampered_missing_and_misplaced_signatures_are_refused_with_401(receiver: RunningServer) -> None:
+    contact = f"c-{uuid.uuid4().hex[:16]}"
+    raw = json.dumps(webhook("ContactUpdate", contact)).encode()
     tampered = raw.replace(b"someone@example.com", b"mallory@example.com")
-    for answer in (post(receiver, raw, key=other_key),  # signed by someone else
-                   post(receiver, tampered, signature=sign(raw, private_key())),  # body changed after signing
-                   post(receiver, raw, signature=""),  # no signature header
-                   post(receiver, raw, signature="not base64 !!")):
-        assert answer.status_code == 401, answer.text
-        assert SIGNATURE_HEADER in answer.json()["error"]
+    other_ed = ed25519.Ed25519PrivateKey.generate()
+    other_rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ed, legacy = ed25519_private_key(), private_key()
+    cases = {
+        "Ed25519 by another key": post(receiver, raw, key=other_ed),
+        "RSA by another key": post(receiver, raw, key=other_rsa),
+        "Ed25519, body changed after signing": post(receiver, tampered, signature=sign(raw, ed),
+                                                    header=ED25519_SIGNATURE_HEADER),
+        "RSA, body changed after signing": post(receiver, tampered, signature=sign(raw, legacy),
+                                                header=RSA_SIGNATURE_HEADER),
+        "no signature header": post(receiver, raw, signature=""),
+        "not base64": post(receiver, raw, signature="not base64 !!", header=ED25519_SIGNATURE_HEADER),
+        # the wrong type of signature in a header: each header is checked only with its own key type
+        "RSA signature in X-GHL-Signature": post(receiver, raw, signature=sign(raw, legacy),
+                                                 header=ED25519_SIGNATURE_HEADER),
+        "Ed25519 signature in x-wh-signature": post(receiver, raw, signature=sign(raw, ed),
+                                                    header=RSA_SIGNATURE_HEADER),
+    }
+    for case, answer in cases.items():
+        assert answer.status_code == 401, (case, answer.text)
+        assert ED25519_SIGNATURE_HEADER in answer.json()["error"] and RSA_SIGNATURE_HEADER in answer.json()["error"]
     marker = webhook("ContactTagUpdate", contact)
     assert post(receiver, marker).status_code == 200
     found = wait_for_events(f"ghl.contact.{contact}", {GHL_CONTACT_TAG_UPDATED})
     assert [e.event for e in found] == [GHL_CONTACT_TAG_UPDATED]
 
 
+def test_a_signature_whose_key_type_is_not_configured_is_refused(serve: Serve, tmp_path: Path) -> None:
+    """Only an RSA key configured (GHL's published one is the default): a valid Ed25519 signature proves nothing,
+    and only an Ed25519 key: a valid RSA signature proves nothing."""
+    (tmp_path / "ed.pem").write_text(SANDBOX_ED25519_PUBLIC_KEY_PEM)
+    (tmp_path / "rsa.pem").write_text(SANDBOX_RSA_PUBLIC_KEY_PEM)
+    rsa_only = serve(create_app(settings_for(tmp_path / "a", key=str(tmp_path / "rsa.pem")), forward=False))
+    ed_only = serve(create_app(settings_for(tmp_path / "b", key=str(tmp_path / "ed.pem")), forward=False))
+    default = serve(create_app(settings_for(tmp_path / "c", key=None), forward=False))
+    assert post(rsa_only, webhook(), key=ed25519_private_key()).status_code == 401
+    assert post(rsa_only, webhook(), key=private_key()).status_code == 200
+    assert post(ed_only, webhook(), key=private_key()).status_code == 401
+    refused = post(ed_only, webhook(), key=private_key()).json()["error"]
+    assert ED25519_SIGNATURE_HEADER in refused and RSA_SIGNATURE_HEADER not in refused  # names what it needs
+    assert post(ed_only, webhook(), key=ed25519_private_key()).status_code == 200
+    assert post(default, webhook(), key=ed25519_private_key()).status_code == 401  # GHL's RSA key only
+    assert post(default, webhook(), key=private_key()).status_code == 401  # the sandbox key is not GHL's
+
+
+def test_several_pem_keys_inline_or_in_one_file(serve: Serve, tmp_path: Path) -> None:
+    both = SANDBOX_RSA_PUBLIC_KEY_PEM + "\n" + SANDBOX_ED25519_PUBLIC_KEY_PEM
+    (tmp_path / "keys.pem").write_text(both)
+    assert load_keys(both).types == ["Ed25519", "RSA"] == load_keys(str(tmp_path / "keys.pem")).types
+    assert load_keys("sandbox").types == ["Ed25519", "RSA"] and load_keys(None).types == ["RSA"]
+    server = serve(create_app(settings_for(tmp_path / "d", key=str(tmp_path / "keys.pem")), forward=False))
+    assert post(server, webhook(), key=ed25519_private_key()).status_code == 200
+    assert post(server, webhook(), key=private_key()).status_code == 200
+
+
+def test_a_key_of_another_type_is_refused_at_start(tmp_path: Path, prefect_server: str) -> None:  # noqa: F811
+    from cryptography.hazmat.primitives import serialization
+
+    ec_pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    with pytest.raises(WebhookKeyError, match="key 2 is an EC key: only Ed25519"):
+        load_keys(SANDBOX_ED25519_PUBLIC_KEY_PEM + ec_pem)
+    with pytest.raises(WebhookKeyError, match="no PEM public key"):
+        load_keys("-----BEGIN nothing")
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "RECON_GHL_WEBHOOK_PUBLIC_KEY": ec_pem,
+           "RECON_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
+    done = subprocess.run([*RECON, "webhooks", "serve", "--port", str(free_port())], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "is an EC key: only Ed25519 (X-GHL-Signature) and RSA (x-wh-signature)" in " ".join(done.stderr.split())
+
+
+def test_a_sustained_share_of_401s_raises_an_alert_event(serve: Serve, tmp_path: Path,
+                                                          prefect_events: str) -> None:  # noqa: F811
+    """A rotated key: every real webhook now fails. Past the minimum count and share within the window, the
+    receiver emits `recon.webhooks.unauthorized` once (not per request); occasional 401s among good webhooks do not."""
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+
+    from contact_recon.events import WEBHOOKS_UNAUTHORIZED
+
+    now = [time.time()]
+    settings = settings_for(tmp_path, webhook_401_alert_min=4, webhook_401_alert_share=0.5,
+                            webhook_401_alert_window_s=600)
+    server = serve(create_app(settings, clock=lambda: now[0]))
+    stranger = ed25519.Ed25519PrivateKey.generate()
+    for _ in range(3):  # 3 good, 3 bad: under the minimum of 4
+        assert post(server, webhook(timestamp=iso())).status_code == 200
+        assert post(server, webhook(), key=stranger).status_code == 401
+    assert server.app.state.receiver.watch._alerted_at is None
+    now[0] += 601  # a new window: 5 refused of 6
+    assert post(server, webhook(timestamp=iso(601))).status_code == 200
+    for _ in range(5):
+        assert post(server, webhook(), key=stranger).status_code == 401
+    alerted_at = server.app.state.receiver.watch._alerted_at
+    assert alerted_at == now[0]
+    wait_drained(server)
+    from prefect.client.orchestration import get_client
+
+    flt = EventFilter(event=EventNameFilter(name=[WEBHOOKS_UNAUTHORIZED]), occurred=EventOccurredFilter(
+        since=datetime.fromtimestamp(now[0] - 5, tz=UTC), until=datetime.fromtimestamp(now[0] + 5, tz=UTC)))
+    with get_client(sync_client=True) as client:
+        events = list(client.read_events(filter=flt, limit=50).events)
+    # one alert, at the 4th refusal of the window (4 of 5 requests); the 5th is inside the same window: no second
+    assert [e.payload for e in events] == [{"refused": 4, "requests": 5, "share": 0.8, "window_s": 600.0,
+                                            "key_types": ["Ed25519", "RSA"]}]
+    assert events[0].resource.id == "recon.webhooks.receiver"
+    server.app.state.forwarder.stop()
+
+
+# --------------------------------------------------------------------------------------- refusing
+
+
 def test_ghls_published_key_is_the_default_and_refuses_a_sandbox_signature(serve: Serve, tmp_path: Path) -> None:
-    server = serve(create_app(settings_for(tmp_path, key=None)))
-    answer = post(server, webhook())
-    assert answer.status_code == 401
+    server = serve(create_app(settings_for(tmp_path, key=None), forward=False))
+    assert post(server, webhook()).status_code == 401  # Ed25519: GHL's published key is RSA
+    assert post(server, webhook(), key=private_key()).status_code == 401  # RSA, but the sandbox's key
 
 
 def test_the_key_can_be_given_as_a_pem_file(serve: Serve, tmp_path: Path, prefect_events: str) -> None:  # noqa: F811
@@ -163,7 +301,8 @@ def test_the_key_can_be_given_as_a_pem_file(serve: Serve, tmp_path: Path, prefec
     pem = tmp_path / "ghl.pem"
     pem.write_text(SANDBOX_PUBLIC_KEY_PEM)
     server = serve(create_app(settings_for(tmp_path, key=str(pem))))
-    assert post(server, webhook()).status_code == 200
+    assert post(server, webhook(), key=private_key()).status_code == 200
+    server.app.state.forwarder.stop()
 
 
 def test_stale_and_future_timestamps_are_refused_with_400(receiver: RunningServer) -> None:
@@ -231,32 +370,91 @@ def test_a_repeated_webhook_id_is_acknowledged_once_even_after_a_restart(serve: 
 
 def test_ids_are_forgotten_once_their_window_has_passed(serve: Serve, tmp_path: Path) -> None:
     now = [time.time()]
-    settings = settings_for(tmp_path, window=60)
-    events: list[str] = []
-
-    def emit(name: str, **kwargs: Any) -> object:
-        events.append(name)
-        return object()
-
-    server = serve(create_app(settings, emit=emit, clock=lambda: now[0]))
+    settings = settings_for(tmp_path, window=60, dedupe=90)
+    server = serve(create_app(settings, clock=lambda: now[0], forward=False))
     body = webhook(timestamp=iso())
     assert post(server, body).json()["status"] == "accepted"
-    now[0] += 61  # the window passed: the id is dropped, and the same body is now stale
+    now[0] += 61  # past the age window: the same body is now stale, and the id is still remembered
     assert post(server, body).json()["error"].startswith("stale timestamp")
+    assert len(server.app.state.receiver.seen) == 1
+    now[0] += 30  # past the dedupe window: the id is dropped
     assert len(server.app.state.receiver.seen) == 0
-    restarted = create_app(settings, emit=emit, clock=lambda: now[0])
+    restarted = create_app(settings, clock=lambda: now[0], forward=False)
     assert len(restarted.state.receiver.seen) == 0 and seen_ids_path(settings).read_text() == ""
 
 
-def test_an_event_prefect_did_not_take_gets_503_and_is_not_remembered(serve: Serve, tmp_path: Path) -> None:
+def test_the_dedupe_window_cannot_be_shorter_than_the_age_window(tmp_path: Path) -> None:
+    assert Settings(_env_file=None).webhook_max_age_s >= 75 * 60  # GHL's retries of a 429 span about 70 minutes
+    assert Settings(_env_file=None).webhook_dedupe_window_s >= Settings(_env_file=None).webhook_max_age_s
+    with pytest.raises(ValueError, match="webhook_dedupe_window_s must be at least webhook_max_age_s"):
+        Settings(_env_file=None, webhook_max_age_s=3600, webhook_dedupe_window_s=600)
+
+
+def test_a_full_spool_answers_429_and_ghls_retry_20_minutes_later_is_accepted_once(
+        serve: Serve, tmp_path: Path, prefect_events: str) -> None:  # noqa: F811
+    """GHL retries only a 429, with the same body and its original timestamp, about every 10 minutes. The spool
+    refuses (over its cap) -> 429 with Retry-After, nothing remembered; 20 minutes later the very same bytes are
+    accepted (the timestamp is inside the 75 min age window) and their event reaches Prefect; a third delivery,
+    10 minutes on, is a duplicate. Default windows, injected clock."""
+    now = [time.time()]
+    contact = f"c-{uuid.uuid4().hex[:16]}"
+    body = json.dumps(webhook("NoteCreate", contact, id="note-retried", timestamp=iso())).encode()
+    settings = Settings(_env_file=None, data_dir=tmp_path, ghl_webhook_public_key="sandbox",
+                        webhook_spool_max_bytes=100)
+    full = serve(create_app(settings, clock=lambda: now[0], forward=False))
+    refused = post(full, body)
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["retry-after"] == "600" and "deliver it again later" in refused.json()["error"]
+    assert len(full.app.state.receiver.seen) == 0 and spooled(full) == []
+    full.stop()
+
+    now[0] += 20 * 60
+    roomy = Settings(_env_file=None, data_dir=tmp_path, ghl_webhook_public_key="sandbox")
+    server = serve(create_app(roomy, clock=lambda: now[0]))
+    again = post(server, body)
+    assert again.status_code == 200 and again.json()["status"] == "accepted", again.text
+    now[0] += 10 * 60
+    assert post(server, body).json()["status"] == "duplicate"
+    wait_drained(server)
+    found = wait_for_events(f"ghl.contact.{contact}", {GHL_NOTE_CREATED})
+    assert len(found) == 1 and found[0].id == uuid.UUID(again.json()["eventId"])
+    server.app.state.forwarder.stop()
+
+
+def test_a_spool_write_that_fails_answers_429_never_5xx(serve: Serve, tmp_path: Path) -> None:
+    """The disk refuses the append (here: a directory where the spool file was): 429, and the id is not remembered."""
     settings = settings_for(tmp_path)
+    server = serve(create_app(settings, forward=False))
+    spool_file = spool_path(tmp_path)
+    spool_file.unlink()
+    spool_file.mkdir()
     body = webhook()
-    down = serve(create_app(settings, emit=lambda *a, **k: None))
-    answer = post(down, body)
-    assert answer.status_code == 503
-    down.stop()
-    up = serve(create_app(settings, emit=lambda *a, **k: object()))
-    assert post(up, body).json()["status"] == "accepted"  # GHL's redelivery goes through
+    answer = post(server, body)
+    assert answer.status_code == 429 and "cannot be written" in answer.json()["error"], answer.text
+    assert body["webhookId"] not in server.app.state.receiver.seen
+    spool_file.rmdir()
+    assert post(server, body).json()["status"] == "accepted"  # GHL's retry once the disk takes it
+
+
+def test_the_spool_keeps_unconfirmed_events_across_a_restart_and_stays_compact(tmp_path: Path) -> None:
+    from contact_recon.service.spool import Spool, SpoolItem
+
+    path = tmp_path / "spool.jsonl"
+    spool = Spool(path, max_bytes=10_000_000)
+    items = [SpoolItem(str(uuid.uuid4()), "ghl.contact.updated", {"prefect.resource.id": f"ghl.contact.c{i}"},
+                       {"contact_id": f"c{i}"}, iso()) for i in range(3000)]
+    for item in items:
+        spool.append(item)
+    spool.done(i.id for i in items[:1000])
+    for item in items[1000:2990]:
+        spool.done([item.id])  # one line each: past COMPACT_SLACK the file is rewritten with the pending only
+    with path.open("a") as out:
+        out.write('{"add": {"id": "torn')  # a crash mid-append, before the fsync (so before any 200)
+    reloaded = Spool(path, max_bytes=10_000_000)
+    assert [i.id for i in reloaded.pending(100)] == [i.id for i in items[2990:]]
+    assert len(path.read_text().splitlines()) == 10  # rewritten at load: the pending events only
+    reloaded.done(i.id for i in items[2990:])
+    assert path.read_text() == "" and len(reloaded) == 0
 
 
 # ------------------------------------------------------------------------------------------ fuzzing
@@ -287,18 +485,19 @@ def test_parsing_any_body_gives_a_webhook_or_malformed(raw: bytes) -> None:
     except MalformedWebhook:
         return
     assert parsed.webhook_id and parsed.location_id and parsed.timestamp.tzinfo is not None
-    assert parsed.contact_id is not None or parsed.type not in GHL_WEBHOOK_EVENTS
+    assert parsed.contact_id is not None or parsed.type not in GHL_WEBHOOK_EVENTS or parsed.location_tasks
 
 
 def test_signed_random_bodies_never_get_a_500(serve: Serve, tmp_path: Path, prefect_events: str) -> None:  # noqa: F811
-    server = serve(create_app(settings_for(tmp_path)))
+    server = serve(create_app(settings_for(tmp_path), forward=False))
     statuses: set[int] = set()
     with httpx.Client(base_url=server.base_url, timeout=10) as client:
 
         @hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
         @given(raw=st.one_of(st.binary(max_size=300), NEAR_WEBHOOK.map(_materialise)))
         def check(raw: bytes) -> None:
-            answer = client.post(PATH, content=raw, headers={SIGNATURE_HEADER: sign(raw, private_key())})
+            signature = sign(raw, ed25519_private_key())
+            answer = client.post(PATH, content=raw, headers={ED25519_SIGNATURE_HEADER: signature})
             statuses.add(answer.status_code)
             assert answer.status_code in (200, 400), answer.text
 
@@ -429,13 +628,7 @@ def test_our_own_write_coming_back_is_acknowledged_as_an_echo_not_emitted(serve:
     from contact_recon.stages.echo import EchoLog
 
     now = [time.time()]
-    emitted: list[str] = []
-
-    def emit(name: str, **_: Any) -> object:
-        emitted.append(name)
-        return object()
-
-    server = serve(create_app(settings_for(tmp_path), emit=emit, clock=lambda: now[0]))
+    server = serve(create_app(settings_for(tmp_path), clock=lambda: now[0], forward=False))
     EchoLog(tmp_path, window_s=120, clock=lambda: now[0]).wrote(["c-ours"])
 
     assert post(server, webhook("ContactUpdate", "c-ours")).json()["status"] == "echo"
@@ -443,4 +636,4 @@ def test_our_own_write_coming_back_is_acknowledged_as_an_echo_not_emitted(serve:
     assert post(server, webhook("ContactDelete", "c-ours")).json()["status"] == "accepted"
     now[0] += 121
     assert post(server, webhook("ContactUpdate", "c-ours", timestamp=iso(121))).json()["status"] == "accepted"
-    assert emitted == [GHL_CONTACT_UPDATED, GHL_CONTACT_DELETED, GHL_CONTACT_UPDATED]
+    assert [item.event for item in spooled(server)] == [GHL_CONTACT_UPDATED, GHL_CONTACT_DELETED, GHL_CONTACT_UPDATED]
