@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +94,17 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-apply-"))
+    bench_against_sandboxes(args, "bench-apply-", args.faults, run)
+
+
+def bench_against_sandboxes(args: argparse.Namespace, prefix: str, faults: str,
+                            run: Callable[[argparse.Namespace, dict[str, Any], Path, str, str], list[Any]]) -> None:
+    """Generate `args.contacts` people, serve both sandboxes with `faults`, `run` the benchmark against them, stop
+    them, write its figures to `args.json` and exit 1 when a goal was missed."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     fixture = generate_fixture(args.contacts, seed=args.seed)
     write_fixture(fixture, tmp / "fixture.json")
-    procs, ghl_url, te_url = serve(tmp / "fixture.json", args.rate_scale, args.faults, args.seed)
+    procs, ghl_url, te_url = serve(tmp / "fixture.json", args.rate_scale, faults, args.seed)
     try:
         figures = run(args, fixture, tmp, ghl_url, te_url)
     finally:

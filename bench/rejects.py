@@ -22,9 +22,7 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,12 +34,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.append(str(REPO / "bench"))
 
-from apply import LOOSE, serve  # noqa: E402
-from figures import goal, info, write_figures  # noqa: E402
+from apply import LOOSE, bench_against_sandboxes  # noqa: E402
+from figures import goal, info  # noqa: E402
 
 from contact_recon.model.policy import load_policy  # noqa: E402
 from contact_recon.sandbox.faults import FaultInjector, FaultSpec  # noqa: E402
-from contact_recon.sandbox.generate import generate_fixture, write_fixture  # noqa: E402
 from contact_recon.settings import Settings  # noqa: E402
 from contact_recon.stages.run import reconcile  # noqa: E402
 from contact_recon.store.db import open_db  # noqa: E402
@@ -60,18 +57,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-rejects-"))
-    fixture = generate_fixture(args.contacts, seed=args.seed)
-    write_fixture(fixture, tmp / "fixture.json")
-    procs, ghl_url, te_url = serve(tmp / "fixture.json", args.rate_scale, f"te_reject={args.share}", args.seed)
-    try:
-        figures = run(args, fixture, tmp, ghl_url, te_url)
-    finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
-    write_figures(args.json, figures)
-    sys.exit(0 if all(f.passed is not False for f in figures) else 1)
+    bench_against_sandboxes(args, "bench-rejects-", f"te_reject={args.share}", run)
 
 
 def te_calls(te_url: str) -> list[dict[str, Any]]:
