@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,12 +62,13 @@ from contact_recon.checks.suites import Thresholds
 from contact_recon.engine.conflicts import PRESENCE, as_held, field_key, review_rows, track, without_skipped
 from contact_recon.engine.decisions import decision_ops
 from contact_recon.engine.guards import GuardHistory
-from contact_recon.engine.identity import IdentityResult, localise_phones, match_identities, merge_sides
+from contact_recon.engine.identity import IdentityResult, hold_back, localise_phones, match_identities, merge_sides
 from contact_recon.engine.merge import MergeResult, plan
 from contact_recon.model.cells import guarded
 from contact_recon.model.context import person_context
 from contact_recon.model.keys import TE_KEY_PREFIX
 from contact_recon.model.list_tags import ListNames, respelling_ops, with_list_ids
+from contact_recon.model.normalise import normalise_email
 from contact_recon.model.ops import sort_ops, with_ids
 from contact_recon.model.policy import Policy
 from contact_recon.settings import Settings
@@ -110,6 +112,8 @@ class PlanRun:
     snapshot_run_id: str | None  # None when the latest snapshot was reused
     plan_path: Path
     conflicts_path: Path
+    failed_locations: dict[str, str] = dataclasses.field(default_factory=dict)  # "ghl:<loc>" -> why, not planned
+    unreadable: tuple[dict[str, Any], ...] = ()  # records present but unreadable: their persons held back
 
     @property
     def quarantined(self) -> pl.DataFrame:
@@ -147,13 +151,37 @@ def plan_run(settings: Settings, store: Store, *, locations: Sequence[str], appr
         snapshot = None if reuse_snapshot else run_snapshot(
             settings, store, locations, full_sweep=full_sweep, ghl_client=ghl_client,
             tinyemail_client=tinyemail_client, options=snapshot_options)
-        result = _plan(settings, store, run_id, locations, policy, approve, docs, snapshot)
+        # a location whose snapshot failed is left out of this plan (its people are out of scope: held back)
+        planned = [loc for loc in locations if snapshot is None or loc in snapshot.locations]
+        result = _plan(settings, store, run_id, planned, policy, approve, docs, snapshot)
     except BaseException as exc:
         store.finish_run(run_id, FAILED, error=str(exc) or type(exc).__name__)
         raise
     store.finish_run(run_id, result.status, snapshot.used if snapshot else None,
-                     held_reasons=result.held_reasons, approved=result.approved)
+                     error=_failed_line(result.failed_locations), held_reasons=result.held_reasons,
+                     approved=result.approved)
     return result
+
+
+def _failed_line(failed: dict[str, str]) -> str | None:
+    """The run row's `error` of a run that planned without some locations."""
+    return "; ".join(f"snapshot of {where} failed, not planned: {why}" for where, why in failed.items()) or None
+
+
+def snapshot_findings(store: Store, snapshot: SnapshotResult | None) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """The failed locations and unreadable records of the snapshot a plan reads (the latest one when reused)."""
+    if snapshot is not None:
+        return snapshot.failed, snapshot.unreadable
+    latest = store.latest_run(["snapshot"])
+    plans = json.loads(store.get_run(latest)["plan_json"] or "null") if latest else None
+    return {}, list((plans or {}).get("unreadable") or []) if isinstance(plans, dict) else []
+
+
+def held_unreadable(identity: IdentityResult, unreadable: Sequence[dict[str, Any]]) -> IdentityResult:
+    """The identity with the persons of unreadable records held back (their rows are last night's)."""
+    ids = [u["key"] for u in unreadable if u["system"] == "ghl" and u["key"]]
+    emails = [normalise_email(u["key"])[0] for u in unreadable if u["system"] == "tinyemail" and u["key"]]
+    return hold_back(identity, ids, [e for e in emails if e])
 
 
 def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], policy: Policy, approve: bool,
@@ -162,6 +190,7 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
     if snapshot is None and frames is None:
         _check_snapshot_exists(store, locations)
     today = store.clock().date()
+    frames_given = frames
     frames = frames if frames is not None else latest_frames(store, locations)
     frames = without_home_lists(frames, Journal(store).home_lists())
     list_tags = store.list_tags(policy.tags.list_prefix) if policy.tags.list_sync != "off" else ListNames()
@@ -170,6 +199,8 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
     decided = identity_input(store, store.load_id_map())  # the team's identity decisions (`recon identity`)
     identity = match_identities(frames["ghl_contacts"], frames["te_customers"], decided.id_map,
                                 locations=locations, apart=decided.apart)
+    failed, unreadable = snapshot_findings(store, snapshot) if frames_given is None else ({}, [])
+    identity = held_unreadable(identity, unreadable)
     frames = with_local_phones(frames, identity, settings.default_region)
     stored = store.load_base(presence=True)
     if base_keys is not None:
@@ -197,7 +228,7 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
     approved = approve and merged.held
     result = PlanRun(run_id, HELD if merged.held and not approve else PLANNED, merged.held_reasons, approved,
                      marked, merged.conflicts, merged.stats, report, identity.review,
-                     snapshot.run_id if snapshot else None, plan_path, conflicts_path)
+                     snapshot.run_id if snapshot else None, plan_path, conflicts_path, failed, tuple(unreadable))
     store.set_plan(run_id, summary(result, identity))
     return result
 
@@ -366,6 +397,7 @@ def summary(result: PlanRun, identity: IdentityResult) -> dict[str, Any]:
         "unmatched_tinyemail": identity.unmatched_te.height, "plan_file": str(result.plan_path),
         "conflicts_file": str(result.conflicts_path),
         "docs_index": str(result.checks.docs_index) if result.checks.docs_index else None,
+        "failed_locations": result.failed_locations, "unreadable": list(result.unreadable),
     }
 
 
