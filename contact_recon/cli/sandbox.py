@@ -51,6 +51,10 @@ def sandbox_serve(
     seed: Annotated[int, typer.Option(help="Seed for ids and faults.")] = 0,
     webhook_url: Annotated[str | None, typer.Option(help="POST signed GHL webhooks (sandbox test key) here.")]
     = None,
+    search_lag: Annotated[float | None, typer.Option(help="Seconds before a GHL write shows in POST /contacts/search "
+                                                          "(NOTES.md: real results lag by a few seconds); "
+                                                          "default 2.")]
+    = None,
 ) -> None:
     """Serve the GHL and TinyEmail sandboxes on 127.0.0.1 until SIGINT/SIGTERM."""
     from contact_recon.sandbox.faults import FaultSpec
@@ -61,6 +65,8 @@ def sandbox_serve(
         _fail(f"--faults: {exc}")
     if rate_scale <= 0:
         _fail("--rate-scale must be > 0")
+    if search_lag is not None and search_lag < 0:
+        _fail("--search-lag must be >= 0")
     data = _load(fixture)
     from contact_recon.sandbox import ghl, tinyemail
     from contact_recon.sandbox.server import serve_forever
@@ -68,7 +74,9 @@ def sandbox_serve(
     options: dict[str, Any] = {"rate_scale": rate_scale, "faults": faults or None, "seed": seed}
     apps = {}
     if only in (None, Only.ghl):
-        apps["ghl"] = (ghl.create_app(data["ghl"], **options, webhook_url=webhook_url), ghl_port)
+        apps["ghl"] = (ghl.create_app(data["ghl"], **options, webhook_url=webhook_url,
+                                       search_lag_s=ghl.DEFAULT_SEARCH_LAG_S if search_lag is None else search_lag),
+                       ghl_port)
     if only in (None, Only.tinyemail):
         apps["tinyemail"] = (tinyemail.create_app(data["tinyemail"], **options), tinyemail_port)
 

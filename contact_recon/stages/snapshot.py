@@ -246,7 +246,10 @@ async def _list_contacts(client: GHLClient, previous: PreviousState) -> tuple[li
     contacts: list[Contact] = []
     unreadable: list[Unreadable] = []
     async for record in client.iter_contacts():
-        (contacts if isinstance(record, Contact) else unreadable).append(record)  # type: ignore[arg-type]
+        if isinstance(record, Contact):
+            contacts.append(record)
+        else:
+            unreadable.append(record)
     listed = {c.id for c in contacts} | {u.key for u in unreadable if u.key}
     missing = sorted((set(previous.contacts["contact_id"].to_list()) | previous.paired) - listed)
     for contact_id in missing:

@@ -71,7 +71,13 @@ from contact_recon.systems.errors import (
 from contact_recon.systems.http import ApiBacked, ApiClient, member, parse, read_json, where_of
 from contact_recon.systems.models import Unreadable, split_records
 from contact_recon.systems.redaction import register_secret
-from contact_recon.systems.tinyemail.contract import API_KEY_HEADER, ASSUMPTIONS, WRITABLE_FIELDS, email_key
+from contact_recon.systems.tinyemail.contract import (
+    API_KEY_HEADER,
+    ASSUMPTIONS,
+    STATUSES,
+    WRITABLE_FIELDS,
+    email_key,
+)
 from contact_recon.systems.tinyemail.models import ContactList, Customer
 
 SYSTEM = "tinyemail"
@@ -326,8 +332,9 @@ def to_member(customer: CustomerLike) -> dict[str, Any]:
 
 
 def to_members(customers: Sequence[CustomerLike | str]) -> list[dict[str, Any]]:
-    """`to_member` of each (a bare string is an email); a customer the model refuses is a `Validation`
-    naming its index, raised before anything is sent."""
+    """`to_member` of each (a bare string is an email); a customer the model refuses, or whose status is not
+    one TinyEmail knows (a read keeps such a status as raw text), is a `Validation` naming its index, raised
+    before anything is sent."""
     members = []
     for index, customer in enumerate(customers):
         try:
@@ -335,6 +342,9 @@ def to_members(customers: Sequence[CustomerLike | str]) -> list[dict[str, Any]]:
         except pydantic.ValidationError as exc:
             problems = [f"customers[{index}].{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
             raise Validation("; ".join(problems), messages=problems, system=SYSTEM) from None
+        if members[-1].get("status", STATUSES[0]) not in STATUSES:  # read as raw text, never written
+            problem = f"customers[{index}].status: must be one of {', '.join(STATUSES)}"
+            raise Validation(problem, messages=[problem], system=SYSTEM)
     return members
 
 
