@@ -33,7 +33,8 @@ create or upsert (400 with `meta.contactId`), `GET /contacts/search/duplicate`. 
 
 Paging faults (`set_search(paging={location: mode})`, to provoke what a client must survive): `stall`
 ignores `searchAfter` (every page is the first one, the cursor never moves); `repeat` answers, for a
-cursor, the page before the one asked for (the cursor moves back, no new id). `normal` undoes either.
+cursor, the page before the one asked for in reverse order (the cursor moves, but back: no new id).
+`normal` undoes either.
 
 OAuth: a code (minted by the sandbox-only admin route) is single-use and lives 10 minutes; an access
 token lives 86,399 s; a refresh token lives a year and is single-use: every refresh returns a new
@@ -660,14 +661,14 @@ class GHLStore:
         """POST /contacts/search from the location's indexes: the same answer as `search_contacts`."""
         loc = self.location(q.location_id)
         loc.catch_up(self.clock())
-        keys = self._sorted_hits(loc, q)
-        start = page_start(keys, q)
+        hits = self._sorted_hits(loc, q)
+        start = page_start(hits, q)
+        keys = hits[start : start + q.page_limit]
         if q.search_after is not None and loc.paging == "stall":
-            start = 0  # the fault: searchAfter ignored, the first page again
+            keys = hits[: q.page_limit]  # the fault: searchAfter ignored, the first page again
         elif q.search_after is not None and loc.paging == "repeat":
-            start = max(0, start - q.page_limit)  # the fault: the page before the one asked for
-        page = [search_view(loc.indexed[key[-1]], q.sort) for key in keys[start : start + q.page_limit]]
-        return page, len(keys)
+            keys = hits[max(0, start - q.page_limit) : start][::-1]  # the fault: the page before, reversed
+        return [search_view(loc.indexed[key[-1]], q.sort) for key in keys], len(hits)
 
     @staticmethod
     def _sorted_hits(loc: Location, q: SearchQuery) -> list[OrderKey]:

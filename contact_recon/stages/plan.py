@@ -4,8 +4,14 @@
 1. Resolve the policy (`contact_recon/systems/policy_source.py`: a Prefect block, a file or the defaults; an
    invalid one is refused here) and start a run of kind 'plan' in the store, with the policy's version.
 2. Snapshot both systems (`contact_recon/stages/snapshot.py`, which records its own 'snapshot' run), or with
-   `reuse_snapshot` take the latest snapshot in the store as it is.
-3. Read the latest snapshots of the covered locations and of TinyEmail back from the store.
+   `reuse_snapshot` take the latest snapshot in the store as it is. A location whose snapshot failed (its
+   listing did not end, its token was refused...) is left out of this plan, named in the plan's
+   `failed_locations` and the run row's `error`: its people are out of scope, and while it is missing no
+   TinyEmail-only customer is planned (it may be that location's contact; `held_for_snapshot`).
+3. Read the latest snapshots of the covered locations and of TinyEmail back from the store. Records the
+   snapshot found present but unreadable (`unreadable`: their rows are the previous snapshot's) have their
+   persons held back like an open identity review (`held_for_snapshot`, `engine/identity.py hold_back`): no
+   op is planned for them, no deletion, and the plan lists them (`PlanRun.unreadable`, the report).
 4. Identity (`contact_recon/engine/identity.py`): match (the id_map with the team's standing identity
    decisions, `recon identity resolve`: `stages/review.py identity_input`), leave the held-back keys out of
    both sides and of the base, and apply this run's re-keys (`te:<email>` -> the contact id now matched by email) to the
@@ -177,10 +183,15 @@ def snapshot_findings(store: Store, snapshot: SnapshotResult | None) -> tuple[di
     return {}, list((plans or {}).get("unreadable") or []) if isinstance(plans, dict) else []
 
 
-def held_unreadable(identity: IdentityResult, unreadable: Sequence[dict[str, Any]]) -> IdentityResult:
-    """The identity with the persons of unreadable records held back (their rows are last night's)."""
+def held_for_snapshot(identity: IdentityResult, failed: dict[str, str],
+                      unreadable: Sequence[dict[str, Any]]) -> IdentityResult:
+    """The identity with more persons held back for what the snapshot could not read: those of unreadable records
+    (their rows are last night's), and while a location's snapshot failed every TinyEmail customer no contact
+    matched (it may be a contact of that location: created in another one, it would be a duplicate)."""
     ids = [u["key"] for u in unreadable if u["system"] == "ghl" and u["key"]]
     emails = [normalise_email(u["key"])[0] for u in unreadable if u["system"] == "tinyemail" and u["key"]]
+    if failed:
+        emails += identity.unmatched_te["email"].to_list()
     return hold_back(identity, ids, [e for e in emails if e])
 
 
@@ -200,7 +211,7 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
     identity = match_identities(frames["ghl_contacts"], frames["te_customers"], decided.id_map,
                                 locations=locations, apart=decided.apart)
     failed, unreadable = snapshot_findings(store, snapshot) if frames_given is None else ({}, [])
-    identity = held_unreadable(identity, unreadable)
+    identity = held_for_snapshot(identity, failed, unreadable)
     frames = with_local_phones(frames, identity, settings.default_region)
     stored = store.load_base(presence=True)
     if base_keys is not None:

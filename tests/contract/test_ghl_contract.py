@@ -427,7 +427,8 @@ def test_version_header(base_url: str, admin: httpx.Client) -> None:
 def test_rate_limit_answers_429_envelope_and_faults_5xx(serve: Callable[..., Any]) -> None:
     from contact_recon.sandbox.ghl import create_app
 
-    app = create_app(validate_fixture({"ghl": copy.deepcopy(FIXTURE)})["ghl"], rate_scale=0.03, search_lag_s=0)  # 3 per 10 s
+    app = create_app(validate_fixture({"ghl": copy.deepcopy(FIXTURE)})["ghl"], rate_scale=0.03,  # 3 per 10 s
+                     search_lag_s=0)
     server = serve(app)
     with contract_client(server.base_url, FULL_A, coverage=COVERAGE) as client:
         answers = [client.get(f"/contacts/{C1}") for _ in range(4)]
