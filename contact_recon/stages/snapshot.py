@@ -7,17 +7,19 @@ Per GHL location (`fetch_ghl_location`, the Prefect task `snapshot_ghl_location`
    from the listing is deleted, so deletions are seen every night; but search results lag writes by
    seconds (NOTES.md), so a contact the previous snapshot held, or one the base holds as in GHL (a
    contact our last apply created), that the listing misses is read with `GET /contacts/{id}`: only a
-   not-found makes it a deletion (one request per deletion). A listing that does not end is a
-   `PagingStalled` (systems/ghl/client.py): that location's snapshot fails. A contact the model cannot
-   read (systems/models.py `Unreadable`) is *present but unreadable*: its previous row is carried as it
-   was, never taken for a deletion; it is listed in `SnapshotResult.unreadable` and the plan holds its
-   person back (stages/plan.py). A contact whose payload equals the
-   previous snapshot's (`raw`) keeps its normalised row; the others are normalised again, while the
-   task and note reads of step 4 run. Normalising is CPU work on the event loop that carries the
-   requests: done before the reads it would leave the request budget idle for tens of seconds at
-   100,000 contacts, and done in one go beside them it would starve them. So it goes `NORMALISE_CHUNK`
-   rows at a time and, after each chunk, sleeps as long as the chunk took: it takes at most half of
-   the loop, and the requests in flight keep their pace.
+   not-found makes it a deletion (one request per deletion). Likewise a contact we wrote within the
+   safety lag (`notes_safety_lag_s`, the journal's `sent_at`) that search shows with an older
+   `dateUpdated` is read again with GET: search still shows it as it was before our write. A listing
+   that does not end is a `PagingStalled` (systems/ghl/client.py): that location's snapshot fails. A
+   contact the model cannot read (systems/models.py `Unreadable`) is *present but unreadable*: its
+   previous row is carried as it was, never taken for a deletion; it is listed in
+   `SnapshotResult.unreadable` and the plan holds its person back (stages/plan.py). A contact whose
+   payload equals the previous snapshot's (`raw`) keeps its normalised row; the others are normalised
+   again, while the task and note reads of step 4 run. Normalising is CPU work on the event loop that
+   carries the requests: done before the reads it would leave the request budget idle for tens of
+   seconds at 100,000 contacts, and done in one go beside them it would starve them. So it goes
+   `NORMALISE_CHUNK` rows at a time and, after each chunk, sleeps as long as the chunk took: it takes at
+   most half of the loop, and the requests in flight keep their pace.
 3. Choose whose tasks and notes to read tonight:
    - *changed*: new contacts, contacts whose payload changed, and contacts whose `dateUpdated` is at
      or after the previous watermark minus the safety lag (`notes_safety_lag_s`, 10 min: search
@@ -85,6 +87,7 @@ from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, TINY
 from contact_recon.settings import Settings
 from contact_recon.stages import progress as bars
 from contact_recon.store.db import Store
+from contact_recon.store.journal import Journal
 from contact_recon.systems.errors import ConnectorError, MalformedResponse, NotFound
 from contact_recon.systems.ghl.client import TASK_SEARCH_BATCH, TASK_SEARCH_PAGE, GHLClient, iso
 from contact_recon.systems.ghl.mapping import ghl_contact_record, ghl_note_record, ghl_task_record
@@ -145,16 +148,18 @@ class PreviousState:
     watermark: str | None
     dirty: frozenset[str] = frozenset()
     paired: frozenset[str] = frozenset()  # the location's contacts that the base holds as in GHL (ours included)
+    written: dict[str, datetime] = field(default_factory=dict)  # contact -> our last write sent, lately
 
     @classmethod
-    def load(cls, store: Store, location_id: str) -> PreviousState:
+    def load(cls, store: Store, location_id: str, written_within_s: float = 600.0) -> PreviousState:
         dirty = store.dirty_contacts().filter(pl.col("location_id") == location_id)["contact_id"]
         in_base = store.load_base(presence=True).filter(pl.col("in_ghl").fill_null(True))["contact_id"]
         paired = store.load_id_map().filter((pl.col("location_id") == location_id)
                                             & pl.col("contact_id").is_in(in_base.implode()))["contact_id"]
+        written = Journal(store).ghl_writes_since(location_id, store.clock() - timedelta(seconds=written_within_s))
         return cls(store.latest_snapshot("ghl_contacts", location_id), store.latest_snapshot("ghl_tasks", location_id),
                    store.latest_snapshot("ghl_notes", location_id), store.watermark(location_id, WATERMARK_ENTITY),
-                   frozenset(dirty.to_list()), frozenset(paired.to_list()))
+                   frozenset(dirty.to_list()), frozenset(paired.to_list()), written)
 
     @property
     def tasks_per_contact(self) -> float:
@@ -252,7 +257,9 @@ async def _list_contacts(client: GHLClient, previous: PreviousState) -> tuple[li
             unreadable.append(record)
     listed = {c.id for c in contacts} | {u.key for u in unreadable if u.key}
     missing = sorted((set(previous.contacts["contact_id"].to_list()) | previous.paired) - listed)
-    for contact_id in missing:
+    stale = {c.id for c in contacts if _older_than_our_write(c, previous.written)}
+    contacts = [c for c in contacts if c.id not in stale]
+    for contact_id in [*missing, *sorted(stale)]:
         try:
             contacts.append(await client.get_contact(contact_id))  # lagging behind a write: still there
         except NotFound:
@@ -260,6 +267,18 @@ async def _list_contacts(client: GHLClient, previous: PreviousState) -> tuple[li
         except MalformedResponse as exc:
             unreadable.append(Unreadable(contact_id, f"GET /contacts/{contact_id}", str(exc)))
     return contacts, unreadable
+
+
+def _older_than_our_write(contact: Contact, written: dict[str, datetime]) -> bool:
+    """Search shows the contact as it was before our last write to it (search lags writes): read it again."""
+    sent = written.get(contact.id)
+    if sent is None:
+        return False  # not written by us lately: what search shows is what there is
+    updated = contact.dateUpdated
+    if updated is None:
+        return True  # nothing says it is as new as our write
+    return (updated if updated.tzinfo else updated.replace(tzinfo=UTC)) < (sent if sent.tzinfo else
+                                                                              sent.replace(tzinfo=UTC))
 
 
 def _check_listing_fits(key: str, previous_count: int, daily: int | None, reserve: int) -> None:
@@ -540,7 +559,7 @@ def run_snapshot(settings: Settings, store: Store, locations: Sequence[str], *, 
     run_id = store.start_run("snapshot", locations)
     progress = Progress()
     try:
-        previous = {loc: PreviousState.load(store, loc) for loc in locations}
+        previous = {loc: PreviousState.load(store, loc, options.safety_lag_s) for loc in locations}
         te_previous = store.latest_snapshot("te_customers")
         loaded = time.perf_counter()
         results, te = _fetch_all(settings, previous, te_previous, options, progress, ghl_client, tinyemail_client)
