@@ -179,8 +179,12 @@ def snapshot_findings(store: Store, snapshot: SnapshotResult | None) -> tuple[di
     if snapshot is not None:
         return snapshot.failed, snapshot.unreadable
     latest = store.latest_run(["snapshot"])
-    plans = json.loads(store.get_run(latest)["plan_json"] or "null") if latest else None
-    return {}, list((plans or {}).get("unreadable") or []) if isinstance(plans, dict) else []
+    runs = store.runs().filter(pl.col("kind").is_in(["plan", "reconcile"]) & pl.col("plan_json").is_not_null())
+    for plan_json in reversed(runs["plan_json"].to_list()):  # the last plan of that snapshot listed them
+        summary = json.loads(plan_json)
+        if isinstance(summary, dict) and summary.get("snapshot_run_id") == latest:
+            return {}, list(summary.get("unreadable") or [])
+    return {}, []
 
 
 def held_for_snapshot(identity: IdentityResult, failed: dict[str, str],

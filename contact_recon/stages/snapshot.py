@@ -50,17 +50,17 @@ page after page (the connector's paging guards need the pages in order). A custo
 chunks, at most half of the loop, as above: on the first night the GHL reads are still running).
 `full_sweep` normalises every contact and customer again.
 
-`run_snapshot` runs every location and TinyEmail concurrently (asyncio tasks; inside a Prefect flow,
-the Prefect tasks on the flow's task runner), then checks that no side came back empty while its
-previous snapshot was not (`SideCameBackEmpty`), and writes all frames and the new watermarks in ONE
-transaction (`Store.write_snapshot`). A failure of TinyEmail (auth, outage) stops everything with
+`run_snapshot` runs every location and TinyEmail concurrently (asyncio tasks; inside a Prefect flow, the
+Prefect tasks on the flow's task runner), then checks that no side came back empty while its previous
+snapshot was not (`SideCameBackEmpty`), and writes all frames and the new watermarks in ONE transaction
+(`Store.write_snapshot`). A failure of TinyEmail (auth, outage) stops everything with
 `SnapshotFailed(system, reason)` before anything is written, so the previous snapshot and the watermarks
 stay as they were. A failure of one GHL location (auth, outage, budget, a listing that does not end)
 stops that location only: it is logged as an error, named in `SnapshotResult.failed` (and the run row's
-`error` and plan), its previous snapshot and watermark stay, and the other locations and TinyEmail are
-written; the plan then covers the locations that were read. When every location failed, the first
-failure is raised as above. The run row records the plans and the requests actually used (per
-phase: the count and `phase_s`, the seconds since the previous phase ended).
+`error`, with the requests it used), its previous snapshot and watermark stay, and the other locations
+and TinyEmail are written; the plan then covers the locations that were read. When every location
+failed, the first failure is raised as above. The run row records the plans and the requests actually
+used (per phase: the count and `phase_s`, the seconds since the previous phase ended).
 
 Shapes (systems/models.py): the clients' API models become canonical rows here (`as_payload`, then each
 system's `mapping.py`), the shape every later stage works on; the API payload stays beside it as `raw`.
@@ -569,7 +569,6 @@ def run_snapshot(settings: Settings, store: Store, locations: Sequence[str], *, 
         progress.plans.update({f"ghl:{s.location_id}": s.plan.to_json() for s in ghl} | {"tinyemail": te.plan})
         progress.used.update({f"ghl:{s.location_id}": s.used for s in ghl} | {"tinyemail": te.used})
         unreadable = unreadable_rows(ghl, te)
-        progress.plans.update({"failed": failed, "unreadable": unreadable})
         _check_sides(ghl, te, previous, te_previous.height, options.allow_empty)
         store.set_plan(run_id, progress.plans)
         done = [s.location_id for s in ghl]
