@@ -101,6 +101,8 @@ def test_a_location_whose_search_would_not_end_fails_alone_and_the_other_goes_on
         summary = outcome.summary or {}
         assert summary["failed_locations"] == {f"ghl:{stalled}": why}
 
+        if mode != "stall":
+            return  # once is enough for what follows
         # the search behaves again: the next run reads the location and plans it
         httpx.post(ghl.base_url + "/__sandbox/search", json={"paging": {stalled: "normal"}}).raise_for_status()
         again = reconcile(settings, store, locations=[ok, stalled], approve=True, docs=False,
