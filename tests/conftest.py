@@ -31,6 +31,7 @@ SLOWEST = (
     "tests/unit/test_merge_properties.py",
     "tests/e2e/test_held_runs.py",
     "tests/e2e/test_flow.py",
+    "tests/e2e/test_reads.py",
     "tests/e2e/test_guards.py",
     "tests/e2e/test_security.py",
     "tests/e2e/test_demo.py",

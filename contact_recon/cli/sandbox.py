@@ -54,6 +54,10 @@ def sandbox_serve(
     webhook_signature: Annotated[str, typer.Option(
         help="How the webhooks are signed: ed25519 (X-GHL-Signature, as GHL does today) or rsa (legacy "
              "x-wh-signature).")] = "ed25519",
+    search_lag: Annotated[float | None, typer.Option(help="Seconds before a GHL write shows in POST /contacts/search "
+                                                          "(NOTES.md: real results lag by a few seconds); "
+                                                          "default 2.")]
+    = None,
 ) -> None:
     """Serve the GHL and TinyEmail sandboxes on 127.0.0.1 until SIGINT/SIGTERM."""
     from contact_recon.sandbox.faults import FaultSpec
@@ -68,6 +72,8 @@ def sandbox_serve(
 
     if webhook_signature not in SIGNATURES:
         _fail(f"--webhook-signature takes {' or '.join(SIGNATURES)}")
+    if search_lag is not None and search_lag < 0:
+        _fail("--search-lag must be >= 0")
     data = _load(fixture)
     from contact_recon.sandbox import ghl, tinyemail
     from contact_recon.sandbox.server import serve_forever
@@ -76,7 +82,9 @@ def sandbox_serve(
     apps = {}
     if only in (None, Only.ghl):
         apps["ghl"] = (ghl.create_app(data["ghl"], **options, webhook_url=webhook_url,
-                                      webhook_signature=webhook_signature), ghl_port)
+                                      webhook_signature=webhook_signature,
+                                      search_lag_s=ghl.DEFAULT_SEARCH_LAG_S if search_lag is None else search_lag),
+                       ghl_port)
     if only in (None, Only.tinyemail):
         apps["tinyemail"] = (tinyemail.create_app(data["tinyemail"], **options), tinyemail_port)
 

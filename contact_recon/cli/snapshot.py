@@ -29,6 +29,13 @@ def run_snapshot_command(settings: Settings, locations: Sequence[str], full_swee
         err.print(f"[bold red]error:[/] {redact(str(exc))}", highlight=False, soft_wrap=True)
         return 1
     console.print(summary(result))
+    for where, why in result.failed.items():  # the other locations went on
+        err.print(f"[bold red]error:[/] snapshot of {where} failed, kept as it was: {redact(why)}", highlight=False,
+                  soft_wrap=True)
+    if result.unreadable:
+        named = ", ".join(f"{u['system']} {u['key'] or u['where']}" for u in result.unreadable[:5])
+        err.print(f"[yellow]warning:[/] {len(result.unreadable)} records present but unreadable, previous rows "
+                  f"kept: {named}", highlight=False, soft_wrap=True)
     return 0
 
 

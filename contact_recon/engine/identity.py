@@ -29,6 +29,9 @@ Algorithm (`match_identities`):
    ('not_in_tinyemail') are kept and reported as unmatched; TinyEmail customers nobody matched get
    the key `te:<email>`.
 
+`hold_back` holds more people back after matching: the contacts and emails of records present but
+unreadable tonight (contact_recon/stages/snapshot.py), whose rows are last night's; nothing is planned for them.
+
 `localise_phones` reads the phone of a matched record without a country of its own again in its partner's
 country (the person's country), so one number written nationally on one side and internationally on the
 other is one value. `merge_sides` turns the result into the two MERGE_SIDE frames the merge engine compares, keyed by
@@ -157,6 +160,26 @@ def match_identities(ghl: pl.DataFrame, te: pl.DataFrame, id_map: pl.DataFrame, 
         held_contact_ids=frozenset(held_ids),
         held_emails=frozenset(held_emails),
     )
+
+
+def hold_back(result: IdentityResult, contact_ids: Iterable[str], emails: Iterable[str]) -> IdentityResult:
+    """`result` with these contacts and emails held back too, and the partners of their pairings: in neither
+    merge side, their base rows left alone (`held_keys`), no pairing saved or re-key made for them."""
+    ids, mails = set(contact_ids), set(emails)
+    if not ids and not mails:
+        return result
+    involved = pl.col("contact_id").is_in(sorted(ids)) | pl.col("email").is_in(sorted(mails))
+    caught = result.matched.filter(involved)
+    ids |= set(caught["contact_id"].drop_nulls().to_list())
+    mails |= set(caught["email"].drop_nulls().to_list())
+    pairs = result.new_id_map.filter(~(pl.col("contact_id").is_in(sorted(ids)) | pl.col("email").is_in(sorted(mails))))
+    return IdentityResult(
+        matched=result.matched.filter(~involved),
+        unmatched_ghl=result.unmatched_ghl.filter(~pl.col("contact_id").is_in(sorted(ids))),
+        unmatched_te=result.unmatched_te.filter(~pl.col("email").is_in(sorted(mails))),
+        review=result.review, new_id_map=pairs,
+        rekeys=result.rekeys.filter(pl.col("new_key").is_in(pairs["contact_id"].implode())),
+        held_contact_ids=result.held_contact_ids | ids, held_emails=result.held_emails | mails)
 
 
 def _apart_frame(apart: Iterable[tuple[str, str]]) -> pl.DataFrame:

@@ -20,7 +20,10 @@ Where the numbers come from (a run's own files under `<data_dir>/runs/<run_id>/`
 - people: names, emails and GHL links from the run's saved state (`report/applied.py`); TinyEmail lists by
   name (`list_names_of`: the store's list names, when it has them);
 - the policy the run planned with: the run row's `policy_version` and `policy_source` (summary keys of the
-  same names, and the header of report.html and of the markdown artifact).
+  same names, and the header of report.html and of the markdown artifact);
+- what the snapshot could not read: the plan summary's `failed_locations` (a location whose snapshot
+  failed, left out of the plan) and `unreadable` (records present but unreadable, their persons held
+  back), summary keys of the same names and report.html's "Read problems".
 
 `build_summary` makes the summary dict (`SUMMARY_SCHEMA` is its JSON Schema: the contract keys;
 extra keys may be added, never removed). Status: a run held by a guard is `held`; one that ended
@@ -314,6 +317,7 @@ def build_summary(store: Store, data_dir: str | Path, run_id: str, *, dry_run: b
         "report": str(run_dir(data_dir, run_id) / REPORT_FILE),
         "docs_index": str(index) if (index := docs_index(data_dir, run_id)) else None,
         "flow_run_id": (flow_id := flow_run_id or run.get("flow_run_id")), "flow_run_url": flow_run_url(flow_id),
+        "failed_locations": dict(plan.get("failed_locations") or {}), "unreadable": list(plan.get("unreadable") or []),
     }
 
 
@@ -438,7 +442,8 @@ def render_report(store: Store, data_dir: str | Path, run_id: str, summary: Mapp
     trends = trend_history(store, data_dir, [(rid, at) for rid, at, _ in history])
     names = list_names_of(store)
     changes = applied_changes(ops, run_context(data_dir, run_id), names)
-    sections = [_header(summary), _figures(summary), _guard_list(summary), _links(data_dir, run_id, summary),
+    sections = [_header(summary), _figures(summary), _guard_list(summary), _read_problems(summary),
+                _links(data_dir, run_id, summary),
                 _charts(summary, ops, checks, history, trends_chart(trends, run_id)), _applied_table(changes),
                 *_tables(conflicts, ops, names, quarantine), _identity_section(data_dir, run_id, store),
                 _docs(data_dir, run_id)]
@@ -481,6 +486,18 @@ def _guard_list(s: Mapping[str, Any]) -> str:
     items = "".join(f"<li><b>{escape(g['name'])}</b>{' (approved)' if g.get('approved') else ''}: "
                     f"{escape(g['reason'])}</li>" for g in s["guards"])
     return f'<h2>Guards tripped</h2><ul class="guards">{items}</ul>'
+
+
+def _read_problems(s: Mapping[str, Any]) -> str:
+    """The locations whose snapshot failed (not planned) and the records read as present but unreadable."""
+    failed = [f"<li><b>{escape(where)}</b> not planned: {escape(redact(why))}</li>"
+              for where, why in (s.get("failed_locations") or {}).items()]
+    unreadable = [f"<li>{escape(str(u.get('system')))} {escape(str(u.get('key') or '(no key)'))} at "
+                  f"{escape(str(u.get('where')))}: {escape(str(u.get('problem')))} (last snapshot's row kept, "
+                  "nothing planned)</li>" for u in s.get("unreadable") or []]
+    if not failed and not unreadable:
+        return ""
+    return f'<h2>Read problems</h2><ul class="guards">{"".join(failed + unreadable)}</ul>'
 
 
 def _links(data_dir: str | Path, run_id: str, s: Mapping[str, Any]) -> str:

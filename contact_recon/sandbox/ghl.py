@@ -13,7 +13,12 @@ Every API route runs the same gate before its handler, in this order:
    "<Kind> with id X not found".
 Handlers never await, so each state change is atomic on uvicorn's single event loop.
 
-Sandbox-only route: `POST /__sandbox/oauth/code` with `{"client_id", "locationId", "scopes": [...]}`
+Search results lag writes by `search_lag_s` (default `DEFAULT_SEARCH_LAG_S`, 2 s; NOTES.md), and a
+location's search can be made to stall or repeat a page (ghl_store.py, "Search lag", "Paging faults").
+
+Sandbox-only routes: `POST /__sandbox/search` with `{"lag_s": seconds, "paging": {locationId: "stall" |
+"repeat" | "normal"}}` (either key) changes those and answers them (`GET` answers them too);
+`POST /__sandbox/oauth/code` with `{"client_id", "locationId", "scopes": [...]}`
 mints a single-use authorization code (there is no user to consent), loopback clients only; trade it
 at `POST /oauth/token` (form-encoded, per apps/oauth.json).
 
@@ -68,6 +73,7 @@ SPEC_FILES = ("contacts.json", "locations.json", "oauth.json")
 READ_SCOPE, WRITE_SCOPE = "contacts.readonly", "contacts.write"
 TOO_MANY = {"statusCode": 429, "message": "Too many requests"}
 READ_POSTS = ("/contacts/search", "/contacts/search/duplicate")
+DEFAULT_SEARCH_LAG_S = 2.0  # NOTES.md: search results lag writes by a few seconds
 
 # ------------------------------------------------------------------------------------------ the spec
 
@@ -665,6 +671,26 @@ async def mint_code(store: GHLStore, request: Request) -> Response:
 # -------------------------------------------------------------------------------------- the routes
 
 
+async def search_switch(store: GHLStore, request: Request) -> Response:
+    """Sandbox only: the search lag and the paging faults (GET: as they are; POST: change them)."""
+    if not is_loopback(request.client.host if request.client else None):
+        return json_response({"statusCode": 403, "message": "sandbox routes answer loopback clients only"}, 403)
+    if request.method == "GET":
+        return json_response(store.set_search())
+    body, error = await read_json(request)
+    if error is not None:
+        return error
+    lag, paging = (body or {}).get("lag_s"), (body or {}).get("paging")
+    if lag is not None and (not isinstance(lag, int | float) or isinstance(lag, bool) or lag < 0):
+        return unprocessable(["lag_s must be a number of seconds >= 0"])
+    if paging is not None and not isinstance(paging, dict):
+        return unprocessable(["paging must be an object: locationId -> mode"])
+    try:
+        return json_response(store.set_search(lag_s=lag, paging=paging))
+    except InvalidRequest as exc:
+        return unprocessable(exc.messages)
+
+
 def routes(store: GHLStore) -> list[Route]:
     tasks, notes = _items_of("tasks", "task"), _items_of("notes", "note")
     table: list[tuple[str, str, str, Handler, tuple[str, ...] | None, dict[str, Any] | None]] = [
@@ -713,6 +739,7 @@ def routes(store: GHLStore) -> list[Route]:
         out.append(Route(path, api(store, handler, op_scopes, body), methods=[method]))
     out.append(Route("/oauth/token", functools.partial(oauth_token, store), methods=["POST"]))
     out.append(Route("/__sandbox/oauth/code", functools.partial(mint_code, store), methods=["POST"]))
+    out.append(Route("/__sandbox/search", functools.partial(search_switch, store), methods=["GET", "POST"]))
     return out
 
 
@@ -759,6 +786,7 @@ def create_app(
     clock: Clock = time.time,
     webhook_url: str | None = None,
     webhook_signature: str = "ed25519",
+    search_lag_s: float = DEFAULT_SEARCH_LAG_S,
 ) -> Starlette:
     """The served GHL sandbox for the fixture's `ghl` part.
 
@@ -772,8 +800,9 @@ def create_app(
             (contact_recon/sandbox/ghl_webhooks.py; the emitter is `app.state.webhooks`).
         webhook_signature: "ed25519" (`X-GHL-Signature`, as GHL signs today) or "rsa" (the legacy
             `x-wh-signature`).
+        search_lag_s: seconds before a write shows in `POST /contacts/search` (0: at once).
     """
-    store = GHLStore(fixture_part, seed=seed, clock=clock)
+    store = GHLStore(fixture_part, seed=seed, clock=clock, search_lag_s=search_lag_s)
     webhooks = None
     if webhook_url:
         from contact_recon.sandbox.ghl_webhooks import attach_webhooks

@@ -23,6 +23,19 @@ listing would otherwise re-sort everything 200 times):
   keyed by (sort, query, filters) (`HITS_CACHED` entries); any contact write empties it;
 - a page is then a bisect (cursor) or a slice (offset) of those keys: O(log n + page) per page.
 
+Search lag (NOTES.md: results lag writes by a few seconds): search reads an index of its own
+(`Location.indexed`), not the store. With `search_lag_s` > 0 every contact write (create, update, tags,
+delete) reaches that index `search_lag_s` seconds later (`Location.catch_up`, run before each search):
+until then search shows the contact as it was (a copy), or not at all when it is new, or still after it
+was deleted. Everything else reads the store at once: `GET /contacts/{id}`, the duplicate check of a
+create or upsert (400 with `meta.contactId`), `GET /contacts/search/duplicate`. With 0 (`lag_s` of
+`set_search`) the index is the store itself.
+
+Paging faults (`set_search(paging={location: mode})`, to provoke what a client must survive): `stall`
+ignores `searchAfter` (every page is the first one, the cursor never moves); `repeat` answers, for a
+cursor, the page before the one asked for in reverse order (the cursor moves, but back: no new id).
+`normal` undoes either.
+
 OAuth: a code (minted by the sandbox-only admin route) is single-use and lives 10 minutes; an access
 token lives 86,399 s; a refresh token lives a year and is single-use: every refresh returns a new
 pair and the old refresh token is rejected from then on.
@@ -31,6 +44,7 @@ pair and the old refresh token is rejected from then on.
 from __future__ import annotations
 
 import bisect
+import collections
 import copy
 import hashlib
 import json
@@ -50,6 +64,7 @@ ACCESS_TOKEN_TTL_S = 86_399
 REFRESH_TOKEN_TTL_S = 365 * 86_400
 CODE_TTL_S = 600
 PAGE_WINDOW = 10_000
+PAGING_MODES = ("normal", "stall", "repeat")
 HITS_CACHED = 16  # filtered searches whose matches a location keeps (per contact-data version)
 SORT_FIELDS = ("dateAdded", "dateUpdated")
 OPERATORS = ("eq", "not_eq", "contains", "not_contains", "exists", "not_exists", "range")
@@ -141,25 +156,60 @@ class Location:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # other keys of the fixture, kept as given
-    # search indexes (module docstring): one order per sort, and the cached hits of filtered searches
+    # search indexes (module docstring): the contacts search sees, one order per sort, the cached hits of
+    # filtered searches, and the writes not yet indexed (due time, contact id) while a lag is on
+    indexed: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     orders: dict[tuple[SortKey, ...], ContactOrder] = field(default_factory=dict, repr=False)
     hits: dict[tuple[Any, ...], list[OrderKey]] = field(default_factory=dict, repr=False)
+    pending: collections.deque[tuple[float, str]] = field(default_factory=collections.deque, repr=False)
+    lag_s: float = 0.0
+    paging: str = "normal"  # "normal" | "stall" | "repeat" (module docstring)
 
-    def touch(self, contact: dict[str, Any]) -> None:
-        """A contact was created or changed: move it in every order, drop the filtered hits."""
-        self.hits.clear()
-        for order in self.orders.values():
-            order.put(contact)
+    def touch(self, contact: dict[str, Any], now: float = 0.0) -> None:
+        """A contact was created or changed: search sees it now, or `lag_s` after `now`."""
+        self._queue(contact["id"], now)
 
-    def forget(self, contact_id: str) -> None:
-        """A contact was deleted."""
+    def forget(self, contact_id: str, now: float = 0.0) -> None:
+        """A contact was deleted: search stops showing it now, or `lag_s` after `now`."""
+        self._queue(contact_id, now)
+
+    def _queue(self, contact_id: str, now: float) -> None:
+        if self.lag_s <= 0:
+            self._index(contact_id)
+        else:
+            self.pending.append((now + self.lag_s, contact_id))
+
+    def catch_up(self, now: float) -> None:
+        """Index the writes whose lag has passed."""
+        while self.pending and self.pending[0][0] <= now:
+            self._index(self.pending.popleft()[1])
+
+    def set_lag(self, lag_s: float) -> None:
+        """Search lags writes by `lag_s` from now on (pending writes are indexed first)."""
+        while self.pending:
+            self._index(self.pending.popleft()[1])
+        self.lag_s = lag_s
+        # with a lag the index holds copies (in-place edits must wait), without one the records themselves
+        self.indexed = {cid: copy.deepcopy(c) if lag_s > 0 else c for cid, c in self.contacts.items()}
+        self.orders.clear()
         self.hits.clear()
+
+    def _index(self, contact_id: str) -> None:
+        self.hits.clear()
+        contact = self.contacts.get(contact_id)
+        if contact is None:  # deleted
+            self.indexed.pop(contact_id, None)
+            for order in self.orders.values():
+                order.remove(contact_id)
+            return
+        doc = copy.deepcopy(contact) if self.lag_s > 0 else contact
+        self.indexed[contact_id] = doc
         for order in self.orders.values():
-            order.remove(contact_id)
+            order.put(doc)
 
     def order(self, sort: tuple[SortKey, ...]) -> ContactOrder:
         if sort not in self.orders:
-            self.orders[sort] = ContactOrder(sort, self.contacts.values())
+            self.orders[sort] = ContactOrder(sort, self.indexed.values())
         return self.orders[sort]
 
 
@@ -421,9 +471,10 @@ def search_contacts(contacts: Iterable[dict[str, Any]], q: SearchQuery) -> tuple
 class GHLStore:
     """The sandbox's state; every method runs without awaiting, so each mutation is atomic."""
 
-    def __init__(self, fixture_part: dict[str, Any] | None, *, seed: int = 0, clock: Clock = time.time):
+    def __init__(self, fixture_part: dict[str, Any] | None, *, seed: int = 0, clock: Clock = time.time,
+                 search_lag_s: float = 0.0):
         self._fixture = copy.deepcopy(fixture_part or {})
-        self.seed, self.clock = seed, clock
+        self.seed, self.clock, self.search_lag_s = seed, clock, search_lag_s
         self.reset()
 
     # -- loading
@@ -465,6 +516,7 @@ class GHLStore:
                 if kind == "notes":
                     item.setdefault("dateAdded", now)
                 getattr(loc, kind)[item["id"]] = item
+        loc.set_lag(self.search_lag_s)
         self.locations[location_id] = loc
 
     def to_fixture(self) -> dict[str, Any]:
@@ -500,8 +552,21 @@ class GHLStore:
     def location(self, location_id: str) -> Location:
         """The location, created empty when a token names one the fixture does not hold."""
         if location_id not in self.locations:
-            self.locations[location_id] = Location(location_id)
+            self.locations[location_id] = Location(location_id, lag_s=self.search_lag_s)
         return self.locations[location_id]
+
+    def set_search(self, *, lag_s: float | None = None, paging: dict[str, str] | None = None) -> dict[str, Any]:
+        """Sandbox only: the search lag of every location, and paging faults by location (module docstring)."""
+        if lag_s is not None:
+            self.search_lag_s = lag_s
+            for loc in self.locations.values():
+                loc.set_lag(lag_s)
+        for location_id, mode in (paging or {}).items():
+            if mode not in PAGING_MODES:
+                raise InvalidRequest([f"paging must be one of {', '.join(PAGING_MODES)}"])
+            self.location(location_id).paging = mode
+        return {"lag_s": self.search_lag_s,
+                "paging": {loc.id: loc.paging for loc in self.locations.values() if loc.paging != "normal"}}
 
     def contact_location_id(self, contact_id: str) -> str:
         if contact_id not in self.contact_location:
@@ -533,7 +598,7 @@ class GHLStore:
         contact["dateAdded"] = contact["dateUpdated"] = now
         loc = self.location(location_id)
         loc.contacts[contact["id"]] = contact
-        loc.touch(contact)
+        loc.touch(contact, self.clock())
         self.contact_location[contact["id"]] = location_id
         return contact
 
@@ -572,7 +637,7 @@ class GHLStore:
     def delete_contact(self, contact_id: str) -> None:
         loc = self.locations[self.contact_location.pop(contact_id)]
         del loc.contacts[contact_id]
-        loc.forget(contact_id)
+        loc.forget(contact_id, self.clock())
         self._by_contact.clear()
         for kind in (loc.tasks, loc.notes):
             for item_id in [i for i, item in kind.items() if item.get("contactId") == contact_id]:
@@ -590,15 +655,20 @@ class GHLStore:
         return found[0], False
 
     def _touch(self, contact: dict[str, Any]) -> None:
-        self.locations[self.contact_location[contact["id"]]].touch(contact)
+        self.locations[self.contact_location[contact["id"]]].touch(contact, self.clock())
 
     def search_contacts(self, q: SearchQuery) -> tuple[list[dict[str, Any]], int]:
         """POST /contacts/search from the location's indexes: the same answer as `search_contacts`."""
         loc = self.location(q.location_id)
-        keys = self._sorted_hits(loc, q)
-        start = page_start(keys, q)
-        page = [search_view(loc.contacts[key[-1]], q.sort) for key in keys[start : start + q.page_limit]]
-        return page, len(keys)
+        loc.catch_up(self.clock())
+        hits = self._sorted_hits(loc, q)
+        start = page_start(hits, q)
+        keys = hits[start : start + q.page_limit]
+        if q.search_after is not None and loc.paging == "stall":
+            keys = hits[: q.page_limit]  # the fault: searchAfter ignored, the first page again
+        elif q.search_after is not None and loc.paging == "repeat":
+            keys = hits[max(0, start - q.page_limit) : start][::-1]  # the fault: the page before, reversed
+        return [search_view(loc.indexed[key[-1]], q.sort) for key in keys], len(hits)
 
     @staticmethod
     def _sorted_hits(loc: Location, q: SearchQuery) -> list[OrderKey]:
@@ -610,7 +680,7 @@ class GHLStore:
         if cache_key not in loc.hits:
             if len(loc.hits) >= HITS_CACHED:
                 del loc.hits[next(iter(loc.hits))]  # the oldest entry
-            loc.hits[cache_key] = [k for k in keys if search_matches(loc.contacts[k[-1]], q)]
+            loc.hits[cache_key] = [k for k in keys if search_matches(loc.indexed[k[-1]], q)]
         return loc.hits[cache_key]
 
     def contacts_page(

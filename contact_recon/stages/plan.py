@@ -4,12 +4,18 @@
 1. Resolve the policy (`contact_recon/systems/policy_source.py`: a Prefect block, a file or the defaults; an
    invalid one is refused here) and start a run of kind 'plan' in the store, with the policy's version.
 2. Snapshot both systems (`contact_recon/stages/snapshot.py`, which records its own 'snapshot' run), or with
-   `reuse_snapshot` take the latest snapshot in the store as it is.
+   `reuse_snapshot` take the latest snapshot in the store as it is. A location whose snapshot failed (its
+   listing did not end, its token was refused...) is left out of this plan, named in the plan's
+   `failed_locations` and the run row's `error`: its people are out of scope, and while it is missing no
+   TinyEmail-only customer is planned (it may be that location's contact; `held_for_snapshot`).
 3. Read the latest snapshots of the covered locations and of TinyEmail back from the store, and fold every
    record's tags to one spelling per tag key (`folded_frames`, `contact_recon/model/tags.py`: tags that differ
    only in case or spacing are one tag; the spelling there first stays). Everything after sees the folded
    frames; the fold ops (`tag_remove`, reason `tag_case_folded`) join the plan after the merge (`with_folds`,
-   the stat `tags_folded`), so neither the merge's guards nor the guard expectation count them.
+   the stat `tags_folded`), so neither the merge's guards nor the guard expectation count them. Records the
+   snapshot found present but unreadable (`unreadable`: their rows are the previous snapshot's) have their
+   persons held back like an open identity review (`held_for_snapshot`, `engine/identity.py hold_back`): no
+   op is planned for them, no deletion, and the plan lists them (`PlanRun.unreadable`, the report).
 4. Identity (`contact_recon/engine/identity.py`): match (the id_map with the team's standing identity
    decisions, `recon identity resolve`: `stages/review.py identity_input`), leave the held-back keys out of
    both sides and of the base, and apply this run's re-keys (`te:<email>` -> the contact id now matched by email) to the
@@ -52,6 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,12 +72,13 @@ from contact_recon.checks.suites import Thresholds
 from contact_recon.engine.conflicts import PRESENCE, as_held, field_key, review_rows, track, without_skipped
 from contact_recon.engine.decisions import decision_ops
 from contact_recon.engine.guards import GuardHistory
-from contact_recon.engine.identity import IdentityResult, localise_phones, match_identities, merge_sides
+from contact_recon.engine.identity import IdentityResult, hold_back, localise_phones, match_identities, merge_sides
 from contact_recon.engine.merge import MergeResult, plan
 from contact_recon.model.cells import guarded
 from contact_recon.model.context import person_context
 from contact_recon.model.keys import TE_KEY_PREFIX
 from contact_recon.model.list_tags import ListNames, respelling_ops, with_list_ids
+from contact_recon.model.normalise import normalise_email
 from contact_recon.model.ops import sort_ops, with_ids
 from contact_recon.model.policy import Policy
 from contact_recon.model.tags import fold_frame, fold_ops
@@ -115,6 +123,8 @@ class PlanRun:
     snapshot_run_id: str | None  # None when the latest snapshot was reused
     plan_path: Path
     conflicts_path: Path
+    failed_locations: dict[str, str] = dataclasses.field(default_factory=dict)  # "ghl:<loc>" -> why, not planned
+    unreadable: tuple[dict[str, Any], ...] = ()  # records present but unreadable: their persons held back
 
     @property
     def quarantined(self) -> pl.DataFrame:
@@ -152,13 +162,46 @@ def plan_run(settings: Settings, store: Store, *, locations: Sequence[str], appr
         snapshot = None if reuse_snapshot else run_snapshot(
             settings, store, locations, full_sweep=full_sweep, ghl_client=ghl_client,
             tinyemail_client=tinyemail_client, options=snapshot_options)
-        result = _plan(settings, store, run_id, locations, policy, approve, docs, snapshot)
+        # a location whose snapshot failed is left out of this plan (its people are out of scope: held back)
+        planned = [loc for loc in locations if snapshot is None or loc in snapshot.locations]
+        result = _plan(settings, store, run_id, planned, policy, approve, docs, snapshot)
     except BaseException as exc:
         store.finish_run(run_id, FAILED, error=str(exc) or type(exc).__name__)
         raise
     store.finish_run(run_id, result.status, snapshot.used if snapshot else None,
-                     held_reasons=result.held_reasons, approved=result.approved)
+                     error=_failed_line(result.failed_locations), held_reasons=result.held_reasons,
+                     approved=result.approved)
     return result
+
+
+def _failed_line(failed: dict[str, str]) -> str | None:
+    """The run row's `error` of a run that planned without some locations."""
+    return "; ".join(f"snapshot of {where} failed, not planned: {why}" for where, why in failed.items()) or None
+
+
+def snapshot_findings(store: Store, snapshot: SnapshotResult | None) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """The failed locations and unreadable records of the snapshot a plan reads (the latest one when reused)."""
+    if snapshot is not None:
+        return snapshot.failed, snapshot.unreadable
+    latest = store.latest_run(["snapshot"])
+    runs = store.runs().filter(pl.col("kind").is_in(["plan", "reconcile"]) & pl.col("plan_json").is_not_null())
+    for plan_json in reversed(runs["plan_json"].to_list()):  # the last plan of that snapshot listed them
+        summary = json.loads(plan_json)
+        if isinstance(summary, dict) and summary.get("snapshot_run_id") == latest:
+            return {}, list(summary.get("unreadable") or [])
+    return {}, []
+
+
+def held_for_snapshot(identity: IdentityResult, failed: dict[str, str],
+                      unreadable: Sequence[dict[str, Any]]) -> IdentityResult:
+    """The identity with more persons held back for what the snapshot could not read: those of unreadable records
+    (their rows are last night's), and while a location's snapshot failed every TinyEmail customer no contact
+    matched (it may be a contact of that location: created in another one, it would be a duplicate)."""
+    ids = [u["key"] for u in unreadable if u["system"] == "ghl" and u["key"]]
+    emails = [normalise_email(u["key"])[0] for u in unreadable if u["system"] == "tinyemail" and u["key"]]
+    if failed:
+        emails += identity.unmatched_te["email"].to_list()
+    return hold_back(identity, ids, [e for e in emails if e])
 
 
 def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], policy: Policy, approve: bool,
@@ -167,6 +210,7 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
     if snapshot is None and frames is None:
         _check_snapshot_exists(store, locations)
     today = store.clock().date()
+    frames_given = frames
     frames = frames if frames is not None else latest_frames(store, locations)
     frames = without_home_lists(frames, Journal(store).home_lists())
     frames, folds = folded_frames(frames)  # one spelling per tag key; the others are folded away (model/tags.py)
@@ -176,6 +220,8 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
     decided = identity_input(store, store.load_id_map())  # the team's identity decisions (`recon identity`)
     identity = match_identities(frames["ghl_contacts"], frames["te_customers"], decided.id_map,
                                 locations=locations, apart=decided.apart)
+    failed, unreadable = snapshot_findings(store, snapshot) if frames_given is None else ({}, [])
+    identity = held_for_snapshot(identity, failed, unreadable)
     frames = with_local_phones(frames, identity, settings.default_region)
     stored = store.load_base(presence=True)
     if base_keys is not None:
@@ -204,7 +250,7 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
     approved = approve and merged.held
     result = PlanRun(run_id, HELD if merged.held and not approve else PLANNED, merged.held_reasons, approved,
                      marked, merged.conflicts, merged.stats, report, identity.review,
-                     snapshot.run_id if snapshot else None, plan_path, conflicts_path)
+                     snapshot.run_id if snapshot else None, plan_path, conflicts_path, failed, tuple(unreadable))
     store.set_plan(run_id, summary(result, identity))
     return result
 
@@ -400,6 +446,7 @@ def summary(result: PlanRun, identity: IdentityResult) -> dict[str, Any]:
         "unmatched_tinyemail": identity.unmatched_te.height, "plan_file": str(result.plan_path),
         "conflicts_file": str(result.conflicts_path),
         "docs_index": str(result.checks.docs_index) if result.checks.docs_index else None,
+        "failed_locations": result.failed_locations, "unreadable": list(result.unreadable),
     }
 
 

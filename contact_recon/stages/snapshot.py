@@ -4,13 +4,22 @@ Per GHL location (`fetch_ghl_location`, the Prefect task `snapshot_ghl_location`
 1. Plan the listing: the contact listing must fit in the day's allowance left minus the write reserve
    (contact_recon/engine/budget_plan.py); if it cannot, `SnapshotFailed` before any request.
 2. List *every* contact through `POST /contacts/search` (500 a page, searchAfter): a contact missing
-   from the listing is deleted, so deletions are seen every night. A contact whose payload equals the
-   previous snapshot's (`raw`) keeps its normalised row; the others are normalised again, while the
-   task and note reads of step 4 run. Normalising is CPU work on the event loop that carries the
-   requests: done before the reads it would leave the request budget idle for tens of seconds at
-   100,000 contacts, and done in one go beside them it would starve them. So it goes `NORMALISE_CHUNK`
-   rows at a time and, after each chunk, sleeps as long as the chunk took: it takes at most half of
-   the loop, and the requests in flight keep their pace.
+   from the listing is deleted, so deletions are seen every night; but search results lag writes by
+   seconds (NOTES.md), so a contact the previous snapshot held, or one the base holds as in GHL (a
+   contact our last apply created), that the listing misses is read with `GET /contacts/{id}`: only a
+   not-found makes it a deletion (one request per deletion). Likewise a contact we wrote within the
+   safety lag (`notes_safety_lag_s`, the journal's `sent_at`) that search shows with an older
+   `dateUpdated` is read again with GET: search still shows it as it was before our write. A listing
+   that does not end is a `PagingStalled` (systems/ghl/client.py): that location's snapshot fails. A
+   contact the model cannot read (systems/models.py `Unreadable`) is *present but unreadable*: its
+   previous row is carried as it was, never taken for a deletion; it is listed in
+   `SnapshotResult.unreadable` and the plan holds its person back (stages/plan.py). A contact whose
+   payload equals the previous snapshot's (`raw`) keeps its normalised row; the others are normalised
+   again, while the task and note reads of step 4 run. Normalising is CPU work on the event loop that
+   carries the requests: done before the reads it would leave the request budget idle for tens of
+   seconds at 100,000 contacts, and done in one go beside them it would starve them. So it goes
+   `NORMALISE_CHUNK` rows at a time and, after each chunk, sleeps as long as the chunk took: it takes at
+   most half of the loop, and the requests in flight keep their pace.
 3. Choose whose tasks and notes to read tonight:
    - *changed*: new contacts, contacts whose payload changed, and contacts whose `dateUpdated` is at
      or after the previous watermark minus the safety lag (`notes_safety_lag_s`, 10 min: search
@@ -45,13 +54,17 @@ page after page (the connector's paging guards need the pages in order). A custo
 chunks, at most half of the loop, as above: on the first night the GHL reads are still running).
 `full_sweep` normalises every contact and customer again.
 
-`run_snapshot` runs every location and TinyEmail concurrently (asyncio tasks; inside a Prefect flow,
-the Prefect tasks on the flow's task runner), then checks that no side came back empty while its
-previous snapshot was not (`SideCameBackEmpty`), and writes all frames and the new watermarks in ONE
-transaction (`Store.write_snapshot`). Any failure of a system (auth, outage, budget) stops everything
-with `SnapshotFailed(system, reason)` before anything is written, so the previous snapshot and the
-watermarks stay as they were. The run row records the plans and the requests actually used (per
-phase: the count and `phase_s`, the seconds since the previous phase ended).
+`run_snapshot` runs every location and TinyEmail concurrently (asyncio tasks; inside a Prefect flow, the
+Prefect tasks on the flow's task runner), then checks that no side came back empty while its previous
+snapshot was not (`SideCameBackEmpty`), and writes all frames and the new watermarks in ONE transaction
+(`Store.write_snapshot`). A failure of TinyEmail (auth, outage) stops everything with
+`SnapshotFailed(system, reason)` before anything is written, so the previous snapshot and the watermarks
+stay as they were. A failure of one GHL location (auth, outage, budget, a listing that does not end)
+stops that location only: it is logged as an error, named in `SnapshotResult.failed` (and the run row's
+`error`, with the requests it used), its previous snapshot and watermark stay, and the other locations
+and TinyEmail are written; the plan then covers the locations that were read. When every location
+failed, the first failure is raised as above. The run row records the plans and the requests actually
+used (per phase: the count and `phase_s`, the seconds since the previous phase ended).
 
 Shapes (systems/models.py): the clients' API models become canonical rows here (`as_payload`, then each
 system's `mapping.py`), the shape every later stage works on; the API payload stays beside it as `raw`.
@@ -73,19 +86,21 @@ import polars as pl
 
 from contact_recon.engine.budget_plan import DEFAULT_TASKS_PER_CONTACT, RequestPlan, contact_pages, plan_requests
 from contact_recon.engine.identity import SideCameBackEmpty, check_not_emptied
-from contact_recon.model.normalise import raw_json, to_frame
+from contact_recon.model.normalise import normalise_email, raw_json, to_frame
 from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, TINYEMAIL_CUSTOMERS
 from contact_recon.settings import Settings
 from contact_recon.stages import progress as bars
 from contact_recon.store.db import Store
-from contact_recon.systems.errors import ConnectorError, NotFound
+from contact_recon.store.journal import Journal
+from contact_recon.systems.errors import ConnectorError, MalformedResponse, NotFound
 from contact_recon.systems.ghl.client import TASK_SEARCH_BATCH, TASK_SEARCH_PAGE, GHLClient, iso
 from contact_recon.systems.ghl.mapping import ghl_contact_record, ghl_note_record, ghl_task_record
 from contact_recon.systems.ghl.models import Contact
 from contact_recon.systems.http import RequestStats
-from contact_recon.systems.models import as_payload
+from contact_recon.systems.models import Unreadable, as_payload
 from contact_recon.systems.redaction import redact
 from contact_recon.systems.tinyemail.client import AudienceSnapshot, TinyEmailClient
+from contact_recon.systems.tinyemail.contract import email_key
 from contact_recon.systems.tinyemail.mapping import tinyemail_customer_record
 from contact_recon.systems.tinyemail.models import Customer
 
@@ -104,8 +119,8 @@ TinyEmailFactory = Callable[[], TinyEmailClient]
 class SnapshotFailed(Exception):  # noqa: N818 - the name is the contract
     """One system could not be snapshotted (auth, outage, budget): the run stops before any diff."""
 
-    def __init__(self, system: str, reason: str):
-        self.system, self.reason = system, redact(reason)
+    def __init__(self, system: str, reason: str, used: dict[str, Any] | None = None):
+        self.system, self.reason, self.used = system, redact(reason), used or {}  # used: requests until it failed
         super().__init__(f"snapshot of {system} failed: {self.reason}")
 
 
@@ -137,13 +152,20 @@ class PreviousState:
     watermark: str | None
     dirty: frozenset[str] = frozenset()
     tasks_dirty: bool = False  # a task webhook without a contact marked the location's tasks
+    paired: frozenset[str] = frozenset()  # the location's contacts that the base holds as in GHL (ours included)
+    written: dict[str, datetime] = field(default_factory=dict)  # contact -> our last write sent, lately
 
     @classmethod
-    def load(cls, store: Store, location_id: str) -> PreviousState:
+    def load(cls, store: Store, location_id: str, written_within_s: float = 600.0) -> PreviousState:
         dirty = store.dirty_contacts().filter(pl.col("location_id") == location_id)["contact_id"]
+        in_base = store.load_base(presence=True).filter(pl.col("in_ghl").fill_null(True))["contact_id"]
+        paired = store.load_id_map().filter((pl.col("location_id") == location_id)
+                                            & pl.col("contact_id").is_in(in_base.implode()))["contact_id"]
+        written = Journal(store).ghl_writes_since(location_id, store.clock() - timedelta(seconds=written_within_s))
         return cls(store.latest_snapshot("ghl_contacts", location_id), store.latest_snapshot("ghl_tasks", location_id),
                    store.latest_snapshot("ghl_notes", location_id), store.watermark(location_id, WATERMARK_ENTITY),
-                   frozenset(dirty.to_list()), store.tasks_dirty(location_id))
+                   frozenset(dirty.to_list()), tasks_dirty=store.tasks_dirty(location_id),
+                   paired=frozenset(paired.to_list()), written=written)
 
     @property
     def tasks_per_contact(self) -> float:
@@ -170,6 +192,7 @@ class LocationSnapshot:
     dirty_read: tuple[str, ...]  # dirty marks to clear once the snapshot is committed
     deferred: tuple[str, ...]  # changed/dirty contacts not read tonight (marked dirty)
     tasks_dirty_read: bool = False  # every task of the location was read: its mark is cleared once committed
+    unreadable: tuple[Unreadable, ...] = ()  # present but unreadable: previous rows carried, persons held
 
 
 @dataclass(frozen=True)
@@ -178,6 +201,7 @@ class TinyEmailSnapshot:
     plan: dict[str, int]
     used: dict[str, Any]
     lists: tuple[tuple[str, str | None], ...] = ()  # (id, name) of every list read
+    unreadable: tuple[Unreadable, ...] = ()  # present but unreadable: previous rows carried, persons held
 
 
 @dataclass(frozen=True)
@@ -190,6 +214,9 @@ class SnapshotResult:
     wall_s: float
     load_s: float = 0.0  # reading the previous snapshot, watermarks and dirty marks before any request
     fetch_s: float = 0.0  # every system's fetch, from the first request to the last frame built
+    failed: dict[str, str] = field(default_factory=dict)  # "ghl:<location>" -> why its snapshot failed
+    unreadable: list[dict[str, Any]] = field(default_factory=list)  # `unreadable_rows`: held persons, reported
+    locations: tuple[str, ...] = ()  # the locations snapshotted (those that did not fail)
 
 
 # ------------------------------------------------------------------------------------------- GHL
@@ -200,27 +227,66 @@ async def fetch_ghl_location(client: GHLClient, previous: PreviousState, options
     """Snapshot one location (module docstring, steps 1-5); raises SnapshotFailed, writes nothing."""
     loc, progress = client.location_id, progress or Progress()
     key = f"ghl:{loc}"
-    with _failing_as(key):
+    used = _Used(client.stats)
+    with _failing_as(key, used):
         daily = client.budget_snapshot().daily_remaining
         _check_listing_fits(key, previous.contacts.height, daily, options.write_reserve)
-        used = _Used(client.stats)
-        contacts = [c async for c in client.iter_contacts()]
+        contacts, unreadable = await _list_contacts(client, previous)
         used.mark("contacts")
         progress.used[key] = used.counts
         listing = compare_listing(contacts, previous, options)
-        plan, chosen, dirty_read, deferred = _choose(listing.present, listing.changed, previous, options, daily)
+        carried = [u.key for u in unreadable if u.key is not None and u.key not in listing.present]
+        present = listing.present | set(carried)
+        plan, chosen, dirty_read, deferred = _choose(present, listing.changed, previous, options, daily)
         progress.plans[key] = plan.to_json()
         task_ids, all_tasks = _task_contacts(listing.present, chosen, previous.tasks_dirty, plan, daily)
         (tasks, notes), fresh = await _all_or_nothing([
             _read_tasks_and_notes(client, chosen, options.concurrency, used, task_ids),
             _normalised(listing.fresh, lambda payload: ghl_contact_record(payload, loc, options.region),
                         GHL_CONTACTS)])
-    frame = pl.concat([previous.contacts.filter(pl.col("contact_id").is_in(listing.kept)), fresh]).sort("contact_id")
-    present = frame["contact_id"]
+    kept = previous.contacts.filter(pl.col("contact_id").is_in([*listing.kept, *carried]))
+    frame = pl.concat([kept, fresh]).sort("contact_id")
+    present_ids = frame["contact_id"]
     return LocationSnapshot(
-        loc, frame, _carry_over(previous.tasks, tasks, present, task_ids),
-        _carry_over(previous.notes, notes, present, chosen), _watermark(contacts, previous.watermark), plan,
-        used.counts, dirty_read, deferred, tasks_dirty_read=all_tasks)
+        loc, frame, _carry_over(previous.tasks, tasks, present_ids, task_ids),
+        _carry_over(previous.notes, notes, present_ids, chosen), _watermark(contacts, previous.watermark), plan,
+        used.counts, dirty_read, deferred, tasks_dirty_read=all_tasks, unreadable=tuple(unreadable))
+
+
+async def _list_contacts(client: GHLClient, previous: PreviousState) -> tuple[list[Contact], list[Unreadable]]:
+    """The listing, and each contact we knew that it misses confirmed by `GET /contacts/{id}` (module
+    docstring, step 2): search results lag writes, so a missing contact is deleted only when GET says so."""
+    contacts: list[Contact] = []
+    unreadable: list[Unreadable] = []
+    async for record in client.iter_contacts():
+        if isinstance(record, Contact):
+            contacts.append(record)
+        else:
+            unreadable.append(record)
+    listed = {c.id for c in contacts} | {u.key for u in unreadable if u.key}
+    missing = sorted((set(previous.contacts["contact_id"].to_list()) | previous.paired) - listed)
+    stale = {c.id for c in contacts if _older_than_our_write(c, previous.written)}
+    contacts = [c for c in contacts if c.id not in stale]
+    for contact_id in [*missing, *sorted(stale)]:
+        try:
+            contacts.append(await client.get_contact(contact_id))  # lagging behind a write: still there
+        except NotFound:
+            continue  # deleted: it leaves the snapshot
+        except MalformedResponse as exc:
+            unreadable.append(Unreadable(contact_id, f"GET /contacts/{contact_id}", str(exc)))
+    return contacts, unreadable
+
+
+def _older_than_our_write(contact: Contact, written: dict[str, datetime]) -> bool:
+    """Search shows the contact as it was before our last write to it (search lags writes): read it again."""
+    sent = written.get(contact.id)
+    if sent is None:
+        return False  # not written by us lately: what search shows is what there is
+    updated = contact.dateUpdated
+    if updated is None:
+        return True  # nothing says it is as new as our write
+    return (updated if updated.tzinfo else updated.replace(tzinfo=UTC)) < (sent if sent.tzinfo else
+                                                                              sent.replace(tzinfo=UTC))
 
 
 def _check_listing_fits(key: str, previous_count: int, daily: int | None, reserve: int) -> None:
@@ -384,7 +450,7 @@ async def fetch_tinyemail(client: TinyEmailClient, options: SnapshotOptions, pro
         plan = {"lists": 1, "member_pages": sum((lst.numberOfMembers or 0) // client.page_size + 1
                                                 for lst in audience.lists)}
         progress.plans["tinyemail"] = plan
-        async def members(list_id: str) -> list[Customer]:
+        async def members(list_id: str) -> list[Customer | Unreadable]:
             return [customer async for customer in client.iter_members(list_id)]
 
         # lists are read side by side (each one page after page); merged in list order
@@ -395,8 +461,19 @@ async def fetch_tinyemail(client: TinyEmailClient, options: SnapshotOptions, pro
         used.mark("members")
         progress.used["tinyemail"] = used.counts
     frame = await _customers_frame(audience, previous, options)
+    carried = _carried_customers(previous, audience)
+    frame = pl.concat([frame, carried]) if carried.height else frame
     return TinyEmailSnapshot(frame.unique("email", keep="first", maintain_order=True), plan, used.counts,
-                             tuple((lst.id, lst.name) for lst in audience.lists))
+                             tuple((lst.id, lst.name) for lst in audience.lists), tuple(audience.unreadable.values()))
+
+
+def _carried_customers(previous: pl.DataFrame | None, audience: AudienceSnapshot) -> pl.DataFrame:
+    """The previous rows of the customers present but unreadable tonight (by email), as they were."""
+    wanted = [normalise_email(u.key)[0] for u in audience.unreadable.values()
+              if u.key and email_key(u.key) not in audience.customers]  # read in another list: that row wins
+    if previous is None or not wanted:
+        return to_frame([], TINYEMAIL_CUSTOMERS)
+    return previous.filter(pl.col("email").is_in(wanted))
 
 
 async def _customers_frame(audience: AudienceSnapshot, previous: pl.DataFrame | None,
@@ -491,7 +568,8 @@ def run_snapshot(settings: Settings, store: Store, locations: Sequence[str], *, 
         ghl_client, tinyemail_client: client factories (tests: isolated budgets); default from settings.
         options: overrides every knob at once (tests).
     Raises:
-        SnapshotFailed: a system failed (auth, outage, budget); nothing was written.
+        SnapshotFailed: TinyEmail or every location failed (auth, outage, budget); nothing was written. A
+            location that failed while others did not is in the result's `failed` instead.
         SideCameBackEmpty: a side answered with no records while its previous snapshot had some.
     """
     started, t0 = store.clock(), time.perf_counter()
@@ -501,26 +579,30 @@ def run_snapshot(settings: Settings, store: Store, locations: Sequence[str], *, 
     run_id = store.start_run("snapshot", locations)
     progress = Progress()
     try:
-        previous = {loc: PreviousState.load(store, loc) for loc in locations}
+        previous = {loc: PreviousState.load(store, loc, options.safety_lag_s) for loc in locations}
         te_previous = store.latest_snapshot("te_customers")
         loaded = time.perf_counter()
-        ghl, te = _fetch_all(settings, previous, te_previous, options, progress, ghl_client, tinyemail_client)
+        results, te = _fetch_all(settings, previous, te_previous, options, progress, ghl_client, tinyemail_client)
         fetched = time.perf_counter()
+        ghl, failed = _without_failed(results, progress)
         # the results carry their own plan and usage (a task runner may have worked on copies of `progress`)
         progress.plans.update({f"ghl:{s.location_id}": s.plan.to_json() for s in ghl} | {"tinyemail": te.plan})
         progress.used.update({f"ghl:{s.location_id}": s.used for s in ghl} | {"tinyemail": te.used})
+        unreadable = unreadable_rows(ghl, te)
         _check_sides(ghl, te, previous, te_previous.height, options.allow_empty)
         store.set_plan(run_id, progress.plans)
-        ingest_s = _write(store, run_id, ghl, te, locations, started)
+        done = [s.location_id for s in ghl]
+        ingest_s = _write(store, run_id, ghl, te, done, started)
     except BaseException as exc:
         store.set_plan(run_id, progress.plans)
         store.finish_run(run_id, "failed", progress.used, error=str(exc) or type(exc).__name__)
         raise
-    store.finish_run(run_id, "succeeded", progress.used)
+    store.finish_run(run_id, "succeeded", progress.used, error="; ".join(f"snapshot of {where} failed: {why}"
+                                                                         for where, why in failed.items()) or None)
     counts = {"ghl_contacts": sum(s.contacts.height for s in ghl), "ghl_tasks": sum(s.tasks.height for s in ghl),
               "ghl_notes": sum(s.notes.height for s in ghl), "te_customers": te.customers.height}
     result = SnapshotResult(run_id, counts, progress.plans, progress.used, ingest_s, time.perf_counter() - t0,
-                            loaded - t0, fetched - loaded)
+                            loaded - t0, fetched - loaded, failed, unreadable, tuple(done))
     log.info("snapshot %s: %s in %.1f s (fetch %.1f s, write %.1f s); requests %s", run_id,
              ", ".join(f"{n:,} {entity}" for entity, n in counts.items()), result.wall_s, result.fetch_s, ingest_s,
              "; ".join(f"{where} {_total(used)}" for where, used in progress.used.items()))
@@ -538,22 +620,62 @@ def _total(used: Any) -> str:
 
 def _fetch_all(settings: Settings, previous: dict[str, PreviousState], te_previous: pl.DataFrame,
                options: SnapshotOptions, progress: Progress, ghl_client: GHLFactory | None,
-               te_client: TinyEmailFactory | None) -> tuple[list[LocationSnapshot], TinyEmailSnapshot]:
-    """Every location and TinyEmail at once: Prefect tasks inside a flow run, else asyncio tasks."""
+               te_client: TinyEmailFactory | None) -> tuple[list[LocationSnapshot | SnapshotFailed], TinyEmailSnapshot]:
+    """Every location and TinyEmail at once: Prefect tasks inside a flow run, else asyncio tasks. A location
+    whose snapshot failed is its `SnapshotFailed` in the list (the others go on); TinyEmail's failure raises."""
     if _in_flow():
         futures = [snapshot_ghl_location.submit(loc, settings, prev, options, progress, ghl_client)
                    for loc, prev in previous.items()]
         te_future = snapshot_tinyemail.submit(settings, options, progress, te_client, te_previous)
-        return [f.result() for f in futures], te_future.result()
+        te = te_future.result()
+        return [_outcome(f.result) for f in futures], te
 
-    async def gather() -> tuple[list[LocationSnapshot], TinyEmailSnapshot]:
-        jobs: list[Awaitable[Any]] = [_snapshot_ghl_location(loc, settings, prev, options, progress, ghl_client)
+    async def gather() -> tuple[list[LocationSnapshot | SnapshotFailed], TinyEmailSnapshot]:
+        jobs: list[Awaitable[Any]] = [_isolated(_snapshot_ghl_location(loc, settings, prev, options, progress,
+                                                                       ghl_client))
                                       for loc, prev in previous.items()]
         jobs.append(_snapshot_tinyemail(settings, options, progress, te_client, te_previous))
         results = await _all_or_nothing(jobs)
         return results[:-1], results[-1]
 
     return asyncio.run(gather())
+
+
+def _outcome(result: Callable[[], LocationSnapshot]) -> LocationSnapshot | SnapshotFailed:
+    try:
+        return result()
+    except SnapshotFailed as failure:
+        return failure
+
+
+async def _isolated(job: Awaitable[LocationSnapshot]) -> LocationSnapshot | SnapshotFailed:
+    """One location's snapshot, its `SnapshotFailed` returned rather than raised (it stops that location only)."""
+    try:
+        return await job
+    except SnapshotFailed as failure:
+        return failure
+
+
+def _without_failed(results: Sequence[LocationSnapshot | SnapshotFailed],
+                    progress: Progress) -> tuple[list[LocationSnapshot], dict[str, str]]:
+    """The locations snapshotted and, by "ghl:<location>", why the others failed; the first failure is raised
+    when every location failed (nothing would go on)."""
+    done = [r for r in results if isinstance(r, LocationSnapshot)]
+    failures = [r for r in results if isinstance(r, SnapshotFailed)]
+    if failures and not done:
+        raise failures[0]
+    for failure in failures:
+        log.error("snapshot of %s failed, the other locations go on: %s", failure.system, failure.reason)
+        progress.used[failure.system] = failure.used
+    return done, {f.system: f.reason for f in failures}
+
+
+def unreadable_rows(ghl: Sequence[LocationSnapshot], te: TinyEmailSnapshot) -> list[dict[str, Any]]:
+    """Every record present but unreadable tonight: system, location, key (id or email), where, problem."""
+    rows = [{"system": "ghl", "location_id": s.location_id, "key": u.key, "where": u.where, "problem": u.problem}
+            for s in ghl for u in s.unreadable]
+    return rows + [{"system": "tinyemail", "location_id": None, "key": u.key, "where": u.where, "problem": u.problem}
+                   for u in te.unreadable]
 
 
 def _in_flow() -> bool:
@@ -614,12 +736,14 @@ class _Used:
 
 
 @contextmanager
-def _failing_as(system: str) -> Iterator[None]:
-    """A connector error of `system` becomes SnapshotFailed(system, reason)."""
+def _failing_as(system: str, used: _Used | None = None) -> Iterator[None]:
+    """A connector error of `system` becomes SnapshotFailed(system, reason), with the requests `used` so far."""
     try:
         yield
     except ConnectorError as exc:
-        raise SnapshotFailed(system, f"{type(exc).__name__}: {exc}") from exc
+        if used is not None:
+            used.mark("failed")
+        raise SnapshotFailed(system, f"{type(exc).__name__}: {exc}", used.counts if used else None) from exc
 
 
 async def _pool(items: Sequence[T], fn: Callable[[T], Awaitable[R]], concurrency: int) -> list[R]:

@@ -137,6 +137,15 @@ class Journal:
                                      "AS ids WHERE journal.run_id = ? AND journal.op_id = ids.id",
                                      [*params, ops, run_id])
 
+    def ghl_writes_since(self, location_id: str, since: datetime) -> dict[str, datetime]:
+        """The GHL contacts of a location written (done) since `since`: contact id -> when the last write was
+        sent (a created contact under the id GHL returned). The snapshot re-reads them if search shows them older."""
+        rows = self.store.con.execute(
+            "SELECT CASE WHEN kind = 'create' THEN result_id ELSE key END AS contact_id, max(sent_at) FROM journal "
+            "WHERE target = 'ghl' AND status = ? AND location_id = ? AND sent_at >= ? GROUP BY 1",
+            [DONE, location_id, since]).fetchall()
+        return {contact_id: sent for contact_id, sent in rows if contact_id and sent is not None}
+
     def rejected_before(self, op_ids: Iterable[str], run_id: str) -> dict[str, str]:
         """op id -> the API's message, for the run's ops whose value an earlier run had rejected (400/422).
 

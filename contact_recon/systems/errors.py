@@ -69,3 +69,9 @@ class UnknownOutcome(ConnectorError):
 class MalformedResponse(ConnectorError):
     """A 2xx answer the client cannot read: not JSON, not the documented shape (a field missing, of the wrong
     type, null where a list belongs) or text that is not valid Unicode. Not retried: the server answered."""
+
+
+class PagingStalled(ConnectorError):
+    """A listing that would not end: the cursor did not move, a page brought no new record, or the listing ran
+    well past the pages its own total announced. Stopping beats looping over the day's request budget (a
+    search that ignores its cursor would spend GHL's 200,000 daily requests in about 5.5 hours)."""

@@ -1,6 +1,8 @@
 """The GHL connector against the GHL sandbox over HTTP: the shared connector contract, plus listings
-(faults, past the 10,000 page window, under concurrent edits, incremental), task search batches,
-typed errors, and the rate budget alone at the real limits and next to a client that drains it."""
+(faults, past the 10,000 page window, under concurrent edits, incremental, with search lag), listings that
+would not end (a search ignoring its cursor, a page repeated, new ids past the total: `PagingStalled` within
+a few requests), task search batches, typed errors, and the rate budget alone at the real limits and next
+to a client that drains it."""
 
 from __future__ import annotations
 
@@ -12,13 +14,18 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from contact_recon.sandbox.generate import generate_fixture
 from contact_recon.sandbox.server import RunningServer
 from contact_recon.settings import Settings
 from contact_recon.systems.budget import RateBudget
-from contact_recon.systems.errors import ConnectorError, Duplicate, NotFound, ScopeError, Validation
-from contact_recon.systems.ghl.client import API_VERSION, GHLClient, iso
+from contact_recon.systems.errors import ConnectorError, Duplicate, NotFound, PagingStalled, ScopeError, Validation
+from contact_recon.systems.ghl.client import API_VERSION, PAGE_MARGIN, GHLClient, iso
+from contact_recon.systems.tinyemail import client as tinyemail_client
 from tests.support.connector_contract import ConnectorContract
 
 WRITE_TAG = "contract-write"
@@ -127,6 +134,75 @@ class TestGHLConnector(ConnectorContract):
         ids, _ = self.with_client(server, fixture, listing)
         assert len(ids) == 12_000 == len(set(ids))
         assert ids == sorted(ids)  # dateAdded asc, ties by id: here the same order as the ids
+
+    @pytest.mark.parametrize("mode, says", [("stall", "cursor did not move"), ("repeat", "brought no contact")])
+    def test_a_listing_that_would_not_end_raises_paging_stalled_within_a_few_requests(self, sandboxes, mode, says):
+        fixture = with_contacts(1_000)
+        server = self.serve(sandboxes, fixture)
+        switch = httpx.post(server.base_url + "/__sandbox/search", json={"paging": {location_of(fixture): mode}})
+        assert switch.json()["paging"] == {location_of(fixture): mode}
+        planned = 1_000 // 100  # the pages the listing needs
+
+        async def listing(client: GHLClient) -> list[str]:
+            return [c.id async for c in client.iter_contacts(page_limit=100)]
+
+        with pytest.raises(PagingStalled) as stalled:
+            self.with_client(server, fixture, listing)
+        self.seen(stalled.value)
+        searches = [r for r in self.requests(server) if r["path"] == "/contacts/search"]
+        assert len(searches) == 2 <= planned  # page 1, then the page that gives it away: never the day's budget
+        assert says in str(stalled.value) and "stopped after 2 requests" in str(stalled.value)
+
+        httpx.post(server.base_url + "/__sandbox/search", json={"paging": {location_of(fixture): "normal"}})
+        ids, _ = self.with_client(server, fixture, listing)
+        assert len(ids) == 1_000 == len(set(ids))  # the switch is the only cause
+
+    def test_new_ids_without_end_stop_near_the_pages_the_total_needs(self, serve):
+        asked: list[Any] = []
+
+        async def search(request: Request) -> JSONResponse:  # a server whose pages never run out
+            body = await request.json()
+            n = len(asked)
+            asked.append(body.get("searchAfter"))
+            contacts = [{"id": f"new{n:04d}{i:03d}", "searchAfter": [n, i, f"new{n:04d}{i:03d}"]} for i in range(100)]
+            return JSONResponse({"contacts": contacts, "total": 250})
+
+        server = serve(Starlette(routes=[Route("/contacts/search", search, methods=["POST"])]))
+        client = GHLClient.from_settings(Settings(ghl_base_url=server.base_url, ghl_token="pit-stub"), "loc",
+                                         budget=RateBudget(100, 10.0, 200_000), sleep=short_backoff)
+
+        async def listing() -> list[str]:
+            async with client:
+                return [c.id async for c in client.iter_contacts(page_limit=100)]
+
+        with pytest.raises(PagingStalled) as stalled:
+            asyncio.run(listing())
+        assert len(asked) == 3 + PAGE_MARGIN + 1 == client.stats.used  # 250 contacts need 3 pages
+        assert "does not end" in str(stalled.value)
+
+    def test_one_paging_stalled_for_both_connectors(self):
+        assert tinyemail_client.PagingStalled is PagingStalled
+
+    def test_with_search_lag_a_write_reaches_the_search_later_and_get_at_once(self, sandboxes, contract_fixture):
+        server = self.serve(sandboxes, contract_fixture, search_lag_s=1.5)
+        query = {"field": "email", "operator": "eq", "value": "lagging@example.com"}
+
+        async def scenario(client: GHLClient) -> tuple[int, str, int, bool, int]:
+            created = await client.create_contact({"email": "lagging@example.com", "firstName": "Lag"})
+            at_once = (await client.search_contacts(filters=[query])).contacts
+            got = await client.get_contact(created.id)
+            try:  # the duplicate check reads the store, not the lagging index
+                await client.create_contact({"email": "lagging@example.com"})
+                duplicate = False
+            except Duplicate as exc:
+                duplicate = exc.contact_id == created.id
+            await asyncio.sleep(1.6)
+            later = (await client.search_contacts(filters=[query])).contacts
+            return len(at_once), got.id == created.id and got.firstName or "", len(later), duplicate, \
+                sum(1 for c in later if c.id == created.id)
+
+        (at_once, got, later, duplicate, same), _ = self.with_client(server, contract_fixture, scenario)
+        assert (at_once, got, later, duplicate, same) == (0, "Lag", 1, True, 1)
 
     def test_contacts_edited_during_the_listing_are_returned_once(self, sandboxes, contract_fixture):
         fixture = with_contacts(600)

@@ -158,7 +158,7 @@ def test_harness_checks_requests_and_matches_paths_whatever_the_host() -> None:
 def base_url() -> Iterator[str]:
     from contact_recon.sandbox.ghl import create_app
 
-    app = create_app(validate_fixture({"ghl": copy.deepcopy(FIXTURE)})["ghl"], seed=7)
+    app = create_app(validate_fixture({"ghl": copy.deepcopy(FIXTURE)})["ghl"], seed=7, search_lag_s=0)
     server = serve_in_thread(app)
     yield server.base_url
     server.stop()
@@ -424,7 +424,8 @@ def test_version_header(base_url: str, admin: httpx.Client) -> None:
 def test_rate_limit_answers_429_envelope_and_faults_5xx(serve: Callable[..., Any]) -> None:
     from contact_recon.sandbox.ghl import create_app
 
-    app = create_app(validate_fixture({"ghl": copy.deepcopy(FIXTURE)})["ghl"], rate_scale=0.03)  # 3 per 10 s
+    app = create_app(validate_fixture({"ghl": copy.deepcopy(FIXTURE)})["ghl"], rate_scale=0.03,  # 3 per 10 s
+                     search_lag_s=0)
     server = serve(app)
     with contract_client(server.base_url, FULL_A, coverage=COVERAGE) as client:
         answers = [client.get(f"/contacts/{C1}") for _ in range(4)]
@@ -444,7 +445,7 @@ def test_rate_limit_answers_429_envelope_and_faults_5xx(serve: Callable[..., Any
 def test_sandbox_serves_only_spec_operations() -> None:
     from contact_recon.sandbox.ghl import create_app
 
-    app = create_app(validate_fixture({"ghl": copy.deepcopy(FIXTURE)})["ghl"])
+    app = create_app(validate_fixture({"ghl": copy.deepcopy(FIXTURE)})["ghl"], search_lag_s=0)
     served = {(m, r.path) for r in app.routes for m in r.methods - {"HEAD"} if not r.path.startswith("/__sandbox/")}
     outside = []
     assert EXTENSIONS <= served

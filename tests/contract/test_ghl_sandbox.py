@@ -67,7 +67,7 @@ def start(serve: Callable[..., RunningServer], clock: FakeClock) -> Callable[...
     """Start a GHL sandbox on the fake clock and return its base URL."""
 
     def run(fixture: dict[str, Any] | None = None, rate_scale: float = 100.0) -> str:
-        app = create_app(copy.deepcopy(fixture or FIXTURE), rate_scale=rate_scale, seed=3, clock=clock)
+        app = create_app(copy.deepcopy(fixture or FIXTURE), rate_scale=rate_scale, seed=3, clock=clock, search_lag_s=0)
         return serve(app).base_url
 
     return run

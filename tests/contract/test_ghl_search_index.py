@@ -104,7 +104,7 @@ def test_reset_rebuilds_the_indexes() -> None:
 
 def test_served_search_sees_writes_at_once(serve: Callable[..., RunningServer], clock: FakeClock) -> None:
     """Walk a dateUpdated-ascending listing over HTTP while contacts are edited, created and deleted."""
-    app = create_app(copy.deepcopy(fixture(1_200)), rate_scale=100, seed=2, clock=clock)
+    app = create_app(copy.deepcopy(fixture(1_200)), rate_scale=100, seed=2, clock=clock, search_lag_s=0)
     headers = {"Version": "2021-07-28", "Authorization": f"Bearer {TOKEN}"}
     sort = [{"field": "dateUpdated", "direction": "asc"}]
     with httpx.Client(base_url=serve(app).base_url, headers=headers, timeout=30) as api:

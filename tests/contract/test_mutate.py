@@ -29,7 +29,7 @@ def start_pair(serve, fx: dict[str, Any], *, ghl_scale: float = LENIENT, te_scal
                faults: str | None = None, clock=None) -> tuple[RunningServer, RunningServer]:
     extra = {"clock": clock} if clock is not None else {}
     ghl_part, te_part = json.loads(json.dumps(fx["ghl"])), json.loads(json.dumps(fx["tinyemail"]))
-    g = serve(ghl.create_app(ghl_part, rate_scale=ghl_scale, faults=faults, **extra))
+    g = serve(ghl.create_app(ghl_part, rate_scale=ghl_scale, faults=faults, search_lag_s=0, **extra))
     t = serve(tinyemail.create_app(te_part, rate_scale=te_scale, faults=faults, **extra))
     return g, t
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -248,3 +249,71 @@ def test_recon_plan_exits_0_when_planned_and_1_when_it_fails(world: World, tmp_p
     assert_clean(failed.output, world, wrong_key)
     with open_db(world.settings.data_dir / "recon.duckdb") as store:
         assert store.runs().filter(pl.col("kind") == "plan")["status"].to_list() == ["planned", "failed"]
+
+
+# ------------------------------------------------------------------------------------------ search lag
+
+SEARCH_LAG_S = 60.0  # longer than the test: nothing it writes reaches GHL's search while it runs
+
+
+def test_the_pipeline_converges_with_no_duplicate_while_search_lags_writes(sandboxes: Sandboxes,
+                                                                          tmp_path: Path) -> None:
+    from contact_recon.sandbox.generate import generate_fixture
+    from contact_recon.stages.run import reconcile, sync
+    from tests.support.worlds import RATE_SCALE, duplicates, ghl_people, loose_policy, make_settings, te_people
+
+    fixture = generate_fixture(50, seed=23, overlap=0.5, awkward=0.0)
+    ghl, te = sandboxes(fixture, rate_scale=RATE_SCALE, search_lag_s=SEARCH_LAG_S)
+    settings = make_settings(ghl, te, fixture, tmp_path / "data")
+    world = World(fixture, ghl, te, settings, None, loose_policy(tmp_path))  # type: ignore[arg-type]
+    location = world.location
+
+    def run() -> Any:
+        return reconcile(settings, None, locations=[location], approve=True, policy=world.policy, docs=False,
+                         ghl_client=world.ghl_client, tinyemail_client=world.te_client)
+
+    def search_ids() -> set[str]:
+        async def listing() -> set[str]:
+            async with world.ghl_client(location) as client:
+                return {c.id async for c in client.iter_contacts()}
+        import asyncio
+        return asyncio.run(listing())
+
+    first = run()
+    assert first.status == "completed" and first.plan is not None
+    created = first.plan.plan.filter((pl.col("kind") == "create") & (pl.col("target") == "ghl")).height
+    assert created > 0  # TinyEmail-only people became contacts, which search will not show for a minute
+    with open_db(settings.data_dir / "recon.duckdb") as store:
+        new_ids = set(store.load_id_map()["contact_id"]) - {c["id"] for c in fixture["ghl"]["locations"][location][
+            "contacts"]}
+    assert len(new_ids) == created and not new_ids & search_ids()  # the lag is on
+
+    offset = len(world.requests(ghl))
+    second = run()  # seconds later
+    assert second.status == "completed" and second.plan is not None
+    gets = {r["path"].split("/")[2] for r in world.requests(ghl)[offset:]
+            if r["method"] == "GET" and r["path"].count("/") == 2 and r["path"].startswith("/contacts/")}
+    assert new_ids <= gets  # missing from search, confirmed by GET: present, not deleted
+    planned = second.plan.plan.filter(pl.col("status") == "planned")
+    assert planned.height == 0, planned.select("kind", "target", "field", "reason").to_dicts()  # converged
+    assert duplicates(world.state(ghl)) == {}
+    assert len(world.state(ghl)["locations"][location]["contacts"]) == len(
+        fixture["ghl"]["locations"][location]["contacts"]) + created
+    with open_db(settings.data_dir / "recon.duckdb") as store:
+        assert set(store.latest_snapshot("ghl_contacts", location)["contact_id"]) >= new_ids
+
+    # sync-contact right after a write: read by id, never through the lagging search
+    people = te_people(world.state(te))
+    contact = next(c for c in world.state(ghl)["locations"][location]["contacts"]
+                   if (c.get("email") or "").strip().lower() in people)
+    headers = {"Authorization": f"Bearer {fixture['ghl']['tokens'][0]['token']}", "Version": "2021-07-28"}
+    httpx.put(ghl.base_url + f"/contacts/{contact['id']}", headers=headers,
+              json={"city": "Written Just Now"}).raise_for_status()
+    result = sync(settings, contact_id=contact["id"], location_id=location, ghl_client=world.ghl_client,
+                  tinyemail_client=world.te_client)
+    assert result["status"] == "completed", result
+    customer = next(c for c in world.state(te)["customers"]
+                    if c["email"].strip().lower() == contact["email"].strip().lower())
+    assert customer["city"] == "Written Just Now"
+    assert duplicates(world.state(ghl)) == {} and len(ghl_people(world.state(ghl))) == len(
+        world.state(ghl)["locations"][location]["contacts"])

@@ -106,7 +106,7 @@ def fleet(serve: Callable[[Starlette], RunningServer], tmp_path: Path,
           prefect_server: str) -> tuple[dict[str, Any], RunningServer, dict[str, str]]:
     """Three locations (one token each) in a GHL sandbox at the published limit, TinyEmail, and a worker's env."""
     fixture = validate_fixture(generate_fixture(560, seed=41, locations=3, overlap=0.6, awkward=0.0))
-    ghl_server = serve(ghl.create_app(fixture["ghl"], rate_scale=1))
+    ghl_server = serve(ghl.create_app(fixture["ghl"], rate_scale=1, search_lag_s=0))
     te_server = serve(tinyemail.create_app(fixture["tinyemail"], rate_scale=TE_RATE_SCALE))
     tokens = {t["locationId"]: t["token"] for t in fixture["ghl"]["tokens"]}
     (tmp_path / "policy.toml").write_text(LOOSE)

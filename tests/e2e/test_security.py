@@ -182,7 +182,7 @@ def test_a_refresh_through_the_sandbox_stores_the_new_pair_0600(serve: Callable[
                                                                 umask: Any) -> None:
     umask(0o000)
     fixture = generate_fixture(5, seed=29)
-    server = serve(ghl_sandbox.create_app(fixture["ghl"], rate_scale=RATE_SCALE))
+    server = serve(ghl_sandbox.create_app(fixture["ghl"], rate_scale=RATE_SCALE, search_lag_s=0))
     client = fixture["ghl"]["oauthClients"][0]
     location = fixture["ghl"]["tokens"][0]["locationId"]
     code = httpx.post(server.base_url + "/__sandbox/oauth/code", json={
@@ -523,7 +523,7 @@ def full_run(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> I
     fixture["tinyemail"]["apiKeys"][0] = configured["TinyEmail API key"]
     location = fixture["ghl"]["tokens"][0]["locationId"]
     data = validate_fixture(fixture)
-    servers = [serve_in_thread(ghl_sandbox.create_app(data["ghl"], rate_scale=RATE_SCALE)),
+    servers = [serve_in_thread(ghl_sandbox.create_app(data["ghl"], rate_scale=RATE_SCALE, search_lag_s=0)),
                serve_in_thread(te_sandbox.create_app(data["tinyemail"], rate_scale=RATE_SCALE))]
     ghl, te = servers
     data_dir = tmp_path_factory.mktemp("full-run") / "data"

@@ -419,3 +419,36 @@ def test_the_prefect_tasks_run_inside_a_flow(world: World, prefect_server: str) 
     # the flow run is recorded by the Prefect server (task runs arrive through Prefect's event stream,
     # which is asynchronous, so they are not asserted here)
     assert asyncio.run(flow_state()) == "COMPLETED"
+
+
+def test_inside_a_flow_a_stalled_location_fails_alone(sandboxes: Callable[..., tuple[RunningServer, RunningServer]],
+                                                      tmp_path: Path, prefect_server: str) -> None:  # noqa: F811
+    from prefect import flow
+
+    fixture = validate_fixture(generate_fixture(1_400, seed=4, locations=2, notes_per_contact=0.1,
+                                                tasks_per_contact=0.1))
+    ghl, te = sandboxes(fixture, rate_scale=RATE_SCALE)
+    tokens = {t["locationId"]: t["token"] for t in fixture["ghl"]["tokens"]}
+    ok, stalled = sorted(tokens, key=lambda loc: len(fixture["ghl"]["locations"][loc]["contacts"]))
+    assert len(fixture["ghl"]["locations"][stalled]["contacts"]) > 500
+    httpx.post(ghl.base_url + "/__sandbox/search", json={"paging": {stalled: "stall"}}).raise_for_status()
+    settings = Settings(_env_file=None, ghl_base_url=ghl.base_url, tinyemail_base_url=te.base_url + "/v1",
+                        tinyemail_api_key=fixture["tinyemail"]["apiKeys"][0], tinyemail_rate_per_minute=3000)
+
+    def client(location_id: str) -> GHLClient:
+        return GHLClient.from_settings(settings, location_id, credentials=StaticToken(tokens[location_id]),
+                                       budget=RateBudget(5000, 10.0, 200_000))
+
+    with open_db(tmp_path / "recon.duckdb") as store:
+        @flow
+        def nightly_snapshot() -> Any:
+            return run_snapshot(settings, store, sorted(tokens), ghl_client=client,
+                                tinyemail_client=lambda: TinyEmailClient.from_settings(
+                                    settings, budget=RateBudget(3000, 60.0, None)))
+
+        result = nightly_snapshot()
+        assert set(result.failed) == {f"ghl:{stalled}"} and "PagingStalled" in result.failed[f"ghl:{stalled}"]
+        assert result.locations == (ok,)
+        assert store.latest_snapshot("ghl_contacts", ok).height == len(fixture["ghl"]["locations"][ok]["contacts"])
+        assert store.latest_snapshot("ghl_contacts", stalled).height == 0
+        assert store.latest_snapshot("te_customers").height > 0

@@ -30,13 +30,17 @@ def serve() -> Iterator[Serve]:
 
 @pytest.fixture
 def sandboxes(serve: Serve) -> Sandboxes:
-    """Start both sandbox servers from one (validated) fixture: `sandboxes(fixture, rate_scale=.., faults=..)`."""
+    """Start both sandbox servers from one (validated) fixture: `sandboxes(fixture, rate_scale=.., faults=..)`.
+
+    GHL's search shows writes at once here (`search_lag_s=0`) unless a test asks for the lag
+    (`search_lag_s=2`, the sandbox's default, as tests/e2e/test_pipeline.py's search-lag test does)."""
     from contact_recon.sandbox import ghl, tinyemail
     from contact_recon.sandbox.fixture import validate_fixture
 
-    def start(fixture: dict, **options: object) -> tuple[RunningServer, RunningServer]:
+    def start(fixture: dict, search_lag_s: float = 0.0, **options: object) -> tuple[RunningServer, RunningServer]:
         data = validate_fixture(fixture)
-        return serve(ghl.create_app(data["ghl"], **options)), serve(tinyemail.create_app(data["tinyemail"], **options))
+        return (serve(ghl.create_app(data["ghl"], search_lag_s=search_lag_s, **options)),
+                serve(tinyemail.create_app(data["tinyemail"], **options)))
 
     return start
 

@@ -13,7 +13,17 @@ A contact edited while we list keeps its place, so it is returned exactly once; 
 `dateUpdated` instead, an edit would move it behind the cursor (returned twice) or, descending,
 ahead of it (missed). Contacts created during the listing land at the end and are picked up;
 contacts deleted before we reach them are not returned. As a last guard the iterator drops an id it
-has already yielded. Incremental listing adds the filter `dateUpdated range {gte: since}` to the same
+has already yielded.
+
+A listing cannot run away (a GHL paging bug would otherwise spend the day's 200,000 requests, about 5.5
+hours, and leave the location nothing for writes): `iter_contacts` raises `PagingStalled`
+(systems/errors.py) when the cursor does not move (the search ignored `searchAfter`), when a full page
+brings no id it has not yielded (a page repeated), or when it has read `PAGE_MARGIN` pages more than the
+largest `total` announced needs (new ids without end). Each costs a few requests at most beyond the
+planned page count. A contact the model cannot read is yielded as an `Unreadable` (systems/models.py)
+with its id when that much is readable, so one odd record never fails the listing.
+
+Incremental listing adds the filter `dateUpdated range {gte: since}` to the same
 sorted listing; search results may lag writes by a few seconds (NOTES.md), so callers should pass
 the start time of their previous listing minus a small overlap and treat the results as upserts.
 
@@ -27,14 +37,16 @@ Tags: `tags` given to upsert or update *replaces* every tag (NOTES.md); use `add
 or `bulk_update_tags` to change tags.
 
 Answers are read through `_json`/`_one`/`_many` (`http.read_json`, `member`, `parse`): a 2xx answer
-that is not JSON, lacks the record, has a field of the wrong type or null where a list belongs is a
-`MalformedResponse` naming the endpoint and the field. What they parse into are the API models of
+that is not JSON, lacks the record, or has a field of the wrong type is a `MalformedResponse` naming the
+endpoint and the field (a single record; in a search page only that contact is set apart as unreadable).
+What they parse into are the API models of
 systems/ghl/models.py, the first of the shapes a contact takes (systems/models.py); writes take bodies
 made by systems/ghl/writer.py.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -53,13 +65,24 @@ from contact_recon.systems.auth import (
     TokenStore,
 )
 from contact_recon.systems.budget import BudgetSnapshot, RateBudget, budget_for
-from contact_recon.systems.errors import AuthError, ConnectorError, Duplicate, NotFound, ScopeError, Validation
+from contact_recon.systems.errors import (
+    AuthError,
+    ConnectorError,
+    Duplicate,
+    MalformedResponse,
+    NotFound,
+    PagingStalled,
+    ScopeError,
+    Validation,
+)
 from contact_recon.systems.ghl.models import Appointment, BulkTagsResult, Contact, Note, SearchPage, Task
 from contact_recon.systems.http import ApiBacked, ApiClient, json_object, member, parse
+from contact_recon.systems.models import Unreadable
 
 API_VERSION = "2021-07-28"
 BURST_LIMIT, BURST_WINDOW_S, DAILY_LIMIT = 100, 10.0, 200_000
 MAX_PAGE_LIMIT = 500
+PAGE_MARGIN = 2  # pages a listing may read beyond what its largest `total` needs (contacts added meanwhile)
 TASK_SEARCH_BATCH = 100
 TASK_SEARCH_PAGE = 100
 SYSTEM = "ghl"
@@ -106,6 +129,44 @@ def iso(moment: datetime) -> str:
     """GHL's date form: ISO 8601 in UTC with milliseconds and `Z` (a naive datetime is taken as UTC)."""
     moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class _PagingGuard:
+    """What `iter_contacts` has seen of a listing, to stop one that would not end (module docstring)."""
+
+    def __init__(self, size: int):
+        self.size, self.pages, self.total = size, 0, 0
+        self.seen: set[str] = set()
+
+    def fresh(self, page: SearchPage) -> list[Contact]:
+        """The page's contacts not yielded before; `PagingStalled` past the pages the largest total needs."""
+        self.pages += 1
+        self.total = max(self.total, page.total)
+        if self.total and self.pages > math.ceil(self.total / self.size) + PAGE_MARGIN:
+            raise self._stalled(f"{self.pages} pages read where a total of {self.total:,} needs "
+                                f"{math.ceil(self.total / self.size)}: the listing does not end")
+        fresh = [c for c in page.contacts if c.id not in self.seen]
+        self.seen.update(c.id for c in fresh)
+        return fresh
+
+    def fresh_unreadable(self, page: SearchPage) -> list[Unreadable]:
+        """The page's unreadable records not yielded before (a page starts after its last readable contact,
+        so the unreadable ones behind it come again on the next page)."""
+        fresh = [u for u in page.unreadable if u.key is None or u.key not in self.seen]
+        self.seen.update(u.key for u in fresh if u.key is not None)
+        return fresh
+
+    def next_cursor(self, cursor: list[Any] | None, last: list[Any], brought_new: bool) -> list[Any]:
+        if last == cursor:
+            raise self._stalled(f"the searchAfter cursor did not move after page {self.pages} (the search "
+                                "ignored it)")
+        if not brought_new:
+            raise self._stalled(f"page {self.pages} brought no contact not listed before (a page repeated)")
+        return last
+
+    def _stalled(self, reason: str) -> PagingStalled:
+        return PagingStalled(f"{reason}; stopped after {self.pages} requests rather than spend the day's budget",
+                             system=SYSTEM, method="POST", path="/contacts/search")
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
@@ -190,22 +251,29 @@ class GHLClient(ApiBacked):
         return await self._one(SearchPage, "POST", "/contacts/search", None, write=False, json=body)
 
     async def iter_contacts(self, updated_since: datetime | None = None,
-                            page_limit: int = MAX_PAGE_LIMIT) -> AsyncIterator[Contact]:
-        """Every contact exactly once (or those updated at or after `updated_since`); module docstring."""
+                            page_limit: int = MAX_PAGE_LIMIT) -> AsyncIterator[Contact | Unreadable]:
+        """Every contact exactly once (or those updated at or after `updated_since`), an unreadable one as an
+        `Unreadable`; `PagingStalled` rather than a listing without end (module docstring)."""
         filters = [{"field": "dateUpdated", "operator": "range", "value": {"gte": iso(updated_since)}}] \
             if updated_since else None
         sort = [{"field": "dateAdded", "direction": "asc"}]
-        seen: set[str] = set()
+        size = min(page_limit, MAX_PAGE_LIMIT)
+        guard = _PagingGuard(size)
         cursor: list[Any] | None = None
         while True:
-            page = await self.search_contacts(page_limit=page_limit, search_after=cursor, filters=filters, sort=sort)
-            for contact in page.contacts:
-                if contact.id not in seen:
-                    seen.add(contact.id)
-                    yield contact
-            if len(page.contacts) < min(page_limit, MAX_PAGE_LIMIT) or page.contacts[-1].searchAfter is None:
+            page = await self.search_contacts(page_limit=size, search_after=cursor, filters=filters, sort=sort)
+            fresh = guard.fresh(page)
+            records: list[Contact | Unreadable] = [*fresh, *guard.fresh_unreadable(page)]
+            for record in records:
+                yield record
+            if len(page.contacts) + len(page.unreadable) < size:
                 return
-            cursor = page.contacts[-1].searchAfter
+            if not page.contacts:  # a full page of records we cannot read: no cursor to go on with
+                raise MalformedResponse(f"no contact of a full page of {size} can be read, so the listing cannot "
+                                        "go past it", system=SYSTEM, method="POST", path="/contacts/search")
+            if page.contacts[-1].searchAfter is None:
+                return
+            cursor = guard.next_cursor(cursor, page.contacts[-1].searchAfter, bool(fresh))
 
     async def create_contact(self, fields: dict[str, Any]) -> Contact:
         """`POST /contacts/`; Duplicate (with the existing id) where the location refuses duplicates."""

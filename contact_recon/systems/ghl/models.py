@@ -1,8 +1,11 @@
 """GHL's API models (Contacts API v2, pydantic v2): `Contact`, `SearchPage`, `Task`, `Note`, `Appointment`,
 `BulkTagsResult`.
 
-Strict on the fields the pipeline uses and tolerant of the rest (`systems/models.py`, which also names the
-shapes a contact takes between listing and write). The canonical rows are built from them by
+Checked on the fields the pipeline uses and tolerant of the rest (`systems/models.py`, which also names the
+shapes a contact takes between listing and write). What the real API is seen to send is forgiven on a
+contact: `tags` or `customFields` null (an empty list), `dnd` null (false), a numeric `phone` (its text),
+`dateAdded`/`dateUpdated` "" (no date). A search page keeps the contacts it cannot read apart
+(`SearchPage.unreadable`) instead of refusing the page. The canonical rows are built from them by
 `systems/ghl/mapping.py`.
 """
 
@@ -14,7 +17,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from contact_recon.systems.models import ApiModel
+from contact_recon.systems.models import ApiModel, Unreadable, split_records
 
 
 class Contact(ApiModel):
@@ -45,6 +48,28 @@ class Contact(ApiModel):
     dateUpdated: datetime | None = None
     searchAfter: list[Any] | None = None  # the cursor value of this contact (search results only)
 
+    @field_validator("tags", "customFields", mode="before")
+    @classmethod
+    def _null_list(cls, value: Any) -> Any:
+        return [] if value is None else value  # null where a list belongs: no tags, no custom fields
+
+    @field_validator("dnd", mode="before")
+    @classmethod
+    def _null_flag(cls, value: Any) -> Any:
+        return False if value is None else value  # null DND: not set (dndSettings still counts)
+
+    @field_validator("phone", mode="before")
+    @classmethod
+    def _numeric_phone(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # a phone sent as a number: its digits
+        return value
+
+    @field_validator("dateAdded", "dateUpdated", mode="before")
+    @classmethod
+    def _empty_date(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value  # "": no date
+
     @model_validator(mode="before")
     @classmethod
     def _search_shape(cls, data: Any) -> Any:
@@ -63,11 +88,24 @@ class Contact(ApiModel):
 
 
 class SearchPage(ApiModel):
-    """One page of POST /contacts/search. `contacts` is required: an answer without it is not an empty page."""
+    """One page of POST /contacts/search. `contacts` is required: an answer without it is not an empty page.
+
+    Each contact is read on its own: one the model refuses goes to `unreadable` (its id when readable), the
+    page keeps the others (`systems/models.py split_records`).
+    """
 
     contacts: list[Contact]
     total: int = 0
     traceId: str | None = None
+    unreadable: list[Unreadable] = Field(default_factory=list, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _per_record(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("contacts"), list):
+            return data  # no array of contacts: the page itself is malformed
+        contacts, unreadable = split_records(Contact, data["contacts"], "id", "contacts")
+        return {**data, "contacts": contacts, "unreadable": unreadable}
 
 
 class Task(ApiModel):

@@ -9,8 +9,11 @@ Reading:
 - `iter_members(list_id)` walks `GET /contacts/{id}/members?page=&size=` from page 1 (pages are
   1-indexed) and stops on `last`, on a short page or on an empty page. A server that never says
   `last` and keeps answering the same page is caught: a page seen before raises `PagingStalled`
-  instead of looping (or silently returning a partial list); `max_pages` bounds the walk. A member
-  seen twice in one walk (the list shifted under us) is yielded once.
+  (systems/errors.py, the one class both connectors raise) instead of looping (or silently returning
+  a partial list); `max_pages` bounds the walk. A member seen twice in one walk (the list shifted
+  under us) is yielded once. Members are validated one by one: a member the model refuses is yielded
+  as an `Unreadable` (systems/models.py), its email kept when readable, so one odd customer costs that
+  customer, not the page.
 - `all_customers()` walks every list and returns an `AudienceSnapshot`: each customer once, keyed
   by its normalised email, and the set of list ids it belongs to. There is no updated-since filter,
   so every snapshot is a full one.
@@ -30,10 +33,10 @@ Writing (every call is a write that `ApiClient` never resends after a 5xx, timeo
   like upserts. Adding members upserts them and starts any workflow attached to the list.
 
 Answers are read through `http.read_json`/`member`/`parse`: a 2xx answer that is not JSON, lacks
-`contacts` / `members.content`, or holds a customer of the wrong shape is a `MalformedResponse`
-naming the endpoint and the field (an answer we cannot read never passes for an empty list). What they
-parse into are the API models of systems/tinyemail/models.py, the first of the shapes a contact takes
-(systems/models.py); the members written are made by systems/tinyemail/writer.py.
+`contacts` / `members.content`, or a single customer (`get_customer`) of the wrong shape is a
+`MalformedResponse` naming the endpoint and the field (an answer we cannot read never passes for an
+empty list). What they parse into are the API models of systems/tinyemail/models.py, the first of
+the shapes a contact takes (systems/models.py); the members written are made by systems/tinyemail/writer.py.
 
 Auth is `X-API-KEY: <key>` or, for an OAuth token, `Authorization: Bearer <token>`. The rate budget
 is one per key (hashed) for the whole process; TinyEmail sends no rate headers, so its limit comes
@@ -61,12 +64,20 @@ from contact_recon.systems.errors import (
     ConnectorError,
     MalformedResponse,
     NotFound,
+    PagingStalled,
     UnknownOutcome,
     Validation,
 )
 from contact_recon.systems.http import ApiBacked, ApiClient, member, parse, read_json, where_of
+from contact_recon.systems.models import Unreadable, split_records
 from contact_recon.systems.redaction import register_secret
-from contact_recon.systems.tinyemail.contract import API_KEY_HEADER, ASSUMPTIONS, WRITABLE_FIELDS, email_key
+from contact_recon.systems.tinyemail.contract import (
+    API_KEY_HEADER,
+    ASSUMPTIONS,
+    STATUSES,
+    WRITABLE_FIELDS,
+    email_key,
+)
 from contact_recon.systems.tinyemail.models import ContactList, Customer
 
 SYSTEM = "tinyemail"
@@ -76,10 +87,6 @@ MAX_PAGES = 100_000  # a walk longer than this is a broken server, not a big lis
 
 CustomerLike = Customer | dict[str, Any]
 log = logging.getLogger("contact_recon.systems.tinyemail.client")
-
-
-class PagingStalled(ConnectorError):
-    """The members listing repeated a page without saying `last`: stopping beats looping forever."""
 
 
 class BatchUnknownOutcome(UnknownOutcome):
@@ -110,14 +117,20 @@ class UpsertResult:
 class AudienceSnapshot:
     """Every TinyEmail customer reachable through a list, once, with the lists it is in.
 
-    `customers` and `memberships` are keyed by the normalised email (`email_key`).
+    `customers` and `memberships` are keyed by the normalised email (`email_key`); `unreadable` holds the
+    members the model refused (systems/models.py), keyed the same way when their email is readable.
     """
 
     lists: list[ContactList] = field(default_factory=list)
     customers: dict[str, Customer] = field(default_factory=dict)
     memberships: dict[str, set[str]] = field(default_factory=dict)
+    unreadable: dict[str, Unreadable] = field(default_factory=dict)
 
-    def add(self, list_id: str, customer: Customer) -> None:
+    def add(self, list_id: str, customer: Customer | Unreadable) -> None:
+        if isinstance(customer, Unreadable):
+            key = email_key(customer.key) if customer.key else f"?{customer.where}@{list_id}"
+            self.unreadable.setdefault(key, customer)
+            return
         key = email_key(customer.email)
         self.customers.setdefault(key, customer)
         self.memberships.setdefault(key, set()).add(list_id)
@@ -167,41 +180,41 @@ class TinyEmailClient(ApiBacked):
         items = member(SYSTEM, response, read_json(SYSTEM, response), "contacts", list)
         return [parse(SYSTEM, response, ContactList, item, f"contacts[{i}]") for i, item in enumerate(items)]
 
-    async def iter_pages(self, list_id: str, size: int | None = None) -> AsyncIterator[list[Customer]]:
+    async def iter_pages(self, list_id: str, size: int | None = None) -> AsyncIterator[list[Customer | Unreadable]]:
         """The pages of a list's members, from page 1 until the last (see the module docstring)."""
         size = min(size or self.page_size, PAGE_SIZE)  # a larger size is a 400
         path = f"/contacts/{quote(list_id, safe='')}/members"
-        seen_pages: set[tuple[str, ...]] = set()
+        seen_pages: set[tuple[str | None, ...]] = set()
         for page in range(1, self.max_pages + 1):
             response = await self.api.request("GET", path, params={"page": page, "size": size})
             members = member(SYSTEM, response, read_json(SYSTEM, response), "members", dict)
             raws = member(SYSTEM, response, members, "content", list)
-            content = [parse(SYSTEM, response, Customer, raw, f"members.content[{i}]") for i, raw in enumerate(raws)]
-            if not content:
+            customers, unreadable = split_records(Customer, raws, "email", "members.content")
+            if not raws:
                 return  # an empty page ends the walk, whatever `last` says
-            fingerprint = tuple(email_key(c.email) for c in content)
+            fingerprint = tuple([email_key(c.email) for c in customers] + [u.key for u in unreadable])
             if fingerprint in seen_pages:
                 raise PagingStalled(f"page {page} repeats an earlier page without `last`", system=SYSTEM,
                                     method="GET", path=path)
             seen_pages.add(fingerprint)
-            yield content
-            if members.get("last") or len(content) < size:
+            yield [*customers, *unreadable]
+            if members.get("last") or len(raws) < size:
                 return
         raise PagingStalled(f"more than {self.max_pages} pages without `last`", system=SYSTEM, method="GET",
                             path=path)
 
-    async def iter_members(self, list_id: str, size: int | None = None) -> AsyncIterator[Customer]:
-        """Each member of a list once, fetched page by page."""
+    async def iter_members(self, list_id: str, size: int | None = None) -> AsyncIterator[Customer | Unreadable]:
+        """Each member of a list once, fetched page by page; one the model refuses as an `Unreadable`."""
         seen: set[str] = set()
         async for page in self.iter_pages(list_id, size):
             for customer in page:
-                key = email_key(customer.email)
-                if key not in seen:  # the list shifted between pages: keep the first sighting
-                    seen.add(key)
+                key = email_key(customer.email) if isinstance(customer, Customer) else customer.key
+                if key is None or key not in seen:  # the list shifted between pages: keep the first sighting
+                    seen.add(key or "")
                     yield customer
 
     async def all_customers(self) -> AudienceSnapshot:
-        """Every customer of every list once, with its list memberships."""
+        """Every customer of every list once, with its list memberships (and the unreadable ones apart)."""
         snapshot = AudienceSnapshot(lists=await self.lists())
         for contact_list in snapshot.lists:
             async for customer in self.iter_members(contact_list.id):
@@ -319,8 +332,9 @@ def to_member(customer: CustomerLike) -> dict[str, Any]:
 
 
 def to_members(customers: Sequence[CustomerLike | str]) -> list[dict[str, Any]]:
-    """`to_member` of each (a bare string is an email); a customer the model refuses is a `Validation`
-    naming its index, raised before anything is sent."""
+    """`to_member` of each (a bare string is an email); a customer the model refuses, or whose status is not
+    one TinyEmail knows (a read keeps such a status as raw text), is a `Validation` naming its index, raised
+    before anything is sent."""
     members = []
     for index, customer in enumerate(customers):
         try:
@@ -328,6 +342,9 @@ def to_members(customers: Sequence[CustomerLike | str]) -> list[dict[str, Any]]:
         except pydantic.ValidationError as exc:
             problems = [f"customers[{index}].{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
             raise Validation("; ".join(problems), messages=problems, system=SYSTEM) from None
+        if members[-1].get("status", STATUSES[0]) not in STATUSES:  # read as raw text, never written
+            problem = f"customers[{index}].status: must be one of {', '.join(STATUSES)}"
+            raise Validation(problem, messages=[problem], system=SYSTEM)
     return members
 
 

@@ -1,20 +1,24 @@
 """TinyEmail's API models (pydantic v2): `Customer` (identified by its email: TinyEmail customers have no id)
 and `ContactList`.
 
-Strict on the fields the pipeline uses and tolerant of the rest (`systems/models.py`, which also names the
-shapes a contact takes between listing and write). The canonical rows are built from them by
+Checked on the fields the pipeline uses and tolerant of the rest (`systems/models.py`, which also names the
+shapes a contact takes between listing and write). A customer's `tags` null is no tags; its `status` in any
+case is that status ("subscribed" is "Subscribed"), and a status TinyEmail does not document is kept as its
+raw text: the mapping makes it a consent value no policy counts as loose or tight, so it never loosens
+consent (the `consent_known` check warns about it). The canonical rows are built from them by
 `systems/tinyemail/mapping.py`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from contact_recon.systems.models import ApiModel
+from contact_recon.systems.tinyemail.contract import STATUSES
 
-CustomerStatus = Literal["Subscribed", "Unsubscribed", "Bounced", "Inactive", "Spam"]
+_KNOWN_STATUS = {status.lower(): status for status in STATUSES}
 
 
 class Customer(ApiModel):
@@ -35,8 +39,20 @@ class Customer(ApiModel):
     source: str | None = None
     currency: str | None = None
     tags: list[str] = Field(default_factory=list)
-    status: CustomerStatus = "Subscribed"
+    status: str | None = "Subscribed"  # one of contract.STATUSES, the raw text of another, or null (unknown)
     unsubscribedAt: str | None = None
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _null_tags(cls, value: Any) -> Any:
+        return [] if value is None else value  # null where a list belongs: no tags
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _status_spelling(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _KNOWN_STATUS.get(value.strip().lower(), value)  # a case variant is that status; else raw
+        return value
 
     def to_api(self) -> dict[str, Any]:
         """The body for `PUT /account/customer`: only the fields that were set (read or given).
