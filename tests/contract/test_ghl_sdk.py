@@ -74,7 +74,7 @@ def sdk_client(base_url: str, token: str, coverage: Coverage | None = None) -> H
 def base_url() -> Iterator[str]:
     from contact_recon.sandbox.ghl import create_app
 
-    server = serve_in_thread(create_app(validate_fixture({"ghl": copy.deepcopy(FIXTURE)})["ghl"]))
+    server = serve_in_thread(create_app(validate_fixture({"ghl": copy.deepcopy(FIXTURE)})["ghl"], search_lag_s=0))
     yield server.base_url
     server.stop()
 
