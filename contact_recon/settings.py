@@ -9,6 +9,7 @@ RECON_TINYEMAIL_API_KEY, RECON_DATA_DIR. Secrets are `SecretStr`, so printing th
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -113,8 +114,19 @@ class Settings(BaseSettings):
 
     @property
     def ghl_token_file(self) -> Path:
-        """Where local runs keep the GHL OAuth pair (0600)."""
+        """Where local runs kept the GHL OAuth pair (0600) before one file per owner; still read for a location
+        that has no file of its own, so an install authorized earlier keeps working."""
         return self.data_dir / "secrets" / "ghl_tokens.json"
+
+    def ghl_token_file_for(self, owner: str, kind: str = "location") -> Path:
+        """The 0600 file of one token owner's OAuth pair (`kind` "location" or "company"): a location token belongs
+        to one location, so no two owners ever share, and race on, one single-use refresh token."""
+        if kind not in ("location", "company") or not _OWNER_ID.fullmatch(owner):
+            raise ValueError(f"not a token owner: {kind} {owner!r}")
+        return self.data_dir / "secrets" / "ghl" / f"{kind}-{owner}.json"
+
+
+_OWNER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # GHL ids; never a path
 
 
 def get_settings() -> Settings:

@@ -39,6 +39,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -335,7 +336,8 @@ class GHLClient(ApiBacked):
 
 def credentials_from_settings(settings: Settings, location_id: str | None = None) -> Credentials:
     """The location's own Private Integration token (`ghl_location_tokens`) when it has one, else the token when
-    configured, else OAuth (Prefect block in deployments, else the file)."""
+    configured, else OAuth (Prefect block in deployments, else the file of the location's own pair, or the older
+    shared file when the location has none)."""
     own = settings.ghl_location_tokens.get(location_id or "")
     if own is not None and own.get_secret_value():
         return StaticToken(own.get_secret_value())
@@ -343,8 +345,17 @@ def credentials_from_settings(settings: Settings, location_id: str | None = None
         return StaticToken(settings.ghl_token.get_secret_value())
     if settings.ghl_client_id and settings.ghl_client_secret is not None:
         store: TokenStore = PrefectSecretTokenStore(settings.ghl_token_block) if settings.ghl_token_block \
-            else FileTokenStore(settings.ghl_token_file)
+            else FileTokenStore(oauth_token_file(settings, location_id))
         return GHLOAuth(store, client_id=settings.ghl_client_id,
                         client_secret=settings.ghl_client_secret.get_secret_value(), base_url=settings.ghl_base_url)
     raise AuthError("no GHL credentials: set RECON_GHL_TOKEN, or RECON_GHL_CLIENT_ID and RECON_GHL_CLIENT_SECRET",
                     system=SYSTEM)
+
+
+def oauth_token_file(settings: Settings, location_id: str | None) -> Path:
+    """The location's own token file when it exists, else the shared file of installs authorized before."""
+    if location_id:
+        own = settings.ghl_token_file_for(location_id)
+        if own.exists():
+            return own
+    return settings.ghl_token_file
