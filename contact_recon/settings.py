@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     ghl_rate_scale: float = 1.0
     use_global_limits: bool = False  # share budgets between processes via Prefect global concurrency limits
     ghl_token_block: str | None = None  # Prefect Secret block holding the OAuth pair (deployments)
+    # agency install (`recon auth ghl --agency`): the company whose Company pair mints each location's token
+    ghl_company_id: str | None = None
+    ghl_app_id: str | None = None  # the marketplace app id; default: the client id's part before its first "-"
     default_region: str = "US"
     # Snapshot stage (contact_recon/stages/snapshot.py, contact_recon/engine/budget_plan.py)
     notes_sweep_k: int = 30  # each night re-reads the notes and tasks of 1/K of all contacts
@@ -111,6 +114,11 @@ class Settings(BaseSettings):
             raise ValueError("webhook_dedupe_window_s must be at least webhook_max_age_s: a retry still inside the "
                              "age window would no longer be recognised as a duplicate")
         return self
+
+    @property
+    def ghl_app(self) -> str:
+        """The marketplace app id `GET /oauth/installedLocations` asks for."""
+        return self.ghl_app_id or (self.ghl_client_id or "").split("-")[0]
 
     @property
     def ghl_token_file(self) -> Path:

@@ -8,7 +8,10 @@
    Secret block named by RECON_GHL_TOKEN_BLOCK when set (deployments), else the 0600 file of the
    location the pair belongs to, `{data_dir}/secrets/ghl/location-{id}.json` (local runs; one file per
    token owner, so each location's single-use refresh token is refreshed under its own lock).
-Only the location and the expiry are printed; the code, the tokens and the client secret never are
+With `--agency` the pair is a Company pair (`user_type=Company`, an agency install), stored in the
+company's own file `{data_dir}/secrets/ghl/company-{companyId}.json`; set RECON_GHL_COMPANY_ID to that
+company and each location's token is minted from it (`contact_recon/systems/ghl/agency.py`).
+Only the location (or company) and the expiry are printed; the code, the tokens and the client secret never are
 (every error passes through `redact`).
 """
 
@@ -57,7 +60,9 @@ class _OwnerFileStore:
         return FileTokenStore(self.path).load()
 
     def save(self, tokens: TokenSet) -> None:
-        if tokens.location_id:  # a location pair: its own file; a pair that names no location: the shared one
+        if tokens.company_id:  # a Company pair (agency install): the company's own file
+            self.path = self.settings.ghl_token_file_for(tokens.company_id, "company")
+        elif tokens.location_id:  # a location pair: its own file; a pair that names no location: the shared one
             self.path = self.settings.ghl_token_file_for(tokens.location_id)
         FileTokenStore(self.path).save(tokens)
 
@@ -75,17 +80,18 @@ def store_label(settings: Settings, store: TokenStore) -> str:
     return f"Prefect Secret block {settings.ghl_token_block}"
 
 
-def oauth_client(settings: Settings, store: TokenStore) -> GHLOAuth:
+def oauth_client(settings: Settings, store: TokenStore, agency: bool = False) -> GHLOAuth:
     secret = settings.ghl_client_secret.get_secret_value() if settings.ghl_client_secret else ""
     if not settings.ghl_client_id or not secret:
         raise AuthSetupError("RECON_GHL_CLIENT_ID/RECON_GHL_CLIENT_SECRET not set")
-    return GHLOAuth(store, client_id=settings.ghl_client_id, client_secret=secret, base_url=settings.ghl_base_url)
+    return GHLOAuth(store, client_id=settings.ghl_client_id, client_secret=secret, base_url=settings.ghl_base_url,
+                    user_type="Company" if agency else "Location")
 
 
 def authorize_ghl(settings: Settings, code: str | None, prompt: Callable[[], str], out: Console,
-                  store: TokenStore | None = None) -> TokenSet:
+                  store: TokenStore | None = None, agency: bool = False) -> TokenSet:
     """Print the authorize URL, take the code, exchange and store it; the stored pair (never printed)."""
-    oauth = oauth_client(settings, store or token_store(settings))
+    oauth = oauth_client(settings, store or token_store(settings), agency)
     out.print("Open this URL, choose the location and approve:", highlight=False)
     out.print(oauth.authorize_url(settings.ghl_redirect_uri, REQUIRED_SCOPES), highlight=False, soft_wrap=True)
     the_code = extract_code(code if code is not None else prompt())
@@ -97,15 +103,17 @@ def authorize_ghl(settings: Settings, code: str | None, prompt: Callable[[], str
 
 def summary(tokens: TokenSet, settings: Settings, store: TokenStore) -> str:
     expires = datetime.fromtimestamp(tokens.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"GHL authorized for location {tokens.location_id or '(unknown)'}; access token expires {expires}; "
+    owner = f"company {tokens.company_id}" if tokens.company_id else f"location {tokens.location_id or '(unknown)'}"
+    return (f"GHL authorized for {owner}; access token expires {expires}; "
             f"stored in {store_label(settings, store)}")
 
 
-def run(settings: Settings, code: str | None, prompt: Callable[[], str], out: Console, err: Console) -> int:
+def run(settings: Settings, code: str | None, prompt: Callable[[], str], out: Console, err: Console,
+        agency: bool = False) -> int:
     """The command's body: 0 when the pair is stored, 1 with one red line otherwise."""
     store = token_store(settings)
     try:
-        tokens = authorize_ghl(settings, code, prompt, out, store)
+        tokens = authorize_ghl(settings, code, prompt, out, store, agency)
     except AuthSetupError as exc:
         err.print(f"[bold red]error:[/] {redact(exc)}", highlight=False)
         return 1

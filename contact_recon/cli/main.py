@@ -53,6 +53,8 @@ def demo(
 @auth_app.command("ghl")
 def auth_ghl(
     code: Annotated[str | None, typer.Option(help="The authorization code, or the whole redirect URL.")] = None,
+    agency: Annotated[bool, typer.Option("--agency", help="An agency install: store a Company token pair, "
+                                         "from which each installed location's token is minted.")] = False,
 ) -> None:
     """Print the GHL authorize URL, take the code, and store the OAuth token pair (never printed)."""
     from contact_recon.cli.auth import run
@@ -61,7 +63,7 @@ def auth_ghl(
     def prompt() -> str:
         return str(typer.prompt("Paste the code (or the whole redirect URL)", hide_input=True))
 
-    raise typer.Exit(run(get_settings(), code, prompt, console, err))
+    raise typer.Exit(run(get_settings(), code, prompt, console, err, agency=agency))
 
 
 @app.command("doctor")

@@ -52,6 +52,7 @@ class TokenSet:
     expires_at: float  # epoch seconds
     location_id: str | None = None
     scope: str = ""
+    company_id: str | None = None  # a Company pair (agency install) names its company and no location
 
     def register(self) -> TokenSet:
         register_secret(self.access_token)
@@ -198,8 +199,9 @@ class GHLOAuth:
 
     def __init__(self, store: TokenStore, *, client_id: str, client_secret: str, base_url: str,
                  http: httpx.AsyncClient | None = None, refresh_margin_s: float = 300,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, user_type: str = "Location"):
         register_secret(client_secret)
+        self.user_type = user_type  # "Company" for an agency install's pair
         self.store, self.client_id, self.client_secret = store, client_id, client_secret
         self.token_url = base_url.rstrip("/") + "/oauth/token"
         self.http, self.refresh_margin_s, self.clock = http, refresh_margin_s, clock
@@ -215,7 +217,7 @@ class GHLOAuth:
     async def exchange_code(self, code: str, redirect_uri: str | None = None) -> TokenSet:
         """Trade an authorization code for the first pair, and store it."""
         register_secret(code)
-        form = {"grant_type": "authorization_code", "code": code, "user_type": "Location"}
+        form = {"grant_type": "authorization_code", "code": code, "user_type": self.user_type}
         if redirect_uri:
             form["redirect_uri"] = redirect_uri
         tokens = await self._token_request(form)
@@ -251,8 +253,8 @@ class GHLOAuth:
                 current = self._load()  # the store: another process may have rotated the pair meanwhile
                 if current.access_token != stale_access and self._fresh(current):
                     return current  # someone refreshed while we waited
-                tokens = await self._token_request({"grant_type": "refresh_token",
-                                                    "refresh_token": current.refresh_token, "user_type": "Location"})
+                tokens = await self._token_request({"grant_type": "refresh_token", "user_type": self.user_type,
+                                                    "refresh_token": current.refresh_token})
                 self.store.save(tokens)  # store the rotated pair before anyone uses it
                 self._current = tokens
                 self.refreshes += 1
@@ -278,4 +280,5 @@ class GHLOAuth:
         body = answer.json()
         return TokenSet(access_token=body["access_token"], refresh_token=body["refresh_token"],
                         expires_at=self.clock() + float(body.get("expires_in", 86399)),
-                        location_id=body.get("locationId"), scope=body.get("scope", "")).register()
+                        location_id=body.get("locationId"), scope=body.get("scope", ""),
+                        company_id=body.get("companyId") if body.get("userType") == "Company" else None).register()
