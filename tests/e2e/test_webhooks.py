@@ -656,3 +656,40 @@ def test_our_own_write_coming_back_is_acknowledged_as_an_echo_not_emitted(serve:
     now[0] += 121
     assert post(server, webhook("ContactUpdate", "c-ours", timestamp=iso(121))).json()["status"] == "accepted"
     assert [item.event for item in spooled(server)] == [GHL_CONTACT_UPDATED, GHL_CONTACT_DELETED, GHL_CONTACT_UPDATED]
+
+
+# ------------------------------------------------------------------------------------ agency installs
+
+
+def test_install_and_uninstall_webhooks_add_and_retire_locations(serve: Serve, tmp_path: Path) -> None:
+    from contact_recon.stages.run import reconcile, sync
+    from contact_recon.store.installs import read_installs, retired_locations
+
+    settings = settings_for(tmp_path)
+    server = serve(create_app(settings, forward=False))
+
+    def install(kind: str, **ids: str) -> httpx.Response:
+        return post(server, {"type": kind, "appId": "app-1", "timestamp": iso(), "webhookId": str(uuid.uuid4()),
+                             "installType": "Location", "userId": "u-1", **ids})
+
+    for location in ("loc-a", "loc-b"):
+        answer = install("INSTALL", locationId=location, companyId="company-1")
+        assert (answer.status_code, answer.json()["status"]) == (200, "installed")
+    assert {loc: e["state"] for loc, e in read_installs(tmp_path).items()} == {"loc-a": "installed",
+                                                                              "loc-b": "installed"}
+    assert install("UNINSTALL", locationId="loc-a").json() == {"status": "retired", "locations": ["loc-a"]}
+    assert retired_locations(tmp_path) == {"loc-a"}
+    assert spooled(server) == []  # no contact to sync: nothing emitted
+
+    # retired: no more writes (a sync does nothing, a run covering only it is refused), its record kept
+    assert sync(settings, contact_id="c-1", location_id="loc-a") == {"status": "retired", "location_id": "loc-a"}
+    with pytest.raises(ValueError, match="retired"):
+        reconcile(settings, locations=["loc-a"])
+    assert read_installs(tmp_path)["loc-a"]["company_id"] == "company-1"
+
+    # an agency uninstall names only its company: every location of it is retired; an INSTALL brings one back
+    assert install("UNINSTALL", companyId="company-1").json()["locations"] == ["loc-a", "loc-b"]
+    assert retired_locations(tmp_path) == {"loc-a", "loc-b"}
+    install("INSTALL", locationId="loc-b", companyId="company-1")
+    assert retired_locations(tmp_path) == {"loc-a"}
+    assert install("UNINSTALL").status_code == 400  # neither a location nor a company
