@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     # agency install (`recon auth ghl --agency`): the company whose Company pair mints each location's token
     ghl_company_id: str | None = None
     ghl_app_id: str | None = None  # the marketplace app id; default: the client id's part before its first "-"
+    tenants_file: Path | None = None  # TOML, one [tenants.NAME] table per client (contact_recon/tenants.py)
     default_region: str = "US"
     # Snapshot stage (contact_recon/stages/snapshot.py, contact_recon/engine/budget_plan.py)
     notes_sweep_k: int = 30  # each night re-reads the notes and tasks of 1/K of all contacts
@@ -137,5 +138,11 @@ class Settings(BaseSettings):
 _OWNER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # GHL ids; never a path
 
 
-def get_settings() -> Settings:
-    return Settings()
+def get_settings(tenant: str | None = None) -> Settings:
+    """The environment's settings, or one tenant's (`RECON_TENANTS_FILE`, contact_recon/tenants.py)."""
+    settings = Settings()
+    if tenant is None:
+        return settings
+    from contact_recon.tenants import tenant_settings
+
+    return tenant_settings(settings, tenant)

@@ -71,9 +71,11 @@ def reconcile_flow(
                              "changed ones and tonight's rolling sweep."),
     lock_wait_s: float = Field(default=60.0, description="How long to wait for another run of the same "
                                "locations before giving up."),
+    tenant: str | None = Field(default=None, description="The tenant of RECON_TENANTS_FILE to reconcile (its own "
+                               "settings, data dir and budgets); empty: the RECON_* settings."),
 ) -> dict[str, Any] | State[Any]:
     """Reconcile GHL and TinyEmail: snapshot -> merge -> checks -> apply -> report (held: wait for approval)."""
-    settings, flow_run = get_settings(), _flow_run()
+    settings, flow_run = get_settings(tenant), _flow_run()
     with forwarded_logs(flow_run.id), progress_artifact("reconcile"):
         held = _held_input()
         if held is not None:  # this flow run held a plan and suspended; resumed, the answer is waiting

@@ -67,12 +67,14 @@ def auth_ghl(
 
 
 @app.command("doctor")
-def doctor() -> None:
+def doctor(
+    tenant: Annotated[str | None, typer.Option(help="Check this tenant of RECON_TENANTS_FILE.")] = None,
+) -> None:
     """Check both connections, the scopes the features need and the remaining budgets; exit 1 on a problem."""
     from contact_recon.cli.doctor import run_doctor
     from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_doctor(get_settings, console, err))
+    raise typer.Exit(run_doctor(lambda: get_settings(tenant), console, err))
 
 
 @app.command("snapshot")
@@ -121,17 +123,19 @@ def run(
     full_sweep: Annotated[bool, typer.Option(help="Read the tasks and notes of every contact tonight.")] = False,
     lock_wait: Annotated[float, typer.Option(help="Seconds to wait for another run of the same locations before "
                                              "giving up (exit 1, busy).", min=0)] = 60.0,
+    tenant: Annotated[str | None, typer.Option(help="The tenant of RECON_TENANTS_FILE; default: every tenant "
+                                               "(or the RECON_* settings when no tenants file is set).")] = None,
 ) -> None:
     """Reconcile now (a Prefect flow run): snapshot, merge, checks, apply, report.
 
     Prints the run id, the status and the report path. Exit 0 completed, 3 held (a guard tripped:
     `recon approve RUN_ID`), 1 failed.
     """
-    from contact_recon.cli.run import run_reconcile_command
+    from contact_recon.cli.run import run_tenants_command
     from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_reconcile_command(get_settings(), location or [], dry_run, approve, full_sweep, console,
-                                           err, lock_wait_s=lock_wait))
+    raise typer.Exit(run_tenants_command(get_settings(), tenant, location or [], dry_run, approve, full_sweep,
+                                         console, err, lock_wait_s=lock_wait))
 
 
 @app.command("mapping")
