@@ -22,6 +22,9 @@ times, ~10 min apart, with the original payload and timestamp) and never after a
 5c. an `INSTALL` / `UNINSTALL` (an agency install adding or retiring a location; it names no contact, and an
    agency `UNINSTALL` only its `companyId`) -> recorded in `data_dir/agency/installs.json`
    (contact_recon/store/installs.py, replaced whole before the 200), 200 `installed` / `retired`;
+5d. with tenants (`RECON_TENANTS_FILE`, contact_recon/tenants.py), a webhook whose location no tenant owns ->
+   403 (GHL retries only a 429: the refusal is final), counted (`unowned` in `/healthz`); an owned one carries
+   its `tenant` in the event's payload, which the `sync-contact` trigger passes to the flow (its settings);
 6. a type contact-recon does not sync (contact_recon/events.py `GHL_WEBHOOK_EVENTS`) -> 200 `ignored`;
 7. otherwise the Prefect event (its id derived from the webhookId) is appended to the durable spool and
    fsynced (contact_recon/service/spool.py), the id remembered -> 200 `accepted`; the forwarder thread
@@ -71,6 +74,7 @@ from contact_recon.stages.echo import EchoFilter
 from contact_recon.store.files import atomic_text, open_private
 from contact_recon.store.installs import record_install
 from contact_recon.systems.ghl.contract import ED25519_SIGNATURE_HEADER, RSA_SIGNATURE_HEADER
+from contact_recon.tenants import owner_of_location, tenants_of
 
 PATH = "/webhooks/ghl"
 MAX_BODY_BYTES = 1_000_000
@@ -173,7 +177,7 @@ def staleness_s(webhook: Webhook, now: float) -> float:
     return abs(now - webhook.timestamp.timestamp())
 
 
-def event_for(webhook: Webhook, now: float) -> SpoolItem | None:
+def event_for(webhook: Webhook, now: float, tenant: str | None = None) -> SpoolItem | None:
     """The Prefect event of a webhook, as a spool item, or None for a type contact-recon does not sync.
 
     Its id is uuid5 of the webhookId (a re-emission is the same event); it occurred at the webhook's timestamp,
@@ -190,6 +194,8 @@ def event_for(webhook: Webhook, now: float) -> SpoolItem | None:
         resource = ghl_location_resource(webhook.location_id)
     if webhook.object_id:
         payload["object_id"] = webhook.object_id
+    if tenant is not None:  # routed: the tenant that owns the location
+        payload["tenant"] = tenant
     occurred = min(webhook.timestamp, datetime.fromtimestamp(now, tz=UTC))
     return SpoolItem(str(uuid.uuid5(EVENT_NAMESPACE, webhook.webhook_id)), name, resource, payload,
                      occurred.isoformat(), now)
@@ -318,6 +324,8 @@ class Receiver:
     clock: Callable[[], float] = time.time
     echo: EchoFilter | None = None  # our own recent writes (contact_recon/stages/echo.py)
     data_dir: Path = Path("data")  # where INSTALL / UNINSTALL are recorded (contact_recon/store/installs.py)
+    tenants: dict[str, Settings] | None = None  # RECON_TENANTS_FILE: who owns each location; None: single tenant
+    unowned: int = 0  # webhooks refused because no tenant owns their location
 
     def handle(self, raw: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
         """The status and JSON answer for one webhook (the module docstring's decision order)."""
@@ -347,7 +355,15 @@ class Receiver:
             return 200, {"status": "echo", "webhookId": webhook.webhook_id}
         if webhook.type in INSTALL_TYPES:  # 5c. the app installed on or removed from a location: kept durably
             return self._install(webhook, until)
-        return self._accept(webhook, now, until)  # 6. and 7.
+        tenant = None
+        if self.tenants is not None:  # 5d. routed to the tenant that owns the location, or refused
+            tenant = owner_of_location(self.tenants, webhook.location_id)
+            if tenant is None:
+                self.unowned += 1
+                log.warning("webhook %s (%s) refused: no tenant owns location %s (%d refused so far)",
+                            webhook.webhook_id, webhook.type, webhook.location_id, self.unowned)
+                return 403, {"error": f"no tenant owns location {webhook.location_id}"}
+        return self._accept(webhook, now, until, tenant)  # 6. and 7.
 
     def _install(self, webhook: Webhook, until: float) -> tuple[int, dict[str, Any]]:
         installed = webhook.type == "INSTALL"
@@ -358,8 +374,9 @@ class Receiver:
                  "installed" if installed else "retired")
         return 200, {"status": "installed" if installed else "retired", "locations": changed}
 
-    def _accept(self, webhook: Webhook, now: float, until: float) -> tuple[int, dict[str, Any]]:
-        item = event_for(webhook, now)
+    def _accept(self, webhook: Webhook, now: float, until: float,
+                tenant: str | None = None) -> tuple[int, dict[str, Any]]:
+        item = event_for(webhook, now, tenant)
         if item is None:  # 6. a type we do not sync: acknowledged so GHL does not deliver it again
             self.seen.add(webhook.webhook_id, until)
             return 200, {"status": "ignored", "reason": f"type {webhook.type} is not synced"}
@@ -422,7 +439,8 @@ def create_app(settings: Settings, *, send: Send | None = None, clock: Callable[
                               settings.webhook_401_alert_window_s, clock)
     receiver = Receiver(keys, settings.webhook_max_age_s, settings.webhook_dedupe_window_s,
                         SeenIds(seen_ids_path(settings), clock), spool, watch, forwarder, clock,
-                        EchoFilter(settings.data_dir, clock=clock), Path(settings.data_dir))
+                        EchoFilter(settings.data_dir, clock=clock), Path(settings.data_dir),
+                        tenants_of(settings) if settings.tenants_file is not None else None)
 
     async def ghl_webhook(request: Request) -> JSONResponse:
         raw = await read_capped(request, MAX_BODY_BYTES)
@@ -435,6 +453,7 @@ def create_app(settings: Settings, *, send: Send | None = None, clock: Callable[
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True, "remembered_ids": len(receiver.seen), "spooled": len(spool),
+                             "unowned": receiver.unowned,
                              "prefect_reachable": forwarder.reachable if forwarder else None})
 
     app = Starlette(routes=[Route(PATH, ghl_webhook, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])])

@@ -27,7 +27,8 @@ location's tasks instead (`Store.mark_tasks_dirty`) and syncs nobody.
 
 A location an agency UNINSTALL retired (contact_recon/store/installs.py) gets no more writes: `reconcile` leaves
 it out of the covered locations (and refuses a run that covers only retired ones), `sync` returns status
-`retired` without reading or writing; its data stays in the store.
+`retired` without reading or writing; its data stays in the store. `sync` of a location that is not among
+the configured ones (another group's webhook) returns status `unowned` and touches nothing.
 
 A run's status: running -> planned | held | failed -> applying -> completed | failed.
 """
@@ -205,6 +206,9 @@ def sync(settings: Settings, *, contact_id: str | None = None, location_id: str 
         raise ValueError("sync-contact needs a contact_id or an email")
     if not location:
         raise ValueError("no GHL location: pass location_id or set RECON_GHL_LOCATION_IDS")
+    if settings.ghl_location_ids and location not in settings.ghl_location_ids:  # another group's location
+        log.warning("location %s is not one of this install's locations: nothing synced", location)
+        return {"status": "unowned", "location_id": location}
     if location in retired_locations(settings.data_dir):  # uninstalled: no more writes, data kept
         log.info("location %s is retired (the app was uninstalled): nothing synced", location)
         return {"status": "retired", "location_id": location}

@@ -693,3 +693,29 @@ def test_install_and_uninstall_webhooks_add_and_retire_locations(serve: Serve, t
     install("INSTALL", locationId="loc-b", companyId="company-1")
     assert retired_locations(tmp_path) == {"loc-a"}
     assert install("UNINSTALL").status_code == 400  # neither a location nor a company
+
+
+def test_a_webhook_for_a_location_no_tenant_owns_is_refused_and_counted(serve: Serve, tmp_path: Path) -> None:
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(f'[tenants.north]\nghl_location_ids = "loc-webhooks"\ndata_dir = "{tmp_path / "north"}"\n'
+                       f'[tenants.south]\nghl_location_ids = "loc-south"\ndata_dir = "{tmp_path / "south"}"\n')
+    server = serve(create_app(settings_for(tmp_path, tenants_file=tenants), forward=False))
+
+    refused = post(server, webhook(locationId="loc-of-another-group"))
+    assert refused.status_code == 403 and "no tenant owns location loc-of-another-group" in refused.json()["error"]
+    assert spooled(server) == []
+    assert httpx.get(server.base_url + "/healthz").json()["unowned"] == 1
+
+    owned = post(server, webhook(locationId="loc-south"))
+    assert owned.json()["status"] == "accepted"
+    (item,) = spooled(server)
+    assert item.payload["tenant"] == "south" and item.payload["location_id"] == "loc-south"
+    assert httpx.get(server.base_url + "/healthz").json()["unowned"] == 1
+
+
+def test_sync_refuses_a_location_that_is_not_configured(tmp_path: Path) -> None:
+    from contact_recon.stages.run import sync
+
+    settings = settings_for(tmp_path, ghl_location_ids="loc-mine")
+    assert sync(settings, contact_id="c-1", location_id="loc-theirs") == {"status": "unowned",
+                                                                          "location_id": "loc-theirs"}
