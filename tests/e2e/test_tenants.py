@@ -95,3 +95,27 @@ def test_tenants_that_would_share_a_data_dir_or_a_location_are_refused(tmp_path:
     typo.write_text('[tenants.a]\nRECON_DATA_DIR = "x"\n')
     with pytest.raises(TenantsError, match="unknown keys"):
         tenants_of(Settings(_env_file=None, tenants_file=typo))
+
+
+def test_the_nightly_fans_out_one_flow_run_per_tenant(tmp_path: Path, prefect_server: str) -> None:  # noqa: F811
+    import uuid
+
+    from contact_recon.flows.reconcile import fan_out
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
+
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(f'[tenants.north]\nghl_location_ids = "L-north"\ndata_dir = "{tmp_path / "north"}"\n'
+                       f'[tenants.south]\nghl_location_ids = "L-south"\ndata_dir = "{tmp_path / "south"}"\n')
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("reconcile")
+        deployment_id = client.create_deployment(flow_id=flow_id, name=f"fan-out-{uuid.uuid4().hex[:8]}")
+    answer = fan_out(Settings(_env_file=None, tenants_file=tenants), str(deployment_id),
+                     {"dry_run": False, "approve": False})
+    assert answer["status"] == "fanned-out" and set(answer["tenants"]) == {"north", "south"}
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                                     flow_run_filter=FlowRunFilter())
+    assert sorted(run.parameters["tenant"] for run in runs) == ["north", "south"]
+    assert {str(run.id) for run in runs} == set(answer["tenants"].values())
+    assert all(run.parameters["dry_run"] is False for run in runs)
