@@ -138,11 +138,5 @@ class Settings(BaseSettings):
 _OWNER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # GHL ids; never a path
 
 
-def get_settings(tenant: str | None = None) -> Settings:
-    """The environment's settings, or one tenant's (`RECON_TENANTS_FILE`, contact_recon/tenants.py)."""
-    settings = Settings()
-    if tenant is None:
-        return settings
-    from contact_recon.tenants import tenant_settings
-
-    return tenant_settings(settings, tenant)
+def get_settings() -> Settings:
+    return Settings()

@@ -57,6 +57,12 @@ def _value(table: dict[str, Any], key: str) -> Any:
     return value
 
 
+def get_tenant_settings(tenant: str | None = None) -> Settings:
+    """The environment's settings (`tenant` None), or that tenant's."""
+    settings = Settings()
+    return settings if tenant is None else tenant_settings(settings, tenant)
+
+
 def tenant_settings(settings: Settings, name: str) -> Settings:
     """One tenant's settings: its table over the environment's (the file named by `settings.tenants_file`)."""
     tables = tenants_of(settings)

@@ -58,6 +58,7 @@ from contact_recon.stages.run import (
     reconcile,
 )
 from contact_recon.store.db import Store
+from contact_recon.tenants import get_tenant_settings
 
 prepare_process()  # a worker's flow-run process starts here: secrets masked in every log, owner-only files
 
@@ -76,7 +77,7 @@ def reconcile_flow(
                                "settings, data dir and budgets); empty: the RECON_* settings."),
 ) -> dict[str, Any] | State[Any]:
     """Reconcile GHL and TinyEmail: snapshot -> merge -> checks -> apply -> report (held: wait for approval)."""
-    settings, flow_run = get_settings(tenant), _flow_run()
+    settings, flow_run = get_tenant_settings(tenant), _flow_run()
     if tenant is None and settings.tenants_file is not None and flow_run.deployment_id is not None:
         # the nightly of many tenants: one flow run of this deployment per tenant, each with its own settings
         return fan_out(settings, str(flow_run.deployment_id), {"locations": locations, "dry_run": dry_run,

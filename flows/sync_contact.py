@@ -16,9 +16,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-from contact_recon.settings import get_settings
 from contact_recon.stages.process import prepare_process
 from contact_recon.stages.run import sync
+from contact_recon.tenants import get_tenant_settings
 
 prepare_process()  # a worker's flow-run process starts here: secrets masked in every log, owner-only files
 
@@ -34,5 +34,5 @@ def sync_contact_flow(
                                "(set by the webhook receiver); empty: the RECON_* settings."),
 ) -> dict[str, Any]:
     """Sync one contact both ways now."""
-    return sync(get_settings(tenant or None), contact_id=contact_id or None, location_id=location_id or None,
+    return sync(get_tenant_settings(tenant or None), contact_id=contact_id or None, location_id=location_id or None,
                 email=email or None, webhook_type=webhook_type or None, log=get_run_logger())

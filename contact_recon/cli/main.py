@@ -72,9 +72,9 @@ def doctor(
 ) -> None:
     """Check both connections, the scopes the features need and the remaining budgets; exit 1 on a problem."""
     from contact_recon.cli.doctor import run_doctor
-    from contact_recon.settings import get_settings
+    from contact_recon.tenants import get_tenant_settings
 
-    raise typer.Exit(run_doctor(lambda: get_settings(tenant), console, err))
+    raise typer.Exit(run_doctor(lambda: get_tenant_settings(tenant), console, err))
 
 
 @app.command("snapshot")
