@@ -9,6 +9,7 @@ RECON_TINYEMAIL_API_KEY, RECON_DATA_DIR. Secrets are `SecretStr`, so printing th
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -41,6 +42,10 @@ class Settings(BaseSettings):
     ghl_rate_scale: float = 1.0
     use_global_limits: bool = False  # share budgets between processes via Prefect global concurrency limits
     ghl_token_block: str | None = None  # Prefect Secret block holding the OAuth pair (deployments)
+    # agency install (`recon auth ghl --agency`): the company whose Company pair mints each location's token
+    ghl_company_id: str | None = None
+    ghl_app_id: str | None = None  # the marketplace app id; default: the client id's part before its first "-"
+    tenants_file: Path | None = None  # TOML, one [tenants.NAME] table per client (contact_recon/tenants.py)
     default_region: str = "US"
     # Snapshot stage (contact_recon/stages/snapshot.py, contact_recon/engine/budget_plan.py)
     notes_sweep_k: int = 30  # each night re-reads the notes and tasks of 1/K of all contacts
@@ -112,9 +117,25 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def ghl_app(self) -> str:
+        """The marketplace app id `GET /oauth/installedLocations` asks for."""
+        return self.ghl_app_id or (self.ghl_client_id or "").split("-")[0]
+
+    @property
     def ghl_token_file(self) -> Path:
-        """Where local runs keep the GHL OAuth pair (0600)."""
+        """Where local runs kept the GHL OAuth pair (0600) before one file per owner; still read for a location
+        that has no file of its own, so an install authorized earlier keeps working."""
         return self.data_dir / "secrets" / "ghl_tokens.json"
+
+    def ghl_token_file_for(self, owner: str, kind: str = "location") -> Path:
+        """The 0600 file of one token owner's OAuth pair (`kind` "location" or "company"): a location token belongs
+        to one location, so no two owners ever share, and race on, one single-use refresh token."""
+        if kind not in ("location", "company") or not _OWNER_ID.fullmatch(owner):
+            raise ValueError(f"not a token owner: {kind} {owner!r}")
+        return self.data_dir / "secrets" / "ghl" / f"{kind}-{owner}.json"
+
+
+_OWNER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # GHL ids; never a path
 
 
 def get_settings() -> Settings:

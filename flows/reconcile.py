@@ -24,6 +24,7 @@ and the apply (flows/ui.py).
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,6 +58,7 @@ from contact_recon.stages.run import (
     reconcile,
 )
 from contact_recon.store.db import Store
+from contact_recon.tenants import get_tenant_settings
 
 prepare_process()  # a worker's flow-run process starts here: secrets masked in every log, owner-only files
 
@@ -71,9 +73,16 @@ def reconcile_flow(
                              "changed ones and tonight's rolling sweep."),
     lock_wait_s: float = Field(default=60.0, description="How long to wait for another run of the same "
                                "locations before giving up."),
+    tenant: str | None = Field(default=None, description="The tenant of RECON_TENANTS_FILE to reconcile (its own "
+                               "settings, data dir and budgets); empty: the RECON_* settings."),
 ) -> dict[str, Any] | State[Any]:
     """Reconcile GHL and TinyEmail: snapshot -> merge -> checks -> apply -> report (held: wait for approval)."""
-    settings, flow_run = get_settings(), _flow_run()
+    settings, flow_run = get_tenant_settings(tenant), _flow_run()
+    if tenant is None and settings.tenants_file is not None and flow_run.deployment_id is not None:
+        # the nightly of many tenants: one flow run of this deployment per tenant, each with its own settings
+        return fan_out(settings, str(flow_run.deployment_id), {"locations": locations, "dry_run": dry_run,
+                                                               "approve": approve, "full_sweep": full_sweep,
+                                                               "lock_wait_s": lock_wait_s})
     with forwarded_logs(flow_run.id), progress_artifact("reconcile"):
         held = _held_input()
         if held is not None:  # this flow run held a plan and suspended; resumed, the answer is waiting
@@ -102,6 +111,22 @@ def apply_approved_flow(run_id: str, locations: list[str], guards: list[str] | N
     approval = Approval("reject" if reject else "approve", None if guards is None else tuple(guards), note, "cli")
     with forwarded_logs(flow_run.id), progress_artifact("apply-approved"):
         return _apply_answer(settings, run_id, approval, locations, lock_wait_s)
+
+
+def fan_out(settings: Settings, deployment_id: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """One flow run of the deployment per tenant of RECON_TENANTS_FILE (on the work pool, each under its own data
+    dir and budgets, queued by the deployment's concurrency limit); the flow run id of each tenant."""
+    from prefect.deployments import run_deployment
+
+    from contact_recon.tenants import tenants_of
+
+    started = {}
+    for name in tenants_of(settings):
+        child = run_deployment(name=deployment_id, parameters={**parameters, "tenant": name}, timeout=0,
+                               as_subflow=False, tags=[f"tenant:{name}"])
+        started[name] = str(child.id)  # type: ignore[union-attr]
+    logging.getLogger("contact_recon.flows.reconcile").info("one reconcile flow run per tenant: %s", started)
+    return {"status": "fanned-out", "tenants": started}
 
 
 def run_in_process(**parameters: Any) -> dict[str, Any]:

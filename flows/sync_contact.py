@@ -16,9 +16,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-from contact_recon.settings import get_settings
 from contact_recon.stages.process import prepare_process
 from contact_recon.stages.run import sync
+from contact_recon.tenants import get_tenant_settings
 
 prepare_process()  # a worker's flow-run process starts here: secrets masked in every log, owner-only files
 
@@ -30,7 +30,9 @@ def sync_contact_flow(
     email: str | None = Field(default=None, description="A TinyEmail customer's email (from the watcher)."),
     webhook_type: str | None = Field(default=None, description="The GHL webhook type that triggered the sync "
                                      "(NoteCreate, TaskCreate...: the contact's notes and tasks are refetched)."),
+    tenant: str | None = Field(default=None, description="The tenant of RECON_TENANTS_FILE that owns the change "
+                               "(set by the webhook receiver); empty: the RECON_* settings."),
 ) -> dict[str, Any]:
     """Sync one contact both ways now."""
-    return sync(get_settings(), contact_id=contact_id or None, location_id=location_id or None, email=email or None,
-                webhook_type=webhook_type or None, log=get_run_logger())
+    return sync(get_tenant_settings(tenant or None), contact_id=contact_id or None, location_id=location_id or None,
+                email=email or None, webhook_type=webhook_type or None, log=get_run_logger())

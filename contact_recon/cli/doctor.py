@@ -254,6 +254,9 @@ def run_doctor(settings_factory: Callable[[], Settings], out: Console, err: Cons
         names = ", ".join(sorted({"RECON_" + str(e["loc"][0]).upper() for e in exc.errors() if e["loc"]}))
         err.print(Text(f"invalid configuration: {redact(names)}", style="bold red"), soft_wrap=True)
         return 1
+    except ValueError as exc:  # a tenant that is not in RECON_TENANTS_FILE, or a file that is refused
+        err.print(Text(f"invalid configuration: {redact(exc)}", style="bold red"), soft_wrap=True)
+        return 1
     try:
         report = asyncio.run(diagnose(settings))
     except Exception as exc:  # noqa: BLE001 - the doctor reports, it never shows a traceback

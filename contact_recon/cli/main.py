@@ -53,6 +53,8 @@ def demo(
 @auth_app.command("ghl")
 def auth_ghl(
     code: Annotated[str | None, typer.Option(help="The authorization code, or the whole redirect URL.")] = None,
+    agency: Annotated[bool, typer.Option("--agency", help="An agency install: store a Company token pair, "
+                                         "from which each installed location's token is minted.")] = False,
 ) -> None:
     """Print the GHL authorize URL, take the code, and store the OAuth token pair (never printed)."""
     from contact_recon.cli.auth import run
@@ -61,16 +63,18 @@ def auth_ghl(
     def prompt() -> str:
         return str(typer.prompt("Paste the code (or the whole redirect URL)", hide_input=True))
 
-    raise typer.Exit(run(get_settings(), code, prompt, console, err))
+    raise typer.Exit(run(get_settings(), code, prompt, console, err, agency=agency))
 
 
 @app.command("doctor")
-def doctor() -> None:
+def doctor(
+    tenant: Annotated[str | None, typer.Option(help="Check this tenant of RECON_TENANTS_FILE.")] = None,
+) -> None:
     """Check both connections, the scopes the features need and the remaining budgets; exit 1 on a problem."""
     from contact_recon.cli.doctor import run_doctor
-    from contact_recon.settings import get_settings
+    from contact_recon.tenants import get_tenant_settings
 
-    raise typer.Exit(run_doctor(get_settings, console, err))
+    raise typer.Exit(run_doctor(lambda: get_tenant_settings(tenant), console, err))
 
 
 @app.command("snapshot")
@@ -119,17 +123,19 @@ def run(
     full_sweep: Annotated[bool, typer.Option(help="Read the tasks and notes of every contact tonight.")] = False,
     lock_wait: Annotated[float, typer.Option(help="Seconds to wait for another run of the same locations before "
                                              "giving up (exit 1, busy).", min=0)] = 60.0,
+    tenant: Annotated[str | None, typer.Option(help="The tenant of RECON_TENANTS_FILE; default: every tenant "
+                                               "(or the RECON_* settings when no tenants file is set).")] = None,
 ) -> None:
     """Reconcile now (a Prefect flow run): snapshot, merge, checks, apply, report.
 
     Prints the run id, the status and the report path. Exit 0 completed, 3 held (a guard tripped:
     `recon approve RUN_ID`), 1 failed.
     """
-    from contact_recon.cli.run import run_reconcile_command
+    from contact_recon.cli.run import run_tenants_command
     from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_reconcile_command(get_settings(), location or [], dry_run, approve, full_sweep, console,
-                                           err, lock_wait_s=lock_wait))
+    raise typer.Exit(run_tenants_command(get_settings(), tenant, location or [], dry_run, approve, full_sweep,
+                                         console, err, lock_wait_s=lock_wait))
 
 
 @app.command("mapping")

@@ -16,8 +16,36 @@ EXIT_COMPLETED, EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 0, 1, 2, 3
 EXIT_BY_STATUS = {"completed": EXIT_COMPLETED, "held": EXIT_HELD, "failed": EXIT_FAILED}
 
 
+def run_tenants_command(settings: Settings, tenant: str | None, locations: Sequence[str], dry_run: bool,
+                        approve: bool, full_sweep: bool, console: Console, err: Console,
+                        lock_wait_s: float = 60.0) -> int:
+    """`recon run [--tenant NAME]`: with RECON_TENANTS_FILE, that tenant, or every tenant one after the other (each
+    its own flow run, under its own data dir and budgets); the worst exit wins (failed, then held). Without a
+    tenants file, the single-tenant run (`--tenant` is then a usage error)."""
+    from contact_recon.tenants import TenantsError, tenants_of
+
+    if settings.tenants_file is None and tenant is None:  # the single-tenant RECON_* setup, unchanged
+        return run_reconcile_command(settings, locations, dry_run, approve, full_sweep, console, err, lock_wait_s)
+    try:
+        tenants = tenants_of(settings)
+        chosen = [tenant] if tenant is not None else list(tenants)
+        missing = [name for name in chosen if name not in tenants]
+        if missing:
+            raise TenantsError(f"no tenant {missing[0]!r} in {settings.tenants_file}")
+    except TenantsError as exc:
+        err.print(f"[bold red]error:[/] {redact(str(exc))}", highlight=False, soft_wrap=True)
+        return EXIT_USAGE
+    codes = []
+    for name in chosen:
+        console.print(f"tenant {name}", highlight=False)
+        codes.append(run_reconcile_command(tenants[name], locations, dry_run, approve, full_sweep, console, err,
+                                           lock_wait_s, tenant=name))
+    return next((code for code in (EXIT_USAGE, EXIT_FAILED, EXIT_HELD) if code in codes), EXIT_COMPLETED)
+
+
 def run_reconcile_command(settings: Settings, locations: Sequence[str], dry_run: bool, approve: bool,
-                          full_sweep: bool, console: Console, err: Console, lock_wait_s: float = 60.0) -> int:
+                          full_sweep: bool, console: Console, err: Console, lock_wait_s: float = 60.0,
+                          tenant: str | None = None) -> int:
     """Run the reconcile flow in this process; print the run id, status and report path.
 
     Exit 0 completed, 3 held (a guard tripped: `recon approve RUN_ID`, then `recon run --approve` or the next
@@ -34,7 +62,7 @@ def run_reconcile_command(settings: Settings, locations: Sequence[str], dry_run:
     try:
         with progress_bars(console), console_without_tracebacks():
             summary = run_in_process(locations=covered, dry_run=dry_run, approve=approve, full_sweep=full_sweep,
-                                     lock_wait_s=lock_wait_s)
+                                     lock_wait_s=lock_wait_s, tenant=tenant)
     except LocationBusy as exc:
         err.print(f"[bold red]busy:[/] {redact(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_FAILED

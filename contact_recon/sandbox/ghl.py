@@ -20,7 +20,13 @@ Sandbox-only routes: `POST /__sandbox/search` with `{"lag_s": seconds, "paging":
 "repeat" | "normal"}}` (either key) changes those and answers them (`GET` answers them too);
 `POST /__sandbox/oauth/code` with `{"client_id", "locationId", "scopes": [...]}`
 mints a single-use authorization code (there is no user to consent), loopback clients only; trade it
-at `POST /oauth/token` (form-encoded, per apps/oauth.json).
+at `POST /oauth/token` (form-encoded, per apps/oauth.json). With `"userType": "Company"` and a
+`companyId` (and no `locationId`), the code is an agency install's, traded with `user_type=Company`
+for a Company pair; `POST /__sandbox/oauth/install` with `{"companyId", "locationId", "installed"}`
+installs the app on a company's location or removes it (what GHL's INSTALL / UNINSTALL webhooks
+announce). A Company token lists them at `GET /oauth/installedLocations` (`companyId`, `appId`: the
+client id's part before its first `-`) and mints a location access token at `POST
+/oauth/locationToken` (form `companyId`, `locationId`; an uninstalled location -> 400).
 
 Choices where the spec and reality disagree (see NOTES.md): search results use `address` and epoch-ms
 `dateOfBirth`; task search answers task objects (the spec's `items: {type: array}` is a generator
@@ -162,12 +168,19 @@ SEARCH_BODY: dict[str, Any] = {
 }
 CODE_BODY: dict[str, Any] = {
     "type": "object",
-    "required": ["client_id", "locationId", "scopes"],
+    "required": ["client_id", "scopes"],  # and locationId, or companyId with userType Company
     "properties": {
         "client_id": {"type": "string"},
         "locationId": {"type": "string"},
         "scopes": {"type": "array", "items": {"type": "string"}},
+        "userType": {"type": "string"},
+        "companyId": {"type": "string"},
     },
+}
+INSTALL_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["companyId", "locationId", "installed"],
+    "properties": {"companyId": {"type": "string"}, "locationId": {"type": "string"}, "installed": {"type": "boolean"}},
 }
 
 
@@ -640,10 +653,11 @@ async def oauth_token(store: GHLStore, request: Request) -> Response:
         return _oauth_error(OAuthError(400, f"Unsupported grant_type {grant_type}", "unsupported_grant_type"))
     if not form.get(secret_field):
         return unprocessable([f"{secret_field} should not be empty"])
-    if form.get("user_type", "Location") != "Location":
-        return bad_request("The sandbox issues Location (sub-account) tokens only")
+    user_type = form.get("user_type", "Location")
+    if user_type not in ("Location", "Company"):
+        return bad_request("user_type must be Location or Company")
     try:
-        grant = store.exchange(form["client_id"], form["client_secret"], grant_type, form[secret_field])
+        grant = store.exchange(form["client_id"], form["client_secret"], grant_type, form[secret_field], user_type)
     except OAuthError as exc:
         return _oauth_error(exc)
     if request.headers.get("version") == "v3":
@@ -661,11 +675,69 @@ async def mint_code(store: GHLStore, request: Request) -> Response:
     errors = object_errors(CODE_BODY, body or {})
     if errors:
         return unprocessable(errors)
+    company_id = body.get("companyId") if body.get("userType") == "Company" else None
+    owner = "companyId" if body.get("userType") == "Company" else "locationId"
+    if not body.get(owner):
+        return unprocessable([f"{owner} should not be empty"])
     try:
-        code = store.mint_code(body["client_id"], body["locationId"], body["scopes"])
+        code = store.mint_code(body["client_id"], body.get("locationId") or "", body["scopes"], company_id)
     except OAuthError as exc:
         return _oauth_error(exc)
     return json_response({"code": code, "expires_in": 600}, 201)
+
+
+async def set_install(store: GHLStore, request: Request) -> Response:
+    """Sandbox only: install the app on a company's location, or remove it (loopback clients)."""
+    if not is_loopback(request.client.host if request.client else None):
+        return json_response({"statusCode": 403, "message": "sandbox routes answer loopback clients only"}, 403)
+    body, error = await read_json(request)
+    if error is not None:
+        return error
+    errors = object_errors(INSTALL_BODY, body or {})
+    if errors:
+        return unprocessable(errors)
+    store.set_installed(body["companyId"], body["locationId"], body["installed"])
+    return json_response({"companyId": body["companyId"], "locations": list(store.installs.get(body["companyId"], {}))})
+
+
+def _company_gate(store: GHLStore, request: Request, method: str, path: str) -> TokenInfo | Response:
+    """The Version header and a Company token with the operation's scope."""
+    if request.headers.get("version") not in VERSIONS:
+        return bad_request("Version header is missing or not supported: send Version: 2021-07-28 (or v3)")
+    return _authenticate(store, request, OPERATIONS[(method, path)].scopes)
+
+
+async def installed_locations(store: GHLStore, request: Request) -> Response:
+    """GET /oauth/installedLocations: the company's locations where the app is installed."""
+    token = _company_gate(store, request, "GET", "/oauth/installedLocations")
+    if isinstance(token, Response):
+        return token
+    query = request.query_params
+    missing = [name for name in ("companyId", "appId") if not query.get(name)]
+    if missing:
+        return unprocessable([f"{name} should not be empty" for name in missing])
+    if token.company_id != query["companyId"] or query["appId"] != (token.client_id or "").split("-")[0]:
+        return json_response({"statusCode": 403, "message": "The token does not have access to this company."}, 403)
+    everything = store.installed_locations(query["companyId"])
+    skip, limit = int(query.get("skip") or 0), int(query.get("limit") or 20)
+    return json_response({"locations": everything[skip:skip + limit], "count": len(everything),
+                          "installToFutureLocations": False})
+
+
+async def location_token(store: GHLStore, request: Request) -> Response:
+    """POST /oauth/locationToken (form `companyId`, `locationId`): a location token from a Company token."""
+    token = _company_gate(store, request, "POST", "/oauth/locationToken")
+    if isinstance(token, Response):
+        return token
+    form = await _token_form(request)
+    errors = object_errors(OPERATIONS[("POST", "/oauth/locationToken")].body or {}, form)
+    if errors:
+        return unprocessable(errors)
+    try:
+        answer = store.location_token(token, form["companyId"], form["locationId"])
+    except OAuthError as exc:
+        return _oauth_error(exc)
+    return json_response(answer, headers={"Cache-Control": "no-store"})
 
 
 # -------------------------------------------------------------------------------------- the routes
@@ -740,6 +812,9 @@ def routes(store: GHLStore) -> list[Route]:
     out.append(Route("/oauth/token", functools.partial(oauth_token, store), methods=["POST"]))
     out.append(Route("/__sandbox/oauth/code", functools.partial(mint_code, store), methods=["POST"]))
     out.append(Route("/__sandbox/search", functools.partial(search_switch, store), methods=["GET", "POST"]))
+    out.append(Route("/__sandbox/oauth/install", functools.partial(set_install, store), methods=["POST"]))
+    out.append(Route("/oauth/installedLocations", functools.partial(installed_locations, store), methods=["GET"]))
+    out.append(Route("/oauth/locationToken", functools.partial(location_token, store), methods=["POST"]))
     return out
 
 

@@ -39,6 +39,12 @@ cursor, the page before the one asked for in reverse order (the cursor moves, bu
 OAuth: a code (minted by the sandbox-only admin route) is single-use and lives 10 minutes; an access
 token lives 86,399 s; a refresh token lives a year and is single-use: every refresh returns a new
 pair and the old refresh token is rejected from then on.
+
+Agency installs (apps/oauth.json, NOTES.md): a code minted for a company (`userType` Company) trades for a
+Company pair (no `locationId`, the company's `approvedLocations`); the company's installed locations are
+kept per company (`installs`, changed by the sandbox-only install route, as GHL's INSTALL / UNINSTALL
+would), listed by `installed_locations` and the only ones `location_token` mints a token for (an access
+token only, no refresh token, living as long as any access token).
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from contact_recon.sandbox.common import Clock, new_id, now_iso
+from contact_recon.sandbox.common import Clock, iso_from_epoch, new_id, now_iso
 
 ACCESS_TOKEN_TTL_S = 86_399
 REFRESH_TOKEN_TTL_S = 365 * 86_400
@@ -104,6 +110,7 @@ class TokenInfo:
     scopes: frozenset[str]
     expires_at: float | None = None  # None: a fixture token (private integration), never expires
     client_id: str | None = None
+    company_id: str | None = None  # set on a Company token, whose location_id is ""
 
 
 @dataclass
@@ -112,6 +119,7 @@ class Grant:
     location_id: str
     scopes: tuple[str, ...]
     expires_at: float
+    company_id: str | None = None  # a Company grant (agency install): location_id is ""
 
 
 @dataclass(frozen=True)
@@ -491,6 +499,7 @@ class GHLStore:
         }
         self.codes: dict[str, Grant] = {}
         self.refresh_tokens: dict[str, Grant] = {}
+        self.installs: dict[str, dict[str, float]] = {}  # company -> installed location -> installed at (epoch)
         self.locations: dict[str, Location] = {}
         self.contact_location: dict[str, str] = {}
         self._by_contact: dict[tuple[str, str], dict[str, list[str]]] = {}  # (location, kind) -> contact -> ids
@@ -767,15 +776,42 @@ class GHLStore:
             for c in self.oauth_clients
         )
 
-    def mint_code(self, client_id: str, location_id: str, scopes: list[str]) -> str:
+    def mint_code(self, client_id: str, location_id: str, scopes: list[str], company_id: str | None = None) -> str:
+        """A code for a location, or (`company_id`, `location_id` "") for an agency install of the company."""
         if not any(c.get("client_id") == client_id for c in self.oauth_clients):
             raise OAuthError(400, f"Unknown client_id {client_id}", "invalid_client")
         code = secrets.token_hex(20)
-        self.codes[code] = Grant(client_id, location_id, tuple(scopes), self.clock() + CODE_TTL_S)
+        self.codes[code] = Grant(client_id, location_id, tuple(scopes), self.clock() + CODE_TTL_S, company_id)
         return code
 
-    def exchange(self, client_id: str, client_secret: str, grant_type: str, secret: str) -> dict[str, Any]:
-        """Trade a code or a refresh token (each single-use) for a new token pair."""
+    def set_installed(self, company_id: str, location_id: str, installed: bool) -> None:
+        """The app installed on (INSTALL) or removed from (UNINSTALL) one location of a company."""
+        if installed:
+            self.installs.setdefault(company_id, {}).setdefault(location_id, self.clock())
+        else:
+            self.installs.get(company_id, {}).pop(location_id, None)
+
+    def installed_locations(self, company_id: str) -> list[dict[str, Any]]:
+        """`InstalledLocationSchema` items of the company's installed locations, in install order."""
+        return [{"_id": loc, "name": f"Location {loc}", "address": "", "isInstalled": True,
+                 "installedAt": iso_from_epoch(at)} for loc, at in self.installs.get(company_id, {}).items()]
+
+    def location_token(self, company: TokenInfo, company_id: str, location_id: str) -> dict[str, Any]:
+        """A location access token minted from a Company token, for a location the app is installed on."""
+        if company.company_id is None or company.company_id != company_id:
+            raise OAuthError(403, "The token does not have access to this company.", "forbidden")
+        if location_id not in self.installs.get(company_id, {}):
+            raise OAuthError(400, "The app is not installed on this location.", "invalid_request")
+        access = secrets.token_hex(24)
+        self.tokens[access] = TokenInfo(location_id, company.scopes, self.clock() + ACCESS_TOKEN_TTL_S,
+                                        company.client_id)
+        return {"access_token": access, "token_type": "Bearer", "expires_in": ACCESS_TOKEN_TTL_S,
+                "scope": " ".join(sorted(company.scopes)), "locationId": location_id,
+                "userId": _stable_id("user", company.client_id or "", company_id)}
+
+    def exchange(self, client_id: str, client_secret: str, grant_type: str, secret: str,
+                 user_type: str = "Location") -> dict[str, Any]:
+        """Trade a code or a refresh token (each single-use) for a new token pair of `user_type`."""
         if not self.client_ok(client_id, client_secret):
             raise OAuthError(401, "Invalid client credentials", "invalid_client")
         pool = self.codes if grant_type == "authorization_code" else self.refresh_tokens
@@ -783,16 +819,23 @@ class GHLStore:
         if grant is None or grant.client_id != client_id or grant.expires_at <= self.clock():
             what = "authorization code" if grant_type == "authorization_code" else "refresh token"
             raise OAuthError(400, f"Invalid grant: {what} is invalid", "invalid_grant")
+        if (grant.company_id is not None) != (user_type == "Company"):  # a Company grant asks user_type Company
+            raise OAuthError(400, f"Invalid grant: not a {user_type} grant", "invalid_grant")
         del pool[secret]
         return self._issue(grant)
 
     def _issue(self, grant: Grant) -> dict[str, Any]:
         access, refresh, now = secrets.token_hex(24), secrets.token_hex(24), self.clock()
         self.tokens[access] = TokenInfo(
-            grant.location_id, frozenset(grant.scopes), now + ACCESS_TOKEN_TTL_S, grant.client_id
+            grant.location_id, frozenset(grant.scopes), now + ACCESS_TOKEN_TTL_S, grant.client_id, grant.company_id
         )
         self.refresh_tokens[refresh] = Grant(grant.client_id, grant.location_id, grant.scopes,
-                                             now + REFRESH_TOKEN_TTL_S)
+                                             now + REFRESH_TOKEN_TTL_S, grant.company_id)
+        if grant.company_id is not None:  # an agency install: a Company pair, no location
+            return {"access_token": access, "token_type": "Bearer", "expires_in": ACCESS_TOKEN_TTL_S,
+                    "refresh_token": refresh, "scope": " ".join(grant.scopes), "userType": "Company",
+                    "companyId": grant.company_id, "approvedLocations": list(self.installs.get(grant.company_id, {})),
+                    "userId": _stable_id("user", grant.client_id, grant.company_id), "isBulkInstallation": True}
         return {
             "access_token": access,
             "token_type": "Bearer",

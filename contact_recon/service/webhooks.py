@@ -19,6 +19,12 @@ times, ~10 min apart, with the original payload and timestamp) and never after a
    `webhook_dedupe_window_s`, default 90 min, past their timestamp, never less than the age window);
    a contact webhook (not a delete) for a contact the apply stage wrote moments ago -> 200 `echo`, not
    emitted: our own write coming back (contact_recon/stages/echo.py);
+5c. an `INSTALL` / `UNINSTALL` (an agency install adding or retiring a location; it names no contact, and an
+   agency `UNINSTALL` only its `companyId`) -> recorded in `data_dir/agency/installs.json`
+   (contact_recon/store/installs.py, replaced whole before the 200), 200 `installed` / `retired`;
+5d. with tenants (`RECON_TENANTS_FILE`, contact_recon/tenants.py), a webhook whose location no tenant owns ->
+   403 (GHL retries only a 429: the refusal is final), counted (`unowned` in `/healthz`); an owned one carries
+   its `tenant` in the event's payload, which the `sync-contact` trigger passes to the flow (its settings);
 6. a type contact-recon does not sync (contact_recon/events.py `GHL_WEBHOOK_EVENTS`) -> 200 `ignored`;
 7. otherwise the Prefect event (its id derived from the webhookId) is appended to the durable spool and
    fsynced (contact_recon/service/spool.py), the id remembered -> 200 `accepted`; the forwarder thread
@@ -66,7 +72,9 @@ from contact_recon.service.spool import Spool, SpoolFull, SpoolItem, spool_path
 from contact_recon.settings import Settings
 from contact_recon.stages.echo import EchoFilter
 from contact_recon.store.files import atomic_text, open_private
+from contact_recon.store.installs import record_install
 from contact_recon.systems.ghl.contract import ED25519_SIGNATURE_HEADER, RSA_SIGNATURE_HEADER
+from contact_recon.tenants import owner_of_location, tenants_of
 
 PATH = "/webhooks/ghl"
 MAX_BODY_BYTES = 1_000_000
@@ -74,6 +82,7 @@ RETRY_AFTER_S = 600  # GHL retries a 429 about every 10 minutes whatever it is t
 ID_PATTERN = re.compile(r"[!-~]{1,128}")
 EVENT_NAMESPACE = uuid.UUID("6f1c3d52-8a57-4c55-9d7e-3f6a0c2b9e10")  # uuid5(namespace, webhookId) -> event id
 SIGNATURE_HEADERS = (ED25519_SIGNATURE_HEADER, RSA_SIGNATURE_HEADER)
+INSTALL_TYPES = frozenset({"INSTALL", "UNINSTALL"})
 log = logging.getLogger("contact_recon.service.webhooks")
 
 
@@ -93,6 +102,7 @@ class Webhook:
     object_id: str | None  # the note or task id of Note*/Task* webhooks
     timestamp: datetime
     email: str | None = None  # a Contact* webhook's email (echo detection of our own creates)
+    company_id: str | None = None  # INSTALL / UNINSTALL: the agency's company
 
     @property
     def location_tasks(self) -> bool:
@@ -131,7 +141,8 @@ def _optional_id(body: dict[str, Any], name: str) -> str | None:
 def parse_webhook(raw: bytes) -> Webhook:
     """The fields contact-recon needs from a webhook body; MalformedWebhook for anything else.
 
-    Every webhook needs `type`, `webhookId`, `locationId` and `timestamp`; a synced type also needs its
+    Every webhook needs `type`, `webhookId`, `locationId` and `timestamp` (an INSTALL / UNINSTALL: `locationId`
+    or `companyId`, its `location_id` then ""); a synced type also needs its
     contact id (`id` for Contact* types, `contactId` for Note*/Task*), except a Task* webhook, whose missing
     `contactId` leaves `contact_id` None (`location_tasks`). Other types keep `contact_id` None.
     """
@@ -151,9 +162,14 @@ def parse_webhook(raw: bytes) -> Webhook:
         contact_id = _id(body, "contactId")
         object_id = _optional_id(body, "id")
     email = body.get("email") if isinstance(body.get("email"), str) else None
-    return Webhook(type=kind, webhook_id=_id(body, "webhookId"), location_id=_id(body, "locationId"),
+    company_id = _optional_id(body, "companyId")
+    if kind in INSTALL_TYPES and company_id is not None and body.get("locationId") is None:
+        location_id = ""  # an agency (Company) uninstall: every location of the company
+    else:  # every other webhook names its location
+        location_id = _id(body, "locationId")
+    return Webhook(type=kind, webhook_id=_id(body, "webhookId"), location_id=location_id,
                    contact_id=contact_id, object_id=object_id, timestamp=parse_timestamp(body.get("timestamp")),
-                   email=email)
+                   email=email, company_id=company_id)
 
 
 def staleness_s(webhook: Webhook, now: float) -> float:
@@ -161,7 +177,7 @@ def staleness_s(webhook: Webhook, now: float) -> float:
     return abs(now - webhook.timestamp.timestamp())
 
 
-def event_for(webhook: Webhook, now: float) -> SpoolItem | None:
+def event_for(webhook: Webhook, now: float, tenant: str | None = None) -> SpoolItem | None:
     """The Prefect event of a webhook, as a spool item, or None for a type contact-recon does not sync.
 
     Its id is uuid5 of the webhookId (a re-emission is the same event); it occurred at the webhook's timestamp,
@@ -178,6 +194,8 @@ def event_for(webhook: Webhook, now: float) -> SpoolItem | None:
         resource = ghl_location_resource(webhook.location_id)
     if webhook.object_id:
         payload["object_id"] = webhook.object_id
+    if tenant is not None:  # routed: the tenant that owns the location
+        payload["tenant"] = tenant
     occurred = min(webhook.timestamp, datetime.fromtimestamp(now, tz=UTC))
     return SpoolItem(str(uuid.uuid5(EVENT_NAMESPACE, webhook.webhook_id)), name, resource, payload,
                      occurred.isoformat(), now)
@@ -305,6 +323,9 @@ class Receiver:
     forwarder: Forwarder | None = None  # woken after each append; None: nothing forwards (a test's spool only)
     clock: Callable[[], float] = time.time
     echo: EchoFilter | None = None  # our own recent writes (contact_recon/stages/echo.py)
+    data_dir: Path = Path("data")  # where INSTALL / UNINSTALL are recorded (contact_recon/store/installs.py)
+    tenants: dict[str, Settings] | None = None  # RECON_TENANTS_FILE: who owns each location; None: single tenant
+    unowned: int = 0  # webhooks refused because no tenant owns their location
 
     def handle(self, raw: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
         """The status and JSON answer for one webhook (the module docstring's decision order)."""
@@ -332,10 +353,30 @@ class Receiver:
             # 5b. our own write coming back (contact_recon/stages/echo.py): acknowledged, no sync run queued for it
             self.seen.add(webhook.webhook_id, until)
             return 200, {"status": "echo", "webhookId": webhook.webhook_id}
-        return self._accept(webhook, now, until)  # 6. and 7.
+        if webhook.type in INSTALL_TYPES:  # 5c. the app installed on or removed from a location: kept durably
+            return self._install(webhook, until)
+        tenant = None
+        if self.tenants is not None:  # 5d. routed to the tenant that owns the location, or refused
+            tenant = owner_of_location(self.tenants, webhook.location_id)
+            if tenant is None:
+                self.unowned += 1
+                log.warning("webhook %s (%s) refused: no tenant owns location %s (%d refused so far)",
+                            webhook.webhook_id, webhook.type, webhook.location_id, self.unowned)
+                return 403, {"error": f"no tenant owns location {webhook.location_id}"}
+        return self._accept(webhook, now, until, tenant)  # 6. and 7.
 
-    def _accept(self, webhook: Webhook, now: float, until: float) -> tuple[int, dict[str, Any]]:
-        item = event_for(webhook, now)
+    def _install(self, webhook: Webhook, until: float) -> tuple[int, dict[str, Any]]:
+        installed = webhook.type == "INSTALL"
+        changed = record_install(self.data_dir, installed=installed, location_id=webhook.location_id or None,
+                                 company_id=webhook.company_id, at=webhook.timestamp.isoformat())
+        self.seen.add(webhook.webhook_id, until)
+        log.info("webhook %s %s: locations %s %s", webhook.webhook_id, webhook.type, changed,
+                 "installed" if installed else "retired")
+        return 200, {"status": "installed" if installed else "retired", "locations": changed}
+
+    def _accept(self, webhook: Webhook, now: float, until: float,
+                tenant: str | None = None) -> tuple[int, dict[str, Any]]:
+        item = event_for(webhook, now, tenant)
         if item is None:  # 6. a type we do not sync: acknowledged so GHL does not deliver it again
             self.seen.add(webhook.webhook_id, until)
             return 200, {"status": "ignored", "reason": f"type {webhook.type} is not synced"}
@@ -398,7 +439,8 @@ def create_app(settings: Settings, *, send: Send | None = None, clock: Callable[
                               settings.webhook_401_alert_window_s, clock)
     receiver = Receiver(keys, settings.webhook_max_age_s, settings.webhook_dedupe_window_s,
                         SeenIds(seen_ids_path(settings), clock), spool, watch, forwarder, clock,
-                        EchoFilter(settings.data_dir, clock=clock))
+                        EchoFilter(settings.data_dir, clock=clock), Path(settings.data_dir),
+                        tenants_of(settings) if settings.tenants_file is not None else None)
 
     async def ghl_webhook(request: Request) -> JSONResponse:
         raw = await read_capped(request, MAX_BODY_BYTES)
@@ -411,6 +453,7 @@ def create_app(settings: Settings, *, send: Send | None = None, clock: Callable[
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True, "remembered_ids": len(receiver.seen), "spooled": len(spool),
+                             "unowned": receiver.unowned,
                              "prefect_reachable": forwarder.reachable if forwarder else None})
 
     app = Starlette(routes=[Route(PATH, ghl_webhook, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])])

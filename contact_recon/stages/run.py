@@ -25,6 +25,11 @@ first marks the contact dirty (`Store.mark_dirty`), so the next snapshot reads i
 (a sync reads the contact and its tasks, not its notes); a task webhook that named no contact marks the
 location's tasks instead (`Store.mark_tasks_dirty`) and syncs nobody.
 
+A location an agency UNINSTALL retired (contact_recon/store/installs.py) gets no more writes: `reconcile` leaves
+it out of the covered locations (and refuses a run that covers only retired ones), `sync` returns status
+`retired` without reading or writing; its data stays in the store. `sync` of a location that is not among
+the configured ones (another group's webhook) returns status `unowned` and touches nothing.
+
 A run's status: running -> planned | held | failed -> applying -> completed | failed.
 """
 
@@ -68,6 +73,7 @@ from contact_recon.store import journal as J
 from contact_recon.store.db import Store, db_path, open_db
 from contact_recon.store.decisions import Decisions
 from contact_recon.store.files import run_dir
+from contact_recon.store.installs import retired_locations
 from contact_recon.store.journal import Journal
 from contact_recon.systems.ghl.client import GHLClient
 from contact_recon.systems.http import ApiBacked
@@ -124,6 +130,13 @@ def reconcile(settings: Settings, store: Store | None = None, *, locations: Sequ
     covered = list(locations or settings.ghl_location_ids)
     if not covered:
         raise ValueError("no GHL location: pass locations or set RECON_GHL_LOCATION_IDS")
+    retired = retired_locations(settings.data_dir)
+    if retired & set(covered):  # uninstalled from an agency: no more writes there, its data kept
+        log.warning("locations %s are retired (the app was uninstalled): left out of this run",
+                    sorted(retired & set(covered)))
+        covered = [loc for loc in covered if loc not in retired]
+        if not covered:
+            raise ValueError("every location of this run is retired (the app was uninstalled there)")
     loaded = resolve_policy(settings, policy)  # before anything runs: an invalid policy refuses the run
     ghl = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))
     with location_lock(settings, covered, lock_wait_s), _store(settings, store) as db:
@@ -193,6 +206,12 @@ def sync(settings: Settings, *, contact_id: str | None = None, location_id: str 
         raise ValueError("sync-contact needs a contact_id or an email")
     if not location:
         raise ValueError("no GHL location: pass location_id or set RECON_GHL_LOCATION_IDS")
+    if settings.ghl_location_ids and location not in settings.ghl_location_ids:  # another group's location
+        log.warning("location %s is not one of this install's locations: nothing synced", location)
+        return {"status": "unowned", "location_id": location}
+    if location in retired_locations(settings.data_dir):  # uninstalled: no more writes, data kept
+        log.info("location %s is retired (the app was uninstalled): nothing synced", location)
+        return {"status": "retired", "location_id": location}
     ghl = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))
     te = tinyemail_client or (lambda: TinyEmailClient.from_settings(settings))
     with location_lock(settings, [location], lock_wait_s), open_db(db_path(settings.data_dir)) as store:

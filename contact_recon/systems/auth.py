@@ -6,24 +6,31 @@ dies at once. Losing the new pair locks the product out until a person re-author
 - one refresh runs at a time however many tasks or threads share the credentials; the others wait and
   then use the pair the first one stored (the lock is a thread lock polled from the event loop, so a
   cancelled waiter can never leave it held, and waiting takes no worker thread);
+- across processes, a file store is read, refreshed and saved under an exclusive `fcntl.flock` on a lock
+  file beside it (`<file>.lock`, polled like the thread lock), so any number of flow runs, `sync-contact`
+  processes and shells share one pair: the first refreshes, the others read the pair it stored (a Prefect
+  Secret block has no such lock: one deployment process per block);
 - the current pair is kept in memory and the store is read again only to refresh (another process may
   have rotated the pair meanwhile), so a request costs no file or Prefect API read;
 - the refresh happens `refresh_margin_s` before expiry, and once more when the API answers 401;
 - a refresh token the server refuses gives `AuthError` telling to run `recon auth ghl` again.
 
-Token stores share one small interface: a 0600 JSON file under the data dir for local use, and a
-Prefect Secret block in deployments.
+Token stores share one small interface: a 0600 JSON file under the data dir for local use (one file per
+token owner, a location or a company: `Settings.ghl_token_file_for`), and a Prefect Secret block in
+deployments.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,6 +52,7 @@ class TokenSet:
     expires_at: float  # epoch seconds
     location_id: str | None = None
     scope: str = ""
+    company_id: str | None = None  # a Company pair (agency install) names its company and no location
 
     def register(self) -> TokenSet:
         register_secret(self.access_token)
@@ -58,10 +66,29 @@ class TokenStore(Protocol):
 
 
 class FileTokenStore:
-    """Tokens in a JSON file readable by its owner only (0600), replaced atomically on every save."""
+    """Tokens in a JSON file readable by its owner only (0600), replaced atomically on every save; `exclusive()`
+    holds the cross-process lock a refresh is made under."""
 
     def __init__(self, path: Path):
         self.path = path
+        self.lock_path = path.with_name(path.name + ".lock")
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold `flock(LOCK_EX)` on the lock file beside the tokens, polled so the event loop keeps running; the
+        kernel drops it if the process dies, so a crashed holder never locks the others out."""
+        _make_private_dirs(self.path.parent)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     def load(self) -> TokenSet | None:
         try:
@@ -73,9 +100,7 @@ class FileTokenStore:
         return _token_set(data, f"token file {self.path}")
 
     def save(self, tokens: TokenSet) -> None:
-        for folder in [*reversed(self.path.parent.parents), self.path.parent]:  # mkdir(parents=True) would
-            if not folder.exists():  # give the parents it makes the umask's mode, not 0700
-                folder.mkdir(mode=0o700, exist_ok=True)
+        _make_private_dirs(self.path.parent)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tokens-", suffix=".tmp")
         try:
             os.fchmod(fd, 0o600)
@@ -117,6 +142,18 @@ class PrefectSecretTokenStore:
 
         secret: Secret[Any] = Secret(value=json.dumps(asdict(tokens)))  # type: ignore[arg-type]  # stored as SecretStr
         secret.save(self.block_name, overwrite=True, _sync=True)  # type: ignore[call-arg]
+
+
+def _make_private_dirs(path: Path) -> None:
+    for folder in [*reversed(path.parents), path]:  # mkdir(parents=True) would give the parents
+        if not folder.exists():  # it makes the umask's mode, not 0700
+            folder.mkdir(mode=0o700, exist_ok=True)
+
+
+def _exclusive(store: TokenStore) -> contextlib.AbstractAsyncContextManager[None]:
+    """The store's cross-process lock when it has one (the file store), else nothing to hold."""
+    exclusive = getattr(store, "exclusive", None)
+    return exclusive() if exclusive is not None else contextlib.nullcontext()
 
 
 async def _acquire(lock: threading.Lock) -> None:
@@ -162,8 +199,9 @@ class GHLOAuth:
 
     def __init__(self, store: TokenStore, *, client_id: str, client_secret: str, base_url: str,
                  http: httpx.AsyncClient | None = None, refresh_margin_s: float = 300,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, user_type: str = "Location"):
         register_secret(client_secret)
+        self.user_type = user_type  # "Company" for an agency install's pair
         self.store, self.client_id, self.client_secret = store, client_id, client_secret
         self.token_url = base_url.rstrip("/") + "/oauth/token"
         self.http, self.refresh_margin_s, self.clock = http, refresh_margin_s, clock
@@ -179,7 +217,7 @@ class GHLOAuth:
     async def exchange_code(self, code: str, redirect_uri: str | None = None) -> TokenSet:
         """Trade an authorization code for the first pair, and store it."""
         register_secret(code)
-        form = {"grant_type": "authorization_code", "code": code, "user_type": "Location"}
+        form = {"grant_type": "authorization_code", "code": code, "user_type": self.user_type}
         if redirect_uri:
             form["redirect_uri"] = redirect_uri
         tokens = await self._token_request(form)
@@ -211,15 +249,16 @@ class GHLOAuth:
         """Refresh unless another task already replaced `stale_access`; only one refresh runs at once."""
         await _acquire(self._lock)
         try:
-            current = self._load()  # the store: another process may have rotated the pair meanwhile
-            if current.access_token != stale_access and self._fresh(current):
-                return current  # someone refreshed while we waited
-            tokens = await self._token_request({"grant_type": "refresh_token", "refresh_token": current.refresh_token,
-                                                "user_type": "Location"})
-            self.store.save(tokens)  # store the rotated pair before anyone uses it
-            self._current = tokens
-            self.refreshes += 1
-            return tokens
+            async with _exclusive(self.store):  # and one across processes: read, refresh, save under one lock
+                current = self._load()  # the store: another process may have rotated the pair meanwhile
+                if current.access_token != stale_access and self._fresh(current):
+                    return current  # someone refreshed while we waited
+                tokens = await self._token_request({"grant_type": "refresh_token", "user_type": self.user_type,
+                                                    "refresh_token": current.refresh_token})
+                self.store.save(tokens)  # store the rotated pair before anyone uses it
+                self._current = tokens
+                self.refreshes += 1
+                return tokens
         finally:
             self._lock.release()
 
@@ -241,4 +280,5 @@ class GHLOAuth:
         body = answer.json()
         return TokenSet(access_token=body["access_token"], refresh_token=body["refresh_token"],
                         expires_at=self.clock() + float(body.get("expires_in", 86399)),
-                        location_id=body.get("locationId"), scope=body.get("scope", "")).register()
+                        location_id=body.get("locationId"), scope=body.get("scope", ""),
+                        company_id=body.get("companyId") if body.get("userType") == "Company" else None).register()

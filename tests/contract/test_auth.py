@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import stat
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import replace
@@ -284,8 +287,8 @@ def test_recon_auth_ghl_with_code_stores_the_pair(ghl: dict[str, Any], tmp_path:
     assert result.exit_code == 0, result.output
     assert "chooselocation" in result.output and "scope=contacts.readonly+contacts.write" in result.output
     assert f"location {ghl['location']}" in result.output and "expires" in result.output
-    path = tmp_path / "secrets" / "ghl_tokens.json"
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    path = tmp_path / "secrets" / "ghl" / f"location-{ghl['location']}.json"  # the location's own file
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and str(path) in result.output.replace("\n", "")
     tokens = FileTokenStore(path).load()
     assert tokens is not None and tokens.location_id == ghl["location"]
     assert "locations/tasks.readonly" in tokens.scope
@@ -299,7 +302,7 @@ def test_recon_auth_ghl_takes_a_pasted_redirect_url(ghl: dict[str, Any], tmp_pat
     result = CliRunner().invoke(app, ["auth", "ghl"], input=pasted, env=cli_env(ghl, tmp_path))
 
     assert result.exit_code == 0, result.output
-    tokens = FileTokenStore(tmp_path / "secrets" / "ghl_tokens.json").load()
+    tokens = FileTokenStore(tmp_path / "secrets" / "ghl" / f"location-{ghl['location']}.json").load()
     assert tokens is not None
     assert_no_secret(result.output, [*ghl["secrets"], tokens.access_token, tokens.refresh_token])
 
@@ -316,7 +319,7 @@ def test_recon_auth_ghl_fails_cleanly(ghl: dict[str, Any], tmp_path: Path) -> No
     assert refused.exit_code == 1
     assert "recon auth ghl" in refused.output and "Traceback" not in refused.output
     assert_no_secret(refused.output, [*ghl["secrets"], bad_code])
-    assert not (tmp_path / "secrets" / "ghl_tokens.json").exists()
+    assert not (tmp_path / "secrets").exists()
 
 
 def test_recon_auth_ghl_into_a_prefect_secret_block(ghl: dict[str, Any], tmp_path: Path,
@@ -329,7 +332,7 @@ def test_recon_auth_ghl_into_a_prefect_secret_block(ghl: dict[str, Any], tmp_pat
     assert f"Prefect Secret block {block}" in result.output
     tokens = PrefectSecretTokenStore(block).load()
     assert tokens is not None and tokens.location_id == ghl["location"]
-    assert not (tmp_path / "secrets" / "ghl_tokens.json").exists()
+    assert not (tmp_path / "secrets").exists()
     assert_no_secret(result.output, [*ghl["secrets"], tokens.access_token, tokens.refresh_token])
 
 
@@ -348,3 +351,61 @@ def test_extract_code(pasted: str, code: str) -> None:
 def test_extract_code_refuses_nothing(pasted: str) -> None:
     with pytest.raises(AuthSetupError):
         extract_code(pasted)
+
+
+# ------------------------------------------------------------------------------- across processes
+
+REFRESHER = """
+import asyncio, hashlib, os, sys, time
+from pathlib import Path
+import httpx
+from contact_recon.systems.auth import FileTokenStore, GHLOAuth
+
+path, url, barrier, me = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+credentials = GHLOAuth(FileTokenStore(path), client_id=os.environ["T_CLIENT_ID"],
+                       client_secret=os.environ["T_CLIENT_SECRET"], base_url=url)
+
+async def main() -> None:
+    credentials._load()  # both processes hold the same stale pair in memory before either refreshes
+    (barrier / me).touch()
+    while len(list(barrier.iterdir())) < 2:
+        time.sleep(0.01)
+    token = await credentials.token()
+    answer = httpx.post(url + "/contacts/search", json={"locationId": os.environ["T_LOCATION"], "pageLimit": 1},
+                        headers={"Authorization": f"Bearer {token}", "Version": "2021-07-28"})
+    print(hashlib.sha256(token.encode()).hexdigest(), answer.status_code, credentials.refreshes)
+
+asyncio.run(main())
+"""
+
+
+def test_two_processes_refreshing_one_pair_make_exactly_one_refresh(ghl: dict[str, Any], tmp_path: Path) -> None:
+    """Two real processes on one expiring pair (single-use refresh tokens): the token POSTs are slowed and the
+    processes start refreshing together, so without the cross-process lock both would send the same refresh
+    token and the second would be refused. With it: one refresh reaches the sandbox, both succeed."""
+    path = tmp_path / "secrets" / "ghl" / f"location-{ghl['location']}.json"
+    store, _ = authorized(ghl, path)
+    expiring(store)
+    httpx.post(ghl["url"] + "/__sandbox/faults", json={"faults": "latency=400ms"}).raise_for_status()
+    posts_before = token_posts(ghl)
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    env = {**os.environ, "T_CLIENT_ID": ghl["client_id"], "T_CLIENT_SECRET": ghl["client_secret"],
+           "T_LOCATION": ghl["location"]}
+    procs = [subprocess.Popen([sys.executable, "-c", REFRESHER, str(path), ghl["url"], str(barrier), str(i)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    httpx.post(ghl["url"] + "/__sandbox/faults", json={"faults": ""}).raise_for_status()
+
+    assert [proc.returncode for proc in procs] == [0, 0], [err for _, err in outputs]
+    results = [out.split() for out, _ in outputs]
+    stored = store.load()
+    assert stored is not None
+    ghl["secrets"] += [stored.access_token, stored.refresh_token]
+    assert token_posts(ghl) - posts_before == 1  # the sandbox saw exactly one refresh
+    assert sorted(int(refreshes) for _, _, refreshes in results) == [0, 1]  # one process refreshed, one read it
+    assert {digest for digest, _, _ in results} == {hashlib.sha256(stored.access_token.encode()).hexdigest()}
+    assert [status for _, status, _ in results] == ["200", "200"]
+    assert path.with_name(path.name + ".lock").exists()
+    for _, err in outputs:
+        assert_no_secret(err, ghl["secrets"])

@@ -98,6 +98,7 @@ IMPLEMENTED = {
     ("POST", "/contacts/{contactId}/tags"), ("DELETE", "/contacts/{contactId}/tags"),
     ("POST", "/contacts/bulk/tags/update/{type}"), ("GET", "/contacts/{contactId}/appointments"),
     ("POST", "/locations/{locationId}/tasks/search"), ("POST", "/oauth/token"),
+    ("GET", "/oauth/installedLocations"), ("POST", "/oauth/locationToken"),
 }
 # Served beyond the spec on purpose: the issue names `POST /contacts/search/duplicate` while the spec has
 # only the GET; the sandbox answers both alike (test_duplicate_lookup_by_post).
@@ -489,6 +490,53 @@ def test_oauth_code_and_refresh(client_for: Callable[..., httpx.Client], admin: 
     assert wrong_secret.status_code in (400, 401)
 
 
+COMPANY = "CompanyAgency00000001"
+AGENCY_SCOPES = [*ALL_SCOPES, "oauth.readonly", "oauth.write"]
+
+
+def _company_token(admin: httpx.Client, oauth: httpx.Client, *installed: str) -> str:
+    """An agency install: the app installed on `installed` of COMPANY, and the Company access token."""
+    for location in installed:
+        admin.post("/__sandbox/oauth/install", json={"companyId": COMPANY, "locationId": location,
+                                                     "installed": True}).raise_for_status()
+    code = admin.post("/__sandbox/oauth/code", json={"client_id": "client-contract",
+                                                     "scopes": AGENCY_SCOPES, "userType": "Company",
+                                                     "companyId": COMPANY})
+    issued = oauth.post("/oauth/token", data={"client_id": "client-contract", "client_secret": "secret-contract",
+                                              "grant_type": "authorization_code", "code": code.json()["code"],
+                                              "user_type": "Company"})
+    assert issued.status_code == 200, issued.text
+    body = issued.json()
+    assert (body["userType"], body["companyId"], body.get("locationId")) == ("Company", COMPANY, None)
+    assert body["approvedLocations"] == list(installed)
+    return str(body["access_token"])
+
+
+def test_agency_install_lists_mints_and_uninstall_retires(client_for: Callable[..., httpx.Client],
+                                                         admin: httpx.Client) -> None:
+    company = client_for(_company_token(admin, client_for(None), LOC_A, LOC_B))
+    query = {"companyId": COMPANY, "appId": "client"}
+    listed = company.get("/oauth/installedLocations", params=query)
+    assert listed.status_code == 200
+    assert [item["_id"] for item in listed.json()["locations"]] == [LOC_A, LOC_B] and listed.json()["count"] == 2
+    assert company.get(f"/contacts/{C1}").status_code == 403  # a Company token reads no location's contacts
+
+    minted = company.post("/oauth/locationToken", data={"companyId": COMPANY, "locationId": LOC_A})
+    assert minted.status_code == 200 and minted.json()["locationId"] == LOC_A and minted.json()["expires_in"] == 86399
+    assert "refresh_token" not in minted.json()
+    location = client_for(minted.json()["access_token"])
+    assert location.get(f"/contacts/{C1}").status_code == 200
+    assert location.get(f"/contacts/{C4}").status_code in (400, 403)  # another location's contact
+
+    admin.post("/__sandbox/oauth/install", json={"companyId": COMPANY, "locationId": LOC_B,
+                                                 "installed": False}).raise_for_status()
+    assert [i["_id"] for i in company.get("/oauth/installedLocations", params=query).json()["locations"]] == [LOC_A]
+    refused = company.post("/oauth/locationToken", data={"companyId": COMPANY, "locationId": LOC_B})
+    assert refused.status_code == 400
+    other = company.get("/oauth/installedLocations", params=query | {"companyId": "SomeOtherCompany0001"})
+    assert other.status_code == 403
+
+
 # --- coverage -----------------------------------------------------------------------------------------
 
 
@@ -527,6 +575,9 @@ def tour(base_url: str, admin: httpx.Client) -> Coverage:
             oauth.post("/oauth/token", data={"client_id": "client-contract", "client_secret": "secret-contract",
                                              "grant_type": "authorization_code", "code": _mint_code(admin)}),
         ]
+        with contract_client(base_url, _company_token(admin, oauth, LOC_A), coverage=seen) as company:
+            calls += [company.get("/oauth/installedLocations", params={"companyId": COMPANY, "appId": "client"}),
+                      company.post("/oauth/locationToken", data={"companyId": COMPANY, "locationId": LOC_A})]
         assert all(r.status_code < 300 for r in calls), [(r.request.url.path, r.status_code) for r in calls]
         errors = [api.get("/contacts/NoSuchContact0000000"), stranger.get(f"/contacts/{C1}"),
                   api.post("/contacts/", json={"locationId": LOC_A, "email": "x@example.com", "favouriteColour": "t"},

@@ -656,3 +656,66 @@ def test_our_own_write_coming_back_is_acknowledged_as_an_echo_not_emitted(serve:
     now[0] += 121
     assert post(server, webhook("ContactUpdate", "c-ours", timestamp=iso(121))).json()["status"] == "accepted"
     assert [item.event for item in spooled(server)] == [GHL_CONTACT_UPDATED, GHL_CONTACT_DELETED, GHL_CONTACT_UPDATED]
+
+
+# ------------------------------------------------------------------------------------ agency installs
+
+
+def test_install_and_uninstall_webhooks_add_and_retire_locations(serve: Serve, tmp_path: Path) -> None:
+    from contact_recon.stages.run import reconcile, sync
+    from contact_recon.store.installs import read_installs, retired_locations
+
+    settings = settings_for(tmp_path)
+    server = serve(create_app(settings, forward=False))
+
+    def install(kind: str, **ids: str) -> httpx.Response:
+        return post(server, {"type": kind, "appId": "app-1", "timestamp": iso(), "webhookId": str(uuid.uuid4()),
+                             "installType": "Location", "userId": "u-1", **ids})
+
+    for location in ("loc-a", "loc-b"):
+        answer = install("INSTALL", locationId=location, companyId="company-1")
+        assert (answer.status_code, answer.json()["status"]) == (200, "installed")
+    assert {loc: e["state"] for loc, e in read_installs(tmp_path).items()} == {"loc-a": "installed",
+                                                                              "loc-b": "installed"}
+    assert install("UNINSTALL", locationId="loc-a").json() == {"status": "retired", "locations": ["loc-a"]}
+    assert retired_locations(tmp_path) == {"loc-a"}
+    assert spooled(server) == []  # no contact to sync: nothing emitted
+
+    # retired: no more writes (a sync does nothing, a run covering only it is refused), its record kept
+    assert sync(settings, contact_id="c-1", location_id="loc-a") == {"status": "retired", "location_id": "loc-a"}
+    with pytest.raises(ValueError, match="retired"):
+        reconcile(settings, locations=["loc-a"])
+    assert read_installs(tmp_path)["loc-a"]["company_id"] == "company-1"
+
+    # an agency uninstall names only its company: every location of it is retired; an INSTALL brings one back
+    assert install("UNINSTALL", companyId="company-1").json()["locations"] == ["loc-a", "loc-b"]
+    assert retired_locations(tmp_path) == {"loc-a", "loc-b"}
+    install("INSTALL", locationId="loc-b", companyId="company-1")
+    assert retired_locations(tmp_path) == {"loc-a"}
+    assert install("UNINSTALL").status_code == 400  # neither a location nor a company
+
+
+def test_a_webhook_for_a_location_no_tenant_owns_is_refused_and_counted(serve: Serve, tmp_path: Path) -> None:
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(f'[tenants.north]\nghl_location_ids = "loc-webhooks"\ndata_dir = "{tmp_path / "north"}"\n'
+                       f'[tenants.south]\nghl_location_ids = "loc-south"\ndata_dir = "{tmp_path / "south"}"\n')
+    server = serve(create_app(settings_for(tmp_path, tenants_file=tenants), forward=False))
+
+    refused = post(server, webhook(locationId="loc-of-another-group"))
+    assert refused.status_code == 403 and "no tenant owns location loc-of-another-group" in refused.json()["error"]
+    assert spooled(server) == []
+    assert httpx.get(server.base_url + "/healthz").json()["unowned"] == 1
+
+    owned = post(server, webhook(locationId="loc-south"))
+    assert owned.json()["status"] == "accepted"
+    (item,) = spooled(server)
+    assert item.payload["tenant"] == "south" and item.payload["location_id"] == "loc-south"
+    assert httpx.get(server.base_url + "/healthz").json()["unowned"] == 1
+
+
+def test_sync_refuses_a_location_that_is_not_configured(tmp_path: Path) -> None:
+    from contact_recon.stages.run import sync
+
+    settings = settings_for(tmp_path, ghl_location_ids="loc-mine")
+    assert sync(settings, contact_id="c-1", location_id="loc-theirs") == {"status": "unowned",
+                                                                          "location_id": "loc-theirs"}

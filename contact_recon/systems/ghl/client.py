@@ -51,6 +51,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import httpx
@@ -75,6 +76,7 @@ from contact_recon.systems.errors import (
     ScopeError,
     Validation,
 )
+from contact_recon.systems.ghl.agency import LocationFromCompany
 from contact_recon.systems.ghl.models import Appointment, BulkTagsResult, Contact, Note, SearchPage, Task
 from contact_recon.systems.http import ApiBacked, ApiClient, json_object, member, parse
 from contact_recon.systems.models import Unreadable
@@ -403,16 +405,42 @@ class GHLClient(ApiBacked):
 
 def credentials_from_settings(settings: Settings, location_id: str | None = None) -> Credentials:
     """The location's own Private Integration token (`ghl_location_tokens`) when it has one, else the token when
-    configured, else OAuth (Prefect block in deployments, else the file)."""
+    configured, else OAuth (Prefect block in deployments, else the file of the location's own pair, or the older
+    shared file when the location has none)."""
     own = settings.ghl_location_tokens.get(location_id or "")
     if own is not None and own.get_secret_value():
         return StaticToken(own.get_secret_value())
     if settings.ghl_token is not None and settings.ghl_token.get_secret_value():
         return StaticToken(settings.ghl_token.get_secret_value())
+    if settings.ghl_client_id and settings.ghl_client_secret is not None and settings.ghl_company_id and location_id:
+        return agency_credentials(settings, settings.ghl_company_id, location_id)  # an agency install
     if settings.ghl_client_id and settings.ghl_client_secret is not None:
         store: TokenStore = PrefectSecretTokenStore(settings.ghl_token_block) if settings.ghl_token_block \
-            else FileTokenStore(settings.ghl_token_file)
+            else FileTokenStore(oauth_token_file(settings, location_id))
         return GHLOAuth(store, client_id=settings.ghl_client_id,
                         client_secret=settings.ghl_client_secret.get_secret_value(), base_url=settings.ghl_base_url)
     raise AuthError("no GHL credentials: set RECON_GHL_TOKEN, or RECON_GHL_CLIENT_ID and RECON_GHL_CLIENT_SECRET",
                     system=SYSTEM)
+
+
+def company_oauth(settings: Settings, company_id: str) -> GHLOAuth:
+    """The Company pair of an agency install, in the company's own token file (refreshed under its lock)."""
+    secret = settings.ghl_client_secret.get_secret_value() if settings.ghl_client_secret else ""
+    return GHLOAuth(FileTokenStore(settings.ghl_token_file_for(company_id, "company")),
+                    client_id=settings.ghl_client_id or "", client_secret=secret, base_url=settings.ghl_base_url,
+                    user_type="Company")
+
+
+def agency_credentials(settings: Settings, company_id: str, location_id: str) -> LocationFromCompany:
+    """A location's token minted from the agency's Company pair (cached until it expires)."""
+    return LocationFromCompany(company_oauth(settings, company_id), company_id=company_id, location_id=location_id,
+                               base_url=settings.ghl_base_url)
+
+
+def oauth_token_file(settings: Settings, location_id: str | None) -> Path:
+    """The location's own token file when it exists, else the shared file of installs authorized before."""
+    if location_id:
+        own = settings.ghl_token_file_for(location_id)
+        if own.exists():
+            return own
+    return settings.ghl_token_file
