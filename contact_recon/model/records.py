@@ -20,6 +20,10 @@ from, so the merge engine never sees an API's own names:
 | tags          | tags           | tags               |
 | consent       | dndSettings.Email / dnd | status    |
 
+Custom fields are one canonical column, `custom`: JSON text (sorted keys, blank values left out, null when
+none), GHL's keyed by `fieldKey`, TinyEmail's its customer fields that no standard field maps, and on the merge
+sides and in the base the policy's custom fields by name (`contact_recon/model/custom_fields.py`).
+
 Consent is one canonical column, `consent`: "subscribed" | "unsubscribed" | "bounced" | "spam" |
 "inactive" for TinyEmail, and for GHL "dnd" (email channel DND active or permanent, or global `dnd`)
 or "subscribed". Tags are a sorted list of unique strings. `email` and `phone` hold the normalised
@@ -55,6 +59,7 @@ _PERSON: dict[str, pl.DataType] = {
     **{name: pl.String() for name in SHARED_TEXT_FIELDS},
     "tags": pl.List(pl.String()),
     "consent": pl.String(),
+    "custom": pl.String(),
 }
 
 GHL_CONTACTS = pl.Schema({

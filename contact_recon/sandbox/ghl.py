@@ -430,6 +430,14 @@ def upsert_contact(ctx: Ctx) -> Response:
     return json_response({"new": new, "contact": contact_view(contact), "traceId": ctx.store.trace_id()})
 
 
+def custom_fields(ctx: Ctx) -> Response:
+    """GET /locations/{locationId}/customFields: the location's definitions (`model` contact, opportunity or all)."""
+    loc = ctx.store.location(ctx.own(ctx.path["locationId"]))
+    model = ctx.request.query_params.get("model") or "all"
+    fields = [d for d in loc.custom_fields if model == "all" or d.get("model", "contact") == model]
+    return json_response({"customFields": fields})
+
+
 def _int_param(query: QueryParams, name: str, default: int, maximum: int | None = None) -> int:
     raw = query.get(name)
     if raw is None or raw == "":
@@ -801,6 +809,8 @@ def routes(store: GHLStore) -> list[Route]:
         ("DELETE", "/contacts/{contactId}/notes/{id}", "/contacts/{contactId}/notes/{id}", notes["delete"],
          None, None),
         ("POST", "/locations/{locationId}/tasks/search", "/locations/{locationId}/tasks/search", search_tasks,
+         None, None),
+        ("GET", "/locations/{locationId}/customFields", "/locations/{locationId}/customFields", custom_fields,
          None, None),
     ]
     out = []

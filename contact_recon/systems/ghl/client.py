@@ -77,7 +77,15 @@ from contact_recon.systems.errors import (
     Validation,
 )
 from contact_recon.systems.ghl.agency import LocationFromCompany
-from contact_recon.systems.ghl.models import Appointment, BulkTagsResult, Contact, Note, SearchPage, Task
+from contact_recon.systems.ghl.models import (
+    Appointment,
+    BulkTagsResult,
+    Contact,
+    CustomFieldDefinition,
+    Note,
+    SearchPage,
+    Task,
+)
 from contact_recon.systems.http import ApiBacked, ApiClient, json_object, member, parse
 from contact_recon.systems.models import Unreadable
 
@@ -184,6 +192,7 @@ class GHLClient(ApiBacked):
 
     def __init__(self, api: ApiClient, location_id: str):
         self.api, self.location_id = api, location_id
+        self._custom_keys: dict[str, str] | None = None  # custom field id -> fieldKey, read once per client (run)
 
     @classmethod
     def from_settings(cls, settings: Settings, location_id: str, *, transport: httpx.AsyncBaseTransport | None = None,
@@ -393,6 +402,24 @@ class GHLClient(ApiBacked):
 
     async def delete_note(self, contact_id: str, note_id: str) -> None:
         await self._json("DELETE", f"/contacts/{contact_id}/notes/{note_id}")
+
+    # ---------------------------------------------------------------------------- custom fields
+
+    async def custom_fields(self) -> list[CustomFieldDefinition]:
+        """The location's contact custom fields (GET /locations/{id}/customFields, scope
+        locations/customFields.readonly)."""
+        return await self._many(CustomFieldDefinition, "GET", f"/locations/{self.location_id}/customFields",
+                                "customFields", params={"model": "contact"})
+
+    async def custom_field_keys(self) -> dict[str, str]:
+        """id -> fieldKey of the location's custom fields, read once per client (so once per run and location)."""
+        if self._custom_keys is None:
+            self._custom_keys = {d.id: d.fieldKey for d in await self.custom_fields() if d.fieldKey}
+        return self._custom_keys
+
+    async def custom_field_id(self, field_key: str) -> str | None:
+        """The location's id of the custom field `field_key`, None when the location does not define it."""
+        return next((i for i, key in (await self.custom_field_keys()).items() if key == field_key), None)
 
     # ---------------------------------------------------------------------------- appointments
 
