@@ -19,7 +19,10 @@ Where the values live:
 Tag patterns: `tag_for(pattern, value)` spells a value's tag; `value_of(pattern, tag)` reads a tag back (by tag
 key, `model/tags.py`: `Plan:Gold` reads as `Gold` under `plan:{value}`). A customer holding several tags that
 match one pattern has no single value: `canonical_sides` records them as a list, which the merge reports as a
-conflict (`custom_tags_ambiguous`) and never writes over, until a person leaves one tag.
+conflict (`custom_tags_ambiguous`) and never writes over, until a person leaves one tag. A GHL contact whose
+custom field ids could not be named (the location's definitions unreadable: a missing scope, an outage; or an
+id no definition names any more) has unknown values, never blank ones: the merge holds its custom fields
+(`custom_field_unresolved`) instead of writing a blank to TinyEmail.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ PLACEHOLDER = "{value}"
 PREFIX = "custom:"  # an op's `field` for a custom field: `custom:<fieldKey>`
 TE_FIELDS = ("address2", "currency")  # TinyEmail customer fields that no standard field maps (CONTRACT.md)
 UNDEFINED_PREFIX = "id:"  # a GHL custom field id the location's definitions do not name
-AMBIGUOUS = "\x1fseveral tags: "  # a TinyEmail value read from several pattern tags (never written anywhere)
+HELD = "\x1f"  # starts a value the merge holds (never written anywhere): one of the two below
+AMBIGUOUS = HELD + "several tags: "  # a TinyEmail value read from several pattern tags
+UNRESOLVED = HELD + "unresolved"  # a GHL value whose field ids could not be named (definitions unread)
 
 
 def column(name: str) -> str:
@@ -160,17 +165,28 @@ def canonical_sides(ghl_side: pl.DataFrame, te_side: pl.DataFrame,
         return (ghl_side.with_columns(pl.lit(None, dtype=pl.String).alias("custom")),
                 te_side.with_columns(pl.lit(None, dtype=pl.String).alias("custom")))
     names = list(rules)
-    ghl = [dumps({n: loads(text).get(n) for n in names}) for text in ghl_side["custom"].to_list()]
+    ghl = [dumps(_ghl_canonical(loads(text), names)) for text in ghl_side["custom"].to_list()]
     te = [dumps({n: te_value(rules[n], loads(text), tags or []) for n in names})
           for text, tags in zip(te_side["custom"].to_list(), te_side["tags"].to_list(), strict=True)]
     return (ghl_side.with_columns(pl.Series("custom", ghl, dtype=pl.String)),
             te_side.with_columns(pl.Series("custom", te, dtype=pl.String)))
 
 
+def _ghl_canonical(custom: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """A GHL row's custom values in the policy's names; with an unresolved id among them (`id:<id>`) the values
+    are unknown, not blank: `{"unresolved": true}` for each, which the merge holds."""
+    if any(key.startswith(UNDEFINED_PREFIX) for key in custom):
+        return {n: {"unresolved": True} for n in names}
+    return {n: custom.get(n) for n in names}
+
+
 def merge_text(value: Any) -> str | None:
-    """A canonical custom value as the merge compares it: text, or for several pattern tags `AMBIGUOUS` + them."""
+    """A canonical custom value as the merge compares it: text; several pattern tags `AMBIGUOUS` + their values;
+    a GHL value that could not be resolved `UNRESOLVED`."""
     if isinstance(value, list):
         return AMBIGUOUS + ", ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return UNRESOLVED
     return text_value(value)
 
 

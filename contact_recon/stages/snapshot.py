@@ -86,6 +86,7 @@ import polars as pl
 
 from contact_recon.engine.budget_plan import DEFAULT_TASKS_PER_CONTACT, RequestPlan, contact_pages, plan_requests
 from contact_recon.engine.identity import SideCameBackEmpty, check_not_emptied
+from contact_recon.model.custom_fields import UNDEFINED_PREFIX
 from contact_recon.model.normalise import normalise_email, raw_json, to_frame
 from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, TINYEMAIL_CUSTOMERS
 from contact_recon.settings import Settings
@@ -235,6 +236,8 @@ async def fetch_ghl_location(client: GHLClient, previous: PreviousState, options
         used.mark("contacts")
         progress.used[key] = used.counts
         listing = compare_listing(contacts, previous, options)
+        custom_keys = await client.custom_keys_for(contacts)  # model/custom_fields.py: fieldKeys, per location
+        listing = _resolving_custom(listing, contacts, previous, custom_keys)
         carried = [u.key for u in unreadable if u.key is not None and u.key not in listing.present]
         present = listing.present | set(carried)
         plan, chosen, dirty_read, deferred = _choose(present, listing.changed, previous, options, daily)
@@ -242,7 +245,7 @@ async def fetch_ghl_location(client: GHLClient, previous: PreviousState, options
         task_ids, all_tasks = _task_contacts(listing.present, chosen, previous.tasks_dirty, plan, daily)
         (tasks, notes), fresh = await _all_or_nothing([
             _read_tasks_and_notes(client, chosen, options.concurrency, used, task_ids),
-            _normalised(listing.fresh, lambda payload: ghl_contact_record(payload, loc, options.region),
+            _normalised(listing.fresh, lambda payload: ghl_contact_record(payload, loc, options.region, custom_keys),
                         GHL_CONTACTS)])
     kept = previous.contacts.filter(pl.col("contact_id").is_in([*listing.kept, *carried]))
     frame = pl.concat([kept, fresh]).sort("contact_id")
@@ -329,6 +332,22 @@ def compare_listing(contacts: Sequence[Contact], previous: PreviousState, option
         if since is None or not same or _updated_since(contact, since):
             changed.add(contact.id)
     return Listing({c.id for c in contacts}, kept, fresh, changed)
+
+
+def _resolving_custom(listing: Listing, contacts: Sequence[Contact], previous: PreviousState,
+                      keys: dict[str, str] | None) -> Listing:
+    """The listing with every kept contact whose stored custom fields are unresolved (`id:<id>`, read while the
+    definitions were unknown) normalised again, now that they are known."""
+    if not keys or not listing.kept:
+        return listing
+    unresolved = set(previous.contacts.filter(pl.col("custom").str.contains(f'"{UNDEFINED_PREFIX}', literal=True)
+                                              .fill_null(False))["contact_id"].to_list())
+    again = [c for c in contacts if c.id in unresolved and c.id in set(listing.kept)]
+    if not again:
+        return listing
+    ids = {c.id for c in again}
+    return replace(listing, kept=[i for i in listing.kept if i not in ids],
+                   fresh=[*listing.fresh, *(contact_payload(c) for c in again)])
 
 
 def _since(watermark: str | None, lag_s: float) -> datetime | None:

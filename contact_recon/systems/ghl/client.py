@@ -46,6 +46,7 @@ made by systems/ghl/writer.py.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -89,6 +90,8 @@ from contact_recon.systems.ghl.models import (
 from contact_recon.systems.http import ApiBacked, ApiClient, json_object, member, parse
 from contact_recon.systems.models import Unreadable
 
+log = logging.getLogger("contact_recon.systems.ghl.client")
+
 API_VERSION = "2021-07-28"
 BURST_LIMIT, BURST_WINDOW_S, DAILY_LIMIT = 100, 10.0, 200_000
 MAX_PAGE_LIMIT = 500
@@ -97,7 +100,7 @@ TASK_SEARCH_BATCH = 100
 TASK_SEARCH_PAGE = 100
 SYSTEM = "ghl"
 
-M = TypeVar("M", Contact, SearchPage, Task, Note, Appointment, BulkTagsResult)
+M = TypeVar("M", Contact, SearchPage, Task, Note, Appointment, BulkTagsResult, CustomFieldDefinition)
 
 _NOT_FOUND = re.compile(r"\b(Contact|Task|Note) with id \S+ not found", re.IGNORECASE)
 _DUPLICATE = "does not allow duplicated contacts"
@@ -416,6 +419,21 @@ class GHLClient(ApiBacked):
         if self._custom_keys is None:
             self._custom_keys = {d.id: d.fieldKey for d in await self.custom_fields() if d.fieldKey}
         return self._custom_keys
+
+    async def custom_keys_for(self, contacts: Iterable[Contact]) -> dict[str, str] | None:
+        """The id -> fieldKey map when any of `contacts` carries custom fields (None when none does: no request).
+
+        A location whose definitions cannot be read (the token lacks `locations/customFields.readonly`, an outage)
+        gives None with a warning: its custom fields stay unresolved (`id:<id>`), which the merge holds rather than
+        reading as blank (model/custom_fields.py), so nothing fails and nothing is overwritten.
+        """
+        if not any(c.customFields for c in contacts):
+            return None
+        try:
+            return await self.custom_field_keys()
+        except ConnectorError as exc:
+            log.warning("ghl %s: custom field definitions unreadable, custom fields held: %s", self.location_id, exc)
+            return None
 
     async def custom_field_id(self, field_key: str) -> str | None:
         """The location's id of the custom field `field_key`, None when the location does not define it."""

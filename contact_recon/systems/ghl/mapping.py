@@ -9,8 +9,9 @@ A contact's `customFields` become the row's `custom` (JSON by fieldKey, `model/c
 
 Write (canonical -> API): `contact_body` turns a create op's canonical record into a contact body,
 `field_name` gives GHL's name of a canonical field, `custom_field_item` the `customFields` item of a custom
-field's value (`{"id", "field_value"}`, the spec's customFieldsInputStringSchema), and `dnd_on` is the `dndSettings` that switches the
-Email channel's DND on. Which body a write sends, and its quirks, are the writer's (systems/ghl/writer.py).
+field's value (`{"id", "field_value"}`, the spec's customFieldsInputStringSchema), and `dnd_on` is the
+`dndSettings` that switches the Email channel's DND on. Which body a write sends, and its quirks, are the
+writer's (systems/ghl/writer.py).
 
 Of the shapes a contact takes (systems/models.py: API model -> canonical record -> op -> request body),
 this module is the two crossings between GHL's names and ours.
