@@ -59,8 +59,8 @@ _PERSON: dict[str, pl.DataType] = {
     **{name: pl.String() for name in SHARED_TEXT_FIELDS},
     "tags": pl.List(pl.String()),
     "consent": pl.String(),
-    "custom": pl.String(),
 }
+_CUSTOM = {"custom": pl.String()}  # last in every frame: the store's tables got it by a later migration (12)
 
 GHL_CONTACTS = pl.Schema({
     "contact_id": pl.String(), "location_id": pl.String(),
@@ -69,6 +69,7 @@ GHL_CONTACTS = pl.Schema({
     "phone_raw": pl.String(), "phone_valid": pl.Boolean(),
     "date_added": pl.String(), "date_updated": pl.String(),
     "raw": pl.String(), "content_hash": pl.String(),
+    **_CUSTOM,
 })
 
 TINYEMAIL_CUSTOMERS = pl.Schema({
@@ -78,6 +79,7 @@ TINYEMAIL_CUSTOMERS = pl.Schema({
     "status": pl.String(), "unsubscribed_at": pl.String(),
     "lists": pl.List(pl.String()),
     "raw": pl.String(), "content_hash": pl.String(),
+    **_CUSTOM,
 })
 
 GHL_TASKS = pl.Schema({
@@ -92,5 +94,6 @@ GHL_NOTES = pl.Schema({
 })
 
 # One row per person key: what the three-way merge compares (base, TinyEmail now, GHL now).
-MERGE_SIDE = pl.Schema({"key": pl.String(), "contact_id": pl.String(), **_PERSON, "lists": pl.List(pl.String())})
+MERGE_SIDE = pl.Schema({"key": pl.String(), "contact_id": pl.String(), **_PERSON, "lists": pl.List(pl.String()),
+                        **_CUSTOM})
 
