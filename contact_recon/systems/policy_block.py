@@ -68,10 +68,10 @@ FieldRules = create_model(
 
 
 # One custom field in the form: its fieldKey as a property (a list of forms renders; an open object would not).
-CustomFieldForm = create_model(
-    "CustomFieldForm", __config__=_FORM, __doc__=CustomFieldRule.__doc__,
-    field_key=(str, Field(description="the GHL custom field's fieldKey, e.g. contact.plan")),
-    **{name: (info.annotation, info) for name, info in CustomFieldRule.model_fields.items()})
+_CUSTOM_PARTS: dict[str, Any] = {
+    "field_key": (str, Field(description="the GHL custom field's fieldKey, e.g. contact.plan")),
+    **{name: (info.annotation, info) for name, info in CustomFieldRule.model_fields.items()}}
+CustomFieldForm = create_model("CustomFieldForm", __config__=_FORM, __doc__=CustomFieldRule.__doc__, **_CUSTOM_PARTS)
 
 
 class ReconPolicy(Block):
