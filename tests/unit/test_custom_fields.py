@@ -180,3 +180,13 @@ def test_the_state_keeps_custom_fields_one_by_one() -> None:
     row = next_base({"c1": b}, {"c1": dict(t)}, {"c1": dict(g)},
                     Blocked(dimensions={("c1", "custom:contact.score"): "0"}), consent)[0]
     assert json.loads(row["custom"]) == {"contact.plan": "bronze", "contact.score": "0"}  # held back: its expected
+
+
+def test_a_fixture_location_may_define_its_custom_fields() -> None:
+    from contact_recon.sandbox.fixture import FixtureError, validate_fixture
+
+    given = [{"id": "F1", "fieldKey": "contact.plan", "dataType": "TEXT"}]
+    loaded = validate_fixture({"ghl": {"locations": {"L": {"customFields": given}}}})
+    assert loaded["ghl"]["locations"]["L"]["customFields"] == given
+    with pytest.raises(FixtureError, match=r"ghl\.locations\.L\.customFields\[0\]\.fieldKey"):
+        validate_fixture({"ghl": {"locations": {"L": {"customFields": [{"id": "F1"}]}}}})
