@@ -39,7 +39,8 @@ PLACEHOLDER = "{value}"
 PREFIX = "custom:"  # an op's `field` for a custom field: `custom:<fieldKey>`
 TE_FIELDS = ("address2", "currency")  # TinyEmail customer fields that no standard field maps (CONTRACT.md)
 UNDEFINED_PREFIX = "id:"  # a GHL custom field id the location's definitions do not name
-HELD = "\x1f"  # starts a value the merge holds (never written anywhere): one of the two below
+HELD = "\u2063"  # starts a value the merge holds (never written anywhere): one of the two below (not
+# whitespace to Python or polars, so no trim removes it; U+2063 INVISIBLE SEPARATOR)
 AMBIGUOUS = HELD + "several tags: "  # a TinyEmail value read from several pattern tags
 UNRESOLVED = HELD + "unresolved"  # a GHL value whose field ids could not be named (definitions unread)
 

@@ -190,3 +190,21 @@ def test_a_fixture_location_may_define_its_custom_fields() -> None:
     assert loaded["ghl"]["locations"]["L"]["customFields"] == given
     with pytest.raises(FixtureError, match=r"ghl\.locations\.L\.customFields\[0\]\.fieldKey"):
         validate_fixture({"ghl": {"locations": {"L": {"customFields": [{"id": "F1"}]}}}})
+
+
+def test_a_decision_on_a_custom_field_writes_the_decided_value() -> None:
+    from contact_recon.engine.decisions import DECISIONS, decision_ops
+
+    g, t = _sides({"custom": '{"contact.plan":"gold"}'}, {"tags": ["plan:gold", "plan:silver"]})
+
+    def ops(choice: str, value: str | None = None) -> list[tuple]:
+        decisions = pl.DataFrame([{"key": "c1", "field": "custom:contact.plan", "choice": choice, "value": value}],
+                                 schema=DECISIONS)
+        return decision_ops(decisions, t, g).select("target", "field", "expected", "new").rows()
+
+    # GHL's value wins: TinyEmail's two pattern tags give way to it
+    assert ops("ghl") == [("tinyemail", "custom:contact.plan", "\u2063several tags: gold, silver", "gold")]
+    assert ops("tinyemail") == []  # no single value there to copy
+    assert sorted(ops("value", "bronze")) == [("ghl", "custom:contact.plan", "gold", "bronze"),
+                                              ("tinyemail", "custom:contact.plan", "\u2063several tags: gold, silver",
+                                               "bronze")]
