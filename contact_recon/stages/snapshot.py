@@ -73,6 +73,7 @@ system's `mapping.py`), the shape every later stage works on; the API payload st
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import zlib
@@ -86,7 +87,7 @@ import polars as pl
 
 from contact_recon.engine.budget_plan import DEFAULT_TASKS_PER_CONTACT, RequestPlan, contact_pages, plan_requests
 from contact_recon.engine.identity import SideCameBackEmpty, check_not_emptied
-from contact_recon.model.custom_fields import UNDEFINED_PREFIX
+from contact_recon.model.custom_fields import TE_FIELDS, UNDEFINED_PREFIX, te_custom_values
 from contact_recon.model.normalise import normalise_email, raw_json, to_frame
 from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, TINYEMAIL_CUSTOMERS
 from contact_recon.settings import Settings
@@ -337,11 +338,14 @@ def compare_listing(contacts: Sequence[Contact], previous: PreviousState, option
 def _resolving_custom(listing: Listing, contacts: Sequence[Contact], previous: PreviousState,
                       keys: dict[str, str] | None) -> Listing:
     """The listing with every kept contact whose stored custom fields are unresolved (`id:<id>`, read while the
-    definitions were unknown) normalised again, now that they are known."""
+    definitions were unknown, or not read at all: a row stored before the store had `custom`) normalised again,
+    now that they are known."""
     if not keys or not listing.kept:
         return listing
-    unresolved = set(previous.contacts.filter(pl.col("custom").str.contains(f'"{UNDEFINED_PREFIX}', literal=True)
-                                              .fill_null(False))["contact_id"].to_list())
+    custom = pl.col("custom")
+    stale = (custom.str.contains(f'"{UNDEFINED_PREFIX}', literal=True)
+             | (custom.is_null() & pl.col("raw").str.contains('"customFields":[{', literal=True)))
+    unresolved = set(previous.contacts.filter(stale.fill_null(False))["contact_id"].to_list())
     again = [c for c in contacts if c.id in unresolved and c.id in set(listing.kept)]
     if not again:
         return listing
@@ -500,8 +504,10 @@ async def _customers_frame(audience: AudienceSnapshot, previous: pl.DataFrame | 
     """One TINYEMAIL_CUSTOMERS row per customer, in audience order; an unchanged customer keeps its row."""
     reusable: dict[tuple[str, tuple[str, ...]], int] = {}
     if previous is not None and not options.full_sweep:  # a full sweep normalises all again
-        reusable = {(raw, tuple(lists)): index for index, (raw, lists)
-                    in enumerate(zip(previous["raw"].to_list(), previous["lists"].to_list(), strict=True))}
+        reusable = {(raw, tuple(lists)): index for index, (raw, lists, custom)
+                    in enumerate(zip(previous["raw"].to_list(), previous["lists"].to_list(),
+                                     previous["custom"].to_list(), strict=True))
+                    if custom is not None or not _has_custom(raw)}
     kept: list[tuple[int, int]] = []  # (position, row of previous)
     fresh: list[tuple[int, dict[str, Any], list[str]]] = []  # (position, payload, lists)
     for position, (key, customer) in enumerate(audience.customers.items()):
@@ -520,6 +526,12 @@ async def _customers_frame(audience: AudienceSnapshot, previous: pl.DataFrame | 
     return (pl.concat([old.with_columns(_position=pl.Series([p for p, _ in kept], dtype=pl.Int64)),
                        built.with_columns(_position=pl.Series([p for p, _, _ in fresh], dtype=pl.Int64))])
             .sort("_position").drop("_position"))
+
+
+def _has_custom(raw: str) -> bool:
+    """Whether a customer's payload holds one of the fields a row keeps in `custom` (a row stored before the store
+    had `custom` is then normalised again)."""
+    return any(f'"{name}":' in raw for name in TE_FIELDS) and te_custom_values(json.loads(raw)) is not None
 
 
 async def _normalised(items: Sequence[T], build: Callable[[T], dict[str, Any]], schema: pl.Schema) -> pl.DataFrame:

@@ -17,6 +17,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from pydantic import SecretStr
 
 from contact_recon.model.policy import load_policy
 from contact_recon.sandbox.generate import generate_fixture
@@ -39,8 +40,10 @@ tie_break = "tinyemail"
 def world(sandboxes: Callable[..., tuple[RunningServer, RunningServer]], tmp_path: Path) -> Iterator[World]:
     fixture = generate_fixture(20, seed=5, overlap=0.8)
     location = fixture["ghl"]["tokens"][0]["locationId"]
-    for token in fixture["ghl"]["tokens"]:
-        token["scopes"] = [*token["scopes"], "locations/customFields.readonly"]
+    tokens = fixture["ghl"]["tokens"]
+    # the same location once more, by a token without the custom fields scope (the last test's)
+    tokens.append({**tokens[0], "token": tokens[0]["token"] + "-no-custom", "scopes": list(tokens[0]["scopes"])})
+    tokens[0]["scopes"] = [*tokens[0]["scopes"], "locations/customFields.readonly"]
     ids = {d["fieldKey"]: d["id"] for d in custom_field_definitions(location, None)}
     customers = {c["email"].strip().lower(): c for c in fixture["tinyemail"]["customers"]}
     contacts = fixture["ghl"]["locations"][location]["contacts"]
@@ -164,3 +167,30 @@ def test_a_custom_field_to_a_te_field_and_to_a_tag_pattern_both_ways(world: Worl
         ("custom_tags_ambiguous", "several tags: Bronze, platinum", "Bronze")]
     assert _ghl_custom(world, plan_id)[plan_field] == "Bronze"
     assert _plan_tags(world, plan_email) == ["Plan:Bronze", "plan:platinum"]
+
+
+
+def test_custom_fields_a_location_cannot_name_are_held_then_synced_once_it_can(world: World) -> None:
+    """A token without `locations/customFields.readonly`: GHL's custom values are unknown, never blank, so nothing
+    is written for them (a conflict row each); with the scope granted, the next run names the fields of the
+    contacts (whose unchanged rows are normalised again) and syncs them."""
+    score_email, score_id = world.edited[SCORER]
+    plan_email = world.edited[PLANNER][0]
+    full = world.settings
+    world.settings = full.model_copy(update={"ghl_token": SecretStr(world.fixture["ghl"]["tokens"][-1]["token"])})
+    held = world.reconcile()
+    assert held.status == "completed", held.error
+    assert held.plan is not None
+    assert held.plan.plan.filter(pl.col("field").str.starts_with("custom:")).height == 0
+    reasons = held.plan.conflicts.filter(pl.col("field").str.starts_with("custom:"))["reason"].unique().to_list()
+    assert reasons == ["custom_field_unresolved"]
+    assert _customer(world, score_email).get("currency") is None and _plan_tags(world, plan_email) == []
+    refused = [r for r in world.requests(world.ghl) if r["path"].endswith("/customFields")]
+    assert refused and {r["status"] for r in refused} == {401}
+
+    world.settings = full
+    synced = _reconciled(world)
+    assert sorted(synced.select("target", "key", "field", "new").rows()) == sorted([
+        ("tinyemail", score_id, "custom:contact.score", "5"),
+        ("tinyemail", world.edited[PLANNER][1], "custom:contact.plan", "gold")])
+    assert _customer(world, score_email).get("currency") == "5" and _plan_tags(world, plan_email) == ["plan:gold"]
