@@ -84,6 +84,15 @@ valid: the person was on both sides at the base; none: first run, or newly on on
 | shared     | none  | ...; fill_blanks, tie tinyemail;     | GHL := t               | initial_tinyemail_preferred |
 |            |       | prefer_tinyemail                     |                        |                             |
 
+Custom fields (`policy.custom_fields`, model/custom_fields.py) are text fields of this table too, named
+`custom:<fieldKey>` and taken from each side's `custom` values (in the policy's names: the plan stage's
+`canonical_sides`), with their own owner and tie-break. Two cases come first and write nothing:
+
+| situation                                                  | op / conflict          | reason                  |
+|------------------------------------------------------------|------------------------|-------------------------|
+| TinyEmail holds several tags of the field's pattern        | conflict row only      | custom_tags_ambiguous   |
+| GHL's value unknown (its field ids could not be named)     | conflict row only      | custom_field_unresolved |
+
 Why fill_blanks follows the tie-break on a disagreement: a conflict keeps the base value, which is blank
 without a base, so on the next run both sides "changed" and the tie-break would decide anyway; deciding
 the same way on the first run keeps the two runs consistent. Fields whose tie-break is manual (by default
@@ -95,7 +104,8 @@ blank without one), so it is reported again until a person settles it; it never 
 C. Tags and lists of a matched person, as sets of tag keys (a tag's key: case-folded, trimmed, inner
 whitespace runs as one space; `model/tags.py`). Each tag has a namespace by its key's prefix (the prefixes
 compared by key too, so `GHL:Hot` is GHL-owned): a configured
-fact tag (e.g. `ghl:open-task`) -> fact; `list_prefix` -> list; `ghl_owned_prefixes` -> ghl;
+fact tag (e.g. `ghl:open-task`) -> fact; a tag a custom field's `tag_pattern` matches -> custom (the custom
+field's, table B: never a tag op, never copied by a create); `list_prefix` -> list; `ghl_owned_prefixes` -> ghl;
 `tinyemail_owned_prefixes` -> tinyemail; otherwise shared. A TinyEmail list L is the member
 `<list_prefix>L` of the list namespace; on TinyEmail, tags in the list namespace are ignored (lists are
 the truth there); on GHL, fact-namespace tags are ignored (the facts are computed from GHL tasks).

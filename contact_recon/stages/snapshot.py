@@ -19,7 +19,11 @@ Per GHL location (`fetch_ghl_location`, the Prefect task `snapshot_ghl_location`
    carries the requests: done before the reads it would leave the request budget idle for tens of
    seconds at 100,000 contacts, and done in one go beside them it would starve them. So it goes
    `NORMALISE_CHUNK` rows at a time and, after each chunk, sleeps as long as the chunk took: it takes at
-   most half of the loop, and the requests in flight keep their pace.
+   most half of the loop, and the requests in flight keep their pace. When a listed contact carries custom
+   fields, the location's definitions are read once (`GET /locations/{id}/customFields`,
+   `GHLClient.custom_keys_for`) so each row's `custom` names them by fieldKey (model/custom_fields.py);
+   unreadable definitions leave them unresolved (held by the merge, never read as blank), and a kept row read
+   while they were unresolved (or stored before rows had `custom`) is normalised again once they are known.
 3. Choose whose tasks and notes to read tonight:
    - *changed*: new contacts, contacts whose payload changed, and contacts whose `dateUpdated` is at
      or after the previous watermark minus the safety lag (`notes_safety_lag_s`, 10 min: search
@@ -51,7 +55,8 @@ TinyEmail (`fetch_tinyemail`, the Prefect task `snapshot_tinyemail`): every list
 no updated-since filter), one row per customer with its lists. Lists are read side by side, each one
 page after page (the connector's paging guards need the pages in order). A customer whose payload
 (`raw`) and lists equal a row of the previous snapshot keeps that row; the others are normalised (in
-chunks, at most half of the loop, as above: on the first night the GHL reads are still running).
+chunks, at most half of the loop, as above: on the first night the GHL reads are still running); a row stored
+before rows had `custom` is normalised again when its payload holds a field `custom` keeps.
 `full_sweep` normalises every contact and customer again.
 
 `run_snapshot` runs every location and TinyEmail concurrently (asyncio tasks; inside a Prefect flow, the

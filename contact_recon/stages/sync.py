@@ -3,7 +3,9 @@
 Between nights a webhook (GHL) or the TinyEmail watcher names one person. `person_frames` reads just that
 person: the GHL contact (by id, or by email through the duplicate search), its tasks, and the TinyEmail
 customer by email. TinyEmail answers a customer without its lists, so the lists come from the latest
-snapshot (a list change waits for the night); notes are not read (the nightly sweep covers them). The frames
+snapshot (a list change waits for the night); notes are not read (the nightly sweep covers them); a contact
+with custom fields has them named by the location's definitions (read once per client,
+`GHLClient.custom_keys_for`). The frames
 then go through the same identity, merge, checks, quarantine, apply and state code as the nightly run
 (`contact_recon/stages/plan.py plan_person`, `contact_recon/stages/run.py apply_run`).
 

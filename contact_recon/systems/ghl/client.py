@@ -33,6 +33,10 @@ pages with `limit`/`skip`. Ids go in batches of `TASK_SEARCH_BATCH` (100): GHL d
 page of `TASK_SEARCH_PAGE` (100), so it costs about one request per 100 contacts. Pages are read until
 a short one; tasks are deduplicated by id in case skip-paging meets a concurrent change.
 
+Custom fields (NOTES.md): `custom_field_keys` reads the location's definitions (`GET /locations/{id}/customFields`,
+scope `locations/customFields.readonly`) once per client, so once per run and location; `custom_keys_for` only when
+some contact carries custom fields, and tolerant of unreadable definitions (None, with a warning).
+
 Tags: `tags` given to upsert or update *replaces* every tag (NOTES.md); use `add_tags`/`remove_tags`
 or `bulk_update_tags` to change tags.
 
