@@ -9,7 +9,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -208,3 +208,54 @@ def test_a_decision_on_a_custom_field_writes_the_decided_value() -> None:
     assert sorted(ops("value", "bronze")) == [("ghl", "custom:contact.plan", "gold", "bronze"),
                                               ("tinyemail", "custom:contact.plan", "\u2063several tags: gold, silver",
                                                "bronze")]
+
+
+VALUES = st.sampled_from([None, "gold", "silver"])
+
+
+@settings(deadline=None, max_examples=80)
+@given(ghl_plan=VALUES, ghl_score=VALUES, te_plans=st.lists(st.sampled_from(["gold", "silver"]), unique=True),
+       te_score=VALUES, base_plan=VALUES, base_score=VALUES, with_base=st.booleans(),
+       tie=st.sampled_from(["ghl", "tinyemail", "manual"]))
+def test_law_after_every_custom_op_lands_planning_again_plans_none(
+        ghl_plan: str | None, ghl_score: str | None, te_plans: list[str], te_score: str | None,
+        base_plan: str | None, base_score: str | None, with_base: bool, tie: str) -> None:
+    """Whatever both sides and the base hold, once the plan's custom field ops are applied to both systems (as
+    the writers write them) and the state advanced (engine/state.py), planning again has no custom op left."""
+    policy = Policy.model_validate({"custom_fields": {
+        "contact.plan": {"tag_pattern": "plan:{value}", "tie_break": tie},
+        "contact.score": {"te_field": "currency", "tie_break": tie}}})
+    ghl = {"contact.plan": ghl_plan, "contact.score": ghl_score}
+    te_tags, te_custom = ["vip", *(f"plan:{v}" for v in te_plans)], {"currency": te_score}
+
+    def sides() -> tuple[pl.DataFrame, pl.DataFrame]:
+        g = _side([{"key": "c1", "contact_id": "c1", "email": "a@x.com",
+                    "custom": json.dumps({k: v for k, v in ghl.items() if v})}])
+        t = _side([{"key": "c1", "email": "a@x.com", "tags": te_tags,
+                    "custom": json.dumps({k: v for k, v in te_custom.items() if v})}])
+        return canonical_sides(g, t, policy.active_custom())
+
+    base = (_base(json.dumps({"contact.plan": base_plan, "contact.score": base_score}), ["vip"]) if with_base
+            else _side([]).with_columns(pl.lit(True).alias("in_ghl"), pl.lit(True).alias("in_tinyemail")))
+    g, t = sides()
+    planned = plan(base, t, g, policy)
+    first = planned.ops.filter(pl.col("field").str.starts_with("custom:"))
+    for op in first.iter_rows(named=True):
+        name = op["field"].removeprefix("custom:")
+        if op["target"] == "ghl":
+            ghl[name] = op["new"]
+        elif name == "contact.plan":  # the pattern's tag replaces every tag it matches (the TinyEmail writer)
+            te_tags = [tag for tag in te_tags if not matches("plan:{value}", tag)] + (
+                [tag_for("plan:{value}", op["new"])] if op["new"] else [])
+        else:
+            te_custom["currency"] = op["new"]
+    g, t = sides()
+    rows = {r["key"]: r for r in base.iter_rows(named=True)}
+    advanced = next_base(rows, {r["key"]: r for r in t.iter_rows(named=True)},
+                         {r["key"]: r for r in g.iter_rows(named=True)}, Blocked(),
+                         Consent(("unsubscribed",), ("dnd",)))
+    replanned = plan(pl.DataFrame(advanced, schema=base.schema), t, g, policy)
+    again = replanned.ops.filter(pl.col("field").str.starts_with("custom:"))
+    assert again.height == 0, (first.rows(), again.rows())
+    # and what landed made no new conflict: only those the first plan left open (no op wrote over them)
+    assert set(replanned.conflicts["field"].to_list()) <= set(planned.conflicts["field"].to_list())
