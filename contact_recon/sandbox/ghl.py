@@ -13,6 +13,11 @@ Every API route runs the same gate before its handler, in this order:
    "<Kind> with id X not found".
 Handlers never await, so each state change is atomic on uvicorn's single event loop.
 
+Custom fields (apps/locations.json, NOTES.md): `GET /locations/{locationId}/customFields` answers the location's
+definitions (scope `locations/customFields.readonly`, `model` contact | opportunity | all); contact writes take
+`customFields` items, checked against them (an undefined id or key -> 422), and reads show them
+(ghl_store.py, "Custom fields").
+
 Search results lag writes by `search_lag_s` (default `DEFAULT_SEARCH_LAG_S`, 2 s; NOTES.md), and a
 location's search can be made to stall or repeat a page (ghl_store.py, "Search lag", "Paging faults").
 
