@@ -37,7 +37,10 @@ next run.
 
 `decision_ops` (pure) turns pending decisions into ops against the current sides (records.MERGE_SIDE):
 for each side that holds the person and whose current value differs from the decided one, one write with
-`expected` = that side's current value. Consent only tightens: a decision for a tight value (TinyEmail
+`expected` = that side's current value. A custom field (`custom:<fieldKey>`, model/custom_fields.py) is decided
+like a text field (its values read from the sides' `custom`); choosing a side that holds no single value for it
+(several pattern tags) copies nothing, and a decided value written to TinyEmail replaces every pattern tag.
+Consent only tightens: a decision for a tight value (TinyEmail
 unsubscribed/bounced/spam, GHL dnd) tightens each loose side with its own tight value; a decision for
 a loose value is ignored, since it would loosen a tight side or write nothing allowed.
 """
@@ -55,6 +58,7 @@ from typing import Any
 import polars as pl
 
 from contact_recon.engine.conflicts import PRESENCE, SKIPS
+from contact_recon.model.custom_fields import HELD, is_custom, loads, merge_text, name_of
 from contact_recon.model.keys import TE_KEY_PREFIX
 from contact_recon.model.normalise import normalise_birthday, normalise_email, normalise_phone
 from contact_recon.model.ops import CONFLICTS_SCHEMA, CONTENT_COLUMNS, Kind, sort_ops, with_ids
@@ -159,7 +163,7 @@ def _check_row(line: int, row: dict[str, Any], known: set[str], region: tuple[st
             return None
         # a deletion (or a missing record) acknowledged: recorded, no longer reported while it is unchanged
         field = PRESENCE
-    elif field not in DECIDABLE_FIELDS:
+    elif field not in DECIDABLE_FIELDS and not is_custom(field):
         problems.append(f"line {line}: unknown field {field!r}; decidable: {', '.join(DECIDABLE_FIELDS)}")
     elif choice in CHOICES:
         value = _check_value(line, choice, field, value, region, problems)
@@ -247,20 +251,31 @@ def _wanted(d: dict[str, Any], sides: dict[str, dict[str, Any] | None]) -> tuple
         return True, _text(d["value"])
     if d["choice"] in ("ghl", "tinyemail"):
         chosen = sides[d["choice"]]
-        # the chosen side no longer holds the person: nothing to copy from
-        return (chosen is not None), _text(chosen[d["field"]]) if chosen is not None else None
+        if chosen is None:
+            return False, None  # the chosen side no longer holds the person: nothing to copy from
+        value = _side_value(chosen, d["field"])
+        # a custom field value that has no single value there (several pattern tags, unresolved): nothing to copy
+        return not (value or "").startswith(HELD), value
     return False, None  # skip (or anything else): nothing to write
+
+
+def _side_value(row: dict[str, Any], field: str) -> str | None:
+    """A side's current value of a field; a custom field's (`custom:<fieldKey>`) from its `custom` values, as the
+    merge compares it (model/custom_fields.py)."""
+    if is_custom(field):
+        return _text(merge_text(loads(row.get("custom")).get(name_of(field))))
+    return _text(row[field])
 
 
 def _field_ops(d: dict[str, Any], sides: dict[str, dict[str, Any] | None]) -> list[dict[str, str | None]]:
     decided, wanted = _wanted(d, sides)
-    if not decided or d["field"] not in DECIDABLE_FIELDS:
+    if not decided or (d["field"] not in DECIDABLE_FIELDS and not is_custom(d["field"])):
         return []  # skipped, nothing to copy, or a field no decision may write (email: identity review)
     ops = []
     for target, row in sides.items():
         if row is None:
             continue  # the person is not on this side: there is nothing to update
-        current = _text(row[d["field"]])
+        current = _side_value(row, d["field"])
         if current == wanted:
             continue  # this side already holds the decided value
         ops.append(_op(target, Kind.UPDATE, d, current, wanted))

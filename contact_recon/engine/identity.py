@@ -284,7 +284,7 @@ def merge_sides(result: IdentityResult, ghl: pl.DataFrame, te: pl.DataFrame) -> 
     ghl_side = (ghl.filter(~pl.col("contact_id").is_in(list(result.held_contact_ids)))
                 .select(pl.col("contact_id").alias("key"), "contact_id", *person,
                         lists=pl.lit(None, pl.List(pl.String())))
-                .sort("key"))
+                .select(*MERGE_SIDE).sort("key"))
     pairs = pl.concat([
         result.matched.filter(pl.col("in_te")).select("key", "contact_id", "email"),
         result.unmatched_te.select("key", pl.lit(None, pl.String()).alias("contact_id"), "email"),

@@ -84,6 +84,15 @@ valid: the person was on both sides at the base; none: first run, or newly on on
 | shared     | none  | ...; fill_blanks, tie tinyemail;     | GHL := t               | initial_tinyemail_preferred |
 |            |       | prefer_tinyemail                     |                        |                             |
 
+Custom fields (`policy.custom_fields`, model/custom_fields.py) are text fields of this table too, named
+`custom:<fieldKey>` and taken from each side's `custom` values (in the policy's names: the plan stage's
+`canonical_sides`), with their own owner and tie-break. Two cases come first and write nothing:
+
+| situation                                                  | op / conflict          | reason                  |
+|------------------------------------------------------------|------------------------|-------------------------|
+| TinyEmail holds several tags of the field's pattern        | conflict row only      | custom_tags_ambiguous   |
+| GHL's value unknown (its field ids could not be named)     | conflict row only      | custom_field_unresolved |
+
 Why fill_blanks follows the tie-break on a disagreement: a conflict keeps the base value, which is blank
 without a base, so on the next run both sides "changed" and the tie-break would decide anyway; deciding
 the same way on the first run keeps the two runs consistent. Fields whose tie-break is manual (by default
@@ -95,7 +104,8 @@ blank without one), so it is reported again until a person settles it; it never 
 C. Tags and lists of a matched person, as sets of tag keys (a tag's key: case-folded, trimmed, inner
 whitespace runs as one space; `model/tags.py`). Each tag has a namespace by its key's prefix (the prefixes
 compared by key too, so `GHL:Hot` is GHL-owned): a configured
-fact tag (e.g. `ghl:open-task`) -> fact; `list_prefix` -> list; `ghl_owned_prefixes` -> ghl;
+fact tag (e.g. `ghl:open-task`) -> fact; a tag a custom field's `tag_pattern` matches -> custom (the custom
+field's, table B: never a tag op, never copied by a create); `list_prefix` -> list; `ghl_owned_prefixes` -> ghl;
 `tinyemail_owned_prefixes` -> tinyemail; otherwise shared. A TinyEmail list L is the member
 `<list_prefix>L` of the list namespace; on TinyEmail, tags in the list namespace are ignored (lists are
 the truth there); on GHL, fact-namespace tags are ignored (the facts are computed from GHL tasks).
@@ -174,6 +184,7 @@ from typing import Any, NamedTuple
 import polars as pl
 
 from contact_recon.engine.guards import NO_HISTORY, GuardHistory, tripped
+from contact_recon.model.custom_fields import AMBIGUOUS, HELD, PLACEHOLDER, column, is_custom, value_column
 from contact_recon.model.keys import TE_KEY_PREFIX
 from contact_recon.model.ops import (
     CONFLICTS_SCHEMA,
@@ -223,6 +234,8 @@ class Reason(StrEnum):
     NEW_TINYEMAIL_SUBSCRIBER = "new_tinyemail_subscriber"
     TINYEMAIL_TAG_ADDED = "tinyemail_tag_added"
     GHL_TASK_FACT = "ghl_task_fact"
+    CUSTOM_TAGS_AMBIGUOUS = "custom_tags_ambiguous"
+    CUSTOM_FIELD_UNRESOLVED = "custom_field_unresolved"
     # tags and lists: f"{namespace}_{added|removed}_on_{side}", f"{namespace}_initial_union",
     # f"{namespace}_owned_by_{side}"; consent from TinyEmail: f"tinyemail_{status}".
 
@@ -236,6 +249,8 @@ FIELD_REASON_TARGET: dict[str, str | None] = {
     Reason.INITIAL_FILL_GHL: "ghl", Reason.INITIAL_FILL_TINYEMAIL: "tinyemail",
     Reason.INITIAL_GHL_PREFERRED: "tinyemail", Reason.INITIAL_TINYEMAIL_PREFERRED: "ghl",
     Reason.INITIAL_CONFLICT: None,
+    Reason.CUSTOM_TAGS_AMBIGUOUS: None,
+    Reason.CUSTOM_FIELD_UNRESOLVED: None,
 }
 _REASON_ENUM = pl.Enum(sorted(str(reason) for reason in FIELD_REASON_TARGET))
 TIE_BREAK_REASON = {"ghl": Reason.BOTH_CHANGED_GHL_WINS, "tinyemail": Reason.BOTH_CHANGED_TINYEMAIL_WINS,
@@ -301,7 +316,8 @@ def plan(base: pl.DataFrame, te_now: pl.DataFrame, ghl_now: pl.DataFrame, policy
         MergeResult(ops, conflicts, stats, held_reasons).
     """
     ctx = _context(policy, base, ghl_tasks, today)
-    base, te_now, ghl_now = _conform(base, base=True), _conform(te_now), _conform(ghl_now)
+    base, te_now, ghl_now = (_with_custom(_conform(base, base=True), policy), _with_custom(_conform(te_now), policy),
+                             _with_custom(_conform(ghl_now), policy))
     sides = _Sides(base, _rekey(te_now, base), ghl_now)
     wide = _wide(sides)
     created = created if created is not None else pl.DataFrame(schema=CREATED_SCHEMA)
@@ -328,7 +344,16 @@ def _context(policy: Policy, base: pl.DataFrame, ghl_tasks: pl.DataFrame | None,
     facts = tuple(tag for tag in (t.open_task_tag, t.overdue_task_tag) if tag)
     active = () if ghl_tasks is None else tuple(
         tag for tag in (t.open_task_tag, t.overdue_task_tag if today else None) if tag)
-    return _Ctx(policy, policy.active_fields(), base.height == 0, today, facts, active)
+    return _Ctx(policy, (*policy.active_fields(), *policy.custom_as_fields()), base.height == 0, today, facts, active)
+
+
+def _with_custom(frame: pl.DataFrame, policy: Policy) -> pl.DataFrame:
+    """The frame plus one text column per custom field of the policy (`custom:<fieldKey>`), read from its `custom`
+    JSON (the plan stage put it in the policy's form, model/custom_fields.py); a text field like the others."""
+    names = list(policy.active_custom())
+    if not names:
+        return frame
+    return frame.with_columns(value_column(pl.col("custom"), name).alias(column(name)) for name in names)
 
 
 # --- preparation -----------------------------------------------------------------------------------
@@ -449,6 +474,23 @@ def _field_reason(rule: FieldRule, ctx: _Ctx) -> pl.Expr:
     t, g, b = pl.col(f"{f}_t"), pl.col(f"{f}_g"), pl.col(f"{f}_b")
     same = t.eq_missing(g)
     matched = pl.col("case") == "matched"
+    if is_custom(rule.canonical):
+        ambiguous, unresolved = t.str.starts_with(AMBIGUOUS).fill_null(False), g.str.starts_with(HELD).fill_null(False)
+        matched = matched & ~ambiguous & ~unresolved
+        held: pl.Expr | None = (
+            # a custom field whose TinyEmail value comes from several pattern tags: no single value, nothing is
+            # written either way; a conflict row until a person leaves one tag (model/custom_fields.py)
+            pl.when((pl.col("case") == "matched") & ambiguous).then(_reason(Reason.CUSTOM_TAGS_AMBIGUOUS.value))
+            # GHL's value unknown (its field ids could not be named): held, never read as a blank
+            .when((pl.col("case") == "matched") & unresolved).then(_reason(Reason.CUSTOM_FIELD_UNRESOLVED.value)))
+    else:
+        held = None
+    decided = _decided_reason(rule, ctx, t, g, b, same, matched)
+    return decided if held is None else pl.coalesce(held, decided)
+
+
+def _decided_reason(rule: FieldRule, ctx: _Ctx, t: pl.Expr, g: pl.Expr, b: pl.Expr, same: pl.Expr,
+                    matched: pl.Expr) -> pl.Expr:
     if rule.owner != "shared":
         # owned field: the owner's value wins whatever the other side did, base or not
         reason = Reason.OWNED_BY_GHL if rule.owner == "ghl" else Reason.OWNED_BY_TINYEMAIL
@@ -486,7 +528,8 @@ def _reason(value: str) -> pl.Expr:
 def _field_parts(wide: pl.DataFrame, sides: _Sides, ctx: _Ctx) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(update ops, conflict rows) of the text fields, one field at a time (three columns in memory at once)."""
     slim = wide.select("key", "case", "valid_base", "_t", "_g", "_b")
-    manual = [Reason.BOTH_CHANGED_MANUAL.value, Reason.INITIAL_CONFLICT.value]
+    manual = [Reason.BOTH_CHANGED_MANUAL.value, Reason.INITIAL_CONFLICT.value, Reason.CUSTOM_TAGS_AMBIGUOUS.value,
+              Reason.CUSTOM_FIELD_UNRESOLVED.value]
     ops, conflicts = [_empty(_CONTENT)], [pl.DataFrame(schema=CONFLICTS_SCHEMA)]
     for rule in ctx.fields:
         f = rule.canonical
@@ -501,8 +544,9 @@ def _field_parts(wide: pl.DataFrame, sides: _Sides, ctx: _Ctx) -> tuple[pl.DataF
             pl.when(to_ghl).then(pl.col("g")).otherwise(pl.col("t")).alias("expected"),
             pl.when(to_ghl).then(pl.col("t")).otherwise(pl.col("g")).alias("new"), "reason"))
         conflicts.append(rows.filter(pl.col("reason").is_in(manual)).select(
-            "key", pl.lit(f).alias("field"), pl.col("b").alias("base"), pl.col("t").alias("tinyemail"),
-            pl.col("g").alias("ghl"), "reason"))
+            "key", pl.lit(f).alias("field"), pl.col("b").alias("base"),
+            pl.col("t").str.strip_prefix(HELD).alias("tinyemail"), pl.col("g").str.strip_prefix(HELD).alias("ghl"),
+            "reason"))
     return pl.concat(ops), pl.concat(conflicts)
 
 
@@ -559,6 +603,10 @@ def _namespace(tk: pl.Expr, ctx: _Ctx) -> pl.Expr:
     """The namespace of a tag from its key (`model/tags.py tag_key`): the prefixes compared by key too."""
     tags = ctx.policy.tags
     expr: Any = pl.when(tk.is_in([tag_key(t) for t in ctx.fact_tags])).then(pl.lit("fact"))  # Then, ChainedThen
+    for head, tail in _custom_patterns(ctx.policy):
+        # a tag spelling a custom field's value: the custom field's, never merged as a tag
+        fits = tk.str.starts_with(head) & tk.str.ends_with(tail) & (tk.str.len_chars() > len(head) + len(tail))
+        expr = expr.when(fits).then(pl.lit("custom"))
     expr = expr.when(tk.str.starts_with(tag_key(tags.list_prefix))).then(pl.lit("list"))
     for prefix in tags.ghl_owned_prefixes:
         expr = expr.when(tk.str.starts_with(tag_key(prefix))).then(pl.lit("ghl"))
@@ -621,8 +669,9 @@ def _memberships(wide: pl.DataFrame, sides: _Sides, facts: pl.DataFrame, ctx: _C
     te = _take(te_now.select("key", "tags", "lists"), rows["_t"]).lazy()
     ghl = _take(ghl_now.select("key", "tags"), rows["_g"]).lazy()
     b = _take(base.select("key", "tags", "lists"), rows.filter(pl.col("valid_base"))["_b"]).lazy()
-    t_parts = [_long_tags(te, ctx, drop=("list",))] + ([_long_lists(te, ctx)] if lists_on else [])
-    g_drop = ("fact",) if lists_on else ("fact", "list")
+    # custom-field pattern tags are the custom field's (table B), on every side
+    t_parts = [_long_tags(te, ctx, drop=("list", "custom"))] + ([_long_lists(te, ctx)] if lists_on else [])
+    g_drop = ("fact", "custom") if lists_on else ("fact", "list", "custom")
     g_facts = facts.lazy().join(keys, on="key", how="semi").with_columns(tag_keys(pl.col("tag")).alias("tk"))
     g_parts = [_long_tags(ghl, ctx, drop=g_drop), g_facts]
     b_parts = [_long_tags(b, ctx, drop=g_drop)] + ([_long_lists(b, ctx)] if lists_on else [])
@@ -800,7 +849,7 @@ def _te_sets(frame: pl.DataFrame, ctx: _Ctx) -> pl.DataFrame:
     """Per key, TinyEmail's own view of its tags and lists as one sorted list of tag keys (the parts TinyEmail
     can edit)."""
     lists_on = ctx.policy.tags.list_sync != "off"
-    parts = [_long_tags(frame.lazy(), ctx, drop=("list", "ghl", "fact"))]
+    parts = [_long_tags(frame.lazy(), ctx, drop=("list", "ghl", "fact", "custom"))]
     if lists_on:
         parts.append(_long_lists(frame.lazy(), ctx))
     # by key: a change of case or spacing alone is no edit
@@ -860,11 +909,24 @@ def _creates(wide: pl.DataFrame, sides: _Sides, keys: pl.DataFrame, side: str, t
             for row in rows.sort("key").iter_rows(named=True)]
 
 
+def _custom_patterns(policy: Policy) -> list[tuple[str, str]]:
+    """(head, tail) of every custom field's tag pattern, as tag keys (`plan:{value}` -> ("plan:", ""))."""
+    out = []
+    for rule in policy.active_custom().values():
+        if rule.tag_pattern:
+            head, _, tail = rule.tag_pattern.partition(PLACEHOLDER)
+            out.append((tag_key(head) if head.strip() else "", tag_key(tail) if tail.strip() else ""))
+    return out
+
+
 def tag_namespace(tag: str, policy: Policy) -> str:
     """The namespace of one tag, by its key (the scalar twin of `_namespace`)."""
     t, key = policy.tasks, tag_key(tag)
     if key in (tag_key(f) for f in (t.open_task_tag, t.overdue_task_tag) if f):
         return "fact"
+    if any(key.startswith(h) and key.endswith(tl) and len(key) > len(h) + len(tl)
+           for h, tl in _custom_patterns(policy)):
+        return "custom"
     if key.startswith(tag_key(policy.tags.list_prefix)):
         return "list"
     if any(key.startswith(tag_key(p)) for p in policy.tags.ghl_owned_prefixes):
@@ -884,14 +946,14 @@ def create_record(row: dict[str, Any], target: str, policy: Policy, facts: Itera
     if target == "ghl":
         # from TinyEmail: every tag but list and fact tags (a new person's only known set, as a union
         # would), its lists as list tags, DND when TinyEmail is tight
-        kept = [tag for tag, ns in ns_of.items() if ns not in ("list", "fact")]
+        kept = [tag for tag, ns in ns_of.items() if ns not in ("list", "fact", "custom")]
         if tags.list_sync != "off":
             kept += [tags.list_prefix + name for name in row["lists"] or []]
         consent = c.ghl_tight_value if row["consent"] in c.tinyemail_tight else None
         return create_payload(fields, kept, [], consent)
     # from GHL: every tag but list and fact tags, its list tags as lists (unless lists are off), Unsubscribed on DND;
     # the facts computed from its tasks instead of GHL's own fact tags
-    kept = [tag for tag, ns in ns_of.items() if ns not in ("list", "fact")] + list(facts)
+    kept = [tag for tag, ns in ns_of.items() if ns not in ("list", "fact", "custom")] + list(facts)
     lists = ([tag[len(tags.list_prefix):] for tag, ns in ns_of.items() if ns == "list"]
              if tags.list_sync != "off" else [])
     consent = c.tinyemail_tight_value if row["consent"] in c.ghl_tight else None

@@ -27,6 +27,7 @@ writes the `Advance` to the store in one transaction. The algorithm (`advanced`;
      engine's namespaces make each side hold its own kinds), one spelling per tag key (`model/tags.py`:
      TinyEmail's where both have the tag, since the key is all the merge compares); lists: TinyEmail's;
      consent: the tight value if either side is tight (never loosened by the state either);
+   - custom fields (`custom`, the policy's names, model/custom_fields.py) one by one, as text fields are;
    - on one side only: that side's values, with its presence.
 3. A person created in GHL by this run is re-keyed from `te:<email>` to the new contact id, and the pair
    goes to the id_map (`matched_by = created`), like every pair the identity matcher made this run.
@@ -44,12 +45,13 @@ from typing import Any
 
 import polars as pl
 
+from contact_recon.model.custom_fields import dumps, is_custom, loads, name_of
 from contact_recon.model.keys import TE_KEY_PREFIX
 from contact_recon.model.list_tags import LIST_TAG_RESPELLED
 from contact_recon.model.records import MERGE_SIDE
 from contact_recon.model.tags import TAG_FOLDED, add_tag, drop_tag, tag_key, union
 
-TEXT = tuple(n for n, t in MERGE_SIDE.items() if t == pl.String and n not in ("key", "contact_id", "consent"))
+TEXT = tuple(n for n, t in MERGE_SIDE.items() if t == pl.String and n not in ("key", "contact_id", "consent", "custom"))
 UNCHANGING = (LIST_TAG_RESPELLED, TAG_FOLDED)  # reasons of tag ops that change no set in key space
 DIMENSION = {"consent_tighten": "consent", "tag_add": "tags", "tag_remove": "tags", "list_add": "lists",
              "list_remove": "lists"}
@@ -84,12 +86,26 @@ def replay(te: dict[str, Row], ghl: dict[str, Row], done: Iterable[Row]) -> None
         if row is None or kind in ("task_create", "note_create", "identity_review"):
             continue
         name = str(op["field"] if kind == "update" else DIMENSION.get(kind, ""))
-        if kind == "update" or kind == "consent_tighten":
+        if kind == "update" and is_custom(name):
+            _set_custom(row, name, op["new"])
+        elif kind == "update" or kind == "consent_tighten":
             row[name] = op["new"]
         elif kind in ("tag_add", "list_add"):
             row[name] = add_tag(row[name] or [], op["new"])  # by key: a spelling already there stays
         elif kind in ("tag_remove", "list_remove"):
             row[name] = drop_tag(row[name] or [], op["expected"])  # by key: every spelling goes
+
+
+def _set_custom(row: Row, field: str, value: Any) -> None:
+    """One custom field (`custom:<fieldKey>`) of a row's `custom` JSON set to `value` (blank: left out)."""
+    row["custom"] = dumps({**loads(row.get("custom")), name_of(field): _norm(value)})
+
+
+def _custom_both(t: Row, g: Row, b: Row, valid: bool) -> str | None:
+    """Per custom field: the agreed value, else the old base value when the base was valid, else blank."""
+    tc, gc, bc = loads(t.get("custom")), loads(g.get("custom")), loads(b.get("custom"))
+    return dumps({n: (tc.get(n) if tc.get(n) == gc.get(n) else bc.get(n) if valid else None)
+                  for n in sorted({*tc, *gc, *bc})})
 
 
 def _created(op: Row, in_ghl: bool) -> Row:
@@ -118,6 +134,10 @@ def next_base(base: dict[str, Row], te: dict[str, Row], ghl: dict[str, Row], blo
               consent: Consent, list_prefix: str = "list:") -> list[Row]:
     """The next base rows of every person on either side (module docstring, step 2)."""
     rows = []
+    custom_blocked: dict[str, list[tuple[str, Any]]] = {}
+    for (k, name), value in blocked.dimensions.items():
+        if is_custom(name):
+            custom_blocked.setdefault(k, []).append((name, value))
     for key in sorted(set(te) | set(ghl)):
         t, g, b = te.get(key), ghl.get(key), base.get(key) or {}
         if t and g:
@@ -129,6 +149,9 @@ def next_base(base: dict[str, Row], te: dict[str, Row], ghl: dict[str, Row], blo
         for name in (n for n in (*TEXT, "consent") if (key, n) in blocked.dimensions):
             # an unconfirmed op on this dimension: the target's value before it, so it is planned again
             row[name] = _norm(blocked.dimensions[(key, name)])
+        for name, value in custom_blocked.get(key, ()):
+            # an unconfirmed custom field op: likewise, inside the row's custom values
+            _set_custom(row, name, value)
         rows.append(row)
     by_key = {row["key"]: row for row in rows}
     for key, name, value, had in sorted(blocked.members):
@@ -162,6 +185,7 @@ def _both(key: str, t: Row, g: Row, b: Row, consent: Consent) -> Row:
     tight = t.get("consent") if t.get("consent") in consent.tinyemail_tight else \
         g.get("consent") if g.get("consent") in consent.ghl_tight else t.get("consent")
     row.update(key=key, contact_id=g.get("contact_id"), email=_norm(g.get("email")),
+               custom=_custom_both(t, g, b, valid),
                tags=union(t.get("tags") or [], g.get("tags") or []), lists=sorted(t.get("lists") or []),
                consent=tight, in_ghl=True, in_tinyemail=True)
     return row

@@ -13,6 +13,20 @@ any part of it, field rules one field at a time:
     list_prefix = "list:"
     [guards]
     field_updates = 0.3
+    [custom_fields."contact.plan"]    # a GHL custom field, by its fieldKey
+    tag_pattern = "plan:{value}"      # ... to a TinyEmail tag (`gold` <-> `plan:gold`), or:
+    [custom_fields."contact.score"]
+    te_field = "currency"             # ... to a TinyEmail customer field (model/custom_fields.py TE_FIELDS)
+    owner = "shared"                  # and owner / tie_break exactly as a standard field takes them
+    tie_break = "ghl"
+
+A custom field names exactly one TinyEmail target: `te_field` (a customer field no standard field maps:
+TinyEmail has no custom-field object) or `tag_pattern` (one `{value}`, with fixed text around it). Unknown
+keys, both targets or neither, and a pattern without `{value}` are refused (`PolicyError`). The fieldKey is
+resolved to each location's field id at read and write time (`GET /locations/{locationId}/customFields`); a
+location that does not define it gets none of that field's writes (the ops are held, with a warning). Several
+tags of one pattern on one customer are a conflict (`custom_tags_ambiguous`): the field is not synced for that
+person until a person leaves one tag (`model/custom_fields.py`).
 
 `describe_mapping(policy)` turns the active policy into the rows that `recon mapping` and the run
 report print, so the team can see how data moves.
@@ -27,6 +41,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
+from contact_recon.model.custom_fields import TE_FIELDS, check_pattern, column
 from contact_recon.model.ops import Kind
 from contact_recon.model.records import GHL_FIELD_NAMES, SHARED_TEXT_FIELDS, TINYEMAIL_FIELD_NAMES
 
@@ -48,6 +63,39 @@ class FieldRule(_Model):
     owner: Owner = "shared"
     tie_break: TieBreak = "ghl"
     enabled: bool = True
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be used; the message names the part (a pydantic error wraps it when loaded)."""
+
+
+class CustomFieldRule(_Model):
+    """One GHL custom field (by `fieldKey`, the table's name) and its TinyEmail target: `te_field` or
+    `tag_pattern`, exactly one; `owner` and `tie_break` as a standard field's."""
+
+    te_field: str | None = None
+    tag_pattern: str | None = None
+    owner: Owner = "shared"
+    tie_break: TieBreak = "ghl"
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _one_target(self) -> CustomFieldRule:
+        if (self.te_field is None) == (self.tag_pattern is None):
+            raise PolicyError("a custom field needs exactly one of te_field and tag_pattern")
+        if self.te_field is not None and self.te_field not in TE_FIELDS:
+            raise PolicyError(f"te_field {self.te_field!r} is not a free TinyEmail customer field; "
+                              f"known: {', '.join(TE_FIELDS)}")
+        if self.tag_pattern is not None:
+            try:
+                check_pattern(self.tag_pattern)
+            except ValueError as exc:
+                raise PolicyError(str(exc)) from None
+        return self
+
+    def target(self) -> str:
+        """TinyEmail's side of the mapping, as `recon mapping` shows it."""
+        return self.te_field if self.te_field else f"tags {self.tag_pattern}"
 
 
 def _default_fields() -> dict[str, FieldRule]:
@@ -187,6 +235,21 @@ class Policy(_Model):
     tasks: TaskPolicy = TaskPolicy()
     guards: GuardPolicy = GuardPolicy()
     initial: InitialPolicy = InitialPolicy()
+    # GHL custom fields by fieldKey (module docstring); none by default
+    custom_fields: dict[str, CustomFieldRule] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _custom_targets_free(self) -> Policy:
+        """Two custom fields never share a TinyEmail field or a tag pattern; a fieldKey is a GHL name."""
+        seen: dict[str, str] = {}
+        for name, rule in self.custom_fields.items():
+            if not name.strip() or name != name.strip():
+                raise PolicyError(f"custom field {name!r}: a fieldKey such as 'contact.plan' is needed")
+            target = rule.target().casefold()
+            if target in seen:
+                raise PolicyError(f"custom fields {seen[target]!r} and {name!r} both map to {rule.target()}")
+            seen[target] = name
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -205,6 +268,15 @@ class Policy(_Model):
 
     def active_fields(self) -> tuple[FieldRule, ...]:
         return tuple(rule for rule in self.fields.values() if rule.enabled)
+
+    def active_custom(self) -> dict[str, CustomFieldRule]:
+        """The enabled custom fields, by fieldKey."""
+        return {name: rule for name, rule in self.custom_fields.items() if rule.enabled}
+
+    def custom_as_fields(self) -> tuple[FieldRule, ...]:
+        """The enabled custom fields as the merge's text field rules: `custom:<fieldKey>` on both sides."""
+        return tuple(FieldRule(canonical=column(name), ghl=name, tinyemail=rule.target(), owner=rule.owner,
+                               tie_break=rule.tie_break) for name, rule in self.active_custom().items())
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
@@ -252,8 +324,23 @@ def describe_mapping(policy: Policy) -> list[dict[str, str]]:
                      "tie_break": rule.tie_break if rule.owner == "shared" else "-",
                      "first_run": _first_run(rule, policy) if rule.enabled else "-",
                      "flow": _field_flow(rule) if rule.enabled else "not synced"})
+    rows.extend(_custom_rows(policy))
     rows.extend(_set_rows(policy))
     rows.extend(_task_rows(policy))
+    return rows
+
+
+def _custom_rows(policy: Policy) -> list[dict[str, str]]:
+    """One row per custom field: its fieldKey, its TinyEmail target, owner and tie-break."""
+    rows = []
+    for name, custom in policy.custom_fields.items():
+        rule = FieldRule(canonical=column(name), ghl=name, tinyemail=custom.target(), owner=custom.owner,
+                         tie_break=custom.tie_break, enabled=custom.enabled)
+        rows.append({"field": rule.canonical, "ghl": f"customFields {name}", "tinyemail": rule.tinyemail,
+                     "rule": rule.owner if rule.enabled else "disabled",
+                     "tie_break": rule.tie_break if rule.owner == "shared" else "-",
+                     "first_run": _first_run(rule, policy) if rule.enabled else "-",
+                     "flow": _field_flow(rule) if rule.enabled else "not synced"})
     return rows
 
 

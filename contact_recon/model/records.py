@@ -20,6 +20,10 @@ from, so the merge engine never sees an API's own names:
 | tags          | tags           | tags               |
 | consent       | dndSettings.Email / dnd | status    |
 
+Custom fields are one canonical column, `custom`: JSON text (sorted keys, blank values left out, null when
+none), GHL's keyed by `fieldKey`, TinyEmail's its customer fields that no standard field maps, and on the merge
+sides and in the base the policy's custom fields by name (`contact_recon/model/custom_fields.py`).
+
 Consent is one canonical column, `consent`: "subscribed" | "unsubscribed" | "bounced" | "spam" |
 "inactive" for TinyEmail, and for GHL "dnd" (email channel DND active or permanent, or global `dnd`)
 or "subscribed". Tags are a sorted list of unique strings. `email` and `phone` hold the normalised
@@ -56,6 +60,7 @@ _PERSON: dict[str, pl.DataType] = {
     "tags": pl.List(pl.String()),
     "consent": pl.String(),
 }
+_CUSTOM = {"custom": pl.String()}  # last in every frame: the store's tables got it by a later migration (12)
 
 GHL_CONTACTS = pl.Schema({
     "contact_id": pl.String(), "location_id": pl.String(),
@@ -64,6 +69,7 @@ GHL_CONTACTS = pl.Schema({
     "phone_raw": pl.String(), "phone_valid": pl.Boolean(),
     "date_added": pl.String(), "date_updated": pl.String(),
     "raw": pl.String(), "content_hash": pl.String(),
+    **_CUSTOM,
 })
 
 TINYEMAIL_CUSTOMERS = pl.Schema({
@@ -73,6 +79,7 @@ TINYEMAIL_CUSTOMERS = pl.Schema({
     "status": pl.String(), "unsubscribed_at": pl.String(),
     "lists": pl.List(pl.String()),
     "raw": pl.String(), "content_hash": pl.String(),
+    **_CUSTOM,
 })
 
 GHL_TASKS = pl.Schema({
@@ -87,5 +94,6 @@ GHL_NOTES = pl.Schema({
 })
 
 # One row per person key: what the three-way merge compares (base, TinyEmail now, GHL now).
-MERGE_SIDE = pl.Schema({"key": pl.String(), "contact_id": pl.String(), **_PERSON, "lists": pl.List(pl.String())})
+MERGE_SIDE = pl.Schema({"key": pl.String(), "contact_id": pl.String(), **_PERSON, "lists": pl.List(pl.String()),
+                        **_CUSTOM})
 

@@ -80,6 +80,9 @@ def _location(loc: Any, loc_id: str, path: str) -> dict[str, Any]:
     out["allowDuplicateContacts"] = loc.get("allowDuplicateContacts", False)
     _expect(out["allowDuplicateContacts"], bool, f"{path}.allowDuplicateContacts")
     out["contacts"] = _list_of_objects(loc.get("contacts", []), f"{path}.contacts")
+    if "customFields" in loc:  # the location's custom field definitions (else the sandbox seeds its own)
+        out["customFields"] = _list_of_objects(loc["customFields"], f"{path}.customFields",
+                                               required={"id": str, "fieldKey": str})
     ids: set[str] = set()
     for i, contact in enumerate(out["contacts"]):
         _contact(contact, loc_id, f"{path}.contacts[{i}]", ids)

@@ -13,6 +13,11 @@ Every API route runs the same gate before its handler, in this order:
    "<Kind> with id X not found".
 Handlers never await, so each state change is atomic on uvicorn's single event loop.
 
+Custom fields (apps/locations.json, NOTES.md): `GET /locations/{locationId}/customFields` answers the location's
+definitions (scope `locations/customFields.readonly`, `model` contact | opportunity | all); contact writes take
+`customFields` items, checked against them (an undefined id or key -> 422), and reads show them
+(ghl_store.py, "Custom fields").
+
 Search results lag writes by `search_lag_s` (default `DEFAULT_SEARCH_LAG_S`, 2 s; NOTES.md), and a
 location's search can be made to stall or repeat a page (ghl_store.py, "Search lag", "Paging faults").
 
@@ -430,6 +435,14 @@ def upsert_contact(ctx: Ctx) -> Response:
     return json_response({"new": new, "contact": contact_view(contact), "traceId": ctx.store.trace_id()})
 
 
+def custom_fields(ctx: Ctx) -> Response:
+    """GET /locations/{locationId}/customFields: the location's definitions (`model` contact, opportunity or all)."""
+    loc = ctx.store.location(ctx.own(ctx.path["locationId"]))
+    model = ctx.request.query_params.get("model") or "all"
+    fields = [d for d in loc.custom_fields if model == "all" or d.get("model", "contact") == model]
+    return json_response({"customFields": fields})
+
+
 def _int_param(query: QueryParams, name: str, default: int, maximum: int | None = None) -> int:
     raw = query.get(name)
     if raw is None or raw == "":
@@ -801,6 +814,8 @@ def routes(store: GHLStore) -> list[Route]:
         ("DELETE", "/contacts/{contactId}/notes/{id}", "/contacts/{contactId}/notes/{id}", notes["delete"],
          None, None),
         ("POST", "/locations/{locationId}/tasks/search", "/locations/{locationId}/tasks/search", search_tasks,
+         None, None),
+        ("GET", "/locations/{locationId}/customFields", "/locations/{locationId}/customFields", custom_fields,
          None, None),
     ]
     out = []

@@ -11,6 +11,15 @@ Contacts:
   nothing leaves it alone; task and note writes never touch the contact;
 - `tags` given to an update replaces the whole list; `add_tags`/`remove_tags` edit it.
 
+Custom fields (NOTES.md, apps/locations.json): each location defines its contact custom fields (`customFields`
+of the fixture's location, CustomFieldSchema items; without them `DEFAULT_CUSTOM_FIELDS` are seeded, each with
+an id made from the location and the fieldKey), served by `GET /locations/{id}/customFields`. A write's
+`customFields` items (`{"id" or "key", "field_value"}`, customFieldsInput*Schema) are checked against them: an
+id the location does not define, or a key that names none, is refused with 422 (the spec lists 422 and NOTES.md
+says nothing more); a `key` is the fieldKey, with or without its `contact.` prefix. Items are merged into the
+contact's custom fields by id (an empty value removes one), and reads show them as `{"id", "value"}`
+(CustomFieldSchema of apps/contacts.json).
+
 Search (`search_contacts`): filter the location's contacts, sort them by the requested keys plus the
 id (so equal dates still give a total order), then cut a page either by offset (`page`) or after the
 cursor (`searchAfter` = the sort values of the last contact seen, as returned on every contact).
@@ -160,6 +169,7 @@ class ContactOrder:
 class Location:
     id: str
     allow_duplicates: bool = False
+    custom_fields: list[dict[str, Any]] = field(default_factory=list)  # definitions (CustomFieldSchema)
     contacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -509,7 +519,9 @@ class GHLStore:
     def _load_location(self, location_id: str, raw: dict[str, Any]) -> None:
         now = self.now()
         loc = Location(location_id, bool(raw.get("allowDuplicateContacts", False)))
-        loc.extra = {k: v for k, v in raw.items() if k not in ("allowDuplicateContacts", "contacts", "tasks", "notes")}
+        loc.custom_fields = custom_field_definitions(location_id, raw.get("customFields"))
+        loc.extra = {k: v for k, v in raw.items()
+                     if k not in ("allowDuplicateContacts", "contacts", "tasks", "notes", "customFields")}
         for contact in raw.get("contacts") or []:
             contact.setdefault("id", new_id(self.rng))
             contact.setdefault("locationId", location_id)
@@ -534,6 +546,7 @@ class GHLStore:
             loc.id: {
                 **loc.extra,
                 "allowDuplicateContacts": loc.allow_duplicates,
+                "customFields": loc.custom_fields,
                 "contacts": list(loc.contacts.values()),
                 "tasks": list(loc.tasks.values()),
                 "notes": list(loc.notes.values()),
@@ -561,7 +574,8 @@ class GHLStore:
     def location(self, location_id: str) -> Location:
         """The location, created empty when a token names one the fixture does not hold."""
         if location_id not in self.locations:
-            self.locations[location_id] = Location(location_id, lag_s=self.search_lag_s)
+            self.locations[location_id] = Location(location_id, lag_s=self.search_lag_s,
+                                                   custom_fields=custom_field_definitions(location_id, None))
         return self.locations[location_id]
 
     def set_search(self, *, lag_s: float | None = None, paging: dict[str, str] | None = None) -> dict[str, Any]:
@@ -601,8 +615,11 @@ class GHLStore:
 
     def create_contact(self, location_id: str, fields: dict[str, Any]) -> dict[str, Any]:
         now = self.now()
+        customs = checked_custom_fields(self.location(location_id), fields.get("customFields"))
         contact: dict[str, Any] = {"id": self.new_id(), "locationId": location_id}
         contact.update(prepare_fields(fields))
+        if customs is not None:
+            contact["customFields"] = merged_custom_fields([], customs)
         contact.setdefault("tags", [])
         contact["dateAdded"] = contact["dateUpdated"] = now
         loc = self.location(location_id)
@@ -612,9 +629,15 @@ class GHLStore:
         return contact
 
     def update_contact(self, contact: dict[str, Any], fields: dict[str, Any]) -> bool:
-        """Apply `fields` (None clears a field, `tags` replaces all); bump dateUpdated on a change."""
+        """Apply `fields` (None clears a field, `tags` replaces all, `customFields` merge by id); bump dateUpdated on a
+        change."""
+        customs = checked_custom_fields(self.location(self.contact_location_id(contact["id"])),
+                                        fields.get("customFields"))
+        prepared = prepare_fields(fields)
+        if customs is not None:
+            prepared["customFields"] = merged_custom_fields(contact.get("customFields") or [], customs)
         changed = False
-        for key, value in prepare_fields(fields).items():
+        for key, value in prepared.items():
             if value is None and key in contact:
                 del contact[key]
                 changed = True
@@ -858,13 +881,49 @@ def _split_name(name: str) -> dict[str, str]:
     return {"firstName": first, "lastName": last.strip()} if last.strip() else {"firstName": first}
 
 
-def _custom_fields(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Input custom fields ({id, key, field_value}) as stored and shown ({id, value})."""
-    out = []
-    for item in items:
-        value = item.get("field_value", item.get("value"))
-        out.append({"id": item.get("id") or item.get("key"), "value": value})
+DEFAULT_CUSTOM_FIELDS = (("Plan", "contact.plan", "TEXT"), ("Score", "contact.score", "NUMERICAL"))
+
+
+def custom_field_definitions(location_id: str, given: Any) -> list[dict[str, Any]]:
+    """A location's custom field definitions: the fixture's, or `DEFAULT_CUSTOM_FIELDS` with stable ids."""
+    if isinstance(given, list):
+        return [{**d, "locationId": location_id, "model": d.get("model", "contact")} for d in given]
+    return [{"id": hashlib.sha256(f"{location_id}:{key}".encode()).hexdigest()[:20], "name": name, "fieldKey": key,
+             "placeholder": name, "dataType": kind, "position": i, "locationId": location_id, "model": "contact"}
+            for i, (name, key, kind) in enumerate(DEFAULT_CUSTOM_FIELDS)]
+
+
+def checked_custom_fields(loc: Location, items: Any) -> list[dict[str, Any]] | None:
+    """A write's `customFields` as `{id, value}` items, each naming a field the location defines (else 422)."""
+    if not isinstance(items, list):
+        return None
+    by_id = {d["id"]: d for d in loc.custom_fields}
+    by_key = {k: d["id"] for d in loc.custom_fields if isinstance(d.get("fieldKey"), str)
+              for k in (d["fieldKey"], d["fieldKey"].removeprefix("contact."))}
+    out, errors = [], []
+    for i, item in enumerate(items):
+        field_id = item.get("id") if isinstance(item, dict) else None
+        key = item.get("key") if isinstance(item, dict) else None
+        resolved = field_id if field_id in by_id else by_key.get(key) if field_id is None else None
+        if resolved is None:
+            errors.append(f"customFields.{i} {'id ' + str(field_id) if field_id else 'key ' + str(key)} is not a "
+                          f"custom field of location {loc.id}")
+            continue
+        out.append({"id": resolved, "value": item.get("field_value", item.get("value"))})
+    if errors:
+        raise InvalidRequest(errors)
     return out
+
+
+def merged_custom_fields(current: list[dict[str, Any]], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The contact's custom fields with `items` laid over them by id; an empty or null value removes the field."""
+    merged = {c["id"]: c for c in current if isinstance(c, dict) and c.get("id")}
+    for item in items:
+        if item["value"] is None or item["value"] == "" or item["value"] == []:
+            merged.pop(item["id"], None)
+        else:
+            merged[item["id"]] = {"id": item["id"], "value": item["value"]}
+    return list(merged.values())
 
 
 def prepare_fields(fields: dict[str, Any]) -> dict[str, Any]:
@@ -876,7 +935,6 @@ def prepare_fields(fields: dict[str, Any]) -> dict[str, Any]:
             out.setdefault(key, value)
     if "dateOfBirth" in out:
         out["dateOfBirth"] = normalize_dob(out["dateOfBirth"])
-    if isinstance(out.get("customFields"), list):
-        out["customFields"] = _custom_fields(out["customFields"])
+    out.pop("customFields", None)  # checked and merged by the store (`checked_custom_fields`)
     return out
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 
 from contact_recon.model.keys import Person, is_te_key
 from contact_recon.model.list_tags import ListNames
-from contact_recon.model.policy import ConsentPolicy
+from contact_recon.model.policy import ConsentPolicy, CustomFieldRule
 from contact_recon.stages import failpoints
 from contact_recon.stages.echo import EchoLog
 from contact_recon.store import journal as J
@@ -101,31 +101,35 @@ class StageStopped(Exception):  # noqa: N818 - the name is the contract
 def writers(ledger: JournalLedger, ghl: Mapping[str, GHLClient], te: TinyEmailClient, people: Mapping[str, Person],
             *, default_location: str, region: str, concurrency: int, max_attempts: int, home_list: str | None,
             consent: ConsentPolicy, echo: EchoLog | None, te_echo: EchoLog | None,
-            list_tags: ListNames | None = None) -> dict[str, Writer[Entry]]:
+            list_tags: ListNames | None = None,
+            custom: Mapping[str, CustomFieldRule] | None = None) -> dict[str, Writer[Entry]]:
     """The writer of every system, by op target (model/ops.py TARGETS): a new system registers its writer here."""
     return {
         "ghl": GHLWriter(ghl, people, ledger, default_location=default_location, region=region,
                          concurrency=concurrency, consent=consent, echo=echo, list_tags=list_tags),
         "tinyemail": TinyEmailWriter(te, people, ledger, region=region, concurrency=concurrency,
-                                     max_attempts=max_attempts, home_list=home_list, consent=consent, echo=te_echo),
+                                     max_attempts=max_attempts, home_list=home_list, consent=consent, echo=te_echo,
+                                     custom=custom),
     }
 
 
 class Applier:
     """Executes one run's journaled ops. Build with the journal, a GHL client per location and a TinyEmail
     client; `people` maps plan keys to how each person is addressed (contact_recon/stages/plan.py writes it);
-    `consent` is the policy's consent part (which values are tight, and the value a tightening writes)."""
+    `consent` is the policy's consent part (which values are tight, and the value a tightening writes); `custom`
+    its custom fields (where a custom field op is written in TinyEmail)."""
 
     def __init__(self, journal: Journal, ghl: Mapping[str, GHLClient], te: TinyEmailClient,
                  people: Mapping[str, Person], *, default_location: str, region: str = "US",
                  concurrency: int = 16, max_attempts: int = 3, home_list: str | None = None,
                  echo: EchoLog | None = None, te_echo: EchoLog | None = None,
-                 consent: ConsentPolicy = ConsentPolicy(), list_tags: ListNames | None = None):
+                 consent: ConsentPolicy = ConsentPolicy(), list_tags: ListNames | None = None,
+                 custom: Mapping[str, CustomFieldRule] | None = None):
         self.journal = journal
         self.ledger = JournalLedger(journal, max_attempts)
         self.writers = writers(self.ledger, ghl, te, dict(people), default_location=default_location, region=region,
                                concurrency=concurrency, max_attempts=max_attempts, home_list=home_list,
-                               consent=consent, echo=echo, te_echo=te_echo, list_tags=list_tags)
+                               consent=consent, echo=echo, te_echo=te_echo, list_tags=list_tags, custom=custom)
 
     async def run(self, run_id: str) -> ApplyResult:
         """Send every `planned` op of the run, each system's through its writer."""

@@ -22,8 +22,9 @@
    base, in memory (`planning_base`). A re-keyed person was on TinyEmail only at the base, so its row says
    `in_ghl = False`: the merge engine treats it as newly on GHL (fill blanks), never as "GHL removed every
    tag". A matched record without a country of its own has its phone read in its partner's country
-   (`with_local_phones`), for the checks and the merge alike. `merge_sides` makes the two sides once; the
-   merge, the decisions and the saved state share them.
+   (`with_local_phones`), for the checks and the merge alike. `merge_sides` makes the two sides once (their
+   custom fields then in the policy's names, `model/custom_fields.py canonical_sides`); the merge, the decisions
+   and the saved state share them.
 5. Merge (`contact_recon/engine/merge.py`): base, TinyEmail now, GHL now -> ops, conflicts, stats,
    held_reasons. `today` is the store clock's date; `created` is the created-objects memory
    (`Journal.created`); the guards compare with the usual figures of the last `guards.history_runs`
@@ -76,6 +77,7 @@ from contact_recon.engine.identity import IdentityResult, hold_back, localise_ph
 from contact_recon.engine.merge import MergeResult, plan
 from contact_recon.model.cells import guarded
 from contact_recon.model.context import person_context
+from contact_recon.model.custom_fields import canonical_sides
 from contact_recon.model.keys import TE_KEY_PREFIX
 from contact_recon.model.list_tags import ListNames, respelling_ops, with_list_ids
 from contact_recon.model.normalise import normalise_email
@@ -229,6 +231,7 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
         stored = stored.filter(pl.col("key").is_in(list(base_keys)))
     base = planning_base(stored, identity)
     ghl_side, te_side = merge_sides(identity, frames["ghl_contacts"], frames["te_customers"])
+    ghl_side, te_side = canonical_sides(ghl_side, te_side, policy.active_custom())  # model/custom_fields.py
     history = GuardHistory.from_stats(store.comparable_stats(locations, policy.guards.history_runs))
     merged = plan(base, te_side, ghl_side, policy, ghl_tasks=frames["ghl_tasks"], created=Journal(store).created(),
                   today=today, guard_history=history)

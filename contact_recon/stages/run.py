@@ -404,7 +404,8 @@ def _send(journal: Journal, run_id: str, locations: list[str], people: dict[str,
         te = tinyemail_client()
         applier = Applier(journal, ghl, te, people, default_location=locations[0], region=settings.default_region,
                           home_list=policy.create.tinyemail_list, echo=echo[0], te_echo=echo[1],
-                          consent=policy.consent, list_tags=journal.store.list_tags(policy.tags.list_prefix))
+                          consent=policy.consent, list_tags=journal.store.list_tags(policy.tags.list_prefix),
+                          custom=policy.active_custom())
         error = None
         try:
             await applier.run(run_id)

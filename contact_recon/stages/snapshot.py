@@ -19,7 +19,11 @@ Per GHL location (`fetch_ghl_location`, the Prefect task `snapshot_ghl_location`
    carries the requests: done before the reads it would leave the request budget idle for tens of
    seconds at 100,000 contacts, and done in one go beside them it would starve them. So it goes
    `NORMALISE_CHUNK` rows at a time and, after each chunk, sleeps as long as the chunk took: it takes at
-   most half of the loop, and the requests in flight keep their pace.
+   most half of the loop, and the requests in flight keep their pace. When a listed contact carries custom
+   fields, the location's definitions are read once (`GET /locations/{id}/customFields`,
+   `GHLClient.custom_keys_for`) so each row's `custom` names them by fieldKey (model/custom_fields.py);
+   unreadable definitions leave them unresolved (held by the merge, never read as blank), and a kept row read
+   while they were unresolved (or stored before rows had `custom`) is normalised again once they are known.
 3. Choose whose tasks and notes to read tonight:
    - *changed*: new contacts, contacts whose payload changed, and contacts whose `dateUpdated` is at
      or after the previous watermark minus the safety lag (`notes_safety_lag_s`, 10 min: search
@@ -51,7 +55,8 @@ TinyEmail (`fetch_tinyemail`, the Prefect task `snapshot_tinyemail`): every list
 no updated-since filter), one row per customer with its lists. Lists are read side by side, each one
 page after page (the connector's paging guards need the pages in order). A customer whose payload
 (`raw`) and lists equal a row of the previous snapshot keeps that row; the others are normalised (in
-chunks, at most half of the loop, as above: on the first night the GHL reads are still running).
+chunks, at most half of the loop, as above: on the first night the GHL reads are still running); a row stored
+before rows had `custom` is normalised again when its payload holds a field `custom` keeps.
 `full_sweep` normalises every contact and customer again.
 
 `run_snapshot` runs every location and TinyEmail concurrently (asyncio tasks; inside a Prefect flow, the
@@ -73,6 +78,7 @@ system's `mapping.py`), the shape every later stage works on; the API payload st
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import zlib
@@ -86,6 +92,7 @@ import polars as pl
 
 from contact_recon.engine.budget_plan import DEFAULT_TASKS_PER_CONTACT, RequestPlan, contact_pages, plan_requests
 from contact_recon.engine.identity import SideCameBackEmpty, check_not_emptied
+from contact_recon.model.custom_fields import TE_FIELDS, UNDEFINED_PREFIX, te_custom_values
 from contact_recon.model.normalise import normalise_email, raw_json, to_frame
 from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, TINYEMAIL_CUSTOMERS
 from contact_recon.settings import Settings
@@ -235,6 +242,8 @@ async def fetch_ghl_location(client: GHLClient, previous: PreviousState, options
         used.mark("contacts")
         progress.used[key] = used.counts
         listing = compare_listing(contacts, previous, options)
+        custom_keys = await client.custom_keys_for(contacts)  # model/custom_fields.py: fieldKeys, per location
+        listing = _resolving_custom(listing, contacts, previous, custom_keys)
         carried = [u.key for u in unreadable if u.key is not None and u.key not in listing.present]
         present = listing.present | set(carried)
         plan, chosen, dirty_read, deferred = _choose(present, listing.changed, previous, options, daily)
@@ -242,7 +251,7 @@ async def fetch_ghl_location(client: GHLClient, previous: PreviousState, options
         task_ids, all_tasks = _task_contacts(listing.present, chosen, previous.tasks_dirty, plan, daily)
         (tasks, notes), fresh = await _all_or_nothing([
             _read_tasks_and_notes(client, chosen, options.concurrency, used, task_ids),
-            _normalised(listing.fresh, lambda payload: ghl_contact_record(payload, loc, options.region),
+            _normalised(listing.fresh, lambda payload: ghl_contact_record(payload, loc, options.region, custom_keys),
                         GHL_CONTACTS)])
     kept = previous.contacts.filter(pl.col("contact_id").is_in([*listing.kept, *carried]))
     frame = pl.concat([kept, fresh]).sort("contact_id")
@@ -329,6 +338,25 @@ def compare_listing(contacts: Sequence[Contact], previous: PreviousState, option
         if since is None or not same or _updated_since(contact, since):
             changed.add(contact.id)
     return Listing({c.id for c in contacts}, kept, fresh, changed)
+
+
+def _resolving_custom(listing: Listing, contacts: Sequence[Contact], previous: PreviousState,
+                      keys: dict[str, str] | None) -> Listing:
+    """The listing with every kept contact whose stored custom fields are unresolved (`id:<id>`, read while the
+    definitions were unknown, or not read at all: a row stored before the store had `custom`) normalised again,
+    now that they are known."""
+    if not keys or not listing.kept:
+        return listing
+    custom = pl.col("custom")
+    stale = (custom.str.contains(f'"{UNDEFINED_PREFIX}', literal=True)
+             | (custom.is_null() & pl.col("raw").str.contains('"customFields":[{', literal=True)))
+    unresolved = set(previous.contacts.filter(stale.fill_null(False))["contact_id"].to_list())
+    again = [c for c in contacts if c.id in unresolved and c.id in set(listing.kept)]
+    if not again:
+        return listing
+    ids = {c.id for c in again}
+    return replace(listing, kept=[i for i in listing.kept if i not in ids],
+                   fresh=[*listing.fresh, *(contact_payload(c) for c in again)])
 
 
 def _since(watermark: str | None, lag_s: float) -> datetime | None:
@@ -481,8 +509,10 @@ async def _customers_frame(audience: AudienceSnapshot, previous: pl.DataFrame | 
     """One TINYEMAIL_CUSTOMERS row per customer, in audience order; an unchanged customer keeps its row."""
     reusable: dict[tuple[str, tuple[str, ...]], int] = {}
     if previous is not None and not options.full_sweep:  # a full sweep normalises all again
-        reusable = {(raw, tuple(lists)): index for index, (raw, lists)
-                    in enumerate(zip(previous["raw"].to_list(), previous["lists"].to_list(), strict=True))}
+        reusable = {(raw, tuple(lists)): index for index, (raw, lists, custom)
+                    in enumerate(zip(previous["raw"].to_list(), previous["lists"].to_list(),
+                                     previous["custom"].to_list(), strict=True))
+                    if custom is not None or not _has_custom(raw)}
     kept: list[tuple[int, int]] = []  # (position, row of previous)
     fresh: list[tuple[int, dict[str, Any], list[str]]] = []  # (position, payload, lists)
     for position, (key, customer) in enumerate(audience.customers.items()):
@@ -501,6 +531,12 @@ async def _customers_frame(audience: AudienceSnapshot, previous: pl.DataFrame | 
     return (pl.concat([old.with_columns(_position=pl.Series([p for p, _ in kept], dtype=pl.Int64)),
                        built.with_columns(_position=pl.Series([p for p, _, _ in fresh], dtype=pl.Int64))])
             .sort("_position").drop("_position"))
+
+
+def _has_custom(raw: str) -> bool:
+    """Whether a customer's payload holds one of the fields a row keeps in `custom` (a row stored before the store
+    had `custom` is then normalised again)."""
+    return any(f'"{name}":' in raw for name in TE_FIELDS) and te_custom_values(json.loads(raw)) is not None
 
 
 async def _normalised(items: Sequence[T], build: Callable[[T], dict[str, Any]], schema: pl.Schema) -> pl.DataFrame:

@@ -3,7 +3,9 @@
 Between nights a webhook (GHL) or the TinyEmail watcher names one person. `person_frames` reads just that
 person: the GHL contact (by id, or by email through the duplicate search), its tasks, and the TinyEmail
 customer by email. TinyEmail answers a customer without its lists, so the lists come from the latest
-snapshot (a list change waits for the night); notes are not read (the nightly sweep covers them). The frames
+snapshot (a list change waits for the night); notes are not read (the nightly sweep covers them); a contact
+with custom fields has them named by the location's definitions (read once per client,
+`GHLClient.custom_keys_for`). The frames
 then go through the same identity, merge, checks, quarantine, apply and state code as the nightly run
 (`contact_recon/stages/plan.py plan_person`, `contact_recon/stages/run.py apply_run`).
 
@@ -57,11 +59,12 @@ async def person_frames(ghl: GHLClient, te: TinyEmailClient, store: Store, *, co
         raise NobodyToSync(f"no GHL contact {contact_id or ''} and no TinyEmail customer {email or ''}".strip())
     loc = ghl.location_id
     tasks = await ghl.list_tasks(contact.id) if contact else []
+    custom_keys = await ghl.custom_keys_for([contact] if contact else [])  # its custom fields by fieldKey
     te_rows = [tinyemail_customer_record(as_payload(customer), _lists(store, customer.email), region)] \
         if customer else []
     frames = {
-        "ghl_contacts": to_frame([ghl_contact_record(as_payload(contact), loc, region)] if contact else [],
-                                 GHL_CONTACTS),
+        "ghl_contacts": to_frame([ghl_contact_record(as_payload(contact), loc, region, custom_keys)] if contact
+                                 else [], GHL_CONTACTS),
         "te_customers": to_frame(te_rows, TINYEMAIL_CUSTOMERS),
         "ghl_tasks": to_frame([ghl_task_record({**as_payload(t), "contactId": contact.id}, loc) for t in tasks]
                               if contact else [], GHL_TASKS),

@@ -280,6 +280,14 @@ _V11 = (
         marked_at TIMESTAMPTZ NOT NULL)""",
 )
 
+_V12 = (
+    # a person's custom fields as JSON text (records.py `custom`, model/custom_fields.py): GHL's by fieldKey,
+    # TinyEmail's unmapped customer fields, the base's in the policy's names
+    "ALTER TABLE snap_ghl_contacts ADD COLUMN custom VARCHAR",
+    "ALTER TABLE snap_te_customers ADD COLUMN custom VARCHAR",
+    "ALTER TABLE base ADD COLUMN custom VARCHAR",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, snapshots, base, id_map, identity review, watermarks, dirty contacts", _V1),
     Migration(2, "check_results: the hygiene checks of each run", _V2),
@@ -292,6 +300,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "conflict_seen, conflict_skips: since when conflicts are open, and those skipped", _V9),
     Migration(10, "rejection_retries: rejected ops a person asked to send again", _V10),
     Migration(11, "dirty_task_locations: locations whose tasks a contact-less task webhook marked", _V11),
+    Migration(12, "custom: a person's custom-field values in the snapshots and the base", _V12),
 )
 
 

@@ -14,6 +14,9 @@ The block is made from `contact_recon.model.policy.Policy` itself, so it follows
   Prefect's UI renders a model with properties as a nested form, but an open object (a dict) only as raw JSON,
   so the field rules are a form of dropdowns (owner, tie-break) and switches (enabled) rather than a JSON box.
   Literals become dropdowns (`enum`), tuples lists.
+- `custom_fields`, a `dict[str, CustomFieldRule]` by fieldKey in `Policy` (none by default), has no fixed names
+  to make properties of: it becomes a list of `CustomFieldForm` (a `CustomFieldRule` plus its `field_key`), which
+  the form renders as rows, as it does `tasks.tag_triggers`.
 
 What the form can save is checked where it is used, not where it is saved: Prefect's server stores a block
 document's data without validating it against the block schema, and the UI saves a form that its own checks
@@ -37,6 +40,7 @@ from pydantic import ConfigDict, Field, create_model
 from contact_recon.model.policy import (
     ConsentPolicy,
     CreatePolicy,
+    CustomFieldRule,
     DeletePolicy,
     FieldRule,
     GuardPolicy,
@@ -63,6 +67,13 @@ FieldRules = create_model(
     **_FIELD_PARTS)
 
 
+# One custom field in the form: its fieldKey as a property (a list of forms renders; an open object would not).
+_CUSTOM_PARTS: dict[str, Any] = {
+    "field_key": (str, Field(description="the GHL custom field's fieldKey, e.g. contact.plan")),
+    **{name: (info.annotation, info) for name, info in CustomFieldRule.model_fields.items()}}
+CustomFieldForm = create_model("CustomFieldForm", __config__=_FORM, __doc__=CustomFieldRule.__doc__, **_CUSTOM_PARTS)
+
+
 class ReconPolicy(Block):
     """The contact-recon reconciliation policy: field owners and tie-breaks, tags and lists, consent, creates,
     deletes, tasks and notes, guards, and the first run. Every part defaults to the shipped policy."""
@@ -86,6 +97,9 @@ class ReconPolicy(Block):
                               "and GHL task facts sent to TinyEmail as tags.")
     guards: GuardPolicy = Field(default=GuardPolicy(), description=GuardPolicy.__doc__)
     initial: InitialPolicy = Field(default=InitialPolicy(), description=(InitialPolicy.__doc__ or "").split("\n")[0])
+    custom_fields: tuple[CustomFieldForm, ...] = Field(  # type: ignore[valid-type]
+        default=(), description="GHL custom fields, each by its field_key (e.g. contact.plan) to a TinyEmail field "
+        "(te_field) or a tag pattern (tag_pattern, e.g. plan:{value}), with owner and tie_break.")
 
     @classmethod
     def from_policy(cls, policy: Policy) -> ReconPolicy:
@@ -93,11 +107,14 @@ class ReconPolicy(Block):
         data = policy.model_dump(mode="json")
         data["fields"] = {name: {k: v for k, v in rule.items() if k != "canonical"}
                           for name, rule in data["fields"].items()}
+        data["custom_fields"] = [{"field_key": key, **rule} for key, rule in data["custom_fields"].items()]
         return cls.model_validate(data)
 
     def to_policy(self) -> Policy:
         """The policy this block holds (each field rule laid over its default, as a policy file's would be)."""
-        return Policy.model_validate(self.model_dump(mode="json", by_alias=True, exclude={"block_type_slug"}))
+        data = self.model_dump(mode="json", by_alias=True, exclude={"block_type_slug"})
+        data["custom_fields"] = {item.pop("field_key"): item for item in data["custom_fields"]}
+        return Policy.model_validate(data)
 
 
 def policy_from_block_data(data: Mapping[str, Any]) -> Policy:

@@ -161,7 +161,7 @@ def test_prefect_block_register_registers_the_block_type(prefect_server: str) ->
         schema = client.get_most_recent_block_schema_for_block_type(block_type.id)
     assert block_type.name == "Recon Policy"
     assert schema is not None and list(schema.fields["properties"]) == [
-        "fields", "tags", "consent", "create", "delete", "tasks", "guards", "initial"]
+        "fields", "tags", "consent", "create", "delete", "tasks", "guards", "initial", "custom_fields"]
 
 
 def _env() -> dict[str, str]:

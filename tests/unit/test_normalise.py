@@ -104,7 +104,7 @@ def test_ghl_contact_record_maps_every_canonical_column() -> None:
         "source": "form", "tags": ["lead", "vip"], "consent": "subscribed", "email_raw": " Bob@Example.COM ",
         "email_valid": True, "phone_raw": "(415) 200-7919", "phone_valid": True,
         "date_added": "2025-01-01T00:00:00.000Z", "date_updated": "2025-02-01T00:00:00.000Z",
-        "raw": None, "content_hash": None}
+        "raw": None, "content_hash": None, "custom": None}
     assert row["raw"].startswith('{"address":"1 Main St","city":"Austin"')  # sorted keys, payload as given
 
 

@@ -18,10 +18,16 @@ import pytest
 from prefect.exceptions import ObjectNotFound
 from pydantic import ValidationError
 
-from contact_recon.model.policy import FieldRule, Policy, load_policy
+from contact_recon.model.policy import CustomFieldRule, FieldRule, Policy, load_policy
 from contact_recon.settings import Settings
 from contact_recon.systems import policy_block
-from contact_recon.systems.policy_block import FieldRuleForm, FieldRules, ReconPolicy, policy_from_block_data
+from contact_recon.systems.policy_block import (
+    CustomFieldForm,
+    FieldRuleForm,
+    FieldRules,
+    ReconPolicy,
+    policy_from_block_data,
+)
 from contact_recon.systems.policy_source import (
     DEFAULTS,
     GIVEN,
@@ -181,8 +187,13 @@ def test_the_block_is_made_of_the_policys_own_parts() -> None:
     keys = {info.alias or name: info for name, info in ReconPolicy.model_fields.items()}
     assert set(keys) == set(Policy.model_fields)
     for name, info in Policy.model_fields.items():
-        if name != "fields":
+        if name not in ("fields", "custom_fields"):
             assert keys[name].annotation is info.annotation, name
+    # custom fields by fieldKey: a list of the rule's own fields plus `field_key`, both ways
+    assert set(CustomFieldForm.model_fields) == {"field_key", *CustomFieldRule.model_fields}
+    custom = Policy.model_validate({"custom_fields": {"contact.plan": {"tag_pattern": "plan:{value}",
+                                                                      "owner": "tinyemail"}}})
+    assert ReconPolicy.from_policy(custom).to_policy() == custom
     assert set(FieldRules.model_fields) == set(Policy().fields)
     assert set(FieldRuleForm.model_fields) == set(FieldRule.model_fields) - {"canonical"}
     assert ReconPolicy.from_policy(CHANGED).to_policy() == CHANGED
@@ -217,5 +228,6 @@ def test_the_block_schema_renders_as_a_form() -> None:
     assert nodes["guards.field_updates"]["type"] == "number"
     assert nodes["tasks.tag_triggers[].action"]["enum"] == ["note", "task"]
     assert [p for p in schema["properties"]] == ["fields", "tags", "consent", "create", "delete", "tasks", "guards",
-                                                 "initial"]
+                                                 "initial", "custom_fields"]
+    assert nodes["custom_fields[].owner"]["enum"] == ["ghl", "tinyemail", "shared"]
     assert schema["secret_fields"] == []  # the policy holds no secret

@@ -33,6 +33,10 @@ pages with `limit`/`skip`. Ids go in batches of `TASK_SEARCH_BATCH` (100): GHL d
 page of `TASK_SEARCH_PAGE` (100), so it costs about one request per 100 contacts. Pages are read until
 a short one; tasks are deduplicated by id in case skip-paging meets a concurrent change.
 
+Custom fields (NOTES.md): `custom_field_keys` reads the location's definitions (`GET /locations/{id}/customFields`,
+scope `locations/customFields.readonly`) once per client, so once per run and location; `custom_keys_for` only when
+some contact carries custom fields, and tolerant of unreadable definitions (None, with a warning).
+
 Tags: `tags` given to upsert or update *replaces* every tag (NOTES.md); use `add_tags`/`remove_tags`
 or `bulk_update_tags` to change tags.
 
@@ -46,6 +50,7 @@ made by systems/ghl/writer.py.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -77,9 +82,19 @@ from contact_recon.systems.errors import (
     Validation,
 )
 from contact_recon.systems.ghl.agency import LocationFromCompany
-from contact_recon.systems.ghl.models import Appointment, BulkTagsResult, Contact, Note, SearchPage, Task
+from contact_recon.systems.ghl.models import (
+    Appointment,
+    BulkTagsResult,
+    Contact,
+    CustomFieldDefinition,
+    Note,
+    SearchPage,
+    Task,
+)
 from contact_recon.systems.http import ApiBacked, ApiClient, json_object, member, parse
 from contact_recon.systems.models import Unreadable
+
+log = logging.getLogger("contact_recon.systems.ghl.client")
 
 API_VERSION = "2021-07-28"
 BURST_LIMIT, BURST_WINDOW_S, DAILY_LIMIT = 100, 10.0, 200_000
@@ -89,7 +104,7 @@ TASK_SEARCH_BATCH = 100
 TASK_SEARCH_PAGE = 100
 SYSTEM = "ghl"
 
-M = TypeVar("M", Contact, SearchPage, Task, Note, Appointment, BulkTagsResult)
+M = TypeVar("M", Contact, SearchPage, Task, Note, Appointment, BulkTagsResult, CustomFieldDefinition)
 
 _NOT_FOUND = re.compile(r"\b(Contact|Task|Note) with id \S+ not found", re.IGNORECASE)
 _DUPLICATE = "does not allow duplicated contacts"
@@ -184,6 +199,7 @@ class GHLClient(ApiBacked):
 
     def __init__(self, api: ApiClient, location_id: str):
         self.api, self.location_id = api, location_id
+        self._custom_keys: dict[str, str] | None = None  # custom field id -> fieldKey, read once per client (run)
 
     @classmethod
     def from_settings(cls, settings: Settings, location_id: str, *, transport: httpx.AsyncBaseTransport | None = None,
@@ -393,6 +409,39 @@ class GHLClient(ApiBacked):
 
     async def delete_note(self, contact_id: str, note_id: str) -> None:
         await self._json("DELETE", f"/contacts/{contact_id}/notes/{note_id}")
+
+    # ---------------------------------------------------------------------------- custom fields
+
+    async def custom_fields(self) -> list[CustomFieldDefinition]:
+        """The location's contact custom fields (GET /locations/{id}/customFields, scope
+        locations/customFields.readonly)."""
+        return await self._many(CustomFieldDefinition, "GET", f"/locations/{self.location_id}/customFields",
+                                "customFields", params={"model": "contact"})
+
+    async def custom_field_keys(self) -> dict[str, str]:
+        """id -> fieldKey of the location's custom fields, read once per client (so once per run and location)."""
+        if self._custom_keys is None:
+            self._custom_keys = {d.id: d.fieldKey for d in await self.custom_fields() if d.fieldKey}
+        return self._custom_keys
+
+    async def custom_keys_for(self, contacts: Iterable[Contact]) -> dict[str, str] | None:
+        """The id -> fieldKey map when any of `contacts` carries custom fields (None when none does: no request).
+
+        A location whose definitions cannot be read (the token lacks `locations/customFields.readonly`, an outage)
+        gives None with a warning: its custom fields stay unresolved (`id:<id>`), which the merge holds rather than
+        reading as blank (model/custom_fields.py), so nothing fails and nothing is overwritten.
+        """
+        if not any(c.customFields for c in contacts):
+            return None
+        try:
+            return await self.custom_field_keys()
+        except ConnectorError as exc:
+            log.warning("ghl %s: custom field definitions unreadable, custom fields held: %s", self.location_id, exc)
+            return None
+
+    async def custom_field_id(self, field_key: str) -> str | None:
+        """The location's id of the custom field `field_key`, None when the location does not define it."""
+        return next((i for i, key in (await self.custom_field_keys()).items() if key == field_key), None)
 
     # ---------------------------------------------------------------------------- appointments
 

@@ -5,9 +5,13 @@ API model through `systems.models.as_payload`, or a fixture's dict) to one row o
 GHL_TASKS / GHL_NOTES, with the system-neutral helpers of model/normalise.py; `ghl_consent` reads GHL's
 two DND signals as the one canonical `consent`.
 
+A contact's `customFields` become the row's `custom` (JSON by fieldKey, `model/custom_fields.py`).
+
 Write (canonical -> API): `contact_body` turns a create op's canonical record into a contact body,
-`field_name` gives GHL's name of a canonical field, and `dnd_on` is the `dndSettings` that switches the
-Email channel's DND on. Which body a write sends, and its quirks, are the writer's (systems/ghl/writer.py).
+`field_name` gives GHL's name of a canonical field, `custom_field_item` the `customFields` item of a custom
+field's value (`{"id", "field_value"}`, the spec's customFieldsInputStringSchema), and `dnd_on` is the
+`dndSettings` that switches the Email channel's DND on. Which body a write sends, and its quirks, are the
+writer's (systems/ghl/writer.py).
 
 Of the shapes a contact takes (systems/models.py: API model -> canonical record -> op -> request body),
 this module is the two crossings between GHL's names and ours.
@@ -18,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Container, Mapping
 from typing import Any
 
+from contact_recon.model.custom_fields import ghl_custom_values
 from contact_recon.model.normalise import clean_text, finish_row, person_columns
 from contact_recon.model.records import GHL_CONTACTS, GHL_FIELD_NAMES, GHL_NOTES, GHL_TASKS
 from contact_recon.systems.ghl.models import Contact
@@ -30,8 +35,10 @@ _DND_MESSAGE = "contact-recon: unsubscribed in TinyEmail"
 # ------------------------------------------------------------------------------------ API -> canonical
 
 
-def ghl_contact_record(payload: Mapping[str, Any], location_id: str, region: str = "US") -> dict[str, Any]:
-    """One GHL contact (GET or search shape) as a GHL_CONTACTS row."""
+def ghl_contact_record(payload: Mapping[str, Any], location_id: str, region: str = "US",
+                       custom_keys: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """One GHL contact (GET or search shape) as a GHL_CONTACTS row; `custom_keys` (custom field id -> fieldKey, the
+    location's definitions, `GHLClient.custom_field_keys`) names its custom fields (model/custom_fields.py)."""
     source = dict(payload)
     if "address1" not in source and "address" in source:
         source["address1"] = source["address"]  # search answers name the street `address`
@@ -39,14 +46,17 @@ def ghl_contact_record(payload: Mapping[str, Any], location_id: str, region: str
                            "location_id": clean_text(source.get("locationId")) or location_id}
     row.update(person_columns(source, GHL_FIELD_NAMES, region))
     row["consent"] = ghl_consent(source)
+    customs = source.get("customFields")
+    row["custom"] = ghl_custom_values(customs if isinstance(customs, list) else [], custom_keys)
     row["date_added"] = clean_text(source.get("dateAdded"))
     row["date_updated"] = clean_text(source.get("dateUpdated"))
     return finish_row(row, payload, GHL_CONTACTS)
 
 
-def contact_row(contact: Contact, location_id: str, region: str) -> dict[str, Any]:
+def contact_row(contact: Contact, location_id: str, region: str,
+                custom_keys: Mapping[str, str] | None = None) -> dict[str, Any]:
     """A contact read now (the apply stage's precondition and re-read) as the same GHL_CONTACTS row."""
-    return ghl_contact_record(as_payload(contact), location_id, region)
+    return ghl_contact_record(as_payload(contact), location_id, region, custom_keys)
 
 
 def ghl_consent(payload: Mapping[str, Any]) -> str:
@@ -80,6 +90,11 @@ def ghl_note_record(payload: Mapping[str, Any], location_id: str) -> dict[str, A
 def field_name(canonical: str) -> str:
     """GHL's name of a canonical field (records.py GHL_FIELD_NAMES)."""
     return GHL_FIELD_NAMES[canonical]
+
+
+def custom_field_item(field_id: str, value: str | None) -> dict[str, Any]:
+    """One `customFields` item of a contact update: the field's id and its new value ("" clears it)."""
+    return {"id": field_id, "field_value": value or ""}
 
 
 def dnd_on() -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """GHL's API models (Contacts API v2, pydantic v2): `Contact`, `SearchPage`, `Task`, `Note`, `Appointment`,
-`BulkTagsResult`.
+`BulkTagsResult`, and a location's `CustomFieldDefinition` (apps/locations.json CustomFieldSchema).
 
 Checked on the fields the pipeline uses and tolerant of the rest (`systems/models.py`, which also names the
 shapes a contact takes between listing and write). What the real API is seen to send is forgiven on a
@@ -138,6 +138,16 @@ class Appointment(ApiModel):
     appointmentStatus: str | None = None
     startTime: str | None = None
     endTime: str | None = None
+
+
+class CustomFieldDefinition(ApiModel):
+    """One custom field a location defines (GET /locations/{locationId}/customFields, CustomFieldSchema)."""
+
+    id: str
+    fieldKey: str | None = None
+    name: str | None = None
+    dataType: str | None = None
+    model: str | None = None
 
 
 class BulkTagsResult(ApiModel):

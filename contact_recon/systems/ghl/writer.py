@@ -10,6 +10,9 @@ Body quirks:
 - `PUT /contacts/{id}` (UpdateContactDto) has no `companyName` (`UPSERT_ONLY`): such an update goes by
   `POST /contacts/upsert` matched by the contact's own email, and must land on this very contact; a
   contact without an email cannot be reached that way, so the op is rejected;
+- a custom field op (`custom:<fieldKey>`, model/custom_fields.py) is a `customFields` item `{"id", "field_value"}`
+  by the location's id of that fieldKey (read once per run, `GHLClient.custom_field_id`); a location that does
+  not define the field gets no write (the op is held, with a warning);
 - tags are never sent in an update (it would replace them all): adds and removes are their own calls; a
   list tag's removal reads the contact first, to remove the spelling of that list it holds (by tag key,
   `model/tags.py`) beside the spellings the list has had.
@@ -27,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Any, Generic
 
+from contact_recon.model.custom_fields import is_custom, loads, name_of, text_value
 from contact_recon.model.keys import TE_KEY_PREFIX, Person, address, is_te_key
 from contact_recon.model.list_tags import LIST_TAG_RESPELLED, ListNames
 from contact_recon.model.ops import Kind
@@ -37,7 +42,7 @@ from contact_recon.model.policy import ConsentPolicy
 from contact_recon.model.tags import TAG_FOLDED, tag_key
 from contact_recon.systems.errors import ConnectorError, Duplicate, Validation
 from contact_recon.systems.ghl.client import GHLClient
-from contact_recon.systems.ghl.mapping import contact_body, contact_row, dnd_on, field_name
+from contact_recon.systems.ghl.mapping import contact_body, contact_row, custom_field_item, dnd_on, field_name
 from contact_recon.systems.writer import (
     EVENT_KINDS,
     FIELD_KINDS,
@@ -51,6 +56,8 @@ from contact_recon.systems.writer import (
     has_new,
     premises,
 )
+
+log = logging.getLogger("contact_recon.systems.ghl.writer")
 
 UPSERT_ONLY = frozenset({"companyName"})  # in CreateContactDto/UpsertContactDto, not in UpdateContactDto
 
@@ -151,14 +158,23 @@ class GHLWriter(Generic[OpT]):
 
     async def _fields(self, client: GHLClient, contact_id: str, ops: list[OpT]) -> None:
         try:
-            live = contact_row(await client.get_contact(contact_id), client.location_id, self.region)
+            ids = await self._custom_ids(client, ops)
+            live = await self._live(client, contact_id, ops)
         except ConnectorError as exc:
             self.ledger.refused(ops, exc)
             return
-        todo = premises(self.ledger, ops, live, tight=self._tight)
+        undefined = [op for op in ops if is_custom(op.field) and not ids.get(op.field or "")]
+        if undefined:
+            # a custom field this location does not define: nothing to write it to; held, with a warning
+            log.warning("ghl %s: custom fields %s not defined here; their ops held", client.location_id,
+                        sorted({name_of(op.field or "") for op in undefined}))
+            self.ledger.close(undefined, Unsent.HELD,
+                              f"custom field not defined in location {client.location_id}")
+        defined = [op for op in ops if not (is_custom(op.field) and not ids.get(op.field or ""))]
+        todo = premises(self.ledger, defined, live, tight=self._tight)
         if not todo:
             return
-        body = update_body(todo)
+        body = update_body(todo, ids)
         by_upsert = bool(UPSERT_ONLY & set(body))
         if by_upsert and not live.get("email_raw"):
             # the contact update cannot set these fields, and without an email no upsert can reach the contact
@@ -179,10 +195,24 @@ class GHLWriter(Generic[OpT]):
                                  system="ghl", method="POST", path="/contacts/upsert")
 
         async def landed() -> bool:
-            now = contact_row(await client.get_contact(contact_id), client.location_id, self.region)
+            now = await self._live(client, contact_id, todo)
             return all(has_new(op, now, tight=self._tight) for op in todo)
 
         await self.ledger.send(todo, send, landed)
+
+    async def _custom_ids(self, client: GHLClient, ops: Sequence[OpT]) -> dict[str, str | None]:
+        """The location's field id of each custom field op's field (`custom:<fieldKey>`), None where undefined."""
+        fields = {op.field or "" for op in ops if is_custom(op.field)}
+        return {f: await client.custom_field_id(name_of(f)) for f in sorted(fields)}
+
+    async def _live(self, client: GHLClient, contact_id: str, ops: Sequence[OpT]) -> dict[str, Any]:
+        """The contact now as a canonical row, plus `custom:<fieldKey>` of each custom field op (its value now)."""
+        customs = [op.field or "" for op in ops if is_custom(op.field)]
+        keys = await client.custom_field_keys() if customs else None
+        live = contact_row(await client.get_contact(contact_id), client.location_id, self.region, keys)
+        values = loads(live.get("custom"))
+        live.update({f: text_value(values.get(name_of(f))) for f in customs})
+        return live
 
     async def _tags(self, client: GHLClient, contact_id: str, kind: str, ops: list[OpT]) -> None:
         adding = kind == Kind.TAG_ADD
@@ -235,12 +265,17 @@ class GHLWriter(Generic[OpT]):
             self.ledger.remember_created(op, self.ledger.result(op), contact_id)
 
 
-def update_body(ops: Sequence[WriteOp]) -> dict[str, Any]:
-    """The contact body of a person's field ops: GHL's field names, a consent op as the Email DND."""
+def update_body(ops: Sequence[WriteOp], custom_ids: Mapping[str, str | None] | None = None) -> dict[str, Any]:
+    """The contact body of a person's field ops: GHL's field names, a consent op as the Email DND, custom fields
+    as `customFields` items by the location's field id (`custom_ids`: op field -> id)."""
     body: dict[str, Any] = {}
     for op in ops:
         if op.kind == Kind.CONSENT_TIGHTEN:
             body["dndSettings"] = dnd_on()
+        elif is_custom(op.field):
+            field_id = (custom_ids or {}).get(op.field or "")
+            if field_id:
+                body.setdefault("customFields", []).append(custom_field_item(field_id, op.new))
         else:
             body[field_name(op.field or "")] = op.new or ""
     return body

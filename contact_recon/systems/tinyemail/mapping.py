@@ -3,7 +3,7 @@
 Read (API -> canonical): `tinyemail_customer_record` maps one customer payload (an API model through
 `systems.models.as_payload`, or a fixture's dict) and the lists it was read from to one TINYEMAIL_CUSTOMERS
 row, with the system-neutral helpers of model/normalise.py; the customer's `status` lower-cased is the
-canonical `consent`.
+canonical `consent`; its fields that no standard field maps (`address2`, `currency`) are its `custom`.
 
 Write (canonical -> API): `member` turns a create op's canonical record into a member of
 `PUT /account/customer`, `field_name` gives TinyEmail's name of a canonical field, and `customer_status`
@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from contact_recon.model.custom_fields import te_custom_values
 from contact_recon.model.normalise import clean_text, finish_row, person_columns
 from contact_recon.model.records import TINYEMAIL_CUSTOMERS, TINYEMAIL_FIELD_NAMES
 from contact_recon.systems.models import as_payload
@@ -40,6 +41,7 @@ def tinyemail_customer_record(payload: Mapping[str, Any], lists: Iterable[str], 
     row["status"] = status
     row["unsubscribed_at"] = clean_text(payload.get("unsubscribedAt"))
     row["lists"] = sorted({str(x) for x in lists})
+    row["custom"] = te_custom_values(payload)  # the customer fields no standard field maps (model/custom_fields.py)
     return finish_row(row, payload, TINYEMAIL_CUSTOMERS)
 
 

@@ -15,7 +15,10 @@ Body quirks:
   only (the PUT leaves omitted fields unchanged);
 - a tight consent is the status `customer_status(consent.tinyemail_tight_value)` ("Unsubscribed");
 - `tags` in a member replace the whole array, so tag ops are merged into the live set just read: a tag
-  somebody added or removed meanwhile keeps that change.
+  somebody added or removed meanwhile keeps that change;
+- a custom field op (`custom:<fieldKey>`, model/custom_fields.py) writes the policy's TinyEmail target: its
+  customer field (`te_field`), or its tag pattern, where the new value's tag replaces every tag the pattern
+  matches (in the same live tag set, so `plan:gold` -> `plan:silver` is one upsert).
 
 The precondition reads go the cheaper way (`_prefetch`): one GET per customer, or, when that would take more
 requests than walking every list, the walk. Unknown outcomes are re-read before anything is sent again:
@@ -36,9 +39,10 @@ from collections.abc import Container, Mapping, Sequence
 from functools import partial
 from typing import Any, Generic
 
+from contact_recon.model.custom_fields import is_custom, loads, matches, merge_text, name_of, tag_for, te_value
 from contact_recon.model.keys import Person, address
 from contact_recon.model.ops import Kind
-from contact_recon.model.policy import ConsentPolicy
+from contact_recon.model.policy import ConsentPolicy, CustomFieldRule
 from contact_recon.model.tags import has_tag
 from contact_recon.systems.errors import ConnectorError, UnknownOutcome, Validation
 from contact_recon.systems.tinyemail.client import BATCH_SIZE, TinyEmailClient
@@ -73,8 +77,10 @@ class TinyEmailWriter(Generic[OpT]):
 
     def __init__(self, client: TinyEmailClient, people: Mapping[str, Person], ledger: Ledger[OpT], *,
                  region: str = "US", concurrency: int = 16, max_attempts: int = 3, home_list: str | None = None,
-                 consent: ConsentPolicy = ConsentPolicy(), echo: Echo | None = None):
+                 consent: ConsentPolicy = ConsentPolicy(), echo: Echo | None = None,
+                 custom: Mapping[str, CustomFieldRule] | None = None):
         self.client, self.people, self.ledger = client, people, ledger
+        self.custom = dict(custom or {})  # the policy's custom fields by fieldKey: where each one lives here
         self.region, self.max_attempts, self.home_list_name, self.echo = region, max_attempts, home_list, echo
         self.tight_values = consent.tinyemail_tight
         self.tight_status = customer_status(consent.tinyemail_tight_value)
@@ -207,12 +213,21 @@ class TinyEmailWriter(Generic[OpT]):
         if customer is None:
             self.ledger.close(ops, Unsent.NOT_FOUND, "no TinyEmail customer")
             return None
-        live = customer_row(customer, self.region)
-        fields = premises(self.ledger, [op for op in ops if op.kind in FIELD_KINDS], live, tight=self._tight)
+        live = self._live(customer, ops)
+        unmapped = [op for op in ops if is_custom(op.field) and name_of(op.field or "") not in self.custom]
+        if unmapped:
+            # a custom field op the policy no longer maps (changed since the plan): nowhere to write it
+            self.ledger.close(unmapped, Unsent.HELD, "custom field no longer in the policy")
+        wanted = [op for op in ops if op.kind in FIELD_KINDS
+                  and not (is_custom(op.field) and name_of(op.field or "") not in self.custom)]
+        fields = premises(self.ledger, wanted, live, tight=self._tight)
         body: dict[str, Any] = {"email": customer.email}
+        tags = list(customer.tags)
         for op in fields:
             if op.kind == Kind.CONSENT_TIGHTEN:
                 body["status"] = self.tight_status
+            elif is_custom(op.field):
+                tags = self._custom_value(body, tags, self.custom[name_of(op.field or "")], op.new)
             else:
                 body[field_name(op.field or "")] = op.new or ""
         tag_ops = [op for op in ops if op.kind in TAG_KINDS]
@@ -221,10 +236,34 @@ class TinyEmailWriter(Generic[OpT]):
             # the customer holds in another spelling is not added twice (model/tags.py)
             gone = {op.expected for op in tag_ops if op.kind == Kind.TAG_REMOVE}
             added = [op.new for op in tag_ops
-                     if op.kind == Kind.TAG_ADD and op.new and not has_tag(customer.tags, op.new)]
-            body["tags"] = [t for t in dict.fromkeys([*customer.tags, *added]) if t not in gone]
+                     if op.kind == Kind.TAG_ADD and op.new and not has_tag(tags, op.new)]
+            tags = [t for t in dict.fromkeys([*tags, *added]) if t not in gone]
+        if tag_ops or tags != list(customer.tags):
+            body["tags"] = tags
         todo = [*fields, *tag_ops]
         return (todo, body) if todo else None
+
+    def _live(self, customer: Customer, ops: Sequence[OpT]) -> dict[str, Any]:
+        """The customer as a canonical row, plus `custom:<fieldKey>` of each mapped custom field op: its value here
+        now (its field's text, or what its pattern tags spell)."""
+        live = customer_row(customer, self.region)
+        values = loads(live.get("custom"))
+        for op in ops:
+            name = name_of(op.field or "") if is_custom(op.field) else None
+            if name in self.custom:
+                live[op.field or ""] = merge_text(te_value(self.custom[name], values, customer.tags))
+        return live
+
+    @staticmethod
+    def _custom_value(body: dict[str, Any], tags: list[str], rule: CustomFieldRule, value: str | None) -> list[str]:
+        """Write one custom field's value into the member: its TinyEmail field, or its pattern's tag (every tag
+        the pattern matches removed, the new value's tag added; a blank value leaves none). The tags result."""
+        if rule.te_field:
+            body[rule.te_field] = value or ""
+            return tags
+        pattern = rule.tag_pattern or ""
+        kept = [t for t in tags if not matches(pattern, t)]
+        return [*kept, tag_for(pattern, value)] if value and value.strip() else kept
 
     async def _prefetch(self, emails: list[str]) -> dict[str, Customer]:
         """The live customers for the preconditions, read the cheaper way: one GET per customer, or, when that
