@@ -432,9 +432,11 @@ def company_oauth(settings: Settings, company_id: str) -> GHLOAuth:
 
 
 def agency_credentials(settings: Settings, company_id: str, location_id: str) -> LocationFromCompany:
-    """A location's token minted from the agency's Company pair (cached until it expires)."""
+    """A location's token minted from the agency's Company pair, cached until it expires in the location's own token
+    file (shared by every process, under its lock)."""
     return LocationFromCompany(company_oauth(settings, company_id), company_id=company_id, location_id=location_id,
-                               base_url=settings.ghl_base_url)
+                               base_url=settings.ghl_base_url,
+                               store=FileTokenStore(settings.ghl_token_file_for(location_id)))
 
 
 def oauth_token_file(settings: Settings, location_id: str | None) -> Path:
