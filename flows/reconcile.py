@@ -47,7 +47,7 @@ from pydantic import Field
 
 from contact_recon.model.approval import Approval
 from contact_recon.report.build import report_url
-from contact_recon.settings import Settings, get_settings
+from contact_recon.settings import Settings
 from contact_recon.stages.plan import HELD, load_plan
 from contact_recon.stages.process import prepare_process
 from contact_recon.stages.run import (
@@ -104,10 +104,11 @@ def reconcile_flow(
 
 @flow(name="apply-approved", log_prints=True)
 def apply_approved_flow(run_id: str, locations: list[str], guards: list[str] | None = None, reject: bool = False,
-                        note: str = "", lock_wait_s: float = 60.0) -> dict[str, Any] | State[Any]:
+                        note: str = "", lock_wait_s: float = 60.0,
+                        tenant: str | None = None) -> dict[str, Any] | State[Any]:
     """Answer a held run of `locations` (approve all or the chosen `guards`, or `reject`), then apply it and
-    report."""
-    settings, flow_run = get_settings(), _flow_run()
+    report; `tenant`: the run is that tenant's (its settings and data dir), else the RECON_* settings'."""
+    settings, flow_run = get_tenant_settings(tenant), _flow_run()
     approval = Approval("reject" if reject else "approve", None if guards is None else tuple(guards), note, "cli")
     with forwarded_logs(flow_run.id), progress_artifact("apply-approved"):
         return _apply_answer(settings, run_id, approval, locations, lock_wait_s)
