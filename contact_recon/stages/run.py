@@ -146,6 +146,7 @@ def reconcile(settings: Settings, store: Store | None = None, *, locations: Sequ
     loaded = resolve_policy(settings, policy)  # before anything runs: an invalid policy refuses the run
     ghl = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))
     with location_lock(settings, covered, lock_wait_s), _store(settings, store) as db:
+        failpoints.rendezvous("locked", data_dir=str(settings.data_dir))  # the concurrency tests only
         expired = expire_held_runs(db)
         for run in expired:
             log.warning("run %s expired unanswered: nothing of it is written; this run plans afresh", run["run_id"])
