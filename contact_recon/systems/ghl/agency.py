@@ -116,8 +116,7 @@ class LocationFromCompany:
                 self._access, self._expires_at = await self._mint()
                 self.mints += 1
                 if self.store is not None:  # every other process reuses it until it expires
-                    self.store.save(TokenSet(self._access, "", self._expires_at, location_id=self.location_id,
-                                             company_id=self.company_id))
+                    self.store.save(TokenSet(self._access, "", self._expires_at, location_id=self.location_id))
                 return self._access
         finally:
             self._lock.release()
