@@ -19,8 +19,9 @@ How a flow run ends:
 the apply and the report in a flow run of their own, with its artifacts and events.
 
 A deployment run holds its tenant's one slot (`tenant_slot`, the global concurrency limit `recon-tenant:<tenant>`)
-for its whole run: the nightly's per-tenant children run side by side on the work pool, two runs of one tenant
-queue. With RECON_TENANTS_FILE and no `tenant`, a deployment run only fans out (`fan_out`) and returns.
+for its whole run: the nightly's per-tenant children run side by side on the work pool, and a second run of one
+tenant waits up to `lock_wait_s` for the first, then fails busy (`LocationBusy`), as for a busy location. With
+RECON_TENANTS_FILE and no `tenant`, a deployment run only fans out (`fan_out`) and returns.
 
 While a flow runs, the project's loggers go to its Prefect logs and a progress artifact follows the snapshot
 and the apply (flows/ui.py).
@@ -89,8 +90,10 @@ def reconcile_flow(
         return fan_out(settings, str(flow_run.deployment_id), {"locations": locations, "dry_run": dry_run,
                                                                "approve": approve, "full_sweep": full_sweep,
                                                                "lock_wait_s": lock_wait_s})
-    # a deployment run holds its tenant's one slot: tenants side by side on the pool, one tenant's runs queued
-    one_at_a_time = tenant_slot(tenant) if flow_run.deployment_id is not None else contextlib.nullcontext()
+    # a deployment run holds its tenant's one slot: tenants side by side on the pool, one tenant's runs one at a
+    # time (a later one waits up to lock_wait_s, then stops busy)
+    one_at_a_time = tenant_slot(tenant, lock_wait_s) if flow_run.deployment_id is not None \
+        else contextlib.nullcontext()
     with one_at_a_time, forwarded_logs(flow_run.id), progress_artifact("reconcile"):
         held = _held_input()
         if held is not None:  # this flow run held a plan and suspended; resumed, the answer is waiting

@@ -4,8 +4,8 @@ side, while two runs of one tenant queue on its slot (`recon-tenant:<tenant>`) a
 
 The proof is a rendezvous (contact_recon/stages/failpoints.py `RECON_RENDEZVOUS`) at the point where a run holds its
 locations: the two tenants' children both wait there for each other, so both marks say `met` only if both were
-inside at once; the two runs of one tenant (given no time to wait for the location lock) both complete, and their
-marks say each was there alone, one after the other."""
+inside at once; of two runs of one tenant given no time to wait, one reaches that point, alone, and the other is
+refused busy while it is there."""
 
 from __future__ import annotations
 
@@ -124,15 +124,18 @@ def test_tenants_children_overlap_and_one_tenants_runs_queue(sandboxes: Sandboxe
     assert sorted(Path(m["data_dir"]).name for m in met) == ["north", "south"]
     assert all(m["met"] for m in met), met  # both tenants' runs were holding their locations at the same time
 
-    # two runs of one tenant at once, neither allowed to wait for the location lock (lock_wait_s 0): without the
-    # tenant's slot the second would fail busy; with it, it queues and starts when the first has finished
-    rendezvous = {"env": {"RECON_RENDEZVOUS": f"locked:{one_tenant}:2:15"}}
+    # two runs of one tenant at once (neither waits: lock_wait_s 0): the first holds the tenant's slot, the second
+    # is refused busy while the first is inside, and the first was there alone
+    rendezvous = {"env": {"RECON_RENDEZVOUS": f"locked:{one_tenant}:2:30"}}
     runs = [run_deployment(name=worker["deployment_id"], timeout=0, job_variables=rendezvous,
                            parameters={"tenant": "north", "dry_run": True, "approve": True, "lock_wait_s": 0})
             for _ in range(2)]
     finished = wait_final([r.id for r in runs])  # type: ignore[union-attr]
-    assert [r.state.type.value for r in finished.values()] == ["COMPLETED", "COMPLETED"], \
+    states = sorted(finished.values(), key=lambda r: r.state.type.value)
+    assert [r.state.type.value for r in states] == ["COMPLETED", "FAILED"], \
         (tmp_path / "worker.log").read_text()[-3000:]
-    first, second = marks(one_tenant)
-    assert not first["met"] and not second["met"]  # each was inside alone
-    assert first["left"] <= second["arrived"]  # one after the other
+    completed, refused = states
+    assert "another run is reconciling tenant north" in (refused.state.message or ""), refused.state.message
+    (alone,) = marks(one_tenant)  # only the run that held the slot reached its locations
+    assert not alone["met"] and Path(alone["data_dir"]).name == "north"
+    assert refused.end_time < completed.end_time  # refused while the first ran, not after
