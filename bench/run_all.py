@@ -84,6 +84,8 @@ BENCHMARKS: list[Bench] = [
           ("--seconds", "10", "--skip-tinyemail", "--contacts", "500"), timeout_s=1200),
     Bench("nightly", "bench/nightly.py", (), ("--contacts", "2000"), timeout_s=5400,
           quick_timeout_s=600),
+    Bench("tenants", "bench/tenants.py", (), ("--tenants", "3", "--contacts", "100"), timeout_s=1800,
+          quick_timeout_s=600),
 ]
 
 

@@ -18,12 +18,18 @@ How a flow run ends:
 `apply_approved_flow` is what `recon approve RUN_ID` runs for a held run with no suspended flow run: the answer,
 the apply and the report in a flow run of their own, with its artifacts and events.
 
+A deployment run holds its tenant's one slot (`tenant_slot`, the global concurrency limit `recon-tenant:<tenant>`)
+for its whole run: the nightly's per-tenant children run side by side on the work pool, and a second run of one
+tenant waits up to `lock_wait_s` for the first, then fails busy (`LocationBusy`), as for a busy location. With
+RECON_TENANTS_FILE and no `tenant`, a deployment run only fans out (`fan_out`) and returns.
+
 While a flow runs, the project's loggers go to its Prefect logs and a progress artifact follows the snapshot
 and the apply (flows/ui.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,7 +53,8 @@ from pydantic import Field
 
 from contact_recon.model.approval import Approval
 from contact_recon.report.build import report_url
-from contact_recon.settings import Settings, get_settings
+from contact_recon.settings import Settings
+from contact_recon.stages.lock import tenant_slot
 from contact_recon.stages.plan import HELD, load_plan
 from contact_recon.stages.process import prepare_process
 from contact_recon.stages.run import (
@@ -83,7 +90,11 @@ def reconcile_flow(
         return fan_out(settings, str(flow_run.deployment_id), {"locations": locations, "dry_run": dry_run,
                                                                "approve": approve, "full_sweep": full_sweep,
                                                                "lock_wait_s": lock_wait_s})
-    with forwarded_logs(flow_run.id), progress_artifact("reconcile"):
+    # a deployment run holds its tenant's one slot: tenants side by side on the pool, one tenant's runs one at a
+    # time (a later one waits up to lock_wait_s, then stops busy)
+    one_at_a_time = tenant_slot(tenant, lock_wait_s) if flow_run.deployment_id is not None \
+        else contextlib.nullcontext()
+    with one_at_a_time, forwarded_logs(flow_run.id), progress_artifact("reconcile"):
         held = _held_input()
         if held is not None:  # this flow run held a plan and suspended; resumed, the answer is waiting
             return _answered(settings, held, lock_wait_s)
@@ -104,10 +115,11 @@ def reconcile_flow(
 
 @flow(name="apply-approved", log_prints=True)
 def apply_approved_flow(run_id: str, locations: list[str], guards: list[str] | None = None, reject: bool = False,
-                        note: str = "", lock_wait_s: float = 60.0) -> dict[str, Any] | State[Any]:
+                        note: str = "", lock_wait_s: float = 60.0,
+                        tenant: str | None = None) -> dict[str, Any] | State[Any]:
     """Answer a held run of `locations` (approve all or the chosen `guards`, or `reject`), then apply it and
-    report."""
-    settings, flow_run = get_settings(), _flow_run()
+    report; `tenant`: the run is that tenant's (its settings and data dir), else the RECON_* settings'."""
+    settings, flow_run = get_tenant_settings(tenant), _flow_run()
     approval = Approval("reject" if reject else "approve", None if guards is None else tuple(guards), note, "cli")
     with forwarded_logs(flow_run.id), progress_artifact("apply-approved"):
         return _apply_answer(settings, run_id, approval, locations, lock_wait_s)
@@ -115,7 +127,8 @@ def apply_approved_flow(run_id: str, locations: list[str], guards: list[str] | N
 
 def fan_out(settings: Settings, deployment_id: str, parameters: dict[str, Any]) -> dict[str, Any]:
     """One flow run of the deployment per tenant of RECON_TENANTS_FILE (on the work pool, each under its own data
-    dir and budgets, queued by the deployment's concurrency limit); the flow run id of each tenant."""
+    dir and budgets); they run side by side, each holding its tenant's slot (stages/lock.py `tenant_slot`), so a
+    tenant's run still waiting from the night before delays only that tenant. The flow run id of each tenant."""
     from prefect.deployments import run_deployment
 
     from contact_recon.tenants import tenants_of

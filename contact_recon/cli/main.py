@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from contact_recon.cli.sandbox import sandbox_app
+
+if TYPE_CHECKING:
+    from contact_recon.settings import Settings
 
 app = typer.Typer(help="contact-recon: keep GHL and TinyEmail consistent.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
@@ -28,6 +31,20 @@ app.add_typer(policy_app, name="policy")
 console = Console()
 err = Console(stderr=True)
 
+TenantOption = Annotated[str | None, typer.Option(help="Act on this tenant of RECON_TENANTS_FILE: its data dir and "
+                                                       "settings (default: the RECON_* settings).")]
+
+
+def tenant_settings(tenant: str | None) -> Settings:
+    """The RECON_* settings, or with `--tenant` that tenant's (its data dir, policy, credentials); exit 2 with one
+    line when the tenants file is not set, refused, or has no such tenant."""
+    from contact_recon.tenants import TenantsError, get_tenant_settings
+
+    try:
+        return get_tenant_settings(tenant)
+    except TenantsError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 @app.callback()
 def main() -> None:
@@ -55,15 +72,15 @@ def auth_ghl(
     code: Annotated[str | None, typer.Option(help="The authorization code, or the whole redirect URL.")] = None,
     agency: Annotated[bool, typer.Option("--agency", help="An agency install: store a Company token pair, "
                                          "from which each installed location's token is minted.")] = False,
+    tenant: TenantOption = None,
 ) -> None:
     """Print the GHL authorize URL, take the code, and store the OAuth token pair (never printed)."""
     from contact_recon.cli.auth import run
-    from contact_recon.settings import get_settings
 
     def prompt() -> str:
         return str(typer.prompt("Paste the code (or the whole redirect URL)", hide_input=True))
 
-    raise typer.Exit(run(get_settings(), code, prompt, console, err, agency=agency))
+    raise typer.Exit(run(tenant_settings(tenant), code, prompt, console, err, agency=agency))
 
 
 @app.command("doctor")
@@ -82,12 +99,12 @@ def snapshot(
     location: Annotated[list[str] | None, typer.Option(help="GHL location id (repeatable); default: all configured.")]
     = None,
     full_sweep: Annotated[bool, typer.Option(help="Read the tasks and notes of every contact tonight.")] = False,
+    tenant: TenantOption = None,
 ) -> None:
     """Snapshot GHL and TinyEmail into the store; print counts, requests planned vs used; exit 1 on failure."""
     from contact_recon.cli.snapshot import run_snapshot_command
-    from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_snapshot_command(get_settings(), location or [], full_sweep, console, err))
+    raise typer.Exit(run_snapshot_command(tenant_settings(tenant), location or [], full_sweep, console, err))
 
 
 
@@ -99,6 +116,7 @@ def plan(
     full_sweep: Annotated[bool, typer.Option(help="Read the tasks and notes of every contact tonight.")] = False,
     reuse_snapshot: Annotated[bool, typer.Option(help="Plan from the latest stored snapshot; read neither system.")]
     = False,
+    tenant: TenantOption = None,
 ) -> None:
     """The dry run (`recon run --dry-run` once the apply stage exists): snapshot and plan, writing nothing to GHL
     or TinyEmail.
@@ -108,10 +126,9 @@ def plan(
     Exit 0 planned, 3 held (see `recon approve`), 1 failed.
     """
     from contact_recon.cli.plan import run_plan_command
-    from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_plan_command(get_settings(), location or [], approve, full_sweep, reuse_snapshot, console,
-                                      err))
+    raise typer.Exit(run_plan_command(tenant_settings(tenant), location or [], approve, full_sweep, reuse_snapshot,
+                                      console, err))
 
 
 @app.command("run")
@@ -143,12 +160,12 @@ def mapping(
     policy: Annotated[Path | None, typer.Option(help="Policy file (.toml or .json); default: the policy a run would "
                                                 "use (RECON_POLICY_BLOCK, RECON_POLICY_FILE, the defaults).")]
     = None,
+    tenant: TenantOption = None,
 ) -> None:
     """Print the active field map and rules as a table: how data moves between GHL and TinyEmail."""
     from contact_recon.cli.plan import run_mapping_command
-    from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_mapping_command(get_settings(), policy, console, err))
+    raise typer.Exit(run_mapping_command(tenant_settings(tenant), policy, console, err))
 
 
 @policy_app.command("push")
@@ -188,16 +205,16 @@ def approve(
     reject: Annotated[bool, typer.Option(help="Reject the run: nothing of it is written.")] = False,
     note: Annotated[str, typer.Option(help="Why (kept with the run, shown in its report).")] = "",
     apply: Annotated[bool, typer.Option(help="Apply a held `recon run` right after approving it.")] = True,
+    tenant: TenantOption = None,
 ) -> None:
     """Answer a run held by a guard: print the reasons and the operations the answer lets it write. A run that
     waits in the Prefect UI (a deployment run) is resumed there; a held `recon run` is applied here as an
     `apply-approved` flow run, each write checked against the live record first (exit 0 done, 1 failed);
     a `recon plan` run is only approved."""
     from contact_recon.cli.plan import run_approve_command
-    from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_approve_command(get_settings(), run_id, console, err, apply=apply, guards=guard or [],
-                                         reject=reject, note=note))
+    raise typer.Exit(run_approve_command(tenant_settings(tenant), run_id, console, err, apply=apply,
+                                         guards=guard or [], reject=reject, note=note, tenant=tenant))
 
 
 @webhooks_app.command("serve")
@@ -291,12 +308,12 @@ app.add_typer(conflicts_app, name="conflicts")
 
 
 @app.command("runs")
-def runs(limit: Annotated[int, typer.Option(help="How many runs to show.", min=1)] = 20) -> None:
+def runs(limit: Annotated[int, typer.Option(help="How many runs to show.", min=1)] = 20,
+         tenant: TenantOption = None) -> None:
     """Recent runs, newest first: id, kind, status, start, duration, ops and failed ops."""
     from contact_recon.cli.report import run_runs_command
-    from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_runs_command(get_settings(), limit, console, err))
+    raise typer.Exit(run_runs_command(tenant_settings(tenant), limit, console, err))
 
 
 @app.command("report")
@@ -308,45 +325,44 @@ def report(
                                            "data: keep 127.0.0.1 or put an authenticating proxy in front).")]
     = "127.0.0.1",
     port: Annotated[int, typer.Option(help="With `serve`: the port.")] = 8705,
+    tenant: TenantOption = None,
 ) -> None:
     """Print a run's summary and the path of its HTML report (written again if its files are missing).
 
     `recon report serve` serves the runs' reports at http://HOST:PORT/runs/<run_id>/report.html; set
     RECON_REPORT_BASE_URL to that address and each flow run's report artifact links there."""
-    from contact_recon.settings import get_settings
-
     if run_id == "serve":
         from contact_recon.cli.report import run_report_serve
 
-        raise typer.Exit(run_report_serve(get_settings(), host, port, console))
+        raise typer.Exit(run_report_serve(tenant_settings(tenant), host, port, console))
     from contact_recon.cli.report import run_report_command
 
-    raise typer.Exit(run_report_command(get_settings(), run_id, as_json, console, err))
+    raise typer.Exit(run_report_command(tenant_settings(tenant), run_id, as_json, console, err))
 
 
 @app.command("explain")
 def explain(
     person: Annotated[str, typer.Argument(help="An email address or a GHL contact id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the story as JSON.")] = False,
+    tenant: TenantOption = None,
 ) -> None:
     """One person's story across runs: both sides' values at each snapshot, every op planned, applied, failed or
     quarantined and why, conflicts, the base, identity links and decisions, with run ids, times and policy."""
     from contact_recon.cli.explain import run_explain_command
-    from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_explain_command(get_settings(), person, as_json, console, err))
+    raise typer.Exit(run_explain_command(tenant_settings(tenant), person, as_json, console, err))
 
 
 @conflicts_app.command("import")
 def conflicts_import(
     file: Annotated[Path, typer.Argument(help="A conflicts.csv with a `decision` column (ghl | tinyemail | value | "
                                               "skip) and, for `value`, a `value` column.")],
+    tenant: TenantOption = None,
 ) -> None:
     """Store the data team's decisions on conflicts; the next run writes them. One bad row imports nothing."""
     from contact_recon.cli.report import run_conflicts_import_command
-    from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_conflicts_import_command(get_settings(), file, console, err))
+    raise typer.Exit(run_conflicts_import_command(tenant_settings(tenant), file, console, err))
 
 
 identity_app = typer.Typer(help="Identity reviews (an email in two contacts, an email changed): decide without SQL.",
@@ -359,12 +375,12 @@ app.add_typer(quarantine_app, name="quarantine")
 
 
 @identity_app.command("list")
-def identity_list(as_json: Annotated[bool, typer.Option("--json", help="Print the reviews as JSON.")] = False) -> None:
+def identity_list(as_json: Annotated[bool, typer.Option("--json", help="Print the reviews as JSON.")] = False,
+                  tenant: TenantOption = None) -> None:
     """The open identity reviews of the latest run: who, the values on both sides, since when."""
     from contact_recon.cli.review import run_identity_list
-    from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_identity_list(get_settings(), as_json, console, err))
+    raise typer.Exit(run_identity_list(tenant_settings(tenant), as_json, console, err))
 
 
 @identity_app.command("resolve")
@@ -376,25 +392,25 @@ def identity_resolve(
     contact: Annotated[str | None, typer.Option(help="With pair: the contact id that is the TinyEmail customer.")]
     = None,
     note: Annotated[str | None, typer.Option(help="Why (kept with the decision).")] = None,
+    tenant: TenantOption = None,
 ) -> None:
     """Store decisions on identity reviews; the next run honours them. A file is checked row by row: one bad row
     imports nothing."""
     from contact_recon.cli.review import run_identity_resolve
-    from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_identity_resolve(get_settings(), target, decision, contact, note, console, err))
+    raise typer.Exit(run_identity_resolve(tenant_settings(tenant), target, decision, contact, note, console, err))
 
 
 @quarantine_app.command("list")
 def quarantine_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print the ops as JSON.")] = False,
     show_all: Annotated[bool, typer.Option("--all", help="Dismissed ops too.")] = False,
+    tenant: TenantOption = None,
 ) -> None:
     """The quarantined ops of the latest run: the person, the values, the check, since when."""
     from contact_recon.cli.review import run_quarantine_list
-    from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_quarantine_list(get_settings(), as_json, show_all, console, err))
+    raise typer.Exit(run_quarantine_list(tenant_settings(tenant), as_json, show_all, console, err))
 
 
 @quarantine_app.command("dismiss")
@@ -402,49 +418,49 @@ def quarantine_dismiss(
     op_id: Annotated[str, typer.Argument(help="The op id (`recon quarantine list`).")],
     note: Annotated[str | None, typer.Option(help="Why (kept with the dismissal).")] = None,
     undo: Annotated[bool, typer.Option("--undo", help="Restore a dismissed op to the open quarantine.")] = False,
+    tenant: TenantOption = None,
 ) -> None:
     """Accept a quarantined op's record as it is: recorded, never written, no longer reported as open."""
     from contact_recon.cli.review import run_quarantine_dismiss
-    from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_quarantine_dismiss(get_settings(), op_id, note, undo, console, err))
+    raise typer.Exit(run_quarantine_dismiss(tenant_settings(tenant), op_id, note, undo, console, err))
 
 
 @quarantine_app.command("retry")
 def quarantine_retry(
     op_id: Annotated[str, typer.Argument(help="A rejected op's id (`recon quarantine list`).")],
     note: Annotated[str | None, typer.Option(help="Why (kept with the retry).")] = None,
+    tenant: TenantOption = None,
 ) -> None:
     """Send an op the API rejected once more on the next run (it is otherwise not sent again until its value
     changes)."""
     from contact_recon.cli.review import run_quarantine_retry
-    from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_quarantine_retry(get_settings(), op_id, note, console, err))
+    raise typer.Exit(run_quarantine_retry(tenant_settings(tenant), op_id, note, console, err))
 
 
 @conflicts_app.command("list")
 def conflicts_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print the conflicts as JSON.")] = False,
+    tenant: TenantOption = None,
 ) -> None:
     """The open conflicts: who, which field, both sides' values, since when (first seen, nights open) and any
     decision waiting for the next run."""
     from contact_recon.cli.report import run_conflicts_list_command
-    from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_conflicts_list_command(get_settings(), as_json, console, err))
+    raise typer.Exit(run_conflicts_list_command(tenant_settings(tenant), as_json, console, err))
 
 
 @conflicts_app.command("undo")
 def conflicts_undo(
     key: Annotated[str, typer.Argument(help="The conflict's key (a GHL contact id or te:<email>).")],
     field: Annotated[str, typer.Argument(help="The conflict's field; `-` for a row without one (a deletion).")],
+    tenant: TenantOption = None,
 ) -> None:
     """Forget a decision (pending or already used) or a skip, so the next run reports the conflict again."""
     from contact_recon.cli.report import run_conflicts_undo_command
-    from contact_recon.settings import get_settings
 
-    raise typer.Exit(run_conflicts_undo_command(get_settings(), key, field, console, err))
+    raise typer.Exit(run_conflicts_undo_command(tenant_settings(tenant), key, field, console, err))
 
 if __name__ == "__main__":
     app()

@@ -77,7 +77,8 @@ def run_mapping_command(settings: Settings, policy_file: Path | None, console: C
 
 
 def run_approve_command(settings: Settings, run_id: str, console: Console, err: Console, *, apply: bool = True,
-                        guards: Sequence[str] = (), reject: bool = False, note: str = "") -> int:
+                        guards: Sequence[str] = (), reject: bool = False, note: str = "",
+                        tenant: str | None = None) -> int:
     """Answer a held run: approve every guard it tripped (or only `guards`), or `reject` it, with a `note`.
 
     - held by a deployment run that waits in the Prefect UI: that flow run is resumed with this answer, and
@@ -85,6 +86,8 @@ def run_approve_command(settings: Settings, run_id: str, console: Console, err: 
     - held by `recon run`: the answer, the apply and the report run as an `apply-approved` flow run here
       (unless `apply` is False: then it is only recorded, for `recon run --approve` or the next run);
     - a `recon plan` run: the answer is recorded.
+    `settings` are the tenant's (`recon approve --tenant NAME`): its store, its run files, its credentials; the
+    apply-approved flow run is given `tenant` to read the same ones.
     0 done, 1 and one clear line when the run is unknown, not held, expired or its apply failed.
     """
     from contact_recon.model.approval import Approval, tripped_guards
@@ -106,7 +109,7 @@ def run_approve_command(settings: Settings, run_id: str, console: Console, err: 
     if run["kind"] == "reconcile" and run["flow_run_id"]:
         return _resume_in_prefect(run, approval, console, err)
     if run["kind"] == "reconcile" and apply:
-        return _answer_in_flow(settings, run_id, list(run["location_ids"] or []), approval, console, err)
+        return _answer_in_flow(settings, run_id, list(run["location_ids"] or []), approval, console, err, tenant)
     return _record(settings, run_id, approval, console, err)
 
 
@@ -159,14 +162,14 @@ def _resume_in_prefect(run: dict[str, Any], approval: Any, console: Console, err
 
 
 def _answer_in_flow(settings: Settings, run_id: str, locations: list[str], approval: Any, console: Console,
-                    err: Console) -> int:
+                    err: Console, tenant: str | None = None) -> int:
     """The answer, the apply and the report as an `apply-approved` flow run in this process."""
     from contact_recon.flows.reconcile import apply_approved_flow
 
     try:
         guards = list(approval.guards) if approval.guards is not None else None
-        state = apply_approved_flow(run_id, locations, guards=guards,
-                                    reject=approval.decision == "reject", note=approval.note, return_state=True)
+        state = apply_approved_flow(run_id, locations, guards=guards, reject=approval.decision == "reject",
+                                    note=approval.note, tenant=tenant, return_state=True)
     except Exception as exc:  # noqa: BLE001 - one clear line; the journal and the run row keep the details
         _error(err, f"apply failed: {type(exc).__name__}: {exc}")
         return EXIT_FAILED

@@ -50,18 +50,21 @@ def run_reconcile_command(settings: Settings, locations: Sequence[str], dry_run:
 
     Exit 0 completed, 3 held (a guard tripped: `recon approve RUN_ID`, then `recon run --approve` or the next
     run), 1 failed (with one clear line; the traceback goes to the Prefect UI only), 2 usage (no location
-    configured). A run of the same location in progress elsewhere is waited for up to `lock_wait_s`.
+    configured, and not an agency install: its run lists the installed locations). A run of the same location in
+    progress elsewhere is waited for up to `lock_wait_s`.
     """
     from contact_recon.flows.reconcile import run_in_process
     from contact_recon.stages.lock import LocationBusy
+    from contact_recon.systems.ghl.client import is_agency_install
 
     covered = list(locations) or list(settings.ghl_location_ids)
-    if not covered:
-        err.print("[bold red]error:[/] no GHL location: pass --location or set RECON_GHL_LOCATION_IDS")
+    if not covered and not is_agency_install(settings):  # an agency install lists its locations in the run
+        err.print("[bold red]error:[/] no GHL location: pass --location or set RECON_GHL_LOCATION_IDS (or "
+                  "RECON_GHL_COMPANY_ID for an agency install)")
         return EXIT_USAGE
     try:
         with progress_bars(console), console_without_tracebacks():
-            summary = run_in_process(locations=covered, dry_run=dry_run, approve=approve, full_sweep=full_sweep,
+            summary = run_in_process(locations=covered or None, dry_run=dry_run, approve=approve, full_sweep=full_sweep,
                                      lock_wait_s=lock_wait_s, tenant=tenant)
     except LocationBusy as exc:
         err.print(f"[bold red]busy:[/] {redact(str(exc))}", highlight=False, soft_wrap=True)

@@ -25,6 +25,10 @@ first marks the contact dirty (`Store.mark_dirty`), so the next snapshot reads i
 (a sync reads the contact and its tasks, not its notes); a task webhook that named no contact marks the
 location's tasks instead (`Store.mark_tasks_dirty`) and syncs nobody.
 
+The covered locations (`covered_locations`): the run's own, else RECON_GHL_LOCATION_IDS, else (an agency install,
+RECON_GHL_COMPANY_ID) the locations `GET /oauth/installedLocations` lists now, plus INSTALL-webhook additions,
+less the retired ones; explicit ids always win.
+
 A location an agency UNINSTALL retired (contact_recon/store/installs.py) gets no more writes: `reconcile` leaves
 it out of the covered locations (and refuses a run that covers only retired ones), `sync` returns status
 `retired` without reading or writing; its data stays in the store. `sync` of a location that is not among
@@ -73,9 +77,10 @@ from contact_recon.store import journal as J
 from contact_recon.store.db import Store, db_path, open_db
 from contact_recon.store.decisions import Decisions
 from contact_recon.store.files import run_dir
-from contact_recon.store.installs import retired_locations
+from contact_recon.store.installs import read_installs, retired_locations
 from contact_recon.store.journal import Journal
-from contact_recon.systems.ghl.client import GHLClient
+from contact_recon.systems.ghl.agency import agency_locations
+from contact_recon.systems.ghl.client import GHLClient, installed_location_ids, is_agency_install
 from contact_recon.systems.http import ApiBacked
 from contact_recon.systems.policy_source import resolve_policy
 from contact_recon.systems.tinyemail.client import TinyEmailClient
@@ -127,9 +132,10 @@ def reconcile(settings: Settings, store: Store | None = None, *, locations: Sequ
     """
     steps = steps or DIRECT
     log = steps.logger()
-    covered = list(locations or settings.ghl_location_ids)
+    covered = covered_locations(settings, locations)
     if not covered:
-        raise ValueError("no GHL location: pass locations or set RECON_GHL_LOCATION_IDS")
+        raise ValueError("no GHL location: pass locations or set RECON_GHL_LOCATION_IDS (or RECON_GHL_COMPANY_ID "
+                         "for an agency install)")
     retired = retired_locations(settings.data_dir)
     if retired & set(covered):  # uninstalled from an agency: no more writes there, its data kept
         log.warning("locations %s are retired (the app was uninstalled): left out of this run",
@@ -140,6 +146,7 @@ def reconcile(settings: Settings, store: Store | None = None, *, locations: Sequ
     loaded = resolve_policy(settings, policy)  # before anything runs: an invalid policy refuses the run
     ghl = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))
     with location_lock(settings, covered, lock_wait_s), _store(settings, store) as db:
+        failpoints.rendezvous("locked", data_dir=str(settings.data_dir))  # the concurrency tests only
         expired = expire_held_runs(db)
         for run in expired:
             log.warning("run %s expired unanswered: nothing of it is written; this run plans afresh", run["run_id"])
@@ -169,6 +176,20 @@ def reconcile(settings: Settings, store: Store | None = None, *, locations: Sequ
             outcome.summary = steps.report(settings, db, planned.run_id, dry_run, outcome.requests)
             log.info("run %s %s; report %s", planned.run_id, outcome.summary["status"], outcome.summary["report"])
     return outcome
+
+
+def covered_locations(settings: Settings, locations: Sequence[str] | None = None) -> list[str]:
+    """The locations a run covers: those it is given, else the configured ones (RECON_GHL_LOCATION_IDS), else,
+    for an agency install, the installed ones (`GET /oauth/installedLocations`) plus the INSTALL-webhook
+    additions, less the retired ones (systems/ghl/agency.py `agency_locations`)."""
+    if locations:  # the run's own choice
+        return list(locations)
+    if settings.ghl_location_ids:  # explicit ids win over an agency install's list
+        return list(settings.ghl_location_ids)
+    if settings.ghl_company_id and is_agency_install(settings):  # the agency's installed locations, read now
+        installed = asyncio.run(installed_location_ids(settings))
+        return agency_locations(installed, read_installs(settings.data_dir), settings.ghl_company_id)
+    return []  # nothing configured: the caller refuses the run
 
 
 def plan_line(planned: PlanRun) -> str:

@@ -119,3 +119,59 @@ def test_the_nightly_fans_out_one_flow_run_per_tenant(tmp_path: Path, prefect_se
     assert sorted(run.parameters["tenant"] for run in runs) == ["north", "south"]
     assert {str(run.id) for run in runs} == set(answer["tenants"].values())
     assert all(run.parameters["dry_run"] is False for run in runs)
+
+
+def test_commands_on_a_data_dir_act_on_the_tenant_they_are_given(sandboxes: Sandboxes, tmp_path: Path,
+                                                                 prefect_server: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`recon approve --tenant NAME` (and runs, report, quarantine, ...) read and write that tenant's store, run
+    files and systems: a run held in south is unknown to the RECON_* data dir and to north, and approved in south
+    it writes to south's pair only."""
+    import re
+
+    import httpx
+
+    fixtures = {"north": generate_fixture(30, seed=43, overlap=0.6, awkward=0.0),
+                "south": generate_fixture(30, seed=44, overlap=0.6, awkward=0.0)}
+    pairs = {name: sandboxes(fixture, rate_scale=50) for name, fixture in fixtures.items()}
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text("\n".join(tenant_table(name, *pairs[name], fixtures[name], tmp_path) for name in fixtures))
+    monkeypatch.chdir(tmp_path)  # the RECON_* data dir (./data) is this test's too
+    for name in ("RECON_GHL_TOKEN", "RECON_GHL_LOCATION_IDS", "RECON_TINYEMAIL_API_KEY", "RECON_DATA_DIR",
+                 "RECON_POLICY_FILE", "RECON_POLICY_BLOCK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"RECON_TENANTS_FILE": str(tenants), "RECON_TINYEMAIL_RATE_PER_MINUTE": "3000",
+                        "RECON_GHL_RATE_SCALE": "50"}.items():
+        monkeypatch.setenv(name, value)
+    cli = CliRunner()
+
+    held = cli.invoke(app, ["run", "--tenant", "south"])  # the default policy: a first run trips a guard
+    assert held.exit_code == 3, held.output
+    match = re.search(r"^run (\S+)$", held.output, re.MULTILINE)
+    assert match is not None, held.output
+    run_id = match.group(1)
+    assert not writes(pairs["south"][0]) and not writes(pairs["south"][1])  # held: nothing written yet
+
+    south_runs = cli.invoke(app, ["runs", "--tenant", "south"]).output
+    assert "reconc" in south_runs and "held" in south_runs, south_runs  # the table wraps the id: its kind, status
+    north_runs = cli.invoke(app, ["runs", "--tenant", "north"])
+    assert north_runs.exit_code == 1 and str(tmp_path / "north") in north_runs.output, north_runs.output  # none ran
+    unknown = cli.invoke(app, ["runs", "--tenant", "west"])
+    assert unknown.exit_code == 2 and "no tenant 'west'" in unknown.output
+    elsewhere = cli.invoke(app, ["approve", run_id])  # the RECON_* data dir knows no such run
+    assert elsewhere.exit_code == 1, elsewhere.output
+    assert cli.invoke(app, ["approve", run_id, "--tenant", "north"]).exit_code == 1
+
+    approved = cli.invoke(app, ["approve", run_id, "--tenant", "south"])
+    assert approved.exit_code == 0, approved.output
+    assert writes(pairs["south"][0]) and writes(pairs["south"][1])
+    for server in pairs["north"]:  # north's pair saw no request at all
+        assert not [r for r in httpx.get(server.base_url + "/__sandbox/requests").json()["requests"]
+                    if not r["path"].startswith("/__sandbox")]
+    with open_db(db_path(tmp_path / "south")) as store:
+        assert store.get_run(run_id)["status"] == "completed"
+    report = cli.invoke(app, ["report", run_id, "--tenant", "south", "--json"])
+    assert report.exit_code == 0 and run_id in report.output, report.output
+    assert cli.invoke(app, ["report", run_id, "--tenant", "north", "--json"]).exit_code != 0
+    quarantine = cli.invoke(app, ["quarantine", "list", "--tenant", "south", "--json"])
+    assert quarantine.exit_code == 0, quarantine.output

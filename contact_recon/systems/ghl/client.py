@@ -81,7 +81,7 @@ from contact_recon.systems.errors import (
     ScopeError,
     Validation,
 )
-from contact_recon.systems.ghl.agency import LocationFromCompany
+from contact_recon.systems.ghl.agency import LocationFromCompany, installed_locations
 from contact_recon.systems.ghl.models import (
     Appointment,
     BulkTagsResult,
@@ -481,9 +481,30 @@ def company_oauth(settings: Settings, company_id: str) -> GHLOAuth:
 
 
 def agency_credentials(settings: Settings, company_id: str, location_id: str) -> LocationFromCompany:
-    """A location's token minted from the agency's Company pair (cached until it expires)."""
+    """A location's token minted from the agency's Company pair, cached until it expires in the location's own token
+    file (shared by every process, under its lock)."""
     return LocationFromCompany(company_oauth(settings, company_id), company_id=company_id, location_id=location_id,
-                               base_url=settings.ghl_base_url)
+                               base_url=settings.ghl_base_url,
+                               store=FileTokenStore(settings.ghl_token_file_for(location_id)))
+
+
+def is_agency_install(settings: Settings) -> bool:
+    """An agency install: a company whose Company pair mints each location's token (and no static token)."""
+    static = settings.ghl_token is not None and bool(settings.ghl_token.get_secret_value())
+    return bool(settings.ghl_company_id and settings.ghl_client_id and settings.ghl_client_secret) and not static
+
+
+async def installed_location_ids(settings: Settings, http: httpx.AsyncClient | None = None) -> list[str]:
+    """The locations `GET /oauth/installedLocations` lists for the agency install's company and app."""
+    assert settings.ghl_company_id, "not an agency install: RECON_GHL_COMPANY_ID is not set"
+    client = http or httpx.AsyncClient(timeout=30)
+    try:
+        found = await installed_locations(company_oauth(settings, settings.ghl_company_id), settings.ghl_base_url,
+                                          settings.ghl_company_id, settings.ghl_app, client)
+    finally:
+        if http is None:
+            await client.aclose()
+    return [loc.location_id for loc in found]
 
 
 def oauth_token_file(settings: Settings, location_id: str | None) -> Path:
