@@ -215,6 +215,8 @@ def test_prefect_yaml_deploys_the_three_deployments(prefect_server: str, tmp_pat
     form = set(nightly.parameter_openapi_schema["properties"])
     assert {"locations", "dry_run", "approve", "full_sweep", "lock_wait_s"} <= form
     assert "entities" not in form  # removed from the form: it was validated, then ignored
+    # no deployment limit queues a late night any more: it waits for its tenant's slot (hours), it does not fail
+    assert nightly.global_concurrency_limit is None and nightly.parameters["lock_wait_s"] >= 3600, nightly.parameters
     assert automations, "the sync-contact triggers made no automation"
 
 
