@@ -61,17 +61,20 @@ from starlette.routing import Route
 from contact_recon.events import (
     GHL_TASK_TYPES,
     GHL_WEBHOOK_EVENTS,
+    SERVICE_WEBHOOKS,
     WEBHOOKS_RESOURCE,
     WEBHOOKS_UNAUTHORIZED,
     ghl_contact_resource,
     ghl_location_resource,
 )
 from contact_recon.service.forwarder import Forwarder, Send
+from contact_recon.service.heartbeat import Heartbeat
 from contact_recon.service.signatures import WebhookKeys, load_keys
 from contact_recon.service.spool import Spool, SpoolFull, SpoolItem, spool_path
 from contact_recon.settings import Settings
 from contact_recon.stages.echo import EchoFilter
-from contact_recon.store.files import atomic_text, open_private
+from contact_recon.store.expiring import COMPACT_SLACK, compaction_due, rewrite_rows
+from contact_recon.store.files import open_private
 from contact_recon.store.installs import record_install
 from contact_recon.systems.ghl.contract import ED25519_SIGNATURE_HEADER, RSA_SIGNATURE_HEADER
 from contact_recon.tenants import owner_of_location, tenants_of
@@ -208,11 +211,11 @@ class SeenIds:
     """Accepted webhookIds until their window passes, in memory and in an append-only JSON-lines file.
 
     Each line is `{"id": ..., "until": epoch}`. Loading drops expired lines, and each `add` drops expired
-    ids from memory; the file is rewritten (atomically) once it holds more than twice the live ids plus
-    `COMPACT_SLACK` lines, so both stay the size of one window of webhooks.
+    ids from memory; the file is compacted as store/expiring.py says (rewritten atomically once it holds more
+    than twice the live ids plus `COMPACT_SLACK` lines), so both stay the size of one window of webhooks.
     """
 
-    COMPACT_SLACK = 1000
+    COMPACT_SLACK = COMPACT_SLACK
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time):
         self.path, self.clock = path, clock
@@ -255,14 +258,13 @@ class SeenIds:
         with open_private(self.path, "a") as out:
             out.write(json.dumps({"id": webhook_id, "until": until}) + "\n")
         self._lines += 1
-        if self._lines > 2 * len(self._until) + self.COMPACT_SLACK:
+        if compaction_due(self._lines, len(self._until), self.COMPACT_SLACK):
             self._rewrite()
 
     def _rewrite(self) -> None:
         now = self.clock()
         self._until = {k: v for k, v in self._until.items() if v > now}
-        atomic_text(self.path, "".join(json.dumps({"id": k, "until": v}) + "\n" for k, v in self._until.items()))
-        self._lines = len(self._until)
+        self._lines = rewrite_rows(self.path, ({"id": k, "until": v} for k, v in self._until.items()))
 
 
 def seen_ids_path(settings: Settings) -> Path:
@@ -460,3 +462,26 @@ def create_app(settings: Settings, *, send: Send | None = None, clock: Callable[
     app.state.receiver = receiver
     app.state.forwarder = forwarder
     return app
+
+
+def heartbeat_item(event: str, resource: dict[str, str], payload: dict[str, Any]) -> SpoolItem:
+    """A heartbeat (service/heartbeat.py) as a spool item: the receiver's beats go through its spool."""
+    now = time.time()
+    return SpoolItem(str(uuid.uuid4()), event, resource, payload, datetime.fromtimestamp(now, tz=UTC).isoformat(), now)
+
+
+def start_heartbeat(app: Starlette, settings: Settings) -> Heartbeat:
+    """Beat every `service_heartbeat_s` through the receiver's spool (`recon webhooks serve` starts it)."""
+    receiver: Receiver = app.state.receiver
+
+    def beat(event: str, resource: dict[str, str], payload: dict[str, Any]) -> bool:
+        receiver.spool.append(heartbeat_item(event, resource, payload))
+        if receiver.forwarder is not None:
+            receiver.forwarder.wake()
+        return True
+
+    def details() -> dict[str, Any]:
+        return {"spooled": len(receiver.spool), "unowned": receiver.unowned,
+                "prefect_reachable": receiver.forwarder.reachable if receiver.forwarder else None}
+
+    return Heartbeat(SERVICE_WEBHOOKS, settings.service_heartbeat_s, beat, details).start()
