@@ -128,12 +128,11 @@ def run_services_serve(settings: Settings, console: Console, err: Console) -> in
                   f"busy location; heartbeat every {settings.service_heartbeat_s:g} s", highlight=False)
     sys.stdout.flush()
     try:
-        service.serve()
+        service.wait()
     except KeyboardInterrupt:
         console.print("sync service stopped", style="dim")
     finally:
         service.stop()
-        service.heartbeat.stop()
     return 0
 
 

@@ -16,6 +16,7 @@ ever seen in the window read), which `recon services` prints from the server's e
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
@@ -54,15 +55,19 @@ class Heartbeat:
         self.name, self.interval_s, self.beat, self.details = name, interval_s, beat, details
         self.started_at, self.beats = time.time(), 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{name}", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> Heartbeat:
+        """Beat from a thread running in a copy of this thread's context (the Prefect API it was set up for)."""
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,),
+                                        name=f"heartbeat-{self.name}", daemon=True)
         self._thread.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        self._thread.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -34,11 +34,12 @@ the watcher only emit events, so the service may be down a while: its replay, or
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -72,6 +73,7 @@ SYNCED_EVENTS = frozenset({GHL_CONTACT_CREATED, GHL_CONTACT_UPDATED, GHL_CONTACT
                            GHL_NOTE_CREATED, GHL_NOTE_UPDATED, GHL_NOTE_DELETED, GHL_TASK_CREATED, GHL_TASK_COMPLETED,
                            GHL_TASK_DELETED, TINYEMAIL_CUSTOMER_CREATED, TINYEMAIL_CUSTOMER_UPDATED})
 SEEN_EVENTS = 20_000  # event ids remembered against a replay
+HISTORY = 2_000  # the last syncs kept in memory (`history`)
 MAX_REPLAY = timedelta(minutes=15)  # the server's own cap (PREFECT_SERVER_EVENTS_MAXIMUM_WEBSOCKET_BACKFILL)
 RECONNECT_S = 5.0
 log = logging.getLogger("contact_recon.service.syncer")
@@ -93,12 +95,17 @@ def change_of(name: str, resource: dict[str, str], payload: dict[str, Any], occu
 
 def run_task(settings: Settings, pending: PendingSync) -> dict[str, Any]:
     """The default `RunSync`: the `sync-contact` Prefect task, called in this process (a task run, no flow run)."""
+    from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
+
     from contact_recon.tasks.sync_contact import sync_contact_task
 
     change = pending.change
-    return sync_contact_task(settings, contact_id=change.contact_id, location_id=change.location_id,
-                             email=change.email, webhook_type=pending.webhook_type, tenant=change.tenant,
-                             events=pending.events)
+    # a task run with no flow run: Prefect 3.9 sends no log of it to the API (its state and result it does), so its
+    # log lines go to this process's stderr only, without the warning Prefect gives for each
+    with temporary_settings(updates={PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}):
+        return sync_contact_task(settings, contact_id=change.contact_id, location_id=change.location_id,
+                                 email=change.email, webhook_type=pending.webhook_type, tenant=change.tenant,
+                                 events=pending.events)
 
 
 class SyncService:
@@ -110,10 +117,12 @@ class SyncService:
         self.coalescer = Coalescer(settings.sync_coalesce_s)
         self.counts: Counter[str] = Counter()
         self.last: dict[str, Any] = {}
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)  # the last syncs, as `last`
         self.cursor = load_cursor(cursor_path(settings))
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._cond = threading.Condition()
         self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
         self.heartbeat = Heartbeat(SERVICE_SYNCS, settings.service_heartbeat_s, beat, self.details)
 
     # ---------------------------------------------------------------------------------- in
@@ -135,16 +144,38 @@ class SyncService:
 
     # ------------------------------------------------------------------------------ dispatch
 
+    def start(self, *, follow_events: bool = True) -> SyncService:
+        """Start the dispatcher, the heartbeat and (unless `follow_events` is False: a caller `offer`s) the event
+        subscriber, each a thread in a copy of this thread's context (the Prefect API it was set up for)."""
+        targets = [(self.serve, "sync-dispatch")] + ([(self._follow, "sync-events")] if follow_events else [])
+        for target, name in targets:
+            thread = threading.Thread(target=contextvars.copy_context().run, args=(target,), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self.heartbeat.start()
+        return self
+
     def serve(self) -> None:
         """Dispatch due syncs until `stop` (the subscriber and the heartbeat run beside it)."""
         while not self._stop.is_set():
             for pending in self._take_due():
                 self._sync(pending)
 
-    def stop(self) -> None:
+    def wait(self) -> None:
+        """Block until `stop` (the CLI's main thread)."""
+        while not self._stop.wait(1.0):
+            pass
+
+    def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+        self.heartbeat.stop()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _follow(self) -> None:
+        subscribe(self, self._stop)
 
     def _take_due(self) -> list[PendingSync]:
         with self._cond:
@@ -171,7 +202,9 @@ class SyncService:
             self.counts["unowned"] += 1
         self.last = {"key": list(pending.change.key), "events": pending.events, "status": status,
                      "seconds": round(self.clock() - started, 3), "pid": result.get("pid"),
-                     "tenant": result.get("tenant"), "run_id": result.get("run_id")}
+                     "tenant": result.get("tenant"), "run_id": result.get("run_id"),
+                     "first_occurred": pending.first_occurred, "finished": self.clock()}
+        self.history.append(self.last)
         log.info("sync of %s (%d events): %s in %.2f s", pending.change.key, pending.events, status,
                  self.last["seconds"])
         self.save()
@@ -244,9 +277,5 @@ async def _subscribe(service: SyncService, stop: threading.Event) -> None:
 
 
 def serve_syncs(settings: Settings, *, run: RunSync = run_task) -> SyncService:
-    """Start the subscriber and the heartbeat threads; the caller runs `service.serve()` (and `stop()`s it)."""
-    service = SyncService(settings, run=run)
-    stop = service._stop  # noqa: SLF001 - the subscriber ends with the service
-    threading.Thread(target=subscribe, args=(service, stop), name="sync-events", daemon=True).start()
-    service.heartbeat.start()
-    return service
+    """The service, started (`recon services serve`): the caller `wait`s, then `stop`s it."""
+    return SyncService(settings, run=run).start()
