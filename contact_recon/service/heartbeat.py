@@ -5,7 +5,7 @@ The services are `recon webhooks serve` (`webhooks`), `recon watch tinyemail` (`
 `recon.service.heartbeat` (resource `recon.service.<name>`) every `service_heartbeat_s` (60 s), with its pid, its
 start time and a few counters in the payload. The receiver sends its beats through its durable spool like every
 other event (so they are never lost, and arrive late rather than not at all while Prefect is down); the others
-use Prefect's `emit_event`.
+POST theirs to the server's `/events` (`emit_beat`).
 
 Nothing else supervises them, so Prefect watches the beats: the `recon: service stopped` automation
 (service/alerts.py) is a proactive trigger, one bucket per service, that fires when a service's heartbeat is not
@@ -41,10 +41,19 @@ def heartbeat_payload(name: str, started_at: float, details: dict[str, Any]) -> 
 
 
 def emit_beat(event: str, resource: dict[str, str], payload: dict[str, Any]) -> Any:
-    """The default `Beat`: Prefect's `emit_event` (the configured server)."""
-    from prefect.events import emit_event
+    """The default `Beat`: POSTed to the configured server's `/events` at once (Prefect's `emit_event` only queues
+    for a background worker, which may sit on a beat long enough to make a live service look stale)."""
+    import uuid
 
-    return emit_event(event, resource=resource, payload=payload)
+    from prefect.client.orchestration import get_client
+    from prefect.events import Event
+
+    beat = Event.model_validate({"id": str(uuid.uuid4()), "event": event, "resource": resource, "payload": payload,
+                                 "occurred": datetime.now(UTC)})
+    with get_client(sync_client=True) as client:
+        answer = client.request("POST", "/events", json=[beat.model_dump(mode="json")])  # type: ignore[arg-type]
+        answer.raise_for_status()
+    return beat
 
 
 class Heartbeat:

@@ -118,6 +118,7 @@ class SyncService:
         self.counts: Counter[str] = Counter()
         self.last: dict[str, Any] = {}
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)  # the last syncs, as `last`
+        self.current: PendingSync | None = None  # the sync running now (or waiting for a busy location)
         self.cursor = load_cursor(cursor_path(settings))
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._cond = threading.Condition()
@@ -171,8 +172,9 @@ class SyncService:
         with self._cond:
             self._cond.notify_all()
         self.heartbeat.stop()
-        for thread in self._threads:
-            thread.join(timeout)
+        for thread in self._threads:  # the dispatcher ends within a sync; the subscriber, a daemon, at its next event
+            if thread.name == "sync-dispatch":
+                thread.join(timeout)
 
     def _follow(self) -> None:
         subscribe(self, self._stop)
@@ -190,12 +192,14 @@ class SyncService:
 
     def _sync(self, pending: PendingSync) -> None:
         self.counts["syncs"] += 1
-        started = self.clock()
+        started, self.current = self.clock(), pending
         try:
             result = self.run(self.settings, pending)
         except Exception as exc:  # noqa: BLE001 - one person's failure (a bad record, an API down) stops no other sync
             log.exception("sync of %s failed", pending.change.key)
             result = {"status": "failed", "error": type(exc).__name__}
+        finally:
+            self.current = None
         status = str(result.get("status"))
         self.counts[f"status:{status}"] += 1
         if status == "unowned":

@@ -34,7 +34,7 @@ from contact_recon.settings import Settings
 from contact_recon.store.db import db_path, open_db
 from contact_recon.systems.ghl.contract import ED25519_SIGNATURE_HEADER
 from tests.support import REPO
-from tests.support.prefect import wait_for_events
+from tests.support.prefect import events_of
 from tests.support.worlds import make_settings
 
 Sandboxes = Callable[..., tuple[RunningServer, RunningServer]]
@@ -44,7 +44,8 @@ Serve = Callable[..., RunningServer]
 @pytest.fixture
 def receiver(serve: Serve, tmp_path: Path, prefect_events: str) -> Iterator[RunningServer]:
     """The webhook receiver (sandbox keys), forwarding to the session's Prefect server."""
-    server = serve(create_app(Settings(_env_file=None, data_dir=tmp_path / "receiver", ghl_webhook_public_key="sandbox")))
+    settings = Settings(_env_file=None, data_dir=tmp_path / "receiver", ghl_webhook_public_key="sandbox")
+    server = serve(create_app(settings))
     yield server
     server.app.state.forwarder.stop()
 
@@ -124,17 +125,21 @@ def test_a_burst_of_one_persons_webhooks_is_one_sync_in_the_services_own_process
     contacts = [c["id"] for c in httpx.get(ghl.base_url + "/__sandbox/state").json()["locations"][location]["contacts"]]
     busy, quiet = contacts[1], contacts[2]
     flow_runs_before = len(sync_flow_runs())
-    service = services(settings)
-
-    for kind in ("ContactUpdate", "ContactUpdate", "ContactTagUpdate", "NoteCreate", "ContactUpdate", "ContactUpdate"):
+    kinds = ("ContactUpdate", "ContactUpdate", "ContactTagUpdate", "NoteCreate", "ContactUpdate", "ContactUpdate")
+    for kind in kinds:
         post_webhook(receiver, kind, location, busy)
     post_webhook(receiver, "ContactUpdate", location, quiet)
+    # every event on the server before the service starts: its replay of the last minute hands them over at once,
+    # so the six fall in one window whatever the machine's load (and a restarted service loses none of them)
+    wait_until(lambda: len(events_of(f"ghl.contact.{busy}")) == len(kinds), "the busy contact's six events")
+    wait_until(lambda: events_of(f"ghl.contact.{quiet}"), "the quiet contact's event")
+    service = services(settings)
 
     [synced] = wait_until(lambda: syncs_of(service, busy), "the busy contact's sync")
     wait_until(lambda: syncs_of(service, quiet), "the quiet contact's sync")
     assert synced["events"] == 6 and synced["status"] == "completed", synced
     assert synced["pid"] == os.getpid()  # run by the service's own process: no process started for it
-    assert contact_reads(ghl, busy) == 1 and contact_reads(ghl, quiet) == 1  # one sync each, read once each
+    assert [len(syncs_of(service, c)) for c in (busy, quiet)] == [1, 1]
     with open_db(db_path(settings.data_dir)) as store:
         marks = [(m["contact_id"], m["reason"]) for m in store.dirty_contacts().to_dicts()]
         sync_runs = store.runs().filter(store.runs()["kind"] == "sync").height
@@ -181,15 +186,21 @@ def test_a_sync_that_meets_a_nightly_waits_for_it_and_completes(
         assert nightly.stdout is not None and nightly.stdout.readline().strip() == "held"
         service = services(settings)
         post_webhook(receiver, "ContactUpdate", location, contact)
-        wait_until(lambda: service.counts["syncs"] >= 1 and service.details()["pending"] == 0,
+        wait_until(lambda: service.current is not None and contact in service.current.change.key,
                    "the sync to start")  # taken out of the coalescer: it is waiting for the run
         assert not syncs_of(service, contact) and contact_reads(ghl, contact) == 0  # waiting, nothing read
     finally:
+        released = datetime.now(UTC)
         release.touch()
         nightly.wait(30)
+        if nightly.stdout is not None:
+            nightly.stdout.close()
     [synced] = wait_until(lambda: syncs_of(service, contact), "the sync after the nightly")
     assert synced["status"] == "completed", synced
-    assert contact_reads(ghl, contact) == 1
+    assert contact_reads(ghl, contact) >= 1
+    with open_db(db_path(settings.data_dir)) as store:
+        [started] = store.runs().filter(store.runs()["kind"] == "sync")["started_at"].to_list()
+    assert started > released  # its run began only once the nightly had let go
     failed = [t for t in sync_task_runs() if t.state is not None and t.state.is_failed()]
     assert not failed, [t.state.message for t in failed]
 
@@ -216,26 +227,31 @@ def test_webhooks_of_two_tenants_sync_in_their_own_data_dirs_and_an_unowned_one_
     for name in fixtures:
         [synced] = wait_until(lambda n=name: syncs_of(service, contacts[n]), f"{name}'s sync")
         assert synced["status"] == "completed" and synced["tenant"] == name, synced
-        assert contact_reads(pairs[name][0], contacts[name]) == 1  # read from its own tenant's GHL
+        other = next(n for n in fixtures if n != name)
+        assert contact_reads(pairs[name][0], contacts[name]) >= 1  # read from its own tenant's GHL only
+        assert contact_reads(pairs[other][0], contacts[name]) == 0
         with open_db(db_path(tmp_path / name)) as store:  # synced in its own data dir
             runs = store.runs().filter(store.runs()["kind"] == "sync")
             assert [ids for ids in runs["location_ids"].to_list()] == [[locations[name]]]
     [refused] = wait_until(lambda: syncs_of(service, "SomeContact000000001"), "the unowned change")
-    assert refused["status"] == "unowned" and service.details()["unowned"] == 1
+    assert refused["status"] == "unowned" and service.details()["unowned"] >= 1  # counted (replays of earlier
+    # tests' events, owned by no tenant here, are refused and counted too)
     assert not db_path(tmp_path / "service").exists()  # nothing of it was written anywhere
 
 
 def test_heartbeats_reach_prefect_and_recon_services_shows_a_stopped_service_stale(
-        sandboxes: Sandboxes, tmp_path: Path, prefect_events: str) -> None:
-    fixture = generate_fixture(10, seed=196, overlap=0.8, awkward=0.0)
-    ghl, te = sandboxes(fixture, rate_scale=50)
-    settings = make_settings(ghl, te, fixture, tmp_path / "data", service_heartbeat_s=1.0, service_stale_s=4.0)
+        tmp_path: Path, prefect_events: str) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", service_heartbeat_s=1.0, service_stale_s=4.0)
     service = SyncService(settings).start(follow_events=False)
+    mine = datetime.fromtimestamp(service.heartbeat.started_at, tz=UTC).isoformat()
     try:
-        beats = wait_for_events(SERVICE_RESOURCE + SERVICE_SYNCS, ["recon.service.heartbeat"])
-        assert beats[0].payload["pid"] == os.getpid() and "syncs" in beats[0].payload
-        up = status_lines(settings)
-        assert up[SERVICE_SYNCS].split()[1] == "up", up
+        beats = wait_until(lambda: [e for e in events_of(SERVICE_RESOURCE + SERVICE_SYNCS)
+                                    if e.payload.get("started_at") == mine], "a heartbeat of this service")
+        assert beats[0].event == "recon.service.heartbeat" and beats[0].payload["pid"] == os.getpid()
+        assert {"events", "syncs", "pending", "unowned"} <= set(beats[0].payload)
+        wait_until(lambda: status_lines(settings)[SERVICE_SYNCS].split()[1] == "up", "the service shown up")
+        assert len(wait_until(lambda: [e for e in events_of(SERVICE_RESOURCE + SERVICE_SYNCS)
+                                       if e.payload.get("started_at") == mine][2:], "three beats")) >= 1
     finally:
         service.stop()
     stale = wait_until(lambda: (lines := status_lines(settings))[SERVICE_SYNCS].split()[1] == "stale" and lines,
