@@ -51,7 +51,7 @@ def emit_beat(event: str, resource: dict[str, str], payload: dict[str, Any]) -> 
     beat = Event.model_validate({"id": str(uuid.uuid4()), "event": event, "resource": resource, "payload": payload,
                                  "occurred": datetime.now(UTC)})
     with get_client(sync_client=True) as client:
-        answer = client.request("POST", "/events", json=[beat.model_dump(mode="json")])  # type: ignore[arg-type]
+        answer = client.request("POST", "/events", json=[beat.model_dump(mode="json")])
         answer.raise_for_status()
     return beat
 
