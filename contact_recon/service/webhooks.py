@@ -24,7 +24,7 @@ times, ~10 min apart, with the original payload and timestamp) and never after a
    (contact_recon/store/installs.py, replaced whole before the 200), 200 `installed` / `retired`;
 5d. with tenants (`RECON_TENANTS_FILE`, contact_recon/tenants.py), a webhook whose location no tenant owns ->
    403 (GHL retries only a 429: the refusal is final), counted (`unowned` in `/healthz`); an owned one carries
-   its `tenant` in the event's payload, which the `sync-contact` trigger passes to the flow (its settings);
+   its `tenant` in the event's payload (the sync service routes it again by its location: tenants.route_change);
 6. a type contact-recon does not sync (contact_recon/events.py `GHL_WEBHOOK_EVENTS`) -> 200 `ignored`;
 7. otherwise the Prefect event (its id derived from the webhookId) is appended to the durable spool and
    fsynced (contact_recon/service/spool.py), the id remembered -> 200 `accepted`; the forwarder thread
@@ -36,7 +36,8 @@ So the receiver starts and keeps accepting while the Prefect API is unreachable:
 when Prefect is back, and after a crash (even SIGKILL) the events not yet confirmed are forwarded at start.
 Accepted ids live in memory and in a small append-only file under `data_dir/webhooks/` until their window has
 passed, so a restart within the window still dedupes. The receiver never opens DuckDB (the flow holds its
-single writer). Logs name the type, the webhookId and the contact id, never the payload.
+single writer). `recon webhooks serve` also beats (`start_heartbeat`, service/heartbeat.py) through the spool.
+Logs name the type, the webhookId and the contact id, never the payload.
 """
 
 from __future__ import annotations
