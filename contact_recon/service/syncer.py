@@ -93,6 +93,13 @@ def change_of(name: str, resource: dict[str, str], payload: dict[str, Any], occu
     return Change(tenant, location, contact or None, None, payload.get("webhook_type"), occurred.timestamp())
 
 
+def warm_up() -> None:
+    """Import what a sync runs before the first change arrives (seconds on a cold process, not the first change's)."""
+    import prefect.task_engine  # noqa: F401
+
+    import contact_recon.tasks.sync_contact  # noqa: F401 - the task, the stages, polars, DuckDB, Prefect's engine
+
+
 def run_task(settings: Settings, pending: PendingSync) -> dict[str, Any]:
     """The default `RunSync`: the `sync-contact` Prefect task, called in this process (a task run, no flow run)."""
     from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
@@ -148,6 +155,7 @@ class SyncService:
     def start(self, *, follow_events: bool = True) -> SyncService:
         """Start the dispatcher, the heartbeat and (unless `follow_events` is False: a caller `offer`s) the event
         subscriber, each a thread in a copy of this thread's context (the Prefect API it was set up for)."""
+        warm_up()
         targets = [(self.serve, "sync-dispatch")] + ([(self._follow, "sync-events")] if follow_events else [])
         for target, name in targets:
             thread = threading.Thread(target=contextvars.copy_context().run, args=(target,), name=name, daemon=True)
