@@ -215,7 +215,8 @@ def test_prefect_yaml_deploys_the_three_deployments(prefect_server: str, tmp_pat
     form = set(nightly.parameter_openapi_schema["properties"])
     assert {"locations", "dry_run", "approve", "full_sweep", "lock_wait_s"} <= form
     assert "entities" not in form  # removed from the form: it was validated, then ignored
-    assert automations, "the sync-contact triggers made no automation"
+    # no trigger: between nights the sync service (`recon services serve`) syncs each change in its own process
+    assert not automations, "sync-contact must start no flow run per event (issue 19)"
 
 
 def test_a_sync_of_an_unchanged_person_with_tasks_plans_nothing(world: World) -> None:
