@@ -151,7 +151,7 @@ def test_note_and_contactless_task_webhooks_are_synced_by_the_service_and_mark(
         deadline = time.monotonic() + 90
         while {s["status"] for s in service.history if contact in s["key"] or "tasks" in s["key"]} != {
                 "completed", "marked"}:
-            assert time.monotonic() < deadline, list(service.history)
+            assert time.monotonic() < deadline, (list(service.history), service.current, service.details())
             time.sleep(0.3)
     finally:
         service.stop()
