@@ -15,8 +15,11 @@ Algorithm (`run_checks`):
    answer gives `success`, `unexpected_count` and the sample values.
    The frame GX sees has its text HTML-escaped and GX's sample values are unescaped back
    (`checks/data_docs.py`): GX writes unexpected values into its pages as markup.
-4. The GX project under `<data_dir>/gx/` is rebuilt from scratch each run (suites follow the current
-   thresholds; run history lives in DuckDB's `check_results`), and Data Docs are built once at the
+   A run that builds no Data Docs (`docs=False`: a one-person sync between nights, a dry run without pages)
+   computes the same answer in memory instead (`quick_results`, on GX's very input frame): GX's validation
+   graph and project stores cost seconds a run, and nothing of them would be kept.
+4. The GX project under `<data_dir>/gx/` is rebuilt from scratch each run that builds Data Docs (suites follow the
+   current thresholds; run history lives in DuckDB's `check_results`), and Data Docs are built once at the
    end into the run's own folder (`docs_dir`: the plan stage gives `<data_dir>/runs/<run_id>/data_docs/`,
    so an older run's report still shows that run's results; default `<data_dir>/gx/` + `DOCS_INDEX`),
    as a site that needs no network (`checks/data_docs.py`), linked from the run report.
@@ -140,9 +143,12 @@ def run_checks(frames: Mapping[str, pl.DataFrame], plan_ops: pl.DataFrame | None
     inputs = {**frames, **({"plan": plan_ops} if plan_ops is not None else {})}
     checked = {s.name: _checked(s, inputs[s.frame], ctx) for s in SUITES if s.frame in inputs}
     quarantined = _quarantined(checked, t)
+    if not docs:  # nothing to build pages from: GX's own rule, evaluated in memory (`quick_results`)
+        results = tuple(r for s in SUITES if s.name in checked for r in quick_results(s, checked[s.name], t))
+        return CheckReport(run_id, results, quarantined, None)
     gx_run = _GxRun(Path(data_dir) / GX_DIR, run_id, t)
     results = tuple(r for s in SUITES if s.name in checked for r in gx_run.validate(s, checked[s.name]))
-    index = gx_run.build_docs(docs_dir or (Path(data_dir) / GX_DIR / DOCS_INDEX).parent) if docs else None
+    index = gx_run.build_docs(docs_dir or (Path(data_dir) / GX_DIR / DOCS_INDEX).parent)
     return CheckReport(run_id, results, quarantined, index)
 
 
@@ -246,6 +252,26 @@ class _GxRun:
         self.context.build_data_docs(site_names=[DOCS_SITE])
         prune_assets(directory)
         return directory / "index.html"
+
+
+def quick_results(suite: Suite, checked: pl.DataFrame, thresholds: Thresholds) -> list[ExpectationResult]:
+    """One suite's results as GX's `expect_column_values_to_be_null` gives them, computed on the same pandas frame:
+    `unexpected_count` the values that are not null (pandas' `notna`, GX's own test), `success` when the share of
+    null values is at least the expectation's `mostly` (an empty frame succeeds), the first `sample_size` unexpected
+    values in row order as samples. For a run that builds no Data Docs (`docs=False`: a one-person sync, many a
+    minute between nights), where GX's validation graph costs seconds a run; tests/unit/test_checks.py holds the
+    two answers equal."""
+    frame = escaped(checked.select(x.column() for x in suite.expectations)).to_pandas()  # GX's very input
+    rows, out = len(frame), []
+    for x in suite.expectations:
+        sev = severity(suite, x, thresholds)
+        column = frame[x.column()]
+        unexpected = column[column.notna()]
+        success = rows == 0 or (rows - len(unexpected)) / rows >= mostly(sev, thresholds)
+        samples = tuple(unescaped(v) for v in unexpected.head(thresholds.sample_size).tolist())
+        out.append(ExpectationResult(suite.name, x.name, sev, bool(success), len(unexpected), rows, samples,
+                                     x.meaning))
+    return out
 
 
 def results_json(report: CheckReport) -> str:

@@ -9,8 +9,11 @@ Three families:
   `contactId`) is about the location's tasks: resource `ghl.location.<locationId>` with `ghl.location.id`.
 - `recon.webhooks.unauthorized`: the receiver refused a sustained share of requests with 401 (a rotated or
   missing key); resource `recon.webhooks.receiver`; `service/alerts.py` notifies on it.
+- `recon.service.heartbeat`: each long-running service (`SERVICES`) says it is alive, once a minute; resource
+  `recon.service.<name>` (service/heartbeat.py).
 - `tinyemail.*`: a customer that changed between two polls of `recon watch tinyemail`
-  (contact_recon/service/watch.py). Resource `tinyemail.customer.<email>` with the label `tinyemail.customer.email`.
+  (contact_recon/service/watch.py). Resource `tinyemail.customer.<email>` with the label `tinyemail.customer.email`;
+  with tenants the payload carries the `tenant` whose TinyEmail key the watcher polled.
 - `recon.run.*`: emitted by the reconciliation flow when a run is held by a guard or its failed-op share
   passes `ALERT_FAILED_OP_SHARE`; `service/alerts.py` turns them (and Prefect's own flow-run state events:
   failed runs, a nightly that did not complete, a run that runs too long) into notifications. Use
@@ -59,6 +62,14 @@ GHL_TASK_TYPES = frozenset(t for t in GHL_WEBHOOK_EVENTS if t.startswith("Task")
 WEBHOOKS_UNAUTHORIZED = "recon.webhooks.unauthorized"
 WEBHOOKS_RESOURCE = "recon.webhooks.receiver"
 
+# --- the long-running services' heartbeats (service/heartbeat.py), one a minute each; `recon services` reads them and
+# the `recon: service stopped` automation (service/alerts.py) fires when one stops
+SERVICE_HEARTBEAT = "recon.service.heartbeat"
+SERVICE_RESOURCE = "recon.service."  # + the service's name (SERVICES)
+SERVICE_WEBHOOKS, SERVICE_WATCH, SERVICE_SYNCS = "webhooks", "watch-tinyemail", "syncs"
+SERVICES = (SERVICE_WEBHOOKS, SERVICE_WATCH, SERVICE_SYNCS)  # `recon webhooks serve`, `recon watch tinyemail`,
+# `recon services serve`
+
 # --- TinyEmail watcher
 TINYEMAIL_CUSTOMER_CREATED = "tinyemail.customer.created"
 TINYEMAIL_CUSTOMER_UPDATED = "tinyemail.customer.updated"
@@ -92,6 +103,10 @@ def ghl_location_resource(location_id: str) -> dict[str, str]:
 
 def tinyemail_customer_resource(email: str) -> dict[str, str]:
     return {"prefect.resource.id": f"{TINYEMAIL_CUSTOMER_RESOURCE}{email}", TINYEMAIL_EMAIL_LABEL: email}
+
+
+def service_resource(name: str) -> dict[str, str]:
+    return {"prefect.resource.id": f"{SERVICE_RESOURCE}{name}", "prefect.resource.name": name}
 
 
 def run_resource(run_id: str) -> dict[str, str]:

@@ -73,6 +73,16 @@ class Settings(BaseSettings):
     webhook_401_alert_share: float = 0.5
     webhook_401_alert_min: int = 5
     webhook_401_alert_window_s: float = 900
+    # The sync service (`recon services serve`, service/syncer.py): events of one person within sync_coalesce_s
+    # of each other become one sync; a sync that meets a nightly's lock or its DuckDB file waits up to
+    # sync_lock_wait_s, then is left to the nightly (status `deferred`, never a failure)
+    sync_coalesce_s: float = 1.0
+    sync_lock_wait_s: float = 6 * 3600
+    # Services' heartbeats (service/heartbeat.py): each long-running service emits recon.service.heartbeat every
+    # service_heartbeat_s; `recon services` and the `recon: service stopped` alert call one silent for
+    # service_stale_s stale
+    service_heartbeat_s: float = 60
+    service_stale_s: float = 180
     # Held runs (flows/reconcile.py): how long a held deployment run waits for its answer in the Prefect UI
     # (capped to end before the flow's next scheduled run); unanswered, it expires and writes nothing
     approval_window_hours: float = 20.0

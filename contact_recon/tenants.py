@@ -12,6 +12,9 @@ Identity never crosses tenants, so the file is refused (`TenantsError`, naming t
 two tenants would share a data dir (each has its own DuckDB store, token files, run files and locks), a GHL
 location or a TinyEmail API key (a webhook or a TinyEmail change must have exactly one owner). `owner_of_location`
 and `owner_of_api_key` route a change to its tenant; one no tenant owns is refused by the caller and counted.
+`route_change` is that routing for a sync (service/syncer.py, flows/sync_contact.py): a GHL change goes to the
+tenant that owns its location (whatever tenant the event claims), a TinyEmail change to the tenant whose key the
+watcher polled (the event's `tenant`), each then synced with that tenant's settings, in its data dir.
 """
 
 from __future__ import annotations
@@ -104,3 +107,27 @@ def owner_of_api_key(tenants: dict[str, Settings], api_key: str) -> str | None:
     """The tenant whose TinyEmail API key this is, or None (unowned: refused)."""
     return next((name for name, s in tenants.items()
                  if s.tinyemail_api_key is not None and s.tinyemail_api_key.get_secret_value() == api_key), None)
+
+
+class Unowned(LookupError):  # noqa: N818 - the name is the contract
+    """No tenant owns the change's location (or, for a TinyEmail change, the tenant it names does not exist)."""
+
+
+def route_change(settings: Settings, *, tenant: str | None = None,
+                 location_id: str | None = None) -> tuple[str | None, Settings]:
+    """The tenant a change belongs to and the settings to sync it with; Unowned when no tenant owns it.
+
+    Without a tenants file: (None, `settings`). With one: a change with a location goes to the location's owner
+    (`owner_of_location`; a `tenant` named by the event is not trusted over it); a change without one (a TinyEmail
+    customer) to the `tenant` the watcher named, which must exist."""
+    if settings.tenants_file is None:  # single tenant: the environment's settings
+        return None, settings
+    tenants = tenants_of(settings)
+    if location_id:  # a GHL change: owned by the tenant whose locations include it
+        owner = owner_of_location(tenants, location_id)
+        if owner is None:
+            raise Unowned(f"no tenant owns location {location_id}")
+        return owner, tenants[owner]
+    if tenant in tenants:  # a TinyEmail change: the watcher polled this tenant's key
+        return tenant, tenants[tenant]
+    raise Unowned(f"no tenant {tenant!r} owns this change" if tenant else "a change naming no location nor tenant")

@@ -1,4 +1,5 @@
-"""The event commands behind `recon webhooks serve`, `recon watch tinyemail` and `recon alerts setup|listen`."""
+"""The event commands behind `recon webhooks serve`, `recon watch tinyemail`, `recon services [serve]` and
+`recon alerts setup|listen`."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def prefect_api_url() -> str | None:
 def _quiet_logging() -> None:
     """Our own loggers at INFO on stderr (ids and verdicts only); the libraries' at WARNING."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("contact_recon.service.webhooks", "contact_recon.service.watch"):
+    for name in ("contact_recon.service.webhooks", "contact_recon.service.watch", "contact_recon.service.syncer",
+                 "contact_recon.sync"):
         logging.getLogger(name).setLevel(logging.INFO)
 
 
@@ -38,7 +40,7 @@ def run_webhooks_serve(settings: Settings, host: str, port: int, console: Consol
     import uvicorn
 
     from contact_recon.service.signatures import ED25519, key_source
-    from contact_recon.service.webhooks import PATH, create_app
+    from contact_recon.service.webhooks import PATH, create_app, start_heartbeat
 
     if prefect_api_url() is None:
         err.print(f"[bold red]error:[/] {NO_PREFECT}", highlight=False)
@@ -60,15 +62,19 @@ def run_webhooks_serve(settings: Settings, host: str, port: int, console: Consol
                   "(Ed25519) since 2026-07-01, so real webhooks will be refused (RECON_GHL_WEBHOOK_PUBLIC_KEY)",
                   highlight=False)
     sys.stdout.flush()
+    heartbeat = start_heartbeat(app, settings)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     finally:
+        heartbeat.stop()
         app.state.forwarder.stop()
     return 0
 
 
 def run_watch_tinyemail(settings: Settings, interval: float, budget_share: float, once: bool, console: Console,
                         err: Console) -> int:
+    from contact_recon.events import SERVICE_WATCH
+    from contact_recon.service.heartbeat import Heartbeat
     from contact_recon.service.watch import PollResult, share_budget, watch
     from contact_recon.systems.errors import ConnectorError
 
@@ -79,15 +85,24 @@ def run_watch_tinyemail(settings: Settings, interval: float, budget_share: float
     console.print(f"watching TinyEmail at {settings.tinyemail_base_url}: {budget.limit} requests a minute "
                   f"({budget_share:.0%} of {settings.tinyemail_rate_per_minute:g})", highlight=False)
 
+    polls = {"polls": 0, "emitted": 0}
+
     def report(result: PollResult) -> None:
+        polls["polls"] += 1
+        polls["emitted"] += result.emitted
+        who = f"[{result.tenant}] " if result.tenant else ""
         if result.baseline:
-            console.print(f"baseline: {result.customers} customers recorded, {result.requests} requests, "
+            console.print(f"{who}baseline: {result.customers} customers recorded, {result.requests} requests, "
                           f"{result.seconds:.1f} s", highlight=False)
             return
-        console.print(f"poll: {result.customers} customers, {result.created} created, {result.updated} updated, "
-                      f"{result.emitted} events, {result.echoes} our own writes, {result.requests} requests, "
+        console.print(f"{who}poll: {result.customers} customers, {result.created} created, {result.updated} "
+                      f"updated, {result.emitted} events, {result.echoes} our own writes, {result.requests} requests, "
                       f"{result.seconds:.1f} s", highlight=False)
 
+    heartbeat = Heartbeat(SERVICE_WATCH, settings.service_heartbeat_s,
+                          details=lambda: {**polls, "interval_s": interval})
+    if not once:
+        heartbeat.start()
     try:
         watch(settings, interval_s=interval, budget_share=budget_share, once=once, on_poll=report)
     except ConnectorError as exc:
@@ -95,7 +110,53 @@ def run_watch_tinyemail(settings: Settings, interval: float, budget_share: float
         return 1
     except KeyboardInterrupt:
         console.print("watch stopped", style="dim")
+    finally:
+        heartbeat.stop()
     return 0
+
+
+def run_services_serve(settings: Settings, console: Console, err: Console) -> int:
+    from contact_recon.service.syncer import serve_syncs
+
+    if prefect_api_url() is None:
+        err.print(f"[bold red]error:[/] {NO_PREFECT}", highlight=False)
+        return 2
+    _quiet_logging()
+    service = serve_syncs(settings)
+    console.print(f"sync service: following GHL and TinyEmail events at {prefect_api_url()}; coalescing "
+                  f"{settings.sync_coalesce_s:g} s per person; waiting up to {settings.sync_lock_wait_s:.0f} s for a "
+                  f"busy location; heartbeat every {settings.service_heartbeat_s:g} s", highlight=False)
+    sys.stdout.flush()
+    try:
+        service.wait()
+    except KeyboardInterrupt:
+        console.print("sync service stopped", style="dim")
+    finally:
+        service.stop()
+    return 0
+
+
+def run_services_status(settings: Settings, as_json: bool, console: Console, err: Console) -> int:
+    """Each service's state from its last heartbeat; exit 0 when all are up, 1 otherwise."""
+    import json
+    from datetime import UTC, datetime
+
+    from contact_recon.service.heartbeat import UP, read_heartbeats, service_states
+
+    if prefect_api_url() is None:
+        err.print(f"[bold red]error:[/] {NO_PREFECT}", highlight=False)
+        return 2
+    states = service_states(read_heartbeats(), datetime.now(UTC), settings.service_stale_s)
+    if as_json:
+        console.print_json(json.dumps([{"service": s.name, "state": s.state, "last_heartbeat":
+                                        s.last.isoformat() if s.last else None, "age_s": s.age_s,
+                                        "pid": s.payload.get("pid"), "host": s.payload.get("host")} for s in states]))
+    else:
+        for s in states:
+            last = f"last heartbeat {s.last:%Y-%m-%d %H:%M:%S} UTC, {s.age_s:.0f} s ago" if s.last else "no heartbeat"
+            where = f" (pid {s.payload.get('pid')} on {s.payload.get('host')})" if s.payload else ""
+            console.print(f"{s.name:<16} {s.state:<6} {last}{where}", highlight=False)
+    return 0 if all(s.state == UP for s in states) else 1
 
 
 @dataclass(frozen=True)

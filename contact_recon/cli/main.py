@@ -21,6 +21,9 @@ webhooks_app = typer.Typer(help="Receive GHL webhooks and emit Prefect events.",
 app.add_typer(webhooks_app, name="webhooks")
 watch_app = typer.Typer(help="Poll systems without webhooks and emit Prefect events.", no_args_is_help=True)
 app.add_typer(watch_app, name="watch")
+services_app = typer.Typer(help="The long-running services: the sync service, and every service's heartbeat.",
+                            invoke_without_command=True)
+app.add_typer(services_app, name="services")
 alerts_app = typer.Typer(help="Prefect notifications: failed, held, failing, missing and long runs.",
                          no_args_is_help=True)
 app.add_typer(alerts_app, name="alerts")
@@ -245,6 +248,31 @@ def watch_tinyemail(
     from contact_recon.settings import get_settings
 
     raise typer.Exit(run_watch_tinyemail(get_settings(), interval, budget_share, once, console, err))
+
+
+@services_app.callback()
+def services(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="The states as JSON.")] = False,
+) -> None:
+    """Show each service's state from its last heartbeat on the Prefect server (up, stale, never): the webhook
+    receiver, the TinyEmail watcher and the sync service. Exit 0 when every one is up."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from contact_recon.cli.events import run_services_status
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_services_status(get_settings(), as_json, console, err))
+
+
+@services_app.command("serve")
+def services_serve() -> None:
+    """Run the sync service: follow the GHL and TinyEmail events on the Prefect server, coalesce them per person
+    and sync each person in this process (the sync-contact task), waiting out a nightly run. Needs PREFECT_API_URL."""
+    from contact_recon.cli.events import run_services_serve
+    from contact_recon.settings import get_settings
+
+    raise typer.Exit(run_services_serve(get_settings(), console, err))
 
 
 @alerts_app.command("setup")

@@ -1,4 +1,4 @@
-"""Alerts (`recon alerts setup`): one of Prefect's own notification blocks and six automations.
+"""Alerts (`recon alerts setup`): one of Prefect's own notification blocks and seven automations.
 
 The block, named `BLOCK_NAME`, is the target chosen at setup (`choose_target`):
 - `--slack URL`: a `SlackWebhook` block for a hooks.slack.com (or hooks.slack-gov.com) webhook. Apprise's Slack
@@ -27,14 +27,17 @@ The automations (`automations`), all notifying through that block:
 | `recon: nightly did not complete` | proactive: no Completed nightly run within the window after the last |
 | `recon: run longer than usual` | proactive: a `reconcile` (or `--flow`) run still Running after the limit |
 | `recon: webhooks refused` | `recon.webhooks.unauthorized`: the webhook receiver answered a sustained share of 401s |
-The first three and the last are reactive, a threshold of one event, so each event notifies once. The two proactive
-ones fire on the *absence* of events (`Posture.Proactive`): after an `after` event, fewer than `threshold` `expect`
-events within `within`. The nightly's is armed by each Completed run and satisfied by the next (the same event in
-`after` and `expect` restarts the window, the pattern of Prefect's heartbeat crash detection); with no bucket
-per run (`for_each` empty) the server also opens a window on its own, so it fires even if no nightly ever
-completed since the setup (and again every other window while none does). The long run's bucket is per flow
-run: Running starts it, and leaving Running (a terminal state, or Paused/Suspended while a held run waits
-for its approval; a resume starts a new window) satisfies it.
+| `recon: service stopped` | proactive: a service's heartbeat not followed by another within `service_stale_s` |
+The first three and `webhooks refused` are reactive, a threshold of one event, so each event notifies once. The
+proactive ones fire on the *absence* of events (`Posture.Proactive`): after an `after` event, fewer than
+`threshold` `expect` events within `within`. The nightly's is armed by each Completed run and satisfied by the next
+(the same event in `after` and `expect` restarts the window, the pattern of Prefect's heartbeat crash detection);
+with no bucket per run (`for_each` empty) the server also opens a window on its own, so it fires even if no nightly
+ever completed since the setup (and again every other window while none does). The long run's bucket is per flow
+run: Running starts it, and leaving Running (a terminal state, or Paused/Suspended while a held run waits for its
+approval; a resume starts a new window) satisfies it. The service one (`recon.service.heartbeat`) has a bucket per
+service (`recon.service.<name>`, service/heartbeat.py): each heartbeat satisfies its window and opens the next, so
+a service that stops beating (killed, hung, its host down) alerts once its window ends.
 Links: the run events' `url` is computed in the flow run's own process (`contact_recon.events.flow_run_url`); the
 failed and long-run alerts link the run through the server's `ui_url` template filter, which gives a link only
 when the server knows its UI URL (PREFECT_UI_URL, or PREFECT_API_URL, in the server's environment).
@@ -71,6 +74,8 @@ from contact_recon.events import (
     RUN_FAILED_OPS,
     RUN_HELD,
     RUN_RESOURCE,
+    SERVICE_HEARTBEAT,
+    SERVICE_RESOURCE,
     WEBHOOKS_RESOURCE,
     WEBHOOKS_UNAUTHORIZED,
 )
@@ -84,6 +89,7 @@ FAILED_OPS_AUTOMATION = "recon: failed operations"
 NIGHTLY_AUTOMATION = "recon: nightly did not complete"
 LONG_RUN_AUTOMATION = "recon: run longer than usual"
 WEBHOOKS_REFUSED_AUTOMATION = "recon: webhooks refused"
+SERVICE_STOPPED_AUTOMATION = "recon: service stopped"
 RETIRED_AUTOMATIONS = ("recon: run held or failing",)  # earlier names, deleted by the setup
 
 NIGHTLY_DEPLOYMENT = "nightly-reconcile"  # prefect.yaml
@@ -109,6 +115,7 @@ FAILED_OPS_BODY = ("Run {{ event.payload.run_id }} ({{ event.payload.status }}):
                    f"{ALERT_FAILED_OP_SHARE:.0%}. "
                    "{% if event.payload.url %}Run: {{ event.payload.url }} {% endif %}"
                    "Report: {{ event.payload.report }}")
+SERVICE_STOPPED_SUBJECT = "contact-recon: service {{ event.resource['prefect.resource.name'] }} silent for "
 WEBHOOKS_REFUSED_SUBJECT = ("contact-recon: {{ event.payload.refused }} of {{ event.payload.requests }} GHL webhooks "
                             "refused (bad signature)")
 WEBHOOKS_REFUSED_BODY = ("`recon webhooks serve` refused {{ event.payload.refused }} of the last "
@@ -271,9 +278,10 @@ class AlertRules:
     long_run: timedelta  # RECON_ALERT_LONG_RUN_MINUTES
     flow_names: tuple[str, ...] = ()  # failed runs of only these flows (empty: every flow); long runs of these
     nightly_deployment: str = NIGHTLY_DEPLOYMENT
+    service_stale: timedelta = timedelta(minutes=3)  # RECON_SERVICE_STALE_S: a service silent this long stopped
 
     def __post_init__(self) -> None:
-        if min(self.nightly_window, self.long_run) < PROACTIVE_MINIMUM:
+        if min(self.nightly_window, self.long_run, self.service_stale) < PROACTIVE_MINIMUM:
             raise AlertTargetError(f"an alert window is at least {human(PROACTIVE_MINIMUM)} (Prefect's minimum for a "
                                    "proactive trigger)")
 
@@ -284,7 +292,8 @@ class AlertRules:
         """The rules with the windows not given taken from the settings."""
         hours = settings.alert_nightly_window_hours if nightly_window_hours is None else nightly_window_hours
         minutes = settings.alert_long_run_minutes if long_run_minutes is None else long_run_minutes
-        return cls(timedelta(hours=hours), timedelta(minutes=minutes), tuple(flow_names), nightly_deployment)
+        return cls(timedelta(hours=hours), timedelta(minutes=minutes), tuple(flow_names), nightly_deployment,
+                   timedelta(seconds=settings.service_stale_s))
 
     @property
     def long_run_flows(self) -> list[str]:
@@ -306,7 +315,7 @@ def human(delta: timedelta) -> str:
 
 
 def automations(block_id: UUID, rules: AlertRules) -> list[Any]:
-    """The six automations (the module docstring), notifying through the block `block_id`."""
+    """The seven automations (the module docstring), notifying through the block `block_id`."""
     from prefect.events.actions import SendNotification
     from prefect.events.schemas.automations import AutomationCore
 
@@ -314,7 +323,7 @@ def automations(block_id: UUID, rules: AlertRules) -> list[Any]:
         action = SendNotification(block_document_id=block_id, subject=subject, body=body)
         return AutomationCore(name=name, description=description, trigger=trigger, actions=[action])
 
-    nightly, long_run = human(rules.nightly_window), human(rules.long_run)
+    nightly, long_run, stale = human(rules.nightly_window), human(rules.long_run), human(rules.service_stale)
     return [
         automation(FLOW_FAILED_AUTOMATION, "A contact-recon flow run failed or crashed.", _failed_trigger(rules),
                    FLOW_FAILED_SUBJECT, FLOW_FAILED_BODY),
@@ -331,6 +340,8 @@ def automations(block_id: UUID, rules: AlertRules) -> list[Any]:
         automation(WEBHOOKS_REFUSED_AUTOMATION, "The GHL webhook receiver refused a sustained share of webhooks with "
                    "401 (a rotated or missing key).", _webhooks_refused_trigger(), WEBHOOKS_REFUSED_SUBJECT,
                    WEBHOOKS_REFUSED_BODY),
+        automation(SERVICE_STOPPED_AUTOMATION, f"A contact-recon service sent no heartbeat for {stale}.",
+                   _service_stopped_trigger(rules), SERVICE_STOPPED_SUBJECT + stale, _service_stopped_body(stale)),
     ]
 
 
@@ -380,6 +391,22 @@ def _nightly_trigger(rules: AlertRules) -> Any:
                         match_related={"prefect.resource.role": "deployment",
                                        "prefect.resource.name": rules.nightly_deployment},
                         for_each=set(), posture=Posture.Proactive, threshold=1, within=rules.nightly_window)
+
+
+def _service_stopped_body(stale: str) -> str:
+    return ("The contact-recon service {{ event.resource['prefect.resource.name'] }} sent no heartbeat for "
+            f"{stale}" + "{% if event %} (its last: {{ event.occurred }}, pid {{ event.payload.pid }} on "
+            "{{ event.payload.host }}){% endif %}. Changes between nights wait until it runs again (the nightly "
+            "reads everyone); `recon services` shows each service's state.")
+
+
+def _service_stopped_trigger(rules: AlertRules) -> Any:
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    # a bucket per service; each heartbeat satisfies the window and opens the next (Prefect's heartbeat pattern)
+    return EventTrigger(after={SERVICE_HEARTBEAT}, expect={SERVICE_HEARTBEAT},
+                        match={"prefect.resource.id": f"{SERVICE_RESOURCE}*"}, for_each={"prefect.resource.id"},
+                        posture=Posture.Proactive, threshold=1, within=rules.service_stale)
 
 
 def _long_run_trigger(rules: AlertRules) -> Any:

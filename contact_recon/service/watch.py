@@ -8,6 +8,9 @@ one kept in `data_dir/watch/tinyemail_hashes.json`:
 - an email not seen before -> `tinyemail.customer.created`;
 - an email whose hash changed -> `tinyemail.customer.updated`;
 - an unchanged email, or one that left every list -> nothing (the nightly reconciliation covers removals).
+With tenants (`RECON_TENANTS_FILE`), one watcher polls every tenant's account in turn (`watched_accounts`: each
+TinyEmail key routed to its owner by `owner_of_api_key`), each with its own budget, state and echo file in the
+tenant's data dir, and each event carries its `tenant` in the payload, so its sync runs with that tenant's settings.
 The first poll, with no saved state, only records the baseline: announcing every customer as created
 would trigger a sync per customer. The state is saved after the events were handed to Prefect, so a
 crash between the two repeats events (harmless: sync_contact is idempotent) rather than losing them.
@@ -34,6 +37,7 @@ from contact_recon.stages.echo import EchoFilter, tinyemail_filter
 from contact_recon.store.files import atomic_text
 from contact_recon.systems.budget import RateBudget
 from contact_recon.systems.tinyemail.client import AudienceSnapshot, TinyEmailClient
+from contact_recon.tenants import owner_of_api_key, tenants_of
 
 STATE_VERSION = 1
 Emit = Callable[..., Any]
@@ -104,6 +108,7 @@ class PollResult:
     echoes: int = 0  # changes that were our own writes (contact_recon/stages/echo.py), not emitted
     requests: int = 0
     seconds: float = 0.0
+    tenant: str | None = None  # the tenant whose account was polled (RECON_TENANTS_FILE)
 
     @property
     def created(self) -> int:
@@ -119,15 +124,32 @@ def share_budget(settings: Settings, share: float) -> RateBudget:
     return RateBudget(max(1, int(settings.tinyemail_rate_per_minute * share)), 60.0, None)
 
 
-def emit_change(emit: Emit, change: CustomerChange) -> bool:
-    """Emit one change; whether Prefect took it."""
-    event = emit(change.event, resource=tinyemail_customer_resource(change.email),
-                 payload={"email": change.email, "change": change.kind})
+def emit_change(emit: Emit, change: CustomerChange, tenant: str | None = None) -> bool:
+    """Emit one change (with the tenant whose account it is in, if any); whether Prefect took it."""
+    payload = {"email": change.email, "change": change.kind}
+    if tenant is not None:  # routed: the sync runs with this tenant's settings
+        payload["tenant"] = tenant
+    event = emit(change.event, resource=tinyemail_customer_resource(change.email), payload=payload)
     return event is not None
 
 
+def watched_accounts(settings: Settings) -> list[tuple[str | None, Settings]]:
+    """The TinyEmail accounts to poll: the configured one, or with tenants each tenant's (by its key's owner)."""
+    if settings.tenants_file is None:  # single tenant: the RECON_* account
+        return [(None, settings)]
+    tenants = tenants_of(settings)
+    accounts: list[tuple[str | None, Settings]] = []
+    for tenant in tenants.values():
+        key = tenant.tinyemail_api_key.get_secret_value() if tenant.tinyemail_api_key else ""
+        owner = owner_of_api_key(tenants, key) if key else None
+        if owner is not None:  # a tenant without a TinyEmail key has nothing to watch
+            accounts.append((owner, tenant))
+    return accounts
+
+
 async def poll_once(settings: Settings, budget: RateBudget, emit: Emit,
-                    clock: Callable[[], float] = time.time, echo: EchoFilter | None = None) -> PollResult:
+                    clock: Callable[[], float] = time.time, echo: EchoFilter | None = None,
+                    tenant: str | None = None) -> PollResult:
     """One poll: read every customer, diff with the saved state, emit the changes (but for our own writes of the
     last minutes, `echo`), save the new state."""
     started, path = clock(), state_path(settings)
@@ -135,14 +157,14 @@ async def poll_once(settings: Settings, budget: RateBudget, emit: Emit,
         snapshot = await client.all_customers()
         requests = client.stats.used
     hashes, saved = customer_hashes(snapshot), load_state(path)
-    result = PollResult(customers=len(hashes), baseline=saved is None, requests=requests)
+    result = PollResult(customers=len(hashes), baseline=saved is None, requests=requests, tenant=tenant)
     if saved is not None:
         previous, since = saved
         result.changes = diff_hashes(previous, hashes)
         # our own writes since the previous poll began (stages/echo.py); earlier ones are in its hashes already
         ours = [c for c in result.changes if echo is not None and echo.is_echo(None, c.email, since=since)]
         result.echoes = len(ours)
-        result.emitted = sum(emit_change(emit, change) for change in result.changes if change not in ours)
+        result.emitted = sum(emit_change(emit, change, tenant) for change in result.changes if change not in ours)
     save_state(path, hashes, started)
     result.seconds = clock() - started
     return result
@@ -156,11 +178,13 @@ def _default_emit(*args: Any, **kwargs: Any) -> Any:
 
 def watch(settings: Settings, *, interval_s: float, budget_share: float, once: bool,
           on_poll: Callable[[PollResult], None], emit: Emit | None = None) -> None:
-    """Poll until interrupted (or once): each poll waits for `interval_s` after the previous one ended."""
-    budget = share_budget(settings, budget_share)
-    echo = tinyemail_filter(settings.data_dir)
+    """Poll until interrupted (or once): each poll waits for `interval_s` after the previous one ended; with tenants,
+    a poll reads every tenant's account in turn."""
+    accounts = [(tenant, account, share_budget(account, budget_share), tinyemail_filter(account.data_dir))
+                for tenant, account in watched_accounts(settings)]
     while True:
-        on_poll(asyncio.run(poll_once(settings, budget, emit or _default_emit, echo=echo)))
+        for tenant, account, budget, echo in accounts:
+            on_poll(asyncio.run(poll_once(account, budget, emit or _default_emit, echo=echo, tenant=tenant)))
         if once:
             return
         time.sleep(interval_s)

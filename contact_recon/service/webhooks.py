@@ -24,7 +24,7 @@ times, ~10 min apart, with the original payload and timestamp) and never after a
    (contact_recon/store/installs.py, replaced whole before the 200), 200 `installed` / `retired`;
 5d. with tenants (`RECON_TENANTS_FILE`, contact_recon/tenants.py), a webhook whose location no tenant owns ->
    403 (GHL retries only a 429: the refusal is final), counted (`unowned` in `/healthz`); an owned one carries
-   its `tenant` in the event's payload, which the `sync-contact` trigger passes to the flow (its settings);
+   its `tenant` in the event's payload (the sync service routes it again by its location: tenants.route_change);
 6. a type contact-recon does not sync (contact_recon/events.py `GHL_WEBHOOK_EVENTS`) -> 200 `ignored`;
 7. otherwise the Prefect event (its id derived from the webhookId) is appended to the durable spool and
    fsynced (contact_recon/service/spool.py), the id remembered -> 200 `accepted`; the forwarder thread
@@ -36,7 +36,8 @@ So the receiver starts and keeps accepting while the Prefect API is unreachable:
 when Prefect is back, and after a crash (even SIGKILL) the events not yet confirmed are forwarded at start.
 Accepted ids live in memory and in a small append-only file under `data_dir/webhooks/` until their window has
 passed, so a restart within the window still dedupes. The receiver never opens DuckDB (the flow holds its
-single writer). Logs name the type, the webhookId and the contact id, never the payload.
+single writer). `recon webhooks serve` also beats (`start_heartbeat`, service/heartbeat.py) through the spool.
+Logs name the type, the webhookId and the contact id, never the payload.
 """
 
 from __future__ import annotations
@@ -61,17 +62,20 @@ from starlette.routing import Route
 from contact_recon.events import (
     GHL_TASK_TYPES,
     GHL_WEBHOOK_EVENTS,
+    SERVICE_WEBHOOKS,
     WEBHOOKS_RESOURCE,
     WEBHOOKS_UNAUTHORIZED,
     ghl_contact_resource,
     ghl_location_resource,
 )
 from contact_recon.service.forwarder import Forwarder, Send
+from contact_recon.service.heartbeat import Heartbeat
 from contact_recon.service.signatures import WebhookKeys, load_keys
 from contact_recon.service.spool import Spool, SpoolFull, SpoolItem, spool_path
 from contact_recon.settings import Settings
 from contact_recon.stages.echo import EchoFilter
-from contact_recon.store.files import atomic_text, open_private
+from contact_recon.store.expiring import COMPACT_SLACK, compaction_due, rewrite_rows
+from contact_recon.store.files import open_private
 from contact_recon.store.installs import record_install
 from contact_recon.systems.ghl.contract import ED25519_SIGNATURE_HEADER, RSA_SIGNATURE_HEADER
 from contact_recon.tenants import owner_of_location, tenants_of
@@ -208,11 +212,11 @@ class SeenIds:
     """Accepted webhookIds until their window passes, in memory and in an append-only JSON-lines file.
 
     Each line is `{"id": ..., "until": epoch}`. Loading drops expired lines, and each `add` drops expired
-    ids from memory; the file is rewritten (atomically) once it holds more than twice the live ids plus
-    `COMPACT_SLACK` lines, so both stay the size of one window of webhooks.
+    ids from memory; the file is compacted as store/expiring.py says (rewritten atomically once it holds more
+    than twice the live ids plus `COMPACT_SLACK` lines), so both stay the size of one window of webhooks.
     """
 
-    COMPACT_SLACK = 1000
+    COMPACT_SLACK = COMPACT_SLACK
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time):
         self.path, self.clock = path, clock
@@ -255,14 +259,13 @@ class SeenIds:
         with open_private(self.path, "a") as out:
             out.write(json.dumps({"id": webhook_id, "until": until}) + "\n")
         self._lines += 1
-        if self._lines > 2 * len(self._until) + self.COMPACT_SLACK:
+        if compaction_due(self._lines, len(self._until), self.COMPACT_SLACK):
             self._rewrite()
 
     def _rewrite(self) -> None:
         now = self.clock()
         self._until = {k: v for k, v in self._until.items() if v > now}
-        atomic_text(self.path, "".join(json.dumps({"id": k, "until": v}) + "\n" for k, v in self._until.items()))
-        self._lines = len(self._until)
+        self._lines = rewrite_rows(self.path, ({"id": k, "until": v} for k, v in self._until.items()))
 
 
 def seen_ids_path(settings: Settings) -> Path:
@@ -460,3 +463,26 @@ def create_app(settings: Settings, *, send: Send | None = None, clock: Callable[
     app.state.receiver = receiver
     app.state.forwarder = forwarder
     return app
+
+
+def heartbeat_item(event: str, resource: dict[str, str], payload: dict[str, Any]) -> SpoolItem:
+    """A heartbeat (service/heartbeat.py) as a spool item: the receiver's beats go through its spool."""
+    now = time.time()
+    return SpoolItem(str(uuid.uuid4()), event, resource, payload, datetime.fromtimestamp(now, tz=UTC).isoformat(), now)
+
+
+def start_heartbeat(app: Starlette, settings: Settings) -> Heartbeat:
+    """Beat every `service_heartbeat_s` through the receiver's spool (`recon webhooks serve` starts it)."""
+    receiver: Receiver = app.state.receiver
+
+    def beat(event: str, resource: dict[str, str], payload: dict[str, Any]) -> bool:
+        receiver.spool.append(heartbeat_item(event, resource, payload))
+        if receiver.forwarder is not None:
+            receiver.forwarder.wake()
+        return True
+
+    def details() -> dict[str, Any]:
+        return {"spooled": len(receiver.spool), "unowned": receiver.unowned,
+                "prefect_reachable": receiver.forwarder.reachable if receiver.forwarder else None}
+
+    return Heartbeat(SERVICE_WEBHOOKS, settings.service_heartbeat_s, beat, details).start()

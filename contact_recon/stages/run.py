@@ -18,8 +18,11 @@ it. `Steps` says how each step runs: plain calls (`DIRECT`, the default) or Pref
 5. `report_run` (report/publish.py): summary.json, report.html, and inside Prefect the artifacts and
    alert events.
 
-`sync` (the `sync-contact` flow) runs the same plan, apply and advance code on one person read just now
-(`stages/sync.py person_frames`, `stages/plan.py plan_person`), under the same per-location lock; it recovers
+`sync` (the sync service's `sync-contact` task, and the `sync-contact` flow) runs the same plan, apply and advance
+code on one person read just now (`stages/sync.py person_frames`, `stages/plan.py plan_person`), under the same
+per-location lock, then opens the DuckDB file, waiting for both within `lock_wait_s` (a nightly of its own
+location holds the lock, one of another location the file: either way the sync waits, `LocationBusy` or
+`StoreBusy` only once the wait is over); it recovers
 nothing and writes no report (the nightly run does both). Started by a note or task webhook (`webhook_type`), it
 first marks the contact dirty (`Store.mark_dirty`), so the next snapshot reads its notes and tasks again
 (a sync reads the contact and its tasks, not its notes); a task webhook that named no contact marks the
@@ -235,7 +238,11 @@ def sync(settings: Settings, *, contact_id: str | None = None, location_id: str 
         return {"status": "retired", "location_id": location}
     ghl = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))
     te = tinyemail_client or (lambda: TinyEmailClient.from_settings(settings))
-    with location_lock(settings, [location], lock_wait_s), open_db(db_path(settings.data_dir)) as store:
+    deadline = time.monotonic() + lock_wait_s
+    # the location's lock, then the DuckDB file, which a run of another location may hold (one writer process):
+    # waited for within the same `lock_wait_s`, so a sync meeting any run waits for it instead of failing at once
+    with location_lock(settings, [location], lock_wait_s), \
+            open_db(db_path(settings.data_dir), wait_s=max(deadline - time.monotonic(), 0.0)) as store:
         if location_tasks:  # a task naming no contact: the next snapshot reads every task of the location
             store.mark_tasks_dirty(location, f"webhook {webhook_type} without a contact")
             log.info("%s without a contact: the tasks of location %s are read again by the next snapshot",

@@ -22,9 +22,11 @@ merely odd text (NUL, RTL marks, emoji, combining marks) is kept as sent.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
@@ -72,6 +74,13 @@ class _Retry(Exception):
         self.final, self.rate_limited = final, rate_limited
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """httpx's default TLS context (certifi's roots), made once per process: loading the roots takes ~0.2 s, which a
+    long-running process making two clients per one-person sync (the sync service) would pay every time."""
+    return httpx.create_ssl_context()
+
+
 class ApiClient:
     """An async HTTP client for one system and one budget (one location or key)."""
 
@@ -84,7 +93,7 @@ class ApiClient:
         self.auth_header, self.classify = auth_header, classify or (lambda response, body: None)
         self.max_attempts, self.backoff_max_s = max_attempts, backoff_max_s
         self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers or {}, transport=transport,
-                                      timeout=timeout)
+                                      timeout=timeout, verify=tls_context())
         self.stats = RequestStats()
         self._sleep = sleep
 

@@ -43,6 +43,7 @@ from contact_recon.service.alerts import (
     LONG_RUN_AUTOMATION,
     NIGHTLY_AUTOMATION,
     RUN_HELD_AUTOMATION,
+    SERVICE_STOPPED_AUTOMATION,
     URL_SECRET,
     WEBHOOKS_REFUSED_AUTOMATION,
     AlertRules,
@@ -64,7 +65,7 @@ from tests.support.prefect import prefect_events  # noqa: F401
 RECON = [sys.executable, "-m", "contact_recon.cli.main"]
 RULES = AlertRules(nightly_window=timedelta(hours=26), long_run=timedelta(hours=2))
 ALL_AUTOMATIONS = [FLOW_FAILED_AUTOMATION, RUN_HELD_AUTOMATION, FAILED_OPS_AUTOMATION, NIGHTLY_AUTOMATION,
-                   LONG_RUN_AUTOMATION, WEBHOOKS_REFUSED_AUTOMATION]
+                   LONG_RUN_AUTOMATION, WEBHOOKS_REFUSED_AUTOMATION, SERVICE_STOPPED_AUTOMATION]
 TEAMS_URL = ("https://prod-00.westus.logic.azure.com:443/workflows/abc123/triggers/manual/paths/invoke"
              "?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=TEAMSSIGNATURE")
 
@@ -435,3 +436,36 @@ def test_recon_alerts_setup_cli(tmp_path: Path, prefect_events: str) -> None:  #
 
     none = recon_alerts_setup()
     assert none.returncode == 2 and "give exactly one of --slack" in none.stderr
+
+
+def test_the_service_stopped_automation_fires_when_a_services_heartbeats_stop(
+        serve: Any, tmp_path: Path, prefect_events: str) -> None:  # noqa: F811
+    """A service of this test's own beats every second (service/heartbeat.py, 10 s window: Prefect's minimum); while
+    it beats nothing fires; stopped, the automation names it once its window has passed."""
+    from contact_recon.service.heartbeat import Heartbeat
+
+    out = tmp_path / "alerts.jsonl"
+    sink = serve(sink_app(out))
+    name, window = f"probe-{uuid.uuid4().hex[:6]}", timedelta(seconds=10)
+    setup = set_up(slack_target(sink.base_url + "/slack"), AlertRules(window, window, service_stale=window))
+    try:
+        beating = Heartbeat(name, 1.0).start()
+        try:
+            wait_until_beats(name, 12)  # beat past a whole window: no alert for a live service
+        finally:
+            beating.stop()
+        assert not [a for a in read_alerts(out) if name in a["text"]]
+        text = wait_for_alert(out, name)["text"]
+        assert text.startswith(f"*contact-recon: service {name} silent for 10 s*\n"), text
+        assert "`recon services`" in text and "pid" in text
+    finally:
+        delete_automations(setup)
+
+
+def wait_until_beats(name: str, count: int, timeout: float = 60.0) -> None:
+    from tests.support.prefect import events_of
+
+    deadline = time.monotonic() + timeout
+    while len(events_of(f"recon.service.{name}")) < count:
+        assert time.monotonic() < deadline, f"{name}: fewer than {count} heartbeats"
+        time.sleep(0.5)

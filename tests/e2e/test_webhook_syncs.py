@@ -1,32 +1,29 @@
-"""Webhooks speed up what they name (issue 17, item 3): a note or task webhook's `sync-contact` run marks the contact
-dirty, so the next snapshot reads its notes and tasks (not in 30 nights, when the sweep would come to it); a task
-webhook without a contact marks the location's tasks, and the next snapshot reads every task of the location. And
-prefect.yaml's triggers start `sync-contact` for every note and task event, with the webhook type, which the flow
-run honours (deployed with `prefect deploy`, the flow run executed with `prefect flow-run execute`).
+"""Webhooks speed up what they name (issue 17, item 3): a note or task webhook's sync marks the contact dirty, so the
+next snapshot reads its notes and tasks (not in 30 nights, when the sweep would come to it); a task webhook without a
+contact marks the location's tasks, and the next snapshot reads every task of the location. And the sync service
+(`recon services serve`, which replaced the sync-contact deployment's triggers, issue 19) follows every note and
+task event and syncs it with the webhook type.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import yaml
 
-from contact_recon.events import GHL_NOTE_TASK_TYPES, GHL_WEBHOOK_EVENTS
+from contact_recon.events import GHL_NOTE_TASK_TYPES, GHL_WEBHOOK_EVENTS, ghl_contact_resource, ghl_location_resource
 from contact_recon.sandbox.generate import generate_fixture
 from contact_recon.sandbox.ghl_webhooks import ed25519_private_key, sign
 from contact_recon.sandbox.server import RunningServer
+from contact_recon.service.syncer import SYNCED_EVENTS, SyncService, change_of
 from contact_recon.service.webhooks import PATH, create_app
 from contact_recon.settings import Settings
 from contact_recon.stages.run import sync
@@ -115,78 +112,50 @@ def test_a_task_webhook_without_a_contact_marks_the_locations_tasks(world: World
         sync(world.settings, location_id=world.location, webhook_type="NoteCreate")  # a note always has a contact
 
 
-def test_the_sync_contact_triggers_cover_every_note_and_task_event() -> None:
+def test_the_sync_service_follows_every_note_and_task_event() -> None:
+    """The sync service (service/syncer.py) replaced the sync-contact deployment's triggers: it follows every note
+    and task event, and reads a contact-less task event as its location's tasks, with the webhook type."""
+    note_task_events = {GHL_WEBHOOK_EVENTS[t] for t in GHL_NOTE_TASK_TYPES}
+    assert note_task_events <= SYNCED_EVENTS
+    now = datetime.now(UTC)
+    task = change_of("ghl.task.created", ghl_location_resource("Loc1"), {"webhook_type": "TaskCreate"}, now)
+    assert task is not None and (task.location_id, task.contact_id, task.webhook_type) == ("Loc1", None, "TaskCreate")
+    note = change_of("ghl.note.created", ghl_contact_resource("C1", "Loc1"), {"webhook_type": "NoteCreate"}, now)
+    assert note is not None and (note.location_id, note.contact_id, note.webhook_type) == ("Loc1", "C1", "NoteCreate")
+    assert change_of("ghl.contact.deleted", ghl_contact_resource("C1", "Loc1"), {}, now) is None  # the night's
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     [deployment] = [d for d in spec["deployments"] if d["name"] == "sync-contact"]
-    by_resource = {t["match"]["prefect.resource.id"]: t for t in deployment["triggers"]}
-    contact, location = by_resource["ghl.contact.*"], by_resource["ghl.location.*"]
-    note_task_events = {GHL_WEBHOOK_EVENTS[t] for t in GHL_NOTE_TASK_TYPES}
-    assert note_task_events <= set(contact["expect"])
-    assert set(location["expect"]) == {e for e in note_task_events if e.startswith("ghl.task.")}
-    for trigger in (contact, location):
-        assert trigger["parameters"]["webhook_type"] == "{{ event.payload.webhook_type }}"
+    assert not deployment.get("triggers")  # one sync per change, by the service: no flow run per event
 
 
-def wait_for_flow_run(deployment_id: Any, parameters: dict[str, str], timeout: float = 60.0) -> Any:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-    deadline = time.monotonic() + timeout
-    flt = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
-    while True:
-        with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(deployment_filter=flt)
-        found = [r for r in runs if all(r.parameters.get(k) == v for k, v in parameters.items())]
-        if found:
-            return found[0]
-        assert time.monotonic() < deadline, f"no flow run with {parameters}; got {[r.parameters for r in runs]}"
-        time.sleep(0.5)
-
-
-def test_note_and_contactless_task_webhooks_start_sync_contact_runs_that_mark(
-        world: World, serve: Callable[..., RunningServer], tmp_path: Path, prefect_server: str) -> None:
-    """The whole path: a signed webhook -> the receiver's spool -> the Prefect event -> the deployment's trigger ->
-    a sync-contact flow run with the webhook type -> executed (`prefect flow-run execute`) -> the store's mark."""
-    from prefect.client.orchestration import get_client
-
-    env = {**os.environ, "PREFECT_API_URL": prefect_server}
-    prefect = [sys.executable, "-m", "prefect"]
-    pool = subprocess.run([*prefect, "work-pool", "create", "recon-pool", "--type", "process", "--overwrite"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert pool.returncode == 0, pool.stdout + pool.stderr
-    deployed = subprocess.run([*prefect, "--no-prompt", "deploy", "--name", "sync-contact"], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=300)
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("sync-contact/sync-contact")
-    time.sleep(1)  # the server loads a new automation in a task scheduled after the commit
-
+def test_note_and_contactless_task_webhooks_are_synced_by_the_service_and_mark(
+        world: World, serve: Callable[..., RunningServer], tmp_path: Path, prefect_events: str) -> None:
+    """The whole path: a signed webhook -> the receiver's spool -> the Prefect event -> the sync service (following the
+    server's event stream) -> the sync-contact task with the webhook type -> the store's marks."""
     receiver = serve(create_app(Settings(_env_file=None, data_dir=tmp_path / "receiver",
                                          ghl_webhook_public_key="sandbox")))
+    settings = world.settings.model_copy(update={"ghl_location_ids": [world.location], "sync_coalesce_s": 0.5})
+    service = SyncService(settings).start()
     contact = world.state(world.ghl)["locations"][world.location]["contacts"][2]["id"]
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     note = {"type": "NoteCreate", "locationId": world.location, "contactId": contact, "id": f"n-{uuid.uuid4().hex}",
             "timestamp": now, "webhookId": str(uuid.uuid4())}
     task = {"type": "TaskCreate", "locationId": world.location, "id": f"t-{uuid.uuid4().hex}", "timestamp": now,
             "webhookId": str(uuid.uuid4())}  # no contactId, as real TaskCreate payloads sometimes come
-    for body in (note, task):
-        raw = json.dumps(body).encode()
-        answer = httpx.post(receiver.base_url + PATH, content=raw, timeout=10,
-                            headers={ED25519_SIGNATURE_HEADER: sign(raw, ed25519_private_key())})
-        assert answer.status_code == 200 and answer.json()["status"] == "accepted", answer.text
-
-    note_run = wait_for_flow_run(deployment.id, {"contact_id": contact, "webhook_type": "NoteCreate"})
-    task_run = wait_for_flow_run(deployment.id, {"location_id": world.location, "webhook_type": "TaskCreate"})
-    receiver.app.state.forwarder.stop()
-    assert not task_run.parameters.get("contact_id")
-    run_env = {**env, **world.env(), "RECON_GHL_LOCATION_IDS": world.location}
-    for flow_run in (note_run, task_run):
-        done = subprocess.run([*prefect, "flow-run", "execute", str(flow_run.id)], cwd=REPO, env=run_env,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        with get_client(sync_client=True) as client:
-            state = client.read_flow_run(flow_run.id).state
-        assert state is not None and state.is_completed(), state
+    try:
+        for body in (note, task):
+            raw = json.dumps(body).encode()
+            answer = httpx.post(receiver.base_url + PATH, content=raw, timeout=10,
+                                headers={ED25519_SIGNATURE_HEADER: sign(raw, ed25519_private_key())})
+            assert answer.status_code == 200 and answer.json()["status"] == "accepted", answer.text
+        deadline = time.monotonic() + 90
+        while {s["status"] for s in service.history if contact in s["key"] or "tasks" in s["key"]} != {
+                "completed", "marked"}:
+            assert time.monotonic() < deadline, (list(service.history), service.current, service.details())
+            time.sleep(0.3)
+    finally:
+        service.stop()
+        receiver.app.state.forwarder.stop()
     with open_db(db_path(world.settings.data_dir)) as store:
         assert [(m["contact_id"], m["reason"]) for m in store.dirty_contacts().to_dicts()] == [
             (contact, "webhook NoteCreate")]

@@ -292,3 +292,22 @@ def test_quarantine_reaches_a_person_under_its_other_key() -> None:
     assert dict(marked.select("key", "status").iter_rows()) == {"C1": "quarantined", "C2": "planned",
                                                                "te:a@b": "quarantined", "te:z@y": "quarantined"}
     assert marked["op_id"].to_list() == ops["op_id"].to_list()
+
+
+@pytest.mark.parametrize("awkward", [0.0, 0.3])
+def test_the_in_memory_results_of_a_run_without_docs_are_gxs_own(tmp_path: Path, awkward: float) -> None:
+    """A run without Data Docs (a one-person sync) computes the results in memory (`quick_results`); over the same
+    frames and plan, clean and awkward, every result equals what GX answers, samples included (a run with docs)."""
+    fixture = generate_fixture(300, seed=19, awkward=awkward, locations=1)
+    frames = frames_of(fixture)
+    ops, _, people = planned(frames, base_date(fixture))
+    thresholds = Thresholds(sample_size=5)
+    common: dict[str, Any] = {"today": base_date(fixture), "people": people}
+    gx = run_checks(frames, ops, thresholds, "run-gx", tmp_path / "gx", docs=True, **common)
+    quick = run_checks(frames, ops, thresholds, "run-quick", tmp_path / "quick", docs=False, **common)
+    assert quick.results == gx.results
+    assert quick.docs_index is None and not (tmp_path / "quick" / "gx").exists()  # no GX project written
+    assert quick.quarantined.equals(gx.quarantined)
+    if awkward:  # the comparison covered failing expectations and their samples, not only clean ones
+        assert any(r.unexpected_count and r.sample_values for r in gx.results)
+        assert any(not r.success for r in gx.results)
