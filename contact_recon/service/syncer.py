@@ -11,6 +11,9 @@ webhook, with no coalescing. Now one long-running process does the whole path:
    payload names). Event ids already seen are skipped (a reconnect replays the last minute). On start the replay
    reaches back to the last event the previous process took (`data_dir/services/syncs_cursor.json`), at most the
    server's backfill window (15 min), so a restart loses nothing recent; older changes wait for the nightly.
+   The stream alone can miss an event taken by the server just as the subscriber (re)connects (`sweep`): a
+   second thread reads the recent events again through the events API every `SWEEP_S` (5 s), and the ids already
+   taken are skipped, so each event is offered once.
 2. **Coalescing** (service/coalesce.py): the events of one person within `sync_coalesce_s` (1 s) of each other are one
    sync, so a storm of 1,000 webhooks for 100 people makes about 100 syncs.
 3. **Syncing.** Due syncs run one after another on the dispatching thread, each as the Prefect task `sync-contact`
@@ -76,6 +79,8 @@ SEEN_EVENTS = 20_000  # event ids remembered against a replay
 HISTORY = 2_000  # the last syncs kept in memory (`history`)
 MAX_REPLAY = timedelta(minutes=15)  # the server's own cap (PREFECT_SERVER_EVENTS_MAXIMUM_WEBSOCKET_BACKFILL)
 RECONNECT_S = 5.0
+SWEEP_S = 5.0  # how often the events API is read again for what the stream missed (`sweep`)
+SWEEP_BACK = timedelta(minutes=2)  # how far back each sweep reads, before the previous sweep began
 log = logging.getLogger("contact_recon.service.syncer")
 RunSync = Callable[[Settings, PendingSync], dict[str, Any]]
 
@@ -156,7 +161,8 @@ class SyncService:
         """Start the dispatcher, the heartbeat and (unless `follow_events` is False: a caller `offer`s) the event
         subscriber, each a thread in a copy of this thread's context (the Prefect API it was set up for)."""
         warm_up()
-        targets = [(self.serve, "sync-dispatch")] + ([(self._follow, "sync-events")] if follow_events else [])
+        targets = [(self.serve, "sync-dispatch")] + (
+            [(self._follow, "sync-events"), (self._sweep, "sync-sweep")] if follow_events else [])
         for target, name in targets:
             thread = threading.Thread(target=contextvars.copy_context().run, args=(target,), name=name, daemon=True)
             thread.start()
@@ -186,6 +192,9 @@ class SyncService:
 
     def _follow(self) -> None:
         subscribe(self, self._stop)
+
+    def _sweep(self) -> None:
+        sweep(self, self._stop)
 
     def _take_due(self) -> list[PendingSync]:
         with self._cond:
@@ -257,6 +266,56 @@ def load_cursor(path: Path) -> float | None:
 # ------------------------------------------------------------------------------ the event stream
 
 
+def replay_since(service: SyncService) -> datetime:
+    """Where a replay starts: the last minute, or from where the previous connection (or process) stopped, within
+    the server's cap."""
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    if service.cursor is not None:
+        since = max(datetime.fromtimestamp(service.cursor, tz=UTC) - timedelta(seconds=1),
+                    datetime.now(UTC) - MAX_REPLAY)
+    return since
+
+
+def sweep(service: SyncService, stop: threading.Event) -> None:
+    """Read the recent events again through the events API every `SWEEP_S`, and offer them (ids already taken are
+    skipped): the stream can miss one. The server sends an event live to the subscribers that exist when it comes
+    in, and replays from its database on connect; it writes events to the database a moment after taking them, so
+    an event taken just before a (re)connect and written just after its replay query reaches neither (seen in
+    tests/e2e/test_webhook_syncs.py: a note webhook forwarded as the service started was never synced). The sweep
+    reads from the replay's start at first, then the last `SWEEP_BACK`."""
+    since = replay_since(service)
+    while not stop.wait(SWEEP_S):
+        started = datetime.now(UTC)
+        try:
+            for name, resource, payload, occurred, event_id in recent_events(since):
+                change = change_of(name, resource, payload, occurred)
+                if change is not None:
+                    service.offer(change, event_id)
+        except Exception as exc:  # noqa: BLE001 - the server went away: the next sweep reads the same window
+            log.warning("event sweep failed (%s); again in %.0f s", type(exc).__name__, SWEEP_S)
+            continue
+        since = started - SWEEP_BACK
+
+
+def recent_events(since: datetime) -> list[tuple[str, dict[str, str], dict[str, Any], datetime, str]]:
+    """The synced events that occurred since `since` (every page), oldest first, as (name, resource, payload,
+    occurred, id)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventOrder
+
+    flt = EventFilter(event=EventNameFilter(name=sorted(SYNCED_EVENTS)), order=EventOrder.ASC,
+                      occurred=EventOccurredFilter.model_validate(
+                          {"since": since, "until": datetime.now(UTC) + timedelta(days=1)}))
+    out: list[tuple[str, dict[str, str], dict[str, Any], datetime, str]] = []
+    with get_client(sync_client=True) as client:
+        page = client.read_events(filter=flt, limit=200)
+        while True:
+            out += [(e.event, dict(e.resource.root), dict(e.payload), e.occurred, str(e.id)) for e in page.events]
+            if not page.next_page:
+                return out
+            page = client.read_events_page(str(page.next_page))
+
+
 def subscribe(service: SyncService, stop: threading.Event) -> None:
     """Feed the service from the Prefect event stream until `stop`; reconnects after any failure."""
     while not stop.is_set():
@@ -272,10 +331,7 @@ async def _subscribe(service: SyncService, stop: threading.Event) -> None:
     from prefect.events.filters import EventFilter, EventNameFilter
 
     flt = EventFilter(event=EventNameFilter(name=sorted(SYNCED_EVENTS)))
-    since = datetime.now(UTC) - timedelta(minutes=1)  # the subscriber's own replay: the last minute
-    if service.cursor is not None:  # from where the previous connection (or process) stopped, within the cap
-        since = max(datetime.fromtimestamp(service.cursor, tz=UTC) - timedelta(seconds=1),
-                    datetime.now(UTC) - MAX_REPLAY)
+    since = replay_since(service)
     subscriber = get_events_subscriber(filter=flt, reconnection_attempts=1_000_000)
     subscriber._backfill_since = since  # type: ignore[assignment]  # noqa: SLF001 - sets where the replay starts
     async with subscriber:
