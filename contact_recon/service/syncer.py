@@ -308,7 +308,7 @@ def recent_events(since: datetime) -> list[tuple[str, dict[str, str], dict[str, 
                           {"since": since, "until": datetime.now(UTC) + timedelta(days=1)}))
     out: list[tuple[str, dict[str, str], dict[str, Any], datetime, str]] = []
     with get_client(sync_client=True) as client:
-        page = client.read_events(filter=flt, limit=200)
+        page = client.read_events(filter=flt, limit=50)  # the server's largest page
         while True:
             out += [(e.event, dict(e.resource.root), dict(e.payload), e.occurred, str(e.id)) for e in page.events]
             if not page.next_page:
