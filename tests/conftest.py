@@ -36,6 +36,7 @@ SLOWEST = (
     "tests/e2e/test_security.py",
     "tests/e2e/test_demo.py",
     "tests/e2e/test_scale_out.py",
+    "tests/e2e/test_postgres_workers.py",
     "tests/e2e/test_webhooks.py",
     "tests/e2e/test_webhook_syncs.py",
     "tests/e2e/test_alerts.py",

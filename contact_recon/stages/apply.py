@@ -176,10 +176,10 @@ class JournalLedger:
         for attempt in range(1, self.max_attempts + 1):
             log.debug("%s: sending %d %s op(s), attempt %d", entries[0].target, len(entries), entries[0].kind, attempt)
             self.journal.sending(entries)
-            failpoints.hit("sending", entries[0].kind)
+            failpoints.hit("sending", entries[0].kind, entries[0].target)
             try:
                 result_id = await send()
-                failpoints.hit("answered", entries[0].kind)
+                failpoints.hit("answered", entries[0].kind, entries[0].target)
             except UnknownOutcome as exc:
                 found = await self._reread(entries, landed, exc)
                 if found is None:
