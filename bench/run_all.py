@@ -86,6 +86,7 @@ BENCHMARKS: list[Bench] = [
           quick_timeout_s=600),
     Bench("tenants", "bench/tenants.py", (), ("--tenants", "3", "--contacts", "100"), timeout_s=1800,
           quick_timeout_s=600),
+    Bench("workers", "bench/workers.py", ("--tenants", "20"), ("--tenants", "3"), timeout_s=3600, quick_timeout_s=900),
 ]
 
 
