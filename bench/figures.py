@@ -14,10 +14,13 @@ from __future__ import annotations
 import json
 import operator
 import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,
@@ -102,3 +105,23 @@ def _plain(value: float | None) -> float | None:
 
 def _number(value: float | None) -> str:
     return f"{value:g}" if value is not None else ""
+
+
+def run_on_prefect(prefix: str, bench: Callable[[Path, str], list[Figure]], json_path: Path | None,
+                   folders: Iterable[str] = ()) -> NoReturn:
+    """Run `bench(tmp, api_url)` on a throwaway Prefect server (the test harness) in a temporary folder (with
+    `folders` made in it, removed after), write its figures (`--json`) and exit 1 when a goal failed."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    for folder in folders:
+        (tmp / folder).mkdir()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry writes racing the runs
+    try:
+        with prefect_test_harness(server_startup_timeout=120):
+            figures = bench(tmp, str(PREFECT_API_URL.value()))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_figures(json_path, figures)
+    sys.exit(0 if all(f.passed is not False for f in figures) else 1)

@@ -69,11 +69,9 @@ import math
 import os
 import random
 import resource
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -89,7 +87,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.append(str(REPO / "bench"))
 
-from figures import Figure, goal, info, write_figures  # noqa: E402
+from figures import Figure, goal, info, run_on_prefect  # noqa: E402
 
 GHL_PER_S, TE_PER_S = 100 / 10, 60 / 60  # per location / per key, times the rate scale
 GHL_PAGE, TASK_BATCH, TE_PAGE, TE_BATCH = 500, 100, 100, 500
@@ -528,18 +526,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench-nightly-"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry writes racing the runs
-    try:
-        with prefect_test_harness(server_startup_timeout=120):
-            figures = bench(args, tmp, str(PREFECT_API_URL.value()))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    write_figures(args.json, figures)
-    sys.exit(0 if all(f.passed is not False for f in figures) else 1)
+    run_on_prefect("bench-nightly-", lambda tmp, api: bench(args, tmp, api), args.json)
 
 
 def bench(args: argparse.Namespace, tmp: Path, api: str) -> list[Figure]:

@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.append(str(REPO / "bench"))
 
-from figures import Figure, goal, info, write_figures  # noqa: E402
+from figures import Figure, goal, info, run_on_prefect  # noqa: E402
 
 LOOSE = "[guards]\ndeletes_or_inactivations = 1.0\nfield_updates = 1.0\ntag_removals = 1.0\n"
 WALL_GOAL_S = 600  # the whole nightly of 20 x 500 on this machine
@@ -225,20 +223,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=31)
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench-tenants-"))
-    for folder in ("nightly", "alone"):
-        (tmp / folder).mkdir()
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry writes racing the runs
-    try:
-        with prefect_test_harness(server_startup_timeout=120):
-            figures = bench(args, tmp, str(PREFECT_API_URL.value()))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    write_figures(args.json, figures)
-    sys.exit(0 if all(f.passed is not False for f in figures) else 1)
+    run_on_prefect("bench-tenants-", lambda tmp, api: bench(args, tmp, api), args.json, folders=("nightly", "alone"))
 
 
 if __name__ == "__main__":
