@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from contact_recon.settings import Settings
+from contact_recon.store.installs import known_locations
 
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -99,8 +100,15 @@ def _disjoint(tenants: dict[str, Settings], what: str, values: Any) -> None:
 
 
 def owner_of_location(tenants: dict[str, Settings], location_id: str) -> str | None:
-    """The tenant whose GHL locations include `location_id`, or None (unowned: refused)."""
-    return next((name for name, s in tenants.items() if location_id in s.ghl_location_ids), None)
+    """The tenant whose GHL locations include `location_id`, or None (unowned: refused). A tenant's locations are
+    its explicit `ghl_location_ids`; an agency tenant that sets none (its runs cover GET /oauth/installedLocations)
+    owns the locations its data dir knows: those its last run covered and every INSTALL since, less the retired
+    (store/installs.py `known_locations`). Explicit ids are tried first."""
+    explicit = next((name for name, s in tenants.items() if location_id in s.ghl_location_ids), None)
+    if explicit is not None:
+        return explicit
+    return next((name for name, s in tenants.items() if not s.ghl_location_ids and s.ghl_company_id
+                 and location_id in known_locations(s.data_dir)), None)
 
 
 def owner_of_api_key(tenants: dict[str, Settings], api_key: str) -> str | None:

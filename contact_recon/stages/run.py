@@ -80,7 +80,7 @@ from contact_recon.store import journal as J
 from contact_recon.store.db import Store, db_path, open_db
 from contact_recon.store.decisions import Decisions
 from contact_recon.store.files import run_dir
-from contact_recon.store.installs import read_installs, retired_locations
+from contact_recon.store.installs import read_installs, record_covered, retired_locations
 from contact_recon.store.journal import Journal
 from contact_recon.systems.ghl.agency import agency_locations
 from contact_recon.systems.ghl.client import GHLClient, installed_location_ids, is_agency_install
@@ -191,7 +191,9 @@ def covered_locations(settings: Settings, locations: Sequence[str] | None = None
         return list(settings.ghl_location_ids)
     if settings.ghl_company_id and is_agency_install(settings):  # the agency's installed locations, read now
         installed = asyncio.run(installed_location_ids(settings))
-        return agency_locations(installed, read_installs(settings.data_dir), settings.ghl_company_id)
+        covered = agency_locations(installed, read_installs(settings.data_dir), settings.ghl_company_id)
+        record_covered(settings.data_dir, covered)  # what routes these locations' webhooks to this tenant
+        return covered
     return []  # nothing configured: the caller refuses the run
 
 

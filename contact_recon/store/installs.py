@@ -23,6 +23,30 @@ from contact_recon.store.files import atomic_text, private_dir
 INSTALLED, RETIRED = "installed", "retired"
 
 
+def covered_path(data_dir: str | Path) -> Path:
+    return Path(data_dir) / "agency" / "covered.json"
+
+
+def record_covered(data_dir: str | Path, locations: list[str]) -> None:
+    """The locations an agency install's last run covered (its installedLocations list): what routes a webhook of
+    such a location to this data dir's tenant when the tenant names no explicit ids (`known_locations`)."""
+    path = covered_path(data_dir)
+    with _locked(path):
+        atomic_text(path, json.dumps(sorted(set(locations))))
+
+
+def known_locations(data_dir: str | Path) -> set[str]:
+    """An agency install's locations as this data dir knows them, without a request: those its last run covered,
+    plus every INSTALL since, less the retired ones."""
+    try:
+        covered = json.loads(covered_path(data_dir).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        covered = []
+    entries = read_installs(data_dir)
+    installed = {loc for loc, entry in entries.items() if entry.get("state") == INSTALLED}
+    return ({str(loc) for loc in covered if isinstance(loc, str)} | installed) - retired_locations(data_dir)
+
+
 def installs_path(data_dir: str | Path) -> Path:
     return Path(data_dir) / "agency" / "installs.json"
 
