@@ -1,55 +1,69 @@
 """The forwarder: spooled webhook events handed to Prefect and confirmed there (contact_recon/service/spool.py).
 
-One thread in the receiver's process. Each round takes up to `BATCH` pending events, in arrival order, and
-`send`s them; `send` returns the ids the server confirmed, which leave the spool. The rest stay and go
-again in a later round, so nothing is lost and, the event ids being derived from webhookIds, nothing is
-doubled on the server.
+One thread in the receiver's process, pipelined so that a webhook is handed over the moment it is spooled, not
+after the previous ones were confirmed (the server stores events a few seconds after taking them: its
+persister flushes every 5 s, so waiting for each round's confirmation before sending the next held every
+change of a steady stream back by up to that long; the sync service follows the server's live stream, which
+has the event as soon as the server took it). Each pass of the loop:
 
-`prefect_send`, the default `send`, does not trust a queue: `prefect.events.emit_event` only hands an event to
-a background worker, which drops what it cannot deliver. It POSTs the batch to the server's `/events` route
-(the answer 204 means the server took it), then reads the events back by id from the server's event store
-(`/events/filter`) until every one is there or `CONFIRM_S` has passed: an event is confirmed only once the
-server has stored it, which is also when its automations and deployment triggers have seen it.
+1. **Hand over** the pending events not in flight (in arrival order, up to `BATCH`): `Courier.post` POSTs them
+   to the server's `/events` route (the answer 204 means the server took them); they are now *in flight*.
+2. **Confirm** the events in flight: `Courier.stored` reads them back by id from the server's event store
+   (`/events/filter`): an event is confirmed only once the server has stored it, which is also when its
+   automations have seen it. Confirmed events leave the spool (`Spool.done`).
+3. An event still unconfirmed `CONFIRM_S` after it was handed over is handed over again (the event ids being
+   derived from webhookIds, one sent twice is one event on the server). `prefect.events.emit_event` is not
+   used: it only hands an event to a background worker, which drops what it cannot deliver.
 
-While the server is unreachable (or answers errors) a round fails as a whole and the next one waits longer
-(`BACKOFF_S`, doubling up to `MAX_BACKOFF_S`); the receiver keeps answering, the spool grows, and it drains
-when the server is back. A change of state (unreachable, back) is logged once, never per round. The thread
-runs in a copy of the creating thread's context, so it talks to the Prefect API that thread was set up for.
+While the server is unreachable (or answers errors) a pass fails and the next one waits longer (`BACKOFF_S`,
+doubling up to `MAX_BACKOFF_S`); the receiver keeps answering, the spool grows, and it drains when the server
+is back. A change of state (unreachable, back) is logged once, never per pass. The thread runs in a copy of the
+creating thread's context, so it talks to the Prefect API that thread was set up for.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import contextvars
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from contact_recon.service.spool import Spool, SpoolItem
 
 BATCH = 200
 IDLE_S = 1.0  # how often an idle forwarder looks at the spool (an append wakes it at once)
 BACKOFF_S, MAX_BACKOFF_S = 1.0, 30.0
-CONFIRM_S = 30.0  # how long a round waits for the server to store what it took
-CONFIRM_POLL_S = 0.5
+CONFIRM_S = 30.0  # how long an event handed over may stay unconfirmed before it is handed over again
+CONFIRM_POLL_S = 0.5  # how often the events in flight are read back
 READ_PAGE = 50  # the most events `/events/filter` returns at once
 log = logging.getLogger("contact_recon.service.webhooks")
 
-Send = Callable[[Sequence[SpoolItem]], set[str]]  # the events to hand over -> the ids the server confirmed
+
+class Courier(Protocol):
+    """How events reach the server: `post` hands them over (raises when it cannot), `stored` answers which of
+    them the server has stored (raises when it cannot be asked)."""
+
+    def post(self, items: Sequence[SpoolItem]) -> None: ...
+
+    def stored(self, items: Sequence[SpoolItem]) -> set[str]: ...
 
 
 class Forwarder:
     """The spool's drain (module docstring): `start`, `wake` after an append, `stop`."""
 
-    def __init__(self, spool: Spool, send: Send | None = None, *, idle_s: float = IDLE_S):
-        self.spool, self.send, self.idle_s = spool, send or prefect_send, idle_s
+    def __init__(self, spool: Spool, courier: Courier | None = None, *, idle_s: float = IDLE_S,
+                 confirm_s: float = CONFIRM_S, clock: Callable[[], float] = time.monotonic):
+        self.spool, self.courier, self.idle_s = spool, courier or PrefectCourier(), idle_s
+        self.confirm_s, self.clock = confirm_s, clock
         self.forwarded = 0
         self.failed_rounds = 0
         self.reachable = True
+        self.in_flight: dict[str, tuple[SpoolItem, float]] = {}  # id -> (the event, when it was handed over)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._context = contextvars.copy_context()
@@ -71,37 +85,54 @@ class Forwarder:
     def _run(self) -> None:
         delay = BACKOFF_S
         while not self._stop.is_set():
-            items = self.spool.pending(BATCH)
-            if not items:
-                self._wake.wait(self.idle_s)
-                self._wake.clear()
-                continue
-            if self._round(items):
+            if self.step():
                 delay = BACKOFF_S
+                self._wake.wait(CONFIRM_POLL_S if self.in_flight else self.idle_s)
+                self._wake.clear()
                 continue
             self._stop.wait(delay)
             delay = min(delay * 2, MAX_BACKOFF_S)
 
-    def _round(self, items: Sequence[SpoolItem]) -> bool:
-        """One hand-over; False when the server could not be reached (or confirmed nothing)."""
+    def step(self) -> bool:
+        """One pass (module docstring): hand over what is new, confirm what is in flight; False when the server
+        could not be reached."""
         try:
-            confirmed = self.send(items)
+            self._hand_over()
+            self._confirm()
         except Exception as exc:  # noqa: BLE001 - any failure of the server or the network: try again later
             self._unreachable(f"{type(exc).__name__}: {exc}")
             return False
-        self.spool.done(confirmed)
-        self.forwarded += len(confirmed)
-        if not confirmed:
-            self._unreachable("the server stored none of the events it was sent")
-            return False
-        if not self.reachable:
-            log.warning("Prefect reachable again: forwarding %d spooled webhook events", len(self.spool))
-        self.reachable = True
         return True
+
+    def _hand_over(self) -> None:
+        items = [i for i in self.spool.pending(BATCH + len(self.in_flight)) if i.id not in self.in_flight][:BATCH]
+        if not items:
+            return
+        self.courier.post(items)
+        now = self.clock()
+        self.in_flight.update((i.id, (i, now)) for i in items)
+
+    def _confirm(self) -> None:
+        if not self.in_flight:
+            return
+        confirmed = self.courier.stored([item for item, _ in self.in_flight.values()]) & set(self.in_flight)
+        self.spool.done(confirmed)
+        for item_id in confirmed:
+            del self.in_flight[item_id]
+        self.forwarded += len(confirmed)
+        now = self.clock()
+        expired = [i for i, (_, sent) in self.in_flight.items() if now - sent > self.confirm_s]
+        for item_id in expired:  # handed over a window ago and still not stored: hand it over again
+            del self.in_flight[item_id]
+        if expired:
+            raise RuntimeError(f"the server did not store {len(expired)} events within {self.confirm_s:g} s")
+        if confirmed and not self.reachable:
+            log.warning("Prefect reachable again: forwarding %d spooled webhook events", len(self.spool))
+            self.reachable = True
 
     def _unreachable(self, why: str) -> None:
         self.failed_rounds += 1
-        log.debug("forwarding round failed: %s", why)
+        log.debug("forwarding pass failed: %s", why)
         if self.reachable:
             log.warning("Prefect not reachable (%s): webhooks are kept in the spool (%d pending) and forwarded "
                         "when it is back", why, len(self.spool))
@@ -119,39 +150,46 @@ def prefect_event(item: SpoolItem) -> Any:
                                  "related": item.related, "payload": item.payload, "occurred": item.occurred})
 
 
-def prefect_send(items: Sequence[SpoolItem]) -> set[str]:
-    """POST the events to the configured Prefect server, then read them back by id (module docstring). The Prefect
-    client's own retries are off: a failed round is retried by the forwarder, with its backoff."""
-    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+class PrefectCourier:
+    """The configured Prefect server (`Courier`), through one Prefect synchronous client kept open (dropped after
+    any failure, opened again on the next pass), its own retries off: a failed pass is retried by the forwarder,
+    with its backoff."""
 
-    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
-        return asyncio.run(_send(items))
+    def __init__(self) -> None:
+        self._client: Any = None
 
+    def post(self, items: Sequence[SpoolItem]) -> None:
+        events = [prefect_event(item).model_dump(mode="json") for item in items]
+        with self._session() as client:
+            client.request("POST", "/events", json=events).raise_for_status()
 
-async def _send(items: Sequence[SpoolItem]) -> set[str]:
-    from prefect.client.orchestration import get_client
+    def stored(self, items: Sequence[SpoolItem]) -> set[str]:
+        from prefect.events.filters import EventFilter, EventIDFilter, EventOccurredFilter
 
-    events = [prefect_event(item) for item in items]
-    async with get_client() as client:
-        answer = await client.request("POST", "/events", json=[e.model_dump(mode="json") for e in events])
-        answer.raise_for_status()
-        return await _confirmed(client, events)
+        events = [prefect_event(item) for item in items]
+        occurred = EventOccurredFilter.model_validate({
+            "since": min(e.occurred for e in events) - timedelta(minutes=1),
+            "until": datetime.now(UTC) + timedelta(hours=1)})
+        wanted = sorted({e.id for e in events}, key=str)
+        found: set[uuid.UUID] = set()
+        with self._session() as client:
+            for start in range(0, len(wanted), READ_PAGE):  # the server answers at most READ_PAGE events a query
+                flt = EventFilter(id=EventIDFilter(id=wanted[start:start + READ_PAGE]), occurred=occurred)
+                found |= {e.id for e in client.read_events(filter=flt, limit=READ_PAGE).events}
+        return {str(i) for i in found}
 
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Any]:
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
-async def _confirmed(client: Any, events: Sequence[Any]) -> set[str]:
-    from prefect.events.filters import EventFilter, EventIDFilter, EventOccurredFilter
-
-    wanted = {e.id for e in events}
-    occurred = EventOccurredFilter.model_validate({"since": min(e.occurred for e in events) - timedelta(minutes=1),
-                                                   "until": datetime.now(UTC) + timedelta(hours=1)})
-    found: set[uuid.UUID] = set()
-    deadline = time.monotonic() + CONFIRM_S
-    while True:
-        missing = sorted(wanted - found, key=str)
-        for start in range(0, len(missing), READ_PAGE):  # the server answers at most READ_PAGE events a query
-            flt = EventFilter(id=EventIDFilter(id=missing[start:start + READ_PAGE]), occurred=occurred)
-            page = await client.read_events(filter=flt, limit=READ_PAGE)
-            found |= {e.id for e in page.events} & wanted
-        if found == wanted or time.monotonic() > deadline:
-            return {str(i) for i in found}
-        await asyncio.sleep(CONFIRM_POLL_S)
+        with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+            if self._client is None:
+                self._client = get_client(sync_client=True).__enter__()
+            try:
+                yield self._client
+            except BaseException:
+                client, self._client = self._client, None
+                with contextlib.suppress(Exception):
+                    client.__exit__(None, None, None)
+                raise

@@ -68,7 +68,7 @@ from contact_recon.events import (
     ghl_contact_resource,
     ghl_location_resource,
 )
-from contact_recon.service.forwarder import Forwarder, Send
+from contact_recon.service.forwarder import Courier, Forwarder
 from contact_recon.service.heartbeat import Heartbeat
 from contact_recon.service.signatures import WebhookKeys, load_keys
 from contact_recon.service.spool import Spool, SpoolFull, SpoolItem, spool_path
@@ -422,7 +422,7 @@ async def read_capped(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(settings: Settings, *, send: Send | None = None, clock: Callable[[], float] = time.time,
+def create_app(settings: Settings, *, courier: Courier | None = None, clock: Callable[[], float] = time.time,
                forward: bool = True) -> Starlette:
     """The receiver app: `POST /webhooks/ghl` (the module docstring) and `GET /healthz`; its forwarder runs.
 
@@ -430,14 +430,14 @@ def create_app(settings: Settings, *, send: Send | None = None, clock: Callable[
         settings: `ghl_webhook_public_key` (service/signatures.py), `webhook_max_age_s`,
             `webhook_dedupe_window_s`, `webhook_spool_max_bytes`, the `webhook_401_alert_*` rule and
             `data_dir` (where the spool and the accepted ids are kept).
-        send: how the forwarder hands events over (default: `forwarder.prefect_send`, the configured server).
+        courier: how the forwarder hands events over (default: `forwarder.PrefectCourier`, the configured server).
         clock: epoch seconds (the staleness check, the seen-id expiry, the 401 window).
         forward: False starts no forwarder (the spool only fills: a test of what was spooled).
     Raises WebhookKeyError (a ValueError) or OSError when the keys cannot be loaded.
     """
     keys = load_keys(settings.ghl_webhook_public_key)
     spool = Spool(spool_path(settings.data_dir), max_bytes=settings.webhook_spool_max_bytes, clock=clock)
-    forwarder = Forwarder(spool, send).start() if forward else None
+    forwarder = Forwarder(spool, courier).start() if forward else None
     watch = UnauthorizedWatch(settings.webhook_401_alert_share, settings.webhook_401_alert_min,
                               settings.webhook_401_alert_window_s, clock)
     receiver = Receiver(keys, settings.webhook_max_age_s, settings.webhook_dedupe_window_s,
