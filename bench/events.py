@@ -15,10 +15,10 @@ A first `recon run --approve` makes the base (the webhooks of its own writes com
    public API each second; the other system's state is read (the sandboxes' `/__sandbox/state`, which spends
    no rate budget) every 0.2 s until it shows the value. GHL -> TinyEmail (a webhook), then TinyEmail -> GHL
    (bounded by the watcher's poll interval, reported with it).
-2. **A burst**: `--burst-people` people changed `--burst-each` times each in GHL as fast as its API takes it
-   (1,000 webhooks for 100 people by default); latency from each person's last change to TinyEmail showing it;
-   syncs the service started for the burst (its `syncs.json`), failed syncs and failed flow runs, and the
-   requests both sandboxes answered meanwhile.
+2. **A burst**: `--burst-people` people changed `--burst-each` times each in GHL as fast as its API takes it,
+   each person's changes back to back (1,000 webhooks for 100 people by default); latency from each person's last
+   change to TinyEmail showing it; syncs the service started for the burst (its `syncs.json`), failed syncs and
+   failed flow runs, and the requests both sandboxes answered meanwhile.
 Figures: latency p50, p95 and max per direction and phase (goal: p95 under 5 s at 1 change a second, GHL side),
 syncs per burst, requests, failed runs (goal 0).
 """
@@ -274,11 +274,14 @@ def steady_changes(sides: Sides, people: list[dict[str, Any]], side: str) -> lis
 
 
 def burst_changes(sides: Sides, people: list[dict[str, Any]], each: int, data: Path) -> dict[str, Any]:
-    """`each` GHL changes of every person, round after round as fast as the API answers; the last one counts."""
+    """`each` GHL changes of every person, as fast as the API answers, a person's changes back to back (a storm as
+    GHL makes one: a bulk action or a workflow touches a contact several times within a second, then the next
+    contact); the last one counts. (Until 2026-12-02 the burst went round after round over all the people, so one
+    person's changes were a whole round apart, 4-5 s at 100 people, and no short window could coalesce them.)"""
     before, requests_before = service_counts(data), sides.requests()
     wanted: dict[str, tuple[str, float]] = {}
-    for round_ in range(each):
-        for person in people:
+    for person in people:
+        for round_ in range(each):
             city = f"Burst City {round_}"
             sides.change("ghl", person, city)
             wanted[person["email"].lower()] = (city, time.monotonic())

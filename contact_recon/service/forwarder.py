@@ -52,6 +52,8 @@ class Courier(Protocol):
 
     def stored(self, items: Sequence[SpoolItem]) -> set[str]: ...
 
+    def close(self) -> None: ...
+
 
 class Forwarder:
     """The spool's drain (module docstring): `start`, `wake` after an append, `stop`."""
@@ -83,6 +85,12 @@ class Forwarder:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        try:
+            self._forward()
+        finally:
+            self.courier.close()
+
+    def _forward(self) -> None:
         delay = BACKOFF_S
         while not self._stop.is_set():
             if self.step():
@@ -178,6 +186,12 @@ class PrefectCourier:
                 found |= {e.id for e in client.read_events(filter=flt, limit=READ_PAGE).events}
         return {str(i) for i in found}
 
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.__exit__(None, None, None)
+
     @contextlib.contextmanager
     def _session(self) -> Iterator[Any]:
         from prefect.client.orchestration import get_client
@@ -189,7 +203,5 @@ class PrefectCourier:
             try:
                 yield self._client
             except BaseException:
-                client, self._client = self._client, None
-                with contextlib.suppress(Exception):
-                    client.__exit__(None, None, None)
+                self.close()
                 raise

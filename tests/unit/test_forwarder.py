@@ -32,6 +32,9 @@ class Courier:
             raise ConnectionError("refused")
         return {i.id for i in items} & self.stored_ids
 
+    def close(self) -> None:
+        self.closed = True
+
     def flush(self) -> None:
         self.stored_ids |= {i for post in self.posts for i in post}
 
