@@ -233,13 +233,16 @@ class Sides:
                    for base in (self.ghl, self.te))
 
 
-def arrivals(sides: Sides, target: str, wanted: dict[str, tuple[str, float]], timeout: float = 300) -> list[float]:
-    """Seconds from each change (its start time) until the target side shows it (`timeout` if never)."""
+def arrivals(sides: Sides, target: str, wanted: dict[str, tuple[str, float]], expected: int,
+             timeout: float = 300) -> list[float]:
+    """Seconds from each change (its start time) until the target side shows it (`timeout` if never). Runs beside
+    the changes (`wanted` fills as they are made, up to `expected`), so an early change is timed when it lands,
+    not when the last one was made."""
     got: dict[str, float] = {}
     deadline = time.monotonic() + timeout
-    while len(got) < len(wanted) and time.monotonic() < deadline:
+    while (len(got) < expected) and time.monotonic() < deadline:
         cities, now = sides.cities(target), time.monotonic()
-        for who, (city, started) in wanted.items():
+        for who, (city, started) in list(wanted.items()):
             if who not in got and started <= now and cities.get(who) == city:
                 got[who] = now - started
         time.sleep(0.2)
@@ -249,28 +252,32 @@ def arrivals(sides: Sides, target: str, wanted: dict[str, tuple[str, float]], ti
     return [got.get(w, timeout) for w in wanted]
 
 
+def measured_beside(sides: Sides, target: str, wanted: dict[str, tuple[str, float]], expected: int) -> Any:
+    """`arrivals` in a thread started now; `.join()` then `.result`."""
+    class Watch(threading.Thread):
+        result: list[float] = []
+
+        def run(self) -> None:
+            self.result = arrivals(sides, target, wanted, expected)
+
+    watch = Watch(daemon=True)
+    watch.start()
+    return watch
+
+
 def steady_changes(sides: Sides, people: list[dict[str, Any]], side: str) -> list[float]:
     """One change a second on `side`, each measured on the other side (read in a thread beside the changes)."""
     target = "te" if side == "ghl" else "ghl"
     wanted: dict[str, tuple[str, float]] = {}
-    result: list[float] = []
-    done = threading.Event()
-
-    def watch() -> None:
-        while len(wanted) < len(people):
-            time.sleep(0.05)
-        result.extend(arrivals(sides, target, wanted))
-        done.set()
-
-    threading.Thread(target=watch, daemon=True).start()
+    watch = measured_beside(sides, target, wanted, len(people))
     for i, person in enumerate(people):
         started = time.monotonic()
         city = f"{'Webhook' if side == 'ghl' else 'Watched'} City {i}"
         sides.change(side, person, city)
         wanted[person["email"].lower() if target == "te" else person["id"]] = (city, started)
         time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
-    done.wait(600)
-    return result
+    watch.join(600)
+    return list(watch.result)
 
 
 def burst_changes(sides: Sides, people: list[dict[str, Any]], each: int, data: Path) -> dict[str, Any]:
@@ -280,12 +287,16 @@ def burst_changes(sides: Sides, people: list[dict[str, Any]], each: int, data: P
     person's changes were a whole round apart, 4-5 s at 100 people, and no short window could coalesce them.)"""
     before, requests_before = service_counts(data), sides.requests()
     wanted: dict[str, tuple[str, float]] = {}
+    changes: dict[str, tuple[str, float]] = {}  # each person's last change, handed to the watch once made
+    watch = measured_beside(sides, "te", wanted, len(people))
     for person in people:
         for round_ in range(each):
             city = f"Burst City {round_}"
             sides.change("ghl", person, city)
-            wanted[person["email"].lower()] = (city, time.monotonic())
-    latency = arrivals(sides, "te", wanted)
+            changes[person["email"].lower()] = (city, time.monotonic())
+        wanted[person["email"].lower()] = changes[person["email"].lower()]
+    watch.join(600)
+    latency = list(watch.result)
     time.sleep(3)  # the last syncs' own echoes
     after = service_counts(data)
     return {"webhooks": each * len(people), "people": len(people), "latency": latency,

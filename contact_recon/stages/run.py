@@ -343,9 +343,12 @@ def apply_run(settings: Settings, store: Store, run_id: str, *, policy: Policy |
     people = {r["key"]: Person(r["email"], r["contact_id"], r["location_id"]) for r in state["people"].to_dicts()}
     ghl_client = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))
     tinyemail_client = tinyemail_client or (lambda: TinyEmailClient.from_settings(settings))
-    # a nightly run's writes come back as thousands of webhooks: noted as echoes (contact_recon/stages/echo.py); a
-    # sync's few come back as syncs that find nothing to do, and a person's next edit is never held back
-    echo = (EchoLog(settings.data_dir), tinyemail_log(settings.data_dir)) if run["kind"] != "sync" else (None, None)
+    # a nightly run's writes come back as thousands of webhooks: noted as echoes (contact_recon/stages/echo.py). A
+    # sync's GHL writes are not: the receiver's echo window (120 s) would hold back the person's next edit of that
+    # contact until the night. A sync's TinyEmail writes are: the watcher counts a noted write only when it falls
+    # after its previous poll began (one poll interval), and without the note each sync's write came back as a
+    # second sync of the person that found nothing to do, half of the service's time at 1 change a second
+    echo = (EchoLog(settings.data_dir) if run["kind"] != "sync" else None, tinyemail_log(settings.data_dir))
     error, requests = _send(journal, run_id, locations, people, settings, ghl_client, tinyemail_client, policy, echo)
     advance(store, directory, journal.frame(run_id), run_id,
             Consent(tuple(policy.consent.tinyemail_tight), tuple(policy.consent.ghl_tight)), policy.tags.list_prefix)

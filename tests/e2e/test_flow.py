@@ -3,6 +3,7 @@ test harness) against both sandboxes; and prefect.yaml deployed with `prefect de
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -43,6 +44,11 @@ def world(sandboxes: Callable[..., tuple[RunningServer, RunningServer]], tmp_pat
                         "RECON_NOTES_SWEEP_K": "1"}.items():
         monkeypatch.setenv(name, value)
     yield w
+
+
+def te_customers(state: dict) -> list[dict]:
+    customers = state["customers"]
+    return list(customers.values() if isinstance(customers, dict) else customers)
 
 
 def reads_only(world: World) -> list[dict]:
@@ -184,11 +190,51 @@ def test_sync_contact_carries_one_change_across(world: World) -> None:
 
     assert result["status"] == "completed", result
     assert ghl_people(world.state(world.ghl))[email]["company"] == "Synced Between Nights"
-    # a sync notes no echo: the person's next GHL edit of that contact is synced at once, not at night
+    # a sync notes no GHL echo: the person's next GHL edit of that contact is synced at once, not at night (and it
+    # wrote nothing to TinyEmail, so it noted no TinyEmail echo either)
     assert echo_file.read_text().count("\n") == noted and te_echo_file.read_text().count("\n") == te_noted
     # the change is now the base: the nightly run plans nothing for that person
     nightly = reconcile_flow(dry_run=True)
     assert sum(nightly["counts"]["ghl"].values()) == 0, nightly["counts"]
+
+
+def test_a_syncs_tinyemail_write_is_noted_so_the_watcher_does_not_send_it_back(world: World) -> None:
+    """A sync writing TinyEmail notes the customer (stages/echo.py `tinyemail_log`): the watcher's next poll takes
+    the change as ours and emits nothing, where before each such write came back as a second sync of the person.
+    A person's own TinyEmail edit after that poll is emitted as usual."""
+    from contact_recon.flows.reconcile import reconcile_flow
+    from contact_recon.flows.sync_contact import sync_contact_flow
+    from contact_recon.service.watch import poll_once, share_budget
+    from contact_recon.stages.echo import tinyemail_filter
+
+    assert reconcile_flow()["status"] == "completed"
+    sent: list[str] = []
+
+    def emit(event: str, **kwargs: object) -> object:
+        sent.append(kwargs["payload"]["email"])  # type: ignore[index]
+        return object()
+
+    echo = tinyemail_filter(world.settings.data_dir)
+    assert asyncio.run(poll_once(world.settings, share_budget(world.settings, 0.5), emit, echo=echo)).baseline
+    ghl = {(c.get("email") or "").lower(): c for c in next(iter(world.state(world.ghl)["locations"].values()))[
+        "contacts"]}
+    email = sorted(e for e in te_people(world.state(world.te)) if e in ghl)[0]
+    headers = {"Authorization": f"Bearer {world.fixture['ghl']['tokens'][0]['token']}", "Version": "2021-07-28"}
+    httpx.put(f"{world.ghl.base_url}/contacts/{ghl[email]['id']}", headers=headers,
+              json={"city": "Echo City"}).raise_for_status()
+
+    result = sync_contact_flow(contact_id=ghl[email]["id"], location_id=world.location)
+
+    assert result["status"] == "completed", result
+    cities = {c["email"].lower(): c.get("city") for c in te_customers(world.state(world.te))}
+    assert cities[email] == "Echo City"
+    polled = asyncio.run(poll_once(world.settings, share_budget(world.settings, 0.5), emit, echo=echo))
+    assert ([c.email for c in polled.changes], polled.echoes, sent) == ([email], 1, [])
+    httpx.put(world.te.base_url + "/v1/account/customer", headers={"X-API-KEY": world.env()[
+        "RECON_TINYEMAIL_API_KEY"]}, json={"updateMembers": [{"email": email, "city": "Edited Later"}]}
+              ).raise_for_status()
+    later = asyncio.run(poll_once(world.settings, share_budget(world.settings, 0.5), emit, echo=echo))
+    assert (later.echoes, sent) == (0, [email])
 
 
 def test_prefect_yaml_deploys_the_three_deployments(prefect_server: str, tmp_path: Path) -> None:  # noqa: F811
