@@ -204,6 +204,7 @@ def test_a_syncs_tinyemail_write_is_noted_so_the_watcher_does_not_send_it_back(w
     A person's own TinyEmail edit after that poll is emitted as usual."""
     from contact_recon.flows.reconcile import reconcile_flow
     from contact_recon.flows.sync_contact import sync_contact_flow
+
     from contact_recon.service.watch import poll_once, share_budget
     from contact_recon.stages.echo import tinyemail_filter
 
