@@ -488,7 +488,8 @@ async def fetch_tinyemail(client: TinyEmailClient, options: SnapshotOptions, pro
                 audience.add(contact_list.id, customer)
         used.mark("members")
         progress.used["tinyemail"] = used.counts
-    frame = await _customers_frame(audience, previous, options)
+    frame, renormalised = await _customers_frame(audience, previous, options)
+    plan["changed"] = renormalised
     carried = _carried_customers(previous, audience)
     frame = pl.concat([frame, carried]) if carried.height else frame
     return TinyEmailSnapshot(frame.unique("email", keep="first", maintain_order=True), plan, used.counts,
@@ -505,8 +506,9 @@ def _carried_customers(previous: pl.DataFrame | None, audience: AudienceSnapshot
 
 
 async def _customers_frame(audience: AudienceSnapshot, previous: pl.DataFrame | None,
-                           options: SnapshotOptions) -> pl.DataFrame:
-    """One TINYEMAIL_CUSTOMERS row per customer, in audience order; an unchanged customer keeps its row."""
+                           options: SnapshotOptions) -> tuple[pl.DataFrame, int]:
+    """One TINYEMAIL_CUSTOMERS row per customer, in audience order (an unchanged customer keeps its row), and
+    how many were normalised (new, or a payload or lists not in `previous`)."""
     reusable: dict[tuple[str, tuple[str, ...]], int] = {}
     if previous is not None and not options.full_sweep:  # a full sweep normalises all again
         reusable = {(raw, tuple(lists)): index for index, (raw, lists, custom)
@@ -530,7 +532,7 @@ async def _customers_frame(audience: AudienceSnapshot, previous: pl.DataFrame | 
     old = previous.select(pl.all().gather([i for _, i in kept])) if previous is not None and kept else built.clear()
     return (pl.concat([old.with_columns(_position=pl.Series([p for p, _ in kept], dtype=pl.Int64)),
                        built.with_columns(_position=pl.Series([p for p, _, _ in fresh], dtype=pl.Int64))])
-            .sort("_position").drop("_position"))
+            .sort("_position").drop("_position")), len(fresh)
 
 
 def _has_custom(raw: str) -> bool:

@@ -281,6 +281,7 @@ def test_unchanged_tinyemail_customers_keep_their_rows(world: World, monkeypatch
     monkeypatch.setattr(snapshot_module, "tinyemail_customer_record", counting)
     result = world.snapshot(night=1)
     assert sorted(built) == sorted([first, second])
+    assert result.plans["tinyemail"]["changed"] == 2  # the bench's "changed on night 2" figure
     incremental = world.store.latest_snapshot("te_customers").sort("email")
     row = incremental.filter(pl.col("email") == second.strip().lower())
     assert other_list in row["lists"].to_list()[0]
