@@ -619,16 +619,24 @@ class Store:
             self.con.execute("INSERT OR REPLACE INTO watermarks VALUES (?, ?, ?, ?, ?)",
                              [location_id, entity, value, run_id, now])
 
-    def latest_snapshot(self, entity: str, location_id: str | None = None) -> pl.DataFrame:
-        """The most recently written snapshot of `entity` (per location, or of one location), records.py shape."""
+    def latest_snapshot(self, entity: str, location_id: str | None = None, *, without: Sequence[str] = (),
+                        ids: Sequence[str] | None = None) -> pl.DataFrame:
+        """The most recently written snapshot of `entity` (per location, or of one location), records.py shape,
+        less the columns `without` (planning leaves out `raw`: half of a snapshot's memory), only the records
+        whose id column is one of `ids` when given."""
         spec = _entity(entity)
         latest = ("SELECT location_id, arg_max(run_id, seq) AS run_id FROM snapshot_parts WHERE entity = ? "
                   + ("AND location_id = ? " if location_id is not None else "") + "GROUP BY location_id")
         params: list[Any] = [entity] + ([location_id] if location_id is not None else [])
         join = "s.run_id = l.run_id" + (" AND s.location_id = l.location_id" if spec.has_location else "")
-        columns = ", ".join(f"s.{name}" for name in spec.schema)
-        sql = f"WITH l AS ({latest}) SELECT {columns} FROM {spec.table} s JOIN l ON {join} ORDER BY s.{spec.id_column}"
-        return _cast(self._frame(sql, params), spec.schema)
+        schema = pl.Schema({name: dtype for name, dtype in spec.schema.items() if name not in without})
+        columns = ", ".join(f"s.{name}" for name in schema)
+        where = ""
+        if ids is not None:
+            where, params = f" WHERE list_contains(?, s.{spec.id_column})", [*params, list(ids)]
+        sql = (f"WITH l AS ({latest}) SELECT {columns} FROM {spec.table} s JOIN l ON {join}{where} "
+               f"ORDER BY s.{spec.id_column}")
+        return _cast(self._frame(sql, params), schema)
 
     def snapshot_parts(self) -> pl.DataFrame:
         return self._frame("SELECT * FROM snapshot_parts ORDER BY seq")

@@ -156,6 +156,33 @@ def test_latest_snapshot_is_per_location(store, clock: Clock) -> None:
     assert store.latest_snapshot("ghl_contacts", "L2")["contact_id"].to_list() == ["b"]
 
 
+def test_latest_snapshot_leaves_columns_out_and_reads_some_records(store) -> None:
+    run = store.start_run("snapshot", ["L1"])
+    frame = contacts("b", "a", "c")
+    store.write_snapshot(run, {"ghl_contacts": frame})
+    light = store.latest_snapshot("ghl_contacts", without=("raw",))
+    assert light.columns == [name for name in GHL_CONTACTS if name != "raw"]
+    assert light.equals(frame.sort("contact_id").drop("raw"))
+    some = store.latest_snapshot("ghl_contacts", ids=["c", "a", "zz"])
+    assert some["contact_id"].to_list() == ["a", "c"] and some.schema == GHL_CONTACTS
+    assert store.latest_snapshot("ghl_contacts", ids=[]).height == 0
+
+
+def test_planning_frames_carry_raw_only_where_tags_are_folded(store) -> None:
+    from contact_recon.stages.plan import latest_frames
+
+    run = store.start_run("snapshot", ["L1"])
+    rows = [ghl_contact_record({"id": "a", "email": "a@example.com", "tags": ["VIP", "vip"]}, "L1"),
+            ghl_contact_record({"id": "b", "email": "b@example.com", "tags": ["vip"]}, "L1")]
+    store.write_snapshot(run, {"ghl_contacts": to_frame(rows, GHL_CONTACTS), "te_customers": customers("x@example.com"),
+                               "ghl_notes": to_frame([], GHL_NOTES)})
+    frames = latest_frames(store, ["L1"])
+    ghl = frames["ghl_contacts"]
+    assert ghl.schema == GHL_CONTACTS
+    assert ghl.select("contact_id", raw=pl.col("raw").is_not_null()).rows() == [("a", True), ("b", False)]
+    assert frames["te_customers"]["raw"].null_count() == 1 and frames["te_customers"].schema == TINYEMAIL_CUSTOMERS
+
+
 def test_an_empty_location_is_recorded_as_empty(store) -> None:
     # Case: L2 answered with no contacts: its latest snapshot is empty, not the older one.
     r1 = store.start_run("snapshot", ["L2"])
