@@ -168,6 +168,30 @@ def test_latest_snapshot_leaves_columns_out_and_reads_some_records(store) -> Non
     assert store.latest_snapshot("ghl_contacts", ids=[]).height == 0
 
 
+def test_carried_rows_are_copied_from_the_latest_part_inside_the_store(store, clock: Clock) -> None:
+    # Case: night 1 has notes of a, b (L1) and c (L2); night 2 reads a's notes again, carries b's and c's.
+    def notes(*pairs: tuple[str, str, str]) -> pl.DataFrame:
+        return to_frame([ghl_note_record({"id": n, "contactId": c, "body": n}, loc) for n, c, loc in pairs], GHL_NOTES)
+
+    r1 = store.start_run("snapshot", ["L1", "L2"])
+    store.write_snapshot(r1, {"ghl_notes": notes(("n1", "a", "L1"), ("n2", "b", "L1"), ("n3", "c", "L2"))},
+                         location_ids=["L1", "L2"])
+    clock.advance(days=1)
+    r2 = store.start_run("snapshot", ["L1", "L2"])
+    carried = pl.DataFrame({"location_id": ["L1", "L2", "L1"], "contact_id": ["b", "c", "gone"]})
+    written = store.write_snapshot(r2, {"ghl_notes": notes(("n4", "a", "L1"))}, location_ids=["L1", "L2"],
+                                   carried={"ghl_notes": carried})
+    assert written == {"ghl_notes": 3}
+    latest = store.latest_snapshot("ghl_notes")
+    assert latest.select("note_id", "contact_id", "location_id").rows() == [
+        ("n2", "b", "L1"), ("n3", "c", "L2"), ("n4", "a", "L1")]
+    assert latest.filter(pl.col("note_id") == "n2").equals(notes(("n2", "b", "L1")))  # copied as it was
+    assert store.latest_row_count("ghl_notes", "L1") == 2 and store.latest_row_count("ghl_notes", "L2") == 1
+    # written again (the same run): the carried rows still come from night 1, not from this run's own rows
+    assert store.write_snapshot(r2, {"ghl_notes": notes(("n4", "a", "L1"))}, location_ids=["L1", "L2"],
+                                carried={"ghl_notes": carried}) == {"ghl_notes": 3}
+
+
 def test_planning_frames_carry_raw_only_where_tags_are_folded(store) -> None:
     from contact_recon.stages.plan import latest_frames
 
