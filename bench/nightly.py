@@ -56,7 +56,11 @@ Printed (and written with `--json`):
   two windows' allowance (at 2,000 contacts TinyEmail's 44 requests fit in its first window: not judged).
   Printed too: the floor with every request side by side (max over systems of all requests / rate), and
   that floor less one window's allowance per system (the absolute bound: (requests - allowance) / rate);
-- peak memory of the nightly process; each stage's share of the flow's wall, from the flow run's Prefect
+- people changed on night 2: GHL contacts read as changed (the snapshot's plan) and TinyEmail customers
+  normalised again (its `changed`); with a converged fixture about the drift, 1% a side;
+- peak memory of the nightly process (ru_maxrss), and each stage's peak RSS and CPU seconds (the process's
+  VmRSS and utime + stime sampled every 0.1 s from /proc, matched to the stage times below);
+- each stage's share of the flow's wall, from the flow run's Prefect
   task runs (recover, snapshot-merge-check, apply, report) with the snapshot part taken from the
   snapshot's own run row in DuckDB (started_at .. finished_at).
 """
