@@ -56,7 +56,11 @@ Printed (and written with `--json`):
   two windows' allowance (at 2,000 contacts TinyEmail's 44 requests fit in its first window: not judged).
   Printed too: the floor with every request side by side (max over systems of all requests / rate), and
   that floor less one window's allowance per system (the absolute bound: (requests - allowance) / rate);
-- peak memory of the nightly process; each stage's share of the flow's wall, from the flow run's Prefect
+- people changed on night 2: GHL contacts read as changed (the snapshot's plan) and TinyEmail customers
+  normalised again (its `changed`); with a converged fixture about the drift, 1% a side;
+- peak memory of the nightly process (ru_maxrss), and each stage's peak RSS and CPU seconds (the process's
+  VmRSS and utime + stime sampled every 0.1 s from /proc, matched to the stage times below);
+- each stage's share of the flow's wall, from the flow run's Prefect
   task runs (recover, snapshot-merge-check, apply, report) with the snapshot part taken from the
   snapshot's own run row in DuckDB (started_at .. finished_at).
 """
@@ -72,6 +76,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -103,6 +108,7 @@ FLOOR_GOAL = 1.2
 
 def converged_fixture(contacts: int, tasks: float, notes: float, seed: int) -> dict[str, Any]:
     """A one-location fixture of `contacts` people on both sides, as a first reconciliation leaves it."""
+    from contact_recon.model.list_tags import labels
     from contact_recon.sandbox.generate import generate_fixture
 
     fixture = generate_fixture(contacts, seed=seed, overlap=1.0, tasks_per_contact=tasks, notes_per_contact=notes,
@@ -110,10 +116,11 @@ def converged_fixture(contacts: int, tasks: float, notes: float, seed: int) -> d
     location = next(iter(fixture["ghl"]["locations"].values()))
     te = fixture["tinyemail"]
     customers = {c["email"].strip().lower(): c for c in te["customers"]}
+    label = labels({lst["id"]: lst.get("name") for lst in te["lists"]})  # as GHL holds a list: by its label
     lists: dict[str, list[str]] = defaultdict(list)
     for lst in te["lists"]:
         for email in lst["members"]:
-            lists[email.strip().lower()].append(lst["id"])
+            lists[email.strip().lower()].append(label[lst["id"]])
     facts = task_facts(location["tasks"], datetime.now(UTC).date().isoformat())
     for contact in location["contacts"]:
         customer = customers.get((contact.get("email") or "").strip().lower())
@@ -134,7 +141,8 @@ def task_facts(tasks: list[dict[str, Any]], today: str) -> dict[str, list[str]]:
 
 
 def converge_person(contact: dict[str, Any], customer: dict[str, Any], lists: list[str], facts: list[str]) -> None:
-    """Make one matched pair agree as the merge's first run would leave it (tables B-D of engine/merge.py)."""
+    """Make one matched pair agree as the merge's first run would leave it (tables B-D of engine/merge.py);
+    `lists`: the labels of the customer's lists (model/list_tags.py: GHL holds `list:<label>`, not the id)."""
     for ghl_name, te_name in (("phone", "phone"), ("companyName", "company")):
         if not contact.get(ghl_name) and customer.get(te_name):
             contact[ghl_name] = customer[te_name]  # initial fill on GHL
@@ -144,9 +152,11 @@ def converge_person(contact: dict[str, Any], customer: dict[str, Any], lists: li
         customer["source"] = contact["source"]  # source is owned by GHL
     ghl_tags, te_tags = set(contact.get("tags") or []), set(customer.get("tags") or [])
     # shared tags: the union on a first run; owned ones follow their owner. The list namespace is TinyEmail's
-    # lists: GHL carries `list:<id>` for each, and list-prefixed tags on TinyEmail are ignored (left as they are)
+    # lists: GHL carries `list:<label>` for each (a `list:<id>` would be respelled on every contact by the first
+    # run, moving every dateUpdated: night 2 would read everyone as changed), and list-prefixed tags on
+    # TinyEmail are ignored (left as they are)
     common = {tag for tag in ghl_tags | te_tags if not tag.startswith(LIST_PREFIX)}
-    contact["tags"] = sorted(common | {LIST_PREFIX + list_id for list_id in lists})
+    contact["tags"] = sorted(common | {LIST_PREFIX + name for name in lists})
     customer["tags"] = sorted(common | {tag for tag in te_tags if tag.startswith(LIST_PREFIX)} | set(facts))
     if (customer.get("status") or "").lower() in TIGHT_TE:
         contact["dnd"] = True  # TinyEmail unsubscribed -> GHL dnd
@@ -290,6 +300,36 @@ class RunResult:
     output: str
     run_id: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    samples: list[Sample] = field(default_factory=list)  # the process's RSS and CPU through the run
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: datetime  # UTC
+    rss_mib: float
+    cpu_s: float
+
+
+class Sampler(threading.Thread):
+    """The RSS (VmRSS) and CPU (utime + stime) of a process every `every_s`, from /proc, until it ends."""
+
+    def __init__(self, pid: int, every_s: float = 0.1):
+        super().__init__(daemon=True)
+        self.pid, self.every_s, self.ticks = pid, every_s, os.sysconf("SC_CLK_TCK")
+        self.samples: list[Sample] = []
+
+    def run(self) -> None:
+        while True:
+            try:
+                status = Path(f"/proc/{self.pid}/status").read_text()
+                stat = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                return
+            rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+            if rss == 0:
+                return  # a zombie: it has ended
+            self.samples.append(Sample(datetime.now(UTC), rss / 1024, (int(stat[11]) + int(stat[12])) / self.ticks))
+            time.sleep(self.every_s)
 
 
 def recon_run(env: dict[str, str], data: Path, *args: str) -> RunResult:
@@ -299,11 +339,14 @@ def recon_run(env: dict[str, str], data: Path, *args: str) -> RunResult:
     proc = subprocess.Popen([str(REPO / ".venv/bin/recon"), "run", *args], cwd=data.parent, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
+    sampler = Sampler(proc.pid)
+    sampler.start()
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
+    sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     result = RunResult(proc.returncode, time.perf_counter() - started, usage.ru_maxrss / 1024,
-                       usage.ru_utime + usage.ru_stime, output)
+                       usage.ru_utime + usage.ru_stime, output, samples=sampler.samples)
     written = set((data / "runs").glob("*/summary.json")) - before
     if len(written) == 1:
         result.summary = json.loads(written.pop().read_text())
@@ -336,11 +379,13 @@ class Nightly:
     plan: dict[str, Any]  # the snapshot's request plan of the location
     tasks_read: int
     stage_s: dict[str, float]
+    stage_at: dict[str, tuple[datetime, datetime]]  # stage -> (start, end), UTC
     flow_s: float
     journal: Any  # polars frame
     list_members: list[int]
     contacts: int
     fetch_s: dict[str, float]  # system -> seconds its snapshot fetch took (side by side)
+    te_changed: int | None  # TinyEmail customers normalised tonight (new, or payload or lists changed)
 
 
 def read_back(data: Path, run_id: str, location: str) -> Nightly:
@@ -365,9 +410,10 @@ def read_back(data: Path, run_id: str, location: str) -> Nightly:
     limited = {"ghl": ghl["rate_limited"] + apply_used.get("ghl", {}).get("rate_limited", 0),
                "tinyemail": te["rate_limited"] + apply_used.get("tinyemail", {}).get("rate_limited", 0)}
     tasks_read = round(tasks.height * chosen["fetched"] / max(contacts.height, 1))
-    stage_s, flow_s = stage_times(snap)
-    return Nightly(used, limited, chosen, tasks_read, stage_s, flow_s, journal,
-                   members["count"].to_list() if members.height else [], contacts.height, fetch_s)
+    stage_s, stage_at, flow_s = stage_times(snap)
+    te_changed = json.loads(snap["plan_json"]).get("tinyemail", {}).get("changed")
+    return Nightly(used, limited, chosen, tasks_read, stage_s, stage_at, flow_s, journal,
+                   members["count"].to_list() if members.height else [], contacts.height, fetch_s, te_changed)
 
 
 def snap_plan(snap: dict[str, Any], location: str) -> dict[str, Any]:
@@ -375,8 +421,9 @@ def snap_plan(snap: dict[str, Any], location: str) -> dict[str, Any]:
     return {**plan, "fetched": plan["changed"] + plan["dirty"] + plan["sweep"]}
 
 
-def stage_times(snap: dict[str, Any]) -> tuple[dict[str, float], float]:
-    """Seconds per stage from the latest `reconcile` flow run's task runs; the snapshot from its run row."""
+def stage_times(snap: dict[str, Any]) -> tuple[dict[str, float], dict[str, tuple[datetime, datetime]], float]:
+    """Seconds and (start, end) per stage from the latest `reconcile` flow run's task runs; the snapshot from its
+    run row (it runs first inside snapshot-merge-check: merge + checks is the rest of that task run)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import FlowRunSort
@@ -385,13 +432,30 @@ def stage_times(snap: dict[str, Any]) -> tuple[dict[str, float], float]:
         flow_run = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["reconcile"])),
                                          sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
-    by_name = {t.name.rsplit("-", 1)[0]: (t.end_time - t.start_time).total_seconds() for t in task_runs
+    by_name = {t.name.rsplit("-", 1)[0]: (utc(t.start_time), utc(t.end_time)) for t in task_runs
                if t.start_time and t.end_time}
-    snapshot_s = (snap["finished_at"] - snap["started_at"]).total_seconds()
-    stages = {"recover": by_name.get("recover", 0.0), "snapshot": snapshot_s,
-              "merge + checks": max(by_name.get("snapshot-merge-check", 0.0) - snapshot_s, 0.0),
-              "apply": by_name.get("apply", 0.0), "report": by_name.get("report", 0.0)}
-    return stages, (flow_run.end_time - flow_run.start_time).total_seconds()
+    snapshot = (utc(snap["started_at"]), utc(snap["finished_at"]))
+    planned = by_name.get("snapshot-merge-check", snapshot)
+    at = {"snapshot": snapshot, "merge + checks": (snapshot[1], max(planned[1], snapshot[1]))}
+    at |= {stage: by_name[name] for stage, name in (("recover", "recover"), ("apply", "apply"), ("report", "report"))
+           if name in by_name}
+    stages = {name: (at[name][1] - at[name][0]).total_seconds() if name in at else 0.0 for name in STAGES}
+    return stages, at, (flow_run.end_time - flow_run.start_time).total_seconds()
+
+
+def utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def stage_usage(samples: list[Sample], at: dict[str, tuple[datetime, datetime]]) -> dict[str, tuple[float, float]]:
+    """stage -> (peak RSS in MiB, CPU seconds) of the samples taken while it ran (from the one before it began)."""
+    out = {}
+    for name, (start, end) in at.items():
+        inside = [s for s in samples if start <= s.at <= end]
+        before = [s for s in samples if s.at < start][-1:]
+        if inside:
+            out[name] = (max(s.rss_mib for s in inside), inside[-1].cpu_s - (before or inside)[0].cpu_s)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ the minimum
@@ -461,14 +525,20 @@ def floors(used: dict[str, dict[str, int]], rate_scale: float) -> Floors:
                   total[slowest] >= 2 * window[slowest])
 
 
-def report(night: Nightly, run: Any, sandbox_counts: dict[str, int], rate_scale: float) -> list[Figure]:
+def report(night: Nightly, run: Any, sandbox_counts: dict[str, int], rate_scale: float,
+           drift: float) -> list[Figure]:
     print("\n== nightly run (recon run) ==")
     print(f"  status {run.summary.get('status')} (exit {run.exit_code}); ops applied: "
           + ", ".join(f"{s} {sum(v.values()):,}" for s, v in run.summary.get("counts", {}).get("applied", {}).items())
           + "".join(f"; held by {g.get('reason') or g.get('name')}" for g in run.summary.get("guards", [])))
     print(f"  read tonight: changed {night.plan['changed']:,} + dirty {night.plan['dirty']:,} + sweep "
           f"{night.plan['sweep']:,} contacts (of {night.contacts:,})")
-    return report_requests(night, sandbox_counts) + report_time(night, run, floors(night.used, rate_scale))
+    te_changed = "n/a" if night.te_changed is None else f"{night.te_changed:,}"
+    print(f"  people changed on night 2: GHL {night.plan['changed']:,} contacts, TinyEmail {te_changed} customers "
+          f"(the drift touched ~{round(night.contacts * drift):,} per side)")
+    changed = [info("nightly", "changed on night 2: GHL contacts", night.plan["changed"]),
+               info("nightly", "changed on night 2: TinyEmail customers", night.te_changed)]
+    return changed + report_requests(night, sandbox_counts) + report_time(night, run, floors(night.used, rate_scale))
 
 
 def report_requests(night: Nightly, sandbox_counts: dict[str, int]) -> list[Figure]:
@@ -500,6 +570,10 @@ def report_time(night: Nightly, run: Any, floor: Floors) -> list[Figure]:
           + f", flow overhead {night.flow_s - sum(night.stage_s.values()):.1f} s (snapshot fetch: GHL "
           f"{night.fetch_s['ghl']:.1f} s, TinyEmail {night.fetch_s['tinyemail']:.1f} s)")
     print(f"  peak memory (ru_maxrss of the run) {run.peak_rss_mib:,.0f} MiB; CPU {run.cpu_s:.1f} s")
+    usage = stage_usage(run.samples, night.stage_at)
+    print("  per stage (sampled every 0.1 s): " + ", ".join(
+        f"{name} peak {usage[name][0]:,.0f} MiB, CPU {usage[name][1]:.1f} s" for name in STAGES if name in usage)
+        + (f"; RSS at start {run.samples[0].rss_mib:,.0f} MiB" if run.samples else ""))
     judged = goal("nightly", "wall / floor", ratio, "<=", FLOOR_GOAL, "x") if floor.judged else \
         info("nightly", "wall / floor (not judged: fits one rate window)", ratio, "x")
     figures = [info("nightly", "flow wall", night.flow_s, "s"), info("nightly", "rate-limit floor", floor.staged, "s"),
@@ -509,7 +583,9 @@ def report_time(night: Nightly, run: Any, floor: Floors) -> list[Figure]:
                info("nightly", "wall / floor less one window's burst",
                     night.flow_s / floor.burst if floor.burst else None, "x"),
                info("nightly", "peak RSS", run.peak_rss_mib, "MiB"), info("nightly", "CPU", run.cpu_s, "s")]
-    return figures + [info("nightly", f"share: {name}", night.stage_s[name] / night.flow_s) for name in STAGES]
+    figures += [info("nightly", f"share: {name}", night.stage_s[name] / night.flow_s) for name in STAGES]
+    figures += [info("nightly", f"peak RSS: {name}", usage[name][0], "MiB") for name in STAGES if name in usage]
+    return figures + [info("nightly", f"CPU: {name}", usage[name][1], "s") for name in STAGES if name in usage]
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -549,7 +625,8 @@ def bench(args: argparse.Namespace, tmp: Path, api: str) -> list[Figure]:
         raise SystemExit(f"the nightly run failed (exit {night.exit_code}):\n{night.output[-3000:]}")
     figures = [info("nightly", "contacts", meta["contacts"]), info("nightly", "base run wall", base.wall_s, "s"),
                info("nightly", "base run peak RSS", base.peak_rss_mib, "MiB")]
-    figures += report(read_back(tmp / "data", night.run_id, meta["location"]), night, counts, args.rate_scale)
+    figures += report(read_back(tmp / "data", night.run_id, meta["location"]), night, counts, args.rate_scale,
+                      args.drift)
     print(f"  (whole benchmark {time.perf_counter() - started:.0f} s; peak RSS of this process "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")
     return figures

@@ -91,8 +91,8 @@ def fold(tags: Sequence[str]) -> tuple[list[str], list[str]]:
     return kept, dropped
 
 
-def _duplicated(frame: pl.DataFrame) -> pl.Series:
-    """Row flags: the record holds two spellings of one tag key."""
+def duplicated(frame: pl.DataFrame) -> pl.Series:
+    """Row flags: the record holds two spellings of one tag key (its tags are folded: `fold_frame`)."""
     if frame.height == 0:
         return pl.Series([], dtype=pl.Boolean)
     long = (frame.select(pl.int_range(pl.len()).alias("_row"), pl.col("tags")).explode("tags").drop_nulls("tags")
@@ -116,10 +116,11 @@ def _held_order(raw: str | None, tags: Sequence[str]) -> list[str]:
 
 
 def fold_frame(frame: pl.DataFrame, id_column: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """A snapshot frame (GHL_CONTACTS or TINYEMAIL_CUSTOMERS: `tags`, `raw`) with every record's tags folded
-    (module docstring), and the folds: (`id_column`, tag) rows, one per spelling dropped."""
+    """A snapshot frame (GHL_CONTACTS or TINYEMAIL_CUSTOMERS: `tags`, `raw`; `raw` is read for the `duplicated`
+    rows only, null elsewhere will do) with every record's tags folded (module docstring), and the folds:
+    (`id_column`, tag) rows, one per spelling dropped."""
     folds = pl.DataFrame(schema={id_column: pl.String, "tag": pl.String})
-    dup = _duplicated(frame)
+    dup = duplicated(frame)
     if not dup.any():
         return frame, folds
     raw = frame["raw"] if "raw" in frame.columns else pl.Series([None] * frame.height, dtype=pl.String)
@@ -143,5 +144,5 @@ def fold_ops(folds: pl.DataFrame, target: str) -> pl.DataFrame:
         pl.lit(TAG_FOLDED).alias("reason")).select(CONTENT_COLUMNS).cast(dict.fromkeys(CONTENT_COLUMNS, pl.String))
 
 
-__all__ = ["TAG_FOLDED", "add_tag", "drop_tag", "fold", "fold_frame", "fold_ops", "has_tag", "tag_key", "tag_keys",
-           "union"]
+__all__ = ["TAG_FOLDED", "add_tag", "drop_tag", "duplicated", "fold", "fold_frame", "fold_ops", "has_tag", "tag_key",
+           "tag_keys", "union"]

@@ -8,9 +8,10 @@
    listing did not end, its token was refused...) is left out of this plan, named in the plan's
    `failed_locations` and the run row's `error`: its people are out of scope, and while it is missing no
    TinyEmail-only customer is planned (it may be that location's contact; `held_for_snapshot`).
-3. Read the latest snapshots of the covered locations and of TinyEmail back from the store, and fold every
-   record's tags to one spelling per tag key (`folded_frames`, `contact_recon/model/tags.py`: tags that differ
-   only in case or spacing are one tag; the spelling there first stays). Everything after sees the folded
+3. Read the latest snapshots of the covered locations and of TinyEmail back from the store (`latest_frames`: their
+   `raw` payloads only for the records whose tags are folded, the rest null: about half of the frames' memory),
+   and fold every record's tags to one spelling per tag key (`folded_frames`, `contact_recon/model/tags.py`: tags
+   that differ only in case or spacing are one tag; the spelling there first stays). Everything after sees the folded
    frames; the fold ops (`tag_remove`, reason `tag_case_folded`) join the plan after the merge (`with_folds`,
    the stat `tags_folded`), so neither the merge's guards nor the guard expectation count them. Records the
    snapshot found present but unreadable (`unreadable`: their rows are the previous snapshot's) have their
@@ -83,7 +84,7 @@ from contact_recon.model.list_tags import ListNames, respelling_ops, with_list_i
 from contact_recon.model.normalise import normalise_email
 from contact_recon.model.ops import sort_ops, with_ids
 from contact_recon.model.policy import Policy
-from contact_recon.model.tags import fold_frame, fold_ops
+from contact_recon.model.tags import duplicated, fold_frame, fold_ops
 from contact_recon.settings import Settings
 from contact_recon.stages.advance import save_state
 from contact_recon.stages.review import identity_input, write_review_files
@@ -305,10 +306,25 @@ def plan_person(settings: Settings, store: Store, *, location_id: str, frames: d
 
 
 def latest_frames(store: Store, locations: Sequence[str]) -> dict[str, pl.DataFrame]:
-    """The latest snapshot of every entity, GHL ones limited to `locations`."""
+    """The latest snapshot of every entity, GHL ones limited to `locations`, with `raw` (the API payloads, about
+    half of the frames' memory) null except on the records whose tags are folded: only `folded_frames` reads it
+    after the snapshot, for the order the system holds their tags in (model/tags.py `fold_frame`)."""
     covered = pl.col("location_id").is_in(list(locations))
-    return {entity: store.latest_snapshot(entity).filter(covered) if spec.has_location
-            else store.latest_snapshot(entity) for entity, spec in ENTITIES.items()}
+    frames = {entity: store.latest_snapshot(entity, without=("raw",)).filter(covered) if spec.has_location
+              else store.latest_snapshot(entity, without=("raw",)) for entity, spec in ENTITIES.items()}
+    return {entity: _with_fold_payloads(store, entity, frame, covered) for entity, frame in frames.items()}
+
+
+def _with_fold_payloads(store: Store, entity: str, frame: pl.DataFrame, covered: pl.Expr) -> pl.DataFrame:
+    """`frame` in its records.py shape: `raw` read back for the records `fold_frame` folds, null for the others."""
+    spec = ENTITIES[entity]
+    keys = [spec.id_column, "location_id"] if spec.has_location else [spec.id_column]
+    folded = frame.filter(duplicated(frame)) if "tags" in frame.columns else frame.clear()
+    raw = store.latest_snapshot(entity, ids=folded[spec.id_column].to_list()) if folded.height else None
+    if raw is None:
+        return frame.with_columns(raw=pl.lit(None, pl.String)).select(spec.schema.names())
+    raw = raw.filter(covered) if spec.has_location else raw
+    return frame.join(raw.select(*keys, "raw"), on=keys, how="left", maintain_order="left").select(spec.schema.names())
 
 
 def _check_snapshot_exists(store: Store, locations: Sequence[str]) -> None:

@@ -49,7 +49,9 @@ Per GHL location (`fetch_ghl_location`, the Prefect task `snapshot_ghl_location`
    Notes: `GET /contacts/{id}/notes`, one request per chosen contact.
    Both run `concurrency` (10) requests in flight, paced by the location's `RateBudget`.
 5. Tasks and notes of the contacts not read tonight are carried over from the previous snapshot (and
-   those of deleted contacts dropped), so each location's snapshot is complete (contact_recon/store/db.py).
+   those of deleted contacts dropped), so each location's snapshot is complete: the store copies those rows
+   inside DuckDB in the snapshot's one transaction (`Store.write_snapshot`'s `carried`), so the previous tasks
+   and notes are never read into Python (only their count, for the plan's tasks per contact).
 
 TinyEmail (`fetch_tinyemail`, the Prefect task `snapshot_tinyemail`): every list, every member (it has
 no updated-since filter), one row per customer with its lists. Lists are read side by side, each one
@@ -151,11 +153,12 @@ class SnapshotOptions:
 
 @dataclass(frozen=True)
 class PreviousState:
-    """What one location's fetch needs from the store: its latest snapshot, watermark and dirty marks."""
+    """What one location's fetch needs from the store: its latest contacts, how many tasks they have (the rows
+    of tasks and notes stay in the store: the ones carried over are copied there, step 5), watermark and dirty
+    marks."""
 
     contacts: pl.DataFrame
-    tasks: pl.DataFrame
-    notes: pl.DataFrame
+    tasks_count: int
     watermark: str | None
     dirty: frozenset[str] = frozenset()
     tasks_dirty: bool = False  # a task webhook without a contact marked the location's tasks
@@ -169,14 +172,14 @@ class PreviousState:
         paired = store.load_id_map().filter((pl.col("location_id") == location_id)
                                             & pl.col("contact_id").is_in(in_base.implode()))["contact_id"]
         written = Journal(store).ghl_writes_since(location_id, store.clock() - timedelta(seconds=written_within_s))
-        return cls(store.latest_snapshot("ghl_contacts", location_id), store.latest_snapshot("ghl_tasks", location_id),
-                   store.latest_snapshot("ghl_notes", location_id), store.watermark(location_id, WATERMARK_ENTITY),
+        return cls(store.latest_snapshot("ghl_contacts", location_id), store.latest_row_count("ghl_tasks", location_id),
+                   store.watermark(location_id, WATERMARK_ENTITY),
                    frozenset(dirty.to_list()), tasks_dirty=store.tasks_dirty(location_id),
                    paired=frozenset(paired.to_list()), written=written)
 
     @property
     def tasks_per_contact(self) -> float:
-        return self.tasks.height / self.contacts.height if self.contacts.height else DEFAULT_TASKS_PER_CONTACT
+        return self.tasks_count / self.contacts.height if self.contacts.height else DEFAULT_TASKS_PER_CONTACT
 
 
 @dataclass
@@ -191,8 +194,8 @@ class Progress:
 class LocationSnapshot:
     location_id: str
     contacts: pl.DataFrame
-    tasks: pl.DataFrame
-    notes: pl.DataFrame
+    tasks: pl.DataFrame  # the tasks read tonight
+    notes: pl.DataFrame  # the notes read tonight
     watermark: str | None
     plan: RequestPlan
     used: dict[str, Any]
@@ -200,6 +203,8 @@ class LocationSnapshot:
     deferred: tuple[str, ...]  # changed/dirty contacts not read tonight (marked dirty)
     tasks_dirty_read: bool = False  # every task of the location was read: its mark is cleared once committed
     unreadable: tuple[Unreadable, ...] = ()  # present but unreadable: previous rows carried, persons held
+    tasks_carried: tuple[str, ...] = ()  # present contacts whose tasks were not read: their rows are copied over
+    notes_carried: tuple[str, ...] = ()  # likewise for notes (step 5, in the store: `Store.write_snapshot`)
 
 
 @dataclass(frozen=True)
@@ -255,11 +260,11 @@ async def fetch_ghl_location(client: GHLClient, previous: PreviousState, options
                         GHL_CONTACTS)])
     kept = previous.contacts.filter(pl.col("contact_id").is_in([*listing.kept, *carried]))
     frame = pl.concat([kept, fresh]).sort("contact_id")
-    present_ids = frame["contact_id"]
+    present_ids = frame["contact_id"].to_list()
     return LocationSnapshot(
-        loc, frame, _carry_over(previous.tasks, tasks, present_ids, task_ids),
-        _carry_over(previous.notes, notes, present_ids, chosen), _watermark(contacts, previous.watermark), plan,
-        used.counts, dirty_read, deferred, tasks_dirty_read=all_tasks, unreadable=tuple(unreadable))
+        loc, frame, tasks, notes, _watermark(contacts, previous.watermark), plan, used.counts, dirty_read, deferred,
+        tasks_dirty_read=all_tasks, unreadable=tuple(unreadable), tasks_carried=_not_read(present_ids, task_ids),
+        notes_carried=_not_read(present_ids, chosen))
 
 
 async def _list_contacts(client: GHLClient, previous: PreviousState) -> tuple[list[Contact], list[Unreadable]]:
@@ -458,10 +463,11 @@ async def _read_notes(client: GHLClient, contact_ids: Sequence[str], concurrency
     return to_frame([row for rows in found for row in rows], GHL_NOTES)
 
 
-def _carry_over(previous: pl.DataFrame, fresh: pl.DataFrame, present: pl.Series, read: Sequence[str]) -> pl.DataFrame:
-    """Tonight's rows of the contacts read, plus the previous rows of the present contacts not read."""
-    kept = previous.filter(pl.col("contact_id").is_in(present.implode()) & ~pl.col("contact_id").is_in(list(read)))
-    return pl.concat([kept, fresh])
+def _not_read(present: Sequence[str], read: Sequence[str]) -> tuple[str, ...]:
+    """The present contacts whose previous rows are carried over: those not read tonight (deleted ones are not
+    present, so their rows are dropped)."""
+    wanted = set(read)
+    return tuple(c for c in present if c not in wanted)
 
 
 # -------------------------------------------------------------------------------------- TinyEmail
@@ -488,7 +494,8 @@ async def fetch_tinyemail(client: TinyEmailClient, options: SnapshotOptions, pro
                 audience.add(contact_list.id, customer)
         used.mark("members")
         progress.used["tinyemail"] = used.counts
-    frame = await _customers_frame(audience, previous, options)
+    frame, renormalised = await _customers_frame(audience, previous, options)
+    plan["changed"] = renormalised
     carried = _carried_customers(previous, audience)
     frame = pl.concat([frame, carried]) if carried.height else frame
     return TinyEmailSnapshot(frame.unique("email", keep="first", maintain_order=True), plan, used.counts,
@@ -505,8 +512,9 @@ def _carried_customers(previous: pl.DataFrame | None, audience: AudienceSnapshot
 
 
 async def _customers_frame(audience: AudienceSnapshot, previous: pl.DataFrame | None,
-                           options: SnapshotOptions) -> pl.DataFrame:
-    """One TINYEMAIL_CUSTOMERS row per customer, in audience order; an unchanged customer keeps its row."""
+                           options: SnapshotOptions) -> tuple[pl.DataFrame, int]:
+    """One TINYEMAIL_CUSTOMERS row per customer, in audience order (an unchanged customer keeps its row), and
+    how many were normalised (new, or a payload or lists not in `previous`)."""
     reusable: dict[tuple[str, tuple[str, ...]], int] = {}
     if previous is not None and not options.full_sweep:  # a full sweep normalises all again
         reusable = {(raw, tuple(lists)): index for index, (raw, lists, custom)
@@ -530,7 +538,7 @@ async def _customers_frame(audience: AudienceSnapshot, previous: pl.DataFrame | 
     old = previous.select(pl.all().gather([i for _, i in kept])) if previous is not None and kept else built.clear()
     return (pl.concat([old.with_columns(_position=pl.Series([p for p, _ in kept], dtype=pl.Int64)),
                        built.with_columns(_position=pl.Series([p for p, _, _ in fresh], dtype=pl.Int64))])
-            .sort("_position").drop("_position"))
+            .sort("_position").drop("_position")), len(fresh)
 
 
 def _has_custom(raw: str) -> bool:
@@ -628,15 +636,13 @@ def run_snapshot(settings: Settings, store: Store, locations: Sequence[str], *, 
         _check_sides(ghl, te, previous, te_previous.height, options.allow_empty)
         store.set_plan(run_id, progress.plans)
         done = [s.location_id for s in ghl]
-        ingest_s = _write(store, run_id, ghl, te, done, started)
+        ingest_s, counts = _write(store, run_id, ghl, te, done, started)
     except BaseException as exc:
         store.set_plan(run_id, progress.plans)
         store.finish_run(run_id, "failed", progress.used, error=str(exc) or type(exc).__name__)
         raise
     store.finish_run(run_id, "succeeded", progress.used, error="; ".join(f"snapshot of {where} failed: {why}"
                                                                          for where, why in failed.items()) or None)
-    counts = {"ghl_contacts": sum(s.contacts.height for s in ghl), "ghl_tasks": sum(s.tasks.height for s in ghl),
-              "ghl_notes": sum(s.notes.height for s in ghl), "te_customers": te.customers.height}
     result = SnapshotResult(run_id, counts, progress.plans, progress.used, ingest_s, time.perf_counter() - t0,
                             loaded - t0, fetched - loaded, failed, unreadable, tuple(done))
     log.info("snapshot %s: %s in %.1f s (fetch %.1f s, write %.1f s); requests %s", run_id,
@@ -731,8 +737,9 @@ def _check_sides(ghl: list[LocationSnapshot], te: TinyEmailSnapshot, previous: d
 
 
 def _write(store: Store, run_id: str, ghl: list[LocationSnapshot], te: TinyEmailSnapshot,
-           locations: Sequence[str], started: datetime) -> float:
-    """Mark deferred contacts dirty, write everything in one transaction, then clear the dirty marks read."""
+           locations: Sequence[str], started: datetime) -> tuple[float, dict[str, int]]:
+    """Mark deferred contacts dirty, write everything in one transaction (the tasks and notes not read tonight
+    copied over inside the store), then clear the dirty marks read; the seconds the write took, the rows written."""
     for snap in ghl:
         for contact_id in snap.deferred:
             store.mark_dirty(snap.location_id, contact_id, "deferred: request budget")
@@ -741,15 +748,24 @@ def _write(store: Store, run_id: str, ghl: list[LocationSnapshot], te: TinyEmail
               "ghl_notes": pl.concat([s.notes for s in ghl]) if ghl else to_frame([], GHL_NOTES),
               "te_customers": te.customers}
     watermarks = {(s.location_id, WATERMARK_ENTITY): s.watermark for s in ghl if s.watermark is not None}
+    carried = {"ghl_tasks": _carried_frame([(s.location_id, s.tasks_carried) for s in ghl]),
+               "ghl_notes": _carried_frame([(s.location_id, s.notes_carried) for s in ghl])}
     t0 = time.perf_counter()
-    store.write_snapshot(run_id, frames, watermarks, location_ids=locations)
+    counts = store.write_snapshot(run_id, frames, watermarks, location_ids=locations, carried=carried)
     store.save_lists(te.lists, run_id)  # their names: GHL spells a list tag with it (model/list_tags.py)
     ingest_s = time.perf_counter() - t0
     for snap in ghl:
         store.clear_dirty(((snap.location_id, c) for c in snap.dirty_read), marked_before=started)
         if snap.tasks_dirty_read:  # every task of the location was read tonight
             store.clear_tasks_dirty(snap.location_id, marked_before=started)
-    return ingest_s
+    return ingest_s, counts
+
+
+def _carried_frame(carried: Sequence[tuple[str, Sequence[str]]]) -> pl.DataFrame:
+    """(location_id, contact_id) rows of the contacts whose previous rows are copied over."""
+    return pl.DataFrame({"location_id": [loc for loc, ids in carried for _ in ids],
+                         "contact_id": [c for _, ids in carried for c in ids]},
+                        schema={"location_id": pl.String, "contact_id": pl.String})
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -13,7 +13,9 @@ transactions). Frames go in through DuckDB's Arrow scan of the polars frame (`IN
 FROM` a registered frame), without a Python loop over rows.
 
 A run's snapshot of an entity is complete for each location it covers (an incremental fetch is
-overlaid on the previous snapshot by the snapshot stage before it is written). `snapshot_parts`
+overlaid on the previous snapshot by the snapshot stage before it is written; the GHL tasks and notes of the
+contacts not read tonight are copied from the latest part inside DuckDB, in the same transaction:
+`write_snapshot`'s `carried`, so they never pass through Python). `snapshot_parts`
 records which (run, entity, location) were written, even when empty, so `latest_snapshot` takes per
 location the most recently written part, and an empty answer is told apart from "never fetched".
 
@@ -562,8 +564,9 @@ class Store:
 
     def write_snapshot(self, run_id: str, frames: Mapping[str, pl.DataFrame],
                        watermarks: Mapping[tuple[str, str], str] | None = None, *,
-                       location_ids: Iterable[str] | None = None) -> None:
-        """Write one run's snapshot frames and its new watermarks in ONE transaction.
+                       location_ids: Iterable[str] | None = None,
+                       carried: Mapping[str, pl.DataFrame] | None = None) -> dict[str, int]:
+        """Write one run's snapshot frames and its new watermarks in ONE transaction; the rows written per entity.
 
         Args:
             run_id: the run the rows belong to; writing the same (run, entity, location) again replaces it.
@@ -571,16 +574,41 @@ class Store:
             watermarks: (location_id, entity) -> value, committed only together with the frames.
             location_ids: the GHL locations these frames cover, so a location that answered with no
                 rows is recorded as an empty part; by default the locations present in each frame.
+            carried: entity with a `contact_id` column (GHL tasks, notes) -> (location_id, contact_id) rows: those
+                contacts' rows of the entity's latest part of that location (another run's) are copied into this
+                run inside DuckDB, beside `frames` (never read into Python: the snapshot stage's carry-over).
         """
         for entity, frame in frames.items():
             _check_frame(entity, frame)
         locations = None if location_ids is None else sorted(set(location_ids))
+        carried = carried or {}
+        written: dict[str, int] = {}
         with self.transaction():
             for entity, frame in frames.items():
                 parts = self._parts_of(entity, frame, locations)
                 self._replace_rows(run_id, entity, frame, parts)
-                self._record_parts(run_id, entity, frame, parts)
+                if entity in carried:
+                    self._copy_carried(run_id, entity, carried[entity])
+                written[entity] = self._record_parts(run_id, entity, frame, parts)
             self._set_watermarks(run_id, watermarks or {})
+        return written
+
+    def _copy_carried(self, run_id: str, entity: str, contacts: pl.DataFrame) -> None:
+        """Copy the `contacts` (location_id, contact_id) rows of `entity` from its latest part of each location
+        written by another run into `run_id` (write_snapshot's `carried`)."""
+        spec = ENTITIES[entity]
+        columns = ", ".join(f"s.{name}" for name in spec.schema)
+        latest = ("SELECT location_id, arg_max(run_id, seq) AS run_id FROM snapshot_parts WHERE entity = ? "
+                  "AND run_id <> ? GROUP BY location_id")
+        self.con.register("_carried_contacts", contacts.select("location_id", "contact_id"))
+        try:
+            self.con.execute(
+                f"INSERT INTO {spec.table} BY NAME SELECT ?::VARCHAR AS run_id, {columns} FROM {spec.table} s "
+                f"JOIN ({latest}) l ON s.run_id = l.run_id AND s.location_id = l.location_id "
+                "SEMI JOIN _carried_contacts c ON c.location_id = s.location_id AND c.contact_id = s.contact_id",
+                [run_id, entity, run_id])
+        finally:
+            self.con.unregister("_carried_contacts")
 
     @staticmethod
     def _parts_of(entity: str, frame: pl.DataFrame, locations: list[str] | None) -> list[str]:
@@ -605,13 +633,26 @@ class Store:
         finally:
             self.con.unregister("_snapshot_frame")
 
-    def _record_parts(self, run_id: str, entity: str, frame: pl.DataFrame, parts: list[str]) -> None:
-        counts = (dict(frame.group_by("location_id").len().iter_rows()) if ENTITIES[entity].has_location
-                  else {NO_LOCATION: frame.height})
+    def _record_parts(self, run_id: str, entity: str, frame: pl.DataFrame, parts: list[str]) -> int:
+        """Record the parts written (with their row counts, carried rows included); the rows written."""
+        spec = ENTITIES[entity]
+        if spec.has_location:
+            counts = dict(self.con.execute(f"SELECT location_id, count(*) FROM {spec.table} WHERE run_id = ? "
+                                           "AND list_contains(?, location_id) GROUP BY location_id",
+                                           [run_id, parts]).fetchall())
+        else:
+            counts = {NO_LOCATION: frame.height}
         now = self.clock()
         for location in parts:
             self.con.execute("INSERT OR REPLACE INTO snapshot_parts VALUES (?, ?, ?, ?, nextval('snapshot_seq'), ?)",
                              [run_id, entity, location, counts.get(location, 0), now])
+        return sum(counts.get(location, 0) for location in parts)
+
+    def latest_row_count(self, entity: str, location_id: str) -> int:
+        """How many rows the latest part of `entity` in `location_id` holds (0 before the first snapshot)."""
+        rows = self.con.execute("SELECT arg_max(row_count, seq) FROM snapshot_parts WHERE entity = ? AND "
+                                "location_id = ?", [entity, location_id]).fetchall()
+        return int(rows[0][0] or 0) if rows else 0
 
     def _set_watermarks(self, run_id: str, watermarks: Mapping[tuple[str, str], str]) -> None:
         now = self.clock()
@@ -619,16 +660,24 @@ class Store:
             self.con.execute("INSERT OR REPLACE INTO watermarks VALUES (?, ?, ?, ?, ?)",
                              [location_id, entity, value, run_id, now])
 
-    def latest_snapshot(self, entity: str, location_id: str | None = None) -> pl.DataFrame:
-        """The most recently written snapshot of `entity` (per location, or of one location), records.py shape."""
+    def latest_snapshot(self, entity: str, location_id: str | None = None, *, without: Sequence[str] = (),
+                        ids: Sequence[str] | None = None) -> pl.DataFrame:
+        """The most recently written snapshot of `entity` (per location, or of one location), records.py shape,
+        less the columns `without` (planning leaves out `raw`: half of a snapshot's memory), only the records
+        whose id column is one of `ids` when given."""
         spec = _entity(entity)
         latest = ("SELECT location_id, arg_max(run_id, seq) AS run_id FROM snapshot_parts WHERE entity = ? "
                   + ("AND location_id = ? " if location_id is not None else "") + "GROUP BY location_id")
         params: list[Any] = [entity] + ([location_id] if location_id is not None else [])
         join = "s.run_id = l.run_id" + (" AND s.location_id = l.location_id" if spec.has_location else "")
-        columns = ", ".join(f"s.{name}" for name in spec.schema)
-        sql = f"WITH l AS ({latest}) SELECT {columns} FROM {spec.table} s JOIN l ON {join} ORDER BY s.{spec.id_column}"
-        return _cast(self._frame(sql, params), spec.schema)
+        schema = pl.Schema({name: dtype for name, dtype in spec.schema.items() if name not in without})
+        columns = ", ".join(f"s.{name}" for name in schema)
+        where = ""
+        if ids is not None:
+            where, params = f" WHERE list_contains(?, s.{spec.id_column})", [*params, list(ids)]
+        sql = (f"WITH l AS ({latest}) SELECT {columns} FROM {spec.table} s JOIN l ON {join}{where} "
+               f"ORDER BY s.{spec.id_column}")
+        return _cast(self._frame(sql, params), schema)
 
     def snapshot_parts(self) -> pl.DataFrame:
         return self._frame("SELECT * FROM snapshot_parts ORDER BY seq")

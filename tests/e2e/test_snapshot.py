@@ -171,6 +171,37 @@ def test_a_change_is_seen_and_an_unchanged_contact_costs_no_request(world: World
     assert sorted(world.store.latest_snapshot("ghl_tasks")["task_id"]) == sorted(t["id"] for t in state["tasks"])
 
 
+def test_night_2_normalises_only_the_k_changed_contacts_and_carries_the_rest_as_they_were(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory follows the changes (issue 20): k edits normalise k contacts; the tasks and notes of the contacts
+    not read are copied in the store row for row."""
+    from contact_recon.stages import snapshot as snapshot_module
+
+    world.snapshot(night=0)
+    before = {entity: world.store.latest_snapshot(entity) for entity in ("ghl_tasks", "ghl_notes")}
+    edited = world.store.latest_snapshot("ghl_contacts")["contact_id"].to_list()[5:8]
+    for contact_id in edited:
+        world.ghl_call("PUT", f"/contacts/{contact_id}", {"city": "Elsewhere"})
+    built: list[str] = []
+    record = snapshot_module.ghl_contact_record
+
+    def counting(payload: dict[str, Any], *args: Any) -> dict[str, Any]:
+        built.append(payload["id"])
+        return record(payload, *args)
+
+    monkeypatch.setattr(snapshot_module, "ghl_contact_record", counting)
+    offset = world.log_offset(world.ghl)
+    result = world.snapshot(night=1)
+    assert sorted(built) == sorted(edited)
+    assert result.plans[f"ghl:{world.location}"]["changed"] >= len(edited)
+    read = world.notes_requested(offset)
+    for entity, key in (("ghl_tasks", "task_id"), ("ghl_notes", "note_id")):
+        unread = pl.col("contact_id").is_in(list(read)).not_()
+        assert_frame_equal(world.store.latest_snapshot(entity).filter(unread).sort(key),
+                           before[entity].filter(unread).sort(key))
+    assert result.counts["ghl_notes"] == world.store.latest_snapshot("ghl_notes").height
+
+
 def test_a_deletion_is_seen_the_next_night(world: World) -> None:
     world.snapshot(night=0)
     notes = world.store.latest_snapshot("ghl_notes")
@@ -281,6 +312,7 @@ def test_unchanged_tinyemail_customers_keep_their_rows(world: World, monkeypatch
     monkeypatch.setattr(snapshot_module, "tinyemail_customer_record", counting)
     result = world.snapshot(night=1)
     assert sorted(built) == sorted([first, second])
+    assert result.plans["tinyemail"]["changed"] == 2  # the bench's "changed on night 2" figure
     incremental = world.store.latest_snapshot("te_customers").sort("email")
     row = incremental.filter(pl.col("email") == second.strip().lower())
     assert other_list in row["lists"].to_list()[0]

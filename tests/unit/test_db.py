@@ -156,6 +156,57 @@ def test_latest_snapshot_is_per_location(store, clock: Clock) -> None:
     assert store.latest_snapshot("ghl_contacts", "L2")["contact_id"].to_list() == ["b"]
 
 
+def test_latest_snapshot_leaves_columns_out_and_reads_some_records(store) -> None:
+    run = store.start_run("snapshot", ["L1"])
+    frame = contacts("b", "a", "c")
+    store.write_snapshot(run, {"ghl_contacts": frame})
+    light = store.latest_snapshot("ghl_contacts", without=("raw",))
+    assert light.columns == [name for name in GHL_CONTACTS if name != "raw"]
+    assert light.equals(frame.sort("contact_id").drop("raw"))
+    some = store.latest_snapshot("ghl_contacts", ids=["c", "a", "zz"])
+    assert some["contact_id"].to_list() == ["a", "c"] and some.schema == GHL_CONTACTS
+    assert store.latest_snapshot("ghl_contacts", ids=[]).height == 0
+
+
+def test_carried_rows_are_copied_from_the_latest_part_inside_the_store(store, clock: Clock) -> None:
+    # Case: night 1 has notes of a, b (L1) and c (L2); night 2 reads a's notes again, carries b's and c's.
+    def notes(*pairs: tuple[str, str, str]) -> pl.DataFrame:
+        return to_frame([ghl_note_record({"id": n, "contactId": c, "body": n}, loc) for n, c, loc in pairs], GHL_NOTES)
+
+    r1 = store.start_run("snapshot", ["L1", "L2"])
+    store.write_snapshot(r1, {"ghl_notes": notes(("n1", "a", "L1"), ("n2", "b", "L1"), ("n3", "c", "L2"))},
+                         location_ids=["L1", "L2"])
+    clock.advance(days=1)
+    r2 = store.start_run("snapshot", ["L1", "L2"])
+    carried = pl.DataFrame({"location_id": ["L1", "L2", "L1"], "contact_id": ["b", "c", "gone"]})
+    written = store.write_snapshot(r2, {"ghl_notes": notes(("n4", "a", "L1"))}, location_ids=["L1", "L2"],
+                                   carried={"ghl_notes": carried})
+    assert written == {"ghl_notes": 3}
+    latest = store.latest_snapshot("ghl_notes")
+    assert latest.select("note_id", "contact_id", "location_id").rows() == [
+        ("n2", "b", "L1"), ("n3", "c", "L2"), ("n4", "a", "L1")]
+    assert latest.filter(pl.col("note_id") == "n2").equals(notes(("n2", "b", "L1")))  # copied as it was
+    assert store.latest_row_count("ghl_notes", "L1") == 2 and store.latest_row_count("ghl_notes", "L2") == 1
+    # written again (the same run): the carried rows still come from night 1, not from this run's own rows
+    assert store.write_snapshot(r2, {"ghl_notes": notes(("n4", "a", "L1"))}, location_ids=["L1", "L2"],
+                                carried={"ghl_notes": carried}) == {"ghl_notes": 3}
+
+
+def test_planning_frames_carry_raw_only_where_tags_are_folded(store) -> None:
+    from contact_recon.stages.plan import latest_frames
+
+    run = store.start_run("snapshot", ["L1"])
+    rows = [ghl_contact_record({"id": "a", "email": "a@example.com", "tags": ["VIP", "vip"]}, "L1"),
+            ghl_contact_record({"id": "b", "email": "b@example.com", "tags": ["vip"]}, "L1")]
+    store.write_snapshot(run, {"ghl_contacts": to_frame(rows, GHL_CONTACTS), "te_customers": customers("x@example.com"),
+                               "ghl_notes": to_frame([], GHL_NOTES)})
+    frames = latest_frames(store, ["L1"])
+    ghl = frames["ghl_contacts"]
+    assert ghl.schema == GHL_CONTACTS
+    assert ghl.select("contact_id", raw=pl.col("raw").is_not_null()).rows() == [("a", True), ("b", False)]
+    assert frames["te_customers"]["raw"].null_count() == 1 and frames["te_customers"].schema == TINYEMAIL_CUSTOMERS
+
+
 def test_an_empty_location_is_recorded_as_empty(store) -> None:
     # Case: L2 answered with no contacts: its latest snapshot is empty, not the older one.
     r1 = store.start_run("snapshot", ["L2"])
