@@ -34,11 +34,12 @@ Printed (and written with `--json`):
                                                     + 1 if tag adds + 1 if tag removes
                                                     + 1 per task or note created
       TE snapshot   = 1 + sum_l max(1, ceil(m_l/100))       lists, then every member page (no updated-since)
-      TE apply      = [c > 0] (ceil(c/500) + 1 + ceil(c/500) + sum_l ceil(c_l/500))
-                                                            upserts of the c created customers, the lists
-                                                            read, then 500 a call into the home list
-                                                            (policy create.tinyemail_list) and each list l
-                                                            a created record names (c_l of them)
+      TE apply      = [c > 0] (1 + ceil(c/500) + sum_l ceil(c_l/500))
+                                                            the lists read, the c created customers 500 a
+                                                            call into the home list (policy
+                                                            create.tinyemail_list: created and joined in one
+                                                            call), then each other list l a created record
+                                                            names (c_l of them)
                     + [u > 0] (1 + min(u, 1 + sum_l max(1, ceil(m_l/100))))
                                                             preconditions of the u customers with field or
                                                             tag ops: a GET each, or the list walk if cheaper
@@ -491,11 +492,12 @@ def minimum_te(night: Nightly) -> dict[str, int]:
 
 
 def created_lists(records: list[str | None]) -> int:
-    """Created customers join their lists and the home list: one lists read, then 500 a call per list."""
+    """Created customers join the home list with their create (one lists read first), then their other lists, 500
+    a call per list."""
     if not records:
         return 0
     joins = Counter(lst for record in records for lst in json.loads(record or "{}").get("lists", []))
-    return 1 + math.ceil(len(records) / TE_BATCH) + sum(math.ceil(k / TE_BATCH) for k in joins.values())
+    return 1 + sum(math.ceil(k / TE_BATCH) for k in joins.values())
 
 
 def attempted(journal: Any, target: str) -> Any:

@@ -14,7 +14,10 @@ mid-run; Prefect marks its flow run Crashed; the next run of that tenant recover
   first flow run that reaches it (GHL answered a contact create, the journal does not know yet) and writes its pid;
   the test then SIGKILLs that flow run's process and the worker that started it, as a machine that dies would.
 - Nothing is lost or written twice: the recovery run's `recover` step re-reads the write the journal did not
-  know of (it landed), every op of the crashed run ends done, and the sandboxes hold no duplicate.
+  know of (it landed), every op of the crashed run ends done, and the sandboxes hold no duplicate. The writers run
+  side by side, so the TinyEmail writer may have a batch `sending` when the process freezes, its request sent or
+  not: the sandboxes' state at the kill tells which interrupted creates landed (never sent again) and which did
+  not (made by the recovery run).
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import polars as pl
 import pytest
 
+from contact_recon.model.keys import TE_KEY_PREFIX, is_te_key
 from contact_recon.sandbox.generate import generate_fixture
 from contact_recon.store.db import db_path, open_db
 from contact_recon.store.journal import Journal
@@ -193,6 +198,7 @@ def test_a_nightly_spread_over_two_workers_on_postgres_survives_a_killed_worker(
     assert len(crashed) == 1, f"{states}\n{worker_logs[-3000:]}"
     assert all(state == "COMPLETED" for name, state in states.items() if name not in crashed), states
     assert "no heartbeat" in (runs[crashed[0]][0].state.message or "")
+    at_kill = _emails(*pairs[crashed[0]])
     # the tenants were spread over both workers: each worker submitted at least one of the nightly's flow runs
     ids = {str(run.id) for name in TENANTS for run in runs[name]} | {nightly}
     for log in logs:
@@ -212,17 +218,27 @@ def test_a_nightly_spread_over_two_workers_on_postgres_survives_a_killed_worker(
         first, second = runs_table.filter(runs_table["kind"] == "reconcile").sort("started_at")["run_id"][:2]
         journal = Journal(store)
         killed, recovery = journal.frame(first), journal.frame(second)
-    # the op held at the failpoint had its answer (it landed): recovery marked it failed, unknown, and the next
-    # snapshot saw it landed, so the recovery run planned it (or any op of the batch) no more: never sent twice
+    # the ops the killed run left `sending`: recovery marked them failed, unknown, for the next snapshot to tell
     unknown = killed.filter(killed["status"] == "failed")
     assert unknown.height and "interrupted while sending" in unknown["last_error"][0], killed["status"].value_counts()
     assert "sending" not in killed["status"].to_list()
     same = ["target", "key", "kind", "field"]
-    assert unknown.select(same).join(recovery.select(same), on=same, nulls_equal=True).height == 0, \
+    # which of them had landed: the writers run side by side, so beside the GHL create held after its answer (it
+    # landed) the TinyEmail writer may have had a batch `sending` whose request had or had not left when the
+    # process froze; the sandboxes' state at the kill tells (nothing writes to them between the kill and recovery)
+    creates = unknown.filter(unknown["kind"] == "create")
+    made = [_created(op, at_kill) for op in creates.iter_rows(named=True)]
+    landed = creates.filter(pl.Series(made, dtype=pl.Boolean))
+    assert landed.filter(landed["target"] == "ghl").height, f"the held GHL create is not in GHL: {creates}"
+    assert landed.select(same).join(recovery.select(same), on=same, nulls_equal=True).height == 0, \
         "a write that had landed was sent again"
+    assert set(unknown.filter(unknown["target"] == "ghl")["kind"].to_list()) == {"create"}, unknown
+    missing = creates.join(landed.select(same), on=same, how="anti", nulls_equal=True).select(same)
+    written = recovery.filter(recovery["status"] == "done").select(same)
+    assert missing.join(written, on=same, how="anti", nulls_equal=True).height == 0, \
+        "an interrupted create that had not landed was not made by the recovery run"
     # nothing lost: every op the killed run never sent was planned again and written by the recovery run
     unsent = killed.filter(killed["status"] == "planned").select(same)
-    written = recovery.filter(recovery["status"] == "done").select(same)
     assert unsent.join(written, on=same, how="anti", nulls_equal=True).height == 0, "an op of the killed run was lost"
     assert set(recovery.filter(~recovery["status"].is_in(["quarantined", "held"]))["status"].to_list()) <= {"done"}
     ghl, te = pairs[crashed[0]]
@@ -231,6 +247,22 @@ def test_a_nightly_spread_over_two_workers_on_postgres_survives_a_killed_worker(
     customers = httpx.get(te.base_url + "/__sandbox/state", timeout=30).json()["customers"]
     emails = [c["email"].strip().lower() for c in (customers.values() if isinstance(customers, dict) else customers)]
     assert len(emails) == len(set(emails)), "a TinyEmail customer was created twice"
+
+
+def _emails(ghl: Any, te: Any) -> dict[str, Any]:
+    """What the sandboxes hold now: GHL contact id -> email, and the set of emails of each system."""
+    contacts = next(iter(httpx.get(ghl.base_url + "/__sandbox/state", timeout=30).json()["locations"].values()))
+    by_id = {c["id"]: (c.get("email") or "").strip().lower() for c in contacts["contacts"]}
+    customers = httpx.get(te.base_url + "/__sandbox/state", timeout=30).json()["customers"]
+    te_emails = {c["email"].strip().lower() for c in (customers.values() if isinstance(customers, dict) else customers)}
+    return {"by_id": by_id, "ghl": set(by_id.values()) - {""}, "tinyemail": te_emails}
+
+
+def _created(op: dict[str, Any], held: dict[str, Any]) -> bool:
+    """A create op's person is in its target system in `held` (`_emails`): the create had landed."""
+    key = op["key"]
+    email = key.removeprefix(TE_KEY_PREFIX) if is_te_key(key) else held["by_id"].get(key, "")
+    return bool(email) and email.strip().lower() in held[op["target"]]
 
 
 def _ancestor(pid: int, ancestor: int) -> bool:

@@ -1,8 +1,13 @@
 """TinyEmail's writer: executes the apply stage's TinyEmail ops in batches of up to 500 customers a call.
 
-Order: creates (upserts of up to `BATCH_SIZE` members a call, then the lists of the customers confirmed
-created, the home list among them), then updates (a read per customer for the precondition, then upserts
+Order: creates (up to `BATCH_SIZE` members a call, then the other lists of the customers confirmed created),
+then updates (a read per customer for the precondition, then upserts
 of up to `BATCH_SIZE` customers a call), then list memberships in batches of `BATCH_SIZE` per list.
+
+A create goes into the home list (policy `create.tinyemail_list`) in the same call, `PUT /audiences/{id}` with
+the whole member (`assignMembers` upserts it, as `PUT /account/customer` does): the customer and its membership
+land together. As two calls, a crash between them left a customer in no list, which no snapshot sees (the
+snapshot reads the lists' members), so the next run created it again. Without a home list a create is an upsert.
 
 TinyEmail refuses a whole call (400) when one member is bad, naming its index (`updateMembers[3]...`): every
 batched call goes through `send_isolating` (systems/writer.py), which sends the batch again without the
@@ -115,15 +120,16 @@ class TinyEmailWriter(Generic[OpT]):
 
     async def _creates(self, ops: list[OpT]) -> None:
         members = [(op, member(json.loads(op.new or "{}"), self.tight_status)) for op in ops]
+        home = await self._home_list() if members else None
         for start in range(0, len(members), BATCH_SIZE):
             batch = members[start:start + BATCH_SIZE]
-            await self._upsert([BatchItem([op], m) for op, m in batch])
+            await self._upsert([BatchItem([op], m) for op, m in batch], into=home)
         lists: dict[str, list[str]] = defaultdict(list)
-        home = await self._home_list() if members else None
         for op, created in members:
             if self.ledger.confirmed(op):
-                for list_id in [*json.loads(op.new or "{}").get("lists", []), *([home] if home else [])]:
-                    lists[list_id].append(created["email"])
+                for list_id in json.loads(op.new or "{}").get("lists", []):
+                    if list_id != home:  # joined with the create
+                        lists[list_id].append(created["email"])
         for list_id, emails in lists.items():
             for start in range(0, len(emails), BATCH_SIZE):
                 await self._created_lists(list_id, emails[start:start + BATCH_SIZE])
@@ -163,11 +169,15 @@ class TinyEmailWriter(Generic[OpT]):
         self.ledger.remember_home_list(self.home_list_name, list_id)
         return list_id
 
-    async def _upsert(self, items: list[BatchItem[OpT, dict[str, Any]]]) -> None:
-        """One upsert call (at most BATCH_SIZE members, each with the ops it carries); a refused member is left
-        out and the rest sent again (`send_isolating`)."""
+    async def _upsert(self, items: list[BatchItem[OpT, dict[str, Any]]], into: str | None = None) -> None:
+        """One upsert call (at most BATCH_SIZE members, each with the ops it carries), through the list `into`
+        when given (its members upserted and assigned in one call); a refused member is left out and the rest
+        sent again (`send_isolating`)."""
         async def send(members: list[dict[str, Any]]) -> None:
-            await self.client.upsert_customers(members)
+            if into is None:
+                await self.client.upsert_customers(members)
+            else:
+                await self.client.add_to_list(into, members)
 
         async def landed(members: list[dict[str, Any]]) -> bool:
             # re-read each customer: all as sent -> confirmed; otherwise the batch is sent again (an upsert
