@@ -13,14 +13,16 @@ Per GHL location (`fetch_ghl_location`, the Prefect task `snapshot_ghl_location`
    that does not end is a `PagingStalled` (systems/ghl/client.py): that location's snapshot fails. A
    contact the model cannot read (systems/models.py `Unreadable`) is *present but unreadable*: its
    previous row is carried as it was, never taken for a deletion; it is listed in
-   `SnapshotResult.unreadable` and the plan holds its person back (stages/plan.py). A contact whose
-   payload equals the previous snapshot's (`raw`) keeps its normalised row; the others are normalised
-   again, while the task and note reads of step 4 run. Normalising is CPU work on the event loop that
-   carries the requests: done before the reads it would leave the request budget idle for tens of
-   seconds at 100,000 contacts, and done in one go beside them it would starve them. So it goes
-   `NORMALISE_CHUNK` rows at a time and, after each chunk, sleeps as long as the chunk took: it takes at
-   most half of the loop, and the requests in flight keep their pace. When a listed contact carries custom
-   fields, the location's definitions are read once (`GET /locations/{id}/customFields`,
+   `SnapshotResult.unreadable` and the plan holds its person back (stages/plan.py). The listing is folded
+   page by page (`Listing.add`): no contact object outlives its page. A contact whose payload has the md5 of
+   its previous row's `raw` (computed in DuckDB: the previous rows are never read into Python, only their ids
+   and digests, `PREVIOUS_COLUMNS`) keeps that row, copied inside the store (`contacts_carried`, as in step
+   5); the others are held as payloads and normalised, while the task and note reads of step 4 run.
+   Normalising is CPU work on the event loop that carries the requests: done before the reads it would
+   leave the request budget idle for tens of seconds at 100,000 contacts, and done in one go beside them
+   it would starve them. So it goes `NORMALISE_CHUNK` rows at a time and, after each chunk, sleeps as long
+   as the chunk took: it takes at most half of the loop, and the requests in flight keep their pace. When
+   a listed contact carries custom fields, the location's definitions are read once (`GET /locations/{id}/customFields`,
    `GHLClient.custom_keys_for`) so each row's `custom` names them by fieldKey (model/custom_fields.py);
    unreadable definitions leave them unresolved (held by the merge, never read as blank), and a kept row read
    while they were unresolved (or stored before rows had `custom`) is normalised again once they are known.
@@ -55,8 +57,10 @@ Per GHL location (`fetch_ghl_location`, the Prefect task `snapshot_ghl_location`
 
 TinyEmail (`fetch_tinyemail`, the Prefect task `snapshot_tinyemail`): every list, every member (it has
 no updated-since filter), one row per customer with its lists. Lists are read side by side, each one
-page after page (the connector's paging guards need the pages in order). A customer whose payload
-(`raw`) and lists equal a row of the previous snapshot keeps that row; the others are normalised (in
+page after page (the connector's paging guards need the pages in order), folded member by member
+(`_Audience`: each customer as compact JSON text, no customer object outlives its page). A customer whose
+payload's md5 and lists equal those of a row of the previous snapshot (`TE_PREVIOUS_COLUMNS`, computed in
+DuckDB) keeps that row, copied inside the store (`customers_carried`); the others are normalised (in
 chunks, at most half of the loop, as above: on the first night the GHL reads are still running); a row stored
 before rows had `custom` is normalised again when its payload holds a field `custom` keeps.
 `full_sweep` normalises every contact and customer again.
@@ -80,6 +84,7 @@ system's `mapping.py`), the shape every later stage works on; the API payload st
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -108,7 +113,7 @@ from contact_recon.systems.ghl.models import Contact
 from contact_recon.systems.http import RequestStats
 from contact_recon.systems.models import Unreadable, as_payload
 from contact_recon.systems.redaction import redact
-from contact_recon.systems.tinyemail.client import AudienceSnapshot, TinyEmailClient
+from contact_recon.systems.tinyemail.client import TinyEmailClient
 from contact_recon.systems.tinyemail.contract import email_key
 from contact_recon.systems.tinyemail.mapping import tinyemail_customer_record
 from contact_recon.systems.tinyemail.models import Customer
@@ -151,13 +156,23 @@ class SnapshotOptions:
                    region=settings.default_region, **overrides)
 
 
+# what a location's fetch reads of its previous contacts besides the id, computed in DuckDB (`PreviousState.load`):
+# the md5 of the payload (`raw`), compared with tonight's, and whether its custom fields are unresolved (`id:<id>`,
+# read while the definitions were unknown, or not read at all: a row stored before the store had `custom`)
+PREVIOUS_COLUMNS: dict[str, tuple[str, pl.DataType]] = {
+    "raw_md5": ("md5(s.raw)", pl.String()),
+    "unresolved": (f"""coalesce(contains(s.custom, '"{UNDEFINED_PREFIX}'), false) OR (s.custom IS NULL AND """
+                   """coalesce(contains(s.raw, '"customFields":[{'), false))""", pl.Boolean()),
+}
+
+
 @dataclass(frozen=True)
 class PreviousState:
     """What one location's fetch needs from the store: its latest contacts, how many tasks they have (the rows
     of tasks and notes stay in the store: the ones carried over are copied there, step 5), watermark and dirty
     marks."""
 
-    contacts: pl.DataFrame
+    contacts: pl.DataFrame  # contact_id, raw_md5, unresolved (PREVIOUS_COLUMNS)
     tasks_count: int
     watermark: str | None
     dirty: frozenset[str] = frozenset()
@@ -167,12 +182,16 @@ class PreviousState:
 
     @classmethod
     def load(cls, store: Store, location_id: str, written_within_s: float = 600.0) -> PreviousState:
+        """The location's previous state; of its contacts only `PREVIOUS_COLUMNS` (id, the md5 of the payload,
+        whether the stored custom fields are unresolved), computed in DuckDB: the rows themselves stay there."""
         dirty = store.dirty_contacts().filter(pl.col("location_id") == location_id)["contact_id"]
         in_base = store.load_base(presence=True).filter(pl.col("in_ghl").fill_null(True))["contact_id"]
         paired = store.load_id_map().filter((pl.col("location_id") == location_id)
                                             & pl.col("contact_id").is_in(in_base.implode()))["contact_id"]
         written = Journal(store).ghl_writes_since(location_id, store.clock() - timedelta(seconds=written_within_s))
-        return cls(store.latest_snapshot("ghl_contacts", location_id), store.latest_row_count("ghl_tasks", location_id),
+        contacts = store.latest_snapshot("ghl_contacts", location_id, computed=PREVIOUS_COLUMNS,
+                                         without=[c for c in GHL_CONTACTS if c != "contact_id"])
+        return cls(contacts, store.latest_row_count("ghl_tasks", location_id),
                    store.watermark(location_id, WATERMARK_ENTITY),
                    frozenset(dirty.to_list()), tasks_dirty=store.tasks_dirty(location_id),
                    paired=frozenset(paired.to_list()), written=written)
@@ -193,7 +212,7 @@ class Progress:
 @dataclass(frozen=True)
 class LocationSnapshot:
     location_id: str
-    contacts: pl.DataFrame
+    contacts: pl.DataFrame  # the contacts normalised tonight (the kept ones are `contacts_carried`)
     tasks: pl.DataFrame  # the tasks read tonight
     notes: pl.DataFrame  # the notes read tonight
     watermark: str | None
@@ -205,6 +224,12 @@ class LocationSnapshot:
     unreadable: tuple[Unreadable, ...] = ()  # present but unreadable: previous rows carried, persons held
     tasks_carried: tuple[str, ...] = ()  # present contacts whose tasks were not read: their rows are copied over
     notes_carried: tuple[str, ...] = ()  # likewise for notes (step 5, in the store: `Store.write_snapshot`)
+    contacts_carried: tuple[str, ...] = ()  # contacts whose previous row is kept: copied in the store likewise
+
+    @property
+    def present(self) -> int:
+        """The contacts of the location's snapshot: tonight's rows and the kept ones."""
+        return self.contacts.height + len(self.contacts_carried)
 
 
 @dataclass(frozen=True)
@@ -214,6 +239,11 @@ class TinyEmailSnapshot:
     used: dict[str, Any]
     lists: tuple[tuple[str, str | None], ...] = ()  # (id, name) of every list read
     unreadable: tuple[Unreadable, ...] = ()  # present but unreadable: previous rows carried, persons held
+    customers_carried: tuple[str, ...] = ()  # emails whose previous row is kept: copied inside the store
+
+    @property
+    def present(self) -> int:
+        return self.customers.height + len(self.customers_carried)
 
 
 @dataclass(frozen=True)
@@ -243,12 +273,12 @@ async def fetch_ghl_location(client: GHLClient, previous: PreviousState, options
     with _failing_as(key, used):
         daily = client.budget_snapshot().daily_remaining
         _check_listing_fits(key, previous.contacts.height, daily, options.write_reserve)
-        contacts, unreadable = await _list_contacts(client, previous)
+        listing, unreadable = await _list_contacts(client, previous, options)
         used.mark("contacts")
         progress.used[key] = used.counts
-        listing = compare_listing(contacts, previous, options)
-        custom_keys = await client.custom_keys_for(contacts)  # model/custom_fields.py: fieldKeys, per location
-        listing = _resolving_custom(listing, contacts, previous, custom_keys)
+        # model/custom_fields.py: fieldKeys, per location (read once, when a listed contact carries custom fields)
+        custom_keys = await client.custom_keys_when(listing.custom)
+        listing = listing.resolving(custom_keys)
         carried = [u.key for u in unreadable if u.key is not None and u.key not in listing.present]
         present = listing.present | set(carried)
         plan, chosen, dirty_read, deferred = _choose(present, listing.changed, previous, options, daily)
@@ -258,37 +288,46 @@ async def fetch_ghl_location(client: GHLClient, previous: PreviousState, options
             _read_tasks_and_notes(client, chosen, options.concurrency, used, task_ids),
             _normalised(listing.fresh, lambda payload: ghl_contact_record(payload, loc, options.region, custom_keys),
                         GHL_CONTACTS)])
-    kept = previous.contacts.filter(pl.col("contact_id").is_in([*listing.kept, *carried]))
-    frame = pl.concat([kept, fresh]).sort("contact_id")
-    present_ids = frame["contact_id"].to_list()
+    # the kept rows (and an unreadable contact's previous row) are copied inside the store (`contacts_carried`)
+    known = set(previous.contacts["contact_id"].to_list())
+    kept = tuple(sorted(c for c in {*listing.kept, *carried} if c in known))
+    present_ids = sorted({*kept, *fresh["contact_id"].to_list()})
     return LocationSnapshot(
-        loc, frame, tasks, notes, _watermark(contacts, previous.watermark), plan, used.counts, dirty_read, deferred,
-        tasks_dirty_read=all_tasks, unreadable=tuple(unreadable), tasks_carried=_not_read(present_ids, task_ids),
-        notes_carried=_not_read(present_ids, chosen))
+        loc, fresh.sort("contact_id"), tasks, notes, listing.watermark or previous.watermark, plan, used.counts,
+        dirty_read, deferred, tasks_dirty_read=all_tasks, unreadable=tuple(unreadable),
+        tasks_carried=_not_read(present_ids, task_ids), notes_carried=_not_read(present_ids, chosen),
+        contacts_carried=kept)
 
 
-async def _list_contacts(client: GHLClient, previous: PreviousState) -> tuple[list[Contact], list[Unreadable]]:
-    """The listing, and each contact we knew that it misses confirmed by `GET /contacts/{id}` (module
-    docstring, step 2): search results lag writes, so a missing contact is deleted only when GET says so."""
-    contacts: list[Contact] = []
+async def _list_contacts(client: GHLClient, previous: PreviousState,
+                         options: SnapshotOptions) -> tuple[Listing, list[Unreadable]]:
+    """The listing folded page by page into a `Listing` (no contact is held but those to normalise), and each
+    contact we knew that it misses confirmed by `GET /contacts/{id}` (module docstring, step 2): search results
+    lag writes, so a missing contact is deleted only when GET says so."""
+    listing = Listing.starting(previous, options)
     unreadable: list[Unreadable] = []
+    listed: set[str] = set()
+    stale: list[str] = []
     async for record in client.iter_contacts():
-        if isinstance(record, Contact):
-            contacts.append(record)
-        else:
+        if not isinstance(record, Contact):
             unreadable.append(record)
-    listed = {c.id for c in contacts} | {u.key for u in unreadable if u.key}
+            if record.key:
+                listed.add(record.key)
+            continue
+        listed.add(record.id)
+        if _older_than_our_write(record, previous.written):
+            stale.append(record.id)  # search shows it as before our write: read again below
+        else:
+            listing.add(record)
     missing = sorted((set(previous.contacts["contact_id"].to_list()) | previous.paired) - listed)
-    stale = {c.id for c in contacts if _older_than_our_write(c, previous.written)}
-    contacts = [c for c in contacts if c.id not in stale]
     for contact_id in [*missing, *sorted(stale)]:
         try:
-            contacts.append(await client.get_contact(contact_id))  # lagging behind a write: still there
+            listing.add(await client.get_contact(contact_id))  # lagging behind a write: still there
         except NotFound:
             continue  # deleted: it leaves the snapshot
         except MalformedResponse as exc:
             unreadable.append(Unreadable(contact_id, f"GET /contacts/{contact_id}", str(exc)))
-    return contacts, unreadable
+    return listing, unreadable
 
 
 def _older_than_our_write(contact: Contact, written: dict[str, datetime]) -> bool:
@@ -299,8 +338,11 @@ def _older_than_our_write(contact: Contact, written: dict[str, datetime]) -> boo
     updated = contact.dateUpdated
     if updated is None:
         return True  # nothing says it is as new as our write
-    return (updated if updated.tzinfo else updated.replace(tzinfo=UTC)) < (sent if sent.tzinfo else
-                                                                              sent.replace(tzinfo=UTC))
+    return _aware(updated) < _aware(sent)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _check_listing_fits(key: str, previous_count: int, daily: int | None, reserve: int) -> None:
@@ -316,71 +358,68 @@ def contact_payload(contact: Contact) -> dict[str, Any]:
     return payload
 
 
-@dataclass(frozen=True)
+@dataclass
 class Listing:
-    """Tonight's contact listing against the previous snapshot (module docstring, steps 2-3)."""
+    """Tonight's contact listing against the previous snapshot (module docstring, steps 2-3), folded one contact
+    at a time (`add`): a contact whose payload has the md5 of its previous row keeps that row (only its id is
+    held); the others' payloads are held to be normalised."""
 
-    present: set[str]  # every contact id listed
-    kept: list[str]  # payload as in the previous snapshot: its normalised row is kept
-    fresh: list[dict[str, Any]]  # payloads to normalise
-    changed: set[str]  # new, changed, or updated within the safety lag of the watermark
+    digests: dict[str, str]  # the previous rows: contact id -> md5 of the payload
+    unresolved_before: frozenset[str]  # previous rows whose custom fields are unresolved
+    since: datetime | None  # the watermark less the safety lag: a contact updated since is changed
+    full_sweep: bool
+    present: set[str] = field(default_factory=set)  # every contact id listed
+    kept: list[str] = field(default_factory=list)  # payload as in the previous snapshot: its row is kept
+    fresh: list[dict[str, Any]] = field(default_factory=list)  # payloads to normalise
+    changed: set[str] = field(default_factory=set)  # new, changed, or updated within the safety lag
+    custom: bool = False  # a listed contact carries custom fields
+    newest: datetime | None = None  # the newest dateUpdated listed
+    unresolved: dict[str, dict[str, Any]] = field(default_factory=dict)  # kept, unresolved: id -> payload
 
+    @classmethod
+    def starting(cls, previous: PreviousState, options: SnapshotOptions) -> Listing:
+        frame = previous.contacts
+        return cls(dict(zip(frame["contact_id"].to_list(), frame["raw_md5"].to_list(), strict=True)),
+                   frozenset(frame.filter(pl.col("unresolved"))["contact_id"].to_list()),
+                   _since(previous.watermark, options.safety_lag_s), options.full_sweep)
 
-def compare_listing(contacts: Sequence[Contact], previous: PreviousState, options: SnapshotOptions) -> Listing:
-    """Which contacts keep their row and which changed; cheap (no normalising), so the reads start early."""
-    old_raw = dict(zip(previous.contacts["contact_id"], previous.contacts["raw"], strict=True))
-    since = _since(previous.watermark, options.safety_lag_s)
-    kept: list[str] = []
-    fresh: list[dict[str, Any]] = []
-    changed: set[str] = set()
-    for contact in contacts:
+    def add(self, contact: Contact) -> None:
+        if contact.id in self.present:
+            return  # listed twice (pages shifting under a write): the first one stands
+        self.present.add(contact.id)
         payload = contact_payload(contact)
-        same = old_raw.get(contact.id) == raw_json(payload)
-        if same and not options.full_sweep:  # a full sweep normalises all again
-            kept.append(contact.id)
+        same = self.digests.get(contact.id) == hashlib.md5(raw_json(payload).encode()).hexdigest()
+        if same and not self.full_sweep:  # a full sweep normalises all again
+            self.kept.append(contact.id)
+            if contact.id in self.unresolved_before:  # normalised again once the definitions are known
+                self.unresolved[contact.id] = payload
         else:
-            fresh.append(payload)
-        if since is None or not same or _updated_since(contact, since):
-            changed.add(contact.id)
-    return Listing({c.id for c in contacts}, kept, fresh, changed)
+            self.fresh.append(payload)
+        updated = _aware(contact.dateUpdated) if contact.dateUpdated is not None else None
+        if self.since is None or not same or updated is None or updated >= self.since:
+            self.changed.add(contact.id)  # no date: nothing says it is unchanged
+        if updated is not None and (self.newest is None or updated > self.newest):
+            self.newest = updated
+        self.custom = self.custom or bool(contact.customFields)
 
+    @property
+    def watermark(self) -> str | None:
+        return iso(self.newest) if self.newest is not None else None
 
-def _resolving_custom(listing: Listing, contacts: Sequence[Contact], previous: PreviousState,
-                      keys: dict[str, str] | None) -> Listing:
-    """The listing with every kept contact whose stored custom fields are unresolved (`id:<id>`, read while the
-    definitions were unknown, or not read at all: a row stored before the store had `custom`) normalised again,
-    now that they are known."""
-    if not keys or not listing.kept:
-        return listing
-    custom = pl.col("custom")
-    stale = (custom.str.contains(f'"{UNDEFINED_PREFIX}', literal=True)
-             | (custom.is_null() & pl.col("raw").str.contains('"customFields":[{', literal=True)))
-    unresolved = set(previous.contacts.filter(stale.fill_null(False))["contact_id"].to_list())
-    again = [c for c in contacts if c.id in unresolved and c.id in set(listing.kept)]
-    if not again:
-        return listing
-    ids = {c.id for c in again}
-    return replace(listing, kept=[i for i in listing.kept if i not in ids],
-                   fresh=[*listing.fresh, *(contact_payload(c) for c in again)])
+    def resolving(self, keys: dict[str, str] | None) -> Listing:
+        """The listing with every kept contact whose stored custom fields are unresolved normalised again, now
+        that the definitions are known."""
+        if not keys or not self.unresolved:
+            return self
+        again = self.unresolved
+        return replace(self, kept=[i for i in self.kept if i not in again], fresh=[*self.fresh, *again.values()],
+                       unresolved={})
 
 
 def _since(watermark: str | None, lag_s: float) -> datetime | None:
     if watermark is None:
         return None
     return datetime.fromisoformat(watermark.replace("Z", "+00:00")) - timedelta(seconds=lag_s)
-
-
-def _updated_since(contact: Contact, since: datetime) -> bool:
-    updated = contact.dateUpdated
-    if updated is None:
-        return True  # no date: nothing says it is unchanged
-    return (updated if updated.tzinfo else updated.replace(tzinfo=UTC)) >= since
-
-
-def _watermark(contacts: Sequence[Contact], previous: str | None) -> str | None:
-    dates = [c.dateUpdated if c.dateUpdated.tzinfo else c.dateUpdated.replace(tzinfo=UTC)
-             for c in contacts if c.dateUpdated is not None]
-    return iso(max(dates)) if dates else previous
 
 
 def sweep_slice(contact_ids: Iterable[str], k: int, night_index: int) -> list[str]:
@@ -475,70 +514,110 @@ def _not_read(present: Sequence[str], read: Sequence[str]) -> tuple[str, ...]:
 
 async def fetch_tinyemail(client: TinyEmailClient, options: SnapshotOptions, progress: Progress | None = None,
                           previous: pl.DataFrame | None = None) -> TinyEmailSnapshot:
-    """Every customer of every list once, with its lists (rows of unchanged customers kept from
-    `previous`, the latest TINYEMAIL_CUSTOMERS snapshot); raises SnapshotFailed, writes nothing."""
+    """Every customer of every list once, with its lists (an unchanged customer's row kept from `previous`, the
+    latest snapshot's `TE_PREVIOUS_COLUMNS`); raises SnapshotFailed, writes nothing."""
     progress = progress or Progress()
     with _failing_as("tinyemail"):
         used = _Used(client.stats)
-        audience = AudienceSnapshot(lists=await client.lists())
+        lists = await client.lists()
         plan = {"lists": 1, "member_pages": sum((lst.numberOfMembers or 0) // client.page_size + 1
-                                                for lst in audience.lists)}
+                                                for lst in lists)}
         progress.plans["tinyemail"] = plan
-        async def members(list_id: str) -> list[Customer | Unreadable]:
-            return [customer async for customer in client.iter_members(list_id)]
+        audience = _Audience()
 
-        # lists are read side by side (each one page after page); merged in list order
-        found = await _pool([lst.id for lst in audience.lists], members, options.concurrency)
-        for contact_list, customers in zip(audience.lists, found, strict=True):
-            for customer in customers:
-                audience.add(contact_list.id, customer)
+        async def members(indexed: tuple[int, str]) -> None:
+            async for customer in client.iter_members(indexed[1]):
+                audience.add(indexed, customer)
+
+        # lists are read side by side (each one page after page); a customer in several lists is the one of the
+        # first list (list order, as the lists are listed), whatever list answered first
+        await _pool(list(enumerate(lst.id for lst in lists)), members, options.concurrency)
         used.mark("members")
         progress.used["tinyemail"] = used.counts
-    frame, renormalised = await _customers_frame(audience, previous, options)
-    plan["changed"] = renormalised
-    carried = _carried_customers(previous, audience)
-    frame = pl.concat([frame, carried]) if carried.height else frame
+    frame, kept = await _customers_frame(audience, previous, options)
+    plan["changed"] = frame.height
+    fresh = set(frame["email"].to_list())
+    carried = tuple(dict.fromkeys(e for e in [*kept, *_carried_customers(previous, audience)] if e not in fresh))
     return TinyEmailSnapshot(frame.unique("email", keep="first", maintain_order=True), plan, used.counts,
-                             tuple((lst.id, lst.name) for lst in audience.lists), tuple(audience.unreadable.values()))
+                             tuple((lst.id, lst.name) for lst in lists), tuple(audience.unreadable.values()),
+                             customers_carried=carried)
 
 
-def _carried_customers(previous: pl.DataFrame | None, audience: AudienceSnapshot) -> pl.DataFrame:
-    """The previous rows of the customers present but unreadable tonight (by email), as they were."""
+@dataclass
+class _Audience:
+    """Every customer reachable through a list, folded member by member as the pages come: by normalised email
+    (`email_key`), the payload as compact JSON text (`raw_json`: no customer object outlives its page) with the
+    place it was first seen (list index, order), and its lists; the members the model refused (keyed likewise
+    when their email is readable)."""
+
+    raws: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+    memberships: dict[str, set[str]] = field(default_factory=dict)
+    unreadable: dict[str, Unreadable] = field(default_factory=dict)
+
+    def add(self, indexed: tuple[int, str], customer: Customer | Unreadable) -> None:
+        index, list_id = indexed
+        if isinstance(customer, Unreadable):
+            key = email_key(customer.key) if customer.key else f"?{customer.where}@{list_id}"
+            self.unreadable.setdefault(key, customer)
+            return
+        key = email_key(customer.email)
+        seen = self.raws.get(key)
+        if seen is None or seen[0] > index:  # the first list's copy stands
+            self.raws[key] = (index, len(self.raws), raw_json(as_payload(customer)))
+        self.memberships.setdefault(key, set()).add(list_id)
+
+
+# what the TinyEmail fetch reads of the previous customers besides the email and lists, computed in DuckDB: the
+# md5 of the payload, and whether the row can be kept (a row stored before rows had `custom` is normalised again
+# when its payload may hold a field `custom` keeps: `_has_custom`, here the cheap half of it, so at worst a few
+# more are normalised again)
+TE_PREVIOUS_COLUMNS: dict[str, tuple[str, pl.DataType]] = {
+    "raw_md5": ("md5(s.raw)", pl.String()),
+    "reusable": ("s.custom IS NOT NULL OR NOT (" + " OR ".join(f"""contains(s.raw, '"{name}":')"""
+                                                              for name in TE_FIELDS) + ")", pl.Boolean()),
+}
+
+
+def _previous_customers(store: Store) -> pl.DataFrame:
+    """The latest TinyEmail snapshot as the fetch compares it: email, lists and `TE_PREVIOUS_COLUMNS`."""
+    return store.latest_snapshot("te_customers", computed=TE_PREVIOUS_COLUMNS,
+                                 without=[c for c in TINYEMAIL_CUSTOMERS if c not in ("email", "lists")])
+
+
+def _carried_customers(previous: pl.DataFrame | None, audience: _Audience) -> list[str]:
+    """The emails of the customers present but unreadable tonight whose previous rows are carried as they were."""
     wanted = [normalise_email(u.key)[0] for u in audience.unreadable.values()
-              if u.key and email_key(u.key) not in audience.customers]  # read in another list: that row wins
+              if u.key and email_key(u.key) not in audience.raws]  # read in another list: that row wins
     if previous is None or not wanted:
-        return to_frame([], TINYEMAIL_CUSTOMERS)
-    return previous.filter(pl.col("email").is_in(wanted))
+        return []
+    return previous.filter(pl.col("email").is_in(wanted))["email"].to_list()
 
 
-async def _customers_frame(audience: AudienceSnapshot, previous: pl.DataFrame | None,
-                           options: SnapshotOptions) -> tuple[pl.DataFrame, int]:
-    """One TINYEMAIL_CUSTOMERS row per customer, in audience order (an unchanged customer keeps its row), and
-    how many were normalised (new, or a payload or lists not in `previous`)."""
-    reusable: dict[tuple[str, tuple[str, ...]], int] = {}
+async def _customers_frame(audience: _Audience, previous: pl.DataFrame | None,
+                           options: SnapshotOptions) -> tuple[pl.DataFrame, list[str]]:
+    """The TINYEMAIL_CUSTOMERS rows of the customers normalised tonight (new, or a payload or lists not in
+    `previous`), in audience order, and the emails of the previous rows kept (same payload and lists)."""
+    reusable: dict[tuple[str, tuple[str, ...]], str] = {}
     if previous is not None and not options.full_sweep:  # a full sweep normalises all again
-        reusable = {(raw, tuple(lists)): index for index, (raw, lists, custom)
-                    in enumerate(zip(previous["raw"].to_list(), previous["lists"].to_list(),
-                                     previous["custom"].to_list(), strict=True))
-                    if custom is not None or not _has_custom(raw)}
-    kept: list[tuple[int, int]] = []  # (position, row of previous)
-    fresh: list[tuple[int, dict[str, Any], list[str]]] = []  # (position, payload, lists)
-    for position, (key, customer) in enumerate(audience.customers.items()):
-        payload = as_payload(customer)
+        kept_rows = previous.filter(pl.col("reusable"))
+        reusable = {(digest, tuple(lists or ())): email for email, lists, digest
+                    in zip(kept_rows["email"].to_list(), kept_rows["lists"].to_list(), kept_rows["raw_md5"].to_list(),
+                           strict=True)}
+    kept: list[str] = []
+    fresh: list[tuple[dict[str, Any], list[str]]] = []
+    for position, key in enumerate(sorted(audience.raws, key=lambda k: audience.raws[k][:2])):
+        raw = audience.raws[key][2]
         lists = sorted({str(x) for x in audience.memberships[key]})
-        index = reusable.get((raw_json(payload), tuple(lists)))
-        if index is not None:  # same payload and lists: the same row
-            kept.append((position, index))
+        email = reusable.get((hashlib.md5(raw.encode()).hexdigest(), tuple(lists)))
+        if email is not None:  # same payload and lists: the same row
+            kept.append(email)
         else:
-            fresh.append((position, payload, lists))
+            fresh.append((json.loads(raw), lists))
         if position % NORMALISE_CHUNK == NORMALISE_CHUNK - 1:
             await asyncio.sleep(0)
-    built = await _normalised(fresh, lambda item: tinyemail_customer_record(item[1], item[2], options.region),
+    built = await _normalised(fresh, lambda item: tinyemail_customer_record(item[0], item[1], options.region),
                               TINYEMAIL_CUSTOMERS)
-    old = previous.select(pl.all().gather([i for _, i in kept])) if previous is not None and kept else built.clear()
-    return (pl.concat([old.with_columns(_position=pl.Series([p for p, _ in kept], dtype=pl.Int64)),
-                       built.with_columns(_position=pl.Series([p for p, _, _ in fresh], dtype=pl.Int64))])
-            .sort("_position").drop("_position")), len(fresh)
+    return built, kept
 
 
 def _has_custom(raw: str) -> bool:
@@ -624,7 +703,7 @@ def run_snapshot(settings: Settings, store: Store, locations: Sequence[str], *, 
     progress = Progress()
     try:
         previous = {loc: PreviousState.load(store, loc, options.safety_lag_s) for loc in locations}
-        te_previous = store.latest_snapshot("te_customers")
+        te_previous = _previous_customers(store)
         loaded = time.perf_counter()
         results, te = _fetch_all(settings, previous, te_previous, options, progress, ghl_client, tinyemail_client)
         fetched = time.perf_counter()
@@ -731,9 +810,9 @@ def _in_flow() -> bool:
 def _check_sides(ghl: list[LocationSnapshot], te: TinyEmailSnapshot, previous: dict[str, PreviousState],
                  te_previous: int, allow_empty: bool) -> None:
     for snap in ghl:
-        check_not_emptied(f"ghl:{snap.location_id}", snap.contacts.height,
+        check_not_emptied(f"ghl:{snap.location_id}", snap.present,
                           previous[snap.location_id].contacts.height, allow_empty=allow_empty)
-    check_not_emptied("tinyemail", te.customers.height, te_previous, allow_empty=allow_empty)
+    check_not_emptied("tinyemail", te.present, te_previous, allow_empty=allow_empty)
 
 
 def _write(store: Store, run_id: str, ghl: list[LocationSnapshot], te: TinyEmailSnapshot,
@@ -748,7 +827,9 @@ def _write(store: Store, run_id: str, ghl: list[LocationSnapshot], te: TinyEmail
               "ghl_notes": pl.concat([s.notes for s in ghl]) if ghl else to_frame([], GHL_NOTES),
               "te_customers": te.customers}
     watermarks = {(s.location_id, WATERMARK_ENTITY): s.watermark for s in ghl if s.watermark is not None}
-    carried = {"ghl_tasks": _carried_frame([(s.location_id, s.tasks_carried) for s in ghl]),
+    carried = {"te_customers": pl.DataFrame({"email": list(te.customers_carried)}, schema={"email": pl.String}),
+               "ghl_contacts": _carried_frame([(s.location_id, s.contacts_carried) for s in ghl]),
+               "ghl_tasks": _carried_frame([(s.location_id, s.tasks_carried) for s in ghl]),
                "ghl_notes": _carried_frame([(s.location_id, s.notes_carried) for s in ghl])}
     t0 = time.perf_counter()
     counts = store.write_snapshot(run_id, frames, watermarks, location_ids=locations, carried=carried)

@@ -574,9 +574,10 @@ class Store:
             watermarks: (location_id, entity) -> value, committed only together with the frames.
             location_ids: the GHL locations these frames cover, so a location that answered with no
                 rows is recorded as an empty part; by default the locations present in each frame.
-            carried: entity with a `contact_id` column (GHL tasks, notes) -> (location_id, contact_id) rows: those
-                contacts' rows of the entity's latest part of that location (another run's) are copied into this
-                run inside DuckDB, beside `frames` (never read into Python: the snapshot stage's carry-over).
+            carried: entity -> the keys of rows to carry: (location_id, contact_id) for the GHL entities (a
+                contact's rows), `email` for TinyEmail customers; those rows of the entity's latest part (of that
+                location; another run's) are copied into this run inside DuckDB, beside `frames` (never read into
+                Python: the snapshot stage's carry-over of unchanged rows).
         """
         for entity, frame in frames.items():
             _check_frame(entity, frame)
@@ -593,22 +594,24 @@ class Store:
             self._set_watermarks(run_id, watermarks or {})
         return written
 
-    def _copy_carried(self, run_id: str, entity: str, contacts: pl.DataFrame) -> None:
-        """Copy the `contacts` (location_id, contact_id) rows of `entity` from its latest part of each location
-        written by another run into `run_id` (write_snapshot's `carried`)."""
+    def _copy_carried(self, run_id: str, entity: str, carried: pl.DataFrame) -> None:
+        """Copy the `carried` rows of `entity` from its latest part (of each location) written by another run into
+        `run_id` (write_snapshot's `carried`): rows keyed (location_id, contact_id), or by the id column (`email`)
+        for an entity without locations."""
         spec = ENTITIES[entity]
+        keys = ("location_id", "contact_id") if spec.has_location else (spec.id_column,)
         columns = ", ".join(f"s.{name}" for name in spec.schema)
         latest = ("SELECT location_id, arg_max(run_id, seq) AS run_id FROM snapshot_parts WHERE entity = ? "
                   "AND run_id <> ? GROUP BY location_id")
-        self.con.register("_carried_contacts", contacts.select("location_id", "contact_id"))
+        join = "s.run_id = l.run_id" + (" AND s.location_id = l.location_id" if spec.has_location else "")
+        match = " AND ".join(f"c.{key} = s.{key}" for key in keys)
+        self.con.register("_carried_rows", carried.select(keys))
         try:
             self.con.execute(
                 f"INSERT INTO {spec.table} BY NAME SELECT ?::VARCHAR AS run_id, {columns} FROM {spec.table} s "
-                f"JOIN ({latest}) l ON s.run_id = l.run_id AND s.location_id = l.location_id "
-                "SEMI JOIN _carried_contacts c ON c.location_id = s.location_id AND c.contact_id = s.contact_id",
-                [run_id, entity, run_id])
+                f"JOIN ({latest}) l ON {join} SEMI JOIN _carried_rows c ON {match}", [run_id, entity, run_id])
         finally:
-            self.con.unregister("_carried_contacts")
+            self.con.unregister("_carried_rows")
 
     @staticmethod
     def _parts_of(entity: str, frame: pl.DataFrame, locations: list[str] | None) -> list[str]:
@@ -661,17 +664,22 @@ class Store:
                              [location_id, entity, value, run_id, now])
 
     def latest_snapshot(self, entity: str, location_id: str | None = None, *, without: Sequence[str] = (),
-                        ids: Sequence[str] | None = None) -> pl.DataFrame:
+                        ids: Sequence[str] | None = None,
+                        computed: Mapping[str, tuple[str, pl.DataType]] | None = None) -> pl.DataFrame:
         """The most recently written snapshot of `entity` (per location, or of one location), records.py shape,
         less the columns `without` (planning leaves out `raw`: half of a snapshot's memory), only the records
-        whose id column is one of `ids` when given."""
+        whose id column is one of `ids` when given, plus the `computed` columns: name -> (SQL expression over
+        the row `s`, type), e.g. `md5(s.raw)`, so a column can be compared without being read into Python."""
         spec = _entity(entity)
         latest = ("SELECT location_id, arg_max(run_id, seq) AS run_id FROM snapshot_parts WHERE entity = ? "
                   + ("AND location_id = ? " if location_id is not None else "") + "GROUP BY location_id")
         params: list[Any] = [entity] + ([location_id] if location_id is not None else [])
         join = "s.run_id = l.run_id" + (" AND s.location_id = l.location_id" if spec.has_location else "")
-        schema = pl.Schema({name: dtype for name, dtype in spec.schema.items() if name not in without})
-        columns = ", ".join(f"s.{name}" for name in schema)
+        extra = dict(computed or {})
+        schema = pl.Schema({name: dtype for name, dtype in spec.schema.items() if name not in without}
+                           | {name: dtype for name, (_, dtype) in extra.items()})
+        columns = ", ".join([f"s.{name}" for name in schema if name not in extra]
+                            + [f"{sql} AS {name}" for name, (sql, _) in extra.items()])
         where = ""
         if ids is not None:
             where, params = f" WHERE list_contains(?, s.{spec.id_column})", [*params, list(ids)]

@@ -431,7 +431,12 @@ class GHLClient(ApiBacked):
         gives None with a warning: its custom fields stay unresolved (`id:<id>`), which the merge holds rather than
         reading as blank (model/custom_fields.py), so nothing fails and nothing is overwritten.
         """
-        if not any(c.customFields for c in contacts):
+        return await self.custom_keys_when(any(c.customFields for c in contacts))
+
+    async def custom_keys_when(self, needed: bool) -> dict[str, str] | None:
+        """The id -> fieldKey map when `needed` (some contact carries custom fields), else None without a request;
+        None with a warning when the definitions cannot be read (`custom_keys_for`)."""
+        if not needed:
             return None
         try:
             return await self.custom_field_keys()
