@@ -99,7 +99,7 @@ import polars as pl
 
 from contact_recon.engine.budget_plan import DEFAULT_TASKS_PER_CONTACT, RequestPlan, contact_pages, plan_requests
 from contact_recon.engine.identity import SideCameBackEmpty, check_not_emptied
-from contact_recon.model.custom_fields import TE_FIELDS, UNDEFINED_PREFIX, te_custom_values
+from contact_recon.model.custom_fields import TE_FIELDS, UNDEFINED_PREFIX
 from contact_recon.model.normalise import normalise_email, raw_json, to_frame
 from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, TINYEMAIL_CUSTOMERS
 from contact_recon.settings import Settings
@@ -569,12 +569,13 @@ class _Audience:
 
 # what the TinyEmail fetch reads of the previous customers besides the email and lists, computed in DuckDB: the
 # md5 of the payload, and whether the row can be kept (a row stored before rows had `custom` is normalised again
-# when its payload may hold a field `custom` keeps: `_has_custom`, here the cheap half of it, so at worst a few
-# more are normalised again)
+# when its payload holds a value of a field `custom` keeps, as `te_custom_values` reads it; a list or an object
+# counts as a value here, so at worst a few more are normalised again)
 TE_PREVIOUS_COLUMNS: dict[str, tuple[str, pl.DataType]] = {
     "raw_md5": ("md5(s.raw)", pl.String()),
-    "reusable": ("s.custom IS NOT NULL OR NOT (" + " OR ".join(f"""contains(s.raw, '"{name}":')"""
-                                                              for name in TE_FIELDS) + ")", pl.Boolean()),
+    "reusable": ("s.custom IS NOT NULL OR (" + " AND ".join(
+        f"""coalesce(trim(json_extract_string(s.raw, '$.{name}')), '') IN ('', 'true', 'false')"""
+        for name in TE_FIELDS) + ")", pl.Boolean()),
 }
 
 
@@ -618,12 +619,6 @@ async def _customers_frame(audience: _Audience, previous: pl.DataFrame | None,
     built = await _normalised(fresh, lambda item: tinyemail_customer_record(item[0], item[1], options.region),
                               TINYEMAIL_CUSTOMERS)
     return built, kept
-
-
-def _has_custom(raw: str) -> bool:
-    """Whether a customer's payload holds one of the fields a row keeps in `custom` (a row stored before the store
-    had `custom` is then normalised again)."""
-    return any(f'"{name}":' in raw for name in TE_FIELDS) and te_custom_values(json.loads(raw)) is not None
 
 
 async def _normalised(items: Sequence[T], build: Callable[[T], dict[str, Any]], schema: pl.Schema) -> pl.DataFrame:

@@ -644,7 +644,8 @@ class Store:
                                            "AND list_contains(?, location_id) GROUP BY location_id",
                                            [run_id, parts]).fetchall())
         else:
-            counts = {NO_LOCATION: frame.height}
+            counts = {NO_LOCATION: self.con.execute(f"SELECT count(*) FROM {spec.table} WHERE run_id = ?",
+                                                    [run_id]).fetchall()[0][0]}
         now = self.clock()
         for location in parts:
             self.con.execute("INSERT OR REPLACE INTO snapshot_parts VALUES (?, ?, ?, ?, nextval('snapshot_seq'), ?)",
