@@ -224,38 +224,61 @@ class Advance:
     created_contacts: int  # persons this run created in GHL
 
 
+CHUNK = 5_000  # people a pass of `advanced`: only one pass's rows are Python dicts at a time, never everyone's
+
+
 def advanced(state: Mapping[str, pl.DataFrame], journal: pl.DataFrame, consent: Consent,
-             list_prefix: str = "list:") -> Advance:
+             list_prefix: str = "list:", *, chunk: int = CHUNK) -> Advance:
     """The base, the id_map pairs and the keys to drop after this run's confirmed ops (module docstring).
+
+    People are taken `chunk` at a time in key order (each person's next base depends on its own rows and ops
+    only), so the rows held as dicts stay bounded whatever the location's size.
 
     Args:
         state: the planning run's state frames (base, te_side, ghl_side, people, rekeys, id_map_new).
         journal: the run's journal rows (status and result_id of every op).
         consent: the tight consent values of each side.
         list_prefix: the GHL tag prefix of a TinyEmail list (`policy.tags.list_prefix`).
+        chunk: people a pass (tests: any size gives the same `Advance`).
     """
-    base = {r["key"]: r for r in state["base"].iter_rows(named=True)}
-    te = {r["key"]: r for r in state["te_side"].iter_rows(named=True)}
-    ghl = {r["key"]: r for r in state["ghl_side"].iter_rows(named=True)}
     done = journal.filter(pl.col("status") == "done").to_dicts()
-    replay(te, ghl, done)
-    rows = next_base(base, te, ghl, blocked(journal), consent, list_prefix)
+    held = blocked(journal)
+    ops_of: dict[str, list[Row]] = {}
+    for op in done:
+        ops_of.setdefault(op["key"], []).append(op)
     created = {op["key"]: op["result_id"] for op in done
                if op["kind"] == "create" and op["target"] == "ghl" and op["result_id"]}
-    for row in rows:
-        if row["key"] in created:
-            # created in GHL by this run: now its contact (after a confirmed create, unlike planning_base's re-keys)
-            row["key"] = row["contact_id"] = created[row["key"]]
-    frame = pl.DataFrame(rows, schema=BASE_SCHEMA, orient="row") if rows else pl.DataFrame(schema=BASE_SCHEMA)
+    # every person on either side, and whoever a confirmed create put on one
+    keys = sorted({*state["te_side"]["key"].to_list(), *state["ghl_side"]["key"].to_list(),
+                   *(op["key"] for op in done if op["kind"] == "create")})
+    frames = [pl.DataFrame(schema=BASE_SCHEMA)]
+    for start in range(0, len(keys), chunk):
+        part = keys[start:start + chunk]
+        base, te, ghl = (_rows(state[name], part) for name in ("base", "te_side", "ghl_side"))
+        replay(te, ghl, [op for key in part for op in ops_of.get(key, ())])
+        rows = next_base(base, te, ghl, held, consent, list_prefix)
+        for row in rows:
+            if row["key"] in created:
+                # created in GHL by this run: now its contact (after a confirmed create, unlike planning_base's
+                # re-keys)
+                row["key"] = row["contact_id"] = created[row["key"]]
+        if rows:
+            frames.append(pl.DataFrame(rows, schema=BASE_SCHEMA, orient="row"))
     # a contact deleted in GHL and created again (an edit beat the delete): the old id is gone for good
     recreated = tuple(key for key in created if not key.startswith(TE_KEY_PREFIX))
-    return Advance(base=frame, id_map=_id_pairs(state, done, te),
+    return Advance(base=pl.concat(frames), id_map=_id_pairs(state, done),
                    gone_keys=(*state["rekeys"]["old_key"].to_list(), *created), recreated=recreated,
                    created_contacts=len(created))
 
 
-def _id_pairs(state: Mapping[str, pl.DataFrame], done: list[Row], te: Mapping[str, Row]) -> pl.DataFrame:
-    people = {r["key"]: r for r in state["people"].iter_rows(named=True)}
+def _rows(frame: pl.DataFrame, keys: list[str]) -> dict[str, Row]:
+    """The rows of `frame` whose key is one of `keys`, as dicts by key."""
+    return {r["key"]: r for r in frame.filter(pl.col("key").is_in(keys)).iter_rows(named=True)}
+
+
+def _id_pairs(state: Mapping[str, pl.DataFrame], done: list[Row]) -> pl.DataFrame:
+    created_here = [op["key"] for op in done if op["kind"] == "create" and op["target"] == "tinyemail"]
+    people = _rows(state["people"], created_here)
     extra = []
     for op in done:
         if op["kind"] != "create":

@@ -11,7 +11,8 @@
 7. Tags that differ only in case or spacing never multiply: after folding each side (model/tags.py) and
    applying the plan, every side holds one spelling per tag key, a tag a side had keeps its spelling, and
    reconciling twice plans nothing; a change of case alone on one side plans nothing.
-Plus: the vectorised engine and the pure-Python baseline (bench/merge_baseline.py) plan the same ops.
+Plus: the vectorised engine and the pure-Python baseline (bench/merge_baseline.py) plan the same ops; and the state
+module advances the base a chunk of people at a time (engine/state.py `advanced`) exactly as all at once.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contact_recon.engine.merge import plan, tag_namespace
-from contact_recon.engine.state import Consent, blocked
+from contact_recon.engine.state import Consent, advanced, blocked
 from contact_recon.engine.state import next_base as state_next_base
 from contact_recon.model.ops import Op
 from contact_recon.model.policy import Policy
@@ -323,3 +324,34 @@ def test_a_change_of_case_alone_is_not_a_change(state, data):
     side[i]["tags"] = sorted(recase(t) for t in side[i]["tags"])
     result = run(base, te, ghl)
     assert result.ops.height == 0, result.op_list()
+
+
+# The state module advances people in chunks (bounded memory): any chunk size gives the same Advance.
+@SETTINGS
+@given(snapshots(), st.sampled_from(POLICIES), st.data())
+def test_advancing_in_chunks_equals_advancing_everyone_at_once(snaps, policy, data):
+    base, te, ghl = snaps
+    ops = run(base, te, ghl, policy).op_list()
+    undone = data.draw(st.sets(st.sampled_from(ops), max_size=4)) if ops else set()
+    journal = pl.DataFrame([{"target": o.target, "kind": o.kind, "key": o.key, "field": o.field,
+                             "expected": o.expected, "new": o.new, "status": "failed" if o in undone else "done",
+                             "reason": o.reason, "location_id": "loc",
+                             "result_id": f"new-{o.key}" if o.kind == "create" and o.target == "ghl" else None}
+                            for o in ops], schema={n: pl.String for n in (
+                                "target", "kind", "key", "field", "expected", "new", "status", "reason",
+                                "location_id", "result_id")})
+    state = {"base": frame(base, base=True), "te_side": frame(te), "ghl_side": frame(ghl),
+             "people": pl.DataFrame(schema={"key": pl.String, "email": pl.String, "contact_id": pl.String,
+                                            "location_id": pl.String}),
+             "rekeys": pl.DataFrame(schema={"old_key": pl.String, "new_key": pl.String}),
+             "id_map_new": pl.DataFrame(schema={"contact_id": pl.String, "location_id": pl.String,
+                                                "email": pl.String, "matched_by": pl.String})}
+    consent = Consent(tuple(policy.consent.tinyemail_tight), tuple(policy.consent.ghl_tight))
+    whole = advanced(state, journal, consent, policy.tags.list_prefix, chunk=10_000)
+    assert whole.base.height == len({r["key"] for r in te} | {r["key"] for r in ghl})
+    for chunk in (1, 2, 3):
+        part = advanced(state, journal, consent, policy.tags.list_prefix, chunk=chunk)
+        assert part.base.to_dicts() == whole.base.to_dicts(), chunk
+        assert (part.gone_keys, part.recreated, part.created_contacts) == \
+            (whole.gone_keys, whole.recreated, whole.created_contacts)
+        assert part.id_map.sort("contact_id").to_dicts() == whole.id_map.sort("contact_id").to_dicts()
