@@ -340,7 +340,10 @@ def apply_run(settings: Settings, store: Store, run_id: str, *, policy: Policy |
     bars.begin("apply: ops", journal.counts(run_id).get(J.PLANNED, 0))
     store.set_run_status(run_id, APPLYING)
     failpoints.hit("journaled")
-    people = {r["key"]: Person(r["email"], r["contact_id"], r["location_id"]) for r in state["people"].to_dicts()}
+    # how to address the people the run writes to (its ops' keys), not everyone the plan saw
+    keys = journal.frame(run_id)["key"].unique().implode()
+    people = {r["key"]: Person(r["email"], r["contact_id"], r["location_id"])
+              for r in state["people"].filter(pl.col("key").is_in(keys)).iter_rows(named=True)}
     ghl_client = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))
     tinyemail_client = tinyemail_client or (lambda: TinyEmailClient.from_settings(settings))
     # a nightly run's writes come back as thousands of webhooks: noted as echoes (contact_recon/stages/echo.py). A
