@@ -335,13 +335,14 @@ def apply_run(settings: Settings, store: Store, run_id: str, *, policy: Policy |
     directory = run_dir(settings.data_dir, run_id)
     state = load_state(directory)
     journal = Journal(store, on_closed=lambda n: bars.advance("apply: ops", n))
-    journal.record(run_id, journal_frame(load_plan(settings.data_dir, run_id), released_by_approval(store, run),
-                                         state["people"], locations[0]))
+    planned = journal_frame(load_plan(settings.data_dir, run_id), released_by_approval(store, run), state["people"],
+                            locations[0])
+    journal.record(run_id, planned)
     bars.begin("apply: ops", journal.counts(run_id).get(J.PLANNED, 0))
     store.set_run_status(run_id, APPLYING)
     failpoints.hit("journaled")
     # how to address the people the run writes to (its ops' keys), not everyone the plan saw
-    keys = journal.frame(run_id)["key"].unique().implode()
+    keys = planned["key"].unique().implode()
     people = {r["key"]: Person(r["email"], r["contact_id"], r["location_id"])
               for r in state["people"].filter(pl.col("key").is_in(keys)).iter_rows(named=True)}
     ghl_client = ghl_client or (lambda loc: GHLClient.from_settings(settings, loc))

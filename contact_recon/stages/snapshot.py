@@ -113,7 +113,7 @@ from contact_recon.systems.ghl.models import Contact
 from contact_recon.systems.http import RequestStats
 from contact_recon.systems.models import Unreadable, as_payload
 from contact_recon.systems.redaction import redact
-from contact_recon.systems.tinyemail.client import TinyEmailClient
+from contact_recon.systems.tinyemail.client import TinyEmailClient, member_key
 from contact_recon.systems.tinyemail.contract import email_key
 from contact_recon.systems.tinyemail.mapping import tinyemail_customer_record
 from contact_recon.systems.tinyemail.models import Customer
@@ -289,8 +289,7 @@ async def fetch_ghl_location(client: GHLClient, previous: PreviousState, options
             _normalised(listing.fresh, lambda payload: ghl_contact_record(payload, loc, options.region, custom_keys),
                         GHL_CONTACTS)])
     # the kept rows (and an unreadable contact's previous row) are copied inside the store (`contacts_carried`)
-    known = set(previous.contacts["contact_id"].to_list())
-    kept = tuple(sorted(c for c in {*listing.kept, *carried} if c in known))
+    kept = tuple(sorted(c for c in {*listing.kept, *carried} if c in listing.digests))
     present_ids = sorted({*kept, *fresh["contact_id"].to_list()})
     return LocationSnapshot(
         loc, fresh.sort("contact_id"), tasks, notes, listing.watermark or previous.watermark, plan, used.counts,
@@ -556,11 +555,10 @@ class _Audience:
 
     def add(self, indexed: tuple[int, str], customer: Customer | Unreadable) -> None:
         index, list_id = indexed
+        key = member_key(customer, list_id)
         if isinstance(customer, Unreadable):
-            key = email_key(customer.key) if customer.key else f"?{customer.where}@{list_id}"
             self.unreadable.setdefault(key, customer)
             return
-        key = email_key(customer.email)
         seen = self.raws.get(key)
         if seen is None or seen[0] > index:  # the first list's copy stands
             self.raws[key] = (index, len(self.raws), raw_json(as_payload(customer)))

@@ -127,13 +127,20 @@ class AudienceSnapshot:
     unreadable: dict[str, Unreadable] = field(default_factory=dict)
 
     def add(self, list_id: str, customer: Customer | Unreadable) -> None:
+        key = member_key(customer, list_id)
         if isinstance(customer, Unreadable):
-            key = email_key(customer.key) if customer.key else f"?{customer.where}@{list_id}"
             self.unreadable.setdefault(key, customer)
             return
-        key = email_key(customer.email)
         self.customers.setdefault(key, customer)
         self.memberships.setdefault(key, set()).add(list_id)
+
+
+def member_key(customer: Customer | Unreadable, list_id: str) -> str:
+    """A list member's key: its normalised email (`email_key`); for a member the model refused without a readable
+    email, its place in that list."""
+    if isinstance(customer, Unreadable):
+        return email_key(customer.key) if customer.key else f"?{customer.where}@{list_id}"
+    return email_key(customer.email)
 
 
 class TinyEmailClient(ApiBacked):
