@@ -1,7 +1,7 @@
 """End-to-end nightly benchmark: `recon run` on 100,000 contacts after a day of 1% drift on each side.
 
     .venv/bin/python bench/nightly.py [--contacts 100000] [--rate-scale 10] [--base-rate-scale 100]
-        [--drift 0.01] [--tasks-per-contact 1.5] [--notes-per-contact 2.0] [--seed 11] [--json PATH]
+        [--drift 0.01] [--tasks-per-contact 1.5] [--notes-per-contact 2.0] [--seed 11] [--json PATH] [--keep DIR]
 
 1. Fixture (in a child process, so its memory is not this process's): `--contacts` people on both sides
    (1.5 tasks, 2 notes per contact, 2% awkward records, three TinyEmail lists), already *converged*: the
@@ -74,6 +74,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -229,6 +230,14 @@ def serve(fixture: Path, rate_scale: float, seed: int) -> Sandboxes:
             raise RuntimeError(f"the {only} sandbox did not start (exit {proc.wait()})")
         procs.append(proc)
     return Sandboxes(procs, f"http://127.0.0.1:{ports['ghl']}", f"http://127.0.0.1:{ports['tinyemail']}/v1")
+
+
+def keep(directory: Path, tmp: Path, boxes: Sandboxes, meta: dict[str, Any]) -> None:
+    """`--keep`: the state before the nightly (data dir, sandboxes' state, fixture metadata) copied to `directory`."""
+    directory.mkdir(parents=True)
+    shutil.copytree(tmp / "data", directory / "data")
+    export_state(boxes, directory / "state.json")
+    (directory / "meta.json").write_text(json.dumps(meta))
 
 
 def export_state(boxes: Sandboxes, path: Path) -> Path:
@@ -603,6 +612,8 @@ def main() -> None:
     parser.add_argument("--drift", type=float, default=0.01, help="changes per side, as a share of the contacts")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--keep", type=Path, help="copy the data dir, the fixture metadata and both sandboxes' "
+                        "state before the nightly into this new directory (to plan again from them)")
     args = parser.parse_args()
     run_on_prefect("bench-nightly-", lambda tmp, api: bench(args, tmp, api), args.json)
 
@@ -618,6 +629,8 @@ def bench(args: argparse.Namespace, tmp: Path, api: str) -> list[Figure]:
             export_state(boxes, tmp / "state.json")
             boxes.stop()
             boxes = serve(tmp / "state.json", args.rate_scale, args.seed + 1000)
+        if args.keep is not None:
+            keep(args.keep, tmp, boxes, meta)
         offsets = boxes.log_total()
         night = recon_run(run_env(boxes, meta, tmp / "data", args.rate_scale, api, None), tmp / "data")
         counts = {s: n - offsets[s] for s, n in boxes.log_total().items()}
