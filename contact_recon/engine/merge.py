@@ -176,7 +176,7 @@ approved.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -271,6 +271,7 @@ class MergeResult:
     conflicts: pl.DataFrame  # ops.CONFLICTS_SCHEMA: for the data team
     stats: dict[str, int] = field(default_factory=dict)
     held_reasons: tuple[str, ...] = ()
+    cases: pl.DataFrame | None = None  # (key, case): each planned person's case (`_case`)
 
     @property
     def held(self) -> bool:
@@ -296,9 +297,23 @@ class _Ctx:
     active_facts: tuple[str, ...]  # the fact tags this run can compute
 
 
+@dataclass(frozen=True)
+class Outside:
+    """The people a plan leaves out because nothing changed for them (`store/settled.py`): counted, never merged."""
+
+    cases: Mapping[str, int] = field(default_factory=dict)  # case -> people (all have a base row)
+    on_tinyemail: int = 0  # of them, those with a TinyEmail record now
+    on_ghl: int = 0  # and with a GHL contact
+
+    @property
+    def people(self) -> int:
+        return sum(self.cases.values())
+
+
 def plan(base: pl.DataFrame, te_now: pl.DataFrame, ghl_now: pl.DataFrame, policy: Policy, *,
          ghl_tasks: pl.DataFrame | None = None, created: pl.DataFrame | None = None,
-         today: dt.date | None = None, guard_history: GuardHistory = NO_HISTORY) -> MergeResult:
+         today: dt.date | None = None, guard_history: GuardHistory = NO_HISTORY,
+         outside: Outside | None = None) -> MergeResult:
     """Plan the writes that reconcile GHL and TinyEmail.
 
     Args:
@@ -311,11 +326,15 @@ def plan(base: pl.DataFrame, te_now: pl.DataFrame, ghl_now: pl.DataFrame, policy
         today: the plan date, used in note texts, task due dates and overdue facts.
         guard_history: the usual guard figures of this location's recent comparable runs (`engine/guards.py`);
             default none: the guards compare with their floors only.
+        outside: the people left out of the three frames as settled (none of them can have an op: the plan
+            stage's `in_play`): they count in the stats (`people`, `case_*`) the guards divide by, and their base
+            rows make this no first run. Default: nobody.
 
     Returns:
         MergeResult(ops, conflicts, stats, held_reasons).
     """
-    ctx = _context(policy, base, ghl_tasks, today)
+    outside = outside or Outside()
+    ctx = _context(policy, base, ghl_tasks, today, outside)
     base, te_now, ghl_now = (_with_custom(_conform(base, base=True), policy), _with_custom(_conform(te_now), policy),
                              _with_custom(_conform(ghl_now), policy))
     sides = _Sides(base, _rekey(te_now, base), ghl_now)
@@ -332,19 +351,23 @@ def plan(base: pl.DataFrame, te_now: pl.DataFrame, ghl_now: pl.DataFrame, policy
     ops = sort_ops(with_ids(pl.concat([part.select(_CONTENT) for part in ops_parts])))
     conflicts = pl.concat([field_conflicts, _consent_conflicts(wide, ctx), _presence_conflicts(wide, deleted, ctx)])
     conflicts = conflicts.sort(["key", "field", "reason"], nulls_last=False)
-    stats = _stats(wide, ops, conflicts, ctx)
-    return MergeResult(ops, conflicts, stats, _guards(stats, sides, policy, guard_history))
+    stats = _stats(wide, ops, conflicts, ctx, outside)
+    return MergeResult(ops, conflicts, stats, _guards(stats, sides, policy, guard_history, outside),
+                       wide.select("key", "case"))
 
 
 _CONTENT = ["target", "kind", "key", "field", "expected", "new", "reason"]
 
 
-def _context(policy: Policy, base: pl.DataFrame, ghl_tasks: pl.DataFrame | None, today: dt.date | None) -> _Ctx:
+def _context(policy: Policy, base: pl.DataFrame, ghl_tasks: pl.DataFrame | None, today: dt.date | None,
+             outside: Outside) -> _Ctx:
     t = policy.tasks
     facts = tuple(tag for tag in (t.open_task_tag, t.overdue_task_tag) if tag)
     active = () if ghl_tasks is None else tuple(
         tag for tag in (t.open_task_tag, t.overdue_task_tag if today else None) if tag)
-    return _Ctx(policy, (*policy.active_fields(), *policy.custom_as_fields()), base.height == 0, today, facts, active)
+    # a first run has no base at all: settled people left out of the frames have theirs
+    first_run = base.height == 0 and outside.people == 0
+    return _Ctx(policy, (*policy.active_fields(), *policy.custom_as_fields()), first_run, today, facts, active)
 
 
 def _with_custom(frame: pl.DataFrame, policy: Policy) -> pl.DataFrame:
@@ -1077,9 +1100,13 @@ def _trigger_text(trigger: TagTrigger, ctx: _Ctx) -> str:
 
 # --- F. stats and guards ---------------------------------------------------------------------------
 
-def _stats(wide: pl.DataFrame, ops: pl.DataFrame, conflicts: pl.DataFrame, ctx: _Ctx) -> dict[str, int]:
-    stats = {"people": wide.height, "first_run": int(ctx.first_run)}
-    stats |= {f"case_{case}": n for case, n in wide.group_by("case").len().iter_rows()}
+def _stats(wide: pl.DataFrame, ops: pl.DataFrame, conflicts: pl.DataFrame, ctx: _Ctx,
+           outside: Outside) -> dict[str, int]:
+    stats = {"people": wide.height + outside.people, "first_run": int(ctx.first_run)}
+    cases = dict(outside.cases)
+    for case, n in wide.group_by("case").len().iter_rows():
+        cases[case] = cases.get(case, 0) + n
+    stats |= {f"case_{case}": n for case, n in cases.items() if n}
     stats |= {f"ops_{kind}": n for kind, n in ops.group_by("kind").len().iter_rows()}
     stats |= {f"conflicts_{reason}": n for reason, n in conflicts.group_by("reason").len().iter_rows()}
     stats["ops"], stats["conflicts"] = ops.height, conflicts.height
@@ -1088,16 +1115,18 @@ def _stats(wide: pl.DataFrame, ops: pl.DataFrame, conflicts: pl.DataFrame, ctx: 
     return dict(sorted(stats.items()))
 
 
-def _guards(stats: dict[str, int], sides: _Sides, policy: Policy, history: GuardHistory) -> tuple[str, ...]:
+def _guards(stats: dict[str, int], sides: _Sides, policy: Policy, history: GuardHistory,
+            outside: Outside) -> tuple[str, ...]:
     g = policy.guards
     base, te_now, ghl_now = sides
     # the share guards: tonight's figure against the floors and the location's usual figure (engine/guards.py)
     held = [trip.reason() for trip in tripped(g, stats, history)]
-    if g.side_empty and te_now.height == 0 and base.filter(pl.col("in_tinyemail")).height > 0:
+    # a side is empty when neither the people planned nor the settled ones have a record there
+    if g.side_empty and te_now.height + outside.on_tinyemail == 0 and base.filter(pl.col("in_tinyemail")).height > 0:
         held.append("tinyemail_empty: the TinyEmail snapshot is empty while the base is not")
-    if g.side_empty and ghl_now.height == 0 and base.filter(pl.col("in_ghl")).height > 0:
+    if g.side_empty and ghl_now.height + outside.on_ghl == 0 and base.filter(pl.col("in_ghl")).height > 0:
         held.append("ghl_empty: the GHL snapshot is empty while the base is not")
     return tuple(held)
 
 
-__all__ = ["CREATED_SCHEMA", "MergeResult", "Reason", "create_record", "plan", "tag_namespace"]
+__all__ = ["CREATED_SCHEMA", "MergeResult", "Outside", "Reason", "create_record", "plan", "tag_namespace"]

@@ -5,7 +5,9 @@ both merge sides, the people, this run's re-keys and new id_map pairs; each file
 the apply stage has sent the ops, `advance` reads that state back (`load_state`), lets the pure algorithm of
 `contact_recon/engine/state.py` (`advanced`) work out the next base from the run's journal, and writes it in
 one transaction: the base rows of gone keys deleted, the id_map pairs of re-created contacts forgotten, the
-next base upserted, the new pairs saved. Only confirmed ops move anything.
+next base upserted, the new pairs saved, and the people the plan had nothing for settled (`store/settled.py`:
+`in_play` are the keys the plan read, `settle` those of them it found nothing to do for, with their digests; the
+next plan leaves a settled person out while every digest holds). Only confirmed ops move anything.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import polars as pl
 from contact_recon.engine.state import Consent, advanced
 from contact_recon.store.db import Store
 from contact_recon.store.files import atomic_write, private_dir
+from contact_recon.store.settled import SETTLE, Settled
 
 STATE_DIR = "state"
-STATE_FILES = ("base", "te_side", "ghl_side", "people", "rekeys", "id_map_new")
+STATE_FILES = ("base", "te_side", "ghl_side", "people", "rekeys", "id_map_new", "in_play", "settle")
+_SETTLE_FILES = {"in_play": pl.Schema({"key": pl.String()}),  # a plan saved before settling existed: none
+                 "settle": pl.Schema({**SETTLE, "generation": pl.String()})}
 
 
 def save_state(directory: Path, frames: Mapping[str, pl.DataFrame]) -> None:
@@ -33,17 +38,24 @@ def save_state(directory: Path, frames: Mapping[str, pl.DataFrame]) -> None:
 
 def load_state(directory: Path) -> dict[str, pl.DataFrame]:
     """The planning state `save_state` wrote under `directory` (a run's directory)."""
-    return {name: pl.read_parquet(directory / STATE_DIR / f"{name}.parquet") for name in STATE_FILES}
+    files = {name: directory / STATE_DIR / f"{name}.parquet" for name in STATE_FILES}
+    return {name: pl.read_parquet(path) if path.exists() or name not in _SETTLE_FILES
+            else pl.DataFrame(schema=_SETTLE_FILES[name]) for name, path in files.items()}
 
 
 def advance(store: Store, run_dir: Path, journal: pl.DataFrame, run_id: str, consent: Consent,
             list_prefix: str = "list:") -> dict[str, int]:
     """Move the base, the id_map and the re-keys forward for this run's confirmed ops (one transaction)."""
-    step = advanced(load_state(run_dir), journal, consent, list_prefix)
+    state = load_state(run_dir)
+    step = advanced(state, journal, consent, list_prefix)
+    settle = state["settle"]
+    generation = settle["generation"][0] if settle.height else ""
     with store.transaction():
         store.delete_base(step.gone_keys)
         store.delete_id_map(step.recreated)
         store.save_base(step.base, run_id)
         if step.id_map.height:
             store.save_id_map(step.id_map, run_id)
-    return {"base_rows": step.base.height, "created_contacts": step.created_contacts, "id_map": step.id_map.height}
+        settled = Settled(store).replace(state["in_play"]["key"].to_list(), settle, generation, run_id)
+    return {"base_rows": step.base.height, "created_contacts": step.created_contacts, "id_map": step.id_map.height,
+            "settled": settled}

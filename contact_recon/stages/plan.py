@@ -60,8 +60,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ from contact_recon.engine.conflicts import PRESENCE, as_held, field_key, review_
 from contact_recon.engine.decisions import decision_ops
 from contact_recon.engine.guards import GuardHistory
 from contact_recon.engine.identity import IdentityResult, hold_back, localise_phones, match_identities, merge_sides
-from contact_recon.engine.merge import MergeResult, plan
+from contact_recon.engine.merge import MergeResult, Outside, plan
 from contact_recon.model.cells import guarded
 from contact_recon.model.context import person_context
 from contact_recon.model.custom_fields import canonical_sides
@@ -87,7 +88,7 @@ from contact_recon.model.policy import Policy
 from contact_recon.model.tags import duplicated, fold_frame, fold_ops
 from contact_recon.settings import Settings
 from contact_recon.stages.advance import save_state
-from contact_recon.stages.review import identity_input, write_review_files
+from contact_recon.stages.review import IdentityInput, identity_input, write_review_files
 from contact_recon.stages.snapshot import GHLFactory, SnapshotOptions, SnapshotResult, TinyEmailFactory, run_snapshot
 from contact_recon.store.conflicts import ConflictLog
 from contact_recon.store.db import ENTITIES, NO_LOCATION, Store
@@ -102,10 +103,12 @@ from contact_recon.store.files import (
     run_dir,
 )
 from contact_recon.store.journal import Journal
+from contact_recon.store.settled import SETTLE, UNCHANGED, Settled
 from contact_recon.systems.policy_source import LoadedPolicy, resolve_policy
 
 GUARD_EXPECTATION = "plan.within_guards"  # the check that holds a guard's ops; approval releases them
 HELD, APPROVED, FAILED = "held", "approved", "failed"  # run statuses besides PLANNED ("planned")
+SETTLED_VERSION = "1"  # bump when what settles a person changes: every settled row then stops counting
 
 
 class NoSnapshot(Exception):  # noqa: N818 - the name is the contract
@@ -167,7 +170,7 @@ def plan_run(settings: Settings, store: Store, *, locations: Sequence[str], appr
             tinyemail_client=tinyemail_client, options=snapshot_options)
         # a location whose snapshot failed is left out of this plan (its people are out of scope: held back)
         planned = [loc for loc in locations if snapshot is None or loc in snapshot.locations]
-        result = _plan(settings, store, run_id, planned, policy, approve, docs, snapshot)
+        result = _plan(settings, store, run_id, planned, policy, approve, docs, snapshot, everyone=full_sweep)
     except BaseException as exc:
         store.finish_run(run_id, FAILED, error=str(exc) or type(exc).__name__)
         raise
@@ -207,38 +210,149 @@ def held_for_snapshot(identity: IdentityResult, failed: dict[str, str],
     return hold_back(identity, ids, [e for e in emails if e])
 
 
+@dataclass(frozen=True)
+class Scope:
+    """Who a nightly plan reads in full (`in_play`): everyone but the settled people (`store/settled.py`)."""
+
+    frames: dict[str, pl.DataFrame]  # the latest snapshot's records of the people in play (latest_frames' shape)
+    identity: IdentityResult  # the matcher's answer over everyone, its pairings limited to the people in play
+    outside: Outside  # the settled people left out, counted by case
+    settled_keys: pl.DataFrame  # (key): their keys, whose base rows are not read either
+
+
+_IDENTITY_COLUMNS = {"ghl_contacts": ("contact_id", "location_id", "email"), "te_customers": ("email", "email_raw")}
+
+
+def plan_generation(policy: Policy, list_tags: ListNames, home: Sequence[str], region: str) -> str:
+    """A digest of what a plan reads for everyone alike: when it changes, nobody stays settled (store/settled.py)."""
+    parts = [SETTLED_VERSION, policy.model_dump_json(), json.dumps(sorted(list_tags.label.items())),
+             json.dumps(sorted(list_tags.aliases.items())), list_tags.prefix, json.dumps(sorted(home)), region]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def in_play(store: Store, locations: Sequence[str], decided: IdentityInput, failed: dict[str, str],
+            unreadable: Sequence[dict[str, Any]], generation: str, today: dt.date, *,
+            everyone: bool = False) -> Scope:
+    """The people tonight's plan reads: identity over everyone on a few columns, then every person not settled
+    (`Settled.unchanged`: same records, tasks, facts, pairing and base row as when an applied plan had nothing for
+    them, in this generation), those with a pending decision, and the settled people who share an email with one
+    of them (the merge's re-keys and the email checks compare people with each other); `everyone` (a full sweep,
+    or nobody settled yet) reads all."""
+    covered = pl.col("location_id").is_in(list(locations))
+    slim = {entity: store.latest_snapshot(entity, without=[c for c in ENTITIES[entity].schema if c not in kept])
+            for entity, kept in _IDENTITY_COLUMNS.items()}
+    slim["ghl_contacts"] = slim["ghl_contacts"].filter(covered)
+    identity = match_identities(slim["ghl_contacts"], slim["te_customers"], decided.id_map, locations=locations,
+                                apart=decided.apart)
+    identity = held_for_snapshot(identity, failed, unreadable)
+    settled = Settled(store)
+    who = people(identity)
+    unchanged = (settled.unchanged(who, generation, today.isoformat()) if not everyone and settled.count()
+                 else pl.DataFrame(schema=UNCHANGED))
+    if unchanged.height == 0:
+        return Scope(latest_frames(store, locations), identity, Outside(), unchanged.select("key"))
+    unchanged = unchanged.join(Decisions(store).pending().select("key"), on="key", how="anti")
+    unchanged = unchanged.join(_neighbours(store, who, unchanged, slim["ghl_contacts"]), on="key", how="anti")
+    playing = who.join(unchanged, on="key", how="anti")
+    # the records of held people are read too: the checks compare them with the others (two contacts, one email)
+    held_ids = pl.DataFrame({"contact_id": sorted(identity.held_contact_ids)}, schema={"contact_id": pl.String})
+    held_emails = pl.DataFrame({"email": sorted(identity.held_emails)}, schema={"email": pl.String})
+    ids = pl.concat([playing.select("contact_id").drop_nulls(), held_ids]).unique()
+    emails = pl.concat([playing.select("email").drop_nulls(), held_emails]).unique()
+    only = {"ghl_contacts": ids, "te_customers": emails,
+            "ghl_tasks": pl.concat([ids, store.orphaned("ghl_tasks")]).unique(),
+            "ghl_notes": pl.concat([ids, store.orphaned("ghl_notes")]).unique()}
+    outside = Outside(dict(unchanged.group_by("person_case").len().iter_rows()),
+                      on_tinyemail=int(unchanged["on_tinyemail"].sum()), on_ghl=int(unchanged["on_ghl"].sum()))
+    return Scope(latest_frames(store, locations, only), _restricted(identity, playing), outside,
+                 unchanged.select("key"))
+
+
+def _neighbours(store: Store, who: pl.DataFrame, unchanged: pl.DataFrame, ghl: pl.DataFrame) -> pl.DataFrame:
+    """(key) of the settled people who share an email with someone in play: their TinyEmail email, their contact's
+    email or their base email is an email of an in-play person now or in the base (a re-key, an email that moved,
+    two contacts with one email; law 9 of tests/unit/test_merge_properties.py)."""
+    playing = who.join(unchanged, on="key", how="anti")
+    base = store._frame("SELECT key, email FROM base").cast({"key": pl.String, "email": pl.String})
+    contact_email = ghl.select("contact_id", ghl_email="email")
+    emails = pl.concat([
+        playing.select("email"),
+        playing.join(contact_email, on="contact_id").select(email="ghl_email"),
+        base.join(unchanged, on="key", how="anti").select("email"),
+    ]).drop_nulls().unique()
+    settled = (who.join(unchanged, on="key", how="semi").join(contact_email, on="contact_id", how="left")
+               .join(base.select("key", base_email="email"), on="key", how="left"))
+    near = emails["email"].implode()
+    return settled.filter(pl.col("email").is_in(near) | pl.col("ghl_email").is_in(near)
+                          | pl.col("base_email").is_in(near)).select("key")
+
+
+def _restricted(identity: IdentityResult, playing: pl.DataFrame) -> IdentityResult:
+    """The identity's pairings and unmatched records of the people in play; reviews and held people whole."""
+    keys, ids = playing["key"].implode(), playing["contact_id"].drop_nulls().implode()
+    return dataclasses.replace(identity, matched=identity.matched.filter(pl.col("key").is_in(keys)),
+                               unmatched_ghl=identity.unmatched_ghl.filter(pl.col("contact_id").is_in(ids)),
+                               unmatched_te=identity.unmatched_te.filter(pl.col("key").is_in(keys)))
+
+
+def settle_rows(store: Store, identity: IdentityResult, marked: pl.DataFrame, unsettled: pl.Series,
+                cases: pl.DataFrame | None, today: dt.date) -> pl.DataFrame:
+    """SETTLE rows of the people in play this plan has nothing for: no op of any status, no conflict (a skipped one
+    included), not held back; with the digests of what it read of them and their case."""
+    who = people(identity).join(marked.select("key").unique(), on="key", how="anti")
+    who = who.filter(~pl.col("key").is_in(unsettled.implode()) & ~pl.col("key").is_in(sorted(identity.held_keys)))
+    if cases is None or who.height == 0:
+        return pl.DataFrame(schema=SETTLE)
+    digests = Settled(store).digests(who, today.isoformat())
+    # someone with a record on neither side (a pairing whose contact and customer are gone) stays in play
+    digests = digests.filter(pl.col("ghl_hash").is_not_null() | pl.col("te_hash").is_not_null())
+    return digests.join(cases.select("key", person_case="case"), on="key", how="inner").select(list(SETTLE))
+
+
 def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], policy: Policy, approve: bool,
           docs: bool, snapshot: SnapshotResult | None, frames: dict[str, pl.DataFrame] | None = None,
-          base_keys: Sequence[str] | None = None) -> PlanRun:
+          base_keys: Sequence[str] | None = None, everyone: bool = False) -> PlanRun:
     if snapshot is None and frames is None:
         _check_snapshot_exists(store, locations)
     today = store.clock().date()
-    frames_given = frames
-    frames = frames if frames is not None else latest_frames(store, locations)
-    frames = without_home_lists(frames, Journal(store).home_lists())
-    frames, folds = folded_frames(frames)  # one spelling per tag key; the others are folded away (model/tags.py)
+    home = Journal(store).home_lists()
     list_tags = store.list_tags(policy.tags.list_prefix) if policy.tags.list_sync != "off" else ListNames()
+    decided = identity_input(store, store.load_id_map())  # the team's identity decisions (`recon identity`)
+    generation = plan_generation(policy, list_tags, home, settings.default_region)
+    if frames is None:
+        # a nightly plan: only the people in play are read in full (store/settled.py)
+        failed, unreadable = snapshot_findings(store, snapshot)
+        scope = in_play(store, locations, decided, failed, unreadable, generation, today, everyone=everyone)
+        frames, identity, outside = scope.frames, scope.identity, scope.outside
+    else:
+        failed, unreadable, scope, outside = {}, [], None, Outside()
+    frames = without_home_lists(frames, home)
+    frames, folds = folded_frames(frames)  # one spelling per tag key; the others are folded away (model/tags.py)
     ghl_spelled = frames["ghl_contacts"]  # the tags as GHL spells them, for the respelling ops
     frames = {**frames, "ghl_contacts": with_list_ids(ghl_spelled, list_tags)}  # list:<label> -> list:<id>
-    decided = identity_input(store, store.load_id_map())  # the team's identity decisions (`recon identity`)
-    identity = match_identities(frames["ghl_contacts"], frames["te_customers"], decided.id_map,
-                                locations=locations, apart=decided.apart)
-    failed, unreadable = snapshot_findings(store, snapshot) if frames_given is None else ({}, [])
-    identity = held_for_snapshot(identity, failed, unreadable)
+    if scope is None:
+        identity = match_identities(frames["ghl_contacts"], frames["te_customers"], decided.id_map,
+                                    locations=locations, apart=decided.apart)
     frames = with_local_phones(frames, identity, settings.default_region)
-    stored = store.load_base(presence=True)
-    if base_keys is not None:
-        # one person (sync_contact): only its base rows are in play, nobody else "came back empty"
-        stored = stored.filter(pl.col("key").is_in(list(base_keys)))
+    if scope is not None:
+        stored = store.load_base(presence=True, except_keys=scope.settled_keys)
+    else:
+        stored = store.load_base(presence=True)
+        if base_keys is not None:
+            # one person (sync_contact): only its base rows are in play, nobody else "came back empty"
+            stored = stored.filter(pl.col("key").is_in(list(base_keys)))
     base = planning_base(stored, identity)
     ghl_side, te_side = merge_sides(identity, frames["ghl_contacts"], frames["te_customers"])
     ghl_side, te_side = canonical_sides(ghl_side, te_side, policy.active_custom())  # model/custom_fields.py
     history = GuardHistory.from_stats(store.comparable_stats(locations, policy.guards.history_runs))
     merged = plan(base, te_side, ghl_side, policy, ghl_tasks=frames["ghl_tasks"], created=Journal(store).created(),
-                  today=today, guard_history=history)
+                  today=today, guard_history=history, outside=outside)
+    merged = dataclasses.replace(merged, stats=dict(sorted(
+        {**merged.stats, "people_in_play": merged.stats["people"] - outside.people}.items())))
     merged = with_decisions(merged, Decisions(store).pending(), te_side, ghl_side, policy)
     merged = with_respellings(merged, ghl_spelled, list_tags, ghl_side["key"])
     merged = with_folds(merged, folds, ghl_side, te_side)
+    unsettled = merged.conflicts["key"]  # before skipped conflicts are left out: a skip still stands open
     log = ConflictLog(store)
     shown = as_held(merged.conflicts, people(identity), frames["ghl_contacts"], frames["te_customers"])
     merged = dataclasses.replace(merged, conflicts=without_skipped(shown, log.skips()))
@@ -248,7 +362,8 @@ def _plan(settings: Settings, store: Store, run_id: str, locations: list[str], p
     store.save_review(identity.review, run_id)
     review = conflict_review(store, log, run_id, merged.conflicts, identity, ghl_side, te_side)
     plan_path, conflicts_path = write_plan_files(run_dir(settings.data_dir, run_id), marked, review)
-    save_state(run_dir(settings.data_dir, run_id), _state_frames(base, te_side, ghl_side, identity))
+    settle = settle_rows(store, identity, marked, unsettled, merged.cases, today) if scope is not None else None
+    save_state(run_dir(settings.data_dir, run_id), _state_frames(base, te_side, ghl_side, identity, settle, generation))
     write_review_files(store, run_dir(settings.data_dir, run_id), run_id, frames, identity, marked, people(identity),
                        (ghl_side, te_side))
     approved = approve and merged.held
@@ -305,13 +420,17 @@ def plan_person(settings: Settings, store: Store, *, location_id: str, frames: d
     return result
 
 
-def latest_frames(store: Store, locations: Sequence[str]) -> dict[str, pl.DataFrame]:
+def latest_frames(store: Store, locations: Sequence[str],
+                  only: Mapping[str, pl.DataFrame] | None = None) -> dict[str, pl.DataFrame]:
     """The latest snapshot of every entity, GHL ones limited to `locations`, with `raw` (the API payloads, about
     half of the frames' memory) null except on the records whose tags are folded: only `folded_frames` reads it
-    after the snapshot, for the order the system holds their tags in (model/tags.py `fold_frame`)."""
+    after the snapshot, for the order the system holds their tags in (model/tags.py `fold_frame`). With `only`,
+    an entity's records whose value of its one-column frame is there (`Store.latest_snapshot(only=...)`)."""
     covered = pl.col("location_id").is_in(list(locations))
-    frames = {entity: store.latest_snapshot(entity, without=("raw",)).filter(covered) if spec.has_location
-              else store.latest_snapshot(entity, without=("raw",)) for entity, spec in ENTITIES.items()}
+    only = only or {}
+    frames = {entity: store.latest_snapshot(entity, without=("raw",), only=only.get(entity)).filter(covered)
+              if spec.has_location else store.latest_snapshot(entity, without=("raw",), only=only.get(entity))
+              for entity, spec in ENTITIES.items()}
     return {entity: _with_fold_payloads(store, entity, frame, covered) for entity, frame in frames.items()}
 
 
@@ -351,7 +470,8 @@ def with_decisions(merged: MergeResult, decisions: pl.DataFrame, te_side: pl.Dat
     answered = decisions.filter(pl.col("choice") != "skip").select("key", "field")
     keyed = field_key(merged.conflicts).join(answered, on=["key", "field"], how="anti")
     settled = keyed.with_columns(field=pl.when(pl.col("field") != PRESENCE).then(pl.col("field")))
-    return MergeResult(sort_ops(pl.concat([merged.ops, extra])), settled, merged.stats, merged.held_reasons)
+    return MergeResult(sort_ops(pl.concat([merged.ops, extra])), settled, merged.stats, merged.held_reasons,
+                       merged.cases)
 
 
 def with_respellings(merged: MergeResult, as_held: pl.DataFrame, list_tags: ListNames, keys: pl.Series) -> MergeResult:
@@ -364,7 +484,7 @@ def with_respellings(merged: MergeResult, as_held: pl.DataFrame, list_tags: List
     if extra.height == 0:
         return merged
     return MergeResult(sort_ops(pl.concat([merged.ops, with_ids(extra)])), merged.conflicts, merged.stats,
-                       merged.held_reasons)
+                       merged.held_reasons, merged.cases)
 
 
 def folded_frames(frames: dict[str, pl.DataFrame]) -> tuple[dict[str, pl.DataFrame], TagFolds]:
@@ -391,13 +511,17 @@ def with_folds(merged: MergeResult, folds: TagFolds, ghl_side: pl.DataFrame, te_
     extra = pl.concat([fold_ops(ghl, "ghl"), fold_ops(te, "tinyemail")])
     stats = {**merged.stats, "tags_folded": extra.height}
     ops = sort_ops(pl.concat([merged.ops, with_ids(extra)])) if extra.height else merged.ops
-    return MergeResult(ops, merged.conflicts, dict(sorted(stats.items())), merged.held_reasons)
+    return MergeResult(ops, merged.conflicts, dict(sorted(stats.items())), merged.held_reasons, merged.cases)
 
 
-def _state_frames(base: pl.DataFrame, te_side: pl.DataFrame, ghl_side: pl.DataFrame,
-                  identity: IdentityResult) -> dict[str, pl.DataFrame]:
-    return {"base": base, "te_side": te_side, "ghl_side": ghl_side, "people": people(identity),
-            "rekeys": identity.rekeys, "id_map_new": identity.new_id_map}
+def _state_frames(base: pl.DataFrame, te_side: pl.DataFrame, ghl_side: pl.DataFrame, identity: IdentityResult,
+                  settle: pl.DataFrame | None, generation: str) -> dict[str, pl.DataFrame]:
+    who = people(identity)
+    keys = pl.concat([who.select("key"), base.select("key")]).unique().sort("key")  # the keys this plan read
+    settle = settle if settle is not None else pl.DataFrame(schema=SETTLE)  # a sync settles nobody
+    return {"base": base, "te_side": te_side, "ghl_side": ghl_side, "people": who, "rekeys": identity.rekeys,
+            "id_map_new": identity.new_id_map, "in_play": keys,
+            "settle": settle.with_columns(generation=pl.lit(generation, pl.String))}
 
 
 def people(identity: IdentityResult) -> pl.DataFrame:

@@ -282,6 +282,14 @@ _V11 = (
         marked_at TIMESTAMPTZ NOT NULL)""",
 )
 
+_V13 = (
+    # contact_recon/store/settled.py: a person the last applied plan had nothing for, and what it had read of them;
+    # the next plan leaves the person out while every digest is the same
+    """CREATE TABLE settled (key VARCHAR PRIMARY KEY, contact_id VARCHAR, email VARCHAR, location_id VARCHAR,
+        ghl_hash VARCHAR, te_hash VARCHAR, tasks_hash VARCHAR, facts VARCHAR, base_at TIMESTAMPTZ,
+        person_case VARCHAR, generation VARCHAR NOT NULL, run_id VARCHAR, settled_at TIMESTAMPTZ NOT NULL)""",
+)
+
 _V12 = (
     # a person's custom fields as JSON text (records.py `custom`, model/custom_fields.py): GHL's by fieldKey,
     # TinyEmail's unmapped customer fields, the base's in the policy's names
@@ -303,6 +311,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "rejection_retries: rejected ops a person asked to send again", _V10),
     Migration(11, "dirty_task_locations: locations whose tasks a contact-less task webhook marked", _V11),
     Migration(12, "custom: a person's custom-field values in the snapshots and the base", _V12),
+    Migration(13, "settled: people a run found nothing to do for, with the digests they were settled at", _V13),
 )
 
 
@@ -666,16 +675,15 @@ class Store:
 
     def latest_snapshot(self, entity: str, location_id: str | None = None, *, without: Sequence[str] = (),
                         ids: Sequence[str] | None = None,
-                        computed: Mapping[str, tuple[str, pl.DataType]] | None = None) -> pl.DataFrame:
+                        computed: Mapping[str, tuple[str, pl.DataType]] | None = None,
+                        only: pl.DataFrame | None = None) -> pl.DataFrame:
         """The most recently written snapshot of `entity` (per location, or of one location), records.py shape,
         less the columns `without` (planning leaves out `raw`: half of a snapshot's memory), only the records
-        whose id column is one of `ids` when given, plus the `computed` columns: name -> (SQL expression over
+        whose id column is one of `ids` when given, or whose value of `only`'s one column is among `only`'s (a
+        semi-join: the tasks of some contacts), plus the `computed` columns: name -> (SQL expression over
         the row `s`, type), e.g. `md5(s.raw)`, so a column can be compared without being read into Python."""
         spec = _entity(entity)
-        latest = ("SELECT location_id, arg_max(run_id, seq) AS run_id FROM snapshot_parts WHERE entity = ? "
-                  + ("AND location_id = ? " if location_id is not None else "") + "GROUP BY location_id")
-        params: list[Any] = [entity] + ([location_id] if location_id is not None else [])
-        join = "s.run_id = l.run_id" + (" AND s.location_id = l.location_id" if spec.has_location else "")
+        latest, params = self.latest_sql(entity, location_id)
         extra = dict(computed or {})
         schema = pl.Schema({name: dtype for name, dtype in spec.schema.items() if name not in without}
                            | {name: dtype for name, (_, dtype) in extra.items()})
@@ -684,9 +692,26 @@ class Store:
         where = ""
         if ids is not None:
             where, params = f" WHERE list_contains(?, s.{spec.id_column})", [*params, list(ids)]
-        sql = (f"WITH l AS ({latest}) SELECT {columns} FROM {spec.table} s JOIN l ON {join}{where} "
-               f"ORDER BY s.{spec.id_column}")
-        return _cast(self._frame(sql, params), schema)
+        elif only is not None:
+            (column,) = only.columns
+            where = f" WHERE s.{column} IN (SELECT {column} FROM _only)"
+        sql = f"SELECT {columns} FROM ({latest}) s{where} ORDER BY s.{spec.id_column}"
+        if only is None:
+            return _cast(self._frame(sql, params), schema)
+        self.con.register("_only", only)
+        try:
+            return _cast(self._frame(sql, params), schema)
+        finally:
+            self.con.unregister("_only")
+
+    def latest_sql(self, entity: str, location_id: str | None = None) -> tuple[str, list[Any]]:
+        """SQL (and its parameters) of the rows of `entity`'s latest snapshot: every column of its table."""
+        spec = _entity(entity)
+        latest = ("SELECT location_id, arg_max(run_id, seq) AS run_id FROM snapshot_parts WHERE entity = ? "
+                  + ("AND location_id = ? " if location_id is not None else "") + "GROUP BY location_id")
+        params: list[Any] = [entity] + ([location_id] if location_id is not None else [])
+        join = "s.run_id = l.run_id" + (" AND s.location_id = l.location_id" if spec.has_location else "")
+        return f"SELECT s.* FROM {spec.table} s JOIN ({latest}) l ON {join}", params
 
     def snapshot_parts(self) -> pl.DataFrame:
         return self._frame("SELECT * FROM snapshot_parts ORDER BY seq")
@@ -718,12 +743,27 @@ class Store:
 
     # ------------------------------------------------------------------------------------- base
 
-    def load_base(self, *, presence: bool = False) -> pl.DataFrame:
+    def load_base(self, *, presence: bool = False, except_keys: pl.DataFrame | None = None) -> pl.DataFrame:
         """The last reconciled state, one MERGE_SIDE row per person key; with `presence` also `in_ghl` and
-        `in_tinyemail` (null for rows saved before migration 4)."""
+        `in_tinyemail` (null for rows saved before migration 4); without the keys of `except_keys` (key)."""
         schema = pl.Schema({**MERGE_SIDE, **PRESENCE}) if presence else MERGE_SIDE
         columns = ", ".join(schema)
-        return _cast(self._frame(f"SELECT {columns} FROM base ORDER BY key"), schema)
+        if except_keys is None or except_keys.height == 0:
+            return _cast(self._frame(f"SELECT {columns} FROM base ORDER BY key"), schema)
+        sql = f"SELECT {columns} FROM base WHERE key NOT IN (SELECT key FROM _frame) ORDER BY key"
+        self.con.register("_frame", except_keys.select("key"))
+        try:
+            return _cast(self._frame(sql), schema)
+        finally:
+            self.con.unregister("_frame")
+
+    def orphaned(self, entity: str) -> pl.DataFrame:
+        """(contact_id) of the latest snapshot's tasks or notes (`entity`) whose contact is in no latest snapshot."""
+        rows, params = self.latest_sql(entity)
+        contacts, more = self.latest_sql("ghl_contacts")
+        sql = (f"SELECT DISTINCT r.contact_id FROM ({rows}) r WHERE r.contact_id IS NOT NULL AND r.contact_id NOT IN "
+               f"(SELECT contact_id FROM ({contacts}) c WHERE c.contact_id IS NOT NULL)")
+        return _cast(self._frame(sql, [*params, *more]), pl.Schema({"contact_id": pl.String()}))
 
     def save_base(self, frame: pl.DataFrame, run_id: str) -> None:
         """Upsert reconciled rows (MERGE_SIDE, optionally with the PRESENCE flags) by key; keys not in `frame`

@@ -202,7 +202,7 @@ def test_identity_reviews_round_trip_through_the_cli(dup_world: World, clock: Cl
     assert reopened.exit_code == 0, reopened.output
     fourth = w.reconcile()
     again = csv_rows(run_dir(w.settings.data_dir, fourth.run_id) / IDENTITY_FILE)
-    assert [(r["review_id"], r["nights_open"]) for r in again] == [(rid_b, "1")]
+    assert [(r["review_id"], r["nights_open"]) for r in again] == [(rid_b, "1")], again
     log = w.store._frame("SELECT review_id, reopened_at FROM identity_decisions WHERE review_id = ?", [rid_b])
     assert log["reopened_at"][0] is not None  # the undone decision is kept as a record
     unknown = cli(w, monkeypatch, "identity", "resolve", "idr-nope", "--decision", "ignore")

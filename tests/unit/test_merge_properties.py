@@ -25,7 +25,7 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contact_recon.engine.merge import plan, tag_namespace
+from contact_recon.engine.merge import Outside, plan, tag_namespace
 from contact_recon.engine.state import Consent, advanced, blocked
 from contact_recon.engine.state import next_base as state_next_base
 from contact_recon.model.ops import Op
@@ -355,3 +355,65 @@ def test_advancing_in_chunks_equals_advancing_everyone_at_once(snaps, policy, da
         assert (part.gone_keys, part.recreated, part.created_contacts) == \
             (whole.gone_keys, whole.recreated, whole.created_contacts)
         assert part.id_map.sort("contact_id").to_dicts() == whole.id_map.sort("contact_id").to_dicts()
+
+
+# Law 9: planning only the people who can have an op, their email neighbours and any others, with everyone else
+# counted as settled (`Outside`), is planning everyone: the same ops, conflicts, stats and held reasons
+# (stages/plan.py `in_play`: a settled person had a base row, nothing to do and has not changed since).
+POOL = ["c1@x.com", "t1@x.com", "t2@x.com", "shared@x.com"]
+
+
+@st.composite
+def entangled(draw):
+    """snapshots() where some emails are another person's, or shared (re-keys, moved emails, one email twice)."""
+    base, te, ghl = draw(snapshots())
+    for rows in (base, te, ghl):
+        for row in rows:
+            if not row["key"].startswith("te:") and draw(st.integers(0, 3)) == 0:
+                row["email"] = draw(st.sampled_from(POOL))
+    return base, te, ghl
+
+
+def _email(value: str | None) -> str | None:
+    return value.strip().lower() if value and value.strip() else None
+
+
+def in_play_keys(base, te, ghl, busy: set[str], extra: set[str]) -> set[str]:
+    """busy | extra, and the settled people sharing an email with them (their TinyEmail, GHL or base email is an
+    email the people in play have on a side or in the base): stages/plan.py `_neighbours`."""
+    emails = {}
+    for side, rows in (("t", te), ("g", ghl), ("b", base)):
+        for row in rows:
+            emails.setdefault(row["key"], {})[side] = _email(row["email"])
+    playing = busy | extra
+    near = {e for key in playing for e in emails.get(key, {}).values() if e}
+    return playing | {key for key, mine in emails.items() if set(mine.values()) & near}
+
+
+@SETTINGS
+@given(entangled(), st.sampled_from(POLICIES), st.data())
+def test_planning_the_people_in_play_is_planning_everyone(snaps, policy, data):
+    base, te, ghl = snaps
+    whole = run(base, te, ghl, policy)
+    busy = set(whole.ops["key"]) | set(whole.conflicts["key"])
+    in_base = {r["key"] for r in base}
+    others = sorted(({r["key"] for r in te} | {r["key"] for r in ghl} | in_base) - busy)
+    extra = data.draw(st.sets(st.sampled_from(others), max_size=len(others))) if others else set()
+    assert whole.cases is not None
+    cases = dict(zip(whole.cases["key"], whole.cases["case"], strict=True))
+    playing = in_play_keys(base, te, ghl, busy, extra)
+    # only people with a base row and a record on a side are ever settled (the advance settles people it writes
+    # a base row for, from their records)
+    on_te, on_ghl = {r["key"] for r in te}, {r["key"] for r in ghl}
+    playing |= {key for key in cases if key not in in_base or key not in on_te | on_ghl}
+    settled = set(cases) - playing
+    outside: dict[str, int] = {}
+    for key in settled:
+        outside[cases[key]] = outside.get(cases[key], 0) + 1
+    part = run(*([r for r in rows if r["key"] in playing] for rows in (base, te, ghl)), policy,
+               outside=Outside(outside, on_tinyemail=len(settled & on_te), on_ghl=len(settled & on_ghl)))
+
+    assert part.ops.to_dicts() == whole.ops.to_dicts()
+    assert part.conflicts.to_dicts() == whole.conflicts.to_dicts()
+    assert part.stats == whole.stats
+    assert part.held_reasons == whole.held_reasons
