@@ -224,8 +224,9 @@ _IDENTITY_COLUMNS = {"ghl_contacts": ("contact_id", "location_id", "email"), "te
 
 
 def plan_generation(policy: Policy, list_tags: ListNames, home: Sequence[str], region: str) -> str:
-    """A digest of what a plan reads for everyone alike: when it changes, nobody stays settled (store/settled.py)."""
-    parts = [SETTLED_VERSION, policy.model_dump_json(), json.dumps(sorted(list_tags.label.items())),
+    """A digest of what a plan reads for everyone alike: when it changes, nobody stays settled (store/settled.py).
+    The guards are left out: they weigh a whole plan (whose figures count the settled people), never a person's ops."""
+    parts = [SETTLED_VERSION, policy.model_dump_json(exclude={"guards"}), json.dumps(sorted(list_tags.label.items())),
              json.dumps(sorted(list_tags.aliases.items())), list_tags.prefix, json.dumps(sorted(home)), region]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 

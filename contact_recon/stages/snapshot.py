@@ -185,7 +185,7 @@ class PreviousState:
         """The location's previous state; of its contacts only `PREVIOUS_COLUMNS` (id, the md5 of the payload,
         whether the stored custom fields are unresolved), computed in DuckDB: the rows themselves stay there."""
         dirty = store.dirty_contacts().filter(pl.col("location_id") == location_id)["contact_id"]
-        in_base = store.load_base(presence=True).filter(pl.col("in_ghl").fill_null(True))["contact_id"]
+        in_base = store.base_contact_ids()
         paired = store.load_id_map().filter((pl.col("location_id") == location_id)
                                             & pl.col("contact_id").is_in(in_base.implode()))["contact_id"]
         written = Journal(store).ghl_writes_since(location_id, store.clock() - timedelta(seconds=written_within_s))

@@ -86,5 +86,6 @@ async def _contact(ghl: GHLClient, contact_id: str | None, email: str | None) ->
 
 def _lists(store: Store, email: str) -> list[str]:
     """The customer's lists as of the latest snapshot (TinyEmail's customer answer carries none)."""
-    latest = store.latest_snapshot("te_customers").filter(pl.col("email") == email_key(email))
+    key = pl.DataFrame({"email": [email_key(email)]}, schema={"email": pl.String})
+    latest = store.latest_snapshot("te_customers", without=("raw",), only=key)
     return latest["lists"][0].to_list() if latest.height and latest["lists"][0] is not None else []

@@ -83,6 +83,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -103,6 +104,7 @@ from contact_recon.store.files import make_private, private_dir
 from contact_recon.systems.redaction import redact
 
 DB_FILE = "recon.duckdb"
+DEFAULT_MEMORY_LIMIT = "256MB"  # DuckDB's buffers: reads of whole tables leave them; see memory_limit()
 NO_LOCATION = ""  # snapshot_parts.location_id of entities that have no location (TinyEmail)
 
 
@@ -351,6 +353,11 @@ def open_db(path: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS,
     return store
 
 
+def memory_limit() -> str:
+    """DuckDB's memory limit for the store: RECON_DUCKDB_MEMORY_LIMIT, default DEFAULT_MEMORY_LIMIT."""
+    return os.environ.get("RECON_DUCKDB_MEMORY_LIMIT", "").strip() or DEFAULT_MEMORY_LIMIT
+
+
 def _connect(path: str, wait_s: float | None) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + (wait_s or 0.0)
     while True:
@@ -358,6 +365,9 @@ def _connect(path: str, wait_s: float | None) -> duckdb.DuckDBPyConnection:
             con = duckdb.connect(path)
             # no progress bar: DuckDB draws it on stdout for a long query, into a command's output
             con.execute("SET enable_progress_bar = false")
+            # DuckDB's buffers (a snapshot's carried rows, a transaction's appends) stay within this, spilling to
+            # disk beyond it: by default DuckDB takes up to 80% of the machine (docs/configuration.md)
+            con.execute("SET memory_limit = ?", [memory_limit()])
             return con
         except duckdb.IOException as exc:
             if wait_s is None or "lock" not in str(exc).lower():
@@ -774,6 +784,12 @@ class Store:
         frame = frame.select(*MERGE_SIDE, *PRESENCE)
         self._insert("INSERT OR REPLACE INTO base BY NAME SELECT *, ?::TIMESTAMPTZ AS updated_at, "
                      "?::VARCHAR AS run_id FROM _frame", frame, [self.clock(), run_id])
+
+    def base_contact_ids(self) -> pl.Series:
+        """The contact ids of the base rows that are (or, saved before migration 4, may be) in GHL."""
+        frame = self._frame("SELECT contact_id FROM base WHERE coalesce(in_ghl, true) AND contact_id IS NOT NULL")
+        return frame.get_column("contact_id").cast(pl.String) if frame.height else pl.Series("contact_id", [],
+                                                                                                  pl.String)
 
     def delete_base(self, keys: Iterable[str]) -> None:
         self.con.execute("DELETE FROM base WHERE list_contains(?, key)", [list(keys)])

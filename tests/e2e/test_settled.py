@@ -72,15 +72,18 @@ def test_a_night_of_drift_plans_the_changed_people_only_and_the_same_ops_as_a_pl
     same_plans(part, whole)
 
 
-def test_another_policy_settles_nobody(world: World) -> None:
+def test_another_policy_settles_nobody_but_other_guards_keep_them_settled(world: World) -> None:
     settled_world(world)
     assert world.policy is not None
     guards = world.policy.guards.model_copy(update={"history_runs": world.policy.guards.history_runs + 1})
-    changed = world.policy.model_copy(update={"guards": guards})
+    city = world.policy.fields["city"].model_copy(update={"tie_break": "tinyemail"})
 
-    result = plan(world, everyone=False, policy=changed)
+    guarded = plan(world, everyone=False, policy=world.policy.model_copy(update={"guards": guards}))
+    ruled = plan(world, everyone=False, policy=world.policy.model_copy(
+        update={"fields": {**world.policy.fields, "city": city}}))
 
-    assert result.stats["people_in_play"] == result.stats["people"]
+    assert guarded.stats["people_in_play"] < guarded.stats["people"] / 2
+    assert ruled.stats["people_in_play"] == ruled.stats["people"]
 
 
 def test_applying_a_night_planned_in_part_converges_as_before(world: World) -> None:
