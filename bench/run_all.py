@@ -84,6 +84,9 @@ BENCHMARKS: list[Bench] = [
           ("--seconds", "10", "--skip-tinyemail", "--contacts", "500"), timeout_s=1200),
     Bench("nightly", "bench/nightly.py", (), ("--contacts", "2000"), timeout_s=5400,
           quick_timeout_s=600),
+    # the growth curve beside the 100,000 above: night 2's peak memory and CPU time at 10,000 contacts
+    Bench("nightly-10k", "bench/nightly.py", ("--contacts", "10000"), ("--contacts", "1000"), timeout_s=2400,
+          quick_timeout_s=600),
     Bench("tenants", "bench/tenants.py", (), ("--tenants", "3", "--contacts", "100"), timeout_s=1800,
           quick_timeout_s=600),
     Bench("workers", "bench/workers.py", ("--tenants", "20"), ("--tenants", "3"), timeout_s=3600, quick_timeout_s=900),
