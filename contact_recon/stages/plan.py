@@ -91,7 +91,7 @@ from contact_recon.stages.advance import save_state
 from contact_recon.stages.review import IdentityInput, identity_input, write_review_files
 from contact_recon.stages.snapshot import GHLFactory, SnapshotOptions, SnapshotResult, TinyEmailFactory, run_snapshot
 from contact_recon.store.conflicts import ConflictLog
-from contact_recon.store.db import ENTITIES, NO_LOCATION, Store
+from contact_recon.store.db import ENTITIES, NO_LOCATION, Store, columns_but
 from contact_recon.store.decisions import Decisions
 from contact_recon.store.files import (
     CONFLICTS_FILE,
@@ -240,7 +240,7 @@ def in_play(store: Store, locations: Sequence[str], decided: IdentityInput, fail
     of them (the merge's re-keys and the email checks compare people with each other); `everyone` (a full sweep,
     or nobody settled yet) reads all."""
     covered = pl.col("location_id").is_in(list(locations))
-    slim = {entity: store.latest_snapshot(entity, without=[c for c in ENTITIES[entity].schema if c not in kept])
+    slim = {entity: store.latest_snapshot(entity, without=columns_but(entity, *kept))
             for entity, kept in _IDENTITY_COLUMNS.items()}
     slim["ghl_contacts"] = slim["ghl_contacts"].filter(covered)
     identity = match_identities(slim["ghl_contacts"], slim["te_customers"], decided.id_map, locations=locations,

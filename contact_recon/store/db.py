@@ -353,6 +353,11 @@ def open_db(path: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS,
     return store
 
 
+def columns_but(entity: str, *kept: str) -> list[str]:
+    """The columns of `entity` other than `kept`: the `without` of a read that takes only `kept`."""
+    return [name for name in _entity(entity).schema if name not in kept]
+
+
 def memory_limit() -> str:
     """DuckDB's memory limit for the store: RECON_DUCKDB_MEMORY_LIMIT, default DEFAULT_MEMORY_LIMIT."""
     return os.environ.get("RECON_DUCKDB_MEMORY_LIMIT", "").strip() or DEFAULT_MEMORY_LIMIT

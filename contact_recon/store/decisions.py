@@ -17,7 +17,7 @@ import polars as pl
 
 from contact_recon.engine.decisions import DECISIONS, DecisionFile, DecisionFileError, check_columns, check_decisions
 from contact_recon.model.cells import unguard_row
-from contact_recon.store.db import ENTITIES, Store
+from contact_recon.store.db import Store, columns_but
 
 
 def read_decisions(path: Path, known_keys: Iterable[str], *, default_region: str = "US",
@@ -51,8 +51,9 @@ class Decisions:
     def countries(self) -> dict[str, str | None]:
         """Each person key's country as the latest snapshots hold it: a contact's own, else that of the
         TinyEmail customer with its email; a `te:<email>` key the customer's (phones are read in it)."""
-        ghl = self.store.latest_snapshot("ghl_contacts", without=_but("ghl_contacts", "contact_id", "email", "country"))
-        te = self.store.latest_snapshot("te_customers", without=_but("te_customers", "email", "country"))
+        ghl = self.store.latest_snapshot("ghl_contacts", without=columns_but("ghl_contacts", "contact_id", "email",
+                                                                             "country"))
+        te = self.store.latest_snapshot("te_customers", without=columns_but("te_customers", "email", "country"))
         te_country = {e: c for e, c in te.iter_rows() if e and c}
         out: dict[str, str | None] = {f"te:{e}": c for e, c in te_country.items()}
         for contact_id, email, country in ghl.iter_rows():
@@ -83,7 +84,3 @@ class Decisions:
                 self.store.con.execute("UPDATE conflict_decisions SET used_by_run = ? WHERE key = ? AND field = ?",
                                        [run_id, key, field])
 
-
-def _but(entity: str, *kept: str) -> list[str]:
-    """The columns of `entity` other than `kept`: what a read leaves in DuckDB."""
-    return [name for name in ENTITIES[entity].schema if name not in kept]
