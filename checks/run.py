@@ -18,8 +18,10 @@ Algorithm (`run_checks`):
    A run that builds no Data Docs (`docs=False`: a one-person sync between nights, a dry run without pages)
    computes the same answer in memory instead (`quick_results`, on GX's very input frame): GX's validation
    graph and project stores cost seconds a run, and nothing of them would be kept.
-   GX runs in a child process (`validate_and_build`, spawned for the run and gone after it): its import and
-   validation graph are the largest part of a nightly's memory, and the flow's process never needs them again.
+   GX runs in a child process (`validate_and_build`): its import and validation graph are the largest part of
+   a nightly's memory, and the flow's process never needs them. The child is spawned on the first run that
+   builds Data Docs and kept for the process's later runs (`_gx_worker`; spawning it and importing GX again
+   takes about 8 s a run); a child that died is replaced on the next run, and it exits with its parent.
 4. The GX project under `<data_dir>/gx/` is rebuilt from scratch each run that builds Data Docs (suites follow the
    current thresholds; run history lives in DuckDB's `check_results`), and Data Docs are built once at the
    end into the run's own folder (`docs_dir`: the plan stage gives `<data_dir>/runs/<run_id>/data_docs/`,
@@ -36,11 +38,14 @@ import json
 import multiprocessing
 import os
 import shutil
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 from contact_recon.checks.data_docs import escaped, prune_assets, site_config, unescaped
@@ -49,6 +54,8 @@ from contact_recon.checks.suites import SUITES, Context, Suite, Thresholds, most
 from contact_recon.engine.guards import NO_HISTORY, GuardHistory
 from contact_recon.model.keys import TE_KEY_PREFIX
 from contact_recon.model.policy import GuardPolicy
+
+_T = TypeVar("_T")
 
 os.environ["GX_ANALYTICS_ENABLED"] = "false"  # before great_expectations is imported anywhere
 
@@ -152,11 +159,38 @@ def run_checks(frames: Mapping[str, pl.DataFrame], plan_ops: pl.DataFrame | None
         return CheckReport(run_id, results, quarantined, None)
     directory = docs_dir or (Path(data_dir) / GX_DIR / DOCS_INDEX).parent
     # GX in a process of its own: its import and validation graph are the largest part of a run's memory
-    # (about 220 MiB for the import alone), and the nightly process never needs them again
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results, index = pool.submit(validate_and_build, Path(data_dir) / GX_DIR, run_id, t, checked,
-                                     directory).result()
+    # (about 220 MiB for the import alone), and the nightly process never needs them
+    results, index = in_gx_worker(validate_and_build, Path(data_dir) / GX_DIR, run_id, t, checked, directory)
     return CheckReport(run_id, results, quarantined, index)
+
+
+_GX_WORKER: list[ProcessPoolExecutor] = []  # the live child, once a run has spawned it
+
+
+def in_gx_worker(fn: Callable[..., _T], *args: Any, retry: bool = True) -> _T:
+    """`fn(*args)` in the child process GX runs in: spawned on first use, kept for later runs.
+
+    A child that died (killed, or crashed) is replaced, and the call made once more in the new child: `fn` must be
+    safe to repeat (`validate_and_build` rebuilds its GX project and site from scratch).
+    """
+    if not _GX_WORKER:
+        _GX_WORKER.append(ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                              initializer=_exit_with_parent))
+    try:
+        return _GX_WORKER[0].submit(fn, *args).result()
+    except BrokenProcessPool:
+        _GX_WORKER.pop().shutdown(wait=False)
+        if not retry:  # the new child died too: this call kills it, so say so
+            raise
+        return in_gx_worker(fn, *args, retry=False)  # the child died before or during the call: once more
+
+
+def _exit_with_parent() -> None:
+    """In the GX child: exit when the parent does, even when it was killed (an idle child would wait forever)."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # always, in a spawned child
+        sentinel = parent.sentinel
+        threading.Thread(target=lambda: (wait([sentinel]), os._exit(0)), daemon=True).start()
 
 
 def validate_and_build(root: Path, run_id: str, t: Thresholds, checked: Mapping[str, pl.DataFrame],

@@ -10,6 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ import polars as pl
 import pytest
 from contact_recon.checks import apply_quarantine, run_checks, split_plan
 from contact_recon.checks.quarantine import QUARANTINED
-from contact_recon.checks.run import CheckReport
+from contact_recon.checks.run import CheckReport, in_gx_worker
 from contact_recon.checks.suites import SUITES, Thresholds
 
 from contact_recon.engine.identity import ID_MAP, IdentityResult, match_identities, merge_sides
@@ -311,3 +315,46 @@ def test_the_in_memory_results_of_a_run_without_docs_are_gxs_own(tmp_path: Path,
     if awkward:  # the comparison covered failing expectations and their samples, not only clean ones
         assert any(r.unexpected_count and r.sample_values for r in gx.results)
         assert any(not r.success for r in gx.results)
+
+
+def _gx_pid() -> int:
+    return os.getpid()
+
+
+def test_gx_runs_in_one_kept_child_that_is_replaced_when_it_dies(tmp_path: Path) -> None:
+    fixture = generate_fixture(40, seed=5, awkward=0, locations=1)
+    frames = frames_of(fixture)
+    first = run_checks(frames, None, None, "run-1", tmp_path / "a", today=base_date(fixture), docs=True)
+    child = in_gx_worker(_gx_pid)
+    second = run_checks(frames, None, None, "run-2", tmp_path / "b", today=base_date(fixture), docs=True)
+    assert child != os.getpid() and in_gx_worker(_gx_pid) == child  # the same child served both runs
+    assert first.docs_index is not None and second.docs_index is not None and second.docs_index.exists()
+    os.kill(child, signal.SIGKILL)  # a child killed between runs (the OOM killer, an operator)
+    third = run_checks(frames, None, None, "run-3", tmp_path / "c", today=base_date(fixture), docs=True)
+    assert in_gx_worker(_gx_pid) not in (child, os.getpid())
+    assert [(r.qualified, r.unexpected_count) for r in third.results] == \
+        [(r.qualified, r.unexpected_count) for r in first.results]
+
+
+def test_the_gx_child_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text("import os, time\nfrom contact_recon.checks.run import in_gx_worker\n"
+                      "if __name__ == '__main__':\n    print(in_gx_worker(os.getpid), flush=True)\n"
+                      "    time.sleep(120)\n")
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as parent:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+        parent.kill()  # SIGKILL: no atexit, no executor shutdown
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    """A process that runs (a zombie has exited: only its parent's wait is missing)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
