@@ -20,7 +20,7 @@ Algorithm (`run_checks`):
    graph and project stores cost seconds a run, and nothing of them would be kept.
    GX runs in a child process (`validate_and_build`): its import and validation graph are the largest part of
    a nightly's memory, and the flow's process never needs them. The child is spawned on the first run that
-   builds Data Docs and kept for the process's later runs (`_gx_worker`; spawning it and importing GX again
+   builds Data Docs and kept for the process's later runs (`in_gx_worker`; spawning it and importing GX again
    takes about 8 s a run); a child that died is replaced on the next run, and it exits with its parent.
 4. The GX project under `<data_dir>/gx/` is rebuilt from scratch each run that builds Data Docs (suites follow the
    current thresholds; run history lives in DuckDB's `check_results`), and Data Docs are built once at the
@@ -165,6 +165,7 @@ def run_checks(frames: Mapping[str, pl.DataFrame], plan_ops: pl.DataFrame | None
 
 
 _GX_WORKER: list[ProcessPoolExecutor] = []  # the live child, once a run has spawned it
+_GX_WORKER_LOCK = threading.Lock()  # runs in threads of one process share one child
 
 
 def in_gx_worker(fn: Callable[..., _T], *args: Any, retry: bool = True) -> _T:
@@ -173,14 +174,18 @@ def in_gx_worker(fn: Callable[..., _T], *args: Any, retry: bool = True) -> _T:
     A child that died (killed, or crashed) is replaced, and the call made once more in the new child: `fn` must be
     safe to repeat (`validate_and_build` rebuilds its GX project and site from scratch).
     """
-    if not _GX_WORKER:
-        _GX_WORKER.append(ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                              initializer=_exit_with_parent))
+    with _GX_WORKER_LOCK:
+        if not _GX_WORKER:
+            _GX_WORKER.append(ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_exit_with_parent))
+        worker = _GX_WORKER[0]
     try:
-        return _GX_WORKER[0].submit(fn, *args).result()
+        return worker.submit(fn, *args).result()
     except BrokenProcessPool:
-        _GX_WORKER.pop().shutdown(wait=False)
-        if not retry:  # the new child died too: this call kills it, so say so
+        with _GX_WORKER_LOCK:
+            if _GX_WORKER and _GX_WORKER[0] is worker:  # not replaced yet by another thread's call
+                _GX_WORKER.pop().shutdown(wait=False)
+        if not retry:  # a fresh child died during this very call: the call itself kills it, so fail
             raise
         return in_gx_worker(fn, *args, retry=False)  # the child died before or during the call: once more
 

@@ -317,21 +317,17 @@ def test_the_in_memory_results_of_a_run_without_docs_are_gxs_own(tmp_path: Path,
         assert any(not r.success for r in gx.results)
 
 
-def _gx_pid() -> int:
-    return os.getpid()
-
-
 def test_gx_runs_in_one_kept_child_that_is_replaced_when_it_dies(tmp_path: Path) -> None:
     fixture = generate_fixture(40, seed=5, awkward=0, locations=1)
     frames = frames_of(fixture)
     first = run_checks(frames, None, None, "run-1", tmp_path / "a", today=base_date(fixture), docs=True)
-    child = in_gx_worker(_gx_pid)
+    child = in_gx_worker(os.getpid)
     second = run_checks(frames, None, None, "run-2", tmp_path / "b", today=base_date(fixture), docs=True)
-    assert child != os.getpid() and in_gx_worker(_gx_pid) == child  # the same child served both runs
+    assert child != os.getpid() and in_gx_worker(os.getpid) == child  # the same child served both runs
     assert first.docs_index is not None and second.docs_index is not None and second.docs_index.exists()
     os.kill(child, signal.SIGKILL)  # a child killed between runs (the OOM killer, an operator)
     third = run_checks(frames, None, None, "run-3", tmp_path / "c", today=base_date(fixture), docs=True)
-    assert in_gx_worker(_gx_pid) not in (child, os.getpid())
+    assert in_gx_worker(os.getpid) not in (child, os.getpid())
     assert [(r.qualified, r.unexpected_count) for r in third.results] == \
         [(r.qualified, r.unexpected_count) for r in first.results]
 
