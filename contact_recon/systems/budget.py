@@ -176,7 +176,9 @@ class RateBudget:
     def _account_for_others(self, remaining: int) -> None:
         now = self.clock()
         # the server counts arrivals, a little later than our booked send times: widen by the margin
-        ours = sum(1 for t, _ in self._sends if now - self._span < t <= now)
+        # _sends is sorted by time: ours are those booked within (now - span, now]
+        ours = bisect.bisect_right(self._sends, (now, math.inf)) - bisect.bisect_right(self._sends,
+                                                                                        (now - self._span, math.inf))
         foreign = (self.limit - remaining) - ours
         if foreign > 0:  # another client spends this budget: book its sends as ours, at now
             for _ in range(foreign):
@@ -186,7 +188,8 @@ class RateBudget:
     def snapshot(self) -> BudgetSnapshot:
         with self._lock:
             now = self.clock()
-            return BudgetSnapshot(self.limit, self.window_s, sum(1 for t, _ in self._sends if t > now - self.window_s),
+            in_window = len(self._sends) - bisect.bisect_right(self._sends, (now - self.window_s, math.inf))
+            return BudgetSnapshot(self.limit, self.window_s, in_window,
                                   self.daily_limit, self.daily_remaining, max(0.0, self._paused_until - now),
                                   self.sent, self.rate_limited)
 

@@ -130,3 +130,20 @@ def test_without_confirming_the_waiters_meet_429s(clock):
     """The control of the test above: slots booked before the first answers came are too early."""
     verdicts, _ = _concurrent_burst(clock, confirm=False)
     assert not all(verdicts)
+
+
+def test_headers_count_only_our_sends_inside_the_window(clock):
+    """Another client's share is the server's count less our sends within the window: those that left it and
+    those booked for later are not ours to subtract."""
+    budget = RateBudget(100, 10.0, headroom=0.0, margin_s=0.0, clock=clock)
+    for _ in range(30):
+        budget.reserve()  # t = 0: out of the window by t = 11
+    clock.advance(6)
+    for _ in range(20):
+        budget.reserve()  # t = 6: inside it
+    clock.advance(5)
+    budget.observe({"x-ratelimit-remaining": "75"})  # the server counts 25: 20 ours, 5 someone else's
+    assert budget.snapshot().in_window == 25
+    waits = [budget.reserve() for _ in range(76)]
+    assert waits[:75] == [0.0] * 75
+    assert waits[75] == pytest.approx(5.0)  # the 101st waits until the sends of t = 6 leave the window (t = 16)
