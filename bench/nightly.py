@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/nightly.py [--contacts 100000] [--rate-scale 10] [--base-rate-scale 100]
         [--drift 0.01] [--tasks-per-contact 1.5] [--notes-per-contact 2.0] [--seed 11] [--json PATH] [--keep DIR]
+        [--from DIR]
 
 1. Fixture (in a child process, so its memory is not this process's): `--contacts` people on both sides
    (1.5 tasks, 2 notes per contact, 2% awkward records, three TinyEmail lists), already *converged*: the
@@ -18,6 +19,10 @@
 3. Nightly (timed): `recon run` (the Prefect flow, default policy) as a child process against a Prefect
    test server, with client budgets matching the sandbox (RECON_GHL_RATE_SCALE = rate scale,
    RECON_TINYEMAIL_RATE_PER_MINUTE = 60 x rate scale). Its peak memory is the child's ru_maxrss.
+
+`--keep DIR` copies the state before step 3 (the data dir, both sandboxes' state, the fixture's metadata) into a
+new directory; `--from DIR` runs step 3 alone from such a copy (at 1,000,000 contacts the fixture and the base run
+take hours, and a change to the nightly can be measured again on the same night 2).
 
 Printed (and written with `--json`):
 
@@ -215,20 +220,20 @@ def serve(fixture: Path, rate_scale: float, seed: int) -> Sandboxes:
     from contact_recon.sandbox.server import free_port
 
     ports = {"ghl": free_port(), "tinyemail": free_port()}
-    procs = []
-    for only, ready in (("ghl", "GHL sandbox"), ("tinyemail", "TinyEmail sandbox")):
-        proc = subprocess.Popen(
-            [str(REPO / ".venv/bin/recon"), "sandbox", "serve", "--fixture", str(fixture), "--ghl-port",
-             str(ports["ghl"]), "--tinyemail-port", str(ports["tinyemail"]), "--rate-scale", str(rate_scale),
-             "--only", only, "--seed", str(seed)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    procs = [subprocess.Popen(  # started side by side: at 1,000,000 contacts loading the state takes minutes
+        [str(REPO / ".venv/bin/recon"), "sandbox", "serve", "--fixture", str(fixture), "--ghl-port",
+         str(ports["ghl"]), "--tinyemail-port", str(ports["tinyemail"]), "--rate-scale", str(rate_scale),
+         "--only", only, "--seed", str(seed)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO) for only in ("ghl", "tinyemail")]
+    for proc, (only, ready) in zip(procs, (("ghl", "GHL sandbox"), ("tinyemail", "TinyEmail sandbox")), strict=True):
         assert proc.stdout is not None
         for line in proc.stdout:
             if ready in line:
                 break
         else:
+            for other in procs:
+                other.kill()
             raise RuntimeError(f"the {only} sandbox did not start (exit {proc.wait()})")
-        procs.append(proc)
     return Sandboxes(procs, f"http://127.0.0.1:{ports['ghl']}", f"http://127.0.0.1:{ports['tinyemail']}/v1")
 
 
@@ -614,6 +619,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--keep", type=Path, help="copy the data dir, the fixture metadata and both sandboxes' "
                         "state before the nightly into this new directory (to plan again from them)")
+    parser.add_argument("--from", dest="start_from", type=Path, help="skip the fixture, the base run and the drift: "
+                        "run the nightly from a directory `--keep` wrote (its contacts, not --contacts, count)")
     args = parser.parse_args()
     run_on_prefect("bench-nightly-", lambda tmp, api: bench(args, tmp, api), args.json)
 
@@ -621,6 +628,8 @@ def main() -> None:
 def bench(args: argparse.Namespace, tmp: Path, api: str) -> list[Figure]:
     """Steps 1-3 of the module docstring; the figures."""
     started = time.perf_counter()
+    if args.start_from is not None:
+        return kept_bench(args, tmp, api, started)
     meta = fixture_in_child(args, tmp)
     boxes = serve(tmp / "fixture.json", args.base_rate_scale, args.seed)
     try:
@@ -631,20 +640,41 @@ def bench(args: argparse.Namespace, tmp: Path, api: str) -> list[Figure]:
             boxes = serve(tmp / "state.json", args.rate_scale, args.seed + 1000)
         if args.keep is not None:
             keep(args.keep, tmp, boxes, meta)
-        offsets = boxes.log_total()
-        night = recon_run(run_env(boxes, meta, tmp / "data", args.rate_scale, api, None), tmp / "data")
-        counts = {s: n - offsets[s] for s, n in boxes.log_total().items()}
+        figures = [info("nightly", "base run wall", base.wall_s, "s"),
+                   info("nightly", "base run peak RSS", base.peak_rss_mib, "MiB")]
+        figures += nightly(args, tmp, api, boxes, meta)
     finally:
         boxes.stop()
-    if night.run_id is None or night.exit_code not in (0, 3):
-        raise SystemExit(f"the nightly run failed (exit {night.exit_code}):\n{night.output[-3000:]}")
-    figures = [info("nightly", "contacts", meta["contacts"]), info("nightly", "base run wall", base.wall_s, "s"),
-               info("nightly", "base run peak RSS", base.peak_rss_mib, "MiB")]
-    figures += report(read_back(tmp / "data", night.run_id, meta["location"]), night, counts, args.rate_scale,
-                      args.drift)
     print(f"  (whole benchmark {time.perf_counter() - started:.0f} s; peak RSS of this process "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")
     return figures
+
+
+def kept_bench(args: argparse.Namespace, tmp: Path, api: str, started: float) -> list[Figure]:
+    """`--from DIR`: step 3 only, on a copy of the data dir and the sandboxes' state `--keep` wrote."""
+    source: Path = args.start_from
+    meta = json.loads((source / "meta.json").read_text())
+    shutil.copytree(source / "data", tmp / "data")
+    boxes = serve(source / "state.json", args.rate_scale, args.seed + 1000)
+    print(f"from {source}: {meta['contacts']:,} contacts, served in {time.perf_counter() - started:.1f} s", flush=True)
+    try:
+        figures = nightly(args, tmp, api, boxes, meta)
+    finally:
+        boxes.stop()
+    print(f"  (whole benchmark {time.perf_counter() - started:.0f} s)")
+    return figures
+
+
+def nightly(args: argparse.Namespace, tmp: Path, api: str, boxes: Sandboxes, meta: dict[str, Any]) -> list[Figure]:
+    """Step 3: `recon run` against the served sandboxes; the figures."""
+    offsets = boxes.log_total()
+    night = recon_run(run_env(boxes, meta, tmp / "data", args.rate_scale, api, None), tmp / "data")
+    counts = {s: n - offsets[s] for s, n in boxes.log_total().items()}
+    if night.run_id is None or night.exit_code not in (0, 3):
+        raise SystemExit(f"the nightly run failed (exit {night.exit_code}):\n{night.output[-3000:]}")
+    return [info("nightly", "contacts", meta["contacts"]),
+            *report(read_back(tmp / "data", night.run_id, meta["location"]), night, counts, args.rate_scale,
+                    args.drift)]
 
 
 def fixture_in_child(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:

@@ -75,10 +75,13 @@ def sandbox_serve(
     if search_lag is not None and search_lag < 0:
         _fail("--search-lag must be >= 0")
     data = _load(fixture)
+    if only is not None:  # the other system's part is let go before serving (at a million contacts, gigabytes)
+        data = {only.value: data[only.value]}
     from contact_recon.sandbox import ghl, tinyemail
     from contact_recon.sandbox.server import serve_forever
 
-    options: dict[str, Any] = {"rate_scale": rate_scale, "faults": faults or None, "seed": seed}
+    # owned: the stores serve the parsed fixture's objects (`del data` below), not a copy of them
+    options: dict[str, Any] = {"rate_scale": rate_scale, "faults": faults or None, "seed": seed, "owned": True}
     apps = {}
     if only in (None, Only.ghl):
         apps["ghl"] = (ghl.create_app(data["ghl"], **options, webhook_url=webhook_url,
@@ -99,6 +102,7 @@ def sandbox_serve(
         console.print("Ctrl+C or SIGTERM stops them.", style="dim")
         sys.stdout.flush()
 
+    del data  # the stores own their parts now: nothing else may hold them
     serve_forever(apps, ready)
     console.print("sandbox stopped", style="dim")
 

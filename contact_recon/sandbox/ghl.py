@@ -877,6 +877,7 @@ def create_app(
     webhook_url: str | None = None,
     webhook_signature: str = "ed25519",
     search_lag_s: float = DEFAULT_SEARCH_LAG_S,
+    owned: bool = False,
 ) -> Starlette:
     """The served GHL sandbox for the fixture's `ghl` part.
 
@@ -891,8 +892,9 @@ def create_app(
         webhook_signature: "ed25519" (`X-GHL-Signature`, as GHL signs today) or "rsa" (the legacy
             `x-wh-signature`).
         search_lag_s: seconds before a write shows in `POST /contacts/search` (0: at once).
+        owned: the caller lets go of `fixture_part`: the store serves its objects, not a copy (`recon sandbox serve`).
     """
-    store = GHLStore(fixture_part, seed=seed, clock=clock, search_lag_s=search_lag_s)
+    store = GHLStore(fixture_part, seed=seed, clock=clock, search_lag_s=search_lag_s, owned=owned)
     webhooks = None
     if webhook_url:
         from contact_recon.sandbox.ghl_webhooks import attach_webhooks

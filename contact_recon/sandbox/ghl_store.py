@@ -183,6 +183,14 @@ class Location:
     lag_s: float = 0.0
     paging: str = "normal"  # "normal" | "stall" | "repeat" (module docstring)
 
+    def before_change(self, contact_id: str) -> None:
+        """A contact is about to change in place: while a lag is on, search goes on seeing it as it was. The index
+        holds the contacts themselves and copies one only here, when it is written (copy on write): a copy of every
+        contact doubled the sandbox's memory (gigabytes at a million contacts)."""
+        contact = self.contacts.get(contact_id)
+        if self.lag_s > 0 and contact is not None and self.indexed.get(contact_id) is contact:
+            self.indexed[contact_id] = copy.deepcopy(contact)
+
     def touch(self, contact: dict[str, Any], now: float = 0.0) -> None:
         """A contact was created or changed: search sees it now, or `lag_s` after `now`."""
         self._queue(contact["id"], now)
@@ -207,8 +215,9 @@ class Location:
         while self.pending:
             self._index(self.pending.popleft()[1])
         self.lag_s = lag_s
-        # with a lag the index holds copies (in-place edits must wait), without one the records themselves
-        self.indexed = {cid: copy.deepcopy(c) if lag_s > 0 else c for cid, c in self.contacts.items()}
+        # the index holds the records themselves; with a lag, a record about to change in place is copied first
+        # (`before_change`), so search sees the edit only when it is indexed
+        self.indexed = dict(self.contacts)
         self.orders.clear()
         self.hits.clear()
 
@@ -220,10 +229,9 @@ class Location:
             for order in self.orders.values():
                 order.remove(contact_id)
             return
-        doc = copy.deepcopy(contact) if self.lag_s > 0 else contact
-        self.indexed[contact_id] = doc
+        self.indexed[contact_id] = contact
         for order in self.orders.values():
-            order.put(doc)
+            order.put(contact)
 
     def order(self, sort: tuple[SortKey, ...]) -> ContactOrder:
         if sort not in self.orders:
@@ -490,18 +498,22 @@ class GHLStore:
     """The sandbox's state; every method runs without awaiting, so each mutation is atomic."""
 
     def __init__(self, fixture_part: dict[str, Any] | None, *, seed: int = 0, clock: Clock = time.time,
-                 search_lag_s: float = 0.0):
-        self._fixture = copy.deepcopy(fixture_part or {})
+                 search_lag_s: float = 0.0, owned: bool = False):
+        """`owned`: the caller lets go of `fixture_part`, so the store serves those objects themselves (not a
+        copy: at a million contacts both at once weighed gigabytes more)."""
+        # kept as JSON text for `reset`: a deep copy of the objects weighed about as much as the live data again
+        self._fixture = json.dumps(fixture_part or {})
         self.seed, self.clock, self.search_lag_s = seed, clock, search_lag_s
-        self.reset()
+        self.reset(fixture_part if owned else None)
 
     # -- loading
 
-    def reset(self) -> None:
-        """Back to the loaded fixture (ids generated again from the same seed)."""
+    def reset(self, fixture_part: dict[str, Any] | None = None) -> None:
+        """Back to the loaded fixture (ids generated again from the same seed); from `fixture_part` itself when
+        given (the objects become the store's)."""
         self.rng = random.Random(self.seed)
         self.trace_rng = random.Random(f"trace-{self.seed}")
-        fx = copy.deepcopy(self._fixture)
+        fx = fixture_part if fixture_part is not None else json.loads(self._fixture)
         self.oauth_clients: list[dict[str, Any]] = fx.get("oauthClients") or []
         self.fixture_tokens: list[dict[str, Any]] = fx.get("tokens") or []
         self.tokens = {
@@ -636,23 +648,25 @@ class GHLStore:
         prepared = prepare_fields(fields)
         if customs is not None:
             prepared["customFields"] = merged_custom_fields(contact.get("customFields") or [], customs)
-        changed = False
-        for key, value in prepared.items():
-            if value is None and key in contact:
+        changes = {key: value for key, value in prepared.items()
+                   if (value is None and key in contact) or (value is not None and contact.get(key) != value)}
+        if not changes:
+            return False
+        self._before_change(contact)
+        for key, value in changes.items():
+            if value is None:
                 del contact[key]
-                changed = True
-            elif value is not None and contact.get(key) != value:
+            else:
                 contact[key] = value
-                changed = True
-        if changed:
-            contact["dateUpdated"] = self.now()
-            self._touch(contact)
-        return changed
+        contact["dateUpdated"] = self.now()
+        self._touch(contact)
+        return True
 
     def add_tags(self, contact: dict[str, Any], tags: list[str]) -> list[str]:
         current = list(contact.get("tags") or [])
         merged = current + [t for t in dict.fromkeys(tags) if t not in current]
         if merged != current:
+            self._before_change(contact)
             contact["tags"], contact["dateUpdated"] = merged, self.now()
             self._touch(contact)
         return list(contact.get("tags") or [])
@@ -662,6 +676,7 @@ class GHLStore:
         current = list(contact.get("tags") or [])
         kept = [] if tags is None else [t for t in current if t not in set(tags)]
         if kept != current:
+            self._before_change(contact)
             contact["tags"], contact["dateUpdated"] = kept, self.now()
             self._touch(contact)
         return list(contact.get("tags") or [])
@@ -685,6 +700,9 @@ class GHLStore:
             return self.create_contact(location_id, fields), True
         self.update_contact(found[0], fields)
         return found[0], False
+
+    def _before_change(self, contact: dict[str, Any]) -> None:
+        self.locations[self.contact_location[contact["id"]]].before_change(contact["id"])
 
     def _touch(self, contact: dict[str, Any]) -> None:
         self.locations[self.contact_location[contact["id"]]].touch(contact, self.clock())

@@ -40,7 +40,7 @@ _INTEGER = re.compile(r"-?[0-9]+")
 
 
 def create_app(fixture_part: dict[str, Any], *, rate_scale: float = 1.0, faults: str | None = None,
-               seed: int = 0, clock: Clock = time.time) -> Starlette:
+               seed: int = 0, clock: Clock = time.time, owned: bool = False) -> Starlette:
     """The served TinyEmail sandbox for the fixture's `tinyemail` part.
 
     Args:
@@ -49,8 +49,9 @@ def create_app(fixture_part: dict[str, Any], *, rate_scale: float = 1.0, faults:
         faults: a `FaultSpec` string such as `"5xx=0.02,latency=20ms"`, or None.
         seed: makes faults and generated audience ids reproducible.
         clock: epoch seconds; drives rate limits and `unsubscribedAt`.
+        owned: the caller lets go of `fixture_part`: the store serves its objects, not a copy (`recon sandbox serve`).
     """
-    store = TinyEmailStore(fixture_part, clock=clock, seed=seed)
+    store = TinyEmailStore(fixture_part, clock=clock, seed=seed, owned=owned)
     limit = max(1, round(ASSUMPTIONS.requests_per_minute * rate_scale))
     return wrap_sandbox(
         routes(store), name="tinyemail", store=store, rate_key=rate_key, rate_headers=rate_headers,

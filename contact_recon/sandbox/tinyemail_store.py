@@ -17,6 +17,7 @@ fixture as it was given.
 from __future__ import annotations
 
 import copy
+import json
 import random
 import re
 import time
@@ -133,13 +134,16 @@ def _stamp_unsubscribe(merged: Customer, existing: Customer | None, member: Cust
 class TinyEmailStore:
     """Customers and lists of one sandbox TinyEmail account, loaded from the fixture's `tinyemail` part."""
 
-    def __init__(self, fixture_part: dict[str, Any] | None, *, clock: Clock = time.time, seed: int = 0):
-        self._loaded = copy.deepcopy(fixture_part or {})
+    def __init__(self, fixture_part: dict[str, Any] | None, *, clock: Clock = time.time, seed: int = 0,
+                 owned: bool = False):
+        """`owned`: the caller lets go of `fixture_part`, so the store serves those objects themselves."""
+        self._loaded = json.dumps(fixture_part or {})  # for `reset`: JSON text weighs less than a copy of the objects
         self._clock, self._seed = clock, seed
-        self.reset()
+        self.reset(fixture_part if owned else None)
 
-    def reset(self) -> None:
-        part = copy.deepcopy(self._loaded)
+    def reset(self, fixture_part: dict[str, Any] | None = None) -> None:
+        """Back to the loaded fixture; from `fixture_part` itself when given (the objects become the store's)."""
+        part = fixture_part if fixture_part is not None else json.loads(self._loaded)
         self._rng = random.Random(self._seed)
         self.api_keys: list[str] = list(part.get("apiKeys") or [])
         self.customers: list[Customer] = list(part.get("customers") or [])

@@ -123,6 +123,8 @@ log = logging.getLogger("contact_recon.stages.snapshot")
 WATERMARK_ENTITY = "ghl_contacts"  # watermarks[(location, "ghl_contacts")] = max dateUpdated seen
 TE_PAGE = 100
 NORMALISE_CHUNK = 100  # rows normalised between two pauses (about 20 ms of CPU)
+POSITION = "_position"  # a TinyEmail row's place in the audience, until `resolve_again` has put every row in order
+LIST_SEPARATOR = "\x1f"  # between the list ids of a customer, as the fetch compares them with the previous rows'
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -234,16 +236,26 @@ class LocationSnapshot:
 
 @dataclass(frozen=True)
 class TinyEmailSnapshot:
-    customers: pl.DataFrame
+    customers: pl.DataFrame  # the rows normalised tonight (with their `POSITION` until `resolve_again`)
     plan: dict[str, int]
     used: dict[str, Any]
     lists: tuple[tuple[str, str | None], ...] = ()  # (id, name) of every list read
     unreadable: tuple[Unreadable, ...] = ()  # present but unreadable: previous rows carried, persons held
     customers_carried: tuple[str, ...] = ()  # emails whose previous row is kept: copied inside the store
+    again: tuple[Again, ...] = ()  # a previous row's payload with other lists: normalised by `resolve_again`
 
     @property
     def present(self) -> int:
-        return self.customers.height + len(self.customers_carried)
+        return self.customers.height + len(self.customers_carried) + len(self.again)
+
+
+@dataclass(frozen=True)
+class Again:
+    """A customer whose payload a previous row has, with other lists tonight: normalised from that row's `raw`."""
+
+    position: int  # its place in the audience
+    email: str  # the previous row's
+    lists: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -514,7 +526,9 @@ def _not_read(present: Sequence[str], read: Sequence[str]) -> tuple[str, ...]:
 async def fetch_tinyemail(client: TinyEmailClient, options: SnapshotOptions, progress: Progress | None = None,
                           previous: pl.DataFrame | None = None) -> TinyEmailSnapshot:
     """Every customer of every list once, with its lists (an unchanged customer's row kept from `previous`, the
-    latest snapshot's `TE_PREVIOUS_COLUMNS`); raises SnapshotFailed, writes nothing."""
+    latest snapshot's `TE_PREVIOUS_COLUMNS`); raises SnapshotFailed, writes nothing. A customer whose payload a
+    previous row has but whose lists changed is left in `again` (`resolve_again` reads that payload from the store
+    and normalises it)."""
     progress = progress or Progress()
     with _failing_as("tinyemail"):
         used = _Used(client.stats)
@@ -522,7 +536,7 @@ async def fetch_tinyemail(client: TinyEmailClient, options: SnapshotOptions, pro
         plan = {"lists": 1, "member_pages": sum((lst.numberOfMembers or 0) // client.page_size + 1
                                                 for lst in lists)}
         progress.plans["tinyemail"] = plan
-        audience = _Audience()
+        audience = _Audience(_digests(previous) if previous is not None and not options.full_sweep else frozenset())
 
         async def members(indexed: tuple[int, str]) -> None:
             async for customer in client.iter_members(indexed[1]):
@@ -533,24 +547,25 @@ async def fetch_tinyemail(client: TinyEmailClient, options: SnapshotOptions, pro
         await _pool(list(enumerate(lst.id for lst in lists)), members, options.concurrency)
         used.mark("members")
         progress.used["tinyemail"] = used.counts
-    frame, kept = await _customers_frame(audience, previous, options)
-    plan["changed"] = frame.height
-    fresh = set(frame["email"].to_list())
-    carried = tuple(dict.fromkeys(e for e in [*kept, *_carried_customers(previous, audience)] if e not in fresh))
-    return TinyEmailSnapshot(frame.unique("email", keep="first", maintain_order=True), plan, used.counts,
-                             tuple((lst.id, lst.name) for lst in lists), tuple(audience.unreadable.values()),
-                             customers_carried=carried)
+    list_ids = [str(lst.id) for lst in lists]
+    frame, kept, again = await _customers_frame(audience, previous, list_ids, options)
+    plan["changed"] = frame.height + len(again)
+    return TinyEmailSnapshot(frame, plan, used.counts, tuple((lst.id, lst.name) for lst in lists),
+                             tuple(audience.unreadable.values()),
+                             customers_carried=tuple([*kept, *_carried_customers(previous, audience)]), again=again)
 
 
 @dataclass
 class _Audience:
     """Every customer reachable through a list, folded member by member as the pages come: by normalised email
-    (`email_key`), the payload as compact JSON text (`raw_json`: no customer object outlives its page) with the
-    place it was first seen (list index, order), and its lists; the members the model refused (keyed likewise
-    when their email is readable)."""
+    (`email_key`), `[list index, order, payload, lists]`: the place it was first seen (list index, order), the
+    payload as compact JSON text (`raw_json`: no customer object outlives its page), or only its md5 digest when a
+    previous row has that payload (`known`: the row is kept, or read from the store when its lists changed), and
+    its lists as a bit mask of list indexes; the members the model refused (keyed likewise when their email is
+    readable). At a million customers the texts alone were about 550 MB."""
 
-    raws: dict[str, tuple[int, int, str]] = field(default_factory=dict)
-    memberships: dict[str, set[str]] = field(default_factory=dict)
+    known: frozenset[bytes] = frozenset()  # md5 digests of the previous rows' payloads
+    members: dict[str, list[Any]] = field(default_factory=dict)
     unreadable: dict[str, Unreadable] = field(default_factory=dict)
 
     def add(self, indexed: tuple[int, str], customer: Customer | Unreadable) -> None:
@@ -559,10 +574,22 @@ class _Audience:
         if isinstance(customer, Unreadable):
             self.unreadable.setdefault(key, customer)
             return
-        seen = self.raws.get(key)
-        if seen is None or seen[0] > index:  # the first list's copy stands
-            self.raws[key] = (index, len(self.raws), raw_json(as_payload(customer)))
-        self.memberships.setdefault(key, set()).add(list_id)
+        seen = self.members.get(key)
+        if seen is not None and seen[0] < index:  # the first list's copy stands: this one only adds its list
+            seen[3] |= 1 << index
+            return
+        raw = raw_json(as_payload(customer))
+        digest = hashlib.md5(raw.encode()).digest()
+        held = digest if digest in self.known else raw
+        if seen is None:
+            self.members[key] = [index, len(self.members), held, 1 << index]
+        else:  # a copy from a list listed earlier: it stands, seen at this point of the fold
+            seen[0], seen[1], seen[2], seen[3] = index, len(self.members), held, seen[3] | 1 << index
+
+
+def _digests(previous: pl.DataFrame) -> frozenset[bytes]:
+    """The md5 digests (16 bytes) of the previous rows' payloads."""
+    return frozenset(previous["raw_md5"].str.decode("hex").to_list())
 
 
 # what the TinyEmail fetch reads of the previous customers besides the email and lists, computed in DuckDB: the
@@ -586,37 +613,83 @@ def _previous_customers(store: Store) -> pl.DataFrame:
 def _carried_customers(previous: pl.DataFrame | None, audience: _Audience) -> list[str]:
     """The emails of the customers present but unreadable tonight whose previous rows are carried as they were."""
     wanted = [normalise_email(u.key)[0] for u in audience.unreadable.values()
-              if u.key and email_key(u.key) not in audience.raws]  # read in another list: that row wins
+              if u.key and email_key(u.key) not in audience.members]  # read in another list: that row wins
     if previous is None or not wanted:
         return []
     return previous.filter(pl.col("email").is_in(wanted))["email"].to_list()
 
 
-async def _customers_frame(audience: _Audience, previous: pl.DataFrame | None,
-                           options: SnapshotOptions) -> tuple[pl.DataFrame, list[str]]:
-    """The TINYEMAIL_CUSTOMERS rows of the customers normalised tonight (new, or a payload or lists not in
-    `previous`), in audience order, and the emails of the previous rows kept (same payload and lists)."""
-    reusable: dict[tuple[str, tuple[str, ...]], str] = {}
-    if previous is not None and not options.full_sweep:  # a full sweep normalises all again
-        kept_rows = previous.filter(pl.col("reusable"))
-        reusable = {(digest, tuple(lists or ())): email for email, lists, digest
-                    in zip(kept_rows["email"].to_list(), kept_rows["lists"].to_list(), kept_rows["raw_md5"].to_list(),
-                           strict=True)}
+async def _customers_frame(audience: _Audience, previous: pl.DataFrame | None, list_ids: Sequence[str],
+                           options: SnapshotOptions) -> tuple[pl.DataFrame, list[str], tuple[Again, ...]]:
+    """The TINYEMAIL_CUSTOMERS rows of the customers normalised tonight (new, or a payload not in `previous`) in
+    audience order with their `POSITION`, the emails of the previous rows kept (same payload and lists), and the
+    customers whose payload a previous row has but not with these lists (`Again`: normalised by `resolve_again`)."""
+    ordered = sorted(audience.members.values(), key=lambda member: (member[0], member[1]))
+    matched = _matched(ordered, previous, list_ids, options)
     kept: list[str] = []
-    fresh: list[tuple[dict[str, Any], list[str]]] = []
-    for position, key in enumerate(sorted(audience.raws, key=lambda k: audience.raws[k][:2])):
-        raw = audience.raws[key][2]
-        lists = sorted({str(x) for x in audience.memberships[key]})
-        email = reusable.get((hashlib.md5(raw.encode()).hexdigest(), tuple(lists)))
-        if email is not None:  # same payload and lists: the same row
+    fresh: list[tuple[int, dict[str, Any], list[str]]] = []
+    again: list[Again] = []
+    for position, (member, (email, only_payload)) in enumerate(zip(ordered, matched, strict=True)):
+        lists = _list_names(member[3], list_ids)
+        if email is not None and not only_payload:  # a previous row with this payload and these lists
             kept.append(email)
-        else:
-            fresh.append((json.loads(raw), lists))
+        elif email is not None:  # only its payload is known: read from that row, normalised with tonight's lists
+            again.append(Again(position, email, tuple(lists)))
+        else:  # a new payload
+            fresh.append((position, json.loads(member[2]), lists))
         if position % NORMALISE_CHUNK == NORMALISE_CHUNK - 1:
             await asyncio.sleep(0)
-    built = await _normalised(fresh, lambda item: tinyemail_customer_record(item[0], item[1], options.region),
+    built = await _normalised(fresh, lambda item: tinyemail_customer_record(item[1], item[2], options.region),
                               TINYEMAIL_CUSTOMERS)
-    return built, kept
+    return built.with_columns(pl.Series(POSITION, [p for p, _, _ in fresh], pl.Int64)), kept, tuple(again)
+
+
+def _list_names(mask: int, list_ids: Sequence[str]) -> list[str]:
+    return sorted({list_ids[i] for i in range(len(list_ids)) if mask >> i & 1})
+
+
+def _matched(ordered: Sequence[list[Any]], previous: pl.DataFrame | None, list_ids: Sequence[str],
+             options: SnapshotOptions) -> list[tuple[str | None, bool]]:
+    """For each member in order: (the email of a previous row to take, whether only its payload matches). A
+    reusable previous row with the same payload md5 and lists is kept as it is ((email, False)); one with the
+    same payload only gives the payload ((email, True)); none is (None, False). Joined in polars: a million
+    members as Python dicts of digests and lists cost hundreds of MB."""
+    if previous is None or options.full_sweep or previous.is_empty():  # a full sweep normalises all again
+        return [(None, False)] * len(ordered)
+    tonight = pl.DataFrame({
+        "md5": [m[2] if isinstance(m[2], bytes) else None for m in ordered],
+        "lists": [LIST_SEPARATOR.join(_list_names(m[3], list_ids)) for m in ordered]},
+        schema={"md5": pl.Binary, "lists": pl.String}).with_row_index("at")
+    rows = previous.select(pl.col("email"), pl.col("raw_md5").str.decode("hex").alias("md5"), pl.col("reusable"),
+                           pl.col("lists").list.eval(pl.element().cast(pl.String)).list.sort().list.join(LIST_SEPARATOR)
+                           .fill_null("").alias("lists"))
+    same = rows.filter(pl.col("reusable")).unique(["md5", "lists"], keep="first").select("md5", "lists", "email")
+    payload = rows.unique("md5", keep="first").select("md5", pl.col("email").alias("payload_email"))
+    found = (tonight.join(same, on=["md5", "lists"], how="left").join(payload, on="md5", how="left").sort("at")
+             .select(pl.coalesce("email", "payload_email").alias("email"),
+                     (pl.col("email").is_null() & pl.col("payload_email").is_not_null()).alias("again")))
+    return list(zip(found["email"].to_list(), found["again"].to_list(), strict=True))
+
+
+def resolve_again(store: Store, te: TinyEmailSnapshot, options: SnapshotOptions) -> TinyEmailSnapshot:
+    """The TinyEmail snapshot in its final shape: the `again` customers normalised from their previous rows' `raw`
+    with tonight's lists (read here, in the stage's thread: the store is not the fetch's to read), every row in
+    audience order without its `POSITION`, one row per email (the first), and the carried emails less those
+    normalised tonight."""
+    frames = [te.customers]
+    if te.again:
+        wanted = pl.DataFrame({"email": list(dict.fromkeys(a.email for a in te.again))}, schema={"email": pl.String})
+        raws = store.latest_snapshot("te_customers", only=wanted,
+                                     without=[c for c in TINYEMAIL_CUSTOMERS if c not in ("email", "raw")])
+        payloads = dict(zip(raws["email"].to_list(), raws["raw"].to_list(), strict=True))
+        rows = [tinyemail_customer_record(json.loads(payloads[a.email]), list(a.lists), options.region)
+                for a in te.again]
+        frames.append(to_frame(rows, TINYEMAIL_CUSTOMERS).with_columns(
+            pl.Series(POSITION, [a.position for a in te.again], pl.Int64)))
+    frame = pl.concat(frames).sort(POSITION).drop(POSITION)
+    fresh = set(frame["email"].to_list())
+    return replace(te, customers=frame.unique("email", keep="first", maintain_order=True), again=(),
+                   customers_carried=tuple(dict.fromkeys(e for e in te.customers_carried if e not in fresh)))
 
 
 async def _normalised(items: Sequence[T], build: Callable[[T], dict[str, Any]], schema: pl.Schema) -> pl.DataFrame:
@@ -699,6 +772,7 @@ def run_snapshot(settings: Settings, store: Store, locations: Sequence[str], *, 
         te_previous = _previous_customers(store)
         loaded = time.perf_counter()
         results, te = _fetch_all(settings, previous, te_previous, options, progress, ghl_client, tinyemail_client)
+        te = resolve_again(store, te, options)
         fetched = time.perf_counter()
         ghl, failed = _without_failed(results, progress)
         # the results carry their own plan and usage (a task runner may have worked on copies of `progress`)

@@ -129,3 +129,42 @@ def test_served_search_sees_writes_at_once(serve: Callable[..., RunningServer], 
         renamed = api.post("/contacts/search", json={"locationId": LOC, "pageLimit": 10, "filters": [
             {"field": "firstName", "operator": "eq", "value": "Moved"}]}).json()
         assert [c["id"] for c in renamed["contacts"]] == [edited] and renamed["total"] == 1
+
+
+def test_with_a_lag_search_shows_an_edited_contact_as_it_was_until_the_lag_has_passed() -> None:
+    """The index holds the contacts themselves and copies one just before it changes in place (copy on write): an
+    edit, a tag added or removed shows in search only `search_lag_s` later, while the store has it at once."""
+    clock = FakeClock(BASE + 10)
+    store = GHLStore(fixture(9), seed=1, clock=clock, search_lag_s=5)
+    by_name = SearchQuery(LOC, 50, filters=[{"field": "firstName", "operator": "eq", "value": "Moved"}],
+                          sort=SORTS[0])
+    vip = SearchQuery(LOC, 50, filters=[{"field": "tags", "operator": "eq", "value": "vip"}], sort=SORTS[0])
+    edited, tagged, untagged = "Idx00000000000000001", "Idx00000000000000002", "Idx00000000000000003"
+    vips_before = {c["id"] for c in store.search_contacts(vip)[0]}
+    assert untagged in vips_before and tagged not in vips_before
+    store.update_contact(store.location(LOC).contacts[edited], {"firstName": "Moved"})
+    store.add_tags(store.location(LOC).contacts[tagged], ["vip"])
+    store.remove_tags(store.location(LOC).contacts[untagged], ["vip"])
+    clock.advance(4)
+    assert store.search_contacts(by_name)[0] == []
+    assert {c["id"] for c in store.search_contacts(vip)[0]} == vips_before
+    assert store.contact(edited)["firstName"] == "Moved"  # a GET reads the store
+    clock.advance(2)
+    assert [c["id"] for c in store.search_contacts(by_name)[0]] == [edited]
+    assert {c["id"] for c in store.search_contacts(vip)[0]} == vips_before - {untagged} | {tagged}
+
+
+def test_a_store_that_owns_its_fixture_serves_those_objects_and_resets_to_them_as_given() -> None:
+    """`owned` (`recon sandbox serve`): no copy of the fixture's objects is made; `reset` still brings back the
+    fixture as it was given, from the JSON text kept at load, whatever was written to the objects since."""
+    given = fixture(5)
+    first = given["locations"][LOC]["contacts"][0]
+    store = GHLStore(given, seed=1, clock=FakeClock(BASE + 10), owned=True)
+    assert store.location(LOC).contacts[first["id"]] is first
+    q = SearchQuery(LOC, 100, sort=SORTS[0])
+    before = store.search_contacts(q)
+    store.update_contact(first, {"firstName": "Changed"})
+    store.delete_contact("Idx00000000000000004")
+    store.reset()
+    assert store.search_contacts(q) == before
+    assert store.contact(first["id"])["firstName"] == fixture(5)["locations"][LOC]["contacts"][0]["firstName"]
