@@ -179,7 +179,9 @@ class PreviousState:
     watermark: str | None
     dirty: frozenset[str] = frozenset()
     tasks_dirty: bool = False  # a task webhook without a contact marked the location's tasks
-    paired: frozenset[str] = frozenset()  # the location's contacts that the base holds as in GHL (ours included)
+    # the location's contacts that the base holds as in GHL (ours included) but the previous snapshot does not: the
+    # contacts our last apply created (the others are among `contacts`; a million ids held twice cost ~100 MB)
+    paired: frozenset[str] = frozenset()
     written: dict[str, datetime] = field(default_factory=dict)  # contact -> our last write sent, lately
 
     @classmethod
@@ -193,6 +195,7 @@ class PreviousState:
         written = Journal(store).ghl_writes_since(location_id, store.clock() - timedelta(seconds=written_within_s))
         contacts = store.latest_snapshot("ghl_contacts", location_id, computed=PREVIOUS_COLUMNS,
                                          without=[c for c in GHL_CONTACTS if c != "contact_id"])
+        paired = paired.filter(~paired.is_in(contacts["contact_id"].implode()))
         return cls(contacts, store.latest_row_count("ghl_tasks", location_id),
                    store.watermark(location_id, WATERMARK_ENTITY),
                    frozenset(dirty.to_list()), tasks_dirty=store.tasks_dirty(location_id),
@@ -330,7 +333,8 @@ async def _list_contacts(client: GHLClient, previous: PreviousState,
             stale.append(record.id)  # search shows it as before our write: read again below
         else:
             listing.add(record)
-    missing = sorted((set(previous.contacts["contact_id"].to_list()) | previous.paired) - listed)
+    # the previous rows' ids are the keys of `listing.digests` (no second copy of a million ids)
+    missing = sorted({*(c for c in listing.digests if c not in listed), *(previous.paired - listed)})
     for contact_id in [*missing, *sorted(stale)]:
         try:
             listing.add(await client.get_contact(contact_id))  # lagging behind a write: still there
