@@ -58,11 +58,14 @@ Per GHL location (`fetch_ghl_location`, the Prefect task `snapshot_ghl_location`
 TinyEmail (`fetch_tinyemail`, the Prefect task `snapshot_tinyemail`): every list, every member (it has
 no updated-since filter), one row per customer with its lists. Lists are read side by side, each one
 page after page (the connector's paging guards need the pages in order), folded member by member
-(`_Audience`: each customer as compact JSON text, no customer object outlives its page). A customer whose
-payload's md5 and lists equal those of a row of the previous snapshot (`TE_PREVIOUS_COLUMNS`, computed in
-DuckDB) keeps that row, copied inside the store (`customers_carried`); the others are normalised (in
-chunks, at most half of the loop, as above: on the first night the GHL reads are still running); a row stored
-before rows had `custom` is normalised again when its payload holds a field `custom` keeps.
+(`_Audience`: no customer object outlives its page; a customer is held as compact JSON text, or only as the md5
+of that text when a previous row has the same payload, with its lists as a bit mask). A customer whose payload's
+md5 and lists equal those of a row of the previous snapshot (`TE_PREVIOUS_COLUMNS`, computed in DuckDB, matched
+in polars) keeps that row, copied inside the store (`customers_carried`); one whose payload a previous row has but
+whose lists changed is normalised from that row's `raw` with tonight's lists (`resolve_again`, in the stage once
+the fetch is done: the store is read there); the others are normalised (in chunks, at most half of the loop, as
+above: on the first night the GHL reads are still running); a row stored before rows had `custom` is normalised
+again when its payload holds a field `custom` keeps.
 `full_sweep` normalises every contact and customer again.
 
 `run_snapshot` runs every location and TinyEmail concurrently (asyncio tasks; inside a Prefect flow, the
@@ -89,7 +92,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -123,6 +126,7 @@ log = logging.getLogger("contact_recon.stages.snapshot")
 WATERMARK_ENTITY = "ghl_contacts"  # watermarks[(location, "ghl_contacts")] = max dateUpdated seen
 TE_PAGE = 100
 NORMALISE_CHUNK = 100  # rows normalised between two pauses (about 20 ms of CPU)
+READ_CHUNK = 5_000  # contacts whose tasks or notes are read before their rows become a frame
 POSITION = "_position"  # a TinyEmail row's place in the audience, until `resolve_again` has put every row in order
 LIST_SEPARATOR = "\x1f"  # between the list ids of a customer, as the fetch compares them with the previous rows'
 T = TypeVar("T")
@@ -301,7 +305,8 @@ async def fetch_ghl_location(client: GHLClient, previous: PreviousState, options
         task_ids, all_tasks = _task_contacts(listing.present, chosen, previous.tasks_dirty, plan, daily)
         (tasks, notes), fresh = await _all_or_nothing([
             _read_tasks_and_notes(client, chosen, options.concurrency, used, task_ids),
-            _normalised(listing.fresh, lambda payload: ghl_contact_record(payload, loc, options.region, custom_keys),
+            _normalised(listing.fresh, lambda text: ghl_contact_record(json.loads(text), loc, options.region,
+                                                                         custom_keys),
                         GHL_CONTACTS)])
     # the kept rows (and an unreadable contact's previous row) are copied inside the store (`contacts_carried`)
     kept = tuple(sorted(c for c in {*listing.kept, *carried} if c in listing.digests))
@@ -385,11 +390,12 @@ class Listing:
     full_sweep: bool
     present: set[str] = field(default_factory=set)  # every contact id listed
     kept: list[str] = field(default_factory=list)  # payload as in the previous snapshot: its row is kept
-    fresh: list[dict[str, Any]] = field(default_factory=list)  # payloads to normalise
+    # payloads to normalise, as compact JSON text: on a first night every contact is one (as dicts, about 3 KB each)
+    fresh: list[str] = field(default_factory=list)
     changed: set[str] = field(default_factory=set)  # new, changed, or updated within the safety lag
     custom: bool = False  # a listed contact carries custom fields
     newest: datetime | None = None  # the newest dateUpdated listed
-    unresolved: dict[str, dict[str, Any]] = field(default_factory=dict)  # kept, unresolved: id -> payload
+    unresolved: dict[str, str] = field(default_factory=dict)  # kept, unresolved: id -> payload (JSON text)
 
     @classmethod
     def starting(cls, previous: PreviousState, options: SnapshotOptions) -> Listing:
@@ -402,14 +408,14 @@ class Listing:
         if contact.id in self.present:
             return  # listed twice (pages shifting under a write): the first one stands
         self.present.add(contact.id)
-        payload = contact_payload(contact)
-        same = self.digests.get(contact.id) == hashlib.md5(raw_json(payload).encode()).hexdigest()
+        text = raw_json(contact_payload(contact))
+        same = self.digests.get(contact.id) == hashlib.md5(text.encode()).hexdigest()
         if same and not self.full_sweep:  # a full sweep normalises all again
             self.kept.append(contact.id)
             if contact.id in self.unresolved_before:  # normalised again once the definitions are known
-                self.unresolved[contact.id] = payload
+                self.unresolved[contact.id] = text
         else:
-            self.fresh.append(payload)
+            self.fresh.append(text)
         updated = _aware(contact.dateUpdated) if contact.dateUpdated is not None else None
         if self.since is None or not same or updated is None or updated >= self.since:
             self.changed.add(contact.id)  # no date: nothing says it is unchanged
@@ -492,11 +498,14 @@ async def _read_tasks(client: GHLClient, contact_ids: Sequence[str], concurrency
         bars.advance(stage)
         return found
 
-    found = await _pool(batches, search, concurrency)
     wanted = set(contact_ids)
-    rows = {t.id: ghl_task_record(as_payload(t), client.location_id)
-            for batch in found for t in batch if t.contactId in wanted}
-    return to_frame(list(rows.values()), GHL_TASKS)
+    frames = [to_frame([], GHL_TASKS)]
+    async for found in _chunked(batches, search, concurrency, max(1, READ_CHUNK // TASK_SEARCH_BATCH)):
+        # by id: skip paging may repeat a task within a batch (a task is in one batch: that of its contact)
+        rows = {t.id: ghl_task_record(as_payload(t), client.location_id)
+                for batch in found for t in batch if t.contactId in wanted}
+        frames.append(to_frame(list(rows.values()), GHL_TASKS))
+    return pl.concat(frames, rechunk=True)
 
 
 async def _read_notes(client: GHLClient, contact_ids: Sequence[str], concurrency: int) -> pl.DataFrame:
@@ -513,8 +522,10 @@ async def _read_notes(client: GHLClient, contact_ids: Sequence[str], concurrency
         return [ghl_note_record({"contactId": contact_id, **as_payload(n)},
                                 client.location_id) for n in notes]
 
-    found = await _pool(list(contact_ids), notes_of, concurrency)
-    return to_frame([row for rows in found for row in rows], GHL_NOTES)
+    frames = [to_frame([], GHL_NOTES)]
+    async for found in _chunked(list(contact_ids), notes_of, concurrency, READ_CHUNK):
+        frames.append(to_frame([row for rows in found for row in rows], GHL_NOTES))
+    return pl.concat(frames, rechunk=True)
 
 
 def _not_read(present: Sequence[str], read: Sequence[str]) -> tuple[str, ...]:
@@ -961,6 +972,14 @@ async def _pool(items: Sequence[T], fn: Callable[[T], Awaitable[R]], concurrency
 
     await _all_or_nothing([worker() for _ in range(max(1, min(concurrency, len(items))))])
     return results
+
+
+async def _chunked(items: Sequence[T], fn: Callable[[T], Awaitable[R]], concurrency: int,
+                   size: int) -> AsyncIterator[list[R]]:
+    """`_pool` over `size` items at a time, each chunk's results yielded in order: the caller turns them into a
+    frame before the next chunk, so a first night's two million notes are never Python dicts all at once."""
+    for start in range(0, len(items), size):
+        yield await _pool(items[start:start + size], fn, concurrency)
 
 
 async def _all_or_nothing(jobs: Sequence[Awaitable[Any]]) -> list[Any]:

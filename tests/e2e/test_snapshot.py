@@ -125,7 +125,13 @@ def unchanged_ids(world: World, night: int, *also_changed: str) -> set[str]:
 # ------------------------------------------------------------------------------------------ tests
 
 
-def test_first_snapshot_writes_everything(world: World) -> None:
+@pytest.mark.parametrize("read_chunk", [5_000, 7])
+def test_first_snapshot_writes_everything(world: World, monkeypatch: pytest.MonkeyPatch, read_chunk: int) -> None:
+    """Every record once; with a read chunk of 7 contacts the tasks and notes become frames a few contacts at a time
+    (a first night of a million contacts reads them in chunks of 5,000) and still every one is there once."""
+    from contact_recon.stages import snapshot as snapshot_module
+
+    monkeypatch.setattr(snapshot_module, "READ_CHUNK", read_chunk)
     offset = world.log_offset(world.ghl)
     result = world.snapshot()
     state = world.state()
@@ -133,6 +139,7 @@ def test_first_snapshot_writes_everything(world: World) -> None:
     assert sorted(latest["ghl_contacts"]["contact_id"]) == sorted(c["id"] for c in state["contacts"])
     assert sorted(latest["ghl_tasks"]["task_id"]) == sorted(t["id"] for t in state["tasks"])
     assert sorted(latest["ghl_notes"]["note_id"]) == sorted(n["id"] for n in state["notes"])
+    assert len(state["contacts"]) > 3 * read_chunk or read_chunk > len(state["contacts"])
     te_emails = {c["email"].strip().lower() for c in world.fixture["tinyemail"]["customers"]}
     assert latest["te_customers"].height == len(te_emails) > 0
     # every contact's notes were read once (no watermark yet), and the run records plan and usage
