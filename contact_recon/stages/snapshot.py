@@ -642,7 +642,7 @@ async def _customers_frame(audience: _Audience, previous: pl.DataFrame | None, l
     ordered = sorted(audience.members.values(), key=lambda member: (member[0], member[1]))
     matched = _matched(ordered, previous, list_ids, options)
     kept: list[str] = []
-    fresh: list[tuple[int, dict[str, Any], list[str]]] = []
+    fresh: list[tuple[int, str, list[str]]] = []  # (position, payload as JSON text, lists): parsed when normalised
     again: list[Again] = []
     for position, (member, (email, only_payload)) in enumerate(zip(ordered, matched, strict=True)):
         lists = _list_names(member[3], list_ids)
@@ -651,11 +651,11 @@ async def _customers_frame(audience: _Audience, previous: pl.DataFrame | None, l
         elif email is not None:  # only its payload is known: read from that row, normalised with tonight's lists
             again.append(Again(position, email, tuple(lists)))
         else:  # a new payload
-            fresh.append((position, json.loads(member[2]), lists))
+            fresh.append((position, member[2], lists))
         if position % NORMALISE_CHUNK == NORMALISE_CHUNK - 1:
             await asyncio.sleep(0)
-    built = await _normalised(fresh, lambda item: tinyemail_customer_record(item[1], item[2], options.region),
-                              TINYEMAIL_CUSTOMERS)
+    built = await _normalised(fresh, lambda item: tinyemail_customer_record(json.loads(item[1]), item[2],
+                                                                            options.region), TINYEMAIL_CUSTOMERS)
     return built.with_columns(pl.Series(POSITION, [p for p, _, _ in fresh], pl.Int64)), kept, tuple(again)
 
 
