@@ -316,6 +316,7 @@ class RunResult:
     run_id: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)  # the process's RSS and CPU through the run
+    stages: dict[str, tuple[float, float]] = field(default_factory=dict)  # stage -> (peak RSS MiB, CPU s)
 
 
 @dataclass(frozen=True)
@@ -641,7 +642,10 @@ def bench(args: argparse.Namespace, tmp: Path, api: str) -> list[Figure]:
         if args.keep is not None:
             keep(args.keep, tmp, boxes, meta)
         figures = [info("nightly", "base run wall", base.wall_s, "s"),
-                   info("nightly", "base run peak RSS", base.peak_rss_mib, "MiB")]
+                   info("nightly", "base run peak RSS", base.peak_rss_mib, "MiB"),
+                   info("nightly", "base run CPU", base.cpu_s, "s")]
+        figures += [info("nightly", f"base run peak RSS: {name}", usage[0], "MiB")
+                    for name, usage in base.stages.items()]
         figures += nightly(args, tmp, api, boxes, meta)
     finally:
         boxes.stop()
@@ -677,6 +681,20 @@ def nightly(args: argparse.Namespace, tmp: Path, api: str, boxes: Sandboxes, met
                     args.drift)]
 
 
+def base_stages(data: Path, base: RunResult) -> dict[str, tuple[float, float]]:
+    """The base run's peak RSS and CPU per stage (printed: the first night plans everyone, so its peak is here)."""
+    from contact_recon.store.db import open_db
+
+    with open_db(data / "recon.duckdb") as store:
+        snap = store.get_run(json.loads(store.get_run(base.run_id)["plan_json"])["snapshot_run_id"])
+    _, at, _ = stage_times(snap)
+    usage = stage_usage(base.samples, at)
+    print("base per stage: " + ", ".join(f"{name} peak {usage[name][0]:,.0f} MiB, CPU {usage[name][1]:.1f} s"
+                                         for name in STAGES if name in usage)
+          + f"; peak {base.peak_rss_mib:,.0f} MiB, CPU {base.cpu_s:.1f} s", flush=True)
+    return usage
+
+
 def fixture_in_child(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     started = time.perf_counter()
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
@@ -699,6 +717,8 @@ def base_and_drift(args: argparse.Namespace, data: Path, api: str, boxes: Sandbo
           f"(exit {base.exit_code}) in {base.wall_s:.1f} s; ops applied {applied}", flush=True)
     if base.exit_code != 0:
         raise SystemExit(f"the base run failed:\n{base.output[-3000:]}")
+    if base.run_id is not None:
+        base.stages = base_stages(data, base)
     started = time.perf_counter()
     sides = drift(boxes, meta, max(1, round(args.contacts * args.drift)), args.seed)
     print(f"drift: {sides} changes through the APIs ({time.perf_counter() - started:.1f} s)", flush=True)

@@ -68,6 +68,11 @@ above: on the first night the GHL reads are still running); a row stored before 
 again when its payload holds a field `custom` keeps.
 `full_sweep` normalises every contact and customer again.
 
+The GHL rows built tonight (contacts normalised, tasks and notes read) wait for the write as Parquet files in a
+private directory of the data dir (`Spill`, store/spill.py), removed when the stage ends: a first night never holds
+a location's rows in memory, and the store inserts them streamed (`read_parquet`). A contact's JSON text is dropped
+from the listing as soon as its row is made (`_chunks(release=True)`).
+
 `run_snapshot` runs every location and TinyEmail concurrently (asyncio tasks; inside a Prefect flow, the
 Prefect tasks on the flow's task runner), then checks that no side came back empty while its previous
 snapshot was not (`SideCameBackEmpty`), and writes all frames and the new watermarks in ONE transaction
@@ -96,6 +101,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import polars as pl
@@ -109,6 +115,7 @@ from contact_recon.settings import Settings
 from contact_recon.stages import progress as bars
 from contact_recon.store.db import Store
 from contact_recon.store.journal import Journal
+from contact_recon.store.spill import Spill, spill_root
 from contact_recon.systems.errors import ConnectorError, MalformedResponse, NotFound
 from contact_recon.systems.ghl.client import TASK_SEARCH_BATCH, TASK_SEARCH_PAGE, GHLClient, iso
 from contact_recon.systems.ghl.mapping import ghl_contact_record, ghl_note_record, ghl_task_record
@@ -154,6 +161,7 @@ class SnapshotOptions:
     night_index: int = 0
     region: str = "US"
     allow_empty: bool = False
+    spill_root: Path | None = None  # where the GHL rows wait as Parquet chunks (store/spill.py); run_snapshot's own
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> SnapshotOptions:
@@ -221,9 +229,9 @@ class Progress:
 @dataclass(frozen=True)
 class LocationSnapshot:
     location_id: str
-    contacts: pl.DataFrame  # the contacts normalised tonight (the kept ones are `contacts_carried`)
-    tasks: pl.DataFrame  # the tasks read tonight
-    notes: pl.DataFrame  # the notes read tonight
+    contacts: Spill  # the contacts normalised tonight (the kept ones are `contacts_carried`), on disk
+    tasks: Spill  # the tasks read tonight
+    notes: Spill  # the notes read tonight
     watermark: str | None
     plan: RequestPlan
     used: dict[str, Any]
@@ -303,16 +311,19 @@ async def fetch_ghl_location(client: GHLClient, previous: PreviousState, options
         plan, chosen, dirty_read, deferred = _choose(present, listing.changed, previous, options, daily)
         progress.plans[key] = plan.to_json()
         task_ids, all_tasks = _task_contacts(listing.present, chosen, previous.tasks_dirty, plan, daily)
-        (tasks, notes), fresh = await _all_or_nothing([
-            _read_tasks_and_notes(client, chosen, options.concurrency, used, task_ids),
-            _normalised(listing.fresh, lambda text: ghl_contact_record(json.loads(text), loc, options.region,
-                                                                         custom_keys),
-                        GHL_CONTACTS)])
+        root = _spill_root(options)
+        fresh = Spill.under(root, f"contacts-{loc}", GHL_CONTACTS)
+        tasks, notes = Spill.under(root, f"tasks-{loc}", GHL_TASKS), Spill.under(root, f"notes-{loc}", GHL_NOTES)
+        texts, listing = listing.fresh, replace(listing, fresh=[])  # let go one chunk at a time (`_normalised`)
+        await _all_or_nothing([
+            _read_tasks_and_notes(client, chosen, options.concurrency, used, task_ids, (tasks, notes)),
+            _spilled(_chunks(texts, lambda text: ghl_contact_record(json.loads(text), loc, options.region,
+                                                                    custom_keys), GHL_CONTACTS, release=True), fresh)])
     # the kept rows (and an unreadable contact's previous row) are copied inside the store (`contacts_carried`)
     kept = tuple(sorted(c for c in {*listing.kept, *carried} if c in listing.digests))
-    present_ids = sorted({*kept, *fresh["contact_id"].to_list()})
+    present_ids = sorted({*kept, *fresh.column("contact_id").to_list()})
     return LocationSnapshot(
-        loc, fresh.sort("contact_id"), tasks, notes, listing.watermark or previous.watermark, plan, used.counts,
+        loc, fresh, tasks, notes, listing.watermark or previous.watermark, plan, used.counts,
         dirty_read, deferred, tasks_dirty_read=all_tasks, unreadable=tuple(unreadable),
         tasks_carried=_not_read(present_ids, task_ids), notes_carried=_not_read(present_ids, chosen),
         contacts_carried=kept)
@@ -480,15 +491,14 @@ def _task_contacts(present: set[str], chosen: list[str], tasks_dirty: bool, plan
 
 
 async def _read_tasks_and_notes(client: GHLClient, contact_ids: Sequence[str], concurrency: int,
-                                used: _Used, task_ids: Sequence[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    tasks = await _read_tasks(client, task_ids, concurrency)
+                                used: _Used, task_ids: Sequence[str], into: tuple[Spill, Spill]) -> None:
+    await _read_tasks(client, task_ids, concurrency, into[0])
     used.mark("tasks")
-    notes = await _read_notes(client, contact_ids, concurrency)
+    await _read_notes(client, contact_ids, concurrency, into[1])
     used.mark("notes")
-    return tasks, notes
 
 
-async def _read_tasks(client: GHLClient, contact_ids: Sequence[str], concurrency: int) -> pl.DataFrame:
+async def _read_tasks(client: GHLClient, contact_ids: Sequence[str], concurrency: int, into: Spill) -> None:
     batches = [list(contact_ids[i:i + TASK_SEARCH_BATCH]) for i in range(0, len(contact_ids), TASK_SEARCH_BATCH)]
     stage = f"snapshot {client.location_id}: task searches"
     bars.begin(stage, len(batches))
@@ -499,16 +509,14 @@ async def _read_tasks(client: GHLClient, contact_ids: Sequence[str], concurrency
         return found
 
     wanted = set(contact_ids)
-    frames = [to_frame([], GHL_TASKS)]
     async for found in _chunked(batches, search, concurrency, max(1, READ_CHUNK // TASK_SEARCH_BATCH)):
         # by id: skip paging may repeat a task within a batch (a task is in one batch: that of its contact)
         rows = {t.id: ghl_task_record(as_payload(t), client.location_id)
                 for batch in found for t in batch if t.contactId in wanted}
-        frames.append(to_frame(list(rows.values()), GHL_TASKS))
-    return pl.concat(frames, rechunk=True)
+        into.add(to_frame(list(rows.values()), GHL_TASKS))
 
 
-async def _read_notes(client: GHLClient, contact_ids: Sequence[str], concurrency: int) -> pl.DataFrame:
+async def _read_notes(client: GHLClient, contact_ids: Sequence[str], concurrency: int, into: Spill) -> None:
     stage = f"snapshot {client.location_id}: note reads"
     bars.begin(stage, len(contact_ids))
 
@@ -522,10 +530,8 @@ async def _read_notes(client: GHLClient, contact_ids: Sequence[str], concurrency
         return [ghl_note_record({"contactId": contact_id, **as_payload(n)},
                                 client.location_id) for n in notes]
 
-    frames = [to_frame([], GHL_NOTES)]
     async for found in _chunked(list(contact_ids), notes_of, concurrency, READ_CHUNK):
-        frames.append(to_frame([row for rows in found for row in rows], GHL_NOTES))
-    return pl.concat(frames, rechunk=True)
+        into.add(to_frame([row for rows in found for row in rows], GHL_NOTES))
 
 
 def _not_read(present: Sequence[str], read: Sequence[str]) -> tuple[str, ...]:
@@ -708,15 +714,34 @@ def resolve_again(store: Store, te: TinyEmailSnapshot, options: SnapshotOptions)
 
 
 async def _normalised(items: Sequence[T], build: Callable[[T], dict[str, Any]], schema: pl.Schema) -> pl.DataFrame:
-    """`build` of every item as a frame of `schema`, `NORMALISE_CHUNK` rows at a time; after each chunk
-    it sleeps as long as the chunk took, so it never holds more than half of the event loop (module
-    docstring, step 2)."""
+    """`build` of every item as one frame of `schema` (`_chunks`)."""
     frames = [to_frame([], schema)]
+    async for frame in _chunks(items, build, schema):
+        frames.append(frame)
+    return pl.concat(frames, rechunk=True)
+
+
+async def _spilled(chunks: AsyncIterator[pl.DataFrame], into: Spill) -> None:
+    """Every chunk written to `into` as it comes (store/spill.py): none is held once written."""
+    async for frame in chunks:
+        into.add(frame)
+
+
+async def _chunks(items: Sequence[T] | list[T | None], build: Callable[[T], dict[str, Any]], schema: pl.Schema, *,
+                  release: bool = False) -> AsyncIterator[pl.DataFrame]:
+    """`build` of every item, as frames of `schema` of `NORMALISE_CHUNK` rows; after each chunk it sleeps as long
+    as the chunk took, so it never holds more than half of the event loop (module docstring, step 2). `release`
+    (`items` a list the caller gave up): each item is dropped from it once built, so the payloads (a first night's
+    every contact, as JSON text) go as their rows are made."""
     for start in range(0, len(items), NORMALISE_CHUNK):
         began = time.perf_counter()
-        frames.append(to_frame([build(item) for item in items[start:start + NORMALISE_CHUNK]], schema))
+        chunk = items[start:start + NORMALISE_CHUNK]
+        if release and isinstance(items, list):
+            items[start:start + len(chunk)] = [None] * len(chunk)
+        frame = to_frame([build(item) for item in chunk], schema)  # type: ignore[arg-type]
+        del chunk
+        yield frame
         await asyncio.sleep(time.perf_counter() - began)
-    return pl.concat(frames, rechunk=True)
 
 
 # ----------------------------------------------------------------------------------- Prefect tasks
@@ -782,26 +807,29 @@ def run_snapshot(settings: Settings, store: Store, locations: Sequence[str], *, 
                       (options.full_sweep if options else False), night_index=night, allow_empty=allow_empty)
     run_id = store.start_run("snapshot", locations)
     progress = Progress()
-    try:
-        previous = {loc: PreviousState.load(store, loc, options.safety_lag_s) for loc in locations}
-        te_previous = _previous_customers(store)
-        loaded = time.perf_counter()
-        results, te = _fetch_all(settings, previous, te_previous, options, progress, ghl_client, tinyemail_client)
-        te = resolve_again(store, te, options)
-        fetched = time.perf_counter()
-        ghl, failed = _without_failed(results, progress)
-        # the results carry their own plan and usage (a task runner may have worked on copies of `progress`)
-        progress.plans.update({f"ghl:{s.location_id}": s.plan.to_json() for s in ghl} | {"tinyemail": te.plan})
-        progress.used.update({f"ghl:{s.location_id}": s.used for s in ghl} | {"tinyemail": te.used})
-        unreadable = unreadable_rows(ghl, te)
-        _check_sides(ghl, te, previous, te_previous.height, options.allow_empty)
-        store.set_plan(run_id, progress.plans)
-        done = [s.location_id for s in ghl]
-        ingest_s, counts = _write(store, run_id, ghl, te, done, started)
-    except BaseException as exc:
-        store.set_plan(run_id, progress.plans)
-        store.finish_run(run_id, "failed", progress.used, error=str(exc) or type(exc).__name__)
-        raise
+    root = spill_root(store.path.parent if store.path is not None else None)
+    with root as spill_dir:  # the GHL rows wait there as Parquet files until the write (store/spill.py)
+        options = replace(options, spill_root=spill_dir)
+        try:
+            previous = {loc: PreviousState.load(store, loc, options.safety_lag_s) for loc in locations}
+            te_previous = _previous_customers(store)
+            loaded = time.perf_counter()
+            results, te = _fetch_all(settings, previous, te_previous, options, progress, ghl_client, tinyemail_client)
+            te = resolve_again(store, te, options)
+            fetched = time.perf_counter()
+            ghl, failed = _without_failed(results, progress)
+            # the results carry their own plan and usage (a task runner may have worked on copies of `progress`)
+            progress.plans.update({f"ghl:{s.location_id}": s.plan.to_json() for s in ghl} | {"tinyemail": te.plan})
+            progress.used.update({f"ghl:{s.location_id}": s.used for s in ghl} | {"tinyemail": te.used})
+            unreadable = unreadable_rows(ghl, te)
+            _check_sides(ghl, te, previous, te_previous.height, options.allow_empty)
+            store.set_plan(run_id, progress.plans)
+            done = [s.location_id for s in ghl]
+            ingest_s, counts = _write(store, run_id, ghl, te, done, started)
+        except BaseException as exc:
+            store.set_plan(run_id, progress.plans)
+            store.finish_run(run_id, "failed", progress.used, error=str(exc) or type(exc).__name__)
+            raise
     store.finish_run(run_id, "succeeded", progress.used, error="; ".join(f"snapshot of {where} failed: {why}"
                                                                          for where, why in failed.items()) or None)
     result = SnapshotResult(run_id, counts, progress.plans, progress.used, ingest_s, time.perf_counter() - t0,
@@ -810,6 +838,12 @@ def run_snapshot(settings: Settings, store: Store, locations: Sequence[str], *, 
              ", ".join(f"{n:,} {entity}" for entity, n in counts.items()), result.wall_s, result.fetch_s, ingest_s,
              "; ".join(f"{where} {_total(used)}" for where, used in progress.used.items()))
     return result
+
+
+def _spill_root(options: SnapshotOptions) -> Path:
+    if options.spill_root is None:
+        raise ValueError("SnapshotOptions.spill_root is not set: run_snapshot sets it (store/spill.py)")
+    return options.spill_root
 
 
 def _total(used: Any) -> str:
@@ -904,10 +938,11 @@ def _write(store: Store, run_id: str, ghl: list[LocationSnapshot], te: TinyEmail
     for snap in ghl:
         for contact_id in snap.deferred:
             store.mark_dirty(snap.location_id, contact_id, "deferred: request budget")
-    frames = {"ghl_contacts": pl.concat([s.contacts for s in ghl]) if ghl else to_frame([], GHL_CONTACTS),
-              "ghl_tasks": pl.concat([s.tasks for s in ghl]) if ghl else to_frame([], GHL_TASKS),
-              "ghl_notes": pl.concat([s.notes for s in ghl]) if ghl else to_frame([], GHL_NOTES),
-              "te_customers": te.customers}
+    frames: dict[str, pl.DataFrame | Spill] = {
+        "ghl_contacts": Spill.joined([s.contacts for s in ghl], GHL_CONTACTS),
+        "ghl_tasks": Spill.joined([s.tasks for s in ghl], GHL_TASKS),
+        "ghl_notes": Spill.joined([s.notes for s in ghl], GHL_NOTES),
+        "te_customers": te.customers}
     watermarks = {(s.location_id, WATERMARK_ENTITY): s.watermark for s in ghl if s.watermark is not None}
     carried = {"te_customers": pl.DataFrame({"email": list(te.customers_carried)}, schema={"email": pl.String}),
                "ghl_contacts": _carried_frame([(s.location_id, s.contacts_carried) for s in ghl]),

@@ -101,6 +101,7 @@ from contact_recon.model.approval import Approval, tripped_guards
 from contact_recon.model.list_tags import ListNames, labels
 from contact_recon.model.records import GHL_CONTACTS, GHL_NOTES, GHL_TASKS, MERGE_SIDE, TINYEMAIL_CUSTOMERS
 from contact_recon.store.files import make_private, private_dir
+from contact_recon.store.spill import Spill
 from contact_recon.systems.redaction import redact
 
 DB_FILE = "recon.duckdb"
@@ -586,7 +587,7 @@ class Store:
 
     # -------------------------------------------------------------------------------- snapshots
 
-    def write_snapshot(self, run_id: str, frames: Mapping[str, pl.DataFrame],
+    def write_snapshot(self, run_id: str, frames: Mapping[str, pl.DataFrame | Spill],
                        watermarks: Mapping[tuple[str, str], str] | None = None, *,
                        location_ids: Iterable[str] | None = None,
                        carried: Mapping[str, pl.DataFrame] | None = None) -> dict[str, int]:
@@ -594,7 +595,8 @@ class Store:
 
         Args:
             run_id: the run the rows belong to; writing the same (run, entity, location) again replaces it.
-            frames: entity name (see ENTITIES) -> frame of exactly that entity's records.py schema.
+            frames: entity name (see ENTITIES) -> frame of exactly that entity's records.py schema, or a `Spill`
+                of it (store/spill.py: its Parquet files are inserted with `read_parquet`, streamed).
             watermarks: (location_id, entity) -> value, committed only together with the frames.
             location_ids: the GHL locations these frames cover, so a location that answered with no
                 rows is recorded as an empty part; by default the locations present in each frame.
@@ -638,21 +640,27 @@ class Store:
             self.con.unregister("_carried_rows")
 
     @staticmethod
-    def _parts_of(entity: str, frame: pl.DataFrame, locations: list[str] | None) -> list[str]:
+    def _parts_of(entity: str, frame: pl.DataFrame | Spill, locations: list[str] | None) -> list[str]:
         if not ENTITIES[entity].has_location:
             return [NO_LOCATION]
-        present = set(frame.get_column("location_id").drop_nulls().unique().to_list())
+        present = set((frame.column("location_id") if isinstance(frame, Spill) else frame.get_column("location_id"))
+                      .drop_nulls().unique().to_list())
         if locations is not None and not present <= set(locations):
             raise StoreError(f"{entity}: rows of locations {sorted(present - set(locations))} not in location_ids")
         return locations if locations is not None else sorted(present)
 
-    def _replace_rows(self, run_id: str, entity: str, frame: pl.DataFrame, parts: list[str]) -> None:
+    def _replace_rows(self, run_id: str, entity: str, frame: pl.DataFrame | Spill, parts: list[str]) -> None:
         spec = ENTITIES[entity]
         if spec.has_location:
             self.con.execute(f"DELETE FROM {spec.table} WHERE run_id = ? AND list_contains(?, location_id)",
                              [run_id, parts])
         else:
             self.con.execute(f"DELETE FROM {spec.table} WHERE run_id = ?", [run_id])
+        if isinstance(frame, Spill):
+            if files := frame.files():  # streamed from the files, never whole in memory
+                self.con.execute(f"INSERT INTO {spec.table} BY NAME SELECT ?::VARCHAR AS run_id, * FROM "
+                                 "read_parquet(?)", [run_id, [str(p) for p in files]])
+            return
         self.con.register("_snapshot_frame", frame)
         try:
             self.con.execute(f"INSERT INTO {spec.table} BY NAME SELECT ?::VARCHAR AS run_id, * FROM _snapshot_frame",
@@ -660,7 +668,7 @@ class Store:
         finally:
             self.con.unregister("_snapshot_frame")
 
-    def _record_parts(self, run_id: str, entity: str, frame: pl.DataFrame, parts: list[str]) -> int:
+    def _record_parts(self, run_id: str, entity: str, frame: pl.DataFrame | Spill, parts: list[str]) -> int:
         """Record the parts written (with their row counts, carried rows included); the rows written."""
         spec = ENTITIES[entity]
         if spec.has_location:
@@ -965,7 +973,11 @@ def _entity(entity: str) -> Entity:
     return ENTITIES[entity]
 
 
-def _check_frame(entity: str, frame: pl.DataFrame) -> None:
+def _check_frame(entity: str, frame: pl.DataFrame | Spill) -> None:
+    if isinstance(frame, Spill):  # each chunk was checked as it was added
+        if frame.schema != _entity(entity).schema:
+            raise StoreError(f"{entity}: spill schema {dict(frame.schema)} is not {dict(_entity(entity).schema)}")
+        return
     _check_schema(entity, frame, _entity(entity).schema)
 
 

@@ -130,10 +130,14 @@ def test_first_snapshot_writes_everything(world: World, monkeypatch: pytest.Monk
     """Every record once; with a read chunk of 7 contacts the tasks and notes become frames a few contacts at a time
     (a first night of a million contacts reads them in chunks of 5,000) and still every one is there once."""
     from contact_recon.stages import snapshot as snapshot_module
+    from contact_recon.store import spill
 
     monkeypatch.setattr(snapshot_module, "READ_CHUNK", read_chunk)
+    monkeypatch.setattr(spill, "FLUSH_ROWS", read_chunk)  # the rows wait on disk in files of that many rows
     offset = world.log_offset(world.ghl)
     result = world.snapshot()
+    assert world.store.path is not None
+    assert not list(world.store.path.parent.glob(f"{spill.PREFIX}*"))  # the spilled rows went with the snapshot
     state = world.state()
     latest = world.latest()
     assert sorted(latest["ghl_contacts"]["contact_id"]) == sorted(c["id"] for c in state["contacts"])
