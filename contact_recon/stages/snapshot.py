@@ -314,7 +314,7 @@ async def fetch_ghl_location(client: GHLClient, previous: PreviousState, options
         root = _spill_root(options)
         fresh = Spill.under(root, f"contacts-{loc}", GHL_CONTACTS)
         tasks, notes = Spill.under(root, f"tasks-{loc}", GHL_TASKS), Spill.under(root, f"notes-{loc}", GHL_NOTES)
-        texts, listing = listing.fresh, replace(listing, fresh=[])  # let go one chunk at a time (`_normalised`)
+        texts, listing = listing.fresh, replace(listing, fresh=[])  # let go one chunk at a time (`_chunks`)
         await _all_or_nothing([
             _read_tasks_and_notes(client, chosen, options.concurrency, used, task_ids, (tasks, notes)),
             _spilled(_chunks(texts, lambda text: ghl_contact_record(json.loads(text), loc, options.region,
@@ -738,9 +738,7 @@ async def _chunks(items: Sequence[T] | list[T | None], build: Callable[[T], dict
         chunk = items[start:start + NORMALISE_CHUNK]
         if release and isinstance(items, list):
             items[start:start + len(chunk)] = [None] * len(chunk)
-        frame = to_frame([build(item) for item in chunk], schema)  # type: ignore[arg-type]
-        del chunk
-        yield frame
+        yield to_frame([build(item) for item in chunk], schema)  # type: ignore[arg-type]
         await asyncio.sleep(time.perf_counter() - began)
 
 
@@ -807,8 +805,8 @@ def run_snapshot(settings: Settings, store: Store, locations: Sequence[str], *, 
                       (options.full_sweep if options else False), night_index=night, allow_empty=allow_empty)
     run_id = store.start_run("snapshot", locations)
     progress = Progress()
-    root = spill_root(store.path.parent if store.path is not None else None)
-    with root as spill_dir:  # the GHL rows wait there as Parquet files until the write (store/spill.py)
+    # the GHL rows wait in `spill_dir` as Parquet files until the write (store/spill.py)
+    with spill_root(store.path.parent if store.path is not None else None) as spill_dir:
         options = replace(options, spill_root=spill_dir)
         try:
             previous = {loc: PreviousState.load(store, loc, options.safety_lag_s) for loc in locations}

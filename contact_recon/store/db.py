@@ -974,14 +974,10 @@ def _entity(entity: str) -> Entity:
 
 
 def _check_frame(entity: str, frame: pl.DataFrame | Spill) -> None:
-    if isinstance(frame, Spill):  # each chunk was checked as it was added
-        if frame.schema != _entity(entity).schema:
-            raise StoreError(f"{entity}: spill schema {dict(frame.schema)} is not {dict(_entity(entity).schema)}")
-        return
     _check_schema(entity, frame, _entity(entity).schema)
 
 
-def _check_schema(what: str, frame: pl.DataFrame, schema: pl.Schema) -> None:
+def _check_schema(what: str, frame: pl.DataFrame | Spill, schema: pl.Schema) -> None:
     if frame.schema != schema:
         raise StoreError(f"{what}: frame schema {dict(frame.schema)} is not {dict(schema)}")
 
