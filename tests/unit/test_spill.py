@@ -71,7 +71,8 @@ def test_the_store_writes_a_spill_as_it_writes_the_frame(tmp_path: Path, monkeyp
                       TINYEMAIL_CUSTOMERS)
         frames = {"ghl_contacts": pl.concat([one.frame(), two.frame()]), "ghl_notes": notes.frame(),
                   "te_customers": te}
-        spilled = {"ghl_contacts": Spill.joined([one, two], GHL_CONTACTS), "ghl_notes": notes, "te_customers": te}
+        spilled: dict[str, pl.DataFrame | Spill] = {"ghl_contacts": Spill.joined([one, two], GHL_CONTACTS),
+                                                    "ghl_notes": notes, "te_customers": te}
         with open_db(tmp_path / "a.duckdb") as a, open_db(tmp_path / "b.duckdb") as b:
             counts_a = a.write_snapshot("r1", frames, location_ids=["L1", "L2"])
             counts_b = b.write_snapshot("r1", spilled, location_ids=["L1", "L2"])
@@ -98,3 +99,26 @@ def test_the_root_goes_on_an_error_and_a_dead_process_root_goes_next_time(tmp_pa
     assert alive.exists() and not stale.exists()
     with spill_root(tmp_path) as root:
         assert root.parent == tmp_path and (root.stat().st_mode & 0o777) == 0o700
+
+
+def test_a_first_night_lets_each_payload_go_once_its_row_is_made(tmp_path: Path) -> None:
+    """`_chunks(release=True)` (the snapshot's contact texts): every text is dropped from the listing's list as its
+    chunk is built, and the rows all reach the spill."""
+    import asyncio
+    import json
+
+    from contact_recon.stages.snapshot import NORMALISE_CHUNK, _chunks, _spilled
+
+    texts: list[str | None] = [json.dumps({"id": f"c{i:04d}", "email": f"p{i}@example.com"})
+                               for i in range(NORMALISE_CHUNK * 2 + 5)]
+    seen: list[int] = []
+
+    def build(text: str) -> dict:
+        seen.append(sum(t is not None for t in texts))  # texts still held while this chunk is built
+        return ghl_contact_record(json.loads(text), "L1")
+
+    spill = Spill(tmp_path, GHL_CONTACTS)
+    asyncio.run(_spilled(_chunks(texts, build, GHL_CONTACTS, release=True), spill))
+    assert texts == [None] * len(texts)
+    assert spill.column("contact_id").to_list() == [f"c{i:04d}" for i in range(len(texts))]
+    assert max(seen[NORMALISE_CHUNK:]) <= len(texts) - NORMALISE_CHUNK  # the first chunk's texts were gone
