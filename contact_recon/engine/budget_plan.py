@@ -14,7 +14,13 @@ contact ids answered in pages of `tasks_page`, notes one `GET /contacts/{id}/not
                                                    (from the previous snapshot), P tasks a page; a batch
                                                    ends on a short page, hence the 1 +
     note_requests(n) = n
-    cost(n)          = contact_pages(N) + task_requests(n) + note_requests(n)
+    cost(n)          = contact_pages(N) + task_requests(max(n, T)) + note_requests(n)
+
+T is the number of contacts whose tasks are searched even when their notes are not: the changed and
+dirty ones when `contact_pages(N) + task_requests(changed + dirty)` fits the allowance, else 0. Tasks
+make the fact tags (`ghl:open-task`, `ghl:overdue`); a contact deferred for want of note requests must
+not read as having no task (a first night larger than the day's allowance defers most contacts, and a
+task search answers for 100 contacts at once, a note request for one).
 
 `n` is the number of contacts whose tasks and notes are fetched: the `changed` ones (new, or whose
 `dateUpdated` moved past the watermark minus the safety lag), the `dirty` ones (marked by webhooks) and
@@ -26,7 +32,8 @@ writes). In priority order:
 1. the contact listing must fit (`cost(0) <= available`), else the plan is `insufficient`: a listing
    cut short would read as deletions, so the stage refuses to start;
 2. changed, then dirty contacts: what does not fit is `deferred` (the stage marks those contacts dirty,
-   so they come first tomorrow);
+   so they come first tomorrow); a deferred contact's tasks are still searched when T covers it
+   (`deferred_tasks_read`), only its notes wait;
 3. the sweep gets the largest s with `cost(changed + dirty + s) <= available`; when s is below the
    wanted slice the plan says so in `reason`.
 `daily_remaining=None` means no daily limit: nothing is shrunk.
@@ -60,6 +67,7 @@ class RequestPlan:
     write_reserve: int
     status: str  # "ok" | "shrunk" | "insufficient"
     reason: str | None = None
+    deferred_tasks_read: bool = False  # the deferred contacts' tasks are searched tonight (only notes wait)
 
     @property
     def total(self) -> int:
@@ -109,18 +117,25 @@ def plan_requests(contacts_total: int, changed: int, dirty: int, sweep_k: int, t
     wanted = math.ceil(others / sweep_k) if sweep_candidates is None else sweep_candidates
     pages = contact_pages(contacts_total)
 
+    def tasks(n: int) -> int:
+        return task_requests(n, tasks_batch, tasks_per_contact, tasks_page)
+
+    available = None if daily_remaining is None else daily_remaining - write_reserve
+    # T of the module docstring: the changed and dirty contacts' tasks when those searches fit, else none
+    tasks_of = changed + dirty if available is None or pages + tasks(changed + dirty) <= available else 0
+
     def cost(n: int) -> int:
-        return pages + task_requests(n, tasks_batch, tasks_per_contact, tasks_page) + n
+        return pages + tasks(max(n, tasks_of)) + n
 
     def plan(n_changed: int, n_dirty: int, sweep: int, status: str, reason: str | None) -> RequestPlan:
         n = n_changed + n_dirty + sweep
-        return RequestPlan(pages, task_requests(n, tasks_batch, tasks_per_contact, tasks_page), n, n_changed,
-                           n_dirty, sweep, wanted, changed + dirty - n_changed - n_dirty, daily_remaining,
-                           write_reserve, status, reason)
+        deferred = changed + dirty - n_changed - n_dirty
+        searched = max(n, tasks_of) if status != "insufficient" else 0
+        return RequestPlan(pages, tasks(searched), n, n_changed, n_dirty, sweep, wanted, deferred, daily_remaining,
+                           write_reserve, status, reason, deferred_tasks_read=deferred > 0 and searched > n)
 
-    if daily_remaining is None:
+    if available is None:  # no daily limit: nothing is cut
         return plan(changed, dirty, wanted, "ok", None)
-    available = daily_remaining - write_reserve
     if cost(0) > available:
         return plan(0, 0, 0, "insufficient",
                     f"the contact listing needs {cost(0)} requests but only {max(0, available)} are left "

@@ -36,10 +36,14 @@ Per GHL location (`fetch_ghl_location`, the Prefect task `snapshot_ghl_location`
    - *sweep*: the others whose `crc32(contact_id) % K == night_index % K` (K = `notes_sweep_k`, 30;
      night_index = the run's UTC date ordinal): every contact is swept once every K nights, catching
      what dateUpdated and webhooks miss (a note or task write never moves the contact's dateUpdated).
-   The plan is made with the exact counts before any task or note request; when the allowance is
+   The plan is made with the exact counts before any task or note request, and with the allowance the
+   server reported on the listing's answers (`X-RateLimit-Daily-Remaining`), not the one this process
+   assumed before its first answer (another run may have spent part of today's); when the allowance is
    short the sweep shrinks (first ids of the slice in id order), then changed/dirty contacts are
    deferred and marked dirty so they come first tomorrow.
-4. Tasks: the bulk task search in batches of 100 contact ids, for the chosen contacts only. Tasks are
+4. Tasks: the bulk task search in batches of 100 contact ids, for the chosen contacts only, and for the
+   deferred ones too when those searches fit (`plan.deferred_tasks_read`: a deferred contact's notes wait,
+   its tasks, which make the fact tags, are still read: 100 contacts a request). Tasks are
    bulk-cheap (all of them would cost ~2% of the contacts in requests), but a task write does not
    move dateUpdated either, so a full read would still not make the per-contact signal exact; reading
    tasks with the notes keeps "an unchanged contact costs no request" and one rule for both (webhooks
@@ -308,9 +312,12 @@ async def fetch_ghl_location(client: GHLClient, previous: PreviousState, options
         listing = listing.resolving(custom_keys)
         carried = [u.key for u in unreadable if u.key is not None and u.key not in listing.present]
         present = listing.present | set(carried)
+        # the server's word now (the listing's X-RateLimit-Daily-Remaining), not what this process assumed
+        # before its first answer: an earlier run today, or a limit set above the server's, leaves less
+        daily = _allowance_now(client, daily)
         plan, chosen, dirty_read, deferred = _choose(present, listing.changed, previous, options, daily)
         progress.plans[key] = plan.to_json()
-        task_ids, all_tasks = _task_contacts(listing.present, chosen, previous.tasks_dirty, plan, daily)
+        task_ids, all_tasks = _task_contacts(listing.present, chosen, deferred, previous.tasks_dirty, plan, daily)
         root = _spill_root(options)
         fresh = Spill.under(root, f"contacts-{loc}", GHL_CONTACTS)
         tasks, notes = Spill.under(root, f"tasks-{loc}", GHL_TASKS), Spill.under(root, f"notes-{loc}", GHL_NOTES)
@@ -374,6 +381,16 @@ def _older_than_our_write(contact: Contact, written: dict[str, datetime]) -> boo
 
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _allowance_now(client: GHLClient, before: int | None) -> int | None:
+    """Today's requests left for the plan: the lower of what the budget said before the listing and what it says
+    after it (the server's last `X-RateLimit-Daily-Remaining` when an answer carried one). The plan counts the
+    listing's pages in its cost either way, so either figure errs on the safe side."""
+    now = client.budget_snapshot().daily_remaining
+    if now is None or before is None:  # one side knows no daily limit: the other's word (None if neither knows)
+        return before if now is None else now
+    return min(before, now)  # both known: the tighter one
 
 
 def _check_listing_fits(key: str, previous_count: int, daily: int | None, reserve: int) -> None:
@@ -478,15 +495,17 @@ def _choose(present: set[str], changed: set[str], previous: PreviousState, optio
     return plan, chosen, dirty_read, deferred
 
 
-def _task_contacts(present: set[str], chosen: list[str], tasks_dirty: bool, plan: RequestPlan,
-                   daily: int | None) -> tuple[list[str], bool]:
-    """Whose tasks to search tonight, and whether that is every present contact: the chosen contacts, or all
-    when the location's tasks are marked and the allowance left after the plan has room for the extra searches."""
-    if not tasks_dirty:  # the usual night: tasks go with the notes
-        return chosen, False
-    extra = -(-len(present) // TASK_SEARCH_BATCH) - -(-len(chosen) // TASK_SEARCH_BATCH)
+def _task_contacts(present: set[str], chosen: list[str], deferred: Sequence[str], tasks_dirty: bool,
+                   plan: RequestPlan, daily: int | None) -> tuple[list[str], bool]:
+    """Whose tasks to search tonight, and whether that is every present contact: the chosen contacts (with the
+    deferred ones when the plan has room for their searches: only their notes wait), or all when the location's
+    tasks are marked and the allowance left after the plan has room for the extra searches."""
+    wanted = sorted({*chosen, *deferred}) if plan.deferred_tasks_read else chosen
+    if not tasks_dirty:  # the usual night: tasks go with the notes (and the deferred contacts' when they fit)
+        return wanted, False
+    extra = -(-len(present) // TASK_SEARCH_BATCH) - -(-len(wanted) // TASK_SEARCH_BATCH)
     if daily is not None and plan.total + extra > daily - plan.write_reserve:  # no room: the mark waits a night
-        return chosen, False
+        return wanted, False
     return sorted(present), True
 
 
@@ -554,8 +573,8 @@ async def fetch_tinyemail(client: TinyEmailClient, options: SnapshotOptions, pro
     with _failing_as("tinyemail"):
         used = _Used(client.stats)
         lists = await client.lists()
-        plan = {"lists": 1, "member_pages": sum((lst.numberOfMembers or 0) // client.page_size + 1
-                                                for lst in lists)}
+        pages = sum((lst.numberOfMembers or 0) // client.page_size + 1 for lst in lists)
+        plan = {"lists": 1, "member_pages": pages, "total": 1 + pages}  # requests; "changed" below counts records
         progress.plans["tinyemail"] = plan
         audience = _Audience(_digests(previous) if previous is not None and not options.full_sweep else frozenset())
 
@@ -934,8 +953,7 @@ def _write(store: Store, run_id: str, ghl: list[LocationSnapshot], te: TinyEmail
     """Mark deferred contacts dirty, write everything in one transaction (the tasks and notes not read tonight
     copied over inside the store), then clear the dirty marks read; the seconds the write took, the rows written."""
     for snap in ghl:
-        for contact_id in snap.deferred:
-            store.mark_dirty(snap.location_id, contact_id, "deferred: request budget")
+        store.mark_dirty_many(snap.location_id, snap.deferred, "deferred: request budget")
     frames: dict[str, pl.DataFrame | Spill] = {
         "ghl_contacts": Spill.joined([s.contacts for s in ghl], GHL_CONTACTS),
         "ghl_tasks": Spill.joined([s.tasks for s in ghl], GHL_TASKS),

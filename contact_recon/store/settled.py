@@ -34,6 +34,7 @@ DIGESTS = pl.Schema({"key": pl.String(), "contact_id": pl.String(), "email": pl.
 SETTLE = pl.Schema({**DIGESTS, "person_case": pl.String()})  # a row the plan stage saves for the advance
 UNCHANGED = pl.Schema({"key": pl.String(), "person_case": pl.String(), "on_ghl": pl.Boolean(),
                        "on_tinyemail": pl.Boolean()})
+PEOPLE_BATCH = 100_000  # people per digest query: a night of 100,000 contacts ran as one within 256 MB
 _COMPARED = ("contact_id", "email", "ghl_hash", "te_hash", "tasks_hash", "facts")
 
 
@@ -44,15 +45,19 @@ class Settled:
         self.store = store
 
     def _digest_sql(self, today: str) -> tuple[str, list[object]]:
-        """SQL over the registered `_people` (key, contact_id, email, location_id): DIGESTS per person."""
+        """SQL over the registered `_people` (key, contact_id, email, location_id): DIGESTS per person. Every
+        part reads only the rows of `_people` (semi joins) so that its aggregates, which keep their groups in
+        memory (string_agg with ORDER BY), hold one batch of people, not the whole snapshot (`_with_people`)."""
         ghl, ghl_params = self.store.latest_sql("ghl_contacts")
         te, te_params = self.store.latest_sql("te_customers")
         tasks, task_params = self.store.latest_sql("ghl_tasks")
         open_ = "NOT coalesce(t.completed, false)"
         sql = f"""
-            WITH g AS ({ghl}), t AS ({tasks}),
-            c AS (SELECT email, string_agg(content_hash, ',' ORDER BY content_hash) AS content_hash FROM ({te})
-                  GROUP BY email),
+            WITH g AS (SELECT x.contact_id, x.location_id, x.content_hash FROM ({ghl}) x
+                       SEMI JOIN _people p ON p.contact_id = x.contact_id AND p.location_id = x.location_id),
+            t AS ({tasks}),
+            c AS (SELECT x.email, string_agg(x.content_hash, ',' ORDER BY x.content_hash) AS content_hash
+                  FROM ({te}) x SEMI JOIN _people p ON p.email = x.email GROUP BY x.email),
             k AS (SELECT t.contact_id, t.location_id,
                          md5(string_agg(t.content_hash, ',' ORDER BY t.task_id)) AS tasks_hash,
                          concat_ws(',', CASE WHEN bool_or({open_}) THEN 'open' END,
@@ -69,19 +74,21 @@ class Settled:
         return sql, [*ghl_params, *task_params, *te_params, today]
 
     def digests(self, people: pl.DataFrame, today: str) -> pl.DataFrame:
-        """DIGESTS of `people` (key, contact_id, email, location_id) as the latest snapshot holds them, on `today`."""
+        """DIGESTS of `people` (key, contact_id, email, location_id) as the latest snapshot holds them, on `today`,
+        in key order."""
         sql, params = self._digest_sql(today)
-        return self._with_people(people, f"SELECT * FROM ({sql}) ORDER BY key", params).cast(DIGESTS)
+        return self._with_people(people, f"SELECT * FROM ({sql}) ORDER BY key", params, DIGESTS)
 
     def unchanged(self, people: pl.DataFrame, generation: str, today: str) -> pl.DataFrame:
-        """UNCHANGED: those of `people` settled in this `generation` whose every digest and base row is as then."""
+        """UNCHANGED: those of `people` settled in this `generation` whose every digest and base row is as then,
+        in key order."""
         sql, params = self._digest_sql(today)
         same = " AND ".join(f"s.{name} IS NOT DISTINCT FROM d.{name}" for name in _COMPARED)
         query = (f"SELECT s.key, s.person_case, d.ghl_hash IS NOT NULL AS on_ghl, "
                  f"d.te_hash IS NOT NULL AS on_tinyemail FROM ({sql}) d JOIN settled s ON s.key = d.key "
                  f"LEFT JOIN base b ON b.key = d.key "
                  f"WHERE s.generation = ? AND {same} AND s.base_at IS NOT DISTINCT FROM b.updated_at ORDER BY s.key")
-        return self._with_people(people, query, [*params, generation]).cast(UNCHANGED)
+        return self._with_people(people, query, [*params, generation], UNCHANGED)
 
     def replace(self, keys: Sequence[str], rows: pl.DataFrame, generation: str, run_id: str) -> int:
         """Forget the settled rows of `keys` (the people a plan had in play), then settle `rows` (SETTLE) with
@@ -100,12 +107,19 @@ class Settled:
     def count(self) -> int:
         return int(self.store.con.execute("SELECT count(*) FROM settled").fetchall()[0][0])
 
-    def _with_people(self, people: pl.DataFrame, sql: str, params: list[object]) -> pl.DataFrame:
-        self.store.con.register("_people", people.select("key", "contact_id", "email", "location_id"))
-        try:
-            return self.store._frame(sql, params)
-        finally:
-            self.store.con.unregister("_people")
+    def _with_people(self, people: pl.DataFrame, sql: str, params: list[object], schema: pl.Schema) -> pl.DataFrame:
+        """`sql` over `people` registered as `_people`, PEOPLE_BATCH people at a time in key order, so a query
+        ordered by key gives the rows of everyone in key order. One query over a million people (a first night,
+        or a night after a generation change) ran out of the store's memory limit in its ordered aggregates."""
+        people = people.select("key", "contact_id", "email", "location_id").sort("key")
+        parts = []
+        for start in range(0, max(1, people.height), PEOPLE_BATCH):
+            self.store.con.register("_people", people.slice(start, PEOPLE_BATCH))
+            try:
+                parts.append(self.store._frame(sql, params).cast(schema))
+            finally:
+                self.store.con.unregister("_people")
+        return pl.concat(parts) if len(parts) > 1 else parts[0]
 
 
 __all__ = ["DIGESTS", "SETTLE", "UNCHANGED", "Settled"]

@@ -98,3 +98,25 @@ def test_applying_a_night_planned_in_part_converges_as_before(world: World) -> N
     same_plans(after, whole)
     left = whole.plan.filter((pl.col("kind") != "identity_review") & (pl.col("status") == "planned"))
     assert left.height == 0, left.select("target", "kind", "key", "field", "reason", "status").rows()[:10]
+
+
+def test_the_digests_read_in_batches_of_people_are_those_of_one_query(world: World,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Settled` reads a million people's digests a batch at a time (one query ran out of DuckDB's memory limit):
+    in batches of 7 the digests and the unchanged people are row for row those of one query, in key order."""
+    from contact_recon.store import settled as settled_module
+
+    settled_world(world)
+    world.drift(12, seed=3)
+    plan(world, everyone=False)  # tonight's snapshot: a few of the settled people changed
+    who = world.store._frame("SELECT key, contact_id, email, location_id FROM settled")
+    generation = world.store.con.execute("SELECT any_value(generation) FROM settled").fetchall()[0][0]
+    today = "2026-12-04"
+    whole = Settled(world.store).digests(who, today), Settled(world.store).unchanged(who, generation, today)
+    monkeypatch.setattr(settled_module, "PEOPLE_BATCH", 7)
+    part = Settled(world.store).digests(who, today), Settled(world.store).unchanged(who, generation, today)
+    assert who.height > 8 * 7 and whole[0].height == who.height
+    assert 0 < whole[1].height < who.height  # the drift unsettled some: the comparison is not vacuous
+    assert whole[0]["key"].to_list() == sorted(who["key"]) and whole[1]["key"].is_sorted()
+    assert_frame_equal(part[0], whole[0])
+    assert_frame_equal(part[1], whole[1])

@@ -13,6 +13,7 @@ import asyncio
 import copy
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -279,6 +280,27 @@ def test_the_planner_shrinks_the_sweep_when_the_allowance_is_low(world: World) -
     assert len(world.notes_requested(offset)) == plan["note_requests"]
 
 
+def test_the_plan_follows_the_allowance_the_server_reports_not_the_one_assumed(world: World) -> None:
+    """The client assumes a whole day (200,000 requests) but the server has 40 left (an earlier run spent the rest):
+    the plan, made after the listing, takes the server's word, reads what fits and defers the others; no request
+    is refused and the snapshot completes (at a million contacts the first night needs five days' allowance)."""
+    world.ghl.app.state.control.limiter.daily_limit = 40
+    options = SnapshotOptions(sweep_k=8, write_reserve=15, concurrency=4)
+    offset = world.log_offset(world.ghl)
+    result = world.snapshot(night=0, options=options)
+    plan = result.plans[f"ghl:{world.location}"]
+    used = world.requests_since(world.ghl, offset)
+    assert [r for r in used if r["status"] == 429] == []
+    assert plan["status"] == "shrunk" and plan["daily_remaining"] == 40 - plan["contact_pages"]
+    assert plan["deferred"] > 0 and plan["changed"] + plan["deferred"] == len(world.state()["contacts"])
+    assert len(used) == result.used[f"ghl:{world.location}"]["total"] <= 40 - 15
+    assert world.store.dirty_contacts().height == plan["deferred"]
+    # only the deferred contacts' notes wait: their tasks (the fact tags) are read tonight, all of them
+    state = world.state()
+    assert plan["deferred_tasks_read"] and world.store.latest_snapshot("ghl_tasks").height == len(state["tasks"])
+    assert sorted(world.store.latest_snapshot("ghl_tasks")["task_id"]) == sorted(t["id"] for t in state["tasks"])
+
+
 def test_contacts_deferred_by_a_short_allowance_are_marked_dirty_and_read_next(world: World) -> None:
     world.daily_limit = 40
     options = SnapshotOptions(sweep_k=8, write_reserve=15, concurrency=4)
@@ -426,6 +448,11 @@ def test_recon_snapshot_command(world: World, monkeypatch: pytest.MonkeyPatch) -
     ok = runner.invoke(app, ["snapshot", "--full-sweep"], catch_exceptions=False)
     assert ok.exit_code == 0, ok.output
     assert "rows ghl_contacts" in ok.output and "requests planned / used" in ok.output
+    # TinyEmail's plan counts requests (the lists, then each list's member pages), not the records it read
+    te_row = re.search(r"tinyemail requests planned / used\W+([\d,]+) / ([\d,]+)", ok.output)
+    assert te_row is not None, ok.output
+    te_planned, te_used = te_row.groups()
+    assert te_planned == te_used and int(te_used.replace(",", "")) > 1
     monkeypatch.setenv("RECON_TINYEMAIL_API_KEY", "wrong-key-0123456789")
     failed = runner.invoke(app, ["snapshot", "--location", world.location], catch_exceptions=False)
     assert failed.exit_code == 1

@@ -78,3 +78,36 @@ def test_sweep_candidates_override_the_estimate_and_k_must_be_positive() -> None
 def test_plan_json_carries_the_total() -> None:
     plan = plan_requests(1000, 10, 5, 10, 100, 80, 20)
     assert plan.to_json()["total"] == plan.total == plan.contact_pages + plan.task_requests + plan.note_requests
+
+
+@pytest.mark.parametrize(("contacts", "changed", "daily", "reserve", "notes", "tasks", "tasks_read"), [
+    # a first night of a million contacts at GHL's 200,000 a day: 2,001 listing pages, every contact's tasks
+    # (10,000 batches of 2 pages), and the notes of what is left: 200,000 - 20,000 - 2,001 - 20,000
+    (1_000_000, 1_000_000, 200_000, 20_000, 157_999, 20_000, True),
+    # 12 available: listing 3, the 15 changed+dirty contacts' tasks 2, notes of 7
+    (1000, 15, 32, 20, 7, 2, True),
+    # 500 changed contacts' tasks (10 requests) do not fit beside the listing: tasks go with the notes only
+    (1000, 500, 30, 20, 5, 2, False),
+])
+def test_deferred_contacts_still_have_their_tasks_searched_when_those_fit(
+        contacts: int, changed: int, daily: int, reserve: int, notes: int, tasks: int, tasks_read: bool) -> None:
+    """Tasks make the fact tags: a contact whose notes wait for want of requests still has its tasks read when
+    the searches (100 contacts a request) fit, so it does not read as having no open task."""
+    plan = plan_requests(contacts, changed, 0, 30, 100, daily, reserve)
+    assert plan.status == "shrunk" and plan.deferred == changed - notes
+    assert (plan.note_requests, plan.task_requests, plan.deferred_tasks_read) == (notes, tasks, tasks_read)
+    assert plan.total <= daily - reserve
+    assert plan.to_json()["deferred_tasks_read"] is tasks_read
+
+
+def test_nothing_deferred_reads_tasks_with_the_notes_as_before() -> None:
+    checked = 0
+    for daily in range(25, 400, 3):
+        plan = plan_requests(5000, 40, 20, 30, 100, daily, 20, sweep_candidates=160)
+        if plan.status == "insufficient" or plan.deferred:
+            continue
+        checked += 1
+        assert not plan.deferred_tasks_read
+        assert plan.task_requests == task_requests(plan.fetched, 100)
+        assert plan.total <= daily - 20
+    assert checked > 50  # most allowances here fit every changed and dirty contact

@@ -428,3 +428,26 @@ def test_dirty_marks_arriving_during_a_refetch_survive_it(store, clock: Clock) -
     store.mark_dirty("L1", "c2", "NoteUpdate")  # arrives while the refetch runs
     store.clear_dirty([("L1", "c1"), ("L1", "c2")], marked_before=refetch_started + timedelta(microseconds=1))
     assert store.dirty_contacts()["contact_id"].to_list() == ["c2"]
+
+
+def test_many_dirty_marks_go_in_one_statement_and_clear_only_their_own(store, clock: Clock) -> None:
+    """A first snapshot larger than the day's allowance defers most contacts: marked in bulk (a repeated id once,
+    a mark already there re-dated), then cleared in bulk for one location only, a newer mark kept."""
+    store.mark_dirty("L1", "c0", "NoteCreate")
+    clock.advance(seconds=1)
+    ids = [f"c{i}" for i in range(20_000)]
+    assert store.mark_dirty_many("L1", [*ids, "c7"], "deferred: request budget") == 20_000
+    assert store.mark_dirty_many("L2", ["c1"], "deferred: request budget") == 1
+    assert store.mark_dirty_many("L1", [], "deferred: request budget") == 0
+    marks = store.dirty_contacts()
+    assert marks.height == 20_001
+    assert set(marks.filter(pl.col("contact_id") == "c0")["reason"]) == {"deferred: request budget"}
+    read_started = clock()
+    clock.advance(seconds=1)
+    store.mark_dirty("L1", "c5", "NoteUpdate")  # arrives while the refetch runs
+    store.clear_dirty([("L1", c) for c in ids[:10_000]], marked_before=read_started + timedelta(microseconds=1))
+    left = store.dirty_contacts()
+    assert sorted(left.filter(pl.col("location_id") == "L1")["contact_id"]) == sorted(["c5", *ids[10_000:]])
+    assert left.filter(pl.col("location_id") == "L2")["contact_id"].to_list() == ["c1"]
+    store.clear_dirty([], marked_before=clock())
+    assert store.dirty_contacts().height == left.height
