@@ -864,12 +864,16 @@ def _spill_root(options: SnapshotOptions) -> Path:
 
 
 def _total(used: Any) -> str:
-    """A system's requests used, summed over kinds, e.g. "412 (search 120, notes 290, ...)"."""
+    """A system's requests used and where they went, e.g. "412 (contacts 2, tasks 120, notes 290, rate_limited 0,
+    retried 0)": the run's `total` (`_Used`), else the sum of its phases; `rate_limited` and `retried` are counts of
+    the same requests (a 429, a retry), never added to it."""
     if not isinstance(used, dict):
         return str(used)
-    numbers = {kind: n for kind, n in used.items() if isinstance(n, int)}
-    return f"{sum(numbers.values()):,}" + (f" ({', '.join(f'{k} {v:,}' for k, v in numbers.items())})"
-                                           if len(numbers) > 1 else "")
+    numbers = {kind: n for kind, n in used.items() if isinstance(n, int) and not isinstance(n, bool)}
+    total = numbers.pop("total", None)
+    if total is None:
+        total = sum(n for kind, n in numbers.items() if kind not in ("rate_limited", "retried"))
+    return f"{total:,}" + (f" ({', '.join(f'{k} {v:,}' for k, v in numbers.items())})" if numbers else "")
 
 
 def _fetch_all(settings: Settings, previous: dict[str, PreviousState], te_previous: pl.DataFrame,

@@ -87,7 +87,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -105,6 +105,7 @@ from contact_recon.store.spill import Spill
 from contact_recon.systems.redaction import redact
 
 DB_FILE = "recon.duckdb"
+WRITE_BATCH = 100_000  # rows per upsert statement: one of 1,000,000 base rows ran out of the 256 MB limit
 DEFAULT_MEMORY_LIMIT = "256MB"  # DuckDB's buffers: reads of whole tables leave them; see memory_limit()
 NO_LOCATION = ""  # snapshot_parts.location_id of entities that have no location (TinyEmail)
 
@@ -359,6 +360,15 @@ def columns_but(entity: str, *kept: str) -> list[str]:
     return [name for name in _entity(entity).schema if name not in kept]
 
 
+def batches(frame: pl.DataFrame, size: int | None = None) -> Iterator[pl.DataFrame]:
+    """`frame` in slices of `size` rows (default WRITE_BATCH; at least one slice, empty when the frame is): a
+    statement's working memory (an upsert's index probes, a join's hash table) stays within the store's limit
+    however large the frame, and inside one transaction the slices still commit together."""
+    size = size or WRITE_BATCH
+    for start in range(0, max(1, frame.height), size):
+        yield frame.slice(start, size)
+
+
 def memory_limit() -> str:
     """DuckDB's memory limit for the store: RECON_DUCKDB_MEMORY_LIMIT, default DEFAULT_MEMORY_LIMIT."""
     return os.environ.get("RECON_DUCKDB_MEMORY_LIMIT", "").strip() or DEFAULT_MEMORY_LIMIT
@@ -464,10 +474,11 @@ class Store:
         self.con.begin()
         try:
             yield
+            self.con.commit()  # a commit that fails is rolled back as well, so the connection stays usable
         except BaseException:
-            self.con.rollback()
+            with suppress(duckdb.TransactionException):  # a failed commit may have ended the transaction already
+                self.con.rollback()
             raise
-        self.con.commit()
 
     def _frame(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         frame: pl.DataFrame = self.con.sql(sql, params=list(params) if params else None).pl()
@@ -795,8 +806,9 @@ class Store:
         if not set(PRESENCE) <= set(frame.columns):
             frame = frame.with_columns(**{name: pl.lit(None, pl.Boolean) for name in PRESENCE})
         frame = frame.select(*MERGE_SIDE, *PRESENCE)
-        self._insert("INSERT OR REPLACE INTO base BY NAME SELECT *, ?::TIMESTAMPTZ AS updated_at, "
-                     "?::VARCHAR AS run_id FROM _frame", frame, [self.clock(), run_id])
+        for part in batches(frame):
+            self._insert("INSERT OR REPLACE INTO base BY NAME SELECT *, ?::TIMESTAMPTZ AS updated_at, "
+                         "?::VARCHAR AS run_id FROM _frame", part, [self.clock(), run_id])
 
     def base_contact_ids(self) -> pl.Series:
         """The contact ids of the base rows that are (or, saved before migration 4, may be) in GHL."""
@@ -943,9 +955,15 @@ class Store:
         """Run `sql` with `frame` registered as `_frame` (an Arrow scan, no copy through Python)."""
         self.con.register("_frame", frame)
         try:
-            return self.con.execute(sql, list(params)).fetchall()
-        finally:
-            self.con.unregister("_frame")
+            rows = self.con.execute(sql, list(params)).fetchall()
+        except BaseException:
+            # a failed statement aborts the caller's transaction, and DuckDB then refuses the unregister too
+            # ("Current transaction is aborted"): the statement's own error (an out-of-memory, say) is the one to raise
+            with suppress(duckdb.TransactionException):
+                self.con.unregister("_frame")
+            raise
+        self.con.unregister("_frame")
+        return rows
 
 
 _RECENT_RUNS_SQL = """

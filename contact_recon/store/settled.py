@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from contact_recon.store.db import Store
+from contact_recon.store.db import Store, batches
 
 DIGESTS = pl.Schema({"key": pl.String(), "contact_id": pl.String(), "email": pl.String(),
                      "location_id": pl.String(), "ghl_hash": pl.String(), "te_hash": pl.String(),
@@ -94,14 +94,14 @@ class Settled:
         """Forget the settled rows of `keys` (the people a plan had in play), then settle `rows` (SETTLE) with
         their base rows' `updated_at`; inside the caller's transaction. How many were settled."""
         store = self.store
-        store._insert("DELETE FROM settled WHERE key IN (SELECT key FROM _frame)",
-                      pl.DataFrame({"key": list(keys)}, schema={"key": pl.String()}))
+        for part in batches(pl.DataFrame({"key": list(keys)}, schema={"key": pl.String()})):
+            store._insert("DELETE FROM settled WHERE key IN (SELECT key FROM _frame)", part)
         if rows.height == 0:
             return 0
-        store._insert("INSERT OR REPLACE INTO settled BY NAME SELECT f.*, b.updated_at AS base_at, "
-                      "?::VARCHAR AS generation, ?::VARCHAR AS run_id, ?::TIMESTAMPTZ AS settled_at "
-                      "FROM _frame f LEFT JOIN base b ON b.key = f.key",
-                      rows.select(list(SETTLE)).cast(SETTLE), [generation, run_id, store.clock()])
+        for part in batches(rows.select(list(SETTLE)).cast(SETTLE)):
+            store._insert("INSERT OR REPLACE INTO settled BY NAME SELECT f.*, b.updated_at AS base_at, "
+                          "?::VARCHAR AS generation, ?::VARCHAR AS run_id, ?::TIMESTAMPTZ AS settled_at "
+                          "FROM _frame f LEFT JOIN base b ON b.key = f.key", part, [generation, run_id, store.clock()])
         return rows.height
 
     def count(self) -> int:
