@@ -50,7 +50,8 @@ def advance(store: Store, run_dir: Path, journal: pl.DataFrame, run_id: str, con
     step = advanced(state, journal, consent, list_prefix)
     settle = state["settle"]
     generation = settle["generation"][0] if settle.height else ""
-    with store.transaction():
+    # the transaction's own rows' key index stays in memory: the limit grows with a first night's million people
+    with store.memory_for_rows(step.base.height + settle.height), store.transaction():
         store.delete_base(step.gone_keys)
         store.delete_id_map(step.recreated)
         store.save_base(step.base, run_id)

@@ -84,6 +84,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -106,6 +107,12 @@ from contact_recon.systems.redaction import redact
 
 DB_FILE = "recon.duckdb"
 WRITE_BATCH = 100_000  # rows per upsert statement: one of 1,000,000 base rows ran out of the 256 MB limit
+# what a transaction's upserts hold in memory per row beyond the limit: the keys' index of the transaction's
+# own rows does not spill (a first night's 1,000,000 base and 1,000,000 settled rows needed more than 256 MB and
+# went through with 768 MB: about 256 bytes a row)
+TRANSACTION_ROW_BYTES = 320
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 DEFAULT_MEMORY_LIMIT = "256MB"  # DuckDB's buffers: reads of whole tables leave them; see memory_limit()
 NO_LOCATION = ""  # snapshot_parts.location_id of entities that have no location (TinyEmail)
 
@@ -374,6 +381,14 @@ def memory_limit() -> str:
     return os.environ.get("RECON_DUCKDB_MEMORY_LIMIT", "").strip() or DEFAULT_MEMORY_LIMIT
 
 
+def limit_bytes(text: str) -> int | None:
+    """A DuckDB memory size ("256MB", "1.5 GiB") in bytes; None when it is not one (a percentage, say)."""
+    found = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    if found is None or found.group(2).upper() not in _UNITS:
+        return None
+    return int(float(found.group(1)) * _UNITS[found.group(2).upper()])
+
+
 def _connect(path: str, wait_s: float | None) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + (wait_s or 0.0)
     while True:
@@ -479,6 +494,23 @@ class Store:
             with suppress(duckdb.TransactionException):  # a failed commit may have ended the transaction already
                 self.con.rollback()
             raise
+
+    @contextmanager
+    def memory_for_rows(self, rows: int) -> Iterator[None]:
+        """DuckDB's limit raised by TRANSACTION_ROW_BYTES a row while a transaction writes `rows` rows (a first
+        night's advance of a million people), then set back to the configured limit. Nothing changes for a few
+        thousand rows, or when the configured limit is not a size."""
+        configured = memory_limit()
+        base = limit_bytes(configured)
+        extra = rows * TRANSACTION_ROW_BYTES
+        if base is None or extra < 32 * 2**20:
+            yield
+            return
+        self.con.execute("SET memory_limit = ?", [f"{(base + extra) // 2**20}MiB"])
+        try:
+            yield
+        finally:
+            self.con.execute("SET memory_limit = ?", [configured])
 
     def _frame(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         frame: pl.DataFrame = self.con.sql(sql, params=list(params) if params else None).pl()

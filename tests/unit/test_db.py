@@ -429,6 +429,24 @@ def test_a_statement_failing_inside_a_transaction_raises_its_own_error_and_leave
     assert store.load_base()["key"].to_list() == ["c1"]
 
 
+def test_a_large_transaction_gets_a_larger_memory_limit_and_gives_it_back(store, monkeypatch) -> None:
+    def limit() -> int | None:
+        return db.limit_bytes(store.con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+
+    configured = limit()
+    assert configured is not None and abs(configured - 256 * 10**6) < 2**20
+    with store.memory_for_rows(10):  # a night's few rows: the configured limit
+        assert limit() == configured
+    with store.memory_for_rows(2_000_000):  # a first night's million base and settled rows
+        grown = limit()
+        assert grown is not None and grown - configured > 2_000_000 * db.TRANSACTION_ROW_BYTES * 0.99
+    assert limit() == configured
+    monkeypatch.setenv("RECON_DUCKDB_MEMORY_LIMIT", "80%")  # not a size: left alone
+    with store.memory_for_rows(2_000_000):
+        assert limit() == configured
+    assert db.limit_bytes("1.5 GiB") == 3 * 2**29 and db.limit_bytes("lots") is None
+
+
 def test_id_map_and_review(store, clock: Clock) -> None:
     store.save_id_map(pl.DataFrame([{"contact_id": "c1", "location_id": "L1", "email": "a@example.com",
                                      "matched_by": "email"}], schema=ID_MAP), "r1")
