@@ -838,9 +838,10 @@ class Store:
         if not set(PRESENCE) <= set(frame.columns):
             frame = frame.with_columns(**{name: pl.lit(None, pl.Boolean) for name in PRESENCE})
         frame = frame.select(*MERGE_SIDE, *PRESENCE)
+        params = [self.clock(), run_id]  # one updated_at for every slice of the save
         for part in batches(frame):
             self._insert("INSERT OR REPLACE INTO base BY NAME SELECT *, ?::TIMESTAMPTZ AS updated_at, "
-                         "?::VARCHAR AS run_id FROM _frame", part, [self.clock(), run_id])
+                         "?::VARCHAR AS run_id FROM _frame", part, params)
 
     def base_contact_ids(self) -> pl.Series:
         """The contact ids of the base rows that are (or, saved before migration 4, may be) in GHL."""

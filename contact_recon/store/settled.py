@@ -98,10 +98,11 @@ class Settled:
             store._insert("DELETE FROM settled WHERE key IN (SELECT key FROM _frame)", part)
         if rows.height == 0:
             return 0
+        params = [generation, run_id, store.clock()]  # one settled_at for every slice
         for part in batches(rows.select(list(SETTLE)).cast(SETTLE)):
             store._insert("INSERT OR REPLACE INTO settled BY NAME SELECT f.*, b.updated_at AS base_at, "
                           "?::VARCHAR AS generation, ?::VARCHAR AS run_id, ?::TIMESTAMPTZ AS settled_at "
-                          "FROM _frame f LEFT JOIN base b ON b.key = f.key", part, [generation, run_id, store.clock()])
+                          "FROM _frame f LEFT JOIN base b ON b.key = f.key", part, params)
         return rows.height
 
     def count(self) -> int:
@@ -113,8 +114,8 @@ class Settled:
         or a night after a generation change) ran out of the store's memory limit in its ordered aggregates."""
         people = people.select("key", "contact_id", "email", "location_id").sort("key")
         parts = []
-        for start in range(0, max(1, people.height), PEOPLE_BATCH):
-            self.store.con.register("_people", people.slice(start, PEOPLE_BATCH))
+        for part in batches(people, PEOPLE_BATCH):
+            self.store.con.register("_people", part)
             try:
                 parts.append(self.store._frame(sql, params).cast(schema))
             finally:
