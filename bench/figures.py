@@ -62,7 +62,7 @@ class Figure:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Figure:
         names = ("benchmark", "figure", "measured", "unit", "op", "target")
-        return cls(**{name: data.get(name) for name in names if name in data})
+        return cls(**{name: data[name] for name in names if name in data})
 
 
 def info(benchmark: str, figure: str, measured: float | None, unit: str = "") -> Figure:

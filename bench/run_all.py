@@ -13,8 +13,11 @@ How a run goes:
    and also records, from `os.wait4`, the process's wall time, CPU time and peak RSS.
 3. A benchmark that crashes, writes no figures or runs past its timeout (its process group is
    killed) is recorded as failed with the error and its last output; the next one runs anyway.
-4. The report lists one row per figure (benchmark, figure, goal, measured, unit, PASS/FAIL), the
-   machine (CPU, memory, Python, library versions, commit when readable) and the date (UTC).
+4. The report lists one row per figure (benchmark, figure, goal, measured, unit, PASS/FAIL; a figure
+   is filed under the registered name, whatever the script called itself), the machine (CPU, memory,
+   Python, library versions, commit when readable) and the date (UTC); then the growth curve: night 2's
+   peak memory and CPU time at each size the nightly ran (10,000, 100,000 and 1,000,000 contacts in
+   `make bench`), with the slope in MiB per 1,000 contacts between sizes (`growth` in the JSON).
 5. Exit 0 when every benchmark completed and no goal was missed, else 1.
 
 Registering a benchmark (e.g. `bench/apply.py`, the nightly end-to-end run): append a `Bench` to
@@ -39,8 +42,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +142,8 @@ def run_bench(bench: Bench, quick: bool, echo: bool = True) -> BenchResult:
             result.cpu_s = round(usage.ru_utime + usage.ru_stime, 3)
             result.peak_rss_mib = round(usage.ru_maxrss / 1024, 1)
         _judge(result, json_path, timed_out, timeout)
+    # under the registered name: nightly-10k, nightly and nightly-1m run one script that says "nightly"
+    result.figures = [replace(f, benchmark=bench.name) for f in result.figures]
     return result
 
 
@@ -265,7 +271,28 @@ def report(results: Sequence[BenchResult], mode: str, started: dt.datetime, host
         "figures": [f.to_dict() for r in results for f in r.figures],
         "benchmarks": [{k: v for k, v in r.to_dict().items() if k != "figures"} | {"passed": r.passed}
                        for r in results],
+        "growth": growth(results),
     }
+
+
+GROWTH_FIGURES = {"peak_rss_mib": "peak RSS", "cpu_s": "CPU", "snapshot_cpu_s": "CPU: snapshot",
+                  "plan_cpu_s": "CPU: merge + checks"}  # the nightly's night-2 figures (bench/nightly.py)
+
+
+def growth(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
+    """The growth curve: one point per benchmark that reports `contacts` and `peak RSS` (the nightly at each
+    size), by contacts, each with the memory slope from the point before in MiB per 1,000 contacts."""
+    points: list[dict[str, Any]] = []
+    for result in results:
+        measured = {f.figure: f.measured for f in result.figures}
+        if measured.get("contacts") and measured.get("peak RSS") is not None:
+            points.append({"benchmark": result.name, "contacts": int(measured["contacts"] or 0)}
+                          | {key: measured.get(name) for key, name in GROWTH_FIGURES.items()})
+    points.sort(key=lambda point: point["contacts"])
+    for before, after in pairwise(points):
+        step = (after["contacts"] - before["contacts"]) / 1000
+        after["mib_per_1000"] = round((after["peak_rss_mib"] - before["peak_rss_mib"]) / step, 3) if step else None
+    return points
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -286,10 +313,20 @@ def markdown(data: dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {b['name']} | {b['status']} | {b['exit_code']} | {b['seconds']:.1f} | {b['cpu_s']} | "
               f"{b['peak_rss_mib']} | `{' '.join(b['args']) or '(defaults)'}` |" for b in data["benchmarks"]]
+    if data.get("growth"):
+        lines += ["", "## Growth: night 2 by location size", "",
+                  "| benchmark | contacts | peak RSS MiB | MiB per 1,000 contacts since the row above | CPU s | "
+                  "snapshot CPU s | plan CPU s |", "|---|---|---|---|---|---|---|"]
+        lines += [_growth_row(point) for point in data["growth"]]
     errors = [b for b in data["benchmarks"] if b["error"]]
     if errors:
         lines += ["", "## Errors", ""] + [f"- **{b['name']}**: {_cell(b['error'])}" for b in errors]
     return "\n".join(lines) + "\n"
+
+
+def _growth_row(p: dict[str, Any]) -> str:
+    return (f"| {p['benchmark']} | {p['contacts']:,} | {_fmt(p['peak_rss_mib'])} | {_fmt(p.get('mib_per_1000'))} | "
+            f"{_fmt(p['cpu_s'])} | {_fmt(p['snapshot_cpu_s'])} | {_fmt(p['plan_cpu_s'])} |")
 
 
 def _row(f: dict[str, Any]) -> str:

@@ -12,8 +12,10 @@ Algorithm:
    the whole array; GHL tags: `POST`/`DELETE /contacts/{id}/tags`, never a `tags` replace).
    A conflict is one field of one person changed to a different value on each side (two operations).
 4. Every request that answers 429 is sent again after `Retry-After` seconds (the limiter rejects
-   before applying, so that is safe for writes too); reads are also retried on 5xx and dropped
-   connections. Any other error stops the run with a `MutateError` naming the request, never a token.
+   before applying, so that is safe for writes too), unless `X-RateLimit-Daily-Remaining` is 0: the
+   day's allowance is spent and waiting means waiting for midnight UTC, so the run stops with a
+   `MutateError` saying so. Reads are also retried on 5xx and dropped connections. Any other error
+   stops the run with a `MutateError` naming the request, never a token.
 The report lists operations as `{kind, system, key, field?, old?, new?}` where `key` is a GHL contact id
 or a TinyEmail email; server-made ids (new contacts, tasks, notes) are left out so that the same seed
 against the same fixture gives the same report.
@@ -120,6 +122,10 @@ class Api:
                     raise MutateError(f"{method} {path}: {type(exc).__name__}") from None
                 self.sleep(0.2 * 2**failed)
                 continue
+            if response.status_code == 429 and response.headers.get("X-RateLimit-Daily-Remaining") == "0":
+                raise MutateError(f"{method} {path} answered 429: the day's request allowance is used up "
+                                  f"(X-RateLimit-Daily-Remaining 0, Retry-After "
+                                  f"{response.headers.get('Retry-After', '?')} s): try again after midnight UTC")
             if response.status_code == 429 and limited < MAX_429_RETRIES:
                 limited += 1
                 self._wait(response)

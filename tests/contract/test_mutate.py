@@ -14,7 +14,14 @@ import pytest
 from contact_recon.sandbox import ghl, tinyemail
 from contact_recon.sandbox.fixture import validate_fixture
 from contact_recon.sandbox.generate import generate_fixture
-from contact_recon.sandbox.mutate import CHANGE_WEIGHTS, credentials_from_env, credentials_from_fixture, mutate, norm
+from contact_recon.sandbox.mutate import (
+    CHANGE_WEIGHTS,
+    MutateError,
+    credentials_from_env,
+    credentials_from_fixture,
+    mutate,
+    norm,
+)
 from contact_recon.sandbox.server import RunningServer
 
 LENIENT = 100.0  # rate_scale that keeps these runs clear of the rate limits
@@ -175,6 +182,21 @@ def test_injected_429s_are_retried(serve, fx) -> None:
     assert report["changes"] == 20
     assert waits and all(w == 1.0 for w in waits)  # the middleware's Retry-After for a fault 429
     assert_applied(report, fx, g, t)
+
+
+def test_a_spent_daily_allowance_stops_the_run_at_once(serve, fx) -> None:
+    """A 429 with X-RateLimit-Daily-Remaining 0 would be waited out until midnight UTC: the run stops
+    with an error that says so, after no wait at all, and changes only what it reported before."""
+    g, t = start_pair(serve, fx)
+    g.app.state.control.limiter.daily_limit = 8  # the listing of 150 contacts takes 1 request
+    waits: list[float] = []
+    with pytest.raises(MutateError, match="day's request allowance is used up") as caught:
+        run(g, t, fx, 40, seed=7, sleep=waits.append)
+    assert waits == []
+    assert "Retry-After" in str(caught.value)
+    log = httpx.get(g.base_url + "/__sandbox/requests").json()["requests"]
+    assert [r["status"] for r in log].count(429) == 1
+    assert sum(r["status"] != 429 for r in log) == 8
 
 
 def test_credentials_from_fixture_and_env(fx) -> None:

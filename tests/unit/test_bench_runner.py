@@ -91,3 +91,40 @@ def test_the_runner_exits_0_when_every_goal_is_met(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "latest.json").read_text())
     assert data["passed"] is True and len(data["figures"]) == 4
     assert (tmp_path / "latest.md").read_text().startswith("# Benchmarks (full): PASS")
+
+
+NIGHTLY = f"""
+import argparse, sys
+sys.path.insert(0, {str(BENCH)!r})
+from figures import info, write_figures
+parser = argparse.ArgumentParser()
+parser.add_argument("--json")
+parser.add_argument("--contacts", type=int)
+parser.add_argument("--peak", type=float)
+args = parser.parse_args()
+write_figures(args.json, [info("nightly", "contacts", args.contacts), info("nightly", "peak RSS", args.peak, "MiB"),
+                          info("nightly", "CPU", args.contacts / 1000, "s"),
+                          info("nightly", "CPU: snapshot", args.contacts / 4000, "s")])
+"""
+
+
+def test_the_report_files_figures_under_the_registered_name_and_draws_the_growth_curve(tmp_path: Path) -> None:
+    """Three sizes of one script that calls itself "nightly": each size's figures under its own name, and
+    the growth curve by contacts (registered out of order) with the slope between neighbours."""
+    path = script(tmp_path, "nightly", NIGHTLY)
+    benches = [Bench("nightly", path, ("--contacts", "100000", "--peak", "700")),
+               Bench("nightly-10k", path, ("--contacts", "10000", "--peak", "400")),
+               Bench("nightly-1m", path, ("--contacts", "1000000", "--peak", "1600")),
+               Bench("other", script(tmp_path, "other", WRITES))]
+    assert run_all(benches, quick=False, out_dir=tmp_path, name="latest", echo=False) == 0
+    data = json.loads((tmp_path / "latest.json").read_text())
+    peaks = {(f["benchmark"], f["measured"]) for f in data["figures"] if f["figure"] == "peak RSS"}
+    assert peaks == {("nightly", 700), ("nightly-10k", 400), ("nightly-1m", 1600)}
+    assert [(p["benchmark"], p["contacts"], p["peak_rss_mib"], p.get("mib_per_1000")) for p in data["growth"]] == [
+        ("nightly-10k", 10_000, 400, None), ("nightly", 100_000, 700, 3.333), ("nightly-1m", 1_000_000, 1600, 1.0)]
+    assert data["growth"][2]["cpu_s"] == 1000 and data["growth"][2]["snapshot_cpu_s"] == 250
+    assert data["growth"][2]["plan_cpu_s"] is None
+    md = (tmp_path / "latest.md").read_text()
+    assert "## Growth: night 2 by location size" in md
+    assert "| nightly-1m | 1,000,000 | 1,600 | 1 | 1,000 | 250 | n/a |" in md
+    assert "| nightly-10k | nightly-10k | contacts |" not in md and "| nightly-10k | contacts |  | 10,000 |" in md
