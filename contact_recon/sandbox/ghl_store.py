@@ -182,6 +182,36 @@ class Location:
     pending: collections.deque[tuple[float, str]] = field(default_factory=collections.deque, repr=False)
     lag_s: float = 0.0
     paging: str = "normal"  # "normal" | "stall" | "repeat" (module docstring)
+    # the duplicate check's index, built on its first use and then kept by every create, email/phone edit and
+    # delete: (field, key) -> contact ids, and each contact's place in `contacts` (the scan it replaces answered
+    # the first in that order; a scan of a million contacts took a second a POST /contacts/)
+    dup_ids: dict[tuple[str, str], set[str]] | None = field(default=None, repr=False)
+    dup_place: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def duplicate_ids(self, name: str, wanted: str) -> list[str]:
+        """The ids of the contacts whose `name` ("email" | "phone") has the key `wanted`, in `contacts` order."""
+        if self.dup_ids is None:
+            self.dup_ids = {}
+            for contact in self.contacts.values():
+                self.dup_add(contact)
+        return sorted(self.dup_ids.get((name, wanted), ()), key=self.dup_place.__getitem__)
+
+    def dup_add(self, contact: dict[str, Any]) -> None:
+        """Index a new or just edited contact (nothing to do before the index is first built)."""
+        if self.dup_ids is None:
+            return
+        self.dup_place.setdefault(contact["id"], len(self.dup_place))
+        for key in _dup_keys(contact):
+            self.dup_ids.setdefault(key, set()).add(contact["id"])
+
+    def dup_remove(self, contact: dict[str, Any], *, deleted: bool = False) -> None:
+        """Unindex a contact about to be edited (it keeps its place) or deleted."""
+        if self.dup_ids is None:
+            return
+        for key in _dup_keys(contact):
+            self.dup_ids.get(key, set()).discard(contact["id"])
+        if deleted:
+            self.dup_place.pop(contact["id"], None)
 
     def before_change(self, contact_id: str) -> None:
         """A contact is about to change in place: while a lag is on, search goes on seeing it as it was. The index
@@ -259,6 +289,11 @@ def email_key(value: Any) -> str | None:
 
 def phone_key(value: Any) -> str | None:
     return re.sub(r"\D", "", value) or None if isinstance(value, str) else None
+
+
+def _dup_keys(contact: dict[str, Any]) -> list[tuple[str, str]]:
+    keys = (("email", email_key(contact.get("email"))), ("phone", phone_key(contact.get("phone"))))
+    return [(name, key) for name, key in keys if key is not None]
 
 
 @lru_cache(maxsize=200_000)
@@ -617,12 +652,12 @@ class GHLStore:
         self, loc: Location, email: Any, phone: Any, exclude: str | None = None
     ) -> tuple[dict[str, Any], str] | None:
         """The first contact sharing the email, else the phone: (contact, "email"|"phone")."""
-        for name, key_of, wanted in (("email", email_key, email_key(email)), ("phone", phone_key, phone_key(phone))):
+        for name, wanted in (("email", email_key(email)), ("phone", phone_key(phone))):
             if wanted is None:
                 continue
-            for contact in loc.contacts.values():
-                if contact["id"] != exclude and key_of(contact.get(name)) == wanted:
-                    return contact, name
+            found = next((i for i in loc.duplicate_ids(name, wanted) if i != exclude), None)
+            if found is not None:
+                return loc.contacts[found], name
         return None
 
     def create_contact(self, location_id: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -636,6 +671,7 @@ class GHLStore:
         contact["dateAdded"] = contact["dateUpdated"] = now
         loc = self.location(location_id)
         loc.contacts[contact["id"]] = contact
+        loc.dup_add(contact)
         loc.touch(contact, self.clock())
         self.contact_location[contact["id"]] = location_id
         return contact
@@ -653,11 +689,17 @@ class GHLStore:
         if not changes:
             return False
         self._before_change(contact)
+        loc = self.locations[self.contact_location[contact["id"]]]
+        rekey = "email" in changes or "phone" in changes
+        if rekey:
+            loc.dup_remove(contact)
         for key, value in changes.items():
             if value is None:
                 del contact[key]
             else:
                 contact[key] = value
+        if rekey:
+            loc.dup_add(contact)
         contact["dateUpdated"] = self.now()
         self._touch(contact)
         return True
@@ -682,13 +724,20 @@ class GHLStore:
         return list(contact.get("tags") or [])
 
     def delete_contact(self, contact_id: str) -> None:
-        loc = self.locations[self.contact_location.pop(contact_id)]
+        """The contact and its tasks and notes (found through the per-contact index, not a scan of them all)."""
+        location_id = self.contact_location[contact_id]
+        loc = self.locations[location_id]
+        owned = {kind: [item["id"] for item in self.items(location_id, kind, contact_id)]
+                 for kind in ("tasks", "notes")}
+        del self.contact_location[contact_id]
+        loc.dup_remove(loc.contacts[contact_id], deleted=True)
         del loc.contacts[contact_id]
         loc.forget(contact_id, self.clock())
-        self._by_contact.clear()
-        for kind in (loc.tasks, loc.notes):
-            for item_id in [i for i, item in kind.items() if item.get("contactId") == contact_id]:
-                del kind[item_id]
+        for kind, ids in owned.items():
+            store: dict[str, dict[str, Any]] = getattr(loc, kind)
+            for item_id in ids:
+                del store[item_id]
+            self._by_contact[(location_id, kind)].pop(contact_id, None)
 
     def upsert(self, location_id: str, fields: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Update the contact matching the email, else the phone, or create one: (contact, created)."""
@@ -751,7 +800,7 @@ class GHLStore:
     def items(self, location_id: str, kind: str, contact_id: str) -> list[dict[str, Any]]:
         store: dict[str, dict[str, Any]] = getattr(self.location(location_id), kind)
         index = self._by_contact.get((location_id, kind))
-        if index is None:  # built once, dropped by every task/note write: a read stays O(own items)
+        if index is None:  # built once, then kept by every task/note write: a read stays O(own items)
             index = {}
             for item_id, item in store.items():
                 index.setdefault(str(item.get("contactId")), []).append(item_id)
@@ -770,11 +819,14 @@ class GHLStore:
         if kind == "notes":
             item["dateAdded"] = self.now()
         getattr(self.location(location_id), kind)[item["id"]] = item
-        self._by_contact.clear()
+        index = self._by_contact.get((location_id, kind))
+        if index is not None:
+            index.setdefault(contact_id, []).append(item["id"])
         return item
 
     def update_item(self, item: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-        self._by_contact.clear()
+        if "contactId" in fields:
+            self._by_contact.clear()  # moved to another contact (the API does not offer it; a fixture might)
         for key, value in fields.items():
             if value is None:
                 item.pop(key, None)
@@ -783,8 +835,10 @@ class GHLStore:
         return item
 
     def delete_item(self, location_id: str, kind: str, item_id: str) -> None:
-        del getattr(self.location(location_id), kind)[item_id]
-        self._by_contact.clear()
+        item = getattr(self.location(location_id), kind).pop(item_id)
+        owned = self._by_contact.get((location_id, kind), {}).get(str(item.get("contactId")))
+        if owned is not None and item_id in owned:
+            owned.remove(item_id)
 
     def search_tasks(self, location_id: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         """POST /locations/{id}/tasks/search: filter by contact, completion, assignee and text."""
