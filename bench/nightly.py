@@ -13,7 +13,8 @@
    processes at `--base-rate-scale` (the first snapshot reads every contact's notes: 100,000 requests),
    then `recon run --approve` with a loose policy. The state of both sandboxes is exported
    (`/__sandbox/state`) and served again at `--rate-scale` (another id seed, so new ids never collide): the next
-   day, with a new GHL daily allowance (the first night of 1,000,000 contacts spends ~178,000 of 200,000).
+   day, with a new GHL daily allowance (the first night of 1,000,000 contacts spends ~178,000 of 200,000,
+   and the drift and night 2 need more than the rest).
    Then the day's drift through the public APIs: `contact_recon/sandbox/mutate.py` (its realistic mix: edits,
    tags, unsubscribes, new and deleted contacts, tasks, notes, conflicts) until `--drift` x contacts changes
    touched GHL, topped up on TinyEmail with field edits (one `updateMembers` call per 500) to the same number.
@@ -735,7 +736,7 @@ def next_day(boxes: Sandboxes, state: Path, args: argparse.Namespace) -> Sandbox
     """Both sandboxes served again from their state at the nightly's rate scale, with a new day's allowance.
 
     GHL allows 200,000 requests a location a day, and the first night of 1,000,000 contacts spends
-    about 178,000 of them: on the same day the drift's writes would be refused until midnight UTC.
+    about 178,000 of them: the drift's (about 15,000) and the second night's would not fit in the rest.
     """
     started = time.perf_counter()
     export_state(boxes, state)
