@@ -168,6 +168,8 @@ def plan_run(settings: Settings, store: Store, *, locations: Sequence[str], appr
         snapshot = None if reuse_snapshot else run_snapshot(
             settings, store, locations, full_sweep=full_sweep, ghl_client=ghl_client,
             tinyemail_client=tinyemail_client, options=snapshot_options)
+        if snapshot is not None:
+            store.reopen()  # planning starts with DuckDB's memory free (Store.reopen)
         # a location whose snapshot failed is left out of this plan (its people are out of scope: held back)
         planned = [loc for loc in locations if snapshot is None or loc in snapshot.locations]
         result = _plan(settings, store, run_id, planned, policy, approve, docs, snapshot, everyone=full_sweep)

@@ -447,6 +447,27 @@ def test_a_large_transaction_gets_a_larger_memory_limit_and_gives_it_back(store,
     assert db.limit_bytes("1.5 GiB") == 3 * 2**29 and db.limit_bytes("lots") is None
 
 
+def test_reopen_gives_a_fresh_connection_to_the_same_data_with_the_configured_limit(store, monkeypatch) -> None:
+    """Planning after a snapshot starts on a new connection (stages/plan.py): the old one is closed, what it held in
+    memory goes with it (here a table in its own memory), the file's rows and the memory limit are as configured."""
+    store.start_run("plan", ["loc"])
+    old = store.con
+    old.execute("CREATE TEMP TABLE held AS SELECT range AS i FROM range(1000)")
+    old.execute("SET memory_limit = '1GB'")
+    store.reopen()
+    assert store.con is not old
+    with pytest.raises(duckdb.ConnectionException):
+        old.execute("SELECT 1")
+    assert store.con.execute("SELECT count(*) FROM runs").fetchall() == [(1,)]
+    assert not store.con.execute("SELECT * FROM duckdb_tables() WHERE table_name = 'held'").fetchall()
+    configured = db.limit_bytes(store.con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
+    assert configured is not None and abs(configured - 256 * 10**6) < 2**20
+    with open_db(":memory:") as memory:  # nothing to reopen: a store in memory keeps its data
+        memory.start_run("plan", ["loc"])
+        memory.reopen()
+        assert memory.con.execute("SELECT count(*) FROM runs").fetchall() == [(1,)]
+
+
 def test_id_map_and_review(store, clock: Clock) -> None:
     store.save_id_map(pl.DataFrame([{"contact_id": "c1", "location_id": "L1", "email": "a@example.com",
                                      "matched_by": "email"}], schema=ID_MAP), "r1")
