@@ -187,6 +187,7 @@ class Location:
     # the first in that order; a scan of a million contacts took a second a POST /contacts/)
     dup_ids: dict[tuple[str, str], set[str]] | None = field(default=None, repr=False)
     dup_place: dict[str, int] = field(default_factory=dict, repr=False)
+    dup_next: int = field(default=0, repr=False)  # the next place: never reused (a delete shrinks dup_place)
 
     def duplicate_ids(self, name: str, wanted: str) -> list[str]:
         """The ids of the contacts whose `name` ("email" | "phone") has the key `wanted`, in `contacts` order."""
@@ -200,7 +201,8 @@ class Location:
         """Index a new or just edited contact (nothing to do before the index is first built)."""
         if self.dup_ids is None:
             return
-        self.dup_place.setdefault(contact["id"], len(self.dup_place))
+        if contact["id"] not in self.dup_place:
+            self.dup_place[contact["id"]], self.dup_next = self.dup_next, self.dup_next + 1
         for key in _dup_keys(contact):
             self.dup_ids.setdefault(key, set()).add(contact["id"])
 
