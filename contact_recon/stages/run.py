@@ -169,6 +169,7 @@ def reconcile(settings: Settings, store: Store | None = None, *, locations: Sequ
             if planned.status == HELD and on_held is not None:
                 on_held(db, planned.run_id)
         else:
+            db.reopen()  # the apply starts with DuckDB's memory free, as planning does (Store.reopen)
             started = time.perf_counter()
             outcome = steps.apply(settings, db, planned.run_id, policy=loaded.policy, ghl_client=ghl,
                                   tinyemail_client=tinyemail_client)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import duckdb
 import polars as pl
 
 from contact_recon.model.keys import is_te_key
@@ -75,7 +76,12 @@ class Journal:
 
     def __init__(self, store: Store, on_closed: Callable[[int], None] | None = None):
         """`on_closed(n)`: told each time `n` ops get a final status (the apply stage's progress bar)."""
-        self.store, self.con, self.on_closed = store, store.con, on_closed
+        self.store, self.on_closed = store, on_closed
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The store's connection now (`Store.reopen` replaces it between the stages of a run)."""
+        return self.store.con
 
     def record(self, run_id: str, plan: pl.DataFrame) -> int:
         """Insert a run's ops (OP_COLUMNS + status, quarantined_by, location_id) in plan order, once: ops already

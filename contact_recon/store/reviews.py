@@ -18,6 +18,7 @@ import csv
 from collections.abc import Iterable
 from pathlib import Path
 
+import duckdb
 import polars as pl
 
 from contact_recon.engine.reviews import (
@@ -76,7 +77,12 @@ class Reviews:
     """The review loop's rows of the store's DuckDB connection."""
 
     def __init__(self, store: Store):
-        self.store, self.con = store, store.con
+        self.store = store
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The store's connection now (`Store.reopen` replaces it)."""
+        return self.store.con
 
     # ---------------------------------------------------------------------------------------- ages
 

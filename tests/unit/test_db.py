@@ -27,6 +27,8 @@ from contact_recon.store.db import (
     StoreError,
     open_db,
 )
+from contact_recon.store.journal import Journal
+from contact_recon.store.reviews import Reviews
 from contact_recon.systems.ghl.mapping import ghl_contact_record, ghl_note_record
 from contact_recon.systems.tinyemail.mapping import tinyemail_customer_record
 from tests.support import REPO
@@ -447,6 +449,31 @@ def test_a_large_transaction_gets_a_larger_memory_limit_and_gives_it_back(store,
     assert db.limit_bytes("1.5 GiB") == 3 * 2**29 and db.limit_bytes("lots") is None
 
 
+def test_memory_for_rows_makes_room_for_the_key_indexes_a_transaction_loads(store, monkeypatch) -> None:
+    """Deleting and upserting a few of a big table's rows loads its whole key index, which does not spill before the
+    commit: at night 2 of a million people the advance's transaction ran out of the limit (stages/advance.py). With
+    the table named, the limit grows by INDEX_ROW_BYTES a row of it; without, the same transaction runs out."""
+    store.con.execute("INSERT INTO settled (key, generation, settled_at) SELECT md5(i::VARCHAR), 'g', now() "
+                      "FROM range(300000) t(i)")
+    assert store.row_count("settled") == 300_000
+    monkeypatch.setenv("RECON_DUCKDB_MEMORY_LIMIT", "16MB")
+    store.reopen()  # the index is on disk again, the limit the small one
+
+    def touch_a_tenth() -> None:
+        with store.transaction():
+            store.con.execute("DELETE FROM settled WHERE key IN (SELECT md5((i * 7)::VARCHAR) FROM range(30000) t(i))")
+            store.con.execute("INSERT OR REPLACE INTO settled (key, generation, settled_at) "
+                              "SELECT md5((i * 7)::VARCHAR), 'h', now() FROM range(30000) t(i)")
+
+    with pytest.raises(duckdb.OutOfMemoryException), store.memory_for_rows(30_000):
+        touch_a_tenth()
+    with store.memory_for_rows(30_000, ["settled"]):
+        touch_a_tenth()
+    assert store.con.execute("SELECT count(*) FROM settled WHERE generation = 'h'").fetchall() == [(30_000,)]
+    with pytest.raises(StoreError, match="no table"):
+        store.row_count("nonesuch")
+
+
 def test_reopen_gives_a_fresh_connection_to_the_same_data_with_the_configured_limit(store, monkeypatch) -> None:
     """Planning after a snapshot starts on a new connection (stages/plan.py): the old one is closed, what it held in
     memory goes with it (here a table in its own memory), the file's rows and the memory limit are as configured."""
@@ -466,6 +493,17 @@ def test_reopen_gives_a_fresh_connection_to_the_same_data_with_the_configured_li
         memory.start_run("plan", ["loc"])
         memory.reopen()
         assert memory.con.execute("SELECT count(*) FROM runs").fetchall() == [(1,)]
+
+
+def test_journal_and_reviews_made_before_a_reopen_use_the_new_connection(store) -> None:
+    """A Journal or Reviews built on the store before `Store.reopen` reads and writes through the store's connection of
+    now, not the closed one (a reopen between the stages of a run broke them: ConnectionException)."""
+    run_id = store.start_run("reconcile", ["loc"])
+    journal, reviews = Journal(store), Reviews(store)
+    store.reopen()
+    assert journal.op_count(run_id) == 0
+    reviews.seen("conflict", ["k1|email"], run_id)
+    assert store.con.execute("SELECT item_id FROM review_ages").fetchall() == [("k1|email",)]
 
 
 def test_id_map_and_review(store, clock: Clock) -> None:
