@@ -410,6 +410,7 @@ class Nightly:
 
 
 def read_back(data: Path, run_id: str, location: str) -> Nightly:
+    from contact_recon.model.records import TINYEMAIL_CUSTOMERS
     from contact_recon.store.db import open_db
     from contact_recon.store.journal import Journal
 
@@ -419,10 +420,12 @@ def read_back(data: Path, run_id: str, location: str) -> Nightly:
         snap = store.get_run(plan_json["snapshot_run_id"])
         snap_used = json.loads(snap["requests_used_json"])
         apply_used = json.loads(run["requests_used_json"] or "{}").get("apply", {})
-        contacts = store.latest_snapshot("ghl_contacts", location)
-        tasks = store.latest_snapshot("ghl_tasks", location)
+        # counts only: whole snapshots of 1,000,000 contacts ran out of the store's DuckDB limit here, after the run
+        contacts = store.latest_row_count("ghl_contacts", location)
+        tasks = store.latest_row_count("ghl_tasks", location)
         chosen = snap_plan(snap, location)
-        members = store.latest_snapshot("te_customers")["lists"].explode().drop_nulls().value_counts()
+        members = store.latest_snapshot("te_customers", without=[c for c in TINYEMAIL_CUSTOMERS if c != "lists"])[
+            "lists"].explode().drop_nulls().value_counts()
         journal = Journal(store).frame(run_id)
     ghl, te = snap_used[f"ghl:{location}"], snap_used["tinyemail"]
     fetch_s = {"ghl": ghl.get("wall_s", 0.0), "tinyemail": te.get("wall_s", 0.0)}
@@ -430,11 +433,11 @@ def read_back(data: Path, run_id: str, location: str) -> Nightly:
             "apply": {s: apply_used.get(s, {}).get("used", 0) for s in ("ghl", "tinyemail")}}
     limited = {"ghl": ghl["rate_limited"] + apply_used.get("ghl", {}).get("rate_limited", 0),
                "tinyemail": te["rate_limited"] + apply_used.get("tinyemail", {}).get("rate_limited", 0)}
-    tasks_read = round(tasks.height * chosen["fetched"] / max(contacts.height, 1))
+    tasks_read = round(tasks * chosen["fetched"] / max(contacts, 1))
     stage_s, stage_at, flow_s = stage_times(snap)
     te_changed = json.loads(snap["plan_json"]).get("tinyemail", {}).get("changed")
     return Nightly(used, limited, chosen, tasks_read, stage_s, stage_at, flow_s, journal,
-                   members["count"].to_list() if members.height else [], contacts.height, fetch_s, te_changed)
+                   members["count"].to_list() if members.height else [], contacts, fetch_s, te_changed)
 
 
 def snap_plan(snap: dict[str, Any], location: str) -> dict[str, Any]:
