@@ -260,12 +260,13 @@ class TinyEmailSnapshot:
     used: dict[str, Any]
     lists: tuple[tuple[str, str | None], ...] = ()  # (id, name) of every list read
     unreadable: tuple[Unreadable, ...] = ()  # present but unreadable: previous rows carried, persons held
-    customers_carried: tuple[str, ...] = ()  # emails whose previous row is kept: copied inside the store
+    # emails whose previous row is kept, copied inside the store: a column, not a million Python strings
+    customers_carried: pl.Series = field(default_factory=lambda: pl.Series("email", [], pl.String))
     again: tuple[Again, ...] = ()  # a previous row's payload with other lists: normalised by `resolve_again`
 
     @property
     def present(self) -> int:
-        return self.customers.height + len(self.customers_carried) + len(self.again)
+        return self.customers.height + self.customers_carried.len() + len(self.again)
 
 
 @dataclass(frozen=True)
@@ -590,9 +591,9 @@ async def fetch_tinyemail(client: TinyEmailClient, options: SnapshotOptions, pro
     list_ids = [str(lst.id) for lst in lists]
     frame, kept, again = await _customers_frame(audience, previous, list_ids, options)
     plan["changed"] = frame.height + len(again)
+    carried = pl.concat([kept, pl.Series("email", _carried_customers(previous, audience), pl.String)])
     return TinyEmailSnapshot(frame, plan, used.counts, tuple((lst.id, lst.name) for lst in lists),
-                             tuple(audience.unreadable.values()),
-                             customers_carried=tuple([*kept, *_carried_customers(previous, audience)]), again=again)
+                             tuple(audience.unreadable.values()), customers_carried=carried, again=again)
 
 
 @dataclass
@@ -629,15 +630,17 @@ class _Audience:
 
 def _digests(previous: pl.DataFrame) -> frozenset[bytes]:
     """The md5 digests (16 bytes) of the previous rows' payloads."""
-    return frozenset(previous["raw_md5"].str.decode("hex").to_list())
+    return frozenset(previous["raw_md5"].to_list())
 
 
-# what the TinyEmail fetch reads of the previous customers besides the email and lists, computed in DuckDB: the
-# md5 of the payload, and whether the row can be kept (a row stored before rows had `custom` is normalised again
+# what the TinyEmail fetch reads of the previous customers besides the email, computed in DuckDB: the md5 of the
+# payload (16 bytes), its lists as one text (sorted list ids joined by LIST_SEPARATOR, '' for none: tonight's are
+# spelled alike), and whether the row can be kept (a row stored before rows had `custom` is normalised again
 # when its payload holds a value of a field `custom` keeps, as `te_custom_values` reads it; a list or an object
 # counts as a value here, so at worst a few more are normalised again)
 TE_PREVIOUS_COLUMNS: dict[str, tuple[str, pl.DataType]] = {
-    "raw_md5": ("md5(s.raw)", pl.String()),
+    "raw_md5": ("unhex(md5(s.raw))", pl.Binary()),
+    "lists_key": (f"coalesce(array_to_string(list_sort(s.lists), chr({ord(LIST_SEPARATOR)})), '')", pl.String()),
     "reusable": ("s.custom IS NOT NULL OR (" + " AND ".join(
         f"""coalesce(trim(json_extract_string(s.raw, '$.{name}')), '') IN ('', 'true', 'false')"""
         for name in TE_FIELDS) + ")", pl.Boolean()),
@@ -645,9 +648,9 @@ TE_PREVIOUS_COLUMNS: dict[str, tuple[str, pl.DataType]] = {
 
 
 def _previous_customers(store: Store) -> pl.DataFrame:
-    """The latest TinyEmail snapshot as the fetch compares it: email, lists and `TE_PREVIOUS_COLUMNS`."""
+    """The latest TinyEmail snapshot as the fetch compares it: email and `TE_PREVIOUS_COLUMNS`."""
     return store.latest_snapshot("te_customers", computed=TE_PREVIOUS_COLUMNS,
-                                 without=[c for c in TINYEMAIL_CUSTOMERS if c not in ("email", "lists")])
+                                 without=[c for c in TINYEMAIL_CUSTOMERS if c != "email"])
 
 
 def _carried_customers(previous: pl.DataFrame | None, audience: _Audience) -> list[str]:
@@ -660,28 +663,24 @@ def _carried_customers(previous: pl.DataFrame | None, audience: _Audience) -> li
 
 
 async def _customers_frame(audience: _Audience, previous: pl.DataFrame | None, list_ids: Sequence[str],
-                           options: SnapshotOptions) -> tuple[pl.DataFrame, list[str], tuple[Again, ...]]:
+                           options: SnapshotOptions) -> tuple[pl.DataFrame, pl.Series, tuple[Again, ...]]:
     """The TINYEMAIL_CUSTOMERS rows of the customers normalised tonight (new, or a payload not in `previous`) in
     audience order with their `POSITION`, the emails of the previous rows kept (same payload and lists), and the
-    customers whose payload a previous row has but not with these lists (`Again`: normalised by `resolve_again`)."""
+    customers whose payload a previous row has but not with these lists (`Again`: normalised by `resolve_again`).
+    Only the new and the `Again` ones become Python objects: at a million customers the kept ones stay a column."""
     ordered = sorted(audience.members.values(), key=lambda member: (member[0], member[1]))
-    matched = _matched(ordered, previous, list_ids, options)
-    kept: list[str] = []
-    fresh: list[tuple[int, str, list[str]]] = []  # (position, payload as JSON text, lists): parsed when normalised
-    again: list[Again] = []
-    for position, (member, (email, only_payload)) in enumerate(zip(ordered, matched, strict=True)):
-        lists = _list_names(member[3], list_ids)
-        if email is not None and not only_payload:  # a previous row with this payload and these lists
-            kept.append(email)
-        elif email is not None:  # only its payload is known: read from that row, normalised with tonight's lists
-            again.append(Again(position, email, tuple(lists)))
-        else:  # a new payload
-            fresh.append((position, member[2], lists))
-        if position % NORMALISE_CHUNK == NORMALISE_CHUNK - 1:
-            await asyncio.sleep(0)
+    matched = _matched(ordered, previous, list_ids, options).with_row_index("position")
+    kept = matched.filter(pl.col("email").is_not_null() & ~pl.col("again"))["email"]
+    again = tuple(Again(position, email, tuple(_list_names(ordered[position][3], list_ids)))
+                  for position, email in matched.filter(pl.col("again")).select("position", "email").iter_rows())
+    # (position, payload as JSON text, lists): parsed when normalised
+    fresh = [(position, ordered[position][2], _list_names(ordered[position][3], list_ids))
+             for position in matched.filter(pl.col("email").is_null())["position"].to_list()]
+    del ordered, matched
+    await asyncio.sleep(0)
     built = await _normalised(fresh, lambda item: tinyemail_customer_record(json.loads(item[1]), item[2],
                                                                             options.region), TINYEMAIL_CUSTOMERS)
-    return built.with_columns(pl.Series(POSITION, [p for p, _, _ in fresh], pl.Int64)), kept, tuple(again)
+    return built.with_columns(pl.Series(POSITION, [p for p, _, _ in fresh], pl.Int64)), kept, again
 
 
 def _list_names(mask: int, list_ids: Sequence[str]) -> list[str]:
@@ -689,26 +688,28 @@ def _list_names(mask: int, list_ids: Sequence[str]) -> list[str]:
 
 
 def _matched(ordered: Sequence[list[Any]], previous: pl.DataFrame | None, list_ids: Sequence[str],
-             options: SnapshotOptions) -> list[tuple[str | None, bool]]:
-    """For each member in order: (the email of a previous row to take, whether only its payload matches). A
-    reusable previous row with the same payload md5 and lists is kept as it is ((email, False)); one with the
-    same payload only gives the payload ((email, True)); none is (None, False). Joined in polars: a million
-    members as Python dicts of digests and lists cost hundreds of MB."""
+             options: SnapshotOptions) -> pl.DataFrame:
+    """For each member in order: `email`, the email of a previous row to take (null: none), and `again`, whether
+    only its payload matches. A reusable previous row with the same payload md5 and lists is kept as it is; one
+    with the same payload only gives the payload; none is a new payload. Joined in polars on the md5 alone (a
+    snapshot has one row per email and the payload holds it, so one row per md5), tonight's lists as a code per
+    distinct set: a million members as Python tuples, or joined on (md5, lists) texts, cost hundreds of MB."""
     if previous is None or options.full_sweep or previous.is_empty():  # a full sweep normalises all again
-        return [(None, False)] * len(ordered)
+        return pl.DataFrame({"email": [None] * len(ordered), "again": [False] * len(ordered)},
+                            schema={"email": pl.String, "again": pl.Boolean})
+    codes: dict[int, int] = {}  # list mask -> its code (a handful of distinct sets of lists)
     tonight = pl.DataFrame({
         "md5": [m[2] if isinstance(m[2], bytes) else None for m in ordered],
-        "lists": [LIST_SEPARATOR.join(_list_names(m[3], list_ids)) for m in ordered]},
-        schema={"md5": pl.Binary, "lists": pl.String}).with_row_index("at")
-    rows = previous.select(pl.col("email"), pl.col("raw_md5").str.decode("hex").alias("md5"), pl.col("reusable"),
-                           pl.col("lists").list.eval(pl.element().cast(pl.String)).list.sort().list.join(LIST_SEPARATOR)
-                           .fill_null("").alias("lists"))
-    same = rows.filter(pl.col("reusable")).unique(["md5", "lists"], keep="first").select("md5", "lists", "email")
-    payload = rows.unique("md5", keep="first").select("md5", pl.col("email").alias("payload_email"))
-    found = (tonight.join(same, on=["md5", "lists"], how="left").join(payload, on="md5", how="left").sort("at")
-             .select(pl.coalesce("email", "payload_email").alias("email"),
-                     (pl.col("email").is_null() & pl.col("payload_email").is_not_null()).alias("again")))
-    return list(zip(found["email"].to_list(), found["again"].to_list(), strict=True))
+        "code": [codes.setdefault(m[3], len(codes)) for m in ordered]},
+        schema={"md5": pl.Binary, "code": pl.Int64})
+    spelled = pl.DataFrame({"code": list(codes.values()),
+                            "lists": [LIST_SEPARATOR.join(_list_names(mask, list_ids)) for mask in codes]},
+                           schema={"code": pl.Int64, "lists": pl.String})
+    rows = previous.select("email", "raw_md5", "reusable", "lists_key").unique("raw_md5", keep="first")
+    found = (tonight.join(spelled, on="code", how="left", maintain_order="left")
+             .join(rows, left_on="md5", right_on="raw_md5", how="left", maintain_order="left"))
+    same = pl.col("reusable").fill_null(False) & (pl.col("lists") == pl.col("lists_key")).fill_null(False)
+    return found.select("email", (pl.col("email").is_not_null() & ~same).alias("again"))
 
 
 def resolve_again(store: Store, te: TinyEmailSnapshot, options: SnapshotOptions) -> TinyEmailSnapshot:
@@ -727,9 +728,9 @@ def resolve_again(store: Store, te: TinyEmailSnapshot, options: SnapshotOptions)
         frames.append(to_frame(rows, TINYEMAIL_CUSTOMERS).with_columns(
             pl.Series(POSITION, [a.position for a in te.again], pl.Int64)))
     frame = pl.concat(frames).sort(POSITION).drop(POSITION)
-    fresh = set(frame["email"].to_list())
+    carried = te.customers_carried.filter(~te.customers_carried.is_in(frame["email"].implode()))
     return replace(te, customers=frame.unique("email", keep="first", maintain_order=True), again=(),
-                   customers_carried=tuple(dict.fromkeys(e for e in te.customers_carried if e not in fresh)))
+                   customers_carried=carried.unique(maintain_order=True))
 
 
 async def _normalised(items: Sequence[T], build: Callable[[T], dict[str, Any]], schema: pl.Schema) -> pl.DataFrame:
@@ -830,6 +831,9 @@ def run_snapshot(settings: Settings, store: Store, locations: Sequence[str], *, 
         try:
             previous = {loc: PreviousState.load(store, loc, options.safety_lag_s) for loc in locations}
             te_previous = _previous_customers(store)
+            # the fetch starts with DuckDB's memory free (Store.reopen): reading a million rows' digests left about
+            # 490 MB held by the connection, which the fetch never uses (it writes nothing until `_write`)
+            store.reopen()
             loaded = time.perf_counter()
             results, te = _fetch_all(settings, previous, te_previous, options, progress, ghl_client, tinyemail_client)
             te = resolve_again(store, te, options)
@@ -964,7 +968,7 @@ def _write(store: Store, run_id: str, ghl: list[LocationSnapshot], te: TinyEmail
         "ghl_notes": Spill.joined([s.notes for s in ghl], GHL_NOTES),
         "te_customers": te.customers}
     watermarks = {(s.location_id, WATERMARK_ENTITY): s.watermark for s in ghl if s.watermark is not None}
-    carried = {"te_customers": pl.DataFrame({"email": list(te.customers_carried)}, schema={"email": pl.String}),
+    carried = {"te_customers": pl.DataFrame({"email": te.customers_carried}, schema={"email": pl.String}),
                "ghl_contacts": _carried_frame([(s.location_id, s.contacts_carried) for s in ghl]),
                "ghl_tasks": _carried_frame([(s.location_id, s.tasks_carried) for s in ghl]),
                "ghl_notes": _carried_frame([(s.location_id, s.notes_carried) for s in ghl])}
