@@ -204,14 +204,11 @@ class PreviousState:
     def load(cls, store: Store, location_id: str, written_within_s: float = 600.0) -> PreviousState:
         """The location's previous state; of its contacts only `PREVIOUS_COLUMNS` (id, the md5 of the payload,
         whether the stored custom fields are unresolved), computed in DuckDB: the rows themselves stay there."""
-        dirty = store.dirty_contacts().filter(pl.col("location_id") == location_id)["contact_id"]
-        in_base = store.base_contact_ids()
-        paired = store.load_id_map().filter((pl.col("location_id") == location_id)
-                                            & pl.col("contact_id").is_in(in_base.implode()))["contact_id"]
+        dirty = store.dirty_contact_ids(location_id)
+        paired = store.paired_outside_snapshot(location_id)  # in SQL: three tables of a million rows stay there
         written = Journal(store).ghl_writes_since(location_id, store.clock() - timedelta(seconds=written_within_s))
         contacts = store.latest_snapshot("ghl_contacts", location_id, computed=PREVIOUS_COLUMNS,
                                          without=[c for c in GHL_CONTACTS if c != "contact_id"])
-        paired = paired.filter(~paired.is_in(contacts["contact_id"].implode()))
         return cls(contacts, store.latest_row_count("ghl_tasks", location_id),
                    store.watermark(location_id, WATERMARK_ENTITY),
                    frozenset(dirty.to_list()), tasks_dirty=store.tasks_dirty(location_id),
@@ -328,7 +325,7 @@ async def fetch_ghl_location(client: GHLClient, previous: PreviousState, options
             _spilled(_chunks(texts, lambda text: ghl_contact_record(json.loads(text), loc, options.region,
                                                                     custom_keys), GHL_CONTACTS, release=True), fresh)])
     # the kept rows (and an unreadable contact's previous row) are copied inside the store (`contacts_carried`)
-    kept = tuple(sorted(c for c in {*listing.kept, *carried} if c in listing.digests))
+    kept = tuple(sorted({*listing.kept, *listing.previous.among(carried)}))
     present_ids = sorted({*kept, *fresh.column("contact_id").to_list()})
     return LocationSnapshot(
         loc, fresh, tasks, notes, listing.watermark or previous.watermark, plan, used.counts,
@@ -346,19 +343,26 @@ async def _list_contacts(client: GHLClient, previous: PreviousState,
     unreadable: list[Unreadable] = []
     listed: set[str] = set()
     stale: list[str] = []
+    page: list[Contact] = []  # folded LISTING_BATCH at a time: the previous digests are looked up together
     async for record in client.iter_contacts():
         if not isinstance(record, Contact):
             unreadable.append(record)
             if record.key:
                 listed.add(record.key)
             continue
-        listed.add(record.id)
         if _older_than_our_write(record, previous.written):
             stale.append(record.id)  # search shows it as before our write: read again below
+            listed.add(record.id)
         else:
-            listing.add(record)
-    # the previous rows' ids are the keys of `listing.digests` (no second copy of a million ids)
-    missing = sorted({*(c for c in listing.digests if c not in listed), *(previous.paired - listed)})
+            page.append(record)
+            if len(page) == LISTING_BATCH:
+                listing.add_many(page)
+                page = []
+    listing.add_many(page)
+    # listed: the contacts the listing holds (`present`) and the few it does not (stale, unreadable): no second
+    # set of a million ids
+    missing = sorted({*listing.previous.missing(listing.present, listed),
+                      *(c for c in previous.paired if c not in listing.present and c not in listed)})
     for contact_id in [*missing, *sorted(stale)]:
         try:
             listing.add(await client.get_contact(contact_id))  # lagging behind a write: still there
@@ -407,13 +411,57 @@ def contact_payload(contact: Contact) -> dict[str, Any]:
     return payload
 
 
+LISTING_BATCH = 500  # listed contacts folded at once into a `Listing`
+
+
+@dataclass(frozen=True)
+class PreviousDigests:
+    """The previous rows' contact ids (sorted) and payload md5s as two columns, looked up by binary search: as a
+    Python dict of a million ids and digests they held about 210 MB through the whole fetch."""
+
+    ids: pl.Series
+    md5: pl.Series
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame) -> PreviousDigests:
+        rows = frame.select(pl.col("contact_id").cast(pl.String), pl.col("raw_md5").cast(pl.String))
+        rows = rows.drop_nulls("contact_id").unique("contact_id", keep="first").sort("contact_id")
+        return cls(rows["contact_id"], rows["raw_md5"])
+
+    def __len__(self) -> int:
+        return self.ids.len()
+
+    def md5s(self, contact_ids: Sequence[str]) -> list[str | None]:
+        """The previous md5 of each contact id, None for a contact the previous rows do not have."""
+        return self._lookup(contact_ids)["md5"].to_list()
+
+    def among(self, contact_ids: Iterable[str]) -> list[str]:
+        """The ids of `contact_ids` the previous rows have."""
+        return self._lookup(list(contact_ids)).filter("found")["contact_id"].to_list()
+
+    def _lookup(self, contact_ids: Sequence[str]) -> pl.DataFrame:
+        """contact_id, found (the previous rows have it), md5 (its digest, null when not found) of each id."""
+        wanted = pl.Series("contact_id", list(contact_ids), dtype=pl.String)
+        if not len(self) or not wanted.len():  # a first night: nothing to look up
+            return pl.DataFrame({"contact_id": wanted, "found": pl.Series([False] * wanted.len(), dtype=pl.Boolean),
+                                 "md5": pl.Series([None] * wanted.len(), dtype=pl.String)})
+        at = self.ids.search_sorted(wanted).clip(0, len(self) - 1)
+        found = (self.ids.gather(at) == wanted).alias("found")
+        md5 = pl.select(pl.when(found).then(self.md5.gather(at))).to_series().alias("md5")
+        return pl.DataFrame([wanted, found, md5])
+
+    def missing(self, *listed: set[str]) -> list[str]:
+        """The previous ids in none of the `listed` sets (they are scanned, not copied into another set)."""
+        return [c for c in self.ids if not any(c in ids for ids in listed)]
+
+
 @dataclass
 class Listing:
     """Tonight's contact listing against the previous snapshot (module docstring, steps 2-3), folded one contact
     at a time (`add`): a contact whose payload has the md5 of its previous row keeps that row (only its id is
     held); the others' payloads are held to be normalised."""
 
-    digests: dict[str, str]  # the previous rows: contact id -> md5 of the payload
+    previous: PreviousDigests  # the previous rows: contact id -> md5 of the payload
     unresolved_before: frozenset[str]  # previous rows whose custom fields are unresolved
     since: datetime | None  # the watermark less the safety lag: a contact updated since is changed
     full_sweep: bool
@@ -429,16 +477,23 @@ class Listing:
     @classmethod
     def starting(cls, previous: PreviousState, options: SnapshotOptions) -> Listing:
         frame = previous.contacts
-        return cls(dict(zip(frame["contact_id"].to_list(), frame["raw_md5"].to_list(), strict=True)),
-                   frozenset(frame.filter(pl.col("unresolved"))["contact_id"].to_list()),
+        return cls(PreviousDigests.of(frame), frozenset(frame.filter(pl.col("unresolved"))["contact_id"].to_list()),
                    _since(previous.watermark, options.safety_lag_s), options.full_sweep)
 
     def add(self, contact: Contact) -> None:
+        self.add_many([contact])
+
+    def add_many(self, contacts: Sequence[Contact]) -> None:
+        """Fold contacts in listing order; their previous digests are looked up at once (`PreviousDigests`)."""
+        for contact, before in zip(contacts, self.previous.md5s([c.id for c in contacts]), strict=True):
+            self._add(contact, before)
+
+    def _add(self, contact: Contact, before: str | None) -> None:
         if contact.id in self.present:
             return  # listed twice (pages shifting under a write): the first one stands
         self.present.add(contact.id)
         text = raw_json(contact_payload(contact))
-        same = self.digests.get(contact.id) == hashlib.md5(text.encode()).hexdigest()
+        same = before == hashlib.md5(text.encode()).hexdigest()
         if same and not self.full_sweep:  # a full sweep normalises all again
             self.kept.append(contact.id)
             if contact.id in self.unresolved_before:  # normalised again once the definitions are known

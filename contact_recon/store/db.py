@@ -903,6 +903,19 @@ class Store:
     def load_id_map(self) -> pl.DataFrame:
         return self._frame("SELECT * FROM id_map ORDER BY location_id, contact_id")
 
+    def paired_outside_snapshot(self, location_id: str) -> pl.Series:
+        """The location's paired contact ids that the base holds as in GHL (`base_contact_ids`) but its latest
+        contacts snapshot does not (the contacts the last apply created), found in SQL: the id map, the base and the
+        snapshot have a million rows each at a large location."""
+        latest, params = self.latest_sql("ghl_contacts", location_id)
+        frame = self._frame(
+            "SELECT i.contact_id FROM id_map i WHERE i.location_id = ? AND i.contact_id IN (SELECT contact_id FROM "
+            "base WHERE coalesce(in_ghl, true) AND contact_id IS NOT NULL) AND i.contact_id NOT IN (SELECT "
+            f"s.contact_id FROM ({latest}) s WHERE s.contact_id IS NOT NULL) ORDER BY i.contact_id",
+            [location_id, *params])
+        return frame.get_column("contact_id").cast(pl.String) if frame.height else pl.Series("contact_id", [],
+                                                                                                  pl.String)
+
     def save_id_map(self, rows: pl.DataFrame, run_id: str) -> None:
         """Insert or replace pairings (contact_id, location_id, email, matched_by), stamped now and with the run."""
         _check_schema("id_map", rows, ID_MAP)
@@ -970,6 +983,13 @@ class Store:
 
     def dirty_contacts(self) -> pl.DataFrame:
         return self._frame("SELECT * FROM dirty_contacts ORDER BY marked_at, contact_id")
+
+    def dirty_contact_ids(self, location_id: str) -> pl.Series:
+        """The contact ids of one location's dirty marks (a snapshot's read: the other locations' stay here)."""
+        frame = self._frame("SELECT contact_id FROM dirty_contacts WHERE location_id = ? ORDER BY contact_id",
+                            [location_id])
+        return frame.get_column("contact_id").cast(pl.String) if frame.height else pl.Series("contact_id", [],
+                                                                                                  pl.String)
 
     def clear_dirty(self, contacts: Iterable[tuple[str, str]], marked_before: datetime) -> None:
         """Clear marks of (location_id, contact_id) set before `marked_before` (the refetch's start), in one
